@@ -1,0 +1,207 @@
+// The WebGPU device and everything that allocates on it. Runs unchanged in a Web Worker and in
+// Node: the caller hands in the `GPU` object (navigator.gpu in a browser, the `webgpu` package's
+// `create()` in Node, see ./node-gpu.ts).
+
+import { Tensor, shapeSize, type DType } from './tensor';
+
+export interface GpuInfo {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  /** true for a software adapter (SwiftShader, WARP): never present it as "your GPU". */
+  isFallbackAdapter: boolean;
+  features: string[];
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupsPerDimension: number;
+    maxStorageBuffersPerShaderStage: number;
+  };
+}
+
+export interface GpuOptions {
+  /** navigator.gpu, or the object from the `webgpu` package in Node. */
+  gpu: GPU;
+  powerPreference?: GPUPowerPreference;
+  /** Ask for shader-f16 / subgroups when the adapter has them (default true). */
+  optionalFeatures?: boolean;
+}
+
+export class GpuError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GpuError';
+  }
+}
+
+export class Gpu {
+  readonly hasF16: boolean;
+  readonly hasSubgroups: boolean;
+  readonly hasTimestamps: boolean;
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly modules = new Map<string, GPUShaderModule>();
+  /** Bytes of live buffers made through this object (weights, activations, optimizer state). */
+  allocatedBytes = 0;
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly info: GpuInfo,
+  ) {
+    this.hasF16 = device.features.has('shader-f16');
+    this.hasSubgroups = device.features.has('subgroups');
+    this.hasTimestamps = device.features.has('timestamp-query');
+  }
+
+  static async create(options: GpuOptions): Promise<Gpu> {
+    const adapter = await options.gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
+    if (!adapter) throw new GpuError('WebGPU is available but no GPU adapter was found.');
+    const wanted: GPUFeatureName[] = [];
+    if (options.optionalFeatures !== false) {
+      for (const f of ['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[]) {
+        if (adapter.features.has(f)) wanted.push(f);
+      }
+    }
+    const l = adapter.limits;
+    const requiredLimits: Record<string, number> = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    };
+    const device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
+    // `adapter.info` is the current spelling; older implementations had requestAdapterInfo().
+    const ai: Partial<GPUAdapterInfo> = (adapter as { info?: GPUAdapterInfo }).info ?? {};
+    const isFallback = Boolean(
+      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+        (ai as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+        /swiftshader|warp|llvmpipe|lavapipe/i.test(`${ai.vendor} ${ai.architecture} ${ai.device} ${ai.description}`),
+    );
+    const dl = device.limits;
+    const info: GpuInfo = {
+      vendor: ai.vendor ?? '',
+      architecture: ai.architecture ?? '',
+      device: ai.device ?? '',
+      description: ai.description ?? '',
+      isFallbackAdapter: isFallback,
+      features: [...device.features].sort(),
+      limits: {
+        maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+        maxBufferSize: dl.maxBufferSize,
+        maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+        maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+        maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+        maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
+      },
+    };
+    return new Gpu(device, info);
+  }
+
+  /** Largest byte size one storage binding may have: the limit tensors are split against. */
+  get maxBindingBytes(): number {
+    return Math.min(this.info.limits.maxStorageBufferBindingSize, this.info.limits.maxBufferSize);
+  }
+
+  shaderModule(code: string, label: string): GPUShaderModule {
+    let m = this.modules.get(code);
+    if (!m) {
+      m = this.device.createShaderModule({ code, label });
+      this.modules.set(code, m);
+    }
+    return m;
+  }
+
+  /** Compute pipeline for a WGSL source, cached by source, entry point and override constants. */
+  pipeline(code: string, label: string, entryPoint = 'main', constants?: Record<string, number>): GPUComputePipeline {
+    const key = `${entryPoint}|${constants ? JSON.stringify(constants) : ''}|${code}`;
+    let p = this.pipelines.get(key);
+    if (!p) {
+      p = this.device.createComputePipeline({
+        label,
+        layout: 'auto',
+        compute: { module: this.shaderModule(code, label), entryPoint, constants },
+      });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  buffer(bytes: number, label: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GPUBuffer {
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    if (size > this.info.limits.maxBufferSize) {
+      throw new GpuError(`${label}: ${fmtBytes(size)} is larger than this GPU's largest buffer (${fmtBytes(this.info.limits.maxBufferSize)}).`);
+    }
+    const b = this.device.createBuffer({ size, usage, label });
+    this.allocatedBytes += size;
+    return b;
+  }
+
+  /** A new zero-filled tensor. */
+  tensor(shape: readonly number[], label: string, dtype: DType = 'f32'): Tensor {
+    const bytes = shapeSize(shape) * 4;
+    if (bytes > this.maxBindingBytes) {
+      throw new GpuError(`${label}: ${fmtBytes(bytes)} is over this GPU's binding limit (${fmtBytes(this.maxBindingBytes)}); split it by rows.`);
+    }
+    return new Tensor(this.buffer(bytes, label), shape, label, dtype);
+  }
+
+  tensorFrom(data: Float32Array | Int32Array | Uint32Array, shape: readonly number[], label: string): Tensor {
+    const dtype: DType = data instanceof Float32Array ? 'f32' : data instanceof Int32Array ? 'i32' : 'u32';
+    const t = this.tensor(shape, label, dtype);
+    if (data.length !== t.size) throw new GpuError(`${label}: ${data.length} values for shape [${shape.join(', ')}]`);
+    this.write(t, data);
+    return t;
+  }
+
+  write(t: Tensor | GPUBuffer, data: ArrayBufferView, byteOffset = 0): void {
+    const buffer = t instanceof Tensor ? t.buffer : t;
+    this.device.queue.writeBuffer(buffer, byteOffset, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  /** Reads a tensor back (waits for the GPU). For tests, reports and export; never inside a step. */
+  async read(t: Tensor): Promise<Float32Array>;
+  async read(t: Tensor, as: 'i32'): Promise<Int32Array>;
+  async read(t: Tensor, as: 'u32'): Promise<Uint32Array>;
+  async read(t: Tensor, as?: 'i32' | 'u32'): Promise<Float32Array | Int32Array | Uint32Array> {
+    const bytes = await this.readBytes(t.buffer, t.bytes);
+    if (as === 'i32') return new Int32Array(bytes);
+    if (as === 'u32') return new Uint32Array(bytes);
+    return new Float32Array(bytes);
+  }
+
+  async readBytes(buffer: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'readback' });
+    const enc = this.device.createCommandEncoder({ label: 'readback' });
+    enc.copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  destroyTensor(t: Tensor): void {
+    this.allocatedBytes -= t.buffer.size;
+    t.buffer.destroy();
+  }
+
+  /** Waits until all submitted work is done. */
+  async sync(): Promise<void> {
+    await this.device.queue.onSubmittedWorkDone();
+  }
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
+  return `${n} B`;
+}
