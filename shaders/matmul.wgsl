@@ -1,0 +1,178 @@
+// General matrix multiply: C = alpha * op(A) @ op(B) (+ C) (+ bias[n]), batched.
+//
+// Each workgroup computes one 64x64 tile of C with 16x16 threads, 4x4 outputs per thread, walking
+// K in tiles of 16. Both operands are staged in workgroup memory as [k][64] with 4 consecutive
+// rows (A) or columns (B) packed in one vec4, so the inner loop is two vec4 loads and 16 FMAs
+// whatever the transposes. Transposes are handled when loading from global memory: the wrapper
+// turns (trans, ld) into an (outer, k) stride pair per operand, and `kFast` picks which thread
+// mapping makes neighbouring threads read neighbouring addresses. Global loads for the next K-tile
+// are issued into registers before the current tile is consumed, hiding their latency.
+//
+// Workgroup memory: 2 * 16 * 16 vec4 = 8 KiB.
+
+struct Params {
+  M: u32,
+  N: u32,
+  K: u32,
+  tilesN: u32,       // ceil(N / 64)
+  tilesM: u32,       // ceil(M / 64)
+  batchCount: u32,   // outer * inner
+  batchInner: u32,
+  offA: u32,
+  offB: u32,
+  offC: u32,
+  strideAm: u32,     // element step of A(m, k) along m
+  strideAk: u32,     // ... and along k
+  strideBn: u32,     // element step of B(k, n) along n
+  strideBk: u32,     // ... and along k
+  ldc: u32,
+  batchA0: u32,      // per outer batch index
+  batchA1: u32,      // per inner batch index
+  batchB0: u32,
+  batchB1: u32,
+  batchC0: u32,
+  batchC1: u32,
+  kFastA: u32,       // 1 when A is contiguous along k (not transposed)
+  kFastB: u32,       // 1 when B is contiguous along k (transposed)
+  accumulate: u32,
+  hasBias: u32,
+  alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// Bound to `a` by the wrapper when there is no bias (then never read).
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
+
+// [k][quad]: element (k, 4*quad + i) of the tile is tileA[k * 16 + quad][i].
+var<workgroup> tileA: array<vec4<f32>, 256>;
+var<workgroup> tileB: array<vec4<f32>, 256>;
+
+// Which (k, quad) of the 16x16 vec4 slots a thread fills: with k fastest across neighbouring
+// threads when memory is contiguous along k, quad fastest otherwise.
+fn slotOf(lidx: u32, kFast: u32) -> vec2<u32> {
+  if (kFast != 0u) {
+    return vec2<u32>(lidx % 16u, lidx / 16u);
+  }
+  return vec2<u32>(lidx / 16u, lidx % 16u);
+}
+
+// Four consecutive outer indices (m for A, n for B) at one k, zero outside the matrix.
+fn loadA(base: u32, m0: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (k < params.K) {
+    let kOff = base + k * params.strideAk;
+    for (var i = 0u; i < 4u; i++) {
+      let m = m0 + i;
+      if (m < params.M) {
+        v[i] = a[kOff + m * params.strideAm];
+      }
+    }
+  }
+  return v;
+}
+
+fn loadB(base: u32, n0: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (k < params.K) {
+    let kOff = base + k * params.strideBk;
+    for (var i = 0u; i < 4u; i++) {
+      let n = n0 + i;
+      if (n < params.N) {
+        v[i] = b[kOff + n * params.strideBn];
+      }
+    }
+  }
+  return v;
+}
+
+@compute @workgroup_size(16, 16)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) lidx: u32,
+) {
+  // The grid is a folded 1-D list of (tileN, tileM, batch) triples; when it fits, the wrapper
+  // dispatches exactly (tilesN, tilesM, batch) and this decomposes back to wid.
+  let linear = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+  let tilesPerMatrix = params.tilesN * params.tilesM;
+  let z = linear / tilesPerMatrix;
+  if (z >= params.batchCount) {
+    return; // padding workgroup of a folded grid (uniform across the workgroup)
+  }
+  let inMatrix = linear % tilesPerMatrix;
+  let rowTile = inMatrix / params.tilesN;
+  let colTile = inMatrix % params.tilesN;
+  let zOuter = z / params.batchInner;
+  let zInner = z % params.batchInner;
+  let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
+  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
+  let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
+  let mTile = rowTile * TILE;
+  let nTile = colTile * TILE;
+
+  let slotA = slotOf(lidx, params.kFastA);
+  let slotB = slotOf(lidx, params.kFastB);
+  let storeA = slotA.x * 16u + slotA.y;
+  let storeB = slotB.x * 16u + slotB.y;
+  let loadMA = mTile + slotA.y * 4u;
+  let loadNB = nTile + slotB.y * 4u;
+
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
+
+  let numKTiles = (params.K + TK - 1u) / TK;
+  var nextA = loadA(baseA, loadMA, slotA.x);
+  var nextB = loadB(baseB, loadNB, slotB.x);
+  for (var t = 0u; t < numKTiles; t++) {
+    workgroupBarrier(); // everyone is done reading the previous tile
+    tileA[storeA] = nextA;
+    tileB[storeB] = nextB;
+    workgroupBarrier();
+    if (t + 1u < numKTiles) {
+      let k0 = (t + 1u) * TK;
+      nextA = loadA(baseA, loadMA, k0 + slotA.x);
+      nextB = loadB(baseB, loadNB, k0 + slotB.x);
+    }
+    for (var k = 0u; k < TK; k++) {
+      let av = tileA[k * 16u + lid.y];
+      let bv = tileB[k * 16u + lid.x];
+      acc0 = fma(vec4<f32>(av.x), bv, acc0);
+      acc1 = fma(vec4<f32>(av.y), bv, acc1);
+      acc2 = fma(vec4<f32>(av.z), bv, acc2);
+      acc3 = fma(vec4<f32>(av.w), bv, acc3);
+    }
+  }
+
+  var acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  let n0 = nTile + lid.x * 4u;
+  for (var i = 0u; i < 4u; i++) {
+    let m = mTile + lid.y * 4u + i;
+    if (m >= params.M) {
+      break;
+    }
+    let rowBase = baseC + m * params.ldc;
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + j;
+      if (n >= params.N) {
+        break;
+      }
+      var v = params.alpha * acc[i][j];
+      if (params.accumulate != 0u) {
+        v += c[rowBase + n];
+      }
+      if (params.hasBias != 0u) {
+        v += bias[n];
+      }
+      c[rowBase + n] = v;
+    }
+  }
+}

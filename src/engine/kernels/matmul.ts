@@ -1,0 +1,142 @@
+// General (batched, strided, transposable) f32 matrix multiply: every linear layer forward and
+// backward, LoRA, attention scores and attention-times-values, the LM head. See
+// shaders/matmul.wgsl for the tiling.
+
+import code from '../../../shaders/matmul.wgsl?raw';
+import type { Gpu } from '../gpu/gpu';
+import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+
+export interface MatmulBatch {
+  outer: number;
+  inner: number;
+  strideA: [number, number];
+  strideB: [number, number];
+  strideC: [number, number];
+}
+
+export interface MatmulArgs {
+  label?: string;
+  a: Tensor;
+  b: Tensor;
+  c: Tensor;
+  M: number;
+  N: number;
+  K: number;
+  /** A is stored [K, M] (read transposed) instead of [M, K]. */
+  transA?: boolean;
+  /** B is stored [N, K] (read transposed) instead of [K, N]. */
+  transB?: boolean;
+  /** Row strides in elements (leading dimensions) of the stored matrices; default dense. */
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+  /** Element offsets of the first matrix in each buffer; default 0. */
+  offsetA?: number;
+  offsetB?: number;
+  offsetC?: number;
+  /** Batched: matrix z in [0, outer*inner) uses offset + (z / inner)*stride[0] + (z % inner)*stride[1] (elements). */
+  batch?: MatmulBatch;
+  /** C = alpha * op(A) @ op(B) (+ C when accumulate) (+ bias[n] when bias given). Default alpha 1. */
+  alpha?: number;
+  accumulate?: boolean;
+  bias?: Tensor; // length N
+}
+
+/** Output tile edge of one workgroup (must match TILE in the shader). */
+export const MATMUL_TILE = 64;
+
+const U32_LIMIT = 2 ** 32;
+
+/**
+ * Workgroup grid for `tilesN x tilesM x batch` tiles: exactly that when each fits in one
+ * dimension, otherwise the flat tile count folded over x, y, z (the shader skips the padding).
+ */
+export function matmulWorkgroups(tilesN: number, tilesM: number, batch: number, maxPerDim: number): [number, number, number] {
+  if (tilesN <= maxPerDim && tilesM <= maxPerDim && batch <= maxPerDim) return [tilesN, tilesM, batch];
+  const total = tilesN * tilesM * batch;
+  const x = Math.min(total, maxPerDim);
+  const rest = Math.ceil(total / x);
+  const y = Math.min(rest, maxPerDim);
+  const z = Math.ceil(rest / y);
+  if (z > maxPerDim) throw new Error(`matmul: ${total} workgroups do not fit in a ${maxPerDim}^3 grid`);
+  return [x, y, z];
+}
+
+/** Binds C = alpha * op(A) @ op(B) (+ C) (+ bias). Throws if any index would leave its buffer. */
+export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
+  const { a, b, c, M, N, K, bias } = args;
+  const label = args.label ?? `matmul(${c.label})`;
+  const fail = (msg: string): never => {
+    throw new Error(`${label}: ${msg}`);
+  };
+  const isCount = (v: number) => Number.isInteger(v) && v > 0;
+  const isIndex = (v: number) => Number.isInteger(v) && v >= 0 && v < U32_LIMIT;
+
+  if (!isCount(M) || !isCount(N) || !isCount(K)) fail(`M, N, K must be positive integers (got ${M}, ${N}, ${K})`);
+  for (const [name, t] of [['a', a], ['b', b], ['c', c], ['bias', bias]] as const) {
+    if (t && t.dtype !== 'f32') fail(`${name} (${t.label}) is ${t.dtype}, expected f32`);
+  }
+  if (c.buffer === a.buffer || c.buffer === b.buffer) fail('c must not alias a or b');
+  if (bias) {
+    if (bias.buffer === c.buffer) fail('bias must not alias c');
+    if (bias.size !== N) fail(`bias (${bias.label}) has ${bias.size} elements, expected N = ${N}`);
+  }
+  const alpha = args.alpha ?? 1;
+  if (!Number.isFinite(alpha)) fail(`alpha must be finite (got ${alpha})`);
+
+  const transA = args.transA ?? false;
+  const transB = args.transB ?? false;
+  // Stored shapes: A is [M, K] or [K, M]; B is [K, N] or [N, K]; C is [M, N].
+  const rowsA = transA ? K : M, colsA = transA ? M : K;
+  const rowsB = transB ? N : K, colsB = transB ? K : N;
+  const lda = args.lda ?? colsA, ldb = args.ldb ?? colsB, ldc = args.ldc ?? N;
+  const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0, offC = args.offsetC ?? 0;
+  if (!isIndex(lda) || lda < colsA) fail(`lda = ${lda} must be an integer >= ${colsA} (row length of stored A)`);
+  if (!isIndex(ldb) || ldb < colsB) fail(`ldb = ${ldb} must be an integer >= ${colsB} (row length of stored B)`);
+  if (!isIndex(ldc) || ldc < N) fail(`ldc = ${ldc} must be an integer >= N = ${N}`);
+  for (const [name, v] of [['offsetA', offA], ['offsetB', offB], ['offsetC', offC]] as const) {
+    if (!isIndex(v)) fail(`${name} = ${v} must be a non-negative integer`);
+  }
+
+  const batch: MatmulBatch = args.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+  if (!isCount(batch.outer) || !isCount(batch.inner)) fail(`batch outer/inner must be positive integers (got ${batch.outer}, ${batch.inner})`);
+  for (const [name, s] of [['strideA', batch.strideA], ['strideB', batch.strideB], ['strideC', batch.strideC]] as const) {
+    if (s.length !== 2 || !isIndex(s[0]) || !isIndex(s[1])) fail(`batch.${name} = [${s}] must be two non-negative integers`);
+  }
+  const batchCount = batch.outer * batch.inner;
+
+  // Largest element index each operand touches, over all batch entries.
+  const lastIndex = (off: number, s: [number, number], rows: number, cols: number, ld: number) =>
+    off + (batch.outer - 1) * s[0] + (batch.inner - 1) * s[1] + (rows - 1) * ld + (cols - 1);
+  const check = (name: string, t: Tensor, last: number) => {
+    if (last >= t.size) fail(`${name} (${t.label}, ${t.size} elements) would be read/written at index ${last}`);
+  };
+  check('a', a, lastIndex(offA, batch.strideA, rowsA, colsA, lda));
+  check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb));
+  check('c', c, lastIndex(offC, batch.strideC, M, N, ldc));
+
+  const tilesN = Math.ceil(N / MATMUL_TILE);
+  const tilesM = Math.ceil(M / MATMUL_TILE);
+  const maxDim = gpu.info.limits.maxComputeWorkgroupsPerDimension;
+  const workgroups = matmulWorkgroups(tilesN, tilesM, batchCount, maxDim);
+  if (workgroups[0] * workgroups[1] * workgroups[2] >= U32_LIMIT) fail('too many workgroups for a u32 index');
+
+  const params = [
+    M, N, K, tilesN, tilesM, batchCount, batch.inner,
+    offA, offB, offC,
+    transA ? 1 : lda, transA ? lda : 1, // A(m, k) steps along m, k
+    transB ? ldb : 1, transB ? 1 : ldb, // B(k, n) steps along n, k
+    ldc,
+    batch.strideA[0], batch.strideA[1],
+    batch.strideB[0], batch.strideB[1],
+    batch.strideC[0], batch.strideC[1],
+    transA ? 0 : 1, // A contiguous along k
+    transB ? 1 : 0, // B contiguous along k
+    args.accumulate ? 1 : 0,
+    bias ? 1 : 0,
+    f32(alpha),
+  ];
+  // Without a bias, `a` fills its binding (read-only twice is allowed; the shader never reads it).
+  return bindDispatch(gpu, { label, code, params, buffers: [a, b, c, bias ?? a], workgroups });
+}

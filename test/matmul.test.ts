@@ -1,0 +1,326 @@
+import { describe, expect, it } from 'vitest';
+import { randArray } from './helpers/gpu';
+import { matmul, matmulWorkgroups, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
+import { runOps } from '../src/engine/gpu/dispatch';
+import { Gpu } from '../src/engine/gpu/gpu';
+
+// Workaround: createNodeGpu (behind helpers' testGpu) drops its reference to the `GPU` object
+// from webgpu's create(); once V8 collects it, Dawn frees its instance and the next event poll
+// aborts the process ("futex facility returned an unexpected error code"). These tests allocate
+// enough to trigger GC, so they make their device here and keep the `GPU` object reachable.
+// Switch back to testGpu() once node-gpu.ts holds on to it.
+let held: { navigatorGpu: GPU; gpu: Promise<Gpu> } | null = null;
+async function testGpu(): Promise<Gpu> {
+  if (!held) {
+    const webgpu = (await import('webgpu')) as unknown as { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
+    Object.assign(globalThis, webgpu.globals);
+    const navigatorGpu = webgpu.create([]);
+    held = { navigatorGpu, gpu: Gpu.create({ gpu: navigatorGpu }) };
+  }
+  return held.gpu;
+}
+
+// Host-side description of one matmul: the same fields as MatmulArgs with plain arrays.
+interface Case {
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+  offsetA?: number;
+  offsetB?: number;
+  offsetC?: number;
+  batch?: MatmulBatch;
+  alpha?: number;
+  accumulate?: boolean;
+  bias?: Float32Array;
+}
+
+/**
+ * Float64 reference straight from the spec: the whole C buffer after the op, starting from its
+ * previous contents `c0` (so elements the kernel must not touch are checked too), and for each
+ * element the sum of the magnitudes of the terms that make it up, the scale its f32 rounding
+ * error is proportional to.
+ */
+function reference(a: Float32Array, b: Float32Array, c0: Float32Array, k: Case): { want: Float64Array; scale: Float64Array } {
+  const { M, N, K } = k;
+  const lda = k.lda ?? (k.transA ? M : K);
+  const ldb = k.ldb ?? (k.transB ? K : N);
+  const ldc = k.ldc ?? N;
+  const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+  const alpha = k.alpha ?? 1;
+  const want = Float64Array.from(c0);
+  const scale = Float64Array.from(c0, Math.abs);
+  for (let z = 0; z < batch.outer * batch.inner; z++) {
+    const zo = Math.floor(z / batch.inner), zi = z % batch.inner;
+    const offA = (k.offsetA ?? 0) + zo * batch.strideA[0] + zi * batch.strideA[1];
+    const offB = (k.offsetB ?? 0) + zo * batch.strideB[0] + zi * batch.strideB[1];
+    const offC = (k.offsetC ?? 0) + zo * batch.strideC[0] + zi * batch.strideC[1];
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0, mag = 0;
+        for (let kk = 0; kk < K; kk++) {
+          const av = a[offA + (k.transA ? kk * lda + m : m * lda + kk)];
+          const bv = b[offB + (k.transB ? n * ldb + kk : kk * ldb + n)];
+          s += av * bv;
+          mag += Math.abs(av * bv);
+        }
+        const ci = offC + m * ldc + n;
+        const prev = k.accumulate ? c0[ci] : 0;
+        const bias = k.bias ? k.bias[n] : 0;
+        want[ci] = alpha * s + prev + bias;
+        scale[ci] = Math.abs(alpha) * mag + Math.abs(prev) + Math.abs(bias);
+      }
+    }
+  }
+  return { want, scale };
+}
+
+/**
+ * Each element must be within tol of the reference relative to its own term-magnitude scale
+ * (f32 summation error grows with the terms, not with the possibly cancelled result). A single
+ * wrong or missing term of K = 256 is ~1e-3 of the scale, far above tol.
+ */
+function expectMatmulClose(got: Float32Array, want: Float64Array, scale: Float64Array, tol: number, what: string): void {
+  let worst = 0, at = -1;
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i] - want[i]) / Math.max(scale[i], 1e-30);
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+      if (Number.isNaN(e)) break;
+    }
+  }
+  if (!(worst <= tol)) {
+    throw new Error(`${what}: error ${worst.toExponential(3)} of the term scale > ${tol} at index ${at} (got ${got[at]}, want ${want[at]})`);
+  }
+}
+
+/** Runs one case on the GPU with buffers of the given sizes (random contents) and compares. */
+async function check(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string, tol = 1e-5, seed = 1): Promise<void> {
+  const a = randArray(sizes.a, seed);
+  const b = randArray(sizes.b, seed + 1);
+  const c0 = randArray(sizes.c, seed + 2);
+  const ta = gpu.tensorFrom(a, [sizes.a], 'a');
+  const tb = gpu.tensorFrom(b, [sizes.b], 'b');
+  const tc = gpu.tensorFrom(c0, [sizes.c], 'c');
+  const tbias = k.bias ? gpu.tensorFrom(k.bias, [k.bias.length], 'bias') : undefined;
+  const args: MatmulArgs = { ...k, a: ta, b: tb, c: tc, bias: tbias, label: what };
+  runOps(gpu, [matmul(gpu, args)]);
+  const got = await gpu.read(tc);
+  const { want, scale } = reference(a, b, c0, k);
+  expectMatmulClose(got, want, scale, tol, what);
+  for (const t of [ta, tb, tc, tbias]) if (t) gpu.destroyTensor(t);
+}
+
+/** Dense sizes of A, B, C for an unbatched case. */
+const dense = (M: number, N: number, K: number) => ({ a: M * K, b: K * N, c: M * N });
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [3, 5, 7],
+  [65, 63, 17],
+  [130, 70, 4],
+  [4, 96, 130],
+  [64, 64, 16],
+  [1, 200, 33],
+  [77, 1, 40],
+];
+const TRANSPOSES: [boolean, boolean][] = [
+  [false, false],
+  [true, false],
+  [false, true],
+  [true, true],
+];
+
+describe('matmul kernel', () => {
+  it('matches the reference for all transpose combinations and odd shapes', async () => {
+    const gpu = await testGpu();
+    for (const [transA, transB] of TRANSPOSES) {
+      for (const [M, N, K] of SHAPES) {
+        await check(gpu, { M, N, K, transA, transB }, dense(M, N, K), `tA=${transA} tB=${transB} ${M}x${N}x${K}`);
+      }
+    }
+  });
+
+  it('applies alpha, accumulate and bias, alone and together', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [70, 67, 19];
+    const bias = randArray(N, 99, 3);
+    const variants: Partial<Case>[] = [
+      { alpha: 0.125 },
+      { alpha: -2.5 },
+      { accumulate: true },
+      { bias },
+      { alpha: 0.5, accumulate: true, bias },
+      { alpha: 0, accumulate: true }, // C unchanged
+    ];
+    for (const [transA, transB] of TRANSPOSES) {
+      for (const v of variants) {
+        await check(gpu, { M, N, K, transA, transB, ...v }, dense(M, N, K), `tA=${transA} tB=${transB} ${JSON.stringify({ ...v, bias: !!v.bias })}`);
+      }
+    }
+  });
+
+  it('uses leading dimensions larger than dense and element offsets, leaving the gaps untouched', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [67, 45, 21];
+    for (const [transA, transB] of TRANSPOSES) {
+      const rowsA = transA ? K : M, colsA = transA ? M : K;
+      const rowsB = transB ? N : K, colsB = transB ? K : N;
+      const lda = colsA + 5, ldb = colsB + 3, ldc = N + 7;
+      const offsetA = 11, offsetB = 6, offsetC = 13;
+      const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
+      await check(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, accumulate: true, alpha: 0.75 }, sizes, `strided tA=${transA} tB=${transB}`);
+    }
+  });
+
+  it('computes attention scores and attention-times-values straight out of a packed qkv buffer', async () => {
+    const gpu = await testGpu();
+    const [B, T, H, hd] = [2, 37, 3, 8];
+    const C = H * hd;
+    const qkvSize = B * T * 3 * C;
+    // scores[b, h] = scale * Q_bh @ K_bh^T, Q/K read with row stride 3C from qkv [B, T, 3C].
+    await check(
+      gpu,
+      {
+        M: T, N: T, K: hd, transB: true, lda: 3 * C, ldb: 3 * C, offsetA: 0, offsetB: C, alpha: 1 / Math.sqrt(hd),
+        batch: { outer: B, inner: H, strideA: [T * 3 * C, hd], strideB: [T * 3 * C, hd], strideC: [H * T * T, T * T] },
+      },
+      { a: qkvSize, b: qkvSize, c: B * H * T * T },
+      'scores = Q K^T',
+    );
+    // out[b, :, h*hd:(h+1)*hd] = P_bh @ V_bh, written into [B, T, C] with row stride C.
+    await check(
+      gpu,
+      {
+        M: T, N: hd, K: T, ldb: 3 * C, ldc: C, offsetB: 2 * C,
+        batch: { outer: B, inner: H, strideA: [H * T * T, T * T], strideB: [T * 3 * C, hd], strideC: [T * C, hd] },
+      },
+      { a: B * H * T * T, b: qkvSize, c: B * T * C },
+      'out = P V',
+    );
+    // Backward: dP = dO @ V^T and dV = P^T @ dO (transA), the other two shapes attention needs.
+    await check(
+      gpu,
+      {
+        M: T, N: T, K: hd, transB: true, lda: C, ldb: 3 * C, offsetB: 2 * C,
+        batch: { outer: B, inner: H, strideA: [T * C, hd], strideB: [T * 3 * C, hd], strideC: [H * T * T, T * T] },
+      },
+      { a: B * T * C, b: qkvSize, c: B * H * T * T },
+      'dP = dO V^T',
+    );
+    await check(
+      gpu,
+      {
+        M: T, N: hd, K: T, transA: true, ldb: C, ldc: 3 * C, offsetC: 2 * C,
+        batch: { outer: B, inner: H, strideA: [H * T * T, T * T], strideB: [T * C, hd], strideC: [T * 3 * C, hd] },
+      },
+      { a: B * H * T * T, b: B * T * C, c: qkvSize },
+      'dV = P^T dO',
+    );
+  });
+
+  it('handles both batch stride levels with padding between matrices, and a broadcast operand', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [33, 70, 18];
+    const [outer, inner] = [3, 4];
+    for (const [transA, transB] of TRANSPOSES) {
+      const mA = M * K + 3, mB = K * N + 5, mC = M * N + 9; // per-matrix spans with gaps
+      const batch: MatmulBatch = {
+        outer, inner,
+        strideA: [inner * mA + 7, mA],
+        strideB: [inner * mB + 2, mB],
+        strideC: [inner * mC + 4, mC],
+      };
+      const sizes = { a: outer * batch.strideA[0], b: outer * batch.strideB[0], c: outer * batch.strideC[0] };
+      await check(gpu, { M, N, K, transA, transB, batch }, sizes, `batched tA=${transA} tB=${transB}`);
+    }
+    // One weight matrix shared by every batch entry (stride 0), as a batched linear layer.
+    await check(
+      gpu,
+      { M, N, K, transB: true, batch: { outer: 2, inner: 3, strideA: [3 * M * K, M * K], strideB: [0, 0], strideC: [3 * M * N, M * N] } },
+      { a: 6 * M * K, b: N * K, c: 6 * M * N },
+      'broadcast B',
+    );
+  });
+
+  it('is right on a larger problem that spans many workgroups', async () => {
+    const gpu = await testGpu();
+    await check(gpu, { M: 256, N: 256, K: 256 }, dense(256, 256, 256), '256^3');
+    await check(gpu, { M: 200, N: 300, K: 100, transA: true, transB: true }, dense(200, 300, 100), '200x300x100 tA tB');
+  });
+
+  it('folds grids that overflow a dimension, skipping the padding workgroups', async () => {
+    const real = await testGpu();
+    // A real overflow needs > 65535 workgroups, minutes on a CPU driver: instead shrink the
+    // per-dimension limit the wrapper folds against (the shader only sees the folded grid).
+    const maxPerDim = 7;
+    const gpu: Gpu = Object.create(real, {
+      info: { value: { ...real.info, limits: { ...real.info.limits, maxComputeWorkgroupsPerDimension: maxPerDim } } },
+    });
+    const cases: [string, Case, { a: number; b: number; c: number }][] = [
+      [
+        'batch 50 > limit',
+        { M: 70, N: 3, K: 5, transB: true, batch: { outer: 5, inner: 10, strideA: [10 * 70 * 5, 70 * 5], strideB: [10 * 3 * 5, 3 * 5], strideC: [10 * 70 * 3, 70 * 3] } },
+        { a: 50 * 70 * 5, b: 50 * 3 * 5, c: 50 * 70 * 3 },
+      ],
+      ['10 column tiles > limit', { M: 1, N: 600, K: 9 }, dense(1, 600, 9)],
+      [
+        '8 row tiles x 3 column tiles x 3 batches',
+        { M: 500, N: 130, K: 3, transA: true, batch: { outer: 3, inner: 1, strideA: [500 * 3, 0], strideB: [0, 0], strideC: [500 * 130, 0] } },
+        { a: 3 * 500 * 3, b: 3 * 130, c: 3 * 500 * 130 },
+      ],
+    ];
+    for (const [what, k, sizes] of cases) {
+      await check(gpu, k, sizes, `folded: ${what}`);
+    }
+  });
+
+  it('folds grids only when a dimension overflows, covering every tile', () => {
+    expect(matmulWorkgroups(3, 4, 5, 65535)).toEqual([3, 4, 5]);
+    for (const [tn, tm, z, max] of [[3, 4, 50, 16], [40, 1, 1, 16], [5, 5, 100, 16], [17, 17, 14, 16]]) {
+      const [x, y, w] = matmulWorkgroups(tn, tm, z, max);
+      expect(Math.max(x, y, w)).toBeLessThanOrEqual(max);
+      expect(x * y * w).toBeGreaterThanOrEqual(tn * tm * z);
+      // Padding stays below one xy-plane of the grid plus one row.
+      expect(x * y * w - tn * tm * z).toBeLessThan(x * y + x);
+    }
+    expect(() => matmulWorkgroups(16, 16, 16 * 16 * 16 + 1, 16)).toThrow(/do not fit/);
+  });
+
+  it('rejects bad arguments with a clear message', async () => {
+    const gpu = await testGpu();
+    const a = gpu.tensor([6, 4], 'a'), b = gpu.tensor([4, 5], 'b'), c = gpu.tensor([6, 5], 'c');
+    const ok: MatmulArgs = { a, b, c, M: 6, N: 5, K: 4 };
+    expect(() => matmul(gpu, ok)).not.toThrow();
+    const bad: [Partial<MatmulArgs>, RegExp][] = [
+      [{ M: 0 }, /positive integers/],
+      [{ K: 2.5 }, /positive integers/],
+      [{ N: -1 }, /positive integers/],
+      [{ M: 7 }, /a \(a, 24 elements\) would be read\/written at index 27/],
+      [{ offsetA: 1 }, /a \(a, 24 elements\)/],
+      [{ offsetC: 1 }, /c \(c, 30 elements\)/],
+      [{ ldb: 6 }, /b \(b, 20 elements\)/],
+      [{ lda: 3 }, /lda = 3 must be an integer >= 4/],
+      [{ ldc: 4 }, /ldc = 4 must be an integer >= N = 5/],
+      [{ transA: true, lda: 4 }, /lda = 4 must be an integer >= 6/],
+      [{ offsetB: -1 }, /offsetB/],
+      [{ c: a }, /must not alias/],
+      [{ b: c }, /must not alias/],
+      [{ bias: gpu.tensor([4], 'short bias') }, /expected N = 5/],
+      [{ bias: c }, /bias must not alias c/],
+      [{ a: gpu.tensor([6, 4], 'ints', 'i32') }, /i32, expected f32/],
+      [{ alpha: NaN }, /alpha must be finite/],
+      [{ batch: { outer: 2, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [30, 0] } }, /c \(c, 30 elements\) would be read\/written at index 59/],
+      [{ batch: { outer: 1, inner: 0, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } }, /batch outer\/inner/],
+      [{ batch: { outer: 1, inner: 2, strideA: [0, -4], strideB: [0, 0], strideC: [0, 0] } }, /batch.strideA/],
+    ];
+    for (const [patch, re] of bad) {
+      expect(() => matmul(gpu, { ...ok, ...patch }), JSON.stringify(patch)).toThrow(re);
+    }
+  });
+});
