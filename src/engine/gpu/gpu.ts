@@ -45,6 +45,10 @@ export class Gpu {
   private readonly modules = new Map<string, GPUShaderModule>();
   /** Bytes of live buffers made through this object (weights, activations, optimizer state). */
   allocatedBytes = 0;
+  /** Validation / out-of-memory errors nobody caught; thrown at the next read or sync. */
+  private readonly uncaptured: string[] = [];
+  /** Set when the device is lost (driver reset, destroy()); every later call fails with it. */
+  lost: string | null = null;
 
   private constructor(
     readonly device: GPUDevice,
@@ -53,6 +57,24 @@ export class Gpu {
     this.hasF16 = device.features.has('shader-f16');
     this.hasSubgroups = device.features.has('subgroups');
     this.hasTimestamps = device.features.has('timestamp-query');
+    device.addEventListener('uncapturederror', (e) => {
+      const msg = (e as GPUUncapturedErrorEvent).error.message;
+      if (this.uncaptured.length < 20) this.uncaptured.push(msg);
+    });
+    void device.lost.then((info) => {
+      this.lost = `the GPU device was lost (${info.reason}): ${info.message}`;
+    });
+  }
+
+  /** Throws the first GPU error seen since the last check (validation, out of memory, device lost). */
+  checkErrors(): void {
+    if (this.lost) throw new GpuError(this.lost);
+    if (this.uncaptured.length) {
+      const first = this.uncaptured[0];
+      const more = this.uncaptured.length - 1;
+      this.uncaptured.length = 0;
+      throw new GpuError(`GPU error: ${first.trim()}${more ? ` (and ${more} more)` : ''}`);
+    }
   }
 
   static async create(options: GpuOptions): Promise<Gpu> {
@@ -182,6 +204,7 @@ export class Gpu {
     enc.copyBufferToBuffer(buffer, offset, staging, 0, size);
     this.device.queue.submit([enc.finish()]);
     await staging.mapAsync(GPUMapMode.READ);
+    this.checkErrors();
     const out = staging.getMappedRange().slice(0, bytes);
     staging.unmap();
     staging.destroy();
@@ -196,6 +219,7 @@ export class Gpu {
   /** Waits until all submitted work is done. */
   async sync(): Promise<void> {
     await this.device.queue.onSubmittedWorkDone();
+    this.checkErrors();
   }
 }
 

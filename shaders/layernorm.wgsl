@@ -1,0 +1,93 @@
+// LayerNorm over the last dimension C, one 256-thread workgroup per row (rows folded into the y
+// dimension past 65535 workgroups). Biased variance like torch. Two passes over the row for the
+// variance (sum of squared deviations), which stays accurate when |mean| >> std.
+//   forward:  out = (x - mean) * rstd * weight + bias, and saves mean, rstd per row.
+//   backward: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * weight,
+//             xhat = (x - mean) * rstd. Weight and bias are frozen: no gradients for them.
+struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+
+// forward bindings
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> meanOut: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstdOut: array<f32>;
+
+// backward bindings (an entry point may reuse binding numbers of variables it does not touch)
+@group(0) @binding(1) var<storage, read> bDout: array<f32>;
+@group(0) @binding(2) var<storage, read> bX: array<f32>;
+@group(0) @binding(3) var<storage, read> bWeight: array<f32>;
+@group(0) @binding(4) var<storage, read> bMean: array<f32>;
+@group(0) @binding(5) var<storage, read> bRstd: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> red: array<vec2<f32>, WG>;
+
+// Sum of v over the workgroup, returned to every thread. Must be called in uniform control flow.
+fn workgroupSum(v: vec2<f32>, lid: u32) -> vec2<f32> {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  // Keep the next call from overwriting red[0] before every thread has read it.
+  workgroupBarrier();
+  return total;
+}
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let C = params.C;
+  let base = row * C;
+  var s = 0.0;
+  for (var c = lid; c < C; c += WG) { s += x[base + c]; }
+  let mean = workgroupSum(vec2(s, 0.0), lid).x / f32(C);
+  var q = 0.0;
+  for (var c = lid; c < C; c += WG) {
+    let d = x[base + c] - mean;
+    q += d * d;
+  }
+  let variance = workgroupSum(vec2(q, 0.0), lid).x / f32(C);
+  let rstd = 1.0 / sqrt(variance + params.eps);
+  for (var c = lid; c < C; c += WG) {
+    out[base + c] = (x[base + c] - mean) * rstd * weight[c] + bias[c];
+  }
+  if (lid == 0u) {
+    meanOut[row] = mean;
+    rstdOut[row] = rstd;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let C = params.C;
+  let base = row * C;
+  let mean = bMean[row];
+  let rstd = bRstd[row];
+  // Both row sums in one reduction: (sum g, sum g * xhat).
+  var acc = vec2(0.0, 0.0);
+  for (var c = lid; c < C; c += WG) {
+    let g = bDout[base + c] * bWeight[c];
+    let xhat = (bX[base + c] - mean) * rstd;
+    acc += vec2(g, g * xhat);
+  }
+  let sums = workgroupSum(acc, lid) / f32(C);
+  for (var c = lid; c < C; c += WG) {
+    let g = bDout[base + c] * bWeight[c];
+    let xhat = (bX[base + c] - mean) * rstd;
+    var v = rstd * (g - sums.x - xhat * sums.y);
+    if (params.accumulate != 0u) { v += dx[base + c]; }
+    dx[base + c] = v;
+  }
+}

@@ -1,0 +1,322 @@
+// GPT-2 on WebGPU: the frozen forward pass and the backward pass adapter gradients need.
+// One layer's forward and backward are written side by side (see buildLayerForward /
+// buildLayerBackward); every activation has its own named buffer.
+//
+// Shapes: M = B*T rows, C = n_embd, H heads of D = C/H, V vocabulary, L layers.
+// Weights follow Hugging Face's GPT2LMHeadModel: Conv1D stores W as [in, out] (y = x W + b).
+
+import type { Gpu } from '../gpu/gpu';
+import type { Op } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+import { matmul } from '../kernels/matmul';
+import { embeddingForward } from '../kernels/embedding';
+import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
+import { geluBackward, geluForward } from '../kernels/gelu';
+import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { crossEntropy } from '../kernels/cross-entropy';
+import { reduceSum } from '../kernels/reduce-sum';
+import type { LinearModuleInfo } from '../peft/lora';
+import type { LinearSite, PeftMethod } from '../peft/method';
+import { WeightLoader, type RowChunks, type WeightSource } from './weights';
+import { ProgramError, writeBatch, type BatchArrays, type Program, type ProgramOptions } from './program';
+
+/** The config.json fields GPT-2 uses (Hugging Face names). */
+export interface Gpt2Dims {
+  n_embd: number;
+  n_layer: number;
+  n_head: number;
+  n_positions: number;
+  /** MLP width (default 4 * n_embd) */
+  n_inner?: number | null;
+  vocab_size: number;
+  layer_norm_epsilon: number;
+  activation_function?: string;
+  tie_word_embeddings?: boolean;
+}
+
+interface Gpt2LayerWeights {
+  ln1w: Tensor; ln1b: Tensor;
+  attnW: Tensor; attnB: Tensor; // [C, 3C], [3C]
+  projW: Tensor; projB: Tensor; // [C, C], [C]
+  ln2w: Tensor; ln2b: Tensor;
+  fcW: Tensor; fcB: Tensor; // [C, 4C], [4C]
+  mprojW: Tensor; mprojB: Tensor; // [4C, C], [C]
+}
+
+/** Per-layer activations kept for backward. */
+interface LayerActs {
+  ln1: Tensor; mean1: Tensor; rstd1: Tensor;
+  qkv: Tensor; // [M, 3C]
+  att: Tensor; // [B*H, T, T] scores, then probabilities
+  ctx: Tensor; // [M, C] attention output before c_proj
+  x2: Tensor; // residual after attention
+  ln2: Tensor; mean2: Tensor; rstd2: Tensor;
+  fc: Tensor; // [M, 4C] before GELU
+  g: Tensor; // [M, 4C] after GELU
+}
+
+const PREFIXES = ['transformer.'];
+const SUPPORTED_ACTIVATIONS = new Set(['gelu_new', 'gelu_pytorch_tanh']);
+
+export class Gpt2 {
+  readonly C: number;
+  readonly L: number;
+  readonly H: number;
+  readonly D: number;
+  readonly V: number;
+  /** MLP width */
+  readonly F: number;
+  private constructor(
+    private readonly gpu: Gpu,
+    readonly dims: Gpt2Dims,
+    private readonly wte: RowChunks,
+    private readonly wpe: Tensor,
+    private readonly lmHead: RowChunks,
+    private readonly layers: Gpt2LayerWeights[],
+    private readonly lnfW: Tensor,
+    private readonly lnfB: Tensor,
+  ) {
+    this.C = dims.n_embd;
+    this.L = dims.n_layer;
+    this.H = dims.n_head;
+    this.D = dims.n_embd / dims.n_head;
+    this.V = dims.vocab_size;
+    this.F = dims.n_inner ?? 4 * dims.n_embd;
+  }
+
+  /** Uploads the frozen weights. `maxChunkBytes` caps the embedding's row blocks (tests force small ones). */
+  static load(gpu: Gpu, dims: Gpt2Dims, src: WeightSource, where: string, opts: { maxChunkBytes?: number } = {}): Gpt2 {
+    const { n_embd: C, n_layer: L, n_head: H, n_positions: P, vocab_size: V } = dims;
+    const F = dims.n_inner ?? 4 * C;
+    if (C % H !== 0) throw new ProgramError(`${where}: n_embd ${C} is not divisible by n_head ${H}`);
+    const act = dims.activation_function ?? 'gelu_new';
+    if (!SUPPORTED_ACTIVATIONS.has(act)) throw new ProgramError(`${where}: activation_function "${act}" is not supported (GPT-2 uses gelu_new)`);
+    const w = new WeightLoader(gpu, src, PREFIXES, where);
+    const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);
+    const wte = w.loadRowChunks('transformer.wte.weight', V, C, chunk);
+    const tied = dims.tie_word_embeddings !== false || !w.has('lm_head.weight');
+    const lmHead = tied ? wte : w.loadRowChunks('lm_head.weight', V, C, chunk);
+    const wpe = w.load('transformer.wpe.weight', [P, C]);
+    const layers: Gpt2LayerWeights[] = [];
+    for (let i = 0; i < L; i++) {
+      const p = `transformer.h.${i}.`;
+      layers.push({
+        ln1w: w.load(`${p}ln_1.weight`, [C]), ln1b: w.load(`${p}ln_1.bias`, [C]),
+        attnW: w.load(`${p}attn.c_attn.weight`, [C, 3 * C]), attnB: w.load(`${p}attn.c_attn.bias`, [3 * C]),
+        projW: w.load(`${p}attn.c_proj.weight`, [C, C]), projB: w.load(`${p}attn.c_proj.bias`, [C]),
+        ln2w: w.load(`${p}ln_2.weight`, [C]), ln2b: w.load(`${p}ln_2.bias`, [C]),
+        fcW: w.load(`${p}mlp.c_fc.weight`, [C, F]), fcB: w.load(`${p}mlp.c_fc.bias`, [F]),
+        mprojW: w.load(`${p}mlp.c_proj.weight`, [F, C]), mprojB: w.load(`${p}mlp.c_proj.bias`, [C]),
+      });
+    }
+    return new Gpt2(gpu, dims, wte, wpe, lmHead, layers, w.load('transformer.ln_f.weight', [C]), w.load('transformer.ln_f.bias', [C]));
+  }
+
+  /** Every linear layer, as PEFT names them (what LoRA can target). */
+  linearModules(): LinearModuleInfo[] {
+    const { C, F } = this;
+    const out: LinearModuleInfo[] = [];
+    for (let i = 0; i < this.L; i++) {
+      const p = `transformer.h.${i}.`;
+      out.push({ module: `${p}attn.c_attn`, inFeatures: C, outFeatures: 3 * C, weightLayout: 'in_out' });
+      out.push({ module: `${p}attn.c_proj`, inFeatures: C, outFeatures: C, weightLayout: 'in_out' });
+      out.push({ module: `${p}mlp.c_fc`, inFeatures: C, outFeatures: F, weightLayout: 'in_out' });
+      out.push({ module: `${p}mlp.c_proj`, inFeatures: F, outFeatures: C, weightLayout: 'in_out' });
+    }
+    return out;
+  }
+
+  /** Frozen parameter count (the tied head counted once). */
+  parameterCount(): number {
+    const { C, L, V, F } = this;
+    const perLayer = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * F + F) + (F * C + C);
+    const head = this.lmHead === this.wte ? 0 : V * C;
+    return V * C + this.dims.n_positions * C + L * perLayer + 2 * C + head;
+  }
+
+  buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {
+    const { gpu, C, L, H, D, V, F } = this;
+    const { B, T, training } = opts;
+    if (T > this.dims.n_positions) throw new ProgramError(`sequence length ${T} is longer than the model's n_positions (${this.dims.n_positions})`);
+    const M = B * T;
+    const owned: Tensor[] = [];
+    const t = (shape: number[], label: string, dtype: 'f32' | 'u32' | 'i32' = 'f32'): Tensor => {
+      const x = gpu.tensor(shape, label, dtype);
+      owned.push(x);
+      return x;
+    };
+    const tokens = t([M], 'tokens', 'u32');
+    const targets = t([M], 'targets', 'i32');
+    const lengths = t([B], 'lengths', 'u32');
+    const gradScale = t([1], 'gradScale');
+    const losses = t([M], 'losses');
+    const lossSum = t([1], 'lossSum');
+
+    // Residual stream: x[l] is the input of layer l; x[L] feeds ln_f.
+    // Without backward only the current layer's activations are needed, so they are shared.
+    const keep = training ? L : 1;
+    const xs = Array.from({ length: training ? L + 1 : 2 }, (_, i) => t([M, C], `x${i}`));
+    const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
+    const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
+      ln1: t([M, C], `h${i}.ln1`), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
+      qkv: t([M, 3 * C], `h${i}.qkv`), att: t([B * H, T, T], `h${i}.att`), ctx: t([M, C], `h${i}.ctx`),
+      x2: t([M, C], `h${i}.x2`),
+      ln2: t([M, C], `h${i}.ln2`), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
+      fc: t([M, F], `h${i}.fc`), g: t([M, F], `h${i}.g`),
+    }));
+    const lnf = t([M, C], 'lnf'), meanf = t([M], 'meanf'), rstdf = t([M], 'rstdf');
+    // Logits are made a block of rows at a time, so B*T*V floats never have to fit one binding.
+    const headRows = Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(gpu.maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+    const logitsChunk = t([headRows, V], 'logitsChunk');
+    const logits = opts.captureLogits ? t([M, V], 'logits') : null;
+
+    const forward: Op[] = [];
+    // token + position embedding
+    this.wte.chunks.forEach((ch, i) => {
+      forward.push(embeddingForward(gpu, { tokens, table: ch.tensor, rowStart: ch.rowStart, positions: i === 0 ? this.wpe : null, out: xs[0], M, T, C, accumulate: i > 0 }));
+    });
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
+    forward.push(layerNormForward(gpu, { x: xAt(L), weight: this.lnfW, bias: this.lnfB, out: lnf, mean: meanf, rstd: rstdf, rows: M, C, eps: this.dims.layer_norm_epsilon }));
+
+    // LM head + loss (+ its gradient, computed in place of the logits), block by block of rows.
+    const backward: Op[] = [];
+    const dres = training ? t([M, C], 'dres') : null;
+    const dln = training ? t([M, C], 'dln') : null;
+    for (let r0 = 0; r0 < M; r0 += headRows) {
+      const n = Math.min(headRows, M - r0);
+      for (const ch of this.lmHead.chunks) {
+        forward.push(matmul(gpu, { label: 'lm_head', a: lnf, offsetA: r0 * C, b: ch.tensor, transB: true, c: logitsChunk, offsetC: ch.rowStart, ldc: V, M: n, N: ch.rows, K: C }));
+      }
+      if (logits) forward.push({ kind: 'copy', src: logitsChunk.buffer, srcOffset: 0, dst: logits.buffer, dstOffset: r0 * V * 4, size: n * V * 4 });
+      forward.push(crossEntropy(gpu, { logits: logitsChunk, targets, losses, rowOffset: r0, gradScale, rows: n, V }));
+      if (training) {
+        // dlnf[r0:r0+n] = dlogits @ W_head
+        this.lmHead.chunks.forEach((ch, i) => {
+          forward.push(matmul(gpu, { label: 'lm_head.backward', a: logitsChunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: dln!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 }));
+        });
+      }
+    }
+    forward.push(reduceSum(gpu, { x: losses, n: M, out: lossSum, outIndex: 0, accumulate: true }));
+
+    if (training) {
+      backward.push(layerNormBackward(gpu, { dout: dln!, x: xAt(L), weight: this.lnfW, mean: meanf, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
+      const lowest = peft ? this.lowestTrainableLayer(peft) : L;
+      const scratch = {
+        dres: dres!, dln: dln!,
+        dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, T], 'dP'),
+      };
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], scratch, peft, B, T));
+    }
+
+    const V_ = V;
+    return {
+      B, T, tokens, targets, lengths, gradScale, losses, lossSum, logits, forward, backward,
+      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V_),
+      destroy: () => owned.forEach((x) => gpu.destroyTensor(x)),
+    };
+  }
+
+  private lowestTrainableLayer(peft: PeftMethod): number {
+    for (let l = 0; l < this.L; l++) {
+      for (const m of this.linearModules().slice(l * 4, l * 4 + 4)) if (peft.targetsLinear(m.module)) return l;
+    }
+    return this.L;
+  }
+
+  private site(module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out' };
+  }
+
+  /** y = x W + b (+ the adapter's part), with y accumulated onto when `accumulate`. */
+  private linear(site: LinearSite, W: Tensor, bias: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {
+    const ops: Op[] = [matmul(this.gpu, { label: site.module, a: site.x, b: W, c: site.y, bias, M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate })];
+    if (peft?.targetsLinear(site.module)) ops.push(...peft.linearForward(site));
+    return ops;
+  }
+
+  /** dx = dy W^T (+ the adapter's part), and the adapter's gradients. */
+  private linearBack(site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, peft: PeftMethod | null): Op[] {
+    const ops: Op[] = [matmul(this.gpu, { label: `${site.module}.dx`, a: dy, b: W, transB: true, c: dx, M: site.rows, N: site.inFeatures, K: site.outFeatures })];
+    if (peft?.targetsLinear(site.module)) ops.push(...peft.linearBackward(site, { dy, dx }));
+    return ops;
+  }
+
+  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
+    const { gpu, C, H, D, F } = this;
+    const M = B * T;
+    const w = this.layers[l];
+    const p = `transformer.h.${l}.`;
+    const eps = this.dims.layer_norm_epsilon;
+    const bytes = M * C * 4;
+    const qkvBatch = { outer: B, inner: H };
+    const ops: Op[] = [];
+    // attention block: x2 = x + c_proj(attn(c_attn(ln_1(x))))
+    ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
+    ops.push(...this.linear(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, false, peft));
+    // scores = Q K^T per (batch, head), read straight out of the packed qkv rows
+    ops.push(matmul(gpu, {
+      label: `${p}attn.scores`, a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, M: T, N: T, K: D,
+      batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+    }));
+    ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+    ops.push(matmul(gpu, {
+      label: `${p}attn.pv`, a: a.att, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * C, D] },
+    }));
+    ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
+    ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
+    // MLP block: xOut = x2 + c_proj(gelu(c_fc(ln_2(x2))))
+    ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
+    ops.push(...this.linear(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
+    ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
+    ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
+    ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
+    return ops;
+  }
+
+  /**
+   * On entry s.dres holds dLoss/d(output of layer l); on exit dLoss/d(input of layer l).
+   * The mirror image of layerForward, bottom to top read upwards.
+   */
+  private layerBackward(
+    l: number, x: Tensor, a: LayerActs,
+    s: { dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor; dP: Tensor },
+    peft: PeftMethod | null, B: number, T: number,
+  ): Op[] {
+    const { gpu, C, H, D, F } = this;
+    const M = B * T;
+    const w = this.layers[l];
+    const p = `transformer.h.${l}.`;
+    const qkvBatch = { outer: B, inner: H };
+    const ops: Op[] = [];
+    // MLP block (the residual passes dres through unchanged)
+    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, x, M), w.mprojW, s.dres, s.dg, peft));
+    ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
+    ops.push(...this.linearBack(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, s.dg, s.dln, peft));
+    ops.push(layerNormBackward(gpu, { dout: s.dln, x: a.x2, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
+    // attention block
+    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, s.dres, s.dctx, peft));
+    // dP = dctx V^T ; dV = P^T dctx
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dP`, a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, M: T, N: T, K: D,
+      batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+    }));
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dV`, a: a.att, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * 3 * C, D] },
+    }));
+    ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+    // dQ = dS K ; dK = dS^T Q
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dQ`, a: s.dP, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+    }));
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dK`, a: s.dP, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+    }));
+    ops.push(...this.linearBack(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, s.dqkv, s.dln, peft));
+    ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
+    return ops;
+  }
+}

@@ -1,0 +1,86 @@
+// Moving frozen weights from a Hugging Face checkpoint onto the GPU.
+
+import type { Gpu } from '../gpu/gpu';
+import type { Tensor } from '../gpu/tensor';
+
+/** What the engine needs from a loaded checkpoint (src/io/model-files.ts provides it). */
+export interface WeightSource {
+  tensorNames: string[];
+  tensorInfo(name: string): { shape: number[]; dtype: string };
+  getF32(name: string): Float32Array;
+}
+
+export class WeightError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WeightError';
+  }
+}
+
+/**
+ * A [rows, cols] matrix stored as consecutive row blocks, each its own buffer under the GPU's
+ * binding limit (GPT-2's 50257x768 embedding is 154 MB, over the default 128 MiB; Qwen2.5's is 545 MB).
+ */
+export interface RowChunks {
+  rows: number;
+  cols: number;
+  chunks: { rowStart: number; rows: number; tensor: Tensor }[];
+}
+
+/** Finds a tensor by its name or by the name without a leading prefix (checkpoints differ: "transformer.h.0" vs "h.0"). */
+export function resolveName(src: WeightSource, name: string, prefixes: readonly string[]): string | null {
+  const names = new Set(src.tensorNames);
+  if (names.has(name)) return name;
+  for (const p of prefixes) {
+    if (name.startsWith(p) && names.has(name.slice(p.length))) return name.slice(p.length);
+    if (names.has(p + name)) return p + name;
+  }
+  return null;
+}
+
+export class WeightLoader {
+  constructor(
+    private readonly gpu: Gpu,
+    private readonly src: WeightSource,
+    private readonly prefixes: readonly string[],
+    /** Where the weights came from, for messages. */
+    private readonly where: string,
+  ) {}
+
+  has(name: string): boolean {
+    return resolveName(this.src, name, this.prefixes) !== null;
+  }
+
+  private read(name: string, shape: readonly number[]): Float32Array {
+    const found = resolveName(this.src, name, this.prefixes);
+    if (!found) throw new WeightError(`${this.where}: tensor ${name} is missing from the checkpoint`);
+    const info = this.src.tensorInfo(found);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new WeightError(`${this.where}: tensor ${found} has shape [${info.shape.join(', ')}] but config.json implies [${shape.join(', ')}]`);
+    }
+    return this.src.getF32(found);
+  }
+
+  /** Uploads one tensor, checking its shape. */
+  load(name: string, shape: readonly number[]): Tensor {
+    const data = this.read(name, shape);
+    return this.gpu.tensorFrom(data, shape, name);
+  }
+
+  /** Uploads a [rows, cols] matrix split into row blocks that each fit one binding. */
+  loadRowChunks(name: string, rows: number, cols: number, maxChunkBytes = this.gpu.maxBindingBytes): RowChunks {
+    const data = this.read(name, [rows, cols]);
+    return uploadRowChunks(this.gpu, name, data, rows, cols, maxChunkBytes);
+  }
+}
+
+export function uploadRowChunks(gpu: Gpu, name: string, data: Float32Array, rows: number, cols: number, maxChunkBytes: number): RowChunks {
+  const rowsPerChunk = Math.max(1, Math.floor(maxChunkBytes / (cols * 4)));
+  const chunks: RowChunks['chunks'] = [];
+  for (let r0 = 0; r0 < rows; r0 += rowsPerChunk) {
+    const n = Math.min(rowsPerChunk, rows - r0);
+    const tensor = gpu.tensorFrom(data.subarray(r0 * cols, (r0 + n) * cols), [n, cols], `${name}[${r0}:${r0 + n}]`);
+    chunks.push({ rowStart: r0, rows: n, tensor });
+  }
+  return { rows, cols, chunks };
+}

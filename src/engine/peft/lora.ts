@@ -1,0 +1,221 @@
+// LoRA exactly as PEFT defines it: for a targeted linear layer,
+//   y = x W + b + scale * dropout(x) A^T B^T,   A: [r, in], B: [out, r],
+// scale = alpha / r (or alpha / sqrt(r) with rsLoRA), A kaiming-uniform(a=sqrt(5)), B zero.
+//
+// Forward keeps nothing per site: backward recomputes u = dropout(x) A^T (an [rows, r] product,
+// cheap next to the base layer) and regenerates the dropout mask from the step seed, so the only
+// buffers are scratch shared by all sites of a program.
+
+import type { Gpu } from '../gpu/gpu';
+import type { Op } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+import { matmul } from '../kernels/matmul';
+import { dropoutBackward, dropoutForward } from '../kernels/dropout';
+import type { StepUniforms } from '../kernels/step-uniforms';
+import type { LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
+
+export interface LoraSettings {
+  r: number;
+  alpha: number;
+  dropout: number;
+  /** PEFT target_modules: a module matches when its path equals a target or ends with '.' + target. */
+  targetModules: string[];
+  useRslora: boolean;
+}
+
+export interface LinearModuleInfo {
+  module: string;
+  inFeatures: number;
+  outFeatures: number;
+  /** 'in_out' = GPT-2 Conv1D (PEFT then sets fan_in_fan_out). */
+  weightLayout: 'in_out' | 'out_in';
+}
+
+export class LoraError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LoraError';
+  }
+}
+
+/** PEFT's rule for a list of target_modules (strings, not a regex). */
+export function moduleMatches(module: string, targets: readonly string[]): boolean {
+  return targets.some((t) => module === t || module.endsWith(`.${t}`));
+}
+
+interface Scratch {
+  u: Tensor;
+  du: Tensor;
+  /** dropout(x), and the [rows, in] product before the dropout mask on the way back (p > 0 only) */
+  xd: Tensor | null;
+  dxd: Tensor | null;
+}
+
+interface LoraModule {
+  info: LinearModuleInfo;
+  A: TrainableParam;
+  B: TrainableParam;
+  salt: number;
+}
+
+export class Lora implements PeftMethod {
+  readonly kind = 'lora' as const;
+  readonly params: TrainableParam[] = [];
+  readonly scale: number;
+  private readonly modules = new Map<string, LoraModule>();
+  private readonly scratch = new Map<number, Scratch>();
+  private readonly maxIn: number;
+
+  /**
+   * @param linears every linear module of the model that LoRA could target
+   * @param random uniform [0,1) source for A's init (seeded by the caller)
+   */
+  constructor(
+    private readonly gpu: Gpu,
+    readonly settings: LoraSettings,
+    linears: readonly LinearModuleInfo[],
+    private readonly step: StepUniforms,
+    random: () => number,
+  ) {
+    const { r, alpha, dropout } = settings;
+    if (!Number.isInteger(r) || r < 1) throw new LoraError(`LoRA rank must be a positive integer (got ${r})`);
+    if (!(alpha > 0)) throw new LoraError(`LoRA alpha must be positive (got ${alpha})`);
+    if (!(dropout >= 0 && dropout < 1)) throw new LoraError(`LoRA dropout must be in [0, 1) (got ${dropout})`);
+    this.scale = settings.useRslora ? alpha / Math.sqrt(r) : alpha / r;
+    const targeted = linears.filter((l) => moduleMatches(l.module, settings.targetModules));
+    if (targeted.length === 0) {
+      const names = [...new Set(linears.map((l) => l.module.split('.').slice(-2).join('.')))].join(', ');
+      throw new LoraError(`LoRA target modules [${settings.targetModules.join(', ')}] match no layer of this model; its linear layers are: ${names}`);
+    }
+    targeted.forEach((info, i) => {
+      const base = `base_model.model.${info.module}`;
+      const bound = 1 / Math.sqrt(info.inFeatures); // kaiming_uniform_(a=sqrt(5)) on [r, in]
+      const a = new Float32Array(r * info.inFeatures);
+      for (let j = 0; j < a.length; j++) a[j] = (random() * 2 - 1) * bound;
+      const A = this.param(`${base}.lora_A.weight`, [r, info.inFeatures], a);
+      const B = this.param(`${base}.lora_B.weight`, [info.outFeatures, r], null);
+      this.modules.set(info.module, { info, A, B, salt: 0x9e37 + i * 7919 });
+    });
+    this.maxIn = Math.max(...targeted.map((l) => l.inFeatures));
+  }
+
+  private param(name: string, shape: number[], init: Float32Array | null): TrainableParam {
+    const g = this.gpu;
+    const value = g.tensor(shape, name);
+    if (init) g.write(value, init);
+    const p: TrainableParam = { name, shape, value, grad: g.tensor(shape, `${name}.grad`), m: g.tensor(shape, `${name}.m`), v: g.tensor(shape, `${name}.v`) };
+    this.params.push(p);
+    return p;
+  }
+
+  get targetedModules(): string[] {
+    return [...this.modules.keys()];
+  }
+
+  targetsLinear(module: string): boolean {
+    return this.modules.has(module);
+  }
+
+  private scratchFor(rows: number): Scratch {
+    let s = this.scratch.get(rows);
+    if (!s) {
+      const r = this.settings.r;
+      const p = this.settings.dropout > 0;
+      s = {
+        u: this.gpu.tensor([rows, r], `lora.u[${rows}]`),
+        du: this.gpu.tensor([rows, r], `lora.du[${rows}]`),
+        xd: p ? this.gpu.tensor([rows, this.maxIn], `lora.xd[${rows}]`) : null,
+        dxd: p ? this.gpu.tensor([rows, this.maxIn], `lora.dxd[${rows}]`) : null,
+      };
+      this.scratch.set(rows, s);
+    }
+    return s;
+  }
+
+  private module(site: LinearSite): LoraModule {
+    const m = this.modules.get(site.module);
+    if (!m) throw new LoraError(`no LoRA on ${site.module}`);
+    if (m.info.inFeatures !== site.inFeatures || m.info.outFeatures !== site.outFeatures) {
+      throw new LoraError(`${site.module}: site is ${site.inFeatures}->${site.outFeatures}, LoRA was built for ${m.info.inFeatures}->${m.info.outFeatures}`);
+    }
+    return m;
+  }
+
+  /** Ops that put u = dropout(x) A^T into scratch (used by forward and, recomputed, by backward). */
+  private projectDown(site: LinearSite, m: LoraModule, s: Scratch): Op[] {
+    const ops: Op[] = [];
+    const { rows, inFeatures: K } = site;
+    const p = this.settings.dropout;
+    let x = site.x;
+    if (p > 0) {
+      ops.push(dropoutForward(this.gpu, { x: site.x, out: s.xd!, n: rows * K, p, step: this.step, salt: m.salt }));
+      x = s.xd!;
+    }
+    ops.push(matmul(this.gpu, { label: `${site.module}.lora_A`, a: x, b: m.A.value, c: s.u, M: rows, N: this.settings.r, K, transB: true }));
+    return ops;
+  }
+
+  linearForward(site: LinearSite): Op[] {
+    const m = this.module(site);
+    const s = this.scratchFor(site.rows);
+    return [
+      ...this.projectDown(site, m, s),
+      matmul(this.gpu, {
+        label: `${site.module}.lora_B`, a: s.u, b: m.B.value, c: site.y,
+        M: site.rows, N: site.outFeatures, K: this.settings.r, transB: true, alpha: this.scale, accumulate: true,
+      }),
+    ];
+  }
+
+  linearBackward(site: LinearSite, grad: LinearGrad): Op[] {
+    const m = this.module(site);
+    const s = this.scratchFor(site.rows);
+    const { rows, inFeatures: K, outFeatures: N } = site;
+    const r = this.settings.r;
+    const g = this.gpu;
+    const p = this.settings.dropout;
+    const ops: Op[] = [...this.projectDown(site, m, s)];
+    const x = p > 0 ? s.xd! : site.x;
+    // dB += scale * dy^T u
+    ops.push(matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: s.u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true }));
+    // du = scale * dy B
+    ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
+    // dA += du^T dropout(x)
+    ops.push(matmul(g, { label: `${site.module}.dA`, a: s.du, b: x, c: m.A.grad, M: r, N: K, K: rows, transA: true, accumulate: true }));
+    if (grad.dx) {
+      if (p > 0) {
+        ops.push(matmul(g, { label: `${site.module}.dxd`, a: s.du, b: m.A.value, c: s.dxd!, M: rows, N: K, K: r }));
+        ops.push(dropoutBackward(g, { dout: s.dxd!, dx: grad.dx, n: rows * K, p, step: this.step, salt: m.salt, accumulate: true }));
+      } else {
+        ops.push(matmul(g, { label: `${site.module}.dx`, a: s.du, b: m.A.value, c: grad.dx, M: rows, N: K, K: r, accumulate: true }));
+      }
+    }
+    return ops;
+  }
+
+  adapterConfig(baseModel: string): Record<string, unknown> {
+    const anyConv1d = [...this.modules.values()].some((m) => m.info.weightLayout === 'in_out');
+    const targets = [...new Set(this.settings.targetModules)];
+    return {
+      peft_type: 'LORA',
+      task_type: 'CAUSAL_LM',
+      base_model_name_or_path: baseModel,
+      r: this.settings.r,
+      lora_alpha: this.settings.alpha,
+      lora_dropout: this.settings.dropout,
+      target_modules: targets,
+      fan_in_fan_out: anyConv1d,
+      bias: 'none',
+      use_rslora: this.settings.useRslora,
+      use_dora: false,
+      init_lora_weights: true,
+      inference_mode: true,
+      modules_to_save: null,
+      layers_to_transform: null,
+      layers_pattern: null,
+      rank_pattern: {},
+      alpha_pattern: {},
+      revision: null,
+    };
+  }
+}

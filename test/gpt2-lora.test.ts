@@ -1,0 +1,102 @@
+// The whole GPT-2 + LoRA program on the GPU against a float64 CPU model: logits, loss, and every
+// LoRA tensor's gradient checked by central finite differences of the float64 loss. The embedding
+// and the logits are split into several blocks to exercise the over-the-binding-limit paths.
+import { describe, expect, it } from 'vitest';
+import { testGpu, rng, expectClose } from './helpers/gpu';
+import { gpt2Reference, randomGpt2Weights, weightSource, type LoraRef } from './helpers/gpt2-reference';
+import { Gpt2, type Gpt2Dims } from '../src/engine/models/gpt2';
+import { Lora } from '../src/engine/peft/lora';
+import { StepUniforms } from '../src/engine/kernels/step-uniforms';
+import { runOps } from '../src/engine/gpu/dispatch';
+
+const dims: Gpt2Dims = { n_embd: 16, n_layer: 2, n_head: 2, n_positions: 16, vocab_size: 37, layer_norm_epsilon: 1e-5 };
+const B = 2, T = 7;
+const lengths = [7, 4];
+
+function makeInputs() {
+  const r = rng(7);
+  const tokens = new Uint32Array(B * T);
+  const targets = new Int32Array(B * T).fill(-100);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) tokens[b * T + t] = t < lengths[b] ? Math.floor(r() * dims.vocab_size) : 0;
+    // loss on positions 2.. of each row (as if the first tokens were the prompt)
+    for (let t = 2; t < lengths[b] - 1; t++) targets[b * T + t] = tokens[b * T + t + 1];
+  }
+  return { tokens, targets, validTargets: targets.filter((x) => x >= 0).length };
+}
+
+describe('GPT-2 + LoRA program', () => {
+  it('matches a float64 reference (logits, loss) and finite-difference LoRA gradients', async () => {
+    const gpu = await testGpu();
+    const w = randomGpt2Weights(dims, 1);
+    // 10 rows per embedding block -> 4 blocks; 5 rows of logits at a time -> 3 blocks
+    const model = Gpt2.load(gpu, dims, weightSource(w, dims), 'random-gpt2', { maxChunkBytes: 10 * dims.n_embd * 4 });
+    const step = new StepUniforms(gpu);
+    step.write({ lr: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1, seed: 1 });
+    const settings = { r: 3, alpha: 6, dropout: 0, targetModules: ['c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'], useRslora: false };
+    const lora = new Lora(gpu, settings, model.linearModules(), step, rng(3));
+    expect(lora.params.length).toBe(2 * 4 * dims.n_layer);
+    // Non-zero B (PEFT starts it at zero, which would make A's gradient vanish).
+    const ref: LoraRef = { modules: new Map(), r: 3, scale: 2 };
+    const r = rng(11);
+    const values = new Map<string, Float64Array>();
+    for (const p of lora.params) {
+      const v = Float64Array.from(Float32Array.from({ length: p.value.size }, () => (r() * 2 - 1) * 0.4));
+      gpu.write(p.value, Float32Array.from(v));
+      values.set(p.name, v);
+    }
+    for (const mod of lora.targetedModules) {
+      ref.modules.set(mod, { A: values.get(`base_model.model.${mod}.lora_A.weight`)!, B: values.get(`base_model.model.${mod}.lora_B.weight`)! });
+    }
+
+    const { tokens, targets, validTargets } = makeInputs();
+    const program = model.buildProgram(lora, { B, T, training: true, captureLogits: true, headRowsPerChunk: 5 });
+    program.write({ B, T, inputIds: tokens, targets, lengths: Uint32Array.from(lengths), validTargets });
+    gpu.write(program.gradScale, new Float32Array([1 / validTargets]));
+    runOps(gpu, [...lora.params.map((p) => ({ kind: 'clear' as const, buffer: p.grad.buffer })), { kind: 'clear', buffer: program.lossSum.buffer }, ...program.forward, ...program.backward]);
+
+    const want = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T);
+    expectClose(await gpu.read(program.logits!), want.logits, 1e-4, 'logits');
+    const loss = (await gpu.read(program.lossSum))[0] / validTargets;
+    expect(Math.abs(loss - want.loss) / want.loss).toBeLessThan(1e-5);
+
+    // Finite differences of the float64 loss, a few entries of every LoRA tensor.
+    const h = 1e-5;
+    for (const p of lora.params) {
+      const grad = await gpu.read(p.grad);
+      const v = values.get(p.name)!;
+      const idx = [0, v.length - 1, Math.floor(v.length / 3), Math.floor((2 * v.length) / 3)];
+      const fd: number[] = [];
+      for (const i of idx) {
+        const old = v[i];
+        v[i] = old + h;
+        const lp = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
+        v[i] = old - h;
+        const lm = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
+        v[i] = old;
+        fd.push((lp - lm) / (2 * h));
+      }
+      const got = idx.map((i) => grad[i]);
+      // relative to the tensor's largest gradient: entries near 0 have no meaningful relative error
+      const scale = Math.max(...Array.from(grad, Math.abs));
+      got.forEach((g, k) => {
+        const err = Math.abs(g - fd[k]) / Math.max(Math.abs(fd[k]), 1e-2 * scale);
+        if (!(err < 2e-3)) throw new Error(`${p.name}[${idx[k]}]: gpu ${g}, finite difference ${fd[k]}`);
+      });
+    }
+    program.destroy();
+  });
+
+  it('an untargeted model gives the same logits as the base model', async () => {
+    const gpu = await testGpu();
+    const w = randomGpt2Weights(dims, 2);
+    const model = Gpt2.load(gpu, dims, weightSource(w, dims), 'random-gpt2');
+    const { tokens, targets, validTargets } = makeInputs();
+    const program = model.buildProgram(null, { B, T, training: false, captureLogits: true });
+    program.write({ B, T, inputIds: tokens, targets, lengths: Uint32Array.from(lengths), validTargets });
+    runOps(gpu, program.forward);
+    const want = gpt2Reference(w, dims, null, tokens, targets, lengths, B, T);
+    expectClose(await gpu.read(program.logits!), want.logits, 1e-4, 'logits');
+    program.destroy();
+  });
+});

@@ -1,0 +1,187 @@
+// Cross-entropy (loss and in-place logits gradient) and the loss-sum reduction against float64
+// references; the reference gradient against finite differences of the reference loss.
+import { describe, expect, it } from 'vitest';
+import { testGpu, randArray, rng, expectClose, f64 } from './helpers/gpu';
+import type { Gpu } from '../src/engine/gpu/gpu';
+import { runOps, type Dispatch, type Op } from '../src/engine/gpu/dispatch';
+import { crossEntropy } from '../src/engine/kernels/cross-entropy';
+import { reduceSum } from '../src/engine/kernels/reduce-sum';
+
+/** Binds and runs ops, failing on any WebGPU validation error (they are otherwise only logged). */
+async function run(gpu: Gpu, make: () => Op[]): Promise<void> {
+  gpu.device.pushErrorScope('validation');
+  runOps(gpu, make());
+  const err = await gpu.device.popErrorScope();
+  if (err) throw new Error(`WebGPU validation error: ${err.message}`);
+}
+
+/** The same bound kernel, dispatched on a folded 2-D grid (what the wrappers do past 65535 groups). */
+const folded = (d: Dispatch, x: number, y: number): Dispatch => ({ ...d, workgroups: [x, y, 1] });
+
+// ---------------------------------------------------------------- cross-entropy
+
+/** Loss of one row and its gradient (unscaled), in f64. target < 0: ignored. */
+function ceRowRef(logits: ArrayLike<number>, target: number): { loss: number; grad: Float64Array } {
+  const V = logits.length;
+  const grad = new Float64Array(V);
+  if (target < 0) return { loss: 0, grad };
+  let m = -Infinity;
+  for (let c = 0; c < V; c++) m = Math.max(m, logits[c]);
+  let s = 0;
+  for (let c = 0; c < V; c++) s += Math.exp(logits[c] - m);
+  for (let c = 0; c < V; c++) grad[c] = Math.exp(logits[c] - m) / s - (c === target ? 1 : 0);
+  return { loss: m + Math.log(s) - logits[target], grad };
+}
+
+describe('crossEntropy', () => {
+  it('reference gradient matches finite differences of the reference loss', () => {
+    const V = 9;
+    const x = f64(randArray(V, 70, 3));
+    const { grad } = ceRowRef(x, 4);
+    const num = new Float64Array(V);
+    for (let c = 0; c < V; c++) {
+      const xp = Float64Array.from(x), xm = Float64Array.from(x);
+      xp[c] += 1e-6;
+      xm[c] -= 1e-6;
+      num[c] = (ceRowRef(xp, 4).loss - ceRowRef(xm, 4).loss) / 2e-6;
+    }
+    expectClose(grad, num, 1e-6, 'cross-entropy reference gradient vs finite differences');
+  });
+
+  async function check(rows: number, V: number, targets: number[], seed: number, opts: { scale?: number; rowOffset?: number; extremes?: boolean; fold?: [number, number] } = {}) {
+    const gpu = await testGpu();
+    const logits = randArray(rows * V, seed, opts.scale ?? 4);
+    if (opts.extremes) {
+      // Rows with logits at +-80: exp(80) ~ 5.5e34 and exp(160) overflow without max subtraction.
+      const r = rng(seed + 1);
+      for (let i = 0; i < logits.length; i++) logits[i] = r() < 0.5 ? 80 - r() : -80 + r();
+      for (let row = 0; row < rows; row++) if (targets[row] >= 0) logits[row * V + targets[row]] = row % 2 ? 80 : -80;
+    }
+    const gradScale = 0.37;
+    const rowOffset = opts.rowOffset ?? 0;
+    const tLogits = gpu.tensorFrom(logits, [rows, V], 'logits');
+    // Targets are read at targets[rowOffset + r] (the batch's targets; logits are one block of rows).
+    // The entries before the block are valid ids that must not be used.
+    const allTargets = Int32Array.from([...Array.from({ length: rowOffset }, (_, i) => (i * 7) % V), ...targets]);
+    const tTargets = gpu.tensorFrom(allTargets, [allTargets.length], 'targets');
+    const lossesInit = randArray(rowOffset + rows + 2, seed + 2, 9);
+    const tLosses = gpu.tensorFrom(lossesInit, [lossesInit.length], 'losses');
+    const tScale = gpu.tensorFrom(Float32Array.of(gradScale), [1], 'gradScale');
+    await run(gpu, () => {
+      const d = crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, rowOffset, gradScale: tScale, rows, V });
+      return [opts.fold ? folded(d, opts.fold[0], opts.fold[1]) : d];
+    });
+    const gotLoss = await gpu.read(tLosses);
+    const gotGrad = await gpu.read(tLogits);
+    const wantLoss = f64(lossesInit);
+    const wantGrad = new Float64Array(rows * V);
+    for (let r = 0; r < rows; r++) {
+      const ref = ceRowRef(logits.subarray(r * V, (r + 1) * V), targets[r]);
+      wantLoss[rowOffset + r] = ref.loss;
+      for (let c = 0; c < V; c++) wantGrad[r * V + c] = ref.grad[c] * gradScale;
+    }
+    const what = `cross-entropy rows=${rows} V=${V}`;
+    // The loss is (max - x_t) + log(sum): each term carries an absolute f32 error of a few ulps of
+    // its own size (up to ~160 at +-80 logits), so small losses are compared against 10% of the
+    // largest. Elements of losses outside [rowOffset, rowOffset + rows) must stay untouched.
+    expectClose(gotLoss, wantLoss, 2e-6, `${what} losses`, 0.1);
+    // softmax - onehot: each probability has a few ulps of error from exp and 1/sum.
+    expectClose(gotGrad, wantGrad, 1e-5, `${what} grad`);
+    for (let r = 0; r < rows; r++) {
+      if (targets[r] >= 0) continue;
+      expect(gotLoss[rowOffset + r]).toBe(0);
+      expect(gotGrad.subarray(r * V, (r + 1) * V).every((g) => g === 0)).toBe(true);
+    }
+  }
+
+  it('matches the reference with ignored rows and V not a multiple of 256', async () => {
+    // Targets in the first and last column and in columns owned by different threads.
+    await check(6, 1000, [3, -100, 999, 0, -1, 517], 71, { rowOffset: 3 });
+    await check(3, 7, [6, 0, -100], 72); // V smaller than the workgroup
+  });
+
+  it('is stable for logits at +-80', async () => {
+    await check(4, 300, [5, 299, -100, 0], 73, { extremes: true });
+  });
+
+  it('handles GPT-2 vocabulary rows (V = 50257)', async () => {
+    await check(2, 50257, [50256, 12345], 74, { scale: 10 });
+  });
+
+  it('handles rows folded into the y dimension', async () => {
+    await check(5, 260, [1, 259, -100, 7, 100], 75, { fold: [2, 3] }); // 6 workgroups for 5 rows
+  });
+
+  it('gives a NaN loss for a target past the vocabulary', async () => {
+    const gpu = await testGpu();
+    const V = 10;
+    const tLogits = gpu.tensorFrom(randArray(V, 76), [1, V], 'logits');
+    const tLosses = gpu.tensor([1], 'losses');
+    await run(gpu, () => [crossEntropy(gpu, {
+      logits: tLogits, targets: gpu.tensorFrom(Int32Array.of(V), [1], 't'), losses: tLosses,
+      gradScale: gpu.tensorFrom(Float32Array.of(1), [1], 's'), rows: 1, V,
+    })]);
+    expect(Number.isNaN((await gpu.read(tLosses))[0])).toBe(true);
+  });
+
+  it('rejects bad arguments', async () => {
+    const gpu = await testGpu();
+    const logits = gpu.tensor([2, 10], 'logits'), losses = gpu.tensor([2], 'losses'), s = gpu.tensor([1], 's');
+    const targets = gpu.tensorFrom(Int32Array.of(1, 2), [2], 't');
+    const base = { logits, targets, losses, gradScale: s, rows: 2, V: 10 };
+    expect(() => crossEntropy(gpu, { ...base, targets: gpu.tensorFrom(Uint32Array.of(1, 2), [2], 'u') })).toThrow(/i32/);
+    expect(() => crossEntropy(gpu, { ...base, rowOffset: 1 })).toThrow(/targets has 2 elements/);
+    expect(() => crossEntropy(gpu, { ...base, targets: gpu.tensorFrom(Int32Array.of(1, 2, 3), [3], 't3'), rowOffset: 1 })).toThrow(/losses/);
+    expect(() => crossEntropy(gpu, { ...base, V: 11 })).toThrow(/logits/);
+  });
+});
+
+// ---------------------------------------------------------------- reduce-sum
+
+describe('reduceSum', () => {
+  it('sums with and without accumulation, for n around and far above the workgroup size', async () => {
+    const gpu = await testGpu();
+    for (const n of [0, 1, 255, 257, 100_003]) {
+      const x = randArray(Math.max(n, 1), 80 + n, 5);
+      const tx = gpu.tensorFrom(x, [x.length], 'x');
+      const prior = Float32Array.of(1.5, -2.25, 7, 0.125);
+      const out = gpu.tensorFrom(prior, [4], 'out');
+      await run(gpu, () => [
+        reduceSum(gpu, { x: tx, n, out }), // outIndex 0, overwrite
+        reduceSum(gpu, { x: tx, n, out, outIndex: 2, accumulate: true }),
+      ]);
+      let s = 0;
+      let sAbs = 0;
+      for (let i = 0; i < n; i++) {
+        s += x[i];
+        sAbs += Math.abs(x[i]);
+      }
+      const got = await gpu.read(out);
+      // Error bound of a compensated f32 sum: a few ulps of sum |x|.
+      const tol = 4 * 2 ** -24 * sAbs + 1e-7;
+      expect(Math.abs(got[0] - s)).toBeLessThanOrEqual(tol);
+      expect(Math.abs(got[2] - (7 + s))).toBeLessThanOrEqual(tol + 1e-6);
+      expect([got[1], got[3]]).toEqual([prior[1], prior[3]]);
+    }
+  });
+
+  it('sums a million per-token losses accurately', async () => {
+    const gpu = await testGpu();
+    const n = 1_000_000;
+    const x = randArray(n, 81, 5).map((v) => v + 5); // losses in [0, 10)
+    const tx = gpu.tensorFrom(x, [n], 'x'), out = gpu.tensor([1], 'out');
+    await run(gpu, () => [reduceSum(gpu, { x: tx, n, out })]);
+    let s = 0;
+    for (let i = 0; i < n; i++) s += x[i];
+    // Each thread adds ~3900 values: its partial reaches ~2e4 (ulp 2e-3), which Kahan compensates.
+    expectClose(await gpu.read(out), [s], 1e-6, 'reduceSum 1e6');
+  });
+
+  it('rejects bad arguments', async () => {
+    const gpu = await testGpu();
+    const x = gpu.tensor([10], 'x'), out = gpu.tensor([2], 'out');
+    expect(() => reduceSum(gpu, { x, n: 11, out })).toThrow(/x must be f32 with n=11/);
+    expect(() => reduceSum(gpu, { x, n: 10, out, outIndex: 2 })).toThrow(/out/);
+    expect(() => reduceSum(gpu, { x, n: 10, out: x })).toThrow(/alias/);
+  });
+});
