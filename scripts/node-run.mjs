@@ -29,6 +29,7 @@ await build({
   root,
   configFile: false,
   logLevel: 'warn',
+  publicDir: false,
   resolve: bundleOnly
     ? {
         alias: [

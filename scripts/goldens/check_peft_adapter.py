@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--expect", required=True, help="safetensors file with the reference logits")
     ap.add_argument("--expect-key", default="logits", help="tensor name in --expect (default: logits)")
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--floor", type=float, default=1e-3,
+                    help="per-element denominator floor as a fraction of max|ref| (1 = normwise: max|out-ref| / max|ref|)")
     ap.add_argument("--compute-dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--report", help="also write the JSON report here")
     args = ap.parse_args()
@@ -240,7 +242,8 @@ def run(args, report, fail, handler):
     if not torch.isfinite(out).all():
         fail("non-finite logits")
     scale = ref.abs().max().item()
-    denom = torch.clamp(ref.abs(), min=1e-3 * scale)
+    denom = torch.clamp(ref.abs(), min=args.floor * scale)
+    report["floor"] = args.floor
     err = ((out - ref).abs() / denom)
     idx = int(err.argmax())
     report["max_rel_error"] = err.max().item()

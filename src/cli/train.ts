@@ -133,11 +133,13 @@ async function main(argv: string[]): Promise<void> {
   console.log(`training: ${totalSteps} steps of ${batchSize} x ${seqLen} tokens${gradAccum > 1 ? ` x ${gradAccum} accumulated` : ''}, lr ${config.lr}`);
 
   const log = new RunLog(stepsPerEpoch);
+  const reportTimes: number[] = [];
   const t0 = performance.now();
   const every = Math.max(1, Math.floor(totalSteps / 50));
   await trainer.run({
     onStep: (r) => {
       log.step(r);
+      reportTimes.push(r.elapsedMs);
       if (r.step % every === 0 || r.step === 1 || r.step === r.totalSteps) {
         console.log(`step ${r.step}/${r.totalSteps} | loss ${r.loss.toFixed(4)} | lr ${r.lr.toExponential(2)} | grad norm ${r.gradNorm.toFixed(3)} | ${Math.round(r.tokensPerSecond).toLocaleString('en-US')} tok/s | eta ${formatDuration(r.etaMs)}`);
       }
@@ -153,8 +155,10 @@ async function main(argv: string[]): Promise<void> {
   // Output
   const out = a.out!;
   fs.mkdirSync(out, { recursive: true });
+  // adapter_config points at the folder as given (PEFT reads the base config from there);
+  // the model card names the model by its folder name.
   const baseModel = path.basename(path.resolve(a.model!));
-  const files = await exportPeftAdapter(gpu, lora, baseModel);
+  const files = await exportPeftAdapter(gpu, lora, a.model!);
   fs.writeFileSync(path.join(out, 'adapter_config.json'), files['adapter_config.json']);
   fs.writeFileSync(path.join(out, 'adapter_model.safetensors'), files['adapter_model.safetensors']);
   fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(trainerState(log, config, stepsPerEpoch), null, 2) + '\n');
@@ -165,6 +169,11 @@ async function main(argv: string[]): Promise<void> {
     runtimeS, device,
   }));
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${log.lastEval ? `, eval loss ${log.lastEval.evalLoss.toFixed(4)}` : ''}`);
+  if (reportTimes.length >= 3) {
+    // the first step includes compiling every pipeline; later ones are the steady state
+    const steady = (reportTimes.at(-1)! - reportTimes[0]) / (reportTimes.length - 1);
+    console.log(`step time: ${steady.toFixed(1)} ms/step over steps 2-${reportTimes.length} (first step ${reportTimes[0].toFixed(0)} ms, with pipeline compilation)`);
+  }
   console.log(`wrote ${out}/adapter_config.json, adapter_model.safetensors, README.md, trainer_state.json`);
   trainer.destroy();
 }
