@@ -1,0 +1,78 @@
+// RMSNorm over the last dimension C, exactly transformers' LlamaRMSNorm in f32 (also Qwen2/Qwen3,
+// whose q_norm/k_norm apply it per head): one workgroup per row, rows folded into the y dimension
+// past 65535 workgroups. WG threads per workgroup (override: 64 for short rows such as one head,
+// 256 otherwise).
+//   forward:  r = 1 / sqrt(mean(x^2) + eps),  out = weight * (x * r); saves r per row.
+//   backward: dx (+)= r * (g - xhat * mean(g * xhat)),  g = dout * weight,  xhat = x * r.
+//             (d/dx_k of w_c x_c r = r w_k [c == k] - w_c x_c r^3 x_k / C.) The weight is frozen.
+struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+
+// forward bindings
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rstdOut: array<f32>;
+
+// backward bindings (an entry point may reuse binding numbers of variables it does not touch)
+@group(0) @binding(1) var<storage, read> bDout: array<f32>;
+@group(0) @binding(2) var<storage, read> bX: array<f32>;
+@group(0) @binding(3) var<storage, read> bWeight: array<f32>;
+@group(0) @binding(4) var<storage, read> bRstd: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+override WG: u32 = 256u;  // a power of two
+var<workgroup> red: array<f32, WG>;
+
+// Sum of v over the workgroup, returned to every thread. Must be called in uniform control flow.
+fn workgroupSum(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  return red[0];
+}
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let C = params.C;
+  let base = row * C;
+  var q = 0.0;
+  for (var c = lid; c < C; c += WG) {
+    let v = x[base + c];
+    q += v * v;
+  }
+  let rstd = 1.0 / sqrt(workgroupSum(q, lid) / f32(C) + params.eps);
+  for (var c = lid; c < C; c += WG) {
+    // transformers: weight * (hidden_states * rsqrt(variance + eps)), in this order.
+    out[base + c] = weight[c] * (x[base + c] * rstd);
+  }
+  if (lid == 0u) { rstdOut[row] = rstd; }
+}
+
+@compute @workgroup_size(WG)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let C = params.C;
+  let base = row * C;
+  let rstd = bRstd[row];
+  var acc = 0.0;
+  for (var c = lid; c < C; c += WG) {
+    acc += bDout[base + c] * bWeight[c] * (bX[base + c] * rstd);
+  }
+  let m = workgroupSum(acc, lid) / f32(C);
+  for (var c = lid; c < C; c += WG) {
+    let g = bDout[base + c] * bWeight[c];
+    let xhat = bX[base + c] * rstd;
+    var v = rstd * (g - xhat * m);
+    if (params.accumulate != 0u) { v += dx[base + c]; }
+    dx[base + c] = v;
+  }
+}

@@ -1,0 +1,92 @@
+import code from '../../../shaders/rmsnorm.wgsl?raw';
+import type { Gpu } from '../gpu/gpu';
+import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+import { grid1d } from './grid';
+
+export interface RmsNormForwardArgs {
+  x: Tensor; // [rows, C], dense
+  weight: Tensor; // [C]
+  out: Tensor; // [rows, C]
+  rstd: Tensor; // [rows], 1 / sqrt(mean(x^2) + eps), saved for backward
+  rows: number;
+  C: number;
+  eps: number;
+}
+
+export interface RmsNormBackwardArgs {
+  dout: Tensor; // [rows, C]
+  x: Tensor; // [rows, C], the forward input
+  weight: Tensor; // [C]
+  rstd: Tensor; // [rows] from forward
+  dx: Tensor; // [rows, C]
+  rows: number;
+  C: number;
+  /** dx += instead of dx = (residual branches). */
+  accumulate: boolean;
+}
+
+function checkDims(what: string, rows: number, C: number): void {
+  if (!Number.isInteger(rows) || rows < 0) throw new Error(`${what}: rows must be a non-negative integer (got ${rows})`);
+  if (!Number.isInteger(C) || C < 1) throw new Error(`${what}: C must be a positive integer (got ${C})`);
+}
+
+function checkSize(what: string, name: string, t: Tensor, n: number): void {
+  if (t.dtype !== 'f32') throw new Error(`${what}: ${name} must be f32 (got ${t.dtype})`);
+  if (t.size < n) throw new Error(`${what}: ${name} has ${t.size} elements, need ${n}`);
+}
+
+/** 64 threads for rows of one head (Qwen3's q_norm/k_norm, head_dim 64..128), 256 for hidden rows. */
+const workgroupSize = (C: number): number => (C <= 128 ? 64 : 256);
+
+/**
+ * LlamaRMSNorm in f32, per dense row of C: out = weight * (x * rsqrt(mean(x^2) + eps)).
+ * One workgroup per row. Also serves Qwen3's per-head q_norm/k_norm (rows = B*T*heads, C = head_dim).
+ */
+export function rmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Dispatch {
+  const what = `rmsNormForward(${a.out.label})`;
+  checkDims(what, a.rows, a.C);
+  if (!(a.eps > 0)) throw new Error(`${what}: eps must be > 0 (got ${a.eps})`);
+  const n = a.rows * a.C;
+  checkSize(what, 'x', a.x, n);
+  checkSize(what, 'out', a.out, n);
+  checkSize(what, 'weight', a.weight, a.C);
+  checkSize(what, 'rstd', a.rstd, a.rows);
+  if (a.out.buffer === a.rstd.buffer || [a.out, a.rstd].some((t) => t.buffer === a.x.buffer || t.buffer === a.weight.buffer)) {
+    throw new Error(`${what}: out and rstd must be distinct buffers, neither of them an input`);
+  }
+  return bindDispatch(gpu, {
+    label: what,
+    code,
+    entryPoint: 'forward',
+    constants: { WG: workgroupSize(a.C) },
+    params: [a.rows, a.C, f32(a.eps), 0],
+    buffers: [a.x, a.weight, a.out, a.rstd],
+    workgroups: grid1d(a.rows, 1),
+  });
+}
+
+/** Gradient w.r.t. the RMSNorm input only (the weight is frozen). dx must not alias an input. */
+export function rmsNormBackward(gpu: Gpu, a: RmsNormBackwardArgs): Dispatch {
+  const what = `rmsNormBackward(${a.dx.label})`;
+  checkDims(what, a.rows, a.C);
+  const n = a.rows * a.C;
+  checkSize(what, 'dout', a.dout, n);
+  checkSize(what, 'x', a.x, n);
+  checkSize(what, 'dx', a.dx, n);
+  checkSize(what, 'weight', a.weight, a.C);
+  checkSize(what, 'rstd', a.rstd, a.rows);
+  if ([a.dout, a.x, a.weight, a.rstd].some((t) => t.buffer === a.dx.buffer)) {
+    // WebGPU rejects one buffer bound both writable and read-only in a dispatch.
+    throw new Error(`${what}: dx must not alias an input`);
+  }
+  return bindDispatch(gpu, {
+    label: what,
+    code,
+    entryPoint: 'backward',
+    constants: { WG: workgroupSize(a.C) },
+    params: [a.rows, a.C, f32(0), a.accumulate ? 1 : 0],
+    buffers: [a.dout, a.x, a.weight, a.rstd, a.dx],
+    workgroups: grid1d(a.rows, 1),
+  });
+}
