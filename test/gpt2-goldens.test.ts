@@ -1,51 +1,20 @@
 // GPT-2 + LoRA against PyTorch + PEFT (values recorded by scripts/goldens/make_gpt2_goldens.py on
 // the GPU machine, in float64): logits and loss within 1e-4, LoRA gradients and the LoRA weights
-// after 5 AdamW steps (with gradient clipping) within 1e-3, relative.
+// after 5 AdamW steps (with gradient clipping) within 1e-3, relative (see helpers/lora-goldens.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { testGpu, expectClose, rng } from './helpers/gpu';
+import { testGpu } from './helpers/gpu';
+import { runLoraGoldenCase, type GoldenCase } from './helpers/lora-goldens';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel } from '../src/io/model-files';
 import { parseSafetensors } from '../src/io/safetensors';
 import { loadTokenizer } from '../src/data/tokenizer';
-import { loadCausalLM } from '../src/engine/models/registry';
-import { Lora } from '../src/engine/peft/lora';
-import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-import { buildAdamW } from '../src/engine/train/optimizer';
-import { encodeOps, runOps, type Op } from '../src/engine/gpu/dispatch';
-import { exportPeftAdapter } from '../src/engine/export/peft-export';
 
 const FIX = path.join(__dirname, 'fixtures');
-const goldenJson = path.join(FIX, 'goldens', 'gpt2-lora.json');
 
-interface GoldenCase {
-  name: string;
-  lora: { r: number; lora_alpha: number; target_modules: string[]; use_rslora: boolean };
-  optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number; steps: number };
-  batch: { input_ids: number[][]; attention_mask: number[][]; labels: number[][] };
-  loss: number;
-  step_losses: number[];
-  step_grad_norms: number[];
-  param_names: string[];
-}
-
-/** The batch as the engine takes it: right-padded ids, next-token targets (the shift transformers does), lengths. */
-export function goldenBatch(b: GoldenCase['batch']) {
-  const B = b.input_ids.length, T = b.input_ids[0].length;
-  const inputIds = new Uint32Array(B * T), targets = new Int32Array(B * T).fill(-100), lengths = new Uint32Array(B);
-  for (let i = 0; i < B; i++) {
-    lengths[i] = b.attention_mask[i].reduce((s, x) => s + x, 0);
-    for (let t = 0; t < T; t++) {
-      inputIds[i * T + t] = b.input_ids[i][t];
-      if (t + 1 < T) targets[i * T + t] = b.labels[i][t + 1];
-    }
-  }
-  return { B, T, inputIds, targets, lengths, validTargets: targets.filter((x) => x >= 0).length };
-}
-
-describe.skipIf(!fs.existsSync(goldenJson))('GPT-2 + LoRA matches PyTorch + PEFT', async () => {
-  const golden = JSON.parse(fs.readFileSync(goldenJson, 'utf8')) as { tokenizer_checks: { text: string; ids: number[] }[]; cases: GoldenCase[] };
+describe('GPT-2 + LoRA matches PyTorch + PEFT', async () => {
+  const golden = JSON.parse(fs.readFileSync(path.join(FIX, 'goldens', 'gpt2-lora.json'), 'utf8')) as { tokenizer_checks: { text: string; ids: number[] }[]; cases: GoldenCase[] };
   const tensors = parseSafetensors(new Uint8Array(fs.readFileSync(path.join(FIX, 'goldens', 'gpt2-lora.safetensors'))), 'gpt2-lora.safetensors');
   const hf = await loadHfModel(nodeModelFiles(path.join(FIX, 'tiny-gpt2')));
 
@@ -56,59 +25,7 @@ describe.skipIf(!fs.existsSync(goldenJson))('GPT-2 + LoRA matches PyTorch + PEFT
 
   for (const gc of golden.cases) {
     it(`case ${gc.name}: logits, loss, gradients, 5 AdamW steps, export`, async () => {
-      const gpu = await testGpu();
-      // small embedding blocks: the golden also covers the split-table path
-      const { model } = loadCausalLM(gpu, hf, { maxChunkBytes: 64 * 1024 });
-      const step = new StepUniforms(gpu);
-      const lora = new Lora(gpu, { r: gc.lora.r, alpha: gc.lora.lora_alpha, dropout: 0, targetModules: gc.lora.target_modules, useRslora: gc.lora.use_rslora }, model.linearModules(), step, rng(1));
-      expect(lora.params.map((p) => p.name).sort()).toEqual([...gc.param_names].sort());
-      const init = () => {
-        for (const p of lora.params) gpu.write(p.value, tensors.getF32(`${gc.name}/init/${p.name}`));
-      };
-      init();
-      const batch = goldenBatch(gc.batch);
-      const program = model.buildProgram(lora, { B: batch.B, T: batch.T, training: true, captureLogits: true });
-      program.write(batch);
-      gpu.write(program.gradScale, new Float32Array([1 / batch.validTargets]));
-      const zero: Op[] = [...lora.params.map((p) => ({ kind: 'clear' as const, buffer: p.grad.buffer })), { kind: 'clear', buffer: program.lossSum.buffer }];
-      runOps(gpu, [...zero, ...program.forward, ...program.backward]);
-
-      // logits: every element within 1e-4 of the largest |logit| (f32 rounding of near-zero logits
-      // makes an element-wise ratio meaningless there)
-      expectClose(await gpu.read(program.logits!), tensors.getF32(`${gc.name}/logits`), 1e-4, 'logits', 1);
-      const loss = (await gpu.read(program.lossSum))[0] / batch.validTargets;
-      expect(Math.abs(loss - gc.loss) / gc.loss, `loss ${loss} vs ${gc.loss}`).toBeLessThan(1e-4);
-      for (const p of lora.params) expectClose(await gpu.read(p.grad), tensors.getF32(`${gc.name}/grad/${p.name}`), 1e-3, `grad ${p.name}`);
-
-      // 5 AdamW steps on the same batch, from the same initial values
-      init();
-      const o = gc.optimizer;
-      const opt = buildAdamW(gpu, lora.params, step, o.max_grad_norm);
-      for (let s = 1; s <= o.steps; s++) {
-        step.write({ lr: o.lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.weight_decay, step: s, seed: s });
-        const enc = gpu.device.createCommandEncoder();
-        encodeOps(enc, [...opt.zeroGrads, { kind: 'clear', buffer: program.lossSum.buffer }, ...program.forward, ...program.backward, ...opt.update]);
-        gpu.device.queue.submit([enc.finish()]);
-        const stepLoss = (await gpu.read(program.lossSum))[0] / batch.validTargets;
-        const norm = (await gpu.read(opt.clip))[0];
-        expect(Math.abs(stepLoss - gc.step_losses[s - 1]) / gc.step_losses[s - 1], `step ${s} loss`).toBeLessThan(1e-4);
-        expect(Math.abs(norm - gc.step_grad_norms[s - 1]) / gc.step_grad_norms[s - 1], `step ${s} grad norm`).toBeLessThan(1e-3);
-      }
-      // weights: within 1e-3 of max(|w|, 1% of the tensor's largest |w|); Adam's normalized steps
-      // magnify f32 rounding in weights that pass near zero
-      for (const p of lora.params) expectClose(await gpu.read(p.value), tensors.getF32(`${gc.name}/step5/${p.name}`), 1e-3, `step5 ${p.name}`, 1e-2);
-
-      // the export holds exactly these tensors under PEFT's names and shapes
-      const files = await exportPeftAdapter(gpu, lora, 'tiny-gpt2');
-      const exported = parseSafetensors(files['adapter_model.safetensors'], 'adapter_model.safetensors');
-      expect([...exported.tensors.keys()].sort()).toEqual([...gc.param_names].sort());
-      for (const p of lora.params) {
-        expect(exported.tensors.get(p.name)!.shape).toEqual(p.shape);
-        expectClose(exported.getF32(p.name), tensors.getF32(`${gc.name}/step5/${p.name}`), 1e-3, `exported ${p.name}`, 1e-2);
-      }
-      const cfg = JSON.parse(files['adapter_config.json']);
-      expect(cfg).toMatchObject({ peft_type: 'LORA', task_type: 'CAUSAL_LM', r: gc.lora.r, lora_alpha: gc.lora.lora_alpha, fan_in_fan_out: true, use_rslora: gc.lora.use_rslora });
-      program.destroy();
+      await runLoraGoldenCase(await testGpu(), hf, gc, tensors);
     });
   }
 });

@@ -9,14 +9,12 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
-import { embeddingForward } from '../kernels/embedding';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
-import { crossEntropy } from '../kernels/cross-entropy';
-import { reduceSum } from '../kernels/reduce-sum';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
+import { TensorPool, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, writeBatch, type BatchArrays, type Program, type ProgramOptions } from './program';
 
@@ -135,22 +133,15 @@ export class Gpt2 {
   }
 
   buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {
-    const { gpu, C, L, H, D, V, F } = this;
+    const { gpu, C, L, H, F } = this;
     const { B, T, training } = opts;
     if (T > this.dims.n_positions) throw new ProgramError(`sequence length ${T} is longer than the model's n_positions (${this.dims.n_positions})`);
     const M = B * T;
-    const owned: Tensor[] = [];
-    const t = (shape: number[], label: string, dtype: 'f32' | 'u32' | 'i32' = 'f32'): Tensor => {
-      const x = gpu.tensor(shape, label, dtype);
-      owned.push(x);
-      return x;
-    };
+    const pool = new TensorPool(gpu);
+    const t = pool.t.bind(pool);
     const tokens = t([M], 'tokens', 'u32');
     const targets = t([M], 'targets', 'i32');
     const lengths = t([B], 'lengths', 'u32');
-    const gradScale = t([1], 'gradScale');
-    const losses = t([M], 'losses');
-    const lossSum = t([1], 'lossSum');
 
     // Residual stream: x[l] is the input of layer l; x[L] feeds ln_f.
     // Without backward only the current layer's activations are needed, so they are shared.
@@ -165,39 +156,16 @@ export class Gpt2 {
       fc: t([M, F], `h${i}.fc`), g: t([M, F], `h${i}.g`),
     }));
     const lnf = t([M, C], 'lnf'), meanf = t([M], 'meanf'), rstdf = t([M], 'rstdf');
-    // Logits are made a block of rows at a time, so B*T*V floats never have to fit one binding.
-    const headRows = Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(gpu.maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
-    const logitsChunk = t([headRows, V], 'logitsChunk');
-    const logits = opts.captureLogits ? t([M, V], 'logits') : null;
 
-    const forward: Op[] = [];
-    // token + position embedding
-    this.wte.chunks.forEach((ch, i) => {
-      forward.push(embeddingForward(gpu, { tokens, table: ch.tensor, rowStart: ch.rowStart, positions: i === 0 ? this.wpe : null, out: xs[0], M, T, C, accumulate: i > 0 }));
-    });
+    const forward: Op[] = [...embedTokens(gpu, this.wte, tokens, xs[0], M, T, this.wpe)];
     for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
     forward.push(layerNormForward(gpu, { x: xAt(L), weight: this.lnfW, bias: this.lnfB, out: lnf, mean: meanf, rstd: rstdf, rows: M, C, eps: this.dims.layer_norm_epsilon }));
-
-    // LM head + loss (+ its gradient, computed in place of the logits), block by block of rows.
-    const backward: Op[] = [];
     const dres = training ? t([M, C], 'dres') : null;
     const dln = training ? t([M, C], 'dln') : null;
-    for (let r0 = 0; r0 < M; r0 += headRows) {
-      const n = Math.min(headRows, M - r0);
-      for (const ch of this.lmHead.chunks) {
-        forward.push(matmul(gpu, { label: 'lm_head', a: lnf, offsetA: r0 * C, b: ch.tensor, transB: true, c: logitsChunk, offsetC: ch.rowStart, ldc: V, M: n, N: ch.rows, K: C }));
-      }
-      if (logits) forward.push({ kind: 'copy', src: logitsChunk.buffer, srcOffset: 0, dst: logits.buffer, dstOffset: r0 * V * 4, size: n * V * 4 });
-      forward.push(crossEntropy(gpu, { logits: logitsChunk, targets, losses, rowOffset: r0, gradScale, rows: n, V }));
-      if (training) {
-        // dlnf[r0:r0+n] = dlogits @ W_head
-        this.lmHead.chunks.forEach((ch, i) => {
-          forward.push(matmul(gpu, { label: 'lm_head.backward', a: logitsChunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: dln!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 }));
-        });
-      }
-    }
-    forward.push(reduceSum(gpu, { x: losses, n: M, out: lossSum, outIndex: 0, accumulate: true }));
+    const head = lmHeadAndLoss(gpu, pool, { hidden: lnf, head: this.lmHead, targets, M, dHidden: dln, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk });
+    forward.push(...head.ops);
 
+    const backward: Op[] = [];
     if (training) {
       backward.push(layerNormBackward(gpu, { dout: dln!, x: xAt(L), weight: this.lnfW, mean: meanf, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
       const lowest = peft ? this.lowestTrainableLayer(peft) : L;
@@ -208,11 +176,11 @@ export class Gpt2 {
       for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], scratch, peft, B, T));
     }
 
-    const V_ = V;
+    const V = this.V;
     return {
-      B, T, tokens, targets, lengths, gradScale, losses, lossSum, logits, forward, backward,
-      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V_),
-      destroy: () => owned.forEach((x) => gpu.destroyTensor(x)),
+      B, T, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
+      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V),
+      destroy: () => pool.destroy(),
     };
   }
 
@@ -227,18 +195,12 @@ export class Gpt2 {
     return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out' };
   }
 
-  /** y = x W + b (+ the adapter's part), with y accumulated onto when `accumulate`. */
   private linear(site: LinearSite, W: Tensor, bias: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {
-    const ops: Op[] = [matmul(this.gpu, { label: site.module, a: site.x, b: W, c: site.y, bias, M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate })];
-    if (peft?.targetsLinear(site.module)) ops.push(...peft.linearForward(site));
-    return ops;
+    return linearForward(this.gpu, site, W, bias, accumulate, peft);
   }
 
-  /** dx = dy W^T (+ the adapter's part), and the adapter's gradients. */
   private linearBack(site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, peft: PeftMethod | null): Op[] {
-    const ops: Op[] = [matmul(this.gpu, { label: `${site.module}.dx`, a: dy, b: W, transB: true, c: dx, M: site.rows, N: site.inFeatures, K: site.outFeatures })];
-    if (peft?.targetsLinear(site.module)) ops.push(...peft.linearBackward(site, { dy, dx }));
-    return ops;
+    return linearBackward(this.gpu, site, W, dy, dx, false, peft);
   }
 
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {

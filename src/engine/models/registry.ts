@@ -4,6 +4,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { HfModel } from '../../io/model-files';
 import type { LinearModuleInfo } from '../peft/lora';
 import { Gpt2 } from './gpt2';
+import { Llama } from './llama';
 import { ProgramError, type CausalLM } from './program';
 
 export interface CausalLMModel extends CausalLM {
@@ -12,7 +13,7 @@ export interface CausalLMModel extends CausalLM {
 }
 
 export interface LoadedModel {
-  architecture: 'gpt2';
+  architecture: 'gpt2' | 'llama';
   model: CausalLMModel;
   /** PEFT's default LoRA targets for this architecture. */
   defaultLoraTargets: string[];
@@ -22,9 +23,14 @@ export interface LoadedModel {
 
 export function loadCausalLM(gpu: Gpu, hf: HfModel, opts: { maxChunkBytes?: number } = {}): LoadedModel {
   const c = hf.config;
+  const src = { tensorNames: hf.tensorNames, tensorInfo: (n: string) => hf.tensorInfo(n), getF32: (n: string) => hf.getF32(n) };
   if (c.family === 'gpt2') {
-    const model = Gpt2.load(gpu, c, { tensorNames: hf.tensorNames, tensorInfo: (n) => hf.tensorInfo(n), getF32: (n) => hf.getF32(n) }, hf.name, opts);
+    const model = Gpt2.load(gpu, c, src, hf.name, opts);
     return { architecture: 'gpt2', model, defaultLoraTargets: ['c_attn'], maxPositions: c.n_positions };
   }
-  throw new ProgramError(`${hf.name}: model_type "${c.model_type}" can not be trained yet (supported: gpt2)`);
+  if (c.family === 'llama') {
+    const model = Llama.load(gpu, c, src, hf.name, opts);
+    return { architecture: 'llama', model, defaultLoraTargets: ['q_proj', 'v_proj'], maxPositions: c.max_position_embeddings };
+  }
+  throw new ProgramError(`${hf.name}: model_type "${c.model_type}" can not be trained yet (supported: gpt2, llama, mistral, qwen2, qwen3)`);
 }

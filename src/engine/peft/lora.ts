@@ -65,6 +65,7 @@ export class Lora implements PeftMethod {
   private readonly modules = new Map<string, LoraModule>();
   private readonly scratch = new Map<number, Scratch>();
   private readonly maxIn: number;
+  private readonly allLinear: boolean;
 
   /**
    * @param linears every linear module of the model that LoRA could target
@@ -82,7 +83,9 @@ export class Lora implements PeftMethod {
     if (!(alpha > 0)) throw new LoraError(`LoRA alpha must be positive (got ${alpha})`);
     if (!(dropout >= 0 && dropout < 1)) throw new LoraError(`LoRA dropout must be in [0, 1) (got ${dropout})`);
     this.scale = settings.useRslora ? alpha / Math.sqrt(r) : alpha / r;
-    const targeted = linears.filter((l) => moduleMatches(l.module, settings.targetModules));
+    // 'all-linear' as PEFT defines it: every linear layer but the output head (not in `linears`)
+    this.allLinear = settings.targetModules.includes('all-linear');
+    const targeted = this.allLinear ? [...linears] : linears.filter((l) => moduleMatches(l.module, settings.targetModules));
     if (targeted.length === 0) {
       const names = [...new Set(linears.map((l) => l.module.split('.').slice(-2).join('.')))].join(', ');
       throw new LoraError(`LoRA target modules [${settings.targetModules.join(', ')}] match no layer of this model; its linear layers are: ${names}`);
@@ -195,7 +198,10 @@ export class Lora implements PeftMethod {
 
   adapterConfig(baseModel: string): Record<string, unknown> {
     const anyConv1d = [...this.modules.values()].some((m) => m.info.weightLayout === 'in_out');
-    const targets = [...new Set(this.settings.targetModules)];
+    // PEFT saves 'all-linear' expanded to the layers' own names
+    const targets = this.allLinear
+      ? [...new Set([...this.modules.keys()].map((m) => m.split('.').at(-1)!))].sort()
+      : [...new Set(this.settings.targetModules)];
     return {
       peft_type: 'LORA',
       task_type: 'CAUSAL_LM',

@@ -1,0 +1,69 @@
+// npm run generate -- --model DIR [--adapter DIR] --prompt TEXT --max-new-tokens N
+//   [--temperature T --top-k K --top-p P --seed S]   (greedy unless --temperature > 0)
+// Generates with the same WGSL forward pass the trainer uses and prints the text.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createNodeGpu } from '../engine/gpu/node-gpu';
+import { nodeModelFiles } from '../io/model-files-node';
+import { loadHfModel } from '../io/model-files';
+import { loadTokenizer } from '../data/tokenizer';
+import { seededRandom } from '../data/batches';
+import { loadCausalLM } from '../engine/models/registry';
+import { StepUniforms } from '../engine/kernels/step-uniforms';
+import { importLoraAdapter } from '../engine/peft/import';
+import { Generator } from '../engine/infer/generator';
+import { CliError, integer, number } from './args';
+
+async function main(argv: string[]): Promise<void> {
+  const { values: a } = parseArgs({
+    args: argv, strict: true,
+    options: {
+      model: { type: 'string' }, adapter: { type: 'string' }, prompt: { type: 'string' }, 'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' }, 'top-k': { type: 'string' }, 'top-p': { type: 'string' }, seed: { type: 'string' },
+      ids: { type: 'boolean' }, debug: { type: 'boolean' },
+    },
+  });
+  if (!a.model || a.prompt === undefined) throw new CliError('usage: npm run generate -- --model DIR [--adapter DIR] --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--ids]');
+  const maxNew = integer(a['max-new-tokens'] ?? '64', '--max-new-tokens', 1);
+  const hf = await loadHfModel(nodeModelFiles(a.model));
+  if (!hf.tokenizerJson) throw new CliError(`${a.model}: no tokenizer.json in the model folder`);
+  const tok = loadTokenizer(hf.tokenizerJson, hf.tokenizerConfig, { chatTemplate: hf.chatTemplate, name: hf.name });
+  const gpu = await createNodeGpu();
+  const loaded = loadCausalLM(gpu, hf);
+  let lora = null;
+  if (a.adapter) {
+    const read = (f: string): Buffer => {
+      const p = path.join(a.adapter!, f);
+      if (!fs.existsSync(p)) throw new CliError(`${a.adapter}: no ${f}`);
+      return fs.readFileSync(p);
+    };
+    lora = importLoraAdapter(gpu, { name: path.basename(a.adapter), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) }, loaded.model.linearModules(), new StepUniforms(gpu));
+  }
+  const promptIds = tok.encode(a.prompt, { addSpecialTokens: true });
+  const maxLength = Math.min(loaded.maxPositions, promptIds.length + maxNew);
+  if (promptIds.length >= maxLength) throw new CliError(`the prompt is ${promptIds.length} tokens; the model takes at most ${loaded.maxPositions}`);
+  const gen = new Generator(gpu, loaded.model, lora, maxLength);
+  const out = await gen.generate(promptIds, {
+    maxNewTokens: maxNew,
+    stopIds: [tok.eosId],
+    temperature: number(a.temperature ?? '0', '--temperature', 0),
+    topK: integer(a['top-k'] ?? '0', '--top-k', 0),
+    topP: number(a['top-p'] ?? '1', '--top-p', 0, 1),
+    random: seededRandom(integer(a.seed ?? '0', '--seed', 0)),
+  });
+  if (a.ids) console.log(JSON.stringify({ prompt_ids: promptIds, generated_ids: out }));
+  console.log(tok.decode([...promptIds, ...out], { skipSpecialTokens: true }));
+  gen.destroy();
+}
+
+const argv = process.argv.slice(2);
+main(argv).then(
+  () => process.exit(0),
+  (e: unknown) => {
+    if (argv.includes('--debug')) console.error(e);
+    else console.error(`error: ${(e as Error)?.message ?? String(e)}`);
+    process.exit(1);
+  },
+);

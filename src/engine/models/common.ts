@@ -1,0 +1,104 @@
+// Pieces every causal-LM architecture file shares: linear layers with their adapter hooks, the
+// tied/untied LM head with the fused loss (made a block of rows at a time), and tensor ownership.
+
+import type { Gpu } from '../gpu/gpu';
+import type { Op } from '../gpu/dispatch';
+import type { Tensor, DType } from '../gpu/tensor';
+import { matmul } from '../kernels/matmul';
+import { crossEntropy } from '../kernels/cross-entropy';
+import { reduceSum } from '../kernels/reduce-sum';
+import { embeddingForward } from '../kernels/embedding';
+import type { LinearSite, PeftMethod } from '../peft/method';
+import type { RowChunks } from './weights';
+
+/** Allocates a program's tensors and frees them together. */
+export class TensorPool {
+  private readonly owned: Tensor[] = [];
+  constructor(private readonly gpu: Gpu) {}
+  t(shape: number[], label: string, dtype: DType = 'f32'): Tensor {
+    const x = this.gpu.tensor(shape, label, dtype);
+    this.owned.push(x);
+    return x;
+  }
+  destroy(): void {
+    for (const x of this.owned) this.gpu.destroyTensor(x);
+    this.owned.length = 0;
+  }
+}
+
+/**
+ * y (+)= x W (+ b) and the adapter's part. W is [in, out] for 'in_out' (GPT-2's Conv1D) or
+ * [out, in] for 'out_in' (nn.Linear).
+ */
+export function linearForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null, accumulate: boolean, peft: PeftMethod | null): Op[] {
+  const ops: Op[] = [matmul(gpu, {
+    label: site.module, a: site.x, b: W, transB: site.weightLayout === 'out_in', c: site.y, bias: bias ?? undefined,
+    M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate,
+  })];
+  if (peft?.targetsLinear(site.module)) ops.push(...peft.linearForward(site));
+  return ops;
+}
+
+/** dx (+)= dy W^T (in x's terms) and the adapter's gradients and part of dx. */
+export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {
+  const ops: Op[] = [matmul(gpu, {
+    label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
+    M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate,
+  })];
+  if (peft?.targetsLinear(site.module)) ops.push(...peft.linearBackward(site, { dy, dx }));
+  return ops;
+}
+
+/** Token embedding from a (possibly split) table, plus learned positions on the first block (GPT-2). */
+export function embedTokens(gpu: Gpu, table: RowChunks, tokens: Tensor, out: Tensor, M: number, T: number, positions: Tensor | null): Op[] {
+  return table.chunks.map((ch, i) =>
+    embeddingForward(gpu, { tokens, table: ch.tensor, rowStart: ch.rowStart, positions: i === 0 ? positions : null, out, M, T, C: table.cols, accumulate: i > 0 }),
+  );
+}
+
+export interface HeadAndLoss {
+  /** Forward through the loss; when training also d(loss)/d(hidden) into `dHidden`. */
+  ops: Op[];
+  losses: Tensor;
+  lossSum: Tensor;
+  gradScale: Tensor;
+  logits: Tensor | null;
+}
+
+/**
+ * logits = hidden W_head^T block by block of rows (so B*T*V floats never need one binding), the
+ * cross-entropy and its gradient in place, then (training) dHidden = dlogits W_head.
+ */
+export function lmHeadAndLoss(
+  gpu: Gpu, pool: TensorPool,
+  a: { hidden: Tensor; head: RowChunks; targets: Tensor; M: number; dHidden: Tensor | null; captureLogits: boolean; headRowsPerChunk?: number },
+): HeadAndLoss {
+  const { M } = a;
+  const V = a.head.rows, C = a.head.cols;
+  const gradScale = pool.t([1], 'gradScale');
+  const losses = pool.t([M], 'losses');
+  const lossSum = pool.t([1], 'lossSum');
+  const headRows = Math.max(1, Math.min(M, a.headRowsPerChunk ?? Math.floor(Math.min(gpu.maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+  const chunk = pool.t([headRows, V], 'logitsChunk');
+  const logits = a.captureLogits ? pool.t([M, V], 'logits') : null;
+  const ops: Op[] = [];
+  for (let r0 = 0; r0 < M; r0 += headRows) {
+    const n = Math.min(headRows, M - r0);
+    for (const ch of a.head.chunks) {
+      ops.push(matmul(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: V, M: n, N: ch.rows, K: C }));
+    }
+    if (logits) ops.push({ kind: 'copy', src: chunk.buffer, srcOffset: 0, dst: logits.buffer, dstOffset: r0 * V * 4, size: n * V * 4 });
+    ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V }));
+    if (a.dHidden) {
+      a.head.chunks.forEach((ch, i) => {
+        ops.push(matmul(gpu, { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 }));
+      });
+    }
+  }
+  ops.push(reduceSum(gpu, { x: losses, n: M, out: lossSum, outIndex: 0, accumulate: true }));
+  return { ops, losses, lossSum, gradScale, logits };
+}
+
+export function copyOp(src: Tensor, dst: Tensor): Op {
+  return { kind: 'copy', src: src.buffer, srcOffset: 0, dst: dst.buffer, dstOffset: 0, size: Math.min(src.bytes, dst.bytes) };
+}

@@ -1,0 +1,324 @@
+// The Llama family on WebGPU (Llama, SmolLM2, TinyLlama, Mistral, Qwen2/2.5, Qwen3): RMSNorm,
+// rotary embeddings, grouped-query attention, SwiGLU MLP, tied or untied head; Qwen2's q/k/v
+// biases; Qwen3's per-head q/k RMSNorm. Forward and the backward adapter gradients need, one
+// layer's two halves side by side (layerForward / layerBackward).
+//
+// Shapes: M = B*T rows, C = hidden_size, H query heads and KV key/value heads of D = head_dim,
+// G = H / KV query heads per KV head, I = intermediate_size. nn.Linear stores W as [out, in].
+
+import type { Gpu } from '../gpu/gpu';
+import type { Op } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+import { matmul } from '../kernels/matmul';
+import { rmsNormBackward, rmsNormForward } from '../kernels/rmsnorm';
+import { ropeBackward, ropeForward } from '../kernels/rope';
+import { swigluBackward, swigluForward } from '../kernels/swiglu';
+import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import type { LinearModuleInfo } from '../peft/lora';
+import type { LinearSite, PeftMethod } from '../peft/method';
+import type { LlamaConfig } from '../../io/hf-config';
+import { TensorPool, copyOp, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { ropeTables } from './rope-tables';
+import { WeightLoader, type RowChunks, type WeightSource } from './weights';
+import { ProgramError, writeBatch, type BatchArrays, type Program, type ProgramOptions } from './program';
+
+interface LayerWeights {
+  inNorm: Tensor; postNorm: Tensor;
+  q: Tensor; k: Tensor; v: Tensor; o: Tensor;
+  qBias: Tensor | null; kBias: Tensor | null; vBias: Tensor | null; oBias: Tensor | null;
+  qNorm: Tensor | null; kNorm: Tensor | null;
+  gate: Tensor; up: Tensor; down: Tensor;
+  gateBias: Tensor | null; upBias: Tensor | null; downBias: Tensor | null;
+}
+
+interface LayerActs {
+  xn: Tensor; rstd1: Tensor; // input RMSNorm
+  qPre: Tensor | null; rstdQ: Tensor | null; kPre: Tensor | null; rstdK: Tensor | null; // Qwen3 q/k norm inputs
+  q: Tensor; k: Tensor; v: Tensor; // q, k after RoPE
+  att: Tensor; // [B*H, T, T] probabilities
+  ctx: Tensor; // [M, H*D]
+  x2: Tensor;
+  xn2: Tensor; rstd2: Tensor;
+  gate: Tensor; up: Tensor; h: Tensor; // [M, I]
+}
+
+const SUPPORTED_ACT = new Set(['silu', 'swish']);
+
+export class Llama {
+  readonly C: number;
+  readonly L: number;
+  readonly H: number;
+  readonly KV: number;
+  readonly D: number;
+  readonly I: number;
+  readonly V: number;
+  /** cos/sin tables for positions [0, maxPositions); grown when a program needs longer sequences. */
+  private rope: { cos: Tensor; sin: Tensor; rotaryDim: number; maxPositions: number };
+
+  private constructor(
+    private readonly gpu: Gpu,
+    readonly config: LlamaConfig,
+    private readonly embed: RowChunks,
+    private readonly lmHead: RowChunks,
+    private readonly layers: LayerWeights[],
+    private readonly finalNorm: Tensor,
+  ) {
+    const c = config;
+    this.C = c.hidden_size;
+    this.L = c.num_hidden_layers;
+    this.H = c.num_attention_heads;
+    this.KV = c.num_key_value_heads;
+    this.D = c.head_dim;
+    this.I = c.intermediate_size;
+    this.V = c.vocab_size;
+    this.rope = this.makeRope(Math.min(c.max_position_embeddings, 4096));
+  }
+
+  private makeRope(maxPositions: number): Llama['rope'] {
+    const c = this.config;
+    const tables = ropeTables({
+      headDim: this.D, ropeTheta: c.rope_theta, ropeScaling: c.rope_scaling, maxPositions,
+      maxPositionEmbeddings: c.max_position_embeddings, partialRotaryFactor: (c.raw.partial_rotary_factor as number | undefined) ?? 1,
+    });
+    return {
+      cos: this.gpu.tensorFrom(tables.cos, [tables.cos.length], 'rope.cos'),
+      sin: this.gpu.tensorFrom(tables.sin, [tables.sin.length], 'rope.sin'),
+      rotaryDim: tables.rotaryDim,
+      maxPositions,
+    };
+  }
+
+  static load(gpu: Gpu, c: LlamaConfig, src: WeightSource, where: string, opts: { maxChunkBytes?: number } = {}): Llama {
+    const C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
+    if (H % KV !== 0) throw new ProgramError(`${where}: num_attention_heads ${H} is not a multiple of num_key_value_heads ${KV}`);
+    if (!SUPPORTED_ACT.has(c.hidden_act)) throw new ProgramError(`${where}: hidden_act "${c.hidden_act}" is not supported (Llama models use silu)`);
+    if (c.sliding_window !== null) throw new ProgramError(`${where}: sliding-window attention is not supported yet`);
+    const w = new WeightLoader(gpu, src, [], where);
+    const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);
+    const embed = w.loadRowChunks('model.embed_tokens.weight', V, C, chunk);
+    const untied = !c.tie_word_embeddings && w.has('lm_head.weight');
+    if (!c.tie_word_embeddings && !untied) throw new ProgramError(`${where}: config.json says the head is not tied but lm_head.weight is missing`);
+    const lmHead = untied ? w.loadRowChunks('lm_head.weight', V, C, chunk) : embed;
+    const opt = (name: string, shape: number[], present: boolean): Tensor | null => (present ? w.load(name, shape) : null);
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < c.num_hidden_layers; i++) {
+      const p = `model.layers.${i}.`;
+      const qkvBias = c.attention_bias;
+      layers.push({
+        inNorm: w.load(`${p}input_layernorm.weight`, [C]), postNorm: w.load(`${p}post_attention_layernorm.weight`, [C]),
+        q: w.load(`${p}self_attn.q_proj.weight`, [H * D, C]), k: w.load(`${p}self_attn.k_proj.weight`, [KV * D, C]),
+        v: w.load(`${p}self_attn.v_proj.weight`, [KV * D, C]), o: w.load(`${p}self_attn.o_proj.weight`, [C, H * D]),
+        qBias: opt(`${p}self_attn.q_proj.bias`, [H * D], qkvBias), kBias: opt(`${p}self_attn.k_proj.bias`, [KV * D], qkvBias),
+        vBias: opt(`${p}self_attn.v_proj.bias`, [KV * D], qkvBias), oBias: opt(`${p}self_attn.o_proj.bias`, [C], c.attention_output_bias),
+        qNorm: opt(`${p}self_attn.q_norm.weight`, [D], c.qk_norm), kNorm: opt(`${p}self_attn.k_norm.weight`, [D], c.qk_norm),
+        gate: w.load(`${p}mlp.gate_proj.weight`, [I, C]), up: w.load(`${p}mlp.up_proj.weight`, [I, C]), down: w.load(`${p}mlp.down_proj.weight`, [C, I]),
+        gateBias: opt(`${p}mlp.gate_proj.bias`, [I], c.mlp_bias), upBias: opt(`${p}mlp.up_proj.bias`, [I], c.mlp_bias), downBias: opt(`${p}mlp.down_proj.bias`, [C], c.mlp_bias),
+      });
+    }
+    return new Llama(gpu, c, embed, lmHead, layers, w.load('model.norm.weight', [C]));
+  }
+
+  linearModules(): LinearModuleInfo[] {
+    const { C, H, KV, D, I } = this;
+    const out: LinearModuleInfo[] = [];
+    for (let i = 0; i < this.L; i++) {
+      const a = `model.layers.${i}.self_attn.`, m = `model.layers.${i}.mlp.`;
+      const lin = (module: string, inFeatures: number, outFeatures: number): void => void out.push({ module, inFeatures, outFeatures, weightLayout: 'out_in' });
+      lin(`${a}q_proj`, C, H * D); lin(`${a}k_proj`, C, KV * D); lin(`${a}v_proj`, C, KV * D); lin(`${a}o_proj`, H * D, C);
+      lin(`${m}gate_proj`, C, I); lin(`${m}up_proj`, C, I); lin(`${m}down_proj`, I, C);
+    }
+    return out;
+  }
+
+  parameterCount(): number {
+    const { C, H, KV, D, I, V, L } = this;
+    const c = this.config;
+    const attn = C * H * D + 2 * C * KV * D + H * D * C + (c.attention_bias ? H * D + 2 * KV * D : 0) + (c.attention_output_bias ? C : 0) + (c.qk_norm ? 2 * D : 0);
+    const mlp = 3 * C * I + (c.mlp_bias ? 2 * I + C : 0);
+    return V * C + L * (attn + mlp + 2 * C) + C + (this.lmHead === this.embed ? 0 : V * C);
+  }
+
+  buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {
+    const { gpu, C, L, H, KV, D, I } = this;
+    const { B, T, training } = opts;
+    if (T > this.config.max_position_embeddings) throw new ProgramError(`sequence length ${T} is longer than the model's max_position_embeddings (${this.config.max_position_embeddings})`);
+    const M = B * T;
+    if (T > this.rope.maxPositions) {
+      // (the old tables stay alive: programs built before still bind them)
+      this.rope = this.makeRope(this.config.max_position_embeddings);
+    }
+    const pool = new TensorPool(gpu);
+    const t = pool.t.bind(pool);
+    const tokens = t([M], 'tokens', 'u32');
+    const targets = t([M], 'targets', 'i32');
+    const lengths = t([B], 'lengths', 'u32');
+    const qk = this.config.qk_norm;
+    const keep = training ? L : 1;
+    const xs = Array.from({ length: training ? L + 1 : 2 }, (_, i) => t([M, C], `x${i}`));
+    const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
+    const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
+      xn: t([M, C], `l${i}.xn`), rstd1: t([M], `l${i}.rstd1`),
+      qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
+      kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
+      q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
+      att: t([B * H, T, T], `l${i}.att`), ctx: t([M, H * D], `l${i}.ctx`),
+      x2: t([M, C], `l${i}.x2`), xn2: t([M, C], `l${i}.xn2`), rstd2: t([M], `l${i}.rstd2`),
+      gate: t([M, I], `l${i}.gate`), up: t([M, I], `l${i}.up`), h: t([M, I], `l${i}.h`),
+    }));
+    const xf = t([M, C], 'xf'), rstdf = t([M], 'rstdf');
+
+    const forward: Op[] = [...embedTokens(gpu, this.embed, tokens, xs[0], M, T, null)];
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
+    forward.push(rmsNormForward(gpu, { x: xAt(L), weight: this.finalNorm, out: xf, rstd: rstdf, rows: M, C, eps: this.config.rms_norm_eps }));
+    const dres = training ? t([M, C], 'dres') : null;
+    const dxn = training ? t([M, C], 'dxn') : null;
+    const head = lmHeadAndLoss(gpu, pool, { hidden: xf, head: this.lmHead, targets, M, dHidden: dxn, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk });
+    forward.push(...head.ops);
+
+    const backward: Op[] = [];
+    if (training) {
+      backward.push(rmsNormBackward(gpu, { dout: dxn!, x: xAt(L), weight: this.finalNorm, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
+      const lowest = peft ? this.lowestTrainableLayer(peft) : L;
+      const s: Scratch = {
+        dres: dres!, dxn: dxn!,
+        dq: t([M, H * D], 'dq'), dk: t([M, KV * D], 'dk'), dv: t([M, KV * D], 'dv'),
+        dqPre: qk ? t([M, H * D], 'dqPre') : null, dkPre: qk ? t([M, KV * D], 'dkPre') : null,
+        dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, T], 'dP'),
+        dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
+      };
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], s, peft, B, T));
+    }
+    const V = this.V;
+    return {
+      B, T, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
+      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V),
+      destroy: () => pool.destroy(),
+    };
+  }
+
+  private lowestTrainableLayer(peft: PeftMethod): number {
+    const mods = this.linearModules();
+    for (let l = 0; l < this.L; l++) if (mods.slice(l * 7, l * 7 + 7).some((m) => peft.targetsLinear(m.module))) return l;
+    return this.L;
+  }
+
+  private site(module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in' };
+  }
+
+  /** Attention matmuls for grouped-query heads: head h = g*G + j reads KV head g. One dispatch per j. */
+  private perGroup(fn: (j: number) => Op): Op[] {
+    const G = this.H / this.KV;
+    return Array.from({ length: G }, (_, j) => fn(j));
+  }
+
+  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
+    const { gpu, C, H, KV, D, I } = this;
+    const M = B * T;
+    const G = H / KV;
+    const w = this.layers[l];
+    const p = `model.layers.${l}.`;
+    const eps = this.config.rms_norm_eps;
+    const ops: Op[] = [];
+    // attention block: x2 = x + o_proj(attn(rope(q), rope(k), v))
+    ops.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: M, C, eps }));
+    const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
+    ops.push(...linearForward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, w.vBias, false, peft));
+    if (a.qPre) {
+      // Qwen3: RMSNorm over each head's D values, before RoPE
+      ops.push(rmsNormForward(gpu, { x: a.qPre, weight: w.qNorm!, out: a.q, rstd: a.rstdQ!, rows: M * H, C: D, eps }));
+      ops.push(rmsNormForward(gpu, { x: a.kPre!, weight: w.kNorm!, out: a.k, rstd: a.rstdK!, rows: M * KV, C: D, eps }));
+    }
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0 };
+    ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: H * D, heads: H }));
+    ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: KV * D, heads: KV }));
+    // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.scores`, a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
+      c: a.att, offsetC: j * T * T, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * T, G * T * T] },
+    })));
+    ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: this.scale, causal: true }));
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.pv`, a: a.att, offsetA: j * T * T, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
+      batch: { outer: B, inner: KV, strideA: [H * T * T, G * T * T], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
+    })));
+    ops.push(copyOp(x, a.x2));
+    ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
+    // MLP block: xOut = x2 + down(silu(gate(xn2)) * up(xn2))
+    ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps }));
+    ops.push(...linearForward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, w.upBias, false, peft));
+    ops.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: M, F: I }));
+    ops.push(copyOp(a.x2, xOut));
+    ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
+    return ops;
+  }
+
+  /** Softmax scale 1/sqrt(D) (YaRN's attention factor is folded into the cos/sin tables, as in transformers). */
+  private get scale(): number {
+    return 1 / Math.sqrt(this.D);
+  }
+
+  /** On entry s.dres = dLoss/d(output of layer l); on exit dLoss/d(input of layer l). */
+  private layerBackward(l: number, x: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number): Op[] {
+    const { gpu, C, H, KV, D, I } = this;
+    const M = B * T;
+    const G = H / KV;
+    const w = this.layers[l];
+    const p = `model.layers.${l}.`;
+    const ops: Op[] = [];
+    // MLP block
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, x, M), w.down, s.dres, s.dh, false, peft));
+    ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gate, up: a.up, dgate: s.dgate, dup: s.dup, rows: M, F: I }));
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft));
+    ops.push(rmsNormBackward(gpu, { dout: s.dxn, x: a.x2, weight: w.postNorm, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
+    // attention block
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, s.dres, s.dctx, false, peft));
+    const batchPT = { outer: B, inner: KV, strideA: [H * T * T, G * T * T] as [number, number] };
+    // dP = dctx V^T ; dV = sum over the group of P^T dctx
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * T, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * T, G * T * T] },
+    })));
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dV`, a: a.att, offsetA: j * T * T, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    })));
+    ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale }));
+    // dQ = dS K ; dK = sum over the group of dS^T Q
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dQ`, a: s.dP, offsetA: j * T * T, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
+      batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
+    })));
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dK`, a: s.dP, offsetA: j * T * T, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    })));
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0 };
+    ops.push(ropeBackward(gpu, { ...rope, x: s.dq, rowStride: H * D, heads: H }));
+    ops.push(ropeBackward(gpu, { ...rope, x: s.dk, rowStride: KV * D, heads: KV }));
+    let dq = s.dq, dk = s.dk;
+    if (a.qPre) {
+      ops.push(rmsNormBackward(gpu, { dout: s.dq, x: a.qPre, weight: w.qNorm!, rstd: a.rstdQ!, dx: s.dqPre!, rows: M * H, C: D, accumulate: false }));
+      ops.push(rmsNormBackward(gpu, { dout: s.dk, x: a.kPre!, weight: w.kNorm!, rstd: a.rstdK!, dx: s.dkPre!, rows: M * KV, C: D, accumulate: false }));
+      dq = s.dqPre!;
+      dk = s.dkPre!;
+    }
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft));
+    ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
+    return ops;
+  }
+}
+
+interface Scratch {
+  dres: Tensor; dxn: Tensor;
+  dq: Tensor; dk: Tensor; dv: Tensor; dqPre: Tensor | null; dkPre: Tensor | null;
+  dctx: Tensor; dP: Tensor;
+  dh: Tensor; dgate: Tensor; dup: Tensor;
+}
