@@ -1,0 +1,406 @@
+// Step 1: the user's data. Pick or drop a file (or the sample), see its first rows and any
+// problems with row numbers, say which columns are the prompt and the completion, and, once a
+// model is loaded, how many tokens the examples have and how many get cut.
+
+import { useMemo, useState, type ChangeEvent, type DragEvent } from 'react';
+import { useApp } from '../store';
+import { defaultTemplate, validateMapping, type ColumnMapping } from '../../data/columns';
+import type { Table } from '../../data/table';
+import type { DataSummary } from '../../worker/protocol';
+import type { ExampleStats } from '../../data/examples';
+import { ErrorBox, NumberField, ProgressBar, Section } from './common';
+import { formatBytes, formatInt, percent } from '../format';
+
+const FORMAT_NAMES: Record<string, string> = { csv: 'CSV', tsv: 'TSV', delimited: 'Delimited text', jsonl: 'JSON Lines', json: 'JSON', text: 'Plain text' };
+
+export function DataSection() {
+  const data = useApp((s) => s.data);
+  const loadDataFile = useApp((s) => s.loadDataFile);
+  const loadSample = useApp((s) => s.loadSample);
+  const phase = useApp((s) => s.training.phase);
+  // The worker refuses new data during a run; say so by disabling the controls.
+  const busy = data.status === 'loading' || !['idle', 'done', 'failed'].includes(phase);
+  return (
+    <Section
+      id="data"
+      step={1}
+      title="Training data"
+      subtitle="A CSV, TSV, JSON Lines or text file. It is read here, in this tab: it never leaves your machine."
+    >
+      <FileDrop busy={busy} onFile={(f) => void loadDataFile(f)} onSample={() => void loadSample()} />
+      {data.status === 'loading' && (
+        <div className="loading-line" data-testid="data-loading">
+          <span>
+            Reading <strong>{data.fileName}</strong> ({formatBytes(data.fileBytes)}) — {percent(data.fraction)}
+          </span>
+          <ProgressBar fraction={data.fraction} label={`Reading ${data.fileName}`} testId="data-progress" />
+        </div>
+      )}
+      {data.status === 'error' && (
+        <ErrorBox testId="data-error" title={`Could not use ${data.fileName}:`}>
+          {stripFileName(data.message, data.fileName)}
+        </ErrorBox>
+      )}
+      {data.status === 'ready' && <LoadedData summary={data.summary} />}
+    </Section>
+  );
+}
+
+/** DataError messages start with "file.csv: "; the box title already names the file. */
+function stripFileName(message: string, fileName: string): string {
+  return message.startsWith(`${fileName}: `) ? message.slice(fileName.length + 2) : message;
+}
+
+function FileDrop(props: { busy: boolean; onFile: (f: File) => void; onSample: () => void }) {
+  const [over, setOver] = useState(false);
+  const onDrop = (e: DragEvent) => {
+    e.preventDefault();
+    setOver(false);
+    const file = e.dataTransfer.files[0];
+    if (file && !props.busy) props.onFile(file);
+  };
+  const onPick = (e: ChangeEvent<HTMLInputElement>) => {
+    const file = e.target.files?.[0];
+    e.target.value = ''; // picking the same file again should load it again
+    if (file) props.onFile(file);
+  };
+  return (
+    <div
+      className={`dropzone${over ? ' dropzone-over' : ''}`}
+      data-testid="data-dropzone"
+      onDragOver={(e) => {
+        e.preventDefault();
+        setOver(true);
+      }}
+      onDragLeave={() => setOver(false)}
+      onDrop={onDrop}
+    >
+      <div className="dropzone-text">
+        <strong>Drop a data file here</strong>
+        <span className="muted">.csv · .tsv · .jsonl · .txt — one example per row</span>
+      </div>
+      <div className="dropzone-actions">
+        <label className={`button${props.busy ? ' button-disabled' : ''}`}>
+          Choose a file…
+          <input
+            type="file"
+            accept=".csv,.tsv,.jsonl,.txt"
+            className="visually-hidden"
+            data-testid="data-file-input"
+            disabled={props.busy}
+            onChange={onPick}
+          />
+        </label>
+        <button type="button" className="button button-secondary" onClick={props.onSample} disabled={props.busy} data-testid="try-sample">
+          Try the sample
+        </button>
+      </div>
+    </div>
+  );
+}
+
+function LoadedData({ summary }: { summary: DataSummary }) {
+  return (
+    <>
+      <p className="file-line" data-testid="data-summary">
+        <strong>{summary.fileName}</strong>
+        <span>{formatInt(summary.rowCount)} rows</span>
+        <span>
+          {summary.columns.length} {summary.columns.length === 1 ? 'column' : 'columns'}
+        </span>
+        <span>{FORMAT_NAMES[summary.format] ?? summary.format}</span>
+        <span>{formatBytes(summary.fileBytes)}</span>
+      </p>
+      <PreviewTable summary={summary} />
+      <Problems summary={summary} />
+      <MappingEditor summary={summary} />
+      <TokenStats />
+    </>
+  );
+}
+
+function PreviewTable({ summary }: { summary: DataSummary }) {
+  return (
+    <div className="table-scroll" data-testid="data-preview">
+      <table className="preview-table">
+        <caption className="visually-hidden">First rows of {summary.fileName}</caption>
+        <thead>
+          <tr>
+            <th scope="col" className="row-number">
+              Row
+            </th>
+            {summary.columns.map((c) => (
+              <th scope="col" key={c}>
+                {c}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>
+          {summary.preview.map((row, i) => (
+            <tr key={summary.previewRowNumbers[i]}>
+              <td className="row-number">{summary.previewRowNumbers[i]}</td>
+              {summary.columns.map((c) => (
+                <td key={c} title={row[c]}>
+                  {row[c] === '' ? <span className="empty-cell">empty</span> : row[c]}
+                </td>
+              ))}
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {summary.rowCount > summary.preview.length && (
+        <p className="muted small table-note">
+          First {summary.preview.length} of {formatInt(summary.rowCount)} rows.
+        </p>
+      )}
+    </div>
+  );
+}
+
+const PROBLEMS_SHOWN = 8;
+
+function Problems({ summary }: { summary: DataSummary }) {
+  const [all, setAll] = useState(false);
+  const total = Object.values(summary.problemCounts).reduce((a, b) => a + b, 0);
+  if (total === 0) return null;
+  const shown = all ? summary.problems : summary.problems.slice(0, PROBLEMS_SHOWN);
+  return (
+    <div className="problems" data-testid="data-problems">
+      <h3>
+        {formatInt(total)} {total === 1 ? 'problem' : 'problems'} in the file
+        <span className="muted small"> — rows are still used; empty cells count as empty text</span>
+      </h3>
+      <ul>
+        {shown.map((p, i) => (
+          <li key={`${p.row}-${p.kind}-${i}`}>
+            <span className="problem-row">Row {p.row}</span> {p.message.replace(/^(row|line|item) \d+: /, '')}
+          </li>
+        ))}
+      </ul>
+      {summary.problems.length > PROBLEMS_SHOWN && (
+        <button type="button" className="link-button" onClick={() => setAll(!all)}>
+          {all ? 'Show fewer' : `Show ${summary.problems.length - PROBLEMS_SHOWN} more`}
+        </button>
+      )}
+      {total > summary.problems.length && <p className="muted small">Only the first {summary.problems.length} are listed.</p>}
+    </div>
+  );
+}
+
+type MappingKind = ColumnMapping['kind'];
+
+/** A mapping of the given kind built from what the current one uses, so switching keeps choices. */
+function switchKind(kind: MappingKind, current: ColumnMapping, columns: string[]): ColumnMapping {
+  const used = current.kind === 'prompt-completion' ? [current.prompt, current.completion] : current.kind === 'text' ? [current.text] : [current.instruction, current.output];
+  const first = used[0] ?? columns[0];
+  const second = used[1] ?? columns.find((c) => c !== first) ?? columns[0];
+  switch (kind) {
+    case 'prompt-completion':
+      return { kind, prompt: first, completion: second, template: defaultTemplate(first) };
+    case 'text':
+      return { kind, text: first };
+    case 'instruction':
+      return { kind, instruction: first, output: second };
+  }
+}
+
+function MappingEditor({ summary }: { summary: DataSummary }) {
+  const mapping = useApp((s) => s.mapping);
+  const setMapping = useApp((s) => s.setMapping);
+  const prepare = useApp((s) => s.prepare);
+  const validation = useApp((s) => s.settings.validationFraction);
+  const validationError = useApp((s) => s.settingErrors.validationFraction);
+  const updateSettings = useApp((s) => s.updateSettings);
+  const phase = useApp((s) => s.training.phase);
+  // Checked here as the user edits (the worker checks again): only columns and the file name matter.
+  const localError = useMemo(() => {
+    if (!mapping) return null;
+    try {
+      validateMapping({ fileName: summary.fileName, columns: summary.columns } as Table, mapping);
+      return null;
+    } catch (e) {
+      return (e as Error).message.replace(`${summary.fileName}: `, '');
+    }
+  }, [mapping, summary]);
+  if (!mapping) return null;
+  const locked = !['idle', 'done', 'failed'].includes(phase);
+  const cols = summary.columns;
+  const workerError = prepare.status === 'error' && (prepare.input === 'mapping' || prepare.input === 'template') ? prepare.message.replace(`${summary.fileName}: `, '') : null;
+  const error = localError ?? workerError;
+  const errorAtTemplate = error !== null && /template/i.test(error);
+  const columnSelect = (label: string, value: string, onChange: (v: string) => void, testId: string, optional = false) => (
+    <div className="field">
+      <label htmlFor={testId}>{label}</label>
+      <select id={testId} data-testid={testId} value={value} onChange={(e) => onChange(e.target.value)}>
+        {optional && <option value="">(none)</option>}
+        {cols.map((c) => (
+          <option key={c} value={c}>
+            {c}
+          </option>
+        ))}
+      </select>
+    </div>
+  );
+  return (
+    <div className="mapping" data-testid="mapping">
+      <h3>What the model learns</h3>
+      {/* A run in progress keeps the mapping it started with. */}
+      <fieldset disabled={locked}>
+      <div className="segmented" role="radiogroup" aria-label="How the columns are used">
+        {(
+          [
+            ['prompt-completion', 'Prompt → completion'],
+            ['text', 'One text column'],
+            ['instruction', 'Instruction → output'],
+          ] as [MappingKind, string][]
+        ).map(([kind, label]) => (
+          <label key={kind} className={mapping.kind === kind ? 'selected' : ''}>
+            <input type="radio" name="mapping-kind" value={kind} checked={mapping.kind === kind} onChange={() => setMapping(switchKind(kind, mapping, cols))} />
+            {label}
+          </label>
+        ))}
+      </div>
+      {mapping.kind === 'prompt-completion' && (
+        <div className="mapping-grid">
+          {columnSelect('Prompt column', mapping.prompt, (v) => setMapping({ ...mapping, prompt: v, template: mapping.template === defaultTemplate(mapping.prompt) ? defaultTemplate(v) : mapping.template }), 'map-prompt')}
+          {columnSelect('Completion column (the part it learns)', mapping.completion, (v) => setMapping({ ...mapping, completion: v }), 'map-completion')}
+          <div className={`field field-wide${errorAtTemplate ? ' field-invalid' : ''}`}>
+            <label htmlFor="map-template">Prompt template</label>
+            <textarea
+              id="map-template"
+              data-testid="map-template"
+              rows={2}
+              spellCheck={false}
+              value={mapping.template}
+              aria-invalid={errorAtTemplate || undefined}
+              onChange={(e) => setMapping({ ...mapping, template: e.target.value })}
+            />
+            <span className="field-hint">
+              <code>{'{column}'}</code> inserts a column’s text. The completion follows right after; the loss is on the completion only.
+            </span>
+          </div>
+        </div>
+      )}
+      {mapping.kind === 'text' && (
+        <div className="mapping-grid">{columnSelect('Text column (every token is learned)', mapping.text, (v) => setMapping({ kind: 'text', text: v }), 'map-text')}</div>
+      )}
+      {mapping.kind === 'instruction' && (
+        <div className="mapping-grid mapping-grid-3">
+          {columnSelect('Instruction column', mapping.instruction, (v) => setMapping({ ...mapping, instruction: v }), 'map-instruction')}
+          {columnSelect('Input column', mapping.input ?? '', (v) => setMapping({ ...mapping, input: v === '' ? undefined : v }), 'map-input', true)}
+          {columnSelect('Output column (the part it learns)', mapping.output, (v) => setMapping({ ...mapping, output: v }), 'map-output')}
+        </div>
+      )}
+      {error && (
+        <ErrorBox testId="mapping-error" title="Column mapping:">
+          {error}
+        </ErrorBox>
+      )}
+      <div className="mapping-grid">
+        <NumberField
+          label="Validation split"
+          value={validation}
+          scale={100}
+          suffix="%"
+          error={validationError}
+          hint="Held out to measure the loss on examples the model does not train on."
+          testId="validation-split"
+          onChange={(v) => updateSettings({ validationFraction: v })}
+        />
+      </div>
+      </fieldset>
+    </div>
+  );
+}
+
+function TokenStats() {
+  const prepare = useApp((s) => s.prepare);
+  const modelReady = useApp((s) => s.model.status === 'ready');
+  const maxLength = useApp((s) => s.settings.maxLength);
+  if (!modelReady) return <p className="muted token-note">Token counts appear once a base model is loaded (step 2): they depend on its tokenizer.</p>;
+  const result = prepare.status === 'ready' ? prepare.result : prepare.status === 'running' ? prepare.previous : null;
+  if (!result) {
+    return prepare.status === 'running' ? <p className="muted token-note">Counting tokens…</p> : null;
+  }
+  const { stats } = result;
+  const t = stats.tokenLength;
+  return (
+    <div className={`token-stats${prepare.status === 'running' ? ' stale' : ''}`} data-testid="token-stats">
+      <h3>Examples</h3>
+      <dl className="facts">
+        <div>
+          <dt>Examples</dt>
+          <dd data-testid="examples-count">
+            {formatInt(result.trainExamples)} train · {formatInt(result.validationExamples)} validation
+          </dd>
+        </div>
+        <div>
+          <dt>Tokens per example</dt>
+          <dd data-testid="token-lengths">
+            min {t.min} · mean {t.mean.toFixed(1)} · 95 % ≤ {t.p95} · max {t.max}
+          </dd>
+        </div>
+        <div>
+          <dt>Cut to max length ({maxLength})</dt>
+          <dd data-testid="truncated-count" className={stats.truncated > 0 ? 'warn-text' : ''}>
+            {stats.truncated === 0 ? 'none' : `${formatInt(stats.truncated)} ${stats.truncated === 1 ? 'example' : 'examples'} (${percent(stats.truncated / Math.max(1, stats.count), 1)})`}
+          </dd>
+        </div>
+        <div>
+          <dt>Skipped rows</dt>
+          <dd data-testid="skipped-count">{stats.skipped.count === 0 ? 'none' : formatInt(stats.skipped.count)}</dd>
+        </div>
+        <div>
+          <dt>Tokens with loss</dt>
+          <dd>{formatInt(stats.lossTokens)}</dd>
+        </div>
+      </dl>
+      {stats.skipped.count > 0 && <SkippedRows stats={stats} maxLength={maxLength} />}
+      {result.sample && (
+        <div className="sample-example">
+          <div className="muted small">Row {result.sample.row} as the model sees it (highlighted: what it learns to write)</div>
+          <pre data-testid="sample-example">
+            <span className="sample-context">{result.sample.context}</span>
+            <mark>{result.sample.target}</mark>
+          </pre>
+        </div>
+      )}
+    </div>
+  );
+}
+
+const SKIPPED_SHOWN = 5;
+
+function SkippedRows({ stats, maxLength }: { stats: ExampleStats; maxLength: number }) {
+  const [all, setAll] = useState(false);
+  const rows = all ? stats.skipped.rows : stats.skipped.rows.slice(0, SKIPPED_SHOWN);
+  const tooLong = stats.skipped.rows.filter((r) => /fills all/.test(r.reason)).length;
+  return (
+    <div className="skipped" data-testid="skipped-rows">
+      {tooLong > 0 && (
+        <p className="warning-box">
+          Some prompts are {maxLength} tokens or longer, so nothing of their completion is left to learn. Raise <strong>Max length</strong> (step 3)
+          or shorten the prompt template.
+        </p>
+      )}
+      <ul className="skipped-list">
+        {rows.map((r) => (
+          <li key={r.row}>
+            <span className="problem-row">Row {r.row}</span> skipped: {r.reason}
+          </li>
+        ))}
+      </ul>
+      {(stats.skipped.rows.length > SKIPPED_SHOWN || stats.skipped.count > stats.skipped.rows.length) && (
+        <p className="muted small">
+          {stats.skipped.rows.length > SKIPPED_SHOWN && (
+            <button type="button" className="link-button" onClick={() => setAll(!all)}>
+              {all ? 'Show fewer' : `Show ${stats.skipped.rows.length - SKIPPED_SHOWN} more`}
+            </button>
+          )}
+          {stats.skipped.count > stats.skipped.rows.length && ` ${formatInt(stats.skipped.count - stats.skipped.rows.length)} more skipped rows are not listed.`}
+        </p>
+      )}
+    </div>
+  );
+}

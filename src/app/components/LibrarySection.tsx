@@ -1,0 +1,198 @@
+// Step 5: what is kept in this browser. Finished adapters (rename, delete, download as a PEFT zip)
+// and runs that stopped half-way (resume from their last checkpoint).
+
+import { useState } from 'react';
+import { useApp } from '../store';
+import type { AdapterMeta, CheckpointMeta } from '../../worker/storage';
+import { Section } from './common';
+import { formatBytes, formatDate, formatInt, formatLoss } from '../format';
+
+export function LibrarySection() {
+  const library = useApp((s) => s.library);
+  const training = useApp((s) => s.training);
+  const running = !['idle', 'done', 'failed'].includes(training.phase);
+  // The run in progress has a checkpoint too; it is not "unfinished" while it runs.
+  const unfinished = library.checkpoints.filter((c) => c.adapterId === null && !(running && c.runId === training.runId));
+  const storage = library.storage;
+  return (
+    <Section
+      id="library"
+      step={5}
+      title="Library"
+      subtitle="Adapters are kept in this browser (IndexedDB) until you delete them."
+      aside={
+        storage && (
+          <span className="muted small" data-testid="storage-status">
+            {storage.usage !== null ? `${formatBytes(storage.usage)} used` : ''}
+            {storage.persisted === true ? ' · kept by the browser' : storage.persisted === false ? ' · the browser may clear it when disk space runs low' : ''}
+          </span>
+        )
+      }
+    >
+      {library.error && <p className="error-box">{library.error}</p>}
+      {library.adapters.length === 0 ? (
+        <p className="muted" data-testid="library-empty">
+          No adapters yet. Finished training runs appear here.
+        </p>
+      ) : (
+        <div className="table-scroll">
+          <table className="library-table" data-testid="library-table">
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Base model</th>
+                <th scope="col">Method</th>
+                <th scope="col">Trained</th>
+                <th scope="col" className="num">
+                  Final loss
+                </th>
+                <th scope="col" className="num">
+                  Validation
+                </th>
+                <th scope="col">
+                  <span className="visually-hidden">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {library.adapters.map((a) => (
+                <AdapterRow key={a.id} adapter={a} busy={library.busy[a.id]} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      {unfinished.length > 0 && <UnfinishedRuns runs={unfinished} />}
+    </Section>
+  );
+}
+
+function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string }) {
+  const { renameAdapter, deleteAdapter, downloadAdapter } = useApp.getState();
+  const [editing, setEditing] = useState(false);
+  const [name, setName] = useState(a.name);
+  const [confirming, setConfirming] = useState(false);
+  return (
+    <tr data-testid="library-row" data-adapter-id={a.id}>
+      <td className="name-cell">
+        {editing ? (
+          <form
+            className="rename-form"
+            onSubmit={(e) => {
+              e.preventDefault();
+              if (name.trim() === '') return;
+              void renameAdapter(a.id, name).then(() => setEditing(false));
+            }}
+          >
+            <input aria-label="New name" value={name} autoFocus onChange={(e) => setName(e.target.value)} data-testid="rename-input" />
+            <button type="submit" className="button button-small" disabled={name.trim() === ''} data-testid="rename-save">
+              Save
+            </button>
+            <button
+              type="button"
+              className="button button-small button-secondary"
+              onClick={() => {
+                setName(a.name);
+                setEditing(false);
+              }}
+            >
+              Cancel
+            </button>
+          </form>
+        ) : (
+          <>
+            <div className="adapter-name" data-testid="library-name">
+              {a.name}
+            </div>
+            <div className="muted small">
+              <span title={`${a.data.fileName}: ${a.data.fingerprint}`} data-testid="library-data">
+                {a.data.fileName} ({shortHash(a.data.fingerprint)})
+              </span>{' '}
+              · {formatInt(a.metrics.steps)} steps
+              {a.metrics.stoppedEarly ? ` of ${formatInt(a.metrics.totalSteps)} (stopped)` : ''} · r={a.settings.rank} · {formatBytes(a.bytes)}
+            </div>
+          </>
+        )}
+        {busy && <div className={busy.startsWith('Error') ? 'field-error' : 'muted small'}>{busy}</div>}
+      </td>
+      <td>{a.baseModel.name}</td>
+      <td>LoRA</td>
+      <td>{formatDate(a.createdAt)}</td>
+      <td className="num" data-testid="library-loss">
+        {formatLoss(a.metrics.finalLoss)}
+      </td>
+      <td className="num">{formatLoss(a.metrics.finalEvalLoss)}</td>
+      <td className="actions">
+        {confirming ? (
+          <span className="confirm">
+            Delete?{' '}
+            <button type="button" className="button button-small button-danger" onClick={() => void deleteAdapter(a.id)} data-testid="delete-confirm">
+              Delete
+            </button>
+            <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(false)}>
+              Keep
+            </button>
+          </span>
+        ) : (
+          <>
+            <button type="button" className="button button-small" onClick={() => void downloadAdapter(a.id)} data-testid="library-download">
+              Download
+            </button>
+            <button type="button" className="button button-small button-secondary" onClick={() => setEditing(true)} disabled={editing} data-testid="library-rename">
+              Rename
+            </button>
+            <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(true)} data-testid="library-delete">
+              Delete
+            </button>
+          </>
+        )}
+      </td>
+    </tr>
+  );
+}
+
+function UnfinishedRuns({ runs }: { runs: CheckpointMeta[] }) {
+  const model = useApp((s) => s.model);
+  const data = useApp((s) => s.data);
+  const fingerprint = useApp((s) => s.dataFingerprint);
+  const phase = useApp((s) => s.training.phase);
+  const { resumeCheckpoint, deleteCheckpoint } = useApp.getState();
+  const busy = !['idle', 'done', 'failed'].includes(phase);
+  return (
+    <div className="unfinished" data-testid="unfinished-runs">
+      <h3>Unfinished runs</h3>
+      <ul>
+        {runs.map((c) => {
+          const modelOk = model.status === 'ready' && model.summary.name === c.baseModel.name;
+          const dataOk = data.status === 'ready' && fingerprint === c.data.fingerprint;
+          const missing = [!modelOk && `the model ${c.baseModel.name}`, !dataOk && `the data file ${c.data.fileName}`].filter(Boolean).join(' and ');
+          return (
+            <li key={c.runId} data-testid="unfinished-run">
+              <div>
+                <strong>{c.adapterName}</strong>
+                <div className="muted small">
+                  step {formatInt(c.step)} of {formatInt(c.totalSteps)} · {c.baseModel.name} · {c.data.fileName} · saved {formatDate(c.savedAt)}
+                </div>
+                {missing && !busy && <div className="muted small">To resume, load {missing}.</div>}
+              </div>
+              <div className="actions">
+                <button type="button" className="button button-small" disabled={busy || !modelOk || !dataOk} onClick={() => void resumeCheckpoint(c.runId)}>
+                  Resume
+                </button>
+                <button type="button" className="button button-small button-secondary" disabled={busy} onClick={() => void deleteCheckpoint(c.runId)}>
+                  Discard
+                </button>
+              </div>
+            </li>
+          );
+        })}
+      </ul>
+    </div>
+  );
+}
+
+/** "sha256:9f86d081…" → "sha256 9f86d081": enough to tell files apart at a glance. */
+function shortHash(fingerprint: string): string {
+  const [kind, hex] = fingerprint.split(':');
+  return hex ? `${kind.replace(/-.*$/, '')} ${hex.slice(0, 8)}` : fingerprint;
+}

@@ -1,0 +1,264 @@
+// Step 2: the base model, downloaded from the Hugging Face hub (kept in the browser's cache for
+// the next visit) or read from a folder on disk; then its size, what LoRA will train, and the GPU
+// memory the run will take.
+
+import { useState, type ChangeEvent, type DragEvent } from 'react';
+import { useApp } from '../store';
+import { ErrorBox, ProgressBar, Section } from './common';
+import { formatBytes, formatCount, formatInt } from '../format';
+import type { ModelSummary } from '../../worker/protocol';
+
+export function ModelSection() {
+  const model = useApp((s) => s.model);
+  const repoId = useApp((s) => s.repoId);
+  const setRepoId = useApp((s) => s.setRepoId);
+  const hubEndpoint = useApp((s) => s.hubEndpoint);
+  const setHubEndpoint = useApp((s) => s.setHubEndpoint);
+  const downloadModel = useApp((s) => s.downloadModel);
+  const cancelDownload = useApp((s) => s.cancelDownload);
+  const loadModelFolder = useApp((s) => s.loadModelFolder);
+  const training = useApp((s) => s.training.phase);
+  const runActive = !['idle', 'done', 'failed'].includes(training);
+  const busy = model.status === 'downloading' || model.status === 'loading' || runActive;
+  const [over, setOver] = useState(false);
+
+  const onPickFolder = (e: ChangeEvent<HTMLInputElement>) => {
+    const files = Array.from(e.target.files ?? []);
+    e.target.value = '';
+    if (files.length) void loadModelFolder(files.map((file) => ({ path: file.webkitRelativePath || file.name, file })));
+  };
+  const onDrop = (e: DragEvent) => {
+    e.preventDefault();
+    setOver(false);
+    if (busy) return;
+    // Entries must be taken synchronously, inside the drop event.
+    const entries = Array.from(e.dataTransfer.items)
+      .map((item) => item.webkitGetAsEntry?.())
+      .filter((x): x is FileSystemEntry => !!x);
+    void filesOfEntries(entries).then((files) => {
+      if (files.length) void loadModelFolder(files);
+    });
+  };
+
+  return (
+    <Section id="model" step={2} title="Base model" subtitle="A Hugging Face causal language model in safetensors format, from the hub or from a folder on this computer.">
+      <form
+        className="hub-row"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (!busy) void downloadModel();
+        }}
+      >
+        <div className={`field hub-field${model.status === 'error' && model.input === 'repoId' ? ' field-invalid' : ''}`}>
+          <label htmlFor="repo-id">Hugging Face model id</label>
+          <input
+            id="repo-id"
+            data-testid="repo-id"
+            value={repoId}
+            spellCheck={false}
+            autoComplete="off"
+            placeholder="owner/name"
+            onChange={(e) => setRepoId(e.target.value)}
+            disabled={busy}
+          />
+        </div>
+        {model.status === 'downloading' ? (
+          <button type="button" className="button button-secondary" onClick={cancelDownload} data-testid="cancel-download">
+            Cancel download
+          </button>
+        ) : (
+          <button type="submit" className="button" disabled={busy || repoId.trim() === ''} data-testid="download-model">
+            Download
+          </button>
+        )}
+      </form>
+      <details className="endpoint" data-testid="hub-endpoint-details">
+        <summary>Download from a mirror</summary>
+        <div className="field hub-field">
+          <label htmlFor="hub-endpoint">Hub address (the same URL layout as huggingface.co)</label>
+          <input
+            id="hub-endpoint"
+            data-testid="hub-endpoint"
+            value={hubEndpoint}
+            spellCheck={false}
+            autoComplete="off"
+            disabled={busy}
+            onChange={(e) => setHubEndpoint(e.target.value)}
+          />
+          <span className="field-hint">Downloaded files are kept in this browser, so a model loads again without the network.</span>
+        </div>
+      </details>
+      <div
+        className={`dropzone dropzone-compact${over ? ' dropzone-over' : ''}`}
+        onDragOver={(e) => {
+          e.preventDefault();
+          setOver(true);
+        }}
+        onDragLeave={() => setOver(false)}
+        onDrop={onDrop}
+        data-testid="model-dropzone"
+      >
+        <div className="dropzone-text">
+          <strong>Or drop a model folder here</strong>
+          <span className="muted">config.json, model.safetensors, tokenizer.json, tokenizer_config.json</span>
+        </div>
+        <label className={`button button-secondary${busy ? ' button-disabled' : ''}`}>
+          Choose a folder…
+          <input
+            type="file"
+            className="visually-hidden"
+            data-testid="model-folder-input"
+            disabled={busy}
+            onChange={onPickFolder}
+            // React has no typed prop for these; they make the picker choose a folder.
+            {...{ webkitdirectory: '', directory: '' }}
+            multiple
+          />
+        </label>
+      </div>
+
+      {model.status === 'downloading' && <DownloadProgress />}
+      {model.status === 'loading' && (
+        <div className="loading-line" data-testid="model-loading">
+          <span>
+            Loading <strong>{model.name}</strong>: {model.message}…
+          </span>
+          <ProgressBar fraction={null} label="Loading the model" />
+        </div>
+      )}
+      {model.status === 'error' && (
+        <ErrorBox testId="model-error" title="Could not load the model:">
+          {model.message}
+        </ErrorBox>
+      )}
+      {model.status === 'ready' && <ModelFacts summary={model.summary} />}
+    </Section>
+  );
+}
+
+const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama' };
+
+async function filesOfEntries(entries: FileSystemEntry[]): Promise<{ path: string; file: File }[]> {
+  const out: { path: string; file: File }[] = [];
+  const walk = async (entry: FileSystemEntry, prefix: string): Promise<void> => {
+    if (entry.isFile) {
+      const file = await new Promise<File>((resolve, reject) => (entry as FileSystemFileEntry).file(resolve, reject));
+      out.push({ path: `${prefix}${entry.name}`, file });
+    } else if (entry.isDirectory) {
+      const reader = (entry as FileSystemDirectoryEntry).createReader();
+      // readEntries returns the folder in batches until an empty one.
+      for (;;) {
+        const batch = await new Promise<FileSystemEntry[]>((resolve, reject) => reader.readEntries(resolve, reject));
+        if (batch.length === 0) break;
+        for (const child of batch) await walk(child, `${prefix}${entry.name}/`);
+      }
+    }
+  };
+  for (const e of entries) await walk(e, '');
+  return out;
+}
+
+function DownloadProgress() {
+  const model = useApp((s) => s.model);
+  if (model.status !== 'downloading') return null;
+  const overall = model.total ? model.loaded / model.total : null;
+  return (
+    <div className="download" data-testid="download-progress">
+      <div className="loading-line">
+        <span>
+          Downloading <strong>{model.repo}</strong>
+          {model.total ? ` — ${formatBytes(model.loaded)} of ${formatBytes(model.total)}` : model.loaded ? ` — ${formatBytes(model.loaded)}` : ' — finding the files…'}
+        </span>
+        <ProgressBar fraction={overall} label="Overall download" />
+      </div>
+      <ul className="file-progress">
+        {model.files.map((f) => (
+          <li key={f.file}>
+            <span className="file-name">{f.file}</span>
+            <ProgressBar small fraction={f.total ? f.loaded / f.total : null} label={f.file} />
+            <span className="file-size">{f.fromCache ? 'from cache' : f.total ? `${formatBytes(f.loaded)} / ${formatBytes(f.total)}` : formatBytes(f.loaded)}</span>
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
+}
+
+function ModelFacts({ summary }: { summary: ModelSummary }) {
+  const settings = useApp((s) => s.settings);
+  const prepare = useApp((s) => s.prepare);
+  const dataReady = useApp((s) => s.data.status === 'ready');
+  const fallback = useApp((s) => s.gpu.status === 'ready' && s.gpu.info.gpu.isFallbackAdapter);
+  // Same count as PEFT: r × (in + out) per adapted layer.
+  const trainable = summary.linearModules
+    .filter((g) => settings.targetModules.includes(g.target))
+    .reduce((s, g) => s + g.count * settings.rank * (g.inFeatures + g.outFeatures), 0);
+  const all = summary.parameterCount + trainable;
+  const result = prepare.status === 'ready' ? prepare.result : prepare.status === 'running' ? prepare.previous : null;
+  return (
+    <div className="model-facts" data-testid="model-summary">
+      <dl className="facts">
+        <div>
+          <dt>Model</dt>
+          <dd data-testid="model-name">{summary.name}</dd>
+        </div>
+        <div>
+          <dt>Architecture</dt>
+          <dd>
+            {ARCHITECTURE_NAMES[summary.architecture] ?? summary.architecture}
+            {summary.modelType !== summary.architecture ? ` (${summary.modelType})` : ''} · {summary.layers} layers · {summary.hidden} wide · {summary.heads} heads
+          </dd>
+        </div>
+        <div>
+          <dt>Vocabulary · context</dt>
+          <dd>
+            {formatInt(summary.vocabSize)} tokens · up to {formatInt(summary.maxPositions)} tokens
+          </dd>
+        </div>
+        <div>
+          <dt>Parameters</dt>
+          <dd data-testid="model-params">
+            {formatCount(summary.parameterCount)} <span className="muted">(stored as {summary.storedDType}, trained in F32)</span>
+          </dd>
+        </div>
+        <div>
+          <dt>Weights on the GPU</dt>
+          <dd>{formatBytes(summary.weightBytes)}</dd>
+        </div>
+        <div>
+          <dt>Trainable (LoRA r={Number.isFinite(settings.rank) ? settings.rank : '?'})</dt>
+          <dd data-testid="trainable-params">
+            {formatInt(trainable)} <span className="muted">of {formatInt(all)} ({((100 * trainable) / all).toFixed(4)} %)</span>
+          </dd>
+        </div>
+        <div>
+          <dt>GPU memory for training</dt>
+          <dd data-testid="memory-estimate">
+            {result && !result.memory ? (
+              <span className="muted">measured when training starts (no estimate for this architecture yet)</span>
+            ) : result?.memory ? (
+              <>
+                about {formatBytes(result.memory.total)}{' '}
+                <span className="muted">
+                  (weights {formatBytes(result.memory.weights)} + activations {formatBytes(result.memory.activations)} + adapter{' '}
+                  {formatBytes(result.memory.adapter)})
+                </span>
+              </>
+            ) : (
+              <span className="muted">{dataReady ? 'estimating…' : 'estimated once data is loaded (it depends on the sequence length)'}</span>
+            )}
+          </dd>
+        </div>
+      </dl>
+      {fallback && summary.parameterCount > 20e6 && (
+        <p className="warning-box" data-testid="slow-model-warning">
+          {formatCount(summary.parameterCount)} parameters on a software renderer (no GPU): each step will take minutes. Pick a much smaller
+          model here, or use a computer whose GPU Chrome can use.
+        </p>
+      )}
+      <p className="peft-line muted small" data-testid="peft-line">
+        trainable params: {formatInt(trainable)} || all params: {formatInt(all)} || trainable%: {((100 * trainable) / all).toFixed(4)}
+      </p>
+    </div>
+  );
+}

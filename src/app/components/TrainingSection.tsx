@@ -1,0 +1,195 @@
+// Step 4: run it. Start, pause, resume and stop; where the run is; the loss as it falls; and the
+// saved adapter at the end.
+
+import { useApp, type RunPhase } from '../store';
+import { ErrorBox, ProgressBar, Section, Stat } from './common';
+import { LossChart } from './LossChart';
+import { formatBytes, formatDuration, formatInt, formatLoss, formatLr } from '../format';
+
+const PHASE_TEXT: Record<RunPhase, string> = {
+  idle: 'Ready',
+  starting: 'Setting up the GPU…',
+  training: 'Training',
+  pausing: 'Pausing after this step…',
+  paused: 'Paused',
+  stopping: 'Stopping after this step…',
+  saving: 'Saving the adapter…',
+  done: 'Done',
+  failed: 'Stopped by an error',
+};
+
+const INPUT_LABELS: Record<string, string> = {
+  batchSize: 'Batch size',
+  maxLength: 'Max length',
+  learningRate: 'Learning rate',
+  rank: 'Rank',
+  targetModules: 'Layers to adapt',
+  adapterName: 'Adapter name',
+  gpu: 'GPU',
+  modelFolder: 'Base model',
+  repoId: 'Base model',
+  dataFile: 'Training data',
+  checkpoint: 'Checkpoint',
+};
+
+export function TrainingSection() {
+  const t = useApp((s) => s.training);
+  const data = useApp((s) => s.data);
+  const model = useApp((s) => s.model);
+  const mapping = useApp((s) => s.mapping);
+  const settingErrors = useApp((s) => s.settingErrors);
+  const prepare = useApp((s) => s.prepare);
+  const adapterName = useApp((s) => s.adapterName);
+  const setAdapterName = useApp((s) => s.setAdapterName);
+  const gpuReady = useApp((s) => s.gpu.status === 'ready');
+  const { start, pause, resume, stop, downloadAdapter } = useApp.getState();
+
+  const active = !['idle', 'done', 'failed'].includes(t.phase);
+  const blockers: string[] = [];
+  if (!gpuReady) blockers.push('a working WebGPU device');
+  if (data.status !== 'ready') blockers.push('training data (step 1)');
+  if (model.status !== 'ready') blockers.push('a base model (step 2)');
+  if (Object.keys(settingErrors).length > 0) blockers.push('valid settings (the fields marked in red)');
+  if (data.status === 'ready' && model.status === 'ready' && !mapping) blockers.push('a column mapping');
+  const prepareError = prepare.status === 'error' && prepare.input !== 'mapping' && prepare.input !== 'template' ? prepare : null;
+  const canStart = !active && blockers.length === 0 && prepare.status === 'ready' && adapterName.trim() !== '';
+  const nameError = t.phase === 'failed' && t.error?.input === 'adapterName' ? t.error.message : adapterName.trim() === '' ? 'Give the adapter a name.' : undefined;
+
+  const last = t.last;
+  const first = t.points[0];
+  const lastEval = t.evals.at(-1);
+  const estimate = prepare.status === 'ready' && prepare.result.memory ? prepare.result.memory : null;
+  const fraction = last ? last.step / last.totalSteps : t.totalSteps ? 0 : null;
+
+  return (
+    <Section id="train" step={4} title="Train" aside={<span className={`phase phase-${t.phase}`} data-testid="train-phase">{PHASE_TEXT[t.phase]}</span>}>
+      <div className="train-controls">
+        <div className={`field name-field${nameError ? ' field-invalid' : ''}`}>
+          <label htmlFor="adapter-name">Adapter name</label>
+          <input id="adapter-name" data-testid="adapter-name" value={adapterName} disabled={active} onChange={(e) => setAdapterName(e.target.value)} />
+          {nameError && <span className="field-error">{nameError}</span>}
+        </div>
+        <div className="buttons">
+          {!active && (
+            <button type="button" className="button button-primary" disabled={!canStart} onClick={() => void start()} data-testid="start">
+              Start training
+            </button>
+          )}
+          {(t.phase === 'training' || t.phase === 'starting' || t.phase === 'pausing') && (
+            <button type="button" className="button button-secondary" disabled={t.phase !== 'training'} onClick={pause} data-testid="pause">
+              {t.phase === 'pausing' ? 'Pausing…' : 'Pause'}
+            </button>
+          )}
+          {t.phase === 'paused' && (
+            <button type="button" className="button button-primary" onClick={resume} data-testid="resume">
+              Resume
+            </button>
+          )}
+          {active && (
+            <button
+              type="button"
+              className="button button-danger"
+              disabled={t.phase === 'stopping' || t.phase === 'saving'}
+              onClick={stop}
+              data-testid="stop"
+              title="Stops after the current step and saves the adapter as it is"
+            >
+              Stop and save
+            </button>
+          )}
+        </div>
+      </div>
+      {!active && blockers.length > 0 && <p className="muted">To start, this needs {blockers.join(', ')}.</p>}
+      {!active && <ResumableHint />}
+      {!active && prepareError && (
+        <ErrorBox testId="prepare-error" title={prepareError.input ? `${INPUT_LABELS[prepareError.input] ?? 'Settings'}:` : undefined}>
+          {prepareError.message}
+        </ErrorBox>
+      )}
+
+      {(active || t.points.length > 0 || t.phase === 'done') && (
+        <div
+          className="run"
+          data-testid="run"
+          data-gpu-bytes={last?.gpuBytes ?? ''}
+          // The evaluation buffers are made at the first evaluation; until then the run holds the rest.
+          data-estimate-bytes={estimate ? (t.evals.length > 0 ? estimate.total : estimate.total - estimate.evaluation) : ''}
+        >
+          <div className="run-progress">
+            <span data-testid="step-counter">
+              Step {formatInt(last?.step ?? 0)} / {formatInt(last?.totalSteps ?? t.totalSteps)}
+            </span>
+            <span className="muted">epoch {last ? last.epoch.toFixed(2) : '0.00'}</span>
+            <ProgressBar fraction={t.phase === 'starting' && !last ? null : fraction} label="Training progress" testId="train-progress" />
+          </div>
+          <div className="stats">
+            <Stat label="Loss now" value={formatLoss(last?.loss)} testId="loss-latest" sub={first ? <>first step: <span data-testid="loss-first">{formatLoss(first.loss)}</span></> : undefined} />
+            <Stat label="Validation loss" value={formatLoss(lastEval?.evalLoss)} testId="eval-loss" sub={lastEval ? `at step ${lastEval.step}` : 'at the end'} />
+            <Stat label="Tokens / s" value={last ? formatInt(last.tokensPerSecond) : '–'} testId="tokens-per-second" />
+            <Stat label="Time left" value={last && active ? formatDuration(last.etaMs) : '–'} testId="eta" sub={last ? `${formatDuration(last.elapsedMs)} so far` : undefined} />
+            <Stat label="Learning rate" value={last ? formatLr(last.lr) : '–'} sub={last ? `grad norm ${last.gradNorm.toFixed(3)}` : undefined} />
+            <Stat
+              label="GPU memory"
+              value={last ? formatBytes(last.gpuBytes) : '–'}
+              testId="gpu-memory"
+              sub={estimate ? `peak estimate ${formatBytes(estimate.total)}` : undefined}
+            />
+          </div>
+          <LossChart points={t.points} evals={t.evals} totalSteps={last?.totalSteps ?? t.totalSteps} />
+          {t.checkpoint && (
+            <p className="muted small" data-testid="checkpoint-line">
+              Checkpoint saved at step {t.checkpoint.step} ({formatBytes(t.checkpoint.bytes)} with optimizer state)
+              {t.phase === 'paused' ? ': it is safe to close this tab and resume later from the library.' : '.'}
+            </p>
+          )}
+        </div>
+      )}
+
+      {t.phase === 'failed' && t.error && t.error.input !== 'adapterName' && (
+        <ErrorBox testId="train-error" title={t.error.input ? `${INPUT_LABELS[t.error.input] ?? 'Settings'}:` : 'Training failed:'}>
+          {t.error.message}
+          {t.checkpoint ? ` The checkpoint at step ${t.checkpoint.step} is kept in the library.` : ''}
+        </ErrorBox>
+      )}
+      {t.phase === 'done' && t.result && (
+        <div className={t.result.adapter ? 'success-box' : 'warning-box'} data-testid="train-done" role="status">
+          {t.result.adapter ? (
+            <>
+              <p>
+                Saved <strong>{t.result.adapter.name}</strong> to the library
+                {t.result.stoppedEarly ? ` (stopped at step ${t.result.adapter.metrics.steps} of ${t.result.adapter.metrics.totalSteps})` : ''}: final
+                loss {formatLoss(t.result.adapter.metrics.finalLoss)}
+                {t.result.adapter.metrics.finalEvalLoss !== null ? `, validation loss ${formatLoss(t.result.adapter.metrics.finalEvalLoss)}` : ''}.
+              </p>
+              <button type="button" className="button" onClick={() => void downloadAdapter(t.result!.adapter!.id)} data-testid="download-latest">
+                Download adapter (.zip)
+              </button>
+            </>
+          ) : (
+            <p>Stopped before the first step finished: nothing was saved.</p>
+          )}
+        </div>
+      )}
+    </Section>
+  );
+}
+
+/** After a reload: an interrupted run that fits the loaded data and model can go on where it stopped. */
+function ResumableHint() {
+  const checkpoints = useApp((s) => s.library.checkpoints);
+  const model = useApp((s) => s.model);
+  const fingerprint = useApp((s) => s.dataFingerprint);
+  const resumable = checkpoints.find(
+    (c) => c.adapterId === null && model.status === 'ready' && c.baseModel.name === model.summary.name && c.data.fingerprint === fingerprint,
+  );
+  if (!resumable) return null;
+  return (
+    <p className="info-box" data-testid="resumable-hint">
+      <strong>{resumable.adapterName}</strong> stopped at step {formatInt(resumable.step)} of {formatInt(resumable.totalSteps)} with this data and model.{' '}
+      <button type="button" className="link-button" onClick={() => void useApp.getState().resumeCheckpoint(resumable.runId)}>
+        Resume it
+      </button>{' '}
+      or start a new run.
+    </p>
+  );
+}

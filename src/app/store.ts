@@ -1,0 +1,478 @@
+// The page's state and every action the user can take. All work happens in the training worker;
+// this store sends it commands through the typed client and folds its events into state.
+
+import { create } from 'zustand';
+import type { ColumnMapping } from '../data/columns';
+import {
+  startTrainWorker,
+  WorkerCommandError,
+  type DataSummary,
+  type DownloadFileProgress,
+  type ErrorInfo,
+  type EvalPoint,
+  type InitResult,
+  type InputName,
+  type ModelSummary,
+  type PrepareResult,
+  type StepEventReport,
+  type StepPoint,
+  type TrainingState,
+  type TrainWorkerClient,
+  type WorkerEvent,
+} from '../worker/protocol';
+import { DEFAULT_SETTINGS, validateSettings, type SettingErrors, type TrainSettings } from '../worker/settings';
+import {
+  deleteAdapter as dbDeleteAdapter,
+  deleteCheckpoint as dbDeleteCheckpoint,
+  listAdapters,
+  listCheckpoints,
+  renameAdapter as dbRenameAdapter,
+  requestPersistence,
+  storageStatus,
+  type AdapterMeta,
+  type CheckpointMeta,
+  type StorageStatus,
+} from '../worker/storage';
+import { adapterZip, saveBytes } from './download';
+
+export type GpuState =
+  | { status: 'checking' }
+  | { status: 'ready'; info: InitResult }
+  | { status: 'unavailable'; reason: 'no-webgpu' | 'no-adapter' | 'failed'; message: string };
+
+export type DataState =
+  | { status: 'empty' }
+  | { status: 'loading'; fileName: string; fileBytes: number; fraction: number }
+  | { status: 'ready'; summary: DataSummary }
+  | { status: 'error'; fileName: string; message: string };
+
+export type ModelState =
+  | { status: 'empty' }
+  | { status: 'downloading'; repo: string; files: DownloadFileProgress[]; loaded: number; total: number | null }
+  | { status: 'loading'; name: string; message: string }
+  | { status: 'ready'; summary: ModelSummary }
+  | { status: 'error'; message: string; input: 'repoId' | 'modelFolder' };
+
+export type PrepareState =
+  | { status: 'idle' }
+  | { status: 'running'; previous: PrepareResult | null }
+  | { status: 'ready'; result: PrepareResult }
+  | { status: 'error'; message: string; input?: InputName };
+
+export type RunPhase = TrainingState | 'done' | 'failed';
+
+export interface TrainingView {
+  phase: RunPhase;
+  runId: string | null;
+  name: string;
+  totalSteps: number;
+  points: StepPoint[];
+  evals: EvalPoint[];
+  last: StepEventReport | null;
+  checkpoint: CheckpointMeta | null;
+  error: ErrorInfo | null;
+  result: { adapter: AdapterMeta | null; stoppedEarly: boolean } | null;
+}
+
+export interface LibraryState {
+  adapters: AdapterMeta[];
+  checkpoints: CheckpointMeta[];
+  storage: StorageStatus | null;
+  error: string | null;
+  /** Adapter id → what is happening to it ("Preparing the zip…"), or an error. */
+  busy: Record<string, string>;
+}
+
+export interface AppState {
+  gpu: GpuState;
+  data: DataState;
+  mapping: ColumnMapping | null;
+  model: ModelState;
+  repoId: string;
+  /** Where models download from: the hub, or a mirror with the same URL layout. */
+  hubEndpoint: string;
+  settings: TrainSettings;
+  settingErrors: SettingErrors;
+  prepare: PrepareState;
+  adapterName: string;
+  /** false until the user types a name of their own (until then it follows data and model). */
+  adapterNameEdited: boolean;
+  training: TrainingView;
+  library: LibraryState;
+  /** sha256 of the loaded data file, to tell which checkpoints can be resumed. */
+  dataFingerprint: string | null;
+
+  init(): Promise<void>;
+  loadDataFile(file: File): Promise<void>;
+  loadSample(): Promise<void>;
+  setMapping(mapping: ColumnMapping): void;
+  setRepoId(repo: string): void;
+  setHubEndpoint(endpoint: string): void;
+  downloadModel(): Promise<void>;
+  cancelDownload(): void;
+  loadModelFolder(files: { path: string; file: File }[]): Promise<void>;
+  updateSettings(patch: Partial<TrainSettings>): void;
+  setAdapterName(name: string): void;
+  start(): Promise<void>;
+  pause(): void;
+  resume(): void;
+  stop(): void;
+  refreshLibrary(): Promise<void>;
+  renameAdapter(id: string, name: string): Promise<void>;
+  deleteAdapter(id: string): Promise<void>;
+  downloadAdapter(id: string): Promise<void>;
+  resumeCheckpoint(runId: string): Promise<void>;
+  deleteCheckpoint(runId: string): Promise<void>;
+}
+
+export const DEFAULT_HUB_ENDPOINT = 'https://huggingface.co';
+
+export const SAMPLE_URL = `${import.meta.env.BASE_URL}samples/restaurants.csv`;
+
+const IDLE_TRAINING: TrainingView = {
+  phase: 'idle',
+  runId: null,
+  name: '',
+  totalSteps: 0,
+  points: [],
+  evals: [],
+  last: null,
+  checkpoint: null,
+  error: null,
+  result: null,
+};
+
+let client: TrainWorkerClient | null = null;
+let initialized = false;
+let dataLoads = 0;
+let prepareTimer: ReturnType<typeof setTimeout> | null = null;
+let prepareSeq = 0;
+
+function errorOf(e: unknown): ErrorInfo {
+  if (e instanceof WorkerCommandError) return { message: e.message, input: e.input, name: e.errorName };
+  return { message: e instanceof Error ? e.message : String(e), name: 'Error' };
+}
+
+function limitsFrom(model: ModelState) {
+  return model.status === 'ready'
+    ? { maxPositions: model.summary.maxPositions, availableTargets: model.summary.linearModules.map((g) => g.target) }
+    : undefined;
+}
+
+function defaultAdapterName(data: DataState, model: ModelState): string {
+  const modelPart = model.status === 'ready' ? model.summary.name.split('/').pop()! : 'model';
+  const dataPart = data.status === 'ready' ? data.summary.fileName.replace(/\.[^.]+$/, '') : 'data';
+  return `${modelPart}-${dataPart}-lora`;
+}
+
+export const useApp = create<AppState>()((set, get) => {
+  /** Re-runs prepare shortly after the last change, dropping answers to older requests. */
+  const schedulePrepare = () => {
+    if (prepareTimer) clearTimeout(prepareTimer);
+    prepareTimer = setTimeout(() => void runPrepare(), 250);
+  };
+
+  const runPrepare = async () => {
+    const s = get();
+    if (s.data.status !== 'ready' || s.model.status !== 'ready' || !s.mapping || !client) {
+      set({ prepare: { status: 'idle' } });
+      return;
+    }
+    if (Object.keys(s.settingErrors).length > 0) return; // inline errors already say what to fix
+    const seq = ++prepareSeq;
+    const previous = s.prepare.status === 'ready' ? s.prepare.result : s.prepare.status === 'running' ? s.prepare.previous : null;
+    set({ prepare: { status: 'running', previous } });
+    try {
+      const result = await client.call('prepare', { mapping: s.mapping, settings: s.settings });
+      if (seq === prepareSeq) set({ prepare: { status: 'ready', result } });
+    } catch (e) {
+      const err = errorOf(e);
+      if (seq === prepareSeq) set({ prepare: { status: 'error', message: err.message, input: err.input } });
+    }
+  };
+
+  const refreshName = () => {
+    const s = get();
+    if (!s.adapterNameEdited) set({ adapterName: defaultAdapterName(s.data, s.model) });
+  };
+
+  const onEvent = (event: WorkerEvent) => {
+    const s = get();
+    switch (event.type) {
+      case 'progress':
+        if (event.task === 'parse' && s.data.status === 'loading') set({ data: { ...s.data, fraction: event.fraction } });
+        else if (event.task === 'download' && s.model.status === 'downloading') {
+          // In download order: the small files first, the weights last.
+          const known = s.model.files.some((f) => f.file === event.file.file);
+          const files = known ? s.model.files.map((f) => (f.file === event.file.file ? event.file : f)) : s.model.files.concat(event.file);
+          set({ model: { ...s.model, files, loaded: event.loaded, total: event.total } });
+        } else if (event.task === 'loadModel' && (s.model.status === 'loading' || s.model.status === 'downloading')) {
+          const name = s.model.status === 'loading' ? s.model.name : s.model.repo;
+          set({ model: { status: 'loading', name, message: event.message } });
+        }
+        return;
+      case 'trainingState':
+        if (event.state === 'idle') {
+          // 'done' and 'failed' are kept on screen; anything else returns to idle.
+          if (s.training.phase !== 'done' && s.training.phase !== 'failed') set({ training: { ...s.training, phase: 'idle' } });
+          void get().refreshLibrary();
+          schedulePrepare();
+        } else if (event.runId === s.training.runId || s.training.runId === null) {
+          set({ training: { ...s.training, phase: event.state, runId: event.runId } });
+        }
+        return;
+      case 'step':
+        if (event.runId !== s.training.runId) return;
+        set({ training: { ...s.training, points: s.training.points.concat(event.points), last: event.report } });
+        return;
+      case 'eval':
+        if (event.runId !== s.training.runId) return;
+        set({ training: { ...s.training, evals: s.training.evals.filter((e) => e.step !== event.step).concat({ step: event.step, evalLoss: event.evalLoss }) } });
+        return;
+      case 'checkpointSaved':
+        if (event.runId === s.training.runId) set({ training: { ...s.training, checkpoint: event.checkpoint } });
+        void get().refreshLibrary();
+        return;
+      case 'done':
+        if (event.runId !== s.training.runId) return;
+        set({ training: { ...s.training, phase: 'done', result: { adapter: event.adapter, stoppedEarly: event.stoppedEarly } } });
+        // Only a page (not a worker) may ask the browser to keep our storage.
+        void askPersistence();
+        return;
+      case 'error':
+        if (event.runId !== null && event.runId !== s.training.runId) return;
+        set({ training: { ...s.training, phase: 'failed', error: event.error } });
+        return;
+    }
+  };
+
+  return {
+    gpu: { status: 'checking' },
+    data: { status: 'empty' },
+    mapping: null,
+    model: { status: 'empty' },
+    repoId: 'openai-community/gpt2',
+    hubEndpoint: DEFAULT_HUB_ENDPOINT,
+    settings: DEFAULT_SETTINGS,
+    settingErrors: validateSettings(DEFAULT_SETTINGS),
+    prepare: { status: 'idle' },
+    adapterName: defaultAdapterName({ status: 'empty' }, { status: 'empty' }),
+    adapterNameEdited: false,
+    training: IDLE_TRAINING,
+    library: { adapters: [], checkpoints: [], storage: null, error: null, busy: {} },
+    dataFingerprint: null,
+
+    async init() {
+      if (initialized) return; // React's StrictMode runs effects twice in development
+      initialized = true;
+      void get().refreshLibrary();
+      if (typeof navigator === 'undefined' || !('gpu' in navigator) || !navigator.gpu) {
+        set({ gpu: { status: 'unavailable', reason: 'no-webgpu', message: 'This browser does not offer WebGPU (navigator.gpu is missing).' } });
+        return;
+      }
+      client ??= startTrainWorker();
+      client.onEvent(onEvent);
+      try {
+        const info = await client.call('init', {});
+        set({ gpu: { status: 'ready', info } });
+      } catch (e) {
+        const message = errorOf(e).message;
+        const reason = /no GPU adapter/i.test(message) ? 'no-adapter' : 'failed';
+        set({ gpu: { status: 'unavailable', reason, message } });
+      }
+    },
+
+    async loadDataFile(file) {
+      if (!client) return;
+      const load = ++dataLoads;
+      set({ data: { status: 'loading', fileName: file.name, fileBytes: file.size, fraction: 0 }, prepare: { status: 'idle' }, dataFingerprint: null });
+      try {
+        const summary = await client.call('loadData', { file });
+        if (load !== dataLoads) return;
+        set({ data: { status: 'ready', summary }, mapping: summary.guessedMapping });
+        refreshName();
+        schedulePrepare();
+        // Hashing runs in the worker; the page only needs it to offer resuming unfinished runs.
+        const { fingerprint } = await client.call('dataFingerprint', {});
+        if (load === dataLoads) set({ dataFingerprint: fingerprint });
+      } catch (e) {
+        if (load === dataLoads) set({ data: { status: 'error', fileName: file.name, message: errorOf(e).message }, mapping: null });
+      }
+    },
+
+    async loadSample() {
+      try {
+        const response = await fetch(SAMPLE_URL);
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const blob = await response.blob();
+        await get().loadDataFile(new File([blob], 'restaurants.csv', { type: 'text/csv' }));
+      } catch (e) {
+        set({ data: { status: 'error', fileName: 'restaurants.csv', message: `Could not load the sample: ${(e as Error).message}` } });
+      }
+    },
+
+    setMapping(mapping) {
+      set({ mapping });
+      schedulePrepare();
+    },
+
+    setRepoId(repoId) {
+      set({ repoId });
+    },
+
+    setHubEndpoint(hubEndpoint) {
+      set({ hubEndpoint });
+    },
+
+    async downloadModel() {
+      if (!client) return;
+      const repo = get().repoId.trim();
+      const endpoint = get().hubEndpoint.trim().replace(/\/+$/, '');
+      set({ model: { status: 'downloading', repo, files: [], loaded: 0, total: null }, prepare: { status: 'idle' } });
+      try {
+        const summary = await client.call('downloadModel', { repo, ...(endpoint !== DEFAULT_HUB_ENDPOINT ? { endpoint } : {}) });
+        applyModel(summary);
+      } catch (e) {
+        set({ model: { status: 'error', message: errorOf(e).message, input: 'repoId' } });
+      }
+    },
+
+    cancelDownload() {
+      client?.control('cancelDownload');
+    },
+
+    async loadModelFolder(files) {
+      if (!client) return;
+      const name = files[0]?.path.split('/')[0] || 'local model';
+      set({ model: { status: 'loading', name, message: 'Reading the files' }, prepare: { status: 'idle' } });
+      try {
+        const summary = await client.call('loadModelFiles', { files });
+        applyModel(summary);
+      } catch (e) {
+        set({ model: { status: 'error', message: errorOf(e).message, input: 'modelFolder' } });
+      }
+    },
+
+    updateSettings(patch) {
+      const settings = { ...get().settings, ...patch };
+      set({ settings, settingErrors: validateSettings(settings, limitsFrom(get().model)) });
+      schedulePrepare();
+    },
+
+    setAdapterName(name) {
+      set({ adapterName: name, adapterNameEdited: true });
+    },
+
+    async start() {
+      const s = get();
+      if (!client || !s.mapping) return;
+      set({ training: { ...IDLE_TRAINING, phase: 'starting', name: s.adapterName } });
+      try {
+        const { runId, totalSteps } = await client.call('start', { mapping: s.mapping, settings: s.settings, adapterName: s.adapterName });
+        const t = get().training;
+        set({ training: { ...t, runId, totalSteps, phase: t.phase === 'starting' ? 'starting' : t.phase } });
+      } catch (e) {
+        set({ training: { ...IDLE_TRAINING, phase: 'failed', error: errorOf(e) } });
+      }
+    },
+
+    pause() {
+      client?.control('pause');
+    },
+    resume() {
+      client?.control('resume');
+    },
+    stop() {
+      client?.control('stop');
+    },
+
+    async refreshLibrary() {
+      try {
+        const [adapters, checkpoints, storage] = await Promise.all([listAdapters(), listCheckpoints(), storageStatus()]);
+        set({ library: { ...get().library, adapters, checkpoints, storage, error: null } });
+      } catch (e) {
+        set({ library: { ...get().library, error: (e as Error).message } });
+      }
+    },
+
+    async renameAdapter(id, name) {
+      try {
+        await dbRenameAdapter(id, name);
+        await get().refreshLibrary();
+      } catch (e) {
+        setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async deleteAdapter(id) {
+      try {
+        await dbDeleteAdapter(id);
+        await get().refreshLibrary();
+      } catch (e) {
+        setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async downloadAdapter(id) {
+      const meta = get().library.adapters.find((a) => a.id === id);
+      if (!meta) return;
+      setBusy(id, 'Preparing the zip…');
+      try {
+        const { fileName, bytes } = await adapterZip(meta);
+        saveBytes(fileName, bytes);
+        setBusy(id, null);
+      } catch (e) {
+        setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async resumeCheckpoint(runId) {
+      if (!client) return;
+      set({ training: { ...IDLE_TRAINING, phase: 'starting' } });
+      try {
+        const r = await client.call('resumeCheckpoint', { runId });
+        const t = get().training;
+        set({
+          settings: r.settings,
+          settingErrors: validateSettings(r.settings, limitsFrom(get().model)),
+          adapterName: r.adapterName,
+          adapterNameEdited: true,
+          training: { ...t, runId: r.runId, name: r.adapterName, totalSteps: r.totalSteps, points: r.history.steps, evals: r.history.evals },
+        });
+      } catch (e) {
+        set({ training: { ...IDLE_TRAINING, phase: 'failed', error: errorOf(e) } });
+      }
+    },
+
+    async deleteCheckpoint(runId) {
+      try {
+        await dbDeleteCheckpoint(runId);
+      } finally {
+        await get().refreshLibrary();
+      }
+    },
+  };
+
+  function applyModel(summary: ModelSummary) {
+    const s = get();
+    const maxLength = Math.min(s.settings.maxLength, summary.maxPositions);
+    const settings = { ...s.settings, targetModules: summary.defaultTargets, maxLength };
+    const model: ModelState = { status: 'ready', summary };
+    set({ model, settings, settingErrors: validateSettings(settings, limitsFrom(model)) });
+    refreshName();
+    schedulePrepare();
+  }
+
+  function setBusy(id: string, message: string | null) {
+    const busy = { ...get().library.busy };
+    if (message === null) delete busy[id];
+    else busy[id] = message;
+    set({ library: { ...get().library, busy } });
+  }
+});
+
+/** Ask the browser to keep our storage once something worth keeping exists. */
+export async function askPersistence(): Promise<void> {
+  await requestPersistence();
+  await useApp.getState().refreshLibrary();
+}

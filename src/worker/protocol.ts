@@ -1,0 +1,316 @@
+// The only way the page and the training worker talk. The page sends commands (each answered by
+// exactly one reply with the same id) and fire-and-forget controls (pause, resume, stop); the
+// worker also pushes events (progress, training steps, checkpoints, the finished adapter, errors).
+// Everything here is structured-clone friendly: plain objects, arrays, Files and typed arrays.
+
+import type { GpuInfo } from '../engine/gpu/gpu';
+import type { ColumnMapping } from '../data/columns';
+import type { ExampleStats } from '../data/examples';
+import type { TableFormat, TableProblem, TableProblemKind } from '../data/table';
+import type { TrainSettings, SettingName } from './settings';
+import type { AdapterMeta, CheckpointMeta } from './storage';
+
+// ---------------------------------------------------------------------------------------------
+// Inputs an error can point at, so the page can show the message next to the right control.
+
+export type InputName =
+  | 'gpu'
+  | 'dataFile'
+  | 'mapping'
+  | 'template'
+  | 'modelFolder'
+  | 'repoId'
+  | 'adapterName'
+  | 'checkpoint'
+  | SettingName;
+
+// ---------------------------------------------------------------------------------------------
+// Command payloads and results
+
+export interface InitResult {
+  gpu: GpuInfo;
+  hasF16: boolean;
+  hasSubgroups: boolean;
+}
+
+export interface DataSummary {
+  fileName: string;
+  fileBytes: number;
+  format: TableFormat;
+  delimiter?: string;
+  columns: string[];
+  rowCount: number;
+  /** The first rows, cells cut to a readable length. */
+  preview: Record<string, string>[];
+  previewRowNumbers: number[];
+  /** The first problems (problemCounts has the totals). */
+  problems: TableProblem[];
+  problemCounts: Record<TableProblemKind, number>;
+  guessedMapping: ColumnMapping;
+  parseMs: number;
+}
+
+/** A group of the model's linear layers that LoRA can target, e.g. "c_attn" in each of 12 blocks. */
+export interface LinearModuleGroup {
+  /** The shortest module-name suffix that picks exactly this group (PEFT target_modules syntax). */
+  target: string;
+  /** Full path of the first one, e.g. transformer.h.0.attn.c_attn */
+  example: string;
+  count: number;
+  inFeatures: number;
+  outFeatures: number;
+}
+
+export interface ModelSummary {
+  /** What PEFT's base_model_name_or_path will say: the repo id, or the folder name. */
+  name: string;
+  source: 'hub' | 'folder';
+  modelType: string;
+  /** The engine's implementation that runs it (e.g. 'gpt2', 'llama'). */
+  architecture: string;
+  layers: number;
+  hidden: number;
+  heads: number;
+  vocabSize: number;
+  maxPositions: number;
+  parameterCount: number;
+  /** dtype of the checkpoint's tensors as stored (they are trained in f32). */
+  storedDType: string;
+  /** GPU bytes taken by the frozen weights. */
+  weightBytes: number;
+  linearModules: LinearModuleGroup[];
+  defaultTargets: string[];
+  loadMs: number;
+}
+
+export interface PrepareParams {
+  mapping: ColumnMapping;
+  settings: TrainSettings;
+}
+
+export interface MemoryEstimate {
+  weights: number;
+  /** Training and (when there is a validation split) evaluation buffers. */
+  activations: number;
+  /** The evaluation part of `activations`: made at the first evaluation, so the peak comes then. */
+  evaluation: number;
+  /** Adapter values, gradients and AdamW moments, plus its scratch. */
+  adapter: number;
+  total: number;
+  /** The largest single buffer, checked against the GPU's limit. */
+  largestBuffer: number;
+}
+
+export interface ParameterCounts {
+  trainable: number;
+  /** Frozen base model parameters. */
+  frozen: number;
+  /** frozen + trainable, as PEFT's print_trainable_parameters counts "all params". */
+  all: number;
+  percent: number;
+}
+
+export interface PrepareResult {
+  stats: ExampleStats;
+  trainExamples: number;
+  validationExamples: number;
+  /** Sequence length every batch is padded to. */
+  seqLen: number;
+  stepsPerEpoch: number;
+  totalSteps: number;
+  warmupSteps: number;
+  params: ParameterCounts;
+  /** null for architectures without an estimate yet: the real figure shows once training runs. */
+  memory: MemoryEstimate | null;
+  /** The first example as the model sees it: the part without loss and the part it learns. */
+  sample: { row: number; context: string; target: string } | null;
+}
+
+export interface StartParams {
+  mapping: ColumnMapping;
+  settings: TrainSettings;
+  adapterName: string;
+}
+
+export interface StartResult {
+  runId: string;
+  totalSteps: number;
+}
+
+export interface ResumeCheckpointResult extends StartResult {
+  step: number;
+  adapterName: string;
+  settings: TrainSettings;
+  history: { steps: StepPoint[]; evals: EvalPoint[] };
+}
+
+export interface HubDownloadParams {
+  repo: string;
+  /** Hugging Face endpoint (mirror); the hub's own by default. */
+  endpoint?: string;
+}
+
+/** Command name → what it takes and what its reply carries. */
+export interface Commands {
+  init: { params: Record<string, never>; result: InitResult };
+  loadData: { params: { file: File }; result: DataSummary };
+  /** Files of a picked or dropped folder, with their paths inside it. */
+  loadModelFiles: { params: { files: { path: string; file: File }[]; name?: string }; result: ModelSummary };
+  downloadModel: { params: HubDownloadParams; result: ModelSummary };
+  prepare: { params: PrepareParams; result: PrepareResult };
+  start: { params: StartParams; result: StartResult };
+  resumeCheckpoint: { params: { runId: string }; result: ResumeCheckpointResult };
+  /** The loaded data file's SHA-256, to match checkpoints against. */
+  dataFingerprint: { params: Record<string, never>; result: { fingerprint: string | null } };
+}
+
+export type CommandName = keyof Commands;
+
+/** Controls that need no reply (their effect arrives as a trainingState event). */
+export type Control = 'pause' | 'resume' | 'stop' | 'cancelDownload';
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+export type PageToWorker =
+  | { [C in CommandName]: { kind: 'command'; id: number; command: C; params: Commands[C]['params'] } }[CommandName]
+  | { kind: 'control'; control: Control };
+
+export interface ErrorInfo {
+  message: string;
+  /** The control the user should look at, when the error is about one. */
+  input?: InputName;
+  /** The error class, e.g. DataError, GpuError (for logs, not shown as such). */
+  name: string;
+}
+
+export type TrainingState = 'starting' | 'training' | 'pausing' | 'paused' | 'stopping' | 'saving' | 'idle';
+
+export interface StepPoint {
+  step: number;
+  loss: number;
+}
+
+export interface EvalPoint {
+  step: number;
+  evalLoss: number;
+}
+
+/** One optimizer step as the page shows it (rates and ETA over the run's active time). */
+export interface StepEventReport {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokensPerSecond: number;
+  elapsedMs: number;
+  etaMs: number;
+  gpuBytes: number;
+}
+
+export interface DownloadFileProgress {
+  file: string;
+  loaded: number;
+  total: number | null;
+  fromCache: boolean;
+}
+
+export type WorkerEvent =
+  | { type: 'progress'; task: 'parse'; fraction: number }
+  | { type: 'progress'; task: 'download'; file: DownloadFileProgress; loaded: number; total: number | null }
+  | { type: 'progress'; task: 'loadModel'; message: string }
+  | { type: 'trainingState'; state: TrainingState; runId: string | null }
+  /** The latest step, and every step's loss since the previous step event (the worker batches them). */
+  | { type: 'step'; runId: string; report: StepEventReport; points: StepPoint[] }
+  | { type: 'eval'; runId: string; step: number; evalLoss: number }
+  | { type: 'checkpointSaved'; runId: string; checkpoint: CheckpointMeta }
+  /** adapter is null when the run was stopped before its first step (nothing to keep). */
+  | { type: 'done'; runId: string; adapter: AdapterMeta | null; stoppedEarly: boolean }
+  | { type: 'error'; runId: string | null; error: ErrorInfo };
+
+export type WorkerToPage =
+  | { [C in CommandName]: { kind: 'reply'; id: number; command: C; ok: true; result: Commands[C]['result'] } }[CommandName]
+  | { kind: 'reply'; id: number; command: CommandName; ok: false; error: ErrorInfo }
+  | { kind: 'event'; event: WorkerEvent };
+
+// ---------------------------------------------------------------------------------------------
+// The page's side: a typed client
+
+/** A command the worker refused or that failed; `input` says which control is wrong. */
+export class WorkerCommandError extends Error {
+  readonly input?: InputName;
+  readonly errorName: string;
+  constructor(info: ErrorInfo) {
+    super(info.message);
+    this.name = 'WorkerCommandError';
+    this.input = info.input;
+    this.errorName = info.name;
+  }
+}
+
+/** Anything with postMessage and message events: a Worker, or a fake in tests. */
+export interface MessagePort_ {
+  postMessage(message: PageToWorker): void;
+  addEventListener(type: 'message', listener: (e: MessageEvent<WorkerToPage>) => void): void;
+  addEventListener(type: 'error', listener: (e: ErrorEvent) => void): void;
+  terminate?(): void;
+}
+
+export class TrainWorkerClient {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly listeners = new Set<(e: WorkerEvent) => void>();
+
+  constructor(private readonly port: MessagePort_) {
+    port.addEventListener('message', (e: MessageEvent<WorkerToPage>) => this.receive(e.data));
+    // A worker that fails to load (bad bundle, CSP) never answers: fail everything that waits.
+    port.addEventListener('error', (e: ErrorEvent) => {
+      const err = new WorkerCommandError({ message: `The training worker stopped: ${e.message || 'it could not be loaded'}`, name: 'WorkerError', input: 'gpu' });
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    });
+  }
+
+  /** Sends a command; resolves with its result or rejects with a WorkerCommandError. */
+  call<C extends CommandName>(command: C, params: Commands[C]['params']): Promise<Commands[C]['result']> {
+    const id = this.nextId++;
+    return new Promise<Commands[C]['result']>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.port.postMessage({ kind: 'command', id, command, params } as PageToWorker);
+    });
+  }
+
+  control(control: Control): void {
+    this.port.postMessage({ kind: 'control', control });
+  }
+
+  /** Subscribes to worker events; returns the unsubscribe function. */
+  onEvent(listener: (e: WorkerEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  terminate(): void {
+    this.port.terminate?.();
+  }
+
+  private receive(msg: WorkerToPage): void {
+    if (msg.kind === 'event') {
+      for (const l of this.listeners) l(msg.event);
+      return;
+    }
+    const p = this.pending.get(msg.id);
+    if (!p) return;
+    this.pending.delete(msg.id);
+    if (msg.ok) p.resolve(msg.result);
+    else p.reject(new WorkerCommandError(msg.error));
+  }
+}
+
+/** Starts the training worker (a module worker, bundled by Vite). */
+export function startTrainWorker(): TrainWorkerClient {
+  const worker = new Worker(new URL('./train-worker.ts', import.meta.url), { type: 'module', name: 'train-worker' });
+  return new TrainWorkerClient(worker as unknown as MessagePort_);
+}

@@ -1,0 +1,282 @@
+// What the app keeps in the browser (IndexedDB): finished adapters and training checkpoints.
+// The worker writes (it has the weights); the page lists, renames, deletes and downloads.
+// Small metadata records are kept apart from the tensors so that listing never loads weights.
+//
+// Database "finetune-in-browser", version 1:
+//   adapters          key id      AdapterMeta (name, base model, settings, data, metrics, log)
+//   adapterFiles      key id      AdapterFiles (the PEFT files, README.md, trainer_state.json)
+//   checkpoints       key runId   CheckpointMeta (the latest checkpoint of a run)
+//   checkpointTensors key runId   adapter values + AdamW m and v at that step
+
+import type { ColumnMapping } from '../data/columns';
+import type { LogEntry } from '../train/run-report';
+import type { TrainSettings } from './settings';
+
+export const DB_NAME = 'finetune-in-browser';
+export const DB_VERSION = 1;
+
+export interface BaseModelInfo {
+  name: string;
+  source: 'hub' | 'folder';
+  modelType: string;
+  layers: number;
+  hidden: number;
+  vocabSize: number;
+  parameterCount: number;
+}
+
+export interface DataInfo {
+  fileName: string;
+  /** "sha256:<hex>" of the file's bytes. */
+  fingerprint: string;
+  bytes: number;
+  rows: number;
+  trainExamples: number;
+  validationExamples: number;
+}
+
+export interface AdapterMeta {
+  id: string;
+  runId: string;
+  name: string;
+  createdAt: number;
+  method: 'lora';
+  baseModel: BaseModelInfo;
+  settings: TrainSettings;
+  mapping: ColumnMapping;
+  data: DataInfo;
+  metrics: {
+    finalLoss: number;
+    finalEvalLoss: number | null;
+    steps: number;
+    totalSteps: number;
+    stoppedEarly: boolean;
+    runtimeS: number;
+  };
+  trainableParams: number;
+  device: string;
+  logHistory: LogEntry[];
+  /** Bytes of the stored files. */
+  bytes: number;
+}
+
+export interface AdapterFiles {
+  id: string;
+  'adapter_config.json': string;
+  'adapter_model.safetensors': Uint8Array;
+  'README.md': string;
+  'trainer_state.json': string;
+}
+
+export interface CheckpointMeta {
+  runId: string;
+  adapterName: string;
+  savedAt: number;
+  step: number;
+  totalSteps: number;
+  seqLen: number;
+  settings: TrainSettings;
+  mapping: ColumnMapping;
+  data: { fileName: string; fingerprint: string };
+  baseModel: BaseModelInfo;
+  logHistory: LogEntry[];
+  /** Set when the run finished and its adapter was saved. */
+  adapterId: string | null;
+  bytes: number;
+}
+
+export interface CheckpointTensors {
+  runId: string;
+  params: { name: string; shape: number[]; value: Float32Array; m: Float32Array; v: Float32Array }[];
+}
+
+export class StorageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StorageError';
+  }
+}
+
+let dbPromise: Promise<IDBDatabase> | null = null;
+
+function openDb(): Promise<IDBDatabase> {
+  if (typeof indexedDB === 'undefined') return Promise.reject(new StorageError('This browser has no IndexedDB (private mode?): adapters cannot be kept.'));
+  dbPromise ??= new Promise<IDBDatabase>((resolve, reject) => {
+    const req = indexedDB.open(DB_NAME, DB_VERSION);
+    req.onupgradeneeded = () => {
+      const db = req.result;
+      if (!db.objectStoreNames.contains('adapters')) db.createObjectStore('adapters', { keyPath: 'id' });
+      if (!db.objectStoreNames.contains('adapterFiles')) db.createObjectStore('adapterFiles', { keyPath: 'id' });
+      if (!db.objectStoreNames.contains('checkpoints')) db.createObjectStore('checkpoints', { keyPath: 'runId' });
+      if (!db.objectStoreNames.contains('checkpointTensors')) db.createObjectStore('checkpointTensors', { keyPath: 'runId' });
+    };
+    req.onsuccess = () => {
+      const db = req.result;
+      // Another tab upgrading the schema: let it, and reopen next time.
+      db.onversionchange = () => {
+        db.close();
+        dbPromise = null;
+      };
+      resolve(db);
+    };
+    req.onerror = () => {
+      dbPromise = null;
+      reject(new StorageError(`Could not open the browser database: ${req.error?.message ?? 'unknown error'}`));
+    };
+    req.onblocked = () => reject(new StorageError('The browser database is held by another tab of this app with an older version; close it and reload.'));
+  });
+  return dbPromise;
+}
+
+type StoreName = 'adapters' | 'adapterFiles' | 'checkpoints' | 'checkpointTensors';
+
+/** Runs `body` in one transaction and resolves when it has committed. */
+async function transact<T>(stores: StoreName[], mode: IDBTransactionMode, body: (tx: IDBTransaction) => T | Promise<T>): Promise<T> {
+  const db = await openDb();
+  const tx = db.transaction(stores, mode);
+  const done = new Promise<void>((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onabort = () => reject(quotaAware(tx.error));
+    tx.onerror = () => reject(quotaAware(tx.error));
+  });
+  let result: T;
+  try {
+    result = await body(tx);
+  } catch (e) {
+    done.catch(() => undefined); // the abort below rejects it; the body's error is the one to report
+    try {
+      tx.abort();
+    } catch {
+      // already finished
+    }
+    throw e;
+  }
+  await done;
+  return result;
+}
+
+function quotaAware(e: DOMException | null): StorageError {
+  if (e?.name === 'QuotaExceededError') {
+    return new StorageError('The browser has no more storage for this site: delete old adapters or free disk space.');
+  }
+  return new StorageError(`Browser database error: ${e?.message ?? 'the transaction was aborted'}`);
+}
+
+function request<T>(req: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(quotaAware(req.error));
+  });
+}
+
+export async function listAdapters(): Promise<AdapterMeta[]> {
+  const all = await transact(['adapters'], 'readonly', (tx) => request(tx.objectStore('adapters').getAll() as IDBRequest<AdapterMeta[]>));
+  return all.sort((a, b) => b.createdAt - a.createdAt);
+}
+
+export async function getAdapterFiles(id: string): Promise<AdapterFiles | null> {
+  const r = await transact(['adapterFiles'], 'readonly', (tx) => request(tx.objectStore('adapterFiles').get(id) as IDBRequest<AdapterFiles | undefined>));
+  return r ?? null;
+}
+
+/** Saves an adapter and marks its run's checkpoint as finished, in one transaction. */
+export async function saveAdapter(meta: AdapterMeta, files: AdapterFiles): Promise<void> {
+  await transact(['adapters', 'adapterFiles', 'checkpoints'], 'readwrite', async (tx) => {
+    tx.objectStore('adapters').put(meta);
+    tx.objectStore('adapterFiles').put(files);
+    const ckpts = tx.objectStore('checkpoints');
+    const ckpt = await request(ckpts.get(meta.runId) as IDBRequest<CheckpointMeta | undefined>);
+    if (ckpt) ckpts.put({ ...ckpt, adapterId: meta.id });
+  });
+}
+
+export async function renameAdapter(id: string, name: string): Promise<AdapterMeta> {
+  const trimmed = name.trim();
+  if (!trimmed) throw new StorageError('An adapter needs a name.');
+  return transact(['adapters'], 'readwrite', async (tx) => {
+    const store = tx.objectStore('adapters');
+    const meta = await request(store.get(id) as IDBRequest<AdapterMeta | undefined>);
+    if (!meta) throw new StorageError('That adapter no longer exists (deleted in another tab?).');
+    const renamed = { ...meta, name: trimmed };
+    store.put(renamed);
+    return renamed;
+  });
+}
+
+/** Deletes an adapter, its files and its run's checkpoint. */
+export async function deleteAdapter(id: string): Promise<void> {
+  await transact(['adapters', 'adapterFiles', 'checkpoints', 'checkpointTensors'], 'readwrite', async (tx) => {
+    const meta = await request(tx.objectStore('adapters').get(id) as IDBRequest<AdapterMeta | undefined>);
+    tx.objectStore('adapters').delete(id);
+    tx.objectStore('adapterFiles').delete(id);
+    if (meta) {
+      tx.objectStore('checkpoints').delete(meta.runId);
+      tx.objectStore('checkpointTensors').delete(meta.runId);
+    }
+  });
+}
+
+/** Replaces the run's checkpoint (only the latest is kept). */
+export async function saveCheckpoint(meta: CheckpointMeta, tensors: CheckpointTensors): Promise<void> {
+  await transact(['checkpoints', 'checkpointTensors'], 'readwrite', (tx) => {
+    tx.objectStore('checkpoints').put(meta);
+    tx.objectStore('checkpointTensors').put(tensors);
+  });
+}
+
+export async function listCheckpoints(): Promise<CheckpointMeta[]> {
+  const all = await transact(['checkpoints'], 'readonly', (tx) => request(tx.objectStore('checkpoints').getAll() as IDBRequest<CheckpointMeta[]>));
+  return all.sort((a, b) => b.savedAt - a.savedAt);
+}
+
+export async function getCheckpoint(runId: string): Promise<{ meta: CheckpointMeta; tensors: CheckpointTensors } | null> {
+  return transact(['checkpoints', 'checkpointTensors'], 'readonly', async (tx) => {
+    const meta = await request(tx.objectStore('checkpoints').get(runId) as IDBRequest<CheckpointMeta | undefined>);
+    const tensors = await request(tx.objectStore('checkpointTensors').get(runId) as IDBRequest<CheckpointTensors | undefined>);
+    return meta && tensors ? { meta, tensors } : null;
+  });
+}
+
+export async function deleteCheckpoint(runId: string): Promise<void> {
+  await transact(['checkpoints', 'checkpointTensors'], 'readwrite', (tx) => {
+    tx.objectStore('checkpoints').delete(runId);
+    tx.objectStore('checkpointTensors').delete(runId);
+  });
+}
+
+export interface StorageStatus {
+  /** true: the browser will not evict our data under storage pressure. null: unknown. */
+  persisted: boolean | null;
+  usage: number | null;
+  quota: number | null;
+}
+
+/** Asks the browser to keep our data (it may say no; Chrome decides from site engagement). */
+export async function requestPersistence(): Promise<boolean | null> {
+  const storage = (globalThis.navigator as Navigator | undefined)?.storage;
+  if (!storage?.persist) return null;
+  try {
+    return (await storage.persisted()) || (await storage.persist());
+  } catch {
+    return null;
+  }
+}
+
+export async function storageStatus(): Promise<StorageStatus> {
+  const storage = (globalThis.navigator as Navigator | undefined)?.storage;
+  if (!storage?.estimate) return { persisted: null, usage: null, quota: null };
+  const [estimate, persisted] = await Promise.all([storage.estimate().catch(() => null), storage.persisted?.().catch(() => null) ?? null]);
+  return { persisted, usage: estimate?.usage ?? null, quota: estimate?.quota ?? null };
+}
+
+/** "sha256:<hex>" of a file. Files over 1 GiB are hashed as the SHA-256 of their 64 MiB chunks' digests. */
+export async function fingerprintFile(file: Blob): Promise<string> {
+  const hex = (b: ArrayBuffer) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, '0')).join('');
+  if (file.size <= 2 ** 30) return `sha256:${hex(await crypto.subtle.digest('SHA-256', await file.arrayBuffer()))}`;
+  const chunk = 64 * 2 ** 20;
+  const digests = new Uint8Array(Math.ceil(file.size / chunk) * 32);
+  for (let i = 0, k = 0; i < file.size; i += chunk, k++) {
+    digests.set(new Uint8Array(await crypto.subtle.digest('SHA-256', await file.slice(i, i + chunk).arrayBuffer())), k * 32);
+  }
+  return `sha256-64MiB-chunks:${hex(await crypto.subtle.digest('SHA-256', digests))}`;
+}

@@ -1,0 +1,164 @@
+// Shared by the browser end-to-end tests: build the app, serve it on 127.0.0.1 (a secure
+// context, as WebGPU needs), and launch the system Chromium with WebGPU on SwiftShader.
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { chromium, type Browser, type Page } from 'playwright-core';
+
+export const CHROMIUM = '/usr/bin/chromium';
+export const ROOT = path.resolve(__dirname, '../..');
+export const SCREENSHOTS = path.join(ROOT, 'test-results', 'screenshots');
+
+/** Only skip where there is no browser and we are not in CI (CI must run these). */
+export function browserMissingReason(): string | null {
+  if (fs.existsSync(CHROMIUM)) return null;
+  if (process.env.CI) throw new Error(`${CHROMIUM} is missing, and CI is set: install chromium (apt-get install chromium) to run the e2e tests.`);
+  return `${CHROMIUM} not found: skipping the browser tests (install chromium to run them).`;
+}
+
+/** Builds the app into a fresh folder of its own (test files run in parallel). */
+export function buildApp(): string {
+  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'finetune-e2e-dist-'));
+  const vite = path.join(ROOT, 'node_modules', 'vite', 'bin', 'vite.js');
+  const r = spawnSync(process.execPath, [vite, 'build', '--outDir', outDir, '--emptyOutDir', '--logLevel', 'warn'], { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`vite build failed:\n${r.stdout}\n${r.stderr}`);
+  return outDir;
+}
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.csv': 'text/csv; charset=utf-8',
+  '.md': 'text/markdown; charset=utf-8',
+  '.svg': 'image/svg+xml',
+};
+
+/** A model folder served the way the Hugging Face hub serves a repository. */
+export interface HubRoute {
+  /** owner/name */
+  repo: string;
+  dir: string;
+  /** Send bodies in chunks of this many bytes, waiting chunkDelayMs between them (to watch progress). */
+  chunkBytes?: number;
+  chunkDelayMs?: number;
+}
+
+export interface TestServer {
+  url: string;
+  /** "METHOD /path" of every request, in order. */
+  requests: string[];
+  close: () => Promise<void>;
+}
+
+/**
+ * A static server for the built app on 127.0.0.1 and a free port. With `hub`, it also answers
+ * /hub/<repo>/resolve/main/<file> from a folder (HEAD and GET), so the page can download a model
+ * from `${url}hub` as from a mirror of the hub, on the same origin.
+ */
+export async function serve(dir: string, opts: { hub?: HubRoute } = {}): Promise<TestServer> {
+  const requests: string[] = [];
+  const server = http.createServer((req, res) => {
+    const urlPath = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    requests.push(`${req.method} ${urlPath}`);
+    const hubPrefix = opts.hub ? `/hub/${opts.hub.repo}/resolve/main/` : null;
+    if (hubPrefix && urlPath.startsWith('/hub/')) {
+      const file = urlPath.startsWith(hubPrefix) ? path.join(opts.hub!.dir, urlPath.slice(hubPrefix.length)) : null;
+      if (!file || !file.startsWith(opts.hub!.dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+        res.writeHead(404, { 'x-error-code': urlPath.startsWith(hubPrefix) ? 'EntryNotFound' : 'RepoNotFound' }).end('not found');
+        return;
+      }
+      const bytes = fs.readFileSync(file);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length });
+      if (req.method === 'HEAD') {
+        res.end();
+        return;
+      }
+      const chunk = opts.hub!.chunkBytes ?? bytes.length;
+      const delay = opts.hub!.chunkDelayMs ?? 0;
+      let at = 0;
+      const pump = () => {
+        if (res.destroyed) return;
+        const end = Math.min(bytes.length, at + chunk);
+        res.write(bytes.subarray(at, end));
+        at = end;
+        if (at < bytes.length) setTimeout(pump, delay);
+        else res.end();
+      };
+      pump();
+      return;
+    }
+    let file = path.join(dir, urlPath);
+    if (!file.startsWith(dir)) {
+      res.writeHead(403).end();
+      return;
+    }
+    if (urlPath.endsWith('/')) file = path.join(file, 'index.html');
+    fs.stat(file, (err, st) => {
+      if (err || !st.isFile()) {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+        return;
+      }
+      res.writeHead(200, { 'content-type': TYPES[path.extname(file)] ?? 'application/octet-stream', 'content-length': st.size });
+      if (req.method === 'HEAD') res.end();
+      else fs.createReadStream(file).pipe(res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export const CHROMIUM_ARGS = [
+  '--enable-unsafe-webgpu',
+  '--enable-features=Vulkan',
+  '--use-vulkan=swiftshader',
+  '--use-webgpu-adapter=swiftshader',
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
+
+export function launchBrowser(extraArgs: string[] = []): Promise<Browser> {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
+}
+
+/** Collects page errors and console errors so a test can show them when it fails. */
+export function watchConsole(page: Page): string[] {
+  const lines: string[] = [];
+  page.on('pageerror', (e) => lines.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') lines.push(`${m.type()}: ${m.text()}`);
+  });
+  return lines;
+}
+
+export async function screenshot(page: Page, name: string, fullPage = true): Promise<void> {
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage });
+}
+
+/** The number shown in an element (e.g. "2.3456"). */
+export async function numberIn(page: Page, testId: string): Promise<number> {
+  const text = (await page.getByTestId(testId).textContent()) ?? '';
+  const m = /-?\d+(\.\d+)?(e[-+]?\d+)?/i.exec(text.replace(/,/g, ''));
+  if (!m) throw new Error(`no number in [data-testid=${testId}]: "${text}"`);
+  return Number(m[0]);
+}
