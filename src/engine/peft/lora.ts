@@ -198,10 +198,8 @@ export class Lora implements PeftMethod {
 
   adapterConfig(baseModel: string): Record<string, unknown> {
     const anyConv1d = [...this.modules.values()].some((m) => m.info.weightLayout === 'in_out');
-    // PEFT saves 'all-linear' expanded to the layers' own names
-    const targets = this.allLinear
-      ? [...new Set([...this.modules.keys()].map((m) => m.split('.').at(-1)!))].sort()
-      : [...new Set(this.settings.targetModules)];
+    // PEFT (0.21) saves 'all-linear' expanded to the full path of every layer it wrapped
+    const targets = this.allLinear ? [...this.modules.keys()].sort() : [...new Set(this.settings.targetModules)];
     return {
       peft_type: 'LORA',
       task_type: 'CAUSAL_LM',
