@@ -26,12 +26,21 @@ ARCHS = {
     "gpt2-small": dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024),
     "gpt2-tiny": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
 }
+# Llama-family shapes of real small models (random weights, saved in bfloat16 as those models ship)
+LLAMA_ARCHS = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                                   tie_word_embeddings=True, vocab_size=49152, hidden_act="silu")),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                                   num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                                   tie_word_embeddings=True, vocab_size=151936, hidden_act="silu")),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    ap.add_argument("--arch", required=True, choices=sorted(ARCHS) + sorted(LLAMA_ARCHS))
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer-from", help="directory holding tokenizer.json etc. to copy")
     ap.add_argument("--vocab-size", type=int, default=50257)
@@ -40,6 +49,8 @@ def main():
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+    if args.arch in LLAMA_ARCHS:
+        return make_llama_family(args)
 
     eos_id = 50256
     tok_vocab = None
@@ -103,6 +114,25 @@ def main():
         "model_safetensors_mb": round(os.path.getsize(st) / 2**20, 2),
         "logits_shape": list(a.shape), "reload_logits_max_diff": max_diff,
     }, indent=1))
+
+
+def make_llama_family(args):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    kind, shape = LLAMA_ARCHS[args.arch]
+    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg = cfg_cls(initializer_range=0.02, bos_token_id=0, eos_token_id=0, **shape)
+    torch.manual_seed(args.seed)
+    model = model_cls(cfg).to(torch.bfloat16).eval()
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    if args.tokenizer_from:
+        for name in TOKENIZER_FILES:
+            src = os.path.join(args.tokenizer_from, name)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(args.out, name))
+    print(json.dumps({"arch": args.arch, "out": args.out, "params": sum(p.numel() for p in model.parameters()),
+                      "files": {f: os.path.getsize(os.path.join(args.out, f)) for f in sorted(os.listdir(args.out))}}, indent=1))
 
 
 if __name__ == "__main__":
