@@ -1,3 +1,7 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { AdapterFilesIn } from '../engine/peft/import';
+
 // Small helpers for the command-line entry points: argument checks that fail with one clear line.
 
 export class CliError extends Error {
@@ -27,4 +31,14 @@ export function formatDuration(ms: number): string {
   const m = Math.floor(s / 60);
   if (m < 60) return `${m}m${String(s % 60).padStart(2, '0')}s`;
   return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`;
+}
+
+/** The two PEFT files of an adapter folder, as importLoraAdapter takes them. */
+export function readAdapterDir(dir: string): AdapterFilesIn {
+  const read = (f: string): Buffer => {
+    const p = path.join(dir, f);
+    if (!fs.existsSync(p)) throw new CliError(`${dir}: no ${f} (an adapter folder holds adapter_config.json and adapter_model.safetensors)`);
+    return fs.readFileSync(p);
+  };
+  return { name: path.basename(dir), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) };
 }

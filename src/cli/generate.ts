@@ -2,8 +2,6 @@
 //   [--temperature T --top-k K --top-p P --seed S]   (greedy unless --temperature > 0)
 // Generates with the same WGSL forward pass the trainer uses and prints the text.
 
-import fs from 'node:fs';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../engine/gpu/node-gpu';
 import { nodeModelFiles } from '../io/model-files-node';
@@ -14,7 +12,7 @@ import { loadCausalLM } from '../engine/models/registry';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { importLoraAdapter } from '../engine/peft/import';
 import { Generator } from '../engine/infer/generator';
-import { CliError, integer, number } from './args';
+import { CliError, integer, number, readAdapterDir } from './args';
 
 async function main(argv: string[]): Promise<void> {
   const { values: a } = parseArgs({
@@ -32,15 +30,7 @@ async function main(argv: string[]): Promise<void> {
   const tok = loadTokenizer(hf.tokenizerJson, hf.tokenizerConfig, { chatTemplate: hf.chatTemplate, name: hf.name });
   const gpu = await createNodeGpu();
   const loaded = loadCausalLM(gpu, hf);
-  let lora = null;
-  if (a.adapter) {
-    const read = (f: string): Buffer => {
-      const p = path.join(a.adapter!, f);
-      if (!fs.existsSync(p)) throw new CliError(`${a.adapter}: no ${f}`);
-      return fs.readFileSync(p);
-    };
-    lora = importLoraAdapter(gpu, { name: path.basename(a.adapter), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) }, loaded.model.linearModules(), new StepUniforms(gpu));
-  }
+  const lora = a.adapter ? importLoraAdapter(gpu, readAdapterDir(a.adapter), loaded.model.linearModules(), new StepUniforms(gpu)) : null;
   const promptIds = tok.encode(a.prompt, { addSpecialTokens: true });
   const maxLength = Math.min(loaded.maxPositions, promptIds.length + maxNew);
   if (promptIds.length >= maxLength) throw new CliError(`the prompt is ${promptIds.length} tokens; the model takes at most ${loaded.maxPositions}`);

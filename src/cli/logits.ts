@@ -14,7 +14,7 @@ import { loadCausalLM } from '../engine/models/registry';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { importLoraAdapter } from '../engine/peft/import';
 import { runOps } from '../engine/gpu/dispatch';
-import { CliError } from './args';
+import { CliError, readAdapterDir } from './args';
 
 async function main(argv: string[]): Promise<void> {
   const { values: a } = parseArgs({
@@ -38,16 +38,7 @@ async function main(argv: string[]): Promise<void> {
   const gpu = await createNodeGpu();
   const hf = await loadHfModel(nodeModelFiles(a.model!));
   const { model } = loadCausalLM(gpu, hf);
-  let lora = null;
-  if (a.adapter) {
-    const dir = a.adapter;
-    const read = (f: string): Buffer => {
-      const p = path.join(dir, f);
-      if (!fs.existsSync(p)) throw new CliError(`${dir}: no ${f}`);
-      return fs.readFileSync(p);
-    };
-    lora = importLoraAdapter(gpu, { name: path.basename(dir), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) }, model.linearModules(), new StepUniforms(gpu));
-  }
+  const lora = a.adapter ? importLoraAdapter(gpu, readAdapterDir(a.adapter), model.linearModules(), new StepUniforms(gpu)) : null;
   const program = model.buildProgram(lora, { B, T, training: false, captureLogits: true });
   program.write({ B, T, inputIds: Uint32Array.from(ids.flat()), targets: new Int32Array(B * T).fill(-100), lengths, validTargets: 0 });
   runOps(gpu, program.forward);

@@ -1,6 +1,7 @@
 // Shared test utilities: one Gpu per test file, seeded random data, float64 comparisons.
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
 import type { Gpu } from '../../src/engine/gpu/gpu';
+import { seededRandom } from '../../src/data/batches';
 
 let gpuPromise: Promise<Gpu> | null = null;
 export function testGpu(): Promise<Gpu> {
@@ -8,17 +9,8 @@ export function testGpu(): Promise<Gpu> {
   return gpuPromise;
 }
 
-/** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic PRNG (mulberry32, the one the data pipeline uses). */
+export const rng = seededRandom;
 
 /** n values uniform in [-scale, scale). */
 export function randArray(n: number, seed: number, scale = 1): Float32Array {
