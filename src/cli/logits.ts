@@ -4,7 +4,6 @@
 // scripts/goldens/check_peft_adapter.py compares with PyTorch + PEFT.
 
 import fs from 'node:fs';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../engine/gpu/node-gpu';
 import { nodeModelFiles } from '../io/model-files-node';
