@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Check that a LoRA adapter directory loads cleanly in PEFT and reproduces reference logits.
+"""Check that a PEFT adapter directory (LoRA, IA3, prompt or prefix tuning, ...) loads cleanly in PEFT and
+reproduces reference logits.
 
     python3 scripts/goldens/check_peft_adapter.py --base DIR --adapter DIR \
         --inputs FILE.json --expect FILE.safetensors [--expect-key logits] [--tol 1e-4] \
-        [--compute-dtype float64|float32] [--report OUT.json]
+        [--compute-dtype float64|float32] [--report OUT.json] [--save-logits OUT.safetensors]
 
 * loads the base model (float32 weights, eager attention) with AutoModelForCausalLM and the adapter
   with PeftModel.from_pretrained, capturing every Python warning and every record (INFO and up) of
@@ -16,11 +17,14 @@
     (get_peft_model_state_dict of the loaded model): missing or unexpected keys;
   - the logits for the batch in --inputs ({"input_ids": [[...]], "attention_mask": [[...]]}) differ
     from tensor --expect-key of --expect: max over elements of |out - ref| / max(|ref|, 1e-3 * max|ref|)
-    must be <= --tol;
+    must be <= --tol; with a prompt-tuning adapter PEFT's logits have num_virtual_tokens more positions
+    (the virtual ones, first): when the reference has exactly that many fewer, only the real positions
+    are compared (report: virtual_positions_dropped);
 * prints a JSON report and exits 0 (pass) or 1 (fail).
 
 The forward runs in float64 by default (the float32 weights are upcast exactly), so the check measures
-the adapter, not float32 rounding; --compute-dtype float32 runs it in float32.
+the adapter, not float32 rounding; --compute-dtype float32 runs it in float32. --save-logits writes
+PEFT's logits (all positions, float32, tensor "logits").
 """
 import argparse
 import json
@@ -98,6 +102,7 @@ def main():
                     help="per-element denominator floor as a fraction of max|ref| (1 = normwise: max|out-ref| / max|ref|)")
     ap.add_argument("--compute-dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--report", help="also write the JSON report here")
+    ap.add_argument("--save-logits", help="also write PEFT's logits (float32, tensor 'logits') here")
     args = ap.parse_args()
 
     report = {"ok": False, "base": args.base, "adapter": args.adapter, "tol": args.tol,
@@ -184,7 +189,9 @@ def run(args, report, fail, handler):
                                        "r": getattr(pcfg, "r", None), "lora_alpha": getattr(pcfg, "lora_alpha", None),
                                        "target_modules": sorted(pcfg.target_modules) if isinstance(getattr(pcfg, "target_modules", None), (set, list)) else getattr(pcfg, "target_modules", None),
                                        "use_rslora": getattr(pcfg, "use_rslora", None),
-                                       "fan_in_fan_out": getattr(pcfg, "fan_in_fan_out", None)}
+                                       "fan_in_fan_out": getattr(pcfg, "fan_in_fan_out", None),
+                                       "num_virtual_tokens": getattr(pcfg, "num_virtual_tokens", None),
+                                       "feedforward_modules": sorted(pcfg.feedforward_modules) if isinstance(getattr(pcfg, "feedforward_modules", None), (set, list)) else getattr(pcfg, "feedforward_modules", None)}
         except Exception as e:  # noqa: BLE001
             fail("PEFT cannot parse adapter config: %s: %s" % (type(e).__name__, e))
             return
@@ -236,6 +243,14 @@ def run(args, report, fail, handler):
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=am).logits.to(torch.float64)
     report["logits_shape"] = list(out.shape)
+    if args.save_logits:
+        from safetensors.torch import save_file
+
+        save_file({"logits": out.to(torch.float32).contiguous()}, args.save_logits, metadata={"format": "pt"})
+    n_virtual = getattr(pcfg, "num_virtual_tokens", None) if str(getattr(pcfg, "peft_type", "")).endswith("PROMPT_TUNING") else None
+    if n_virtual and out.dim() == 3 and ref.dim() == 3 and out.shape[1] == ref.shape[1] + n_virtual:
+        out = out[:, n_virtual:]
+        report["virtual_positions_dropped"] = n_virtual
     if list(out.shape) != list(ref.shape):
         fail("logits shape %s != expected %s" % (list(out.shape), list(ref.shape)))
         return
