@@ -55,7 +55,8 @@ export type ModelState =
 
 export type PrepareState =
   | { status: 'idle' }
-  | { status: 'running'; previous: PrepareResult | null }
+  /** fraction: of the table's rows tokenized so far (null until the worker reports; none when the examples are cached). */
+  | { status: 'running'; previous: PrepareResult | null; fraction: number | null }
   | { status: 'ready'; result: PrepareResult }
   | { status: 'error'; message: string; input?: InputName };
 
@@ -127,6 +128,9 @@ export interface AppState {
 
 export const DEFAULT_HUB_ENDPOINT = 'https://huggingface.co';
 
+/** The model the hub field starts with (the first of MODEL_SUGGESTIONS). */
+export const DEFAULT_REPO_ID = 'HuggingFaceTB/SmolLM2-135M';
+
 export const SAMPLE_URL = `${import.meta.env.BASE_URL}samples/restaurants.csv`;
 
 const IDLE_TRAINING: TrainingView = {
@@ -181,7 +185,7 @@ export const useApp = create<AppState>()((set, get) => {
     if (Object.keys(s.settingErrors).length > 0) return; // inline errors already say what to fix
     const seq = ++prepareSeq;
     const previous = s.prepare.status === 'ready' ? s.prepare.result : s.prepare.status === 'running' ? s.prepare.previous : null;
-    set({ prepare: { status: 'running', previous } });
+    set({ prepare: { status: 'running', previous, fraction: null } });
     try {
       const result = await client.call('prepare', { mapping: s.mapping, settings: s.settings });
       if (seq === prepareSeq) set({ prepare: { status: 'ready', result } });
@@ -201,6 +205,7 @@ export const useApp = create<AppState>()((set, get) => {
     switch (event.type) {
       case 'progress':
         if (event.task === 'parse' && s.data.status === 'loading') set({ data: { ...s.data, fraction: event.fraction } });
+        else if (event.task === 'examples' && s.prepare.status === 'running') set({ prepare: { ...s.prepare, fraction: event.fraction } });
         else if (event.task === 'download' && s.model.status === 'downloading') {
           // In download order: the small files first, the weights last.
           const known = s.model.files.some((f) => f.file === event.file.file);
@@ -251,7 +256,7 @@ export const useApp = create<AppState>()((set, get) => {
     data: { status: 'empty' },
     mapping: null,
     model: { status: 'empty' },
-    repoId: 'openai-community/gpt2',
+    repoId: DEFAULT_REPO_ID,
     hubEndpoint: DEFAULT_HUB_ENDPOINT,
     settings: DEFAULT_SETTINGS,
     settingErrors: validateSettings(DEFAULT_SETTINGS),
@@ -285,6 +290,7 @@ export const useApp = create<AppState>()((set, get) => {
     async loadDataFile(file) {
       if (!client) return;
       const load = ++dataLoads;
+      prepareSeq++; // a prepare still tokenizing the old data answers too late to count
       set({ data: { status: 'loading', fileName: file.name, fileBytes: file.size, fraction: 0 }, prepare: { status: 'idle' }, dataFingerprint: null });
       try {
         const summary = await client.call('loadData', { file });
@@ -328,6 +334,7 @@ export const useApp = create<AppState>()((set, get) => {
       if (!client) return;
       const repo = get().repoId.trim();
       const endpoint = get().hubEndpoint.trim().replace(/\/+$/, '');
+      prepareSeq++; // a prepare still running for the old model answers too late to count
       set({ model: { status: 'downloading', repo, files: [], loaded: 0, total: null }, prepare: { status: 'idle' } });
       try {
         const summary = await client.call('downloadModel', { repo, ...(endpoint !== DEFAULT_HUB_ENDPOINT ? { endpoint } : {}) });
@@ -344,6 +351,7 @@ export const useApp = create<AppState>()((set, get) => {
     async loadModelFolder(files) {
       if (!client) return;
       const name = files[0]?.path.split('/')[0] || 'local model';
+      prepareSeq++; // a prepare still running for the old model answers too late to count
       set({ model: { status: 'loading', name, message: 'Reading the files' }, prepare: { status: 'idle' } });
       try {
         const summary = await client.call('loadModelFiles', { files });

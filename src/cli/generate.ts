@@ -10,7 +10,8 @@ import { loadTokenizer } from '../data/tokenizer';
 import { seededRandom } from '../data/batches';
 import { loadCausalLM } from '../engine/models/registry';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
-import { importLoraAdapter } from '../engine/peft/import';
+import { importPeftAdapter } from '../engine/peft/import';
+import { peftModelInfo } from '../engine/peft/factory';
 import { Generator } from '../engine/infer/generator';
 import { CliError, integer, number, readAdapterDir } from './args';
 
@@ -30,11 +31,13 @@ async function main(argv: string[]): Promise<void> {
   const tok = loadTokenizer(hf.tokenizerJson, hf.tokenizerConfig, { chatTemplate: hf.chatTemplate, name: hf.name });
   const gpu = await createNodeGpu();
   const loaded = loadCausalLM(gpu, hf);
-  const lora = a.adapter ? importLoraAdapter(gpu, readAdapterDir(a.adapter), loaded.model.linearModules(), new StepUniforms(gpu)) : null;
+  const adapter = a.adapter ? importPeftAdapter(gpu, readAdapterDir(a.adapter), peftModelInfo(hf.config, loaded.model.linearModules()), new StepUniforms(gpu)) : null;
   const promptIds = tok.encode(a.prompt, { addSpecialTokens: true });
-  const maxLength = Math.min(loaded.maxPositions, promptIds.length + maxNew);
-  if (promptIds.length >= maxLength) throw new CliError(`the prompt is ${promptIds.length} tokens; the model takes at most ${loaded.maxPositions}`);
-  const gen = new Generator(gpu, loaded.model, lora, maxLength);
+  // prompt and prefix tuning's virtual tokens take positions before the text
+  const positions = loaded.maxPositions - (adapter?.virtualTokens ?? 0) - (adapter?.prefixTokens ?? 0);
+  const maxLength = Math.min(positions, promptIds.length + maxNew);
+  if (promptIds.length >= maxLength) throw new CliError(`the prompt is ${promptIds.length} tokens; the model takes at most ${positions}${positions < loaded.maxPositions ? ' with this adapter\'s virtual tokens' : ''}`);
+  const gen = new Generator(gpu, loaded.model, adapter, maxLength);
   const out = await gen.generate(promptIds, {
     maxNewTokens: maxNew,
     stopIds: [tok.eosId],

@@ -11,7 +11,8 @@ import { loadHfModel } from '../io/model-files';
 import { writeSafetensors } from '../io/safetensors';
 import { loadCausalLM } from '../engine/models/registry';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
-import { importLoraAdapter } from '../engine/peft/import';
+import { importPeftAdapter } from '../engine/peft/import';
+import { peftModelInfo } from '../engine/peft/factory';
 import { runOps } from '../engine/gpu/dispatch';
 import { CliError, readAdapterDir } from './args';
 
@@ -37,13 +38,14 @@ async function main(argv: string[]): Promise<void> {
   const gpu = await createNodeGpu();
   const hf = await loadHfModel(nodeModelFiles(a.model!));
   const { model } = loadCausalLM(gpu, hf);
-  const lora = a.adapter ? importLoraAdapter(gpu, readAdapterDir(a.adapter), model.linearModules(), new StepUniforms(gpu)) : null;
-  const program = model.buildProgram(lora, { B, T, training: false, captureLogits: true });
+  // any PEFT adapter type this engine trains (LoRA, IA3, prompt and prefix tuning)
+  const adapter = a.adapter ? importPeftAdapter(gpu, readAdapterDir(a.adapter), peftModelInfo(hf.config, model.linearModules()), new StepUniforms(gpu)) : null;
+  const program = model.buildProgram(adapter, { B, T, training: false, captureLogits: true });
   program.write({ B, T, inputIds: Uint32Array.from(ids.flat()), targets: new Int32Array(B * T).fill(-100), lengths, validTargets: 0 });
   runOps(gpu, program.forward);
   const logits = await gpu.read(program.logits!);
   fs.writeFileSync(a.out!, writeSafetensors([{ name: 'logits', dtype: 'F32', shape: [B, T, model.V], data: logits }]));
-  console.log(`wrote ${a.out}: logits [${B}, ${T}, ${model.V}]${lora ? ` with adapter ${a.adapter}` : ''}`);
+  console.log(`wrote ${a.out}: logits [${B}, ${T}, ${model.V}]${adapter ? ` with ${adapter.kind} adapter ${a.adapter}` : ''}`);
 }
 
 const argv = process.argv.slice(2);

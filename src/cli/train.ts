@@ -12,12 +12,25 @@ import { decodeTableBytes, parseTableText } from '../data/table';
 import { describeMapping, guessColumns, defaultTemplate, validateMapping, type ColumnMapping } from '../data/columns';
 import { buildCausalExamples } from '../data/examples';
 import { seededRandom, sequenceLengthFor, splitTrainValidation } from '../data/batches';
-import { loadCausalLM } from '../engine/models/registry';
+import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier } from '../engine/models/registry';
 import { Lora } from '../engine/peft/lora';
+import { createPeftMethod, peftModelInfo } from '../engine/peft/factory';
+import { METHOD_OPTIONS, METHOD_USAGE, methodFromArgs } from './peft-args';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../engine/train/trainer';
 import { exportPeftAdapter } from '../engine/export/peft-export';
 import { RunLog, modelCard, trainerState } from '../train/run-report';
+import type { HfModel } from '../io/model-files';
+import type { TextTokenizer } from '../data/tokenizer';
+import type { Table } from '../data/table';
+import { writeSafetensors } from '../io/safetensors';
+import { buildLabelMap, classCounts, describeClassCounts } from '../data/labels';
+import { buildClassificationExamples, classificationSequenceLength, validateClassificationMapping } from '../data/classification';
+import { SequenceClassificationAdapter, headStateDictName } from '../engine/models/sequence-classification';
+import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
+import { formatConfusion } from '../engine/train/classification-metrics';
+import { ClassificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
+import { mixSeed } from '../engine/train/trainer';
 import { CliError, formatDuration, number, integer } from './args';
 
 const USAGE = `Usage: npm run train -- --model DIR --data FILE --out DIR [options]
@@ -25,14 +38,16 @@ const USAGE = `Usage: npm run train -- --model DIR --data FILE --out DIR [option
   --model DIR              Hugging Face model folder (config.json, *.safetensors, tokenizer.json)
   --data FILE              CSV, TSV or JSONL training data
   --out DIR                where the adapter, README.md and trainer_state.json are written
-  --method lora            adapter type (lora)
-  --rank R                 LoRA rank (8)          --alpha A    LoRA alpha (16)
-  --dropout P              LoRA dropout (0.05)    --targets a,b  modules (architecture default, e.g. c_attn)
-  --rslora                 scale by alpha/sqrt(r)
+${METHOD_USAGE}
   --steps N | --epochs E   length of training (default 1 epoch)
   --lr LR (2e-4)  --batch-size B (8)  --grad-accum K (1)  --max-length L (256)
   --warmup N (0)  --schedule linear|cosine|constant (linear)  --weight-decay W (0)  --max-grad-norm G (1)
   --prompt-column C --completion-column C [--template "{C}\\n"]  |  --text-column C
+
+  Text classification (DistilBERT, BERT): --text-column C --label-column C
+  --labels a,b,c           fix the class ids (default: integers sorted numerically, else names sorted)
+  --head-only              train only the classification head (frozen encoder, no LoRA): a baseline
+  --metric-for-best loss|accuracy  which evaluation is kept (loss)   --no-load-best  keep the last weights
   --validation F           fraction held out for evaluation (0.1; 0 for none)
   --eval-every N           evaluate every N steps (0: at the end)
   --seed S (42)            --debug  print stack traces`;
@@ -49,6 +64,9 @@ async function main(argv: string[]): Promise<void> {
       'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' },
       'prompt-column': { type: 'string' }, 'completion-column': { type: 'string' }, template: { type: 'string' }, 'text-column': { type: 'string' },
       validation: { type: 'string' }, 'eval-every': { type: 'string' }, seed: { type: 'string' }, debug: { type: 'boolean' }, help: { type: 'boolean' },
+      'label-column': { type: 'string' }, labels: { type: 'string' }, 'head-only': { type: 'boolean' },
+      'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' },
+      ...METHOD_OPTIONS,
     },
   });
   if (a.help) {
@@ -56,7 +74,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   for (const k of ['model', 'data', 'out'] as const) if (!a[k]) throw new CliError(`--${k} is required\n\n${USAGE}`);
-  if (a.method !== 'lora') throw new CliError(`--method ${a.method} is not available yet (available: lora)`);
+  if (a.method !== 'lora' && a['label-column']) throw new CliError(`--method ${a.method}: text classification trains LoRA (or --head-only)`);
   if (a.steps && a.epochs) throw new CliError('give --steps or --epochs, not both');
 
   // Model files and tokenizer
@@ -68,6 +86,13 @@ async function main(argv: string[]): Promise<void> {
   const dataPath = a.data!;
   if (!fs.existsSync(dataPath)) throw new CliError(`--data ${dataPath}: no such file`);
   const table = parseTableText(decodeTableBytes(new Uint8Array(fs.readFileSync(dataPath)), path.basename(dataPath)), path.basename(dataPath));
+  if (a['label-column'] || isSequenceClassifierFamily(hf)) {
+    await trainClassifier(a, hf, tokenizer, table);
+    return;
+  }
+  for (const k of ['labels', 'head-only', 'metric-for-best', 'no-load-best'] as const) {
+    if (a[k] !== undefined) throw new CliError(`--${k} is for text classification (--text-column with --label-column on a DistilBERT or BERT model)`);
+  }
   let mapping: ColumnMapping;
   let guessed = false;
   if (a['text-column']) {
@@ -99,18 +124,17 @@ async function main(argv: string[]): Promise<void> {
   const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}`;
   console.log(`device: ${device}`);
   const loaded = loadCausalLM(gpu, hf);
-  const seqLen = Math.min(sequenceLengthFor(examples, maxLength), loaded.maxPositions);
-  const targets = a.targets ? a.targets.split(',').map((s) => s.trim()).filter(Boolean) : loaded.defaultLoraTargets;
-  const loraSettings = {
-    r: integer(a.rank ?? '8', '--rank', 1),
-    alpha: number(a.alpha ?? '16', '--alpha', 1e-9),
-    dropout: number(a.dropout ?? '0.05', '--dropout', 0, 0.99),
-    targetModules: targets,
-    useRslora: Boolean(a.rslora),
-  };
+  const info = peftModelInfo(hf.config, loaded.model.linearModules());
+  const choice = methodFromArgs(a, info, loaded.defaultLoraTargets, a.model!);
+  // prompt and prefix tuning's virtual tokens take positions too
+  if (choice.virtualTokens >= loaded.maxPositions) throw new CliError(`--virtual-tokens ${choice.virtualTokens} leaves no room in the model's ${loaded.maxPositions} positions`);
+  const seqLen = Math.min(sequenceLengthFor(examples, maxLength), loaded.maxPositions - choice.virtualTokens);
   const stepUniforms = new StepUniforms(gpu);
-  const lora = new Lora(gpu, loraSettings, loaded.model.linearModules(), stepUniforms, seededRandom(seed));
-  const trainable = lora.params.reduce((s, p) => s + p.value.size, 0);
+  const method = createPeftMethod(gpu, choice.spec, info, loaded.model, stepUniforms, {
+    random: seededRandom(seed), tokenize: (text) => tokenizer.encode(text, { addSpecialTokens: true }),
+  });
+  const trainable = method.params.reduce((s, p) => s + p.value.size, 0);
+  console.log(`adapter: ${choice.label} (${Object.entries(choice.settings).map(([k, v]) => `${k} ${Array.isArray(v) ? v.join(',') : v}`).join('; ')})`);
   const total = loaded.model.parameterCount();
   console.log(`trainable params: ${trainable.toLocaleString('en-US')} || all params: ${(total + trainable).toLocaleString('en-US')} || trainable%: ${((100 * trainable) / (total + trainable)).toFixed(4)}`);
 
@@ -129,7 +153,7 @@ async function main(argv: string[]): Promise<void> {
     maxGradNorm: number(a['max-grad-norm'] ?? '1', '--max-grad-norm', 0),
     evalEvery: integer(a['eval-every'] ?? '0', '--eval-every', 0),
   };
-  const trainer = new Trainer(gpu, loaded.model, lora, train, validation, config, tokenizer.padId, stepUniforms);
+  const trainer = new Trainer(gpu, loaded.model, method, train, validation, config, tokenizer.padId, stepUniforms);
   console.log(`training: ${totalSteps} steps of ${batchSize} x ${seqLen} tokens${gradAccum > 1 ? ` x ${gradAccum} accumulated` : ''}, lr ${config.lr}`);
 
   const log = new RunLog(stepsPerEpoch);
@@ -158,12 +182,12 @@ async function main(argv: string[]): Promise<void> {
   // adapter_config points at the folder as given (PEFT reads the base config from there);
   // the model card names the model by its folder name.
   const baseModel = path.basename(path.resolve(a.model!));
-  const files = await exportPeftAdapter(gpu, lora, a.model!);
+  const files = await exportPeftAdapter(gpu, method, a.model!);
   fs.writeFileSync(path.join(out, 'adapter_config.json'), files['adapter_config.json']);
   fs.writeFileSync(path.join(out, 'adapter_model.safetensors'), files['adapter_model.safetensors']);
   fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(trainerState(log, config, stepsPerEpoch), null, 2) + '\n');
   fs.writeFileSync(path.join(out, 'README.md'), modelCard({
-    baseModel, method: 'LoRA', adapterSettings: { rank: loraSettings.r, alpha: loraSettings.alpha, dropout: loraSettings.dropout, 'target modules': targets, rsLoRA: loraSettings.useRslora },
+    baseModel, method: choice.label, adapterSettings: choice.settings,
     config, dataFile: table.fileName, dataColumns: describeMapping(mapping), trainExamples: train.length, validationExamples: validation.length,
     trainableParams: trainable, totalParams: total + trainable, finalLoss: log.lastStep?.loss ?? NaN, finalEvalLoss: log.lastEval?.evalLoss ?? null,
     runtimeS, device,
@@ -175,6 +199,154 @@ async function main(argv: string[]): Promise<void> {
     console.log(`step time: ${steady.toFixed(1)} ms/step over steps 2-${reportTimes.length} (first step ${reportTimes[0].toFixed(0)} ms, with pipeline compilation)`);
   }
   console.log(`wrote ${out}/adapter_config.json, adapter_model.safetensors, README.md, trainer_state.json`);
+  trainer.destroy();
+}
+
+type Flags = Record<string, string | boolean | undefined>;
+
+/** --text-column + --label-column on a DistilBERT or BERT model: LoRA (or head-only) sequence classification. */
+async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, table: Table): Promise<void> {
+  const str = (k: string): string | undefined => (typeof a[k] === 'string' ? (a[k] as string) : undefined);
+  if (!isSequenceClassifierFamily(hf)) {
+    throw new CliError(`--label-column trains a text classifier, which needs a DistilBERT or BERT model; ${hf.name} is model_type "${hf.config.model_type}"`);
+  }
+  const textCol = str('text-column'), labelCol = str('label-column');
+  if (!textCol || !labelCol) {
+    throw new CliError(`${hf.name} is an encoder (${hf.config.model_type}): it trains a text classifier; give --text-column C --label-column C (columns: ${table.columns.join(', ')})`);
+  }
+  for (const k of ['prompt-column', 'completion-column', 'template']) if (a[k] !== undefined) throw new CliError(`--${k} is not used for text classification`);
+  if (str('method') !== undefined && str('method') !== 'lora') throw new CliError(`--method ${str('method')}: text classification trains LoRA (or --head-only)`);
+  const headOnly = a['head-only'] === true;
+  if (headOnly) for (const k of ['targets', 'rank', 'alpha', 'dropout', 'rslora']) if (a[k] !== undefined) throw new CliError(`--${k} has no effect with --head-only (no LoRA)`);
+  const metricForBest = str('metric-for-best') ?? 'loss';
+  if (metricForBest !== 'loss' && metricForBest !== 'accuracy') throw new CliError(`--metric-for-best ${metricForBest}: use loss or accuracy`);
+  const mapping = { text: textCol, label: labelCol };
+  validateClassificationMapping(table, mapping);
+  const order = str('labels')?.split(',').map((s) => s.trim()).filter(Boolean);
+  const labelMap = buildLabelMap(table.rows.map((r) => r[labelCol]), order);
+  console.log(`data: ${table.fileName}: ${table.rows.length} rows, columns ${table.columns.join(', ')}`);
+  console.log(`columns: text "${textCol}" -> label "${labelCol}" (sequence classification)`);
+
+  const maxLength = integer(str('max-length') ?? '256', '--max-length', 3);
+  const { examples, stats } = buildClassificationExamples(table, mapping, tokenizer, { maxLength, labelMap });
+  if (examples.length === 0) throw new CliError(`${table.fileName}: no usable rows (every row was empty or skipped)`);
+  const K = labelMap.names.length;
+  const all = describeClassCounts(labelMap, stats.classCounts);
+  console.log(`labels: ${K} classes (${labelMap.kind} labels; ids: ${labelMap.names.map((n, i) => `${i}=${n}`).join(', ')})`);
+  console.log(`class counts: ${all.line}`);
+  if (all.warning) console.log(`warning: ${all.warning}`);
+  const validationFraction = number(str('validation') ?? (examples.length >= 20 ? '0.1' : '0'), '--validation', 0, 0.9);
+  const seed = integer(str('seed') ?? '42', '--seed', 0);
+  const { train, validation } = splitTrainValidation(examples, validationFraction, seed);
+  const trainCounts = classCounts(train.map((e) => e.label), K);
+  console.log(`examples: ${train.length} train (${describeClassCounts(labelMap, trainCounts).line}), ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
+
+  const gpu = await createNodeGpu();
+  const gi = gpu.info;
+  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}`;
+  console.log(`device: ${device}`);
+  const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)) });
+  const model = loaded.model;
+  for (const n of model.notes) console.log(`head: ${n}`);
+  const seqLen = Math.min(classificationSequenceLength(examples, maxLength), loaded.maxPositions);
+  const stepUniforms = new StepUniforms(gpu);
+  let lora: Lora | null = null;
+  let targets: string[] = [];
+  const loraSettings = {
+    r: integer(str('rank') ?? '8', '--rank', 1),
+    alpha: number(str('alpha') ?? '16', '--alpha', 1e-9),
+    dropout: number(str('dropout') ?? '0.05', '--dropout', 0, 0.99),
+    useRslora: Boolean(a.rslora),
+  };
+  if (!headOnly) {
+    targets = str('targets') ? str('targets')!.split(',').map((s) => s.trim()).filter(Boolean) : loaded.defaultLoraTargets;
+    if (targets.includes('all-linear')) {
+      throw new CliError('--targets all-linear is not available for classifiers (PEFT would also put LoRA on the head); list the modules, e.g. q_lin,k_lin,v_lin,out_lin,lin1,lin2');
+    }
+    lora = new Lora(gpu, { ...loraSettings, targetModules: targets }, model.linearModules(), stepUniforms, seededRandom(seed));
+  }
+  const adapter = new SequenceClassificationAdapter(lora, model.headParams);
+  const headModules = [...new Set(model.headParams.map((p) => p.name.replace(/^base_model\.model\./, '').replace(/\.(weight|bias)$/, '')))];
+  const trainable = adapter.params.reduce((s, p) => s + p.value.size, 0);
+  const loraCount = lora ? lora.params.reduce((s, p) => s + p.value.size, 0) : 0;
+  const total = model.parameterCount() + loraCount;
+  console.log(`trainable params: ${trainable.toLocaleString('en-US')} || all params: ${total.toLocaleString('en-US')} || trainable%: ${((100 * trainable) / total).toFixed(4)}`);
+  console.log(`${headOnly ? 'head only (frozen encoder)' : `LoRA on ${targets.join(', ')}`}; head trained in full: ${headModules.join(', ')}; no dropout in the base model`);
+
+  const batchSize = integer(str('batch-size') ?? '8', '--batch-size', 1);
+  const gradAccum = integer(str('grad-accum') ?? '1', '--grad-accum', 1);
+  const stepsPerEpoch = Trainer.stepsForEpochs(train.length, 1, batchSize, gradAccum);
+  const totalSteps = str('steps') ? integer(str('steps')!, '--steps', 1) : Trainer.stepsForEpochs(train.length, number(str('epochs') ?? '1', '--epochs', 1e-9), batchSize, gradAccum);
+  const schedule = str('schedule') ?? 'linear';
+  if (schedule !== 'linear' && schedule !== 'cosine' && schedule !== 'constant') throw new CliError(`--schedule ${schedule}: use linear, cosine or constant`);
+  const config: ClassifierTrainConfig = {
+    ...DEFAULT_TRAIN_CONFIG,
+    batchSize, gradAccumSteps: gradAccum, totalSteps, seqLen, schedule, seed,
+    lr: number(str('lr') ?? '2e-4', '--lr', 1e-12),
+    warmupSteps: integer(str('warmup') ?? '0', '--warmup', 0),
+    weightDecay: number(str('weight-decay') ?? '0', '--weight-decay', 0),
+    maxGradNorm: number(str('max-grad-norm') ?? '1', '--max-grad-norm', 0),
+    evalEvery: integer(str('eval-every') ?? '0', '--eval-every', 0),
+    metricForBest,
+    loadBestAtEnd: a['no-load-best'] !== true,
+  };
+  const trainer = new ClassifierTrainer(gpu, model, adapter, train, validation, config, tokenizer.padId, stepUniforms);
+  console.log(`training: ${totalSteps} steps of ${batchSize} x ${seqLen} tokens${gradAccum > 1 ? ` x ${gradAccum} accumulated` : ''}, lr ${config.lr}`);
+
+  const log = new ClassificationRunLog(stepsPerEpoch);
+  const t0 = performance.now();
+  const every = Math.max(1, Math.floor(totalSteps / 50));
+  await trainer.run({
+    onStep: (r) => {
+      log.step(r);
+      if (r.step % every === 0 || r.step === 1 || r.step === r.totalSteps) {
+        console.log(`step ${r.step}/${r.totalSteps} | loss ${r.loss.toFixed(4)} | lr ${r.lr.toExponential(2)} | grad norm ${r.gradNorm.toFixed(3)} | ${Math.round(r.tokensPerSecond).toLocaleString('en-US')} tok/s | eta ${formatDuration(r.etaMs)}`);
+      }
+    },
+    onEval: (r) => {
+      log.eval(r);
+      console.log(`eval at step ${r.step}: loss ${r.loss.toFixed(4)} | accuracy ${r.accuracy.toFixed(4)} | macro-F1 ${r.f1.toFixed(4)} (${r.count} examples)`);
+    },
+  });
+  const runtimeS = (performance.now() - t0) / 1000;
+  log.finish(runtimeS, totalSteps * batchSize * gradAccum);
+  const confusionLines = log.lastEval ? formatConfusion(log.lastEval.confusion, labelMap.names) : [];
+  if (log.lastEval) {
+    console.log('confusion matrix (last evaluation; rows true, columns predicted):');
+    for (const line of confusionLines) console.log(`  ${line}`);
+  }
+  if (trainer.best) {
+    console.log(`best checkpoint: step ${trainer.best.step} (eval ${trainer.best.metric} ${trainer.best.value.toFixed(4)})${trainer.restoredBest ? '; its weights are the ones saved' : ''}`);
+  }
+
+  const out = str('out')!;
+  fs.mkdirSync(out, { recursive: true });
+  const baseModel = path.basename(path.resolve(str('model')!));
+  const written: string[] = [];
+  if (lora) {
+    const files = await exportPeftAdapter(gpu, adapter, str('model')!);
+    fs.writeFileSync(path.join(out, 'adapter_config.json'), files['adapter_config.json']);
+    fs.writeFileSync(path.join(out, 'adapter_model.safetensors'), files['adapter_model.safetensors']);
+    written.push('adapter_config.json', 'adapter_model.safetensors');
+  } else {
+    const tensors = [];
+    for (const p of adapter.params) tensors.push({ name: headStateDictName(p.name), dtype: 'F32' as const, shape: p.shape, data: await gpu.read(p.value) });
+    fs.writeFileSync(path.join(out, 'head_model.safetensors'), writeSafetensors(tensors, { format: 'pt' }));
+    written.push('head_model.safetensors');
+  }
+  fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(classificationTrainerState(log, config, stepsPerEpoch, trainer.best), null, 2) + '\n');
+  fs.writeFileSync(path.join(out, 'README.md'), classifierModelCard({
+    baseModel, modelClass: model.spec.className, method: lora ? 'LoRA' : 'head only',
+    adapterSettings: lora ? { rank: loraSettings.r, alpha: loraSettings.alpha, dropout: loraSettings.dropout, 'target modules': targets, rsLoRA: loraSettings.useRslora } : {},
+    headModules, labels: labelMap, trainCounts, config, dataFile: table.fileName, dataColumns: `text "${textCol}", label "${labelCol}"`,
+    trainExamples: train.length, validationExamples: validation.length, trainableParams: trainable, totalParams: total,
+    finalLoss: log.lastStep?.loss ?? NaN, finalEval: log.lastEval, best: trainer.best, restoredBest: trainer.restoredBest,
+    confusionLines, runtimeS, device,
+  }));
+  written.push('README.md', 'trainer_state.json');
+  const ev = log.lastEval;
+  console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${ev ? `, eval loss ${ev.loss.toFixed(4)}, accuracy ${ev.accuracy.toFixed(4)}, macro-F1 ${ev.f1.toFixed(4)}` : ''}`);
+  console.log(`wrote ${out}/${written.join(', ')}`);
   trainer.destroy();
 }
 

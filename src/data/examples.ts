@@ -38,7 +38,12 @@ export const MAX_SKIPPED_LISTED = 20;
 
 export interface BuildOptions {
   maxLength: number;
+  /** Called with the fraction of rows done every PROGRESS_ROWS rows, and with 1 at the end. */
+  onProgress?: (fractionDone: number) => void;
 }
+
+/** Rows between progress reports (and, for buildCausalExamplesAsync, between yields to the event loop). */
+export const PROGRESS_ROWS = 1000;
 
 export function alpacaPrompt(instruction: string, input: string): string {
   return input
@@ -53,8 +58,48 @@ export function buildCausalExamples(
   table: Table,
   mapping: ColumnMapping,
   tokenizer: TextTokenizer,
-  { maxLength }: BuildOptions,
+  opts: BuildOptions,
 ): { examples: Example[]; stats: ExampleStats } {
+  const steps = exampleBuilder(table, mapping, tokenizer, opts.maxLength);
+  for (;;) {
+    const next = steps.next();
+    if (next.done) {
+      opts.onProgress?.(1);
+      return next.value;
+    }
+    opts.onProgress?.(next.value);
+  }
+}
+
+/**
+ * buildCausalExamples that gives the event loop a turn every PROGRESS_ROWS rows, so a worker
+ * tokenizing a huge table still posts its progress and answers messages. Same result.
+ */
+export async function buildCausalExamplesAsync(
+  table: Table,
+  mapping: ColumnMapping,
+  tokenizer: TextTokenizer,
+  opts: BuildOptions,
+): Promise<{ examples: Example[]; stats: ExampleStats }> {
+  const steps = exampleBuilder(table, mapping, tokenizer, opts.maxLength);
+  for (;;) {
+    const next = steps.next();
+    if (next.done) {
+      opts.onProgress?.(1);
+      return next.value;
+    }
+    opts.onProgress?.(next.value);
+    await new Promise<void>((resolve) => setTimeout(resolve, 0));
+  }
+}
+
+/** The work of buildCausalExamples, pausing (yielding the fraction of rows done) every PROGRESS_ROWS rows. */
+function* exampleBuilder(
+  table: Table,
+  mapping: ColumnMapping,
+  tokenizer: TextTokenizer,
+  maxLength: number,
+): Generator<number, { examples: Example[]; stats: ExampleStats }, void> {
   if (!Number.isInteger(maxLength) || maxLength < 2) throw new RangeError(`maxLength must be an integer of at least 2, got ${maxLength}`);
   validateMapping(table, mapping);
   const templateParts = mapping.kind === 'prompt-completion' ? parseTemplate(mapping.template) : [];
@@ -71,7 +116,7 @@ export function buildCausalExamples(
     if (skipped.length < MAX_SKIPPED_LISTED) skipped.push({ row, reason });
   };
 
-  table.rows.forEach((cells, i) => {
+  const addRow = (cells: Record<string, string>, i: number): void => {
     const row = table.rowNumbers?.[i] ?? i + 2;
     let ids: number[];
     let labels: number[];
@@ -125,7 +170,12 @@ export function buildCausalExamples(
     if (truncated) truncatedCount++;
     lossTokens += targets;
     examples.push({ inputIds: ids, labels, truncated, row });
-  });
+  };
+  const rows = table.rows;
+  for (let i = 0; i < rows.length; i++) {
+    addRow(rows[i], i);
+    if ((i + 1) % PROGRESS_ROWS === 0 && i + 1 < rows.length) yield (i + 1) / rows.length;
+  }
 
   return {
     examples,

@@ -1,20 +1,13 @@
-// GPU memory a LoRA training run will take, before any buffer is made: the frozen weights
-// (measured when the model was uploaded), the training program's activations (every buffer
-// gpt2.ts makes for a [B, T] batch), the evaluation program, and the adapter with its AdamW state.
-// Mirrors the buffers of src/engine/models/gpt2.ts and src/engine/peft/lora.ts; the worker shows
-// it next to the bytes actually allocated once training runs, so a drift is visible.
+// GPU memory a LoRA training run will take, before any buffer is made: the frozen weights (what
+// the model holds now), the training program's activations and the evaluation program's (each
+// architecture lists what its buildProgram allocates), and the adapter with its AdamW state and
+// scratch (the buffers of src/engine/peft/lora.ts and src/engine/train/optimizer.ts). Exact to
+// the byte: test/memory-estimate.test.ts builds real runs and compares with gpu.allocatedBytes.
 
+import type { CausalLMModel } from '../engine/models/registry';
+import { allocatedBytesFor, type PlannedBuffer } from '../engine/models/program';
 import type { LinearModuleInfo } from '../engine/peft/lora';
 import type { MemoryEstimate } from './protocol';
-
-export interface Gpt2Shape {
-  C: number;
-  L: number;
-  H: number;
-  /** MLP width */
-  F: number;
-  V: number;
-}
 
 export interface RunShape {
   B: number;
@@ -24,50 +17,72 @@ export interface RunShape {
   /** The linear layers LoRA adapts. */
   targeted: LinearModuleInfo[];
   hasValidation: boolean;
-  /** Largest binding the GPU allows (the LM head's logits are made in blocks under it). */
-  maxBindingBytes: number;
 }
 
-/** Gpu.buffer rounds every allocation up to 16 bytes (and at least 16). */
-const bufferBytes = (floats: number) => Math.max(16, Math.ceil((floats * 4) / 16) * 16);
+/** What the device allows, from GpuInfo. */
+export interface DeviceLimits {
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  isFallbackAdapter: boolean;
+}
 
-/** Buffers of one GPT-2 program (gpt2.ts buildProgram), in floats, one entry per buffer. */
-function programBuffers(m: Gpt2Shape, B: number, T: number, training: boolean, maxBindingBytes: number): number[] {
-  const { C, L, H, F, V } = m;
-  const M = B * T;
-  const out: number[] = [M, M, B, 1, M, 1]; // tokens, targets, lengths, gradScale, losses, lossSum
-  const residuals = training ? L + 1 : 2;
-  for (let i = 0; i < residuals; i++) out.push(M * C);
-  const layers = training ? L : 1;
-  for (let i = 0; i < layers; i++) {
-    // ln1, mean1, rstd1, qkv, att, ctx, x2, ln2, mean2, rstd2, fc, g
-    out.push(M * C, M, M, 3 * M * C, B * H * T * T, M * C, M * C, M * C, M, M, M * F, M * F);
+/** Above this a software renderer (the CPU, through SwiftShader or WARP) is warned about. */
+export const SOFTWARE_RENDERER_WARN_BYTES = 2 * 2 ** 30;
+
+/** The adapter's buffers: value, grad and AdamW m, v of A [r, in] and B [out, r]; scratch for M rows; optimizer partials. */
+export function adapterBuffers(run: RunShape): PlannedBuffer[] {
+  const { B, T, rank, targeted } = run;
+  const out: PlannedBuffer[] = [];
+  for (const t of targeted) {
+    for (const [name, elements] of [['lora_A', rank * t.inFeatures], ['lora_B', t.outFeatures * rank]] as const) {
+      for (const part of ['', '.grad', '.m', '.v']) out.push({ label: `${t.module}.${name}${part}`, elements });
+    }
   }
-  out.push(M * C, M, M); // lnf, meanf, rstdf
-  const headRows = Math.max(1, Math.min(M, Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
-  out.push(headRows * V);
-  // backward scratch: dres, dln, dqkv, dctx, dg, dP
-  if (training) out.push(M * C, M * C, 3 * M * C, M * C, M * F, B * H * T * T);
+  // Lora's scratch: both programs (training and evaluation) have B*T rows, so one set.
+  const M = B * T;
+  out.push({ label: 'lora.u', elements: M * rank }, { label: 'lora.du', elements: M * rank });
+  if (run.dropout > 0) {
+    const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
+    out.push({ label: 'lora.xd', elements: M * maxIn }, { label: 'lora.dxd', elements: M * maxIn });
+  }
+  // buildAdamW: one gradient-norm partial per tensor, and the [norm, coefficient] pair.
+  out.push({ label: 'gradNorm.partials', elements: Math.max(1, 2 * targeted.length) }, { label: 'gradNorm.clip', elements: 2 });
   return out;
 }
 
-export function estimateGpt2Training(model: Gpt2Shape, run: RunShape, weightBytes: number): MemoryEstimate {
-  const { B, T, rank, targeted } = run;
-  const train = programBuffers(model, B, T, true, run.maxBindingBytes);
-  const evaluation = run.hasValidation ? programBuffers(model, B, T, false, run.maxBindingBytes) : [];
-  const evaluationBytes = evaluation.reduce((s, n) => s + bufferBytes(n), 0);
-  const activations = train.reduce((s, n) => s + bufferBytes(n), 0) + evaluationBytes;
+const sum = (buffers: readonly PlannedBuffer[]) => buffers.reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
 
-  // value, grad, m, v for A [r, in] and B [out, r]; scratch u, du [M, r] (+ dropout copies [M, maxIn]).
-  let adapter = 0;
-  for (const t of targeted) adapter += 4 * (bufferBytes(rank * t.inFeatures) + bufferBytes(t.outFeatures * rank));
-  const M = B * T;
-  adapter += 2 * bufferBytes(M * rank);
-  const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
-  if (run.dropout > 0) adapter += 2 * bufferBytes(M * maxIn);
-  // optimizer: per-tensor gradient-norm partials and the clip pair
-  adapter += bufferBytes(Math.max(1, 2 * targeted.length)) + bufferBytes(2);
+export function estimateTraining(model: CausalLMModel, run: RunShape, device: DeviceLimits): MemoryEstimate {
+  const weights = model.weightBytes();
+  const trainBuffers = model.programBuffers({ B: run.B, T: run.T, training: true });
+  const evalBuffers = run.hasValidation ? model.programBuffers({ B: run.B, T: run.T, training: false }) : [];
+  const adapter = adapterBuffers(run);
+  const evaluation = sum(evalBuffers);
+  const activations = sum(trainBuffers) + evaluation;
+  const adapterBytes = sum(adapter);
+  const total = weights + activations + adapterBytes;
+  // Every buffer is checked against the binding limit (Gpu.tensor) and the buffer limit (Gpu.buffer).
+  let largest: PlannedBuffer = { label: '', elements: 0 };
+  for (const b of [...trainBuffers, ...evalBuffers, ...adapter]) if (b.elements > largest.elements) largest = b;
+  const largestBuffer = largest.elements * 4;
+  const bufferLimit = Math.min(device.maxBufferSize, device.maxStorageBufferBindingSize);
+  const warning =
+    device.isFallbackAdapter && total > SOFTWARE_RENDERER_WARN_BYTES
+      ? `${fmtGiB(total)} on a software renderer: it lives in this computer's main memory next to everything else, and each step will be very slow. Lower the batch size or max length, or pick a smaller model.`
+      : null;
+  return {
+    weights,
+    activations,
+    evaluation,
+    adapter: adapterBytes,
+    total,
+    largestBuffer,
+    largestBufferLabel: largest.label,
+    bufferLimit,
+    warning,
+  };
+}
 
-  const largestBuffer = Math.max(...train.map(bufferBytes), ...(run.dropout > 0 ? [bufferBytes(M * maxIn)] : []));
-  return { weights: weightBytes, activations, evaluation: evaluationBytes, adapter, total: weightBytes + activations + adapter, largestBuffer };
+function fmtGiB(n: number): string {
+  return `${(n / 2 ** 30).toFixed(2)} GB`;
 }

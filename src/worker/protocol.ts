@@ -97,8 +97,14 @@ export interface MemoryEstimate {
   /** Adapter values, gradients and AdamW moments, plus its scratch. */
   adapter: number;
   total: number;
-  /** The largest single buffer, checked against the GPU's limit. */
+  /** Bytes of the largest single buffer, checked against the GPU's limit (`bufferLimit`). */
   largestBuffer: number;
+  /** What that buffer holds (e.g. "l0.att": layer 0's attention scores). */
+  largestBufferLabel: string;
+  /** The largest buffer (and storage binding) this GPU allows. */
+  bufferLimit: number;
+  /** Set when the total is more than the device can sensibly hold (WebGPU reports no memory size). */
+  warning: string | null;
 }
 
 export interface ParameterCounts {
@@ -120,8 +126,7 @@ export interface PrepareResult {
   totalSteps: number;
   warmupSteps: number;
   params: ParameterCounts;
-  /** null for architectures without an estimate yet: the real figure shows once training runs. */
-  memory: MemoryEstimate | null;
+  memory: MemoryEstimate;
   /** The first example as the model sees it: the part without loss and the part it learns. */
   sample: { row: number; context: string; target: string } | null;
 }
@@ -221,6 +226,8 @@ export type WorkerEvent =
   | { type: 'progress'; task: 'parse'; fraction: number }
   | { type: 'progress'; task: 'download'; file: DownloadFileProgress; loaded: number; total: number | null }
   | { type: 'progress'; task: 'loadModel'; message: string }
+  /** Tokenizing the table into examples (prepare), fraction of the rows done. */
+  | { type: 'progress'; task: 'examples'; fraction: number }
   | { type: 'trainingState'; state: TrainingState; runId: string | null }
   /** The latest step, and every step's loss since the previous step event (the worker batches them). */
   | { type: 'step'; runId: string; report: StepEventReport; points: StepPoint[] }

@@ -10,7 +10,7 @@ export interface TrainSettings {
   rank: number;
   alpha: number;
   dropout: number;
-  /** PEFT target_modules (suffixes of module paths). */
+  /** PEFT target_modules (suffixes of module paths), or ['all-linear'] (ALL_LINEAR) for every linear layer but the head. */
   targetModules: string[];
   useRslora: boolean;
   learningRate: number;
@@ -35,6 +35,9 @@ export interface TrainSettings {
 }
 
 export type SettingName = keyof TrainSettings;
+
+/** PEFT's shorthand for every linear layer except the output head. */
+export const ALL_LINEAR = 'all-linear';
 
 export const DEFAULT_SETTINGS: TrainSettings = {
   method: 'lora',
@@ -85,7 +88,7 @@ export function validateSettings(s: TrainSettings, limits?: SettingLimits): Sett
   // Which layers exist is only known once a model is loaded.
   if (limits && s.targetModules.length === 0) e.targetModules = 'Pick at least one layer type for LoRA to adapt.';
   else if (limits) {
-    const unknown = s.targetModules.filter((t) => !limits.availableTargets.includes(t));
+    const unknown = s.targetModules.filter((t) => t !== ALL_LINEAR && !limits.availableTargets.includes(t));
     if (unknown.length) e.targetModules = `This model has no ${unknown.join(', ')} layers.`;
   }
   if (!Number.isFinite(s.learningRate) || s.learningRate <= 0) e.learningRate = 'Learning rate must be a positive number (e.g. 0.0002).';

@@ -12,7 +12,7 @@ import { cacheStorageAvailable, cacheStorageModelCache } from '../io/model-cache
 import { DataError, parseTableStream, type Table } from '../data/table';
 import { describeMapping, guessColumns, validateMapping, type ColumnMapping } from '../data/columns';
 import { loadTokenizer, TokenizerError, type TextTokenizer } from '../data/tokenizer';
-import { buildCausalExamples, IGNORE_INDEX, type Example, type ExampleStats } from '../data/examples';
+import { buildCausalExamplesAsync, IGNORE_INDEX, type Example, type ExampleStats } from '../data/examples';
 import { seededRandom, sequenceLengthFor, splitTrainValidation } from '../data/batches';
 import { loadCausalLM, type LoadedModel } from '../engine/models/registry';
 import { ProgramError } from '../engine/models/program';
@@ -22,8 +22,8 @@ import { DEFAULT_TRAIN_CONFIG, Trainer, TrainError, type StepReport, type TrainC
 import { exportPeftAdapter } from '../engine/export/peft-export';
 import { RunLog, modelCard, trainerState, type LogEntry } from '../train/run-report';
 import { warmupStepsFromRatio } from '../train/schedule';
-import { estimateGpt2Training } from './memory';
-import { firstSettingError, validateSettings, type SettingLimits, type TrainSettings } from './settings';
+import { estimateTraining } from './memory';
+import { ALL_LINEAR, firstSettingError, validateSettings, type SettingLimits, type TrainSettings } from './settings';
 import {
   fingerprintFile,
   getCheckpoint,
@@ -87,8 +87,21 @@ interface DataState {
 }
 let data: DataState | null = null;
 
-/** Examples depend only on data, model (tokenizer), mapping and maxLength: kept across setting changes. */
-let examplesCache: { key: string; examples: Example[]; stats: ExampleStats } | null = null;
+/**
+ * Examples depend only on data, model (tokenizer), mapping and maxLength: kept across setting
+ * changes. The build is shared while it runs, so a prepare for the same key waits for it; a newer
+ * key (or new data or model, which clear this) makes a running build stop at its next progress point.
+ */
+let examplesCache: { key: string; built: Promise<BuiltExamples> | null } | null = null;
+type BuiltExamples = { examples: Example[]; stats: ExampleStats };
+
+/** A build of examples that a newer one replaced. */
+class Superseded extends Error {
+  constructor() {
+    super('The data, model, column mapping or max length changed while the examples were being built.');
+    this.name = 'Superseded';
+  }
+}
 
 let downloadAbort: AbortController | null = null;
 
@@ -259,14 +272,14 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   } catch (e) {
     throw asInput(e);
   }
-  // Free the previous model's weights by starting a fresh device (the engine keeps no handle to free them one by one).
-  if (model && gpu) {
+  // Free the previous model's weights first: a GPU may not hold two models at once.
+  if (model) {
+    const old = model;
     model = null;
     examplesCache = null;
-    gpu.device.destroy();
-    gpu = null;
-    await init();
+    if (gpu && !gpu.lost) old.loaded.model.destroy();
   }
+  if (gpu?.lost) await init();
   const g = requireGpu();
   emit({ type: 'progress', task: 'loadModel', message: 'Uploading the weights to the GPU' });
   const before = g.allocatedBytes;
@@ -275,6 +288,13 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
     loaded = loadCausalLM(g, hf);
     await g.sync();
   } catch (e) {
+    // A load that failed part-way leaves the tensors it made with no handle to free them by; nothing
+    // else lives on the device now (no model, no run), so a fresh device is the clean way back.
+    if (g.allocatedBytes > before || g.lost) {
+      g.device.destroy();
+      gpu = null;
+      await init().catch(() => undefined);
+    }
     throw asInput(e);
   }
   const dims = dimsOf(hf.config);
@@ -290,7 +310,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
     maxPositions: loaded.maxPositions,
     parameterCount: loaded.model.parameterCount(),
     storedDType: hf.tensorNames.length ? hf.tensorInfo(hf.tensorNames[0]).dtype : 'F32',
-    weightBytes: g.allocatedBytes - before,
+    weightBytes: loaded.model.weightBytes(),
     linearModules: groups,
     defaultTargets: defaults,
     loadMs: performance.now() - t0,
@@ -360,68 +380,94 @@ interface Prepared {
   validation: Example[];
   targeted: LinearModuleInfo[];
   config: TrainConfig;
+  /** The model and data this was prepared from (either may be replaced while a prepare awaits). */
+  model: ModelState;
+  data: DataState;
 }
 
 function limitsOf(m: ModelState): SettingLimits {
   return { maxPositions: m.summary.maxPositions, availableTargets: m.summary.linearModules.map((g) => g.target) };
 }
 
-function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Prepared {
-  if (!data) throw new InputError('Load a data file first.', 'dataFile');
-  if (!model) throw new InputError('Load a base model first.', 'modelFolder');
+/** The linear layers LoRA adapts for these target modules (PEFT's rules, 'all-linear' included). */
+function targetedModules(m: ModelState, targetModules: readonly string[]): LinearModuleInfo[] {
+  const linears = m.loaded.model.linearModules();
+  return targetModules.includes(ALL_LINEAR) ? linears : linears.filter((l) => moduleMatches(l.module, targetModules));
+}
+
+/** Tokenizes the table (shared with a build already running for the same key), reporting progress. */
+function examplesFor(d: DataState, m: ModelState, mapping: ColumnMapping, maxLength: number): Promise<BuiltExamples> {
+  const key = JSON.stringify({ mapping, maxLength });
+  if (examplesCache?.key === key && examplesCache.built) return examplesCache.built;
+  // In the cache before the build starts: its first rows run before buildCausalExamplesAsync returns.
+  const entry: NonNullable<typeof examplesCache> = { key, built: null };
+  examplesCache = entry;
+  const built = buildCausalExamplesAsync(d.table, mapping, m.tokenizer, {
+    maxLength,
+    onProgress: (fraction) => {
+      if (examplesCache !== entry) throw new Superseded();
+      emit({ type: 'progress', task: 'examples', fraction });
+    },
+  });
+  entry.built = built;
+  built.catch(() => {
+    if (examplesCache === entry) examplesCache = null;
+  });
+  return built;
+}
+
+async function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Promise<Prepared> {
+  const d = data;
+  const m = model;
+  if (!d) throw new InputError('Load a data file first.', 'dataFile');
+  if (!m) throw new InputError('Load a base model first.', 'modelFolder');
   const g = requireGpu();
-  const bad = firstSettingError(validateSettings(settings, limitsOf(model)));
+  const bad = firstSettingError(validateSettings(settings, limitsOf(m)));
   if (bad) throw new InputError(bad[1], bad[0]);
   try {
-    validateMapping(data.table, mapping);
+    validateMapping(d.table, mapping);
   } catch (e) {
     throw new InputError(messageOf(e), /template/i.test(messageOf(e)) ? 'template' : 'mapping');
   }
-  const key = JSON.stringify({ mapping, maxLength: settings.maxLength });
-  if (examplesCache?.key !== key) {
-    try {
-      const built = buildCausalExamples(data.table, mapping, model.tokenizer, { maxLength: settings.maxLength });
-      examplesCache = { key, ...built };
-    } catch (e) {
-      throw new InputError(messageOf(e), e instanceof DataError ? (/template/i.test(messageOf(e)) ? 'template' : 'mapping') : 'maxLength');
-    }
+  let built: BuiltExamples;
+  try {
+    built = await examplesFor(d, m, mapping, settings.maxLength);
+  } catch (e) {
+    if (e instanceof Superseded) throw new InputError(e.message, 'mapping');
+    throw new InputError(messageOf(e), e instanceof DataError ? (/template/i.test(messageOf(e)) ? 'template' : 'mapping') : 'maxLength');
   }
-  const { examples, stats } = examplesCache;
+  if (data !== d || model !== m) throw new InputError(new Superseded().message, d !== data ? 'dataFile' : 'modelFolder');
+  const { examples, stats } = built;
   if (examples.length === 0) {
     const why = stats.skipped.rows.slice(0, 3).map((r) => `row ${r.row}: ${r.reason}`).join('; ');
-    throw new InputError(`No row of ${data.table.fileName} gives a training example${why ? ` (${why})` : ''}. Check the column mapping.`, 'mapping');
+    throw new InputError(`No row of ${d.table.fileName} gives a training example${why ? ` (${why})` : ''}. Check the column mapping.`, 'mapping');
   }
   const { train, validation } = splitTrainValidation(examples, settings.validationFraction, settings.seed);
-  const seqLen = Math.min(sequenceLengthFor(examples, settings.maxLength), model.summary.maxPositions);
+  const seqLen = Math.min(sequenceLengthFor(examples, settings.maxLength), m.summary.maxPositions);
   const stepsPerEpoch = Trainer.stepsForEpochs(train.length, 1, settings.batchSize, settings.gradAccum);
   const totalSteps =
     settings.lengthUnit === 'epochs' ? Trainer.stepsForEpochs(train.length, settings.epochs, settings.batchSize, settings.gradAccum) : settings.steps;
   const warmupSteps = warmupStepsFromRatio(settings.warmupRatio, totalSteps);
 
-  const linears = model.loaded.model.linearModules();
-  const targeted = linears.filter((l) => moduleMatches(l.module, settings.targetModules));
+  const targeted = targetedModules(m, settings.targetModules);
+  if (targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
   const trainable = targeted.reduce((s, t) => s + settings.rank * (t.inFeatures + t.outFeatures), 0);
-  const frozen = model.summary.parameterCount;
-  const s = model.summary;
-  const c = model.hf.config;
-  // Mirrors gpt2.ts's buffers; other architectures show the measured figure once training runs.
-  const memory =
-    c.family === 'gpt2'
-      ? estimateGpt2Training(
-          { C: c.n_embd, L: c.n_layer, H: c.n_head, F: c.n_inner, V: c.vocab_size },
-          { B: settings.batchSize, T: seqLen, rank: settings.rank, dropout: settings.dropout, targeted, hasValidation: validation.length > 0, maxBindingBytes: g.maxBindingBytes },
-          s.weightBytes,
-        )
-      : null;
-  if (memory && memory.largestBuffer > g.info.limits.maxBufferSize) {
+  const frozen = m.summary.parameterCount;
+  const limits = g.info.limits;
+  const memory = estimateTraining(
+    m.loaded.model,
+    { B: settings.batchSize, T: seqLen, rank: settings.rank, dropout: settings.dropout, targeted, hasValidation: validation.length > 0 },
+    { maxBufferSize: limits.maxBufferSize, maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize, isFallbackAdapter: g.info.isFallbackAdapter },
+  );
+  if (memory.largestBuffer > memory.bufferLimit) {
     throw new InputError(
-      `A batch of ${settings.batchSize} × ${seqLen} tokens needs a ${fmtMiB(memory.largestBuffer)} buffer, more than this GPU allows (${fmtMiB(g.info.limits.maxBufferSize)}). Lower the batch size or max length.`,
+      `A batch of ${settings.batchSize} × ${seqLen} tokens needs a ${fmtMiB(memory.largestBuffer)} buffer (${memory.largestBufferLabel}), more than this GPU allows in one buffer (${fmtMiB(memory.bufferLimit)}). Lower the batch size or max length.`,
       'batchSize',
     );
   }
 
   const first = examples[0];
-  const decode = (ids: number[]) => model!.tokenizer.decode(ids);
+  const decode = (ids: number[]) => m.tokenizer.decode(ids);
   const sample = first
     ? {
         row: first.row,
@@ -461,6 +507,8 @@ function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Prepared {
     validation,
     targeted,
     config,
+    model: m,
+    data: d,
   };
 }
 
@@ -491,11 +539,12 @@ async function createRun(
   const name = adapterName.trim();
   if (!name) throw new InputError('Give the adapter a name.', 'adapterName');
   if (name.length > 120) throw new InputError('The adapter name is too long (120 characters at most).', 'adapterName');
-  const prepared = prepareRun(mapping, settings);
+  const prepared = await prepareRun(mapping, settings);
   const g = requireGpu();
-  const m = model!;
-  const d = data!;
+  const m = prepared.model;
+  const d = prepared.data;
   const fingerprint = await dataFingerprint(d);
+  if (model !== m || data !== d) throw new InputError(new Superseded().message, model !== m ? 'modelFolder' : 'dataFile');
   const stepUniforms = new StepUniforms(g);
   let lora: Lora;
   try {
@@ -514,7 +563,7 @@ async function createRun(
     trainer = new Trainer(g, m.loaded.model, lora, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
     await g.sync();
   } catch (e) {
-    freeLora(g, lora);
+    lora.destroy();
     throw new InputError(`Could not set up training: ${messageOf(e)} Try a smaller batch size or max length.`, 'batchSize');
   }
   return {
@@ -550,11 +599,6 @@ async function createRun(
     lastReport: null,
     lastStepEmit: 0,
   };
-}
-
-/** Frees the adapter's tensors (the engine's Lora has no destroy of its own). */
-function freeLora(g: Gpu, lora: Lora): void {
-  for (const p of lora.params) for (const t of [p.value, p.grad, p.m, p.v]) g.destroyTensor(t);
 }
 
 const STEP_EMIT_MS = 100;
@@ -739,7 +783,7 @@ async function finish(r: RunState): Promise<void> {
 function endRun(r: RunState): void {
   try {
     r.trainer.destroy();
-    if (gpu) freeLora(gpu, r.lora);
+    r.lora.destroy();
   } catch {
     // a lost device has nothing left to free
   }
@@ -844,7 +888,7 @@ const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise
     return loadModel(folderFiles(files, name), 'folder', 'modelFolder');
   },
   downloadModel: ({ repo, endpoint }) => downloadModel(repo.trim(), endpoint),
-  prepare: async ({ mapping, settings }) => prepareRun(mapping, settings).result,
+  prepare: async ({ mapping, settings }) => (await prepareRun(mapping, settings)).result,
   start: ({ mapping, settings, adapterName }) => start(mapping, settings, adapterName),
   resumeCheckpoint: ({ runId }) => resumeCheckpoint(runId),
   dataFingerprint: async () => ({ fingerprint: data ? await dataFingerprint(data) : null }),

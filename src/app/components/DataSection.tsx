@@ -320,13 +320,22 @@ function TokenStats() {
   const maxLength = useApp((s) => s.settings.maxLength);
   if (!modelReady) return <p className="muted token-note">Token counts appear once a base model is loaded (step 2): they depend on its tokenizer.</p>;
   const result = prepare.status === 'ready' ? prepare.result : prepare.status === 'running' ? prepare.previous : null;
+  // A large table takes a while to tokenize: the worker reports every thousand rows.
+  const counting =
+    prepare.status === 'running' && prepare.fraction !== null && prepare.fraction < 1 ? (
+      <div className="loading-line token-note" data-testid="examples-progress-line">
+        <span>Counting tokens… {percent(prepare.fraction)} of the rows</span>
+        <ProgressBar fraction={prepare.fraction} label="Tokenizing the rows" testId="examples-progress" />
+      </div>
+    ) : null;
   if (!result) {
-    return prepare.status === 'running' ? <p className="muted token-note">Counting tokens…</p> : null;
+    return prepare.status === 'running' ? (counting ?? <p className="muted token-note">Counting tokens…</p>) : null;
   }
   const { stats } = result;
   const t = stats.tokenLength;
   return (
     <div className={`token-stats${prepare.status === 'running' ? ' stale' : ''}`} data-testid="token-stats">
+      {counting}
       <h3>Examples</h3>
       <dl className="facts">
         <div>

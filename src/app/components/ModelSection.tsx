@@ -6,7 +6,8 @@ import { useState, type ChangeEvent, type DragEvent } from 'react';
 import { useApp } from '../store';
 import { ErrorBox, ProgressBar, Section } from './common';
 import { formatBytes, formatCount, formatInt } from '../format';
-import type { ModelSummary } from '../../worker/protocol';
+import type { MemoryEstimate, ModelSummary } from '../../worker/protocol';
+import { MODEL_SUGGESTIONS, SUPPORTED_ARCHITECTURES, targetedGroups } from '../models';
 
 export function ModelSection() {
   const model = useApp((s) => s.model);
@@ -58,9 +59,17 @@ export function ModelSection() {
             spellCheck={false}
             autoComplete="off"
             placeholder="owner/name"
+            list="model-suggestion-list"
             onChange={(e) => setRepoId(e.target.value)}
             disabled={busy}
           />
+          <datalist id="model-suggestion-list">
+            {MODEL_SUGGESTIONS.map((m) => (
+              <option key={m.repo} value={m.repo}>
+                {`${m.family} · ${formatCount(m.parameters)} parameters · ${formatBytes(m.downloadBytes)}`}
+              </option>
+            ))}
+          </datalist>
         </div>
         {model.status === 'downloading' ? (
           <button type="button" className="button button-secondary" onClick={cancelDownload} data-testid="cancel-download">
@@ -72,6 +81,32 @@ export function ModelSection() {
           </button>
         )}
       </form>
+      <div className="model-suggestions" data-testid="model-suggestions">
+        <span className="muted small">Small models that train in a browser (F32 on the GPU: 4 bytes a parameter):</span>
+        <ul className="suggestion-list">
+          {MODEL_SUGGESTIONS.map((m) => (
+            <li key={m.repo}>
+              <button
+                type="button"
+                className={`suggestion${repoId.trim() === m.repo ? ' suggestion-selected' : ''}`}
+                disabled={busy}
+                aria-pressed={repoId.trim() === m.repo}
+                onClick={() => setRepoId(m.repo)}
+                data-testid="model-suggestion"
+                data-repo={m.repo}
+              >
+                <code>{m.repo}</code>
+                <span className="suggestion-facts">
+                  {m.family} · {formatCount(m.parameters)} parameters · {formatBytes(m.downloadBytes)} download ({m.storedDType}) · {formatBytes(4 * m.parameters)} on the GPU
+                </span>
+              </button>
+            </li>
+          ))}
+        </ul>
+        <p className="muted small" data-testid="supported-architectures">
+          Supported architectures: {SUPPORTED_ARCHITECTURES}; weights as safetensors in F32, F16 or BF16.
+        </p>
+      </div>
       <details className="endpoint" data-testid="hub-endpoint-details">
         <summary>Download from a mirror</summary>
         <div className="field hub-field">
@@ -136,7 +171,7 @@ export function ModelSection() {
   );
 }
 
-const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama' };
+const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama family' };
 
 async function filesOfEntries(entries: FileSystemEntry[]): Promise<{ path: string; file: File }[]> {
   const out: { path: string; file: File }[] = [];
@@ -190,9 +225,7 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
   const dataReady = useApp((s) => s.data.status === 'ready');
   const fallback = useApp((s) => s.gpu.status === 'ready' && s.gpu.info.gpu.isFallbackAdapter);
   // Same count as PEFT: r × (in + out) per adapted layer.
-  const trainable = summary.linearModules
-    .filter((g) => settings.targetModules.includes(g.target))
-    .reduce((s, g) => s + g.count * settings.rank * (g.inFeatures + g.outFeatures), 0);
+  const trainable = targetedGroups(summary.linearModules, settings.targetModules).reduce((s, g) => s + g.count * settings.rank * (g.inFeatures + g.outFeatures), 0);
   const all = summary.parameterCount + trainable;
   const result = prepare.status === 'ready' ? prepare.result : prepare.status === 'running' ? prepare.previous : null;
   return (
@@ -233,23 +266,20 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
         </div>
         <div>
           <dt>GPU memory for training</dt>
-          <dd data-testid="memory-estimate">
-            {result && !result.memory ? (
-              <span className="muted">measured when training starts (no estimate for this architecture yet)</span>
-            ) : result?.memory ? (
-              <>
-                about {formatBytes(result.memory.total)}{' '}
-                <span className="muted">
-                  (weights {formatBytes(result.memory.weights)} + activations {formatBytes(result.memory.activations)} + adapter{' '}
-                  {formatBytes(result.memory.adapter)})
-                </span>
-              </>
+          <dd data-testid="memory-estimate" data-bytes={result ? result.memory.total : ''}>
+            {result ? (
+              <MemoryLine memory={result.memory} />
             ) : (
               <span className="muted">{dataReady ? 'estimating…' : 'estimated once data is loaded (it depends on the sequence length)'}</span>
             )}
           </dd>
         </div>
       </dl>
+      {result?.memory.warning && (
+        <p className="warning-box" data-testid="memory-warning">
+          GPU memory: {result.memory.warning}
+        </p>
+      )}
       {fallback && summary.parameterCount > 20e6 && (
         <p className="warning-box" data-testid="slow-model-warning">
           {formatCount(summary.parameterCount)} parameters on a software renderer (no GPU): each step will take minutes. Pick a much smaller
@@ -260,5 +290,20 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
         trainable params: {formatInt(trainable)} || all params: {formatInt(all)} || trainable%: {((100 * trainable) / all).toFixed(4)}
       </p>
     </div>
+  );
+}
+
+/** The estimate's total, then what it is made of. */
+function MemoryLine({ memory: m }: { memory: MemoryEstimate }) {
+  const training = m.activations - m.evaluation;
+  return (
+    <>
+      about {formatBytes(m.total)}{' '}
+      <span className="muted" data-testid="memory-breakdown">
+        (weights {formatBytes(m.weights)} + training activations {formatBytes(training)}
+        {m.evaluation > 0 ? ` + evaluation ${formatBytes(m.evaluation)}` : ''} + adapter with optimizer state {formatBytes(m.adapter)}; largest buffer{' '}
+        {formatBytes(m.largestBuffer)} of the {formatBytes(m.bufferLimit)} allowed)
+      </span>
+    </>
   );
 }

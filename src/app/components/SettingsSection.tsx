@@ -2,7 +2,7 @@
 // of the run. Every value is checked as it is typed; a bad one says why next to the field.
 
 import { useApp } from '../store';
-import type { TrainSettings } from '../../worker/settings';
+import { ALL_LINEAR, type TrainSettings } from '../../worker/settings';
 import type { ScheduleKind } from '../../train/schedule';
 import { NumberField, SelectField, Section } from './common';
 import { formatInt } from '../format';
@@ -36,6 +36,7 @@ export function SettingsSection() {
   );
   // A plan computed from earlier values would contradict the fields being fixed: hide it meanwhile.
   const plan = prepare.status === 'ready' && Object.keys(errors).length === 0 ? prepare.result : null;
+  const allLinear = s.targetModules.includes(ALL_LINEAR);
   return (
     <Section id="settings" step={3} title="Settings" subtitle="Defaults suit most small datasets; change what you need.">
       <fieldset className="methods" disabled={locked}>
@@ -69,11 +70,25 @@ export function SettingsSection() {
           <p className="muted small">Load a base model to choose among its layers.</p>
         ) : (
           <div className="target-list">
+            <label className="target target-all">
+              <input
+                type="checkbox"
+                checked={allLinear}
+                data-testid="target-all-linear"
+                // PEFT's 'all-linear': every linear layer but the output head; off again goes back to the model's defaults.
+                onChange={(e) => update({ targetModules: e.target.checked ? [ALL_LINEAR] : model.summary.defaultTargets })}
+              />
+              <strong>All linear layers</strong>
+              <span className="muted small">
+                {model.summary.linearModules.reduce((n, g) => n + g.count, 0)} layers · target_modules "all-linear"
+              </span>
+            </label>
             {model.summary.linearModules.map((g) => (
-              <label key={g.target} className="target">
+              <label key={g.target} className={`target${allLinear ? ' target-implied' : ''}`}>
                 <input
                   type="checkbox"
-                  checked={s.targetModules.includes(g.target)}
+                  checked={allLinear || s.targetModules.includes(g.target)}
+                  disabled={allLinear}
                   data-testid={`target-${g.target}`}
                   onChange={(e) =>
                     update({

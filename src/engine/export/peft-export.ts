@@ -10,11 +10,18 @@ export interface AdapterFiles {
   'adapter_model.safetensors': Uint8Array;
 }
 
-/** Reads the trained parameters back and packs them as PEFT's two files. */
+/**
+ * Reads the trained parameters back and packs them as PEFT's two files: every parameter under its
+ * PEFT name, or what the method says PEFT saves (prefix tuning's projection saves the prefix it makes).
+ */
 export async function exportPeftAdapter(gpu: Gpu, peft: PeftMethod, baseModel: string): Promise<AdapterFiles> {
   const tensors = [];
-  for (const p of peft.params) {
-    tensors.push({ name: p.name, dtype: 'F32' as const, shape: p.shape, data: await gpu.read(p.value) });
+  if (peft.exportTensors) {
+    for (const t of await peft.exportTensors((x) => gpu.read(x))) tensors.push({ ...t, dtype: 'F32' as const });
+  } else {
+    for (const p of peft.params) {
+      tensors.push({ name: p.name, dtype: 'F32' as const, shape: p.shape, data: await gpu.read(p.value) });
+    }
   }
   const config = peft.adapterConfig(baseModel);
   return {

@@ -8,7 +8,7 @@ import { matmul } from '../kernels/matmul';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
-import type { LinearSite, PeftMethod } from '../peft/method';
+import type { FrozenLinear, LinearSite, PeftMethod } from '../peft/method';
 import type { RowChunks } from './weights';
 
 /** Allocates a program's tensors and frees them together. */
@@ -26,34 +26,71 @@ export class TensorPool {
   }
 }
 
+/** The frozen product of a linear site, for the hooks of methods that change it (IA3). */
+function frozenLinear(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null | undefined, accumulate: boolean): FrozenLinear {
+  return {
+    accumulate,
+    biasKnown: bias !== undefined,
+    forward: (x, y, acc) => matmul(gpu, {
+      label: site.module, a: x, b: W, transB: site.weightLayout === 'out_in', c: y, bias: bias ?? undefined,
+      M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate: acc,
+    }),
+    backward: (dy, dx, acc) => matmul(gpu, {
+      label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
+      M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate: acc,
+    }),
+  };
+}
+
 /**
  * y (+)= x W (+ b) and the adapter's part. W is [in, out] for 'in_out' (GPT-2's Conv1D) or
- * [out, in] for 'out_in' (nn.Linear).
+ * [out, in] for 'out_in' (nn.Linear). A method with replacesLinear makes the whole layer.
  */
 export function linearForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null, accumulate: boolean, peft: PeftMethod | null): Op[] {
-  const ops: Op[] = [matmul(gpu, {
-    label: site.module, a: site.x, b: W, transB: site.weightLayout === 'out_in', c: site.y, bias: bias ?? undefined,
-    M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate,
-  })];
-  if (peft?.targetsLinear(site.module)) ops.push(...peft.linearForward(site));
+  const base = frozenLinear(gpu, site, W, bias, accumulate);
+  const targeted = peft?.targetsLinear(site.module) ?? false;
+  if (targeted && peft!.replacesLinear) return peft!.linearForward(site, base);
+  const ops: Op[] = [base.forward(site.x, site.y, accumulate)];
+  if (targeted) ops.push(...peft!.linearForward(site, base));
   return ops;
 }
 
-/** dx (+)= dy W^T (in x's terms) and the adapter's gradients and part of dx. */
-export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {
-  const ops: Op[] = [matmul(gpu, {
-    label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
-    M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate,
-  })];
-  if (peft?.targetsLinear(site.module)) ops.push(...peft.linearBackward(site, { dy, dx }));
+/**
+ * dx (+)= dy W^T (in x's terms) and the adapter's gradients and part of dx. `bias` is the layer's
+ * bias (null: none): methods that scale the layer's output recompute it in backward, and refuse
+ * callers that leave it out (undefined).
+ */
+export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean, peft: PeftMethod | null, bias?: Tensor | null): Op[] {
+  const base = frozenLinear(gpu, site, W, bias, accumulate);
+  const targeted = peft?.targetsLinear(site.module) ?? false;
+  if (targeted && peft!.replacesLinear) return peft!.linearBackward(site, { dy, dx }, base);
+  const ops: Op[] = [base.backward(dy, dx, accumulate)];
+  if (targeted) ops.push(...peft!.linearBackward(site, { dy, dx }, base));
   return ops;
 }
 
-/** Token embedding from a (possibly split) table, plus learned positions on the first block (GPT-2). */
-export function embedTokens(gpu: Gpu, table: RowChunks, tokens: Tensor, out: Tensor, M: number, T: number, positions: Tensor | null): Op[] {
+/**
+ * Token embedding from a (possibly split) table, plus learned positions on the first block (GPT-2)
+ * from position `positionOffset` on (prefix tuning: the prefix counts as cached positions).
+ */
+export function embedTokens(gpu: Gpu, table: RowChunks, tokens: Tensor, out: Tensor, M: number, T: number, positions: Tensor | null, positionOffset = 0): Op[] {
   return table.chunks.map((ch, i) =>
-    embeddingForward(gpu, { tokens, table: ch.tensor, rowStart: ch.rowStart, positions: i === 0 ? positions : null, out, M, T, C: table.cols, accumulate: i > 0 }),
+    embeddingForward(gpu, { tokens, table: ch.tensor, rowStart: ch.rowStart, positions: i === 0 ? positions : null, positionOffset, out, M, T, C: table.cols, accumulate: i > 0 }),
   );
+}
+
+/**
+ * Ops that copy rows `ids` of a (possibly split) embedding table into dst [ids.length, C] (prompt
+ * tuning's TEXT and vocabulary-sample initializations).
+ */
+export function copyTableRows(table: RowChunks, ids: readonly number[], dst: Tensor): Op[] {
+  const C = table.cols;
+  if (dst.size < ids.length * C) throw new Error(`copyTableRows: ${dst.label} has ${dst.size} elements, need ${ids.length} x ${C}`);
+  return ids.map((id, i) => {
+    const ch = table.chunks.find((c) => id >= c.rowStart && id < c.rowStart + c.rows);
+    if (!Number.isInteger(id) || !ch) throw new Error(`copyTableRows: token id ${id} is outside the vocabulary (${table.rows})`);
+    return { kind: 'copy', src: ch.tensor.buffer, srcOffset: (id - ch.rowStart) * C * 4, dst: dst.buffer, dstOffset: i * C * 4, size: C * 4 } as Op;
+  });
 }
 
 export interface HeadAndLoss {
@@ -71,23 +108,40 @@ export interface HeadAndLoss {
  */
 export function lmHeadAndLoss(
   gpu: Gpu, pool: TensorPool,
-  a: { hidden: Tensor; head: RowChunks; targets: Tensor; M: number; dHidden: Tensor | null; captureLogits: boolean; headRowsPerChunk?: number },
+  a: {
+    hidden: Tensor; head: RowChunks; targets: Tensor; M: number; dHidden: Tensor | null; captureLogits: boolean; headRowsPerChunk?: number;
+    /** Rows are sequences of S, the first `skip` of each virtual (prompt tuning): capture only the others. */
+    logitsRows?: { S: number; skip: number };
+  },
 ): HeadAndLoss {
   const { M } = a;
+  const S = a.logitsRows?.S ?? M, skip = a.logitsRows?.skip ?? 0;
   const V = a.head.rows, C = a.head.cols;
   const gradScale = pool.t([1], 'gradScale');
   const losses = pool.t([M], 'losses');
   const lossSum = pool.t([1], 'lossSum');
   const headRows = Math.max(1, Math.min(M, a.headRowsPerChunk ?? Math.floor(Math.min(gpu.maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
   const chunk = pool.t([headRows, V], 'logitsChunk');
-  const logits = a.captureLogits ? pool.t([M, V], 'logits') : null;
+  const logits = a.captureLogits ? pool.t([(M / S) * (S - skip), V], 'logits') : null;
   const ops: Op[] = [];
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
     for (const ch of a.head.chunks) {
       ops.push(matmul(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: V, M: n, N: ch.rows, K: C }));
     }
-    if (logits) ops.push({ kind: 'copy', src: chunk.buffer, srcOffset: 0, dst: logits.buffer, dstOffset: r0 * V * 4, size: n * V * 4 });
+    if (logits) {
+      // the captured rows of [r0, r0 + n), one copy per run of consecutive real rows
+      for (let r = r0; r < r0 + n;) {
+        const b = Math.floor(r / S), t = r - b * S;
+        if (t < skip) {
+          r += skip - t;
+          continue;
+        }
+        const end = Math.min(r0 + n, (b + 1) * S);
+        ops.push({ kind: 'copy', src: chunk.buffer, srcOffset: (r - r0) * V * 4, dst: logits.buffer, dstOffset: (b * (S - skip) + t - skip) * V * 4, size: (end - r) * V * 4 });
+        r = end;
+      }
+    }
     ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V }));
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {

@@ -12,11 +12,12 @@ import { matmul } from '../kernels/matmul';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
-import { TensorPool, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, writeBatch, type BatchArrays, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 
 /** The config.json fields GPT-2 uses (Hugging Face names). */
 export interface Gpt2Dims {
@@ -64,6 +65,7 @@ export class Gpt2 {
   readonly V: number;
   /** MLP width */
   readonly F: number;
+  private destroyed = false;
   private constructor(
     private readonly gpu: Gpu,
     readonly dims: Gpt2Dims,
@@ -132,10 +134,82 @@ export class Gpt2 {
     return V * C + this.dims.n_positions * C + L * perLayer + 2 * C + head;
   }
 
+  /**
+   * Every buffer buildProgram allocates for these options, in the order it allocates them (the
+   * adapter's own scratch is the adapter's: see Lora). Keep in step with buildProgram:
+   * test/memory-estimate.test.ts checks the two allocate the same bytes.
+   */
+  programBuffers(opts: ProgramOptions): PlannedBuffer[] {
+    const { C, L, H, F, V } = this;
+    const { B, T, training } = opts;
+    const M = B * T;
+    const out: PlannedBuffer[] = [
+      { label: 'tokens', elements: M },
+      { label: 'targets', elements: M },
+      { label: 'lengths', elements: B },
+    ];
+    const residuals = training ? L + 1 : 2;
+    for (let i = 0; i < residuals; i++) out.push({ label: `x${i}`, elements: M * C });
+    const keep = training ? L : 1;
+    for (let i = 0; i < keep; i++) {
+      const per: [string, number][] = [
+        ['ln1', M * C], ['mean1', M], ['rstd1', M], ['qkv', 3 * M * C], ['att', B * H * T * T], ['ctx', M * C], ['x2', M * C],
+        ['ln2', M * C], ['mean2', M], ['rstd2', M], ['fc', M * F], ['g', M * F],
+      ];
+      for (const [name, elements] of per) out.push({ label: `h${i}.${name}`, elements });
+    }
+    out.push({ label: 'lnf', elements: M * C }, { label: 'meanf', elements: M }, { label: 'rstdf', elements: M });
+    if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dln', elements: M * C });
+    out.push(...headAndLossBuffers(M, V, opts, this.gpu.maxBindingBytes));
+    if (training) {
+      out.push({ label: 'dqkv', elements: 3 * M * C }, { label: 'dctx', elements: M * C }, { label: 'dg', elements: M * F }, { label: 'dP', elements: B * H * T * T });
+    }
+    return out;
+  }
+
+  /** Bytes buildProgram(peft, opts) allocates on the GPU (Gpu.buffer's 16-byte rounding included). */
+  estimateProgramBytes(opts: ProgramOptions): number {
+    return plannedBytes(this.programBuffers(opts));
+  }
+
+  /** Every weight tensor on the GPU (the tied head once). */
+  private weightTensors(): Tensor[] {
+    const out: Tensor[] = this.wte.chunks.map((c) => c.tensor);
+    if (this.lmHead !== this.wte) out.push(...this.lmHead.chunks.map((c) => c.tensor));
+    out.push(this.wpe);
+    for (const l of this.layers) out.push(l.ln1w, l.ln1b, l.attnW, l.attnB, l.projW, l.projB, l.ln2w, l.ln2b, l.fcW, l.fcB, l.mprojW, l.mprojB);
+    out.push(this.lnfW, this.lnfB);
+    return out;
+  }
+
+  /** GPU bytes the frozen weights take (0 once destroyed). */
+  weightBytes(): number {
+    if (this.destroyed) return 0;
+    return this.weightTensors().reduce((s, t) => s + t.buffer.size, 0);
+  }
+
+  /** Frees the weights. Programs built from this model must be destroyed first and not run again. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const t of this.weightTensors()) this.gpu.destroyTensor(t);
+  }
+
+  /** Ops copying rows `ids` of wte into dst (prompt tuning's initializations). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
+    return copyTableRows(this.wte, ids, dst);
+  }
+
   buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {
     const { gpu, C, L, H, F } = this;
-    const { B, T, training } = opts;
-    if (T > this.dims.n_positions) throw new ProgramError(`sequence length ${T} is longer than the model's n_positions (${this.dims.n_positions})`);
+    const { B, training } = opts;
+    // Prompt tuning runs nv virtual positions before each sequence (so T here counts them); prefix
+    // tuning's P key/value rows take positions 0..P-1, the tokens' positions start at P.
+    const nv = peft?.virtualTokens ?? 0, P = peft?.prefixTokens ?? 0;
+    const T = opts.T + nv;
+    if (T + P > this.dims.n_positions) {
+      throw new ProgramError(`sequence length ${opts.T}${nv + P ? ` plus ${nv + P} virtual tokens` : ''} is longer than the model's n_positions (${this.dims.n_positions})`);
+    }
     const M = B * T;
     const pool = new TensorPool(gpu);
     const t = pool.t.bind(pool);
@@ -150,41 +224,52 @@ export class Gpt2 {
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
       ln1: t([M, C], `h${i}.ln1`), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
-      qkv: t([M, 3 * C], `h${i}.qkv`), att: t([B * H, T, T], `h${i}.att`), ctx: t([M, C], `h${i}.ctx`),
+      qkv: t([M, 3 * C], `h${i}.qkv`), att: t([B * H, T, P + T], `h${i}.att`), ctx: t([M, C], `h${i}.ctx`),
       x2: t([M, C], `h${i}.x2`),
       ln2: t([M, C], `h${i}.ln2`), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
       fc: t([M, F], `h${i}.fc`), g: t([M, F], `h${i}.g`),
     }));
     const lnf = t([M, C], 'lnf'), meanf = t([M], 'meanf'), rstdf = t([M], 'rstdf');
 
-    const forward: Op[] = [...embedTokens(gpu, this.wte, tokens, xs[0], M, T, this.wpe)];
+    const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.wte, tokens, xs[0], M, T, this.wpe, P)];
+    if (nv) forward.push(...peft!.embeddingForward!(xs[0], B, T));
     for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
     forward.push(layerNormForward(gpu, { x: xAt(L), weight: this.lnfW, bias: this.lnfB, out: lnf, mean: meanf, rstd: rstdf, rows: M, C, eps: this.dims.layer_norm_epsilon }));
     const dres = training ? t([M, C], 'dres') : null;
     const dln = training ? t([M, C], 'dln') : null;
-    const head = lmHeadAndLoss(gpu, pool, { hidden: lnf, head: this.lmHead, targets, M, dHidden: dln, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk });
+    const head = lmHeadAndLoss(gpu, pool, {
+      hidden: lnf, head: this.lmHead, targets, M, dHidden: dln, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk,
+      logitsRows: nv ? { S: T, skip: nv } : undefined,
+    });
     forward.push(...head.ops);
 
     const backward: Op[] = [];
     if (training) {
+      backward.push(...(peft?.backwardStart?.() ?? []));
       backward.push(layerNormBackward(gpu, { dout: dln!, x: xAt(L), weight: this.lnfW, mean: meanf, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
       const lowest = peft ? this.lowestTrainableLayer(peft) : L;
       const scratch = {
         dres: dres!, dln: dln!,
-        dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, T], 'dP'),
+        dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, P + T], 'dP'),
       };
       for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], scratch, peft, B, T));
+      // dres now holds dLoss/dx0: the virtual rows' gradient
+      if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
+      backward.push(...(peft?.backwardEnd?.() ?? []));
     }
 
     const V = this.V;
+    const Tin = opts.T;
     return {
-      B, T, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
-      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V),
+      B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
+      write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
       destroy: () => pool.destroy(),
     };
   }
 
   private lowestTrainableLayer(peft: PeftMethod): number {
+    // prompt tuning needs dLoss/dx0, prefix tuning the attention of every layer
+    if (peft.virtualTokens || peft.prefixTokens) return 0;
     for (let l = 0; l < this.L; l++) {
       for (const m of this.linearModules().slice(l * 4, l * 4 + 4)) if (peft.targetsLinear(m.module)) return l;
     }
@@ -199,8 +284,8 @@ export class Gpt2 {
     return linearForward(this.gpu, site, W, bias, accumulate, peft);
   }
 
-  private linearBack(site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, peft: PeftMethod | null): Op[] {
-    return linearBackward(this.gpu, site, W, dy, dx, false, peft);
+  private linearBack(site: LinearSite, W: Tensor, bias: Tensor, dy: Tensor, dx: Tensor, peft: PeftMethod | null): Op[] {
+    return linearBackward(this.gpu, site, W, dy, dx, false, peft, bias);
   }
 
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
@@ -215,15 +300,32 @@ export class Gpt2 {
     // attention block: x2 = x + c_proj(attn(c_attn(ln_1(x))))
     ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
     ops.push(...this.linear(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, false, peft));
+    // Prefix tuning: each score row is [P prefix keys | T keys] (Tk columns), the prefix keys and
+    // values read from the method's [P, ld] tensor, shared by the whole batch.
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_scores`, a: a.qkv, lda: 3 * C, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true, c: a.att, ldc: Tk, M: T, N: P, K: D,
+        batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
+    }
     // scores = Q K^T per (batch, head), read straight out of the packed qkv rows
     ops.push(matmul(gpu, {
-      label: `${p}attn.scores`, a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, M: T, N: T, K: D,
-      batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+      label: `${p}attn.scores`, a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
-    ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
+    else ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_pv`, a: a.att, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, ldc: C, M: T, N: D, K: P,
+        batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * C, D] },
+      }));
+    }
     ops.push(matmul(gpu, {
-      label: `${p}attn.pv`, a: a.att, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T,
-      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * C, D] },
+      label: `${p}attn.pv`, a: a.att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * C, D] },
     }));
     ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
     ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
@@ -252,32 +354,66 @@ export class Gpt2 {
     const qkvBatch = { outer: B, inner: H };
     const ops: Op[] = [];
     // MLP block (the residual passes dres through unchanged)
-    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, x, M), w.mprojW, s.dres, s.dg, peft));
+    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, x, M), w.mprojW, w.mprojB, s.dres, s.dg, peft));
     ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
-    ops.push(...this.linearBack(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, s.dg, s.dln, peft));
+    ops.push(...this.linearBack(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, s.dg, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x: a.x2, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
-    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, s.dres, s.dctx, peft));
+    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, s.dres, s.dctx, peft));
+    // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
+    // the batch one sequence at a time (a batched accumulate into shared rows would race)
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
     // dP = dctx V^T ; dV = P^T dctx
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, ldc: Tk, M: T, N: P, K: D,
+        batch: { ...qkvBatch, strideA: [T * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
+    }
     ops.push(matmul(gpu, {
-      label: `${p}attn.dP`, a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, M: T, N: T, K: D,
-      batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+      label: `${p}attn.dP`, a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dV`, a: a.att, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
-      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * 3 * C, D] },
+      label: `${p}attn.dV`, a: a.att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * 3 * C, D] },
     }));
-    ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+    if (pre) {
+      for (let b = 0; b < B; b++) {
+        ops.push(matmul(gpu, {
+          label: `${p}attn.prefix_dV`, a: a.att, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * C, ldb: C,
+          c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
+        }));
+      }
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: 1 / Math.sqrt(D) }));
+    } else {
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+    }
     // dQ = dS K ; dK = dS^T Q
     ops.push(matmul(gpu, {
-      label: `${p}attn.dQ`, a: s.dP, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
-      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+      label: `${p}attn.dQ`, a: s.dP, offsetA: P, lda: Tk, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dK`, a: s.dP, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
-      batch: { ...qkvBatch, strideA: [H * T * T, T * T], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+      label: `${p}attn.dK`, a: s.dP, offsetA: P, lda: Tk, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
-    ops.push(...this.linearBack(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, s.dqkv, s.dln, peft));
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_dQ`, a: s.dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: P, accumulate: true,
+        batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * 3 * C, D] },
+      }));
+      for (let b = 0; b < B; b++) {
+        ops.push(matmul(gpu, {
+          label: `${p}attn.prefix_dK`, a: s.dP, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: a.qkv, offsetB: b * T * 3 * C, ldb: 3 * C,
+          c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
+        }));
+      }
+    }
+    ops.push(...this.linearBack(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }

@@ -14,13 +14,14 @@ import { rmsNormBackward, rmsNormForward } from '../kernels/rmsnorm';
 import { ropeBackward, ropeForward } from '../kernels/rope';
 import { swigluBackward, swigluForward } from '../kernels/swiglu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
-import { TensorPool, copyOp, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, writeBatch, type BatchArrays, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 
 interface LayerWeights {
   inNorm: Tensor; postNorm: Tensor;
@@ -54,6 +55,9 @@ export class Llama {
   readonly V: number;
   /** cos/sin tables for positions [0, maxPositions); grown when a program needs longer sequences. */
   private rope: { cos: Tensor; sin: Tensor; rotaryDim: number; maxPositions: number };
+  /** Every cos/sin table made (older ones stay alive while programs built before bind them); freed by destroy(). */
+  private readonly ropeTensors: Tensor[] = [];
+  private destroyed = false;
 
   private constructor(
     private readonly gpu: Gpu,
@@ -80,12 +84,10 @@ export class Llama {
       headDim: this.D, ropeTheta: c.rope_theta, ropeScaling: c.rope_scaling, maxPositions,
       maxPositionEmbeddings: c.max_position_embeddings, partialRotaryFactor: (c.raw.partial_rotary_factor as number | undefined) ?? 1,
     });
-    return {
-      cos: this.gpu.tensorFrom(tables.cos, [tables.cos.length], 'rope.cos'),
-      sin: this.gpu.tensorFrom(tables.sin, [tables.sin.length], 'rope.sin'),
-      rotaryDim: tables.rotaryDim,
-      maxPositions,
-    };
+    const cos = this.gpu.tensorFrom(tables.cos, [tables.cos.length], 'rope.cos');
+    const sin = this.gpu.tensorFrom(tables.sin, [tables.sin.length], 'rope.sin');
+    this.ropeTensors.push(cos, sin);
+    return { cos, sin, rotaryDim: tables.rotaryDim, maxPositions };
   }
 
   static load(gpu: Gpu, c: LlamaConfig, src: WeightSource, where: string, opts: { maxChunkBytes?: number } = {}): Llama {
@@ -138,12 +140,104 @@ export class Llama {
     return V * C + L * (attn + mlp + 2 * C) + C + (this.lmHead === this.embed ? 0 : V * C);
   }
 
+  /**
+   * Every buffer buildProgram allocates for these options, in the order it allocates them: the
+   * longer rotary tables first when T is past the current ones (those stay with the model), then
+   * the program's own. The adapter's scratch is the adapter's (see Lora). Keep in step with
+   * buildProgram: test/memory-estimate.test.ts checks the two allocate the same bytes.
+   */
+  programBuffers(opts: ProgramOptions): PlannedBuffer[] {
+    const { C, L, H, KV, D, I, V } = this;
+    const { B, T, training } = opts;
+    const M = B * T;
+    const qk = this.config.qk_norm;
+    const out: PlannedBuffer[] = [];
+    if (T > this.rope.maxPositions) {
+      const half = (this.config.max_position_embeddings * this.rope.rotaryDim) / 2;
+      out.push({ label: 'rope.cos', elements: half }, { label: 'rope.sin', elements: half });
+    }
+    out.push({ label: 'tokens', elements: M }, { label: 'targets', elements: M }, { label: 'lengths', elements: B });
+    const residuals = training ? L + 1 : 2;
+    for (let i = 0; i < residuals; i++) out.push({ label: `x${i}`, elements: M * C });
+    const keep = training ? L : 1;
+    for (let i = 0; i < keep; i++) {
+      const per: [string, number, boolean][] = [
+        ['xn', M * C, true], ['rstd1', M, true],
+        ['qPre', M * H * D, qk], ['rstdQ', M * H, qk], ['kPre', M * KV * D, qk], ['rstdK', M * KV, qk],
+        ['q', M * H * D, true], ['k', M * KV * D, true], ['v', M * KV * D, true],
+        ['att', B * H * T * T, true], ['ctx', M * H * D, true],
+        ['x2', M * C, true], ['xn2', M * C, true], ['rstd2', M, true],
+        ['gate', M * I, true], ['up', M * I, true], ['h', M * I, true],
+      ];
+      for (const [name, elements, made] of per) if (made) out.push({ label: `l${i}.${name}`, elements });
+    }
+    out.push({ label: 'xf', elements: M * C }, { label: 'rstdf', elements: M });
+    if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dxn', elements: M * C });
+    out.push(...headAndLossBuffers(M, V, opts, this.gpu.maxBindingBytes));
+    if (training) {
+      const per: [string, number, boolean][] = [
+        ['dq', M * H * D, true], ['dk', M * KV * D, true], ['dv', M * KV * D, true],
+        ['dqPre', M * H * D, qk], ['dkPre', M * KV * D, qk],
+        ['dctx', M * H * D, true], ['dP', B * H * T * T, true],
+        ['dh', M * I, true], ['dgate', M * I, true], ['dup', M * I, true],
+      ];
+      for (const [label, elements, made] of per) if (made) out.push({ label, elements });
+    }
+    return out;
+  }
+
+  /** Bytes buildProgram(peft, opts) allocates on the GPU (Gpu.buffer's 16-byte rounding included). */
+  estimateProgramBytes(opts: ProgramOptions): number {
+    return plannedBytes(this.programBuffers(opts));
+  }
+
+  /** Every weight tensor on the GPU (the tied head once) and the rotary tables. */
+  private weightTensors(): Tensor[] {
+    const out: Tensor[] = this.embed.chunks.map((c) => c.tensor);
+    if (this.lmHead !== this.embed) out.push(...this.lmHead.chunks.map((c) => c.tensor));
+    for (const l of this.layers) {
+      for (const t of [l.inNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qBias, l.kBias, l.vBias, l.oBias, l.qNorm, l.kNorm, l.gate, l.up, l.down, l.gateBias, l.upBias, l.downBias]) {
+        if (t) out.push(t);
+      }
+    }
+    out.push(this.finalNorm, ...this.ropeTensors);
+    return out;
+  }
+
+  /** GPU bytes the frozen weights and rotary tables take (0 once destroyed). */
+  weightBytes(): number {
+    if (this.destroyed) return 0;
+    return this.weightTensors().reduce((s, t) => s + t.buffer.size, 0);
+  }
+
+  /** Frees the weights and rotary tables. Programs built from this model must be destroyed first and not run again. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const t of this.weightTensors()) this.gpu.destroyTensor(t);
+    this.ropeTensors.length = 0;
+  }
+
+  /** Ops copying rows `ids` of embed_tokens into dst (prompt tuning's initializations). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
+    return copyTableRows(this.embed, ids, dst);
+  }
+
   buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {
     const { gpu, C, L, H, KV, D, I } = this;
-    const { B, T, training } = opts;
-    if (T > this.config.max_position_embeddings) throw new ProgramError(`sequence length ${T} is longer than the model's max_position_embeddings (${this.config.max_position_embeddings})`);
+    const { B, training } = opts;
+    // Prompt tuning runs nv virtual positions before each sequence (so T here counts them); prefix
+    // tuning's P key/value rows take positions 0..P-1 (RoPE included), the tokens' start at P.
+    const nv = peft?.virtualTokens ?? 0, P = peft?.prefixTokens ?? 0;
+    const T = opts.T + nv;
+    if (T + P > this.config.max_position_embeddings) {
+      throw new ProgramError(`sequence length ${opts.T}${nv + P ? ` plus ${nv + P} virtual tokens` : ''} is longer than the model's max_position_embeddings (${this.config.max_position_embeddings})`);
+    }
+    if (P > 0 && H * D !== C) {
+      throw new ProgramError(`prefix tuning as PEFT defines it needs head_dim = hidden_size / num_attention_heads (PEFT sizes the prefix from hidden_size); this model has head_dim ${D}, hidden_size ${C}, ${H} heads`);
+    }
     const M = B * T;
-    if (T > this.rope.maxPositions) {
+    if (T + P > this.rope.maxPositions) {
       // (the old tables stay alive: programs built before still bind them)
       this.rope = this.makeRope(this.config.max_position_embeddings);
     }
@@ -161,42 +255,53 @@ export class Llama {
       qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
       kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
       q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
-      att: t([B * H, T, T], `l${i}.att`), ctx: t([M, H * D], `l${i}.ctx`),
+      att: t([B * H, T, P + T], `l${i}.att`), ctx: t([M, H * D], `l${i}.ctx`),
       x2: t([M, C], `l${i}.x2`), xn2: t([M, C], `l${i}.xn2`), rstd2: t([M], `l${i}.rstd2`),
       gate: t([M, I], `l${i}.gate`), up: t([M, I], `l${i}.up`), h: t([M, I], `l${i}.h`),
     }));
     const xf = t([M, C], 'xf'), rstdf = t([M], 'rstdf');
 
-    const forward: Op[] = [...embedTokens(gpu, this.embed, tokens, xs[0], M, T, null)];
+    const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.embed, tokens, xs[0], M, T, null)];
+    if (nv) forward.push(...peft!.embeddingForward!(xs[0], B, T));
     for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
     forward.push(rmsNormForward(gpu, { x: xAt(L), weight: this.finalNorm, out: xf, rstd: rstdf, rows: M, C, eps: this.config.rms_norm_eps }));
     const dres = training ? t([M, C], 'dres') : null;
     const dxn = training ? t([M, C], 'dxn') : null;
-    const head = lmHeadAndLoss(gpu, pool, { hidden: xf, head: this.lmHead, targets, M, dHidden: dxn, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk });
+    const head = lmHeadAndLoss(gpu, pool, {
+      hidden: xf, head: this.lmHead, targets, M, dHidden: dxn, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk,
+      logitsRows: nv ? { S: T, skip: nv } : undefined,
+    });
     forward.push(...head.ops);
 
     const backward: Op[] = [];
     if (training) {
+      backward.push(...(peft?.backwardStart?.() ?? []));
       backward.push(rmsNormBackward(gpu, { dout: dxn!, x: xAt(L), weight: this.finalNorm, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
       const lowest = peft ? this.lowestTrainableLayer(peft) : L;
       const s: Scratch = {
         dres: dres!, dxn: dxn!,
         dq: t([M, H * D], 'dq'), dk: t([M, KV * D], 'dk'), dv: t([M, KV * D], 'dv'),
         dqPre: qk ? t([M, H * D], 'dqPre') : null, dkPre: qk ? t([M, KV * D], 'dkPre') : null,
-        dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, T], 'dP'),
+        dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, P + T], 'dP'),
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
       };
       for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], s, peft, B, T));
+      // dres now holds dLoss/dx0: the virtual rows' gradient
+      if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
+      backward.push(...(peft?.backwardEnd?.() ?? []));
     }
     const V = this.V;
+    const Tin = opts.T;
     return {
-      B, T, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
-      write: (batch: BatchArrays) => writeBatch(gpu, { B, T, tokens, targets, lengths }, batch, V),
+      B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
+      write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
       destroy: () => pool.destroy(),
     };
   }
 
   private lowestTrainableLayer(peft: PeftMethod): number {
+    // prompt tuning needs dLoss/dx0, prefix tuning the attention of every layer
+    if (peft.virtualTokens || peft.prefixTokens) return 0;
     const mods = this.linearModules();
     for (let l = 0; l < this.L; l++) if (mods.slice(l * 7, l * 7 + 7).some((m) => peft.targetsLinear(m.module))) return l;
     return this.L;
@@ -231,19 +336,38 @@ export class Llama {
       ops.push(rmsNormForward(gpu, { x: a.qPre, weight: w.qNorm!, out: a.q, rstd: a.rstdQ!, rows: M * H, C: D, eps }));
       ops.push(rmsNormForward(gpu, { x: a.kPre!, weight: w.kNorm!, out: a.k, rstd: a.rstdK!, rows: M * KV, C: D, eps }));
     }
-    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0 };
+    // Prefix tuning: P key/value rows (no RoPE: transformers keeps them as cached) before the real
+    // keys in every score row ([P | T] = Tk columns), read from the method's [P, ld] tensor and
+    // shared by the batch; the tokens' rotary positions start at P.
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
     ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: H * D, heads: H }));
     ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: KV * D, heads: KV }));
     // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_scores`, a: a.q, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
+        c: a.att, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
+      })));
+    }
     ops.push(...this.perGroup((j) => matmul(gpu, {
       label: `${p}attn.scores`, a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
-      c: a.att, offsetC: j * T * T, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * T, G * T * T] },
+      c: a.att, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
     })));
-    ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: this.scale, causal: true }));
+    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: this.scale, causal: true }));
+    else ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: this.scale, causal: true }));
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_pv`, a: a.att, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: P,
+        batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [0, D], strideC: [T * H * D, G * D] },
+      })));
+    }
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.pv`, a: a.att, offsetA: j * T * T, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
-      batch: { outer: B, inner: KV, strideA: [H * T * T, G * T * T], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
+      label: `${p}attn.pv`, a: a.att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
     })));
     ops.push(copyOp(x, a.x2));
     ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
@@ -271,34 +395,68 @@ export class Llama {
     const p = `model.layers.${l}.`;
     const ops: Op[] = [];
     // MLP block
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, x, M), w.down, s.dres, s.dh, false, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, x, M), w.down, s.dres, s.dh, false, peft, w.downBias));
     ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gate, up: a.up, dgate: s.dgate, dup: s.dup, rows: M, F: I }));
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft));
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft, w.gateBias));
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft, w.upBias));
     ops.push(rmsNormBackward(gpu, { dout: s.dxn, x: a.x2, weight: w.postNorm, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, s.dres, s.dctx, false, peft));
-    const batchPT = { outer: B, inner: KV, strideA: [H * T * T, G * T * T] as [number, number] };
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, s.dres, s.dctx, false, peft, w.oBias));
+    // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
+    // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    const batchPT = { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk] as [number, number] };
     // dP = dctx V^T ; dV = sum over the group of P^T dctx
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
+      })));
+    }
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * T, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * T, G * T * T] },
+      label: `${p}attn.dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
     })));
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dV`, a: a.att, offsetA: j * T * T, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      label: `${p}attn.dV`, a: a.att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
       batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
-    ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale }));
+    if (pre) {
+      for (let b = 0; b < B; b++) {
+        ops.push(...this.perGroup((j) => matmul(gpu, {
+          label: `${p}attn.prefix_dV`, a: a.att, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * H * D + j * D, ldb: H * D,
+          c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
+        })));
+      }
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: this.scale }));
+    } else {
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale }));
+    }
     // dQ = dS K ; dK = sum over the group of dS^T Q
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dQ`, a: s.dP, offsetA: j * T * T, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
+      label: `${p}attn.dQ`, a: s.dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
       batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
     })));
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dK`, a: s.dP, offsetA: j * T * T, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      label: `${p}attn.dK`, a: s.dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
       batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
-    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0 };
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_dQ`, a: s.dP, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: P, accumulate: true,
+        batch: { ...batchPT, strideB: [0, D], strideC: [T * H * D, G * D] },
+      })));
+      for (let b = 0; b < B; b++) {
+        ops.push(...this.perGroup((j) => matmul(gpu, {
+          label: `${p}attn.prefix_dK`, a: s.dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * H * D + j * D, ldb: H * D,
+          c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
+        })));
+      }
+    }
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
     ops.push(ropeBackward(gpu, { ...rope, x: s.dq, rowStride: H * D, heads: H }));
     ops.push(ropeBackward(gpu, { ...rope, x: s.dk, rowStride: KV * D, heads: KV }));
     let dq = s.dq, dk = s.dk;
@@ -308,9 +466,9 @@ export class Llama {
       dq = s.dqPre!;
       dk = s.dkPre!;
     }
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft));
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft));
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft));
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft, w.qBias));
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft, w.kBias));
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft, w.vBias));
     ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }

@@ -17,6 +17,11 @@ export interface BatchArrays {
   lengths: Uint32Array;
   /** number of targets >= 0 */
   validTargets: number;
+  /**
+   * [B] the label of each row's first token (-100 for none). Only programs with virtual tokens
+   * (prompt tuning) use it: as in PEFT, the last virtual position predicts the first real token.
+   */
+  firstTargets?: Int32Array;
 }
 
 export interface ProgramOptions {
@@ -38,11 +43,13 @@ export interface Program {
   readonly lengths: Tensor;
   /** [1] multiplier on the loss gradient: 1 / (valid targets in the optimizer step) */
   readonly gradScale: Tensor;
-  /** [B*T] per-position loss (0 where ignored) */
+  /** [B*S] per-position loss (0 where ignored); S = virtualTokens + T */
   readonly losses: Tensor;
+  /** Virtual positions before each sequence's T tokens (prompt tuning), else 0. */
+  readonly virtualTokens: number;
   /** [1] += sum of `losses` on every forward run; the trainer clears it */
   readonly lossSum: Tensor;
-  /** [B*T, V] when captureLogits */
+  /** [B*T, V] when captureLogits (the real tokens' positions only) */
   readonly logits: Tensor | null;
   readonly forward: Op[];
   readonly backward: Op[];
@@ -59,21 +66,96 @@ export class ProgramError extends Error {
   }
 }
 
-/** Validates and uploads a batch into a program's input tensors. */
-export function writeBatch(gpu: Gpu, p: Pick<Program, 'B' | 'T' | 'tokens' | 'targets' | 'lengths'>, batch: BatchArrays, vocabSize: number): void {
+/** The token id the virtual rows carry: outside every table, so the token embedding adds nothing there. */
+export const VIRTUAL_TOKEN_ID = 0xffffffff;
+
+/**
+ * Validates and uploads a batch into a program's input tensors. With virtual tokens (prompt
+ * tuning) each row becomes `virtualTokens` virtual positions and then the batch's T tokens: the
+ * virtual positions carry VIRTUAL_TOKEN_ID and no loss, except the last one, which predicts the
+ * row's first token (batch.firstTargets) as transformers' shifted loss does over PEFT's labels.
+ */
+export function writeBatch(gpu: Gpu, p: Pick<Program, 'B' | 'T' | 'tokens' | 'targets' | 'lengths'>, batch: BatchArrays, vocabSize: number, virtualTokens = 0): void {
   if (batch.B !== p.B || batch.T !== p.T) throw new ProgramError(`batch is ${batch.B}x${batch.T} but the program was built for ${p.B}x${p.T}`);
   for (let i = 0; i < batch.inputIds.length; i++) {
     if (batch.inputIds[i] >= vocabSize) throw new ProgramError(`token id ${batch.inputIds[i]} at position ${i} is outside the model's vocabulary (${vocabSize})`);
     const t = batch.targets[i];
     if (t >= vocabSize) throw new ProgramError(`target id ${t} at position ${i} is outside the model's vocabulary (${vocabSize})`);
   }
-  gpu.write(p.tokens, batch.inputIds);
-  gpu.write(p.targets, batch.targets);
-  gpu.write(p.lengths, batch.lengths);
+  const first = batch.firstTargets;
+  if (first) {
+    if (first.length !== batch.B) throw new ProgramError(`firstTargets has ${first.length} entries for ${batch.B} rows`);
+    for (const t of first) if (t >= vocabSize) throw new ProgramError(`first-token target ${t} is outside the model's vocabulary (${vocabSize})`);
+  }
+  if (virtualTokens === 0) {
+    gpu.write(p.tokens, batch.inputIds);
+    gpu.write(p.targets, batch.targets);
+    gpu.write(p.lengths, batch.lengths);
+    return;
+  }
+  const { B, T } = batch;
+  const S = virtualTokens + T;
+  const tokens = new Uint32Array(B * S).fill(VIRTUAL_TOKEN_ID);
+  const targets = new Int32Array(B * S).fill(-100);
+  for (let b = 0; b < B; b++) {
+    tokens.set(batch.inputIds.subarray(b * T, (b + 1) * T), b * S + virtualTokens);
+    targets.set(batch.targets.subarray(b * T, (b + 1) * T), b * S + virtualTokens);
+    if (first && batch.lengths[b] > 0) targets[b * S + virtualTokens - 1] = first[b];
+  }
+  gpu.write(p.tokens, tokens);
+  gpu.write(p.targets, targets);
+  gpu.write(p.lengths, Uint32Array.from(batch.lengths, (n) => n + virtualTokens));
 }
 
-/** What the trainer needs from an architecture (GPT-2 now; Llama next). */
+/** Targets a program computes loss on for this batch (the gradient scale's denominator). */
+export function lossTargetCount(batch: BatchArrays, virtualTokens: number): number {
+  let n = batch.validTargets;
+  if (virtualTokens > 0 && batch.firstTargets) {
+    batch.firstTargets.forEach((t, b) => {
+      if (t >= 0 && batch.lengths[b] > 0) n++;
+    });
+  }
+  return n;
+}
+
+/** One buffer a program (or a model) allocates: what it is for, and how many 4-byte elements. */
+export interface PlannedBuffer {
+  label: string;
+  elements: number;
+}
+
+/** Bytes Gpu.buffer really allocates for `elements` 4-byte values: rounded up to 16, at least 16. */
+export function allocatedBytesFor(elements: number): number {
+  return Math.max(16, Math.ceil((elements * 4) / 16) * 16);
+}
+
+/** Sum of what Gpu.buffer allocates for every planned buffer. */
+export function plannedBytes(buffers: readonly PlannedBuffer[]): number {
+  let sum = 0;
+  for (const b of buffers) sum += allocatedBytesFor(b.elements);
+  return sum;
+}
+
+/**
+ * The buffers of lmHeadAndLoss (common.ts) for M rows and a V-token vocabulary: gradScale, losses,
+ * lossSum, one block of logits rows, and all the logits when captured.
+ */
+export function headAndLossBuffers(M: number, V: number, opts: Pick<ProgramOptions, 'captureLogits' | 'headRowsPerChunk'>, maxBindingBytes: number): PlannedBuffer[] {
+  const headRows = Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+  const out: PlannedBuffer[] = [
+    { label: 'gradScale', elements: 1 },
+    { label: 'losses', elements: M },
+    { label: 'lossSum', elements: 1 },
+    { label: 'logitsChunk', elements: headRows * V },
+  ];
+  if (opts.captureLogits) out.push({ label: 'logits', elements: M * V });
+  return out;
+}
+
+/** What the trainer needs from an architecture (GPT-2, the Llama family). */
 export interface CausalLM {
   readonly V: number;
   buildProgram(peft: import('../peft/method').PeftMethod | null, opts: ProgramOptions): Program;
+  /** Ops copying rows `ids` of the token embedding table into dst [ids.length, hidden] (prompt tuning's init). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[];
 }

@@ -5,11 +5,22 @@ import type { HfModel } from '../../io/model-files';
 import type { LinearModuleInfo } from '../peft/lora';
 import { Gpt2 } from './gpt2';
 import { Llama } from './llama';
-import { ProgramError, type CausalLM } from './program';
+import { loadDistilBert } from './distilbert';
+import { loadBert } from './bert';
+import type { EncoderClassifier } from './encoder';
+import { ProgramError, type CausalLM, type PlannedBuffer, type ProgramOptions } from './program';
 
 export interface CausalLMModel extends CausalLM {
   linearModules(): LinearModuleInfo[];
   parameterCount(): number;
+  /** The buffers buildProgram(peft, opts) allocates (the adapter's scratch not included). */
+  programBuffers(opts: ProgramOptions): PlannedBuffer[];
+  /** Exact GPU bytes buildProgram(peft, opts) allocates (16-byte rounding of Gpu.buffer included). */
+  estimateProgramBytes(opts: ProgramOptions): number;
+  /** GPU bytes the frozen weights (and any tables kept with them) take now. */
+  weightBytes(): number;
+  /** Frees the weights; programs built from the model must be destroyed first. */
+  destroy(): void;
 }
 
 export interface LoadedModel {
@@ -33,4 +44,41 @@ export function loadCausalLM(gpu: Gpu, hf: HfModel, opts: { maxChunkBytes?: numb
     return { architecture: 'llama', model, defaultLoraTargets: ['q_proj', 'v_proj'], maxPositions: c.max_position_embeddings };
   }
   throw new ProgramError(`${hf.name}: model_type "${c.model_type}" can not be trained yet (supported: gpt2, llama, mistral, qwen2, qwen3)`);
+}
+
+// ---- Sequence classification (BERT-family encoders) ----
+
+export interface LoadedSequenceClassifier {
+  architecture: 'distilbert' | 'bert';
+  model: EncoderClassifier;
+  /** The LoRA targets PEFT's docs use for this architecture (attention query and value). */
+  defaultLoraTargets: string[];
+  /** Longest sequence the model takes. */
+  maxPositions: number;
+}
+
+/**
+ * A *ForSequenceClassification model for a checkpoint's config.json: the encoder's weights and a
+ * head of `numLabels` classes (from the checkpoint when it has one of that size, else initialized
+ * from `random` as transformers initializes it).
+ */
+export function loadSequenceClassifier(
+  gpu: Gpu, hf: HfModel, opts: { numLabels: number; random: () => number; maxChunkBytes?: number },
+): LoadedSequenceClassifier {
+  const c = hf.config;
+  const src = { tensorNames: hf.tensorNames, tensorInfo: (n: string) => hf.tensorInfo(n), getF32: (n: string) => hf.getF32(n) };
+  if (c.family === 'distilbert') {
+    const model = loadDistilBert(gpu, c, src, hf.name, opts);
+    return { architecture: 'distilbert', model, defaultLoraTargets: ['q_lin', 'v_lin'], maxPositions: c.max_position_embeddings };
+  }
+  if (c.family === 'bert') {
+    const model = loadBert(gpu, c, src, hf.name, opts);
+    return { architecture: 'bert', model, defaultLoraTargets: ['query', 'value'], maxPositions: c.max_position_embeddings };
+  }
+  throw new ProgramError(`${hf.name}: model_type "${c.model_type}" has no sequence-classification support (supported: distilbert, bert)`);
+}
+
+/** Whether a config is one of the encoders loadSequenceClassifier takes. */
+export function isSequenceClassifierFamily(hf: HfModel): boolean {
+  return hf.config.family === 'distilbert' || hf.config.family === 'bert';
 }

@@ -196,6 +196,17 @@ export class Lora implements PeftMethod {
     return ops;
   }
 
+  /**
+   * Frees the parameters, their gradients and AdamW moments, and the scratch of every row count
+   * seen. Programs and optimizers built over this adapter must not run afterwards.
+   */
+  destroy(): void {
+    for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
+    this.params.length = 0;
+    for (const sc of this.scratch.values()) for (const t of [sc.u, sc.du, sc.xd, sc.dxd]) if (t) this.gpu.destroyTensor(t);
+    this.scratch.clear();
+  }
+
   adapterConfig(baseModel: string): Record<string, unknown> {
     const anyConv1d = [...this.modules.values()].some((m) => m.info.weightLayout === 'in_out');
     // PEFT (0.21) saves 'all-linear' expanded to the full path of every layer it wrapped

@@ -1,14 +1,32 @@
-// The interface every parameter-efficient method implements (LoRA now; prefix, prompt, IA3 and
-// bottleneck adapters later). An architecture file builds its forward and backward programs and
-// calls the method's hooks at the places the method acts on; the method owns its parameters,
-// their gradients and how they are exported.
+// The interface every parameter-efficient method implements (LoRA, IA3, prompt tuning, prefix
+// tuning; bottleneck adapters later). An architecture file builds its forward and backward
+// programs and calls the method's hooks at the places the method acts on; the method owns its
+// parameters, their gradients, its scratch and how it is exported.
+//
+// Hook points (all but the linear ones optional):
+//   linear layers   linearForward / linearBackward after the frozen product (LoRA adds to it), or,
+//                   with replacesLinear, instead of it through a FrozenLinear (IA3 scales the
+//                   layer's input or output)
+//   embedding       virtualTokens > 0: the program runs virtualTokens + T positions per sequence
+//                   (virtual rows first, real tokens at positions virtualTokens..), the method
+//                   writes the virtual rows (embeddingForward) and takes their gradient
+//                   (embeddingBackward); no loss on them except what PEFT puts there (see Program)
+//   attention       prefixTokens > 0: every layer's attention also sees attentionPrefix(l)'s
+//                   key/value rows, visible to every query; real tokens' positions start at
+//                   prefixTokens (transformers counts the prefix as cached tokens)
+//   program         forwardStart / backwardStart / backwardEnd: ops at the start of every forward,
+//                   at the start and end of every backward (prefix tuning's reparameterization)
 
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 
-/** One trainable tensor with its gradient and AdamW state, named as PEFT's state dict names it. */
+/**
+ * One trainable tensor with its gradient and AdamW state, named as PEFT's state dict names it
+ * (prefix tuning's projection, which PEFT does not save, by PEFT's parameter name without the
+ * adapter name, e.g. prompt_encoder.transform.0.weight).
+ */
 export interface TrainableParam {
-  /** PEFT state-dict name, e.g. base_model.model.transformer.h.0.attn.c_attn.lora_A.weight */
+  /** PEFT state-dict name, e.g. base_model.model.transformer.h.0.attn.c_attn.lora_A.weight, prompt_embeddings */
   name: string;
   shape: number[];
   value: Tensor;
@@ -43,16 +61,77 @@ export interface LinearGrad {
   dx: Tensor | null;
 }
 
+/**
+ * The frozen layer's own product on tensors of the method's choosing, for methods that change it
+ * (IA3). `accumulate` says whether the architecture adds the layer's result into site.y (a
+ * residual sum) in forward, and into dx (shared by several layers) in backward.
+ */
+export interface FrozenLinear {
+  readonly accumulate: boolean;
+  /** Whether forward() adds the layer's real bias (false: the architecture did not pass it to the backward). */
+  readonly biasKnown: boolean;
+  /** y (+)= x W (+ b): x [rows, in], y [rows, out]. */
+  forward(x: Tensor, y: Tensor, accumulate: boolean): Op;
+  /** dx (+)= dy W^T: dy [rows, out], dx [rows, in]. */
+  backward(dy: Tensor, dx: Tensor, accumulate: boolean): Op;
+}
+
+/** One layer's prefix keys and values (prefix tuning), as the attention reads them. */
+export interface AttentionPrefix {
+  /** Prefix rows, visible to every query. */
+  tokens: number;
+  /** [tokens, ld]: the keys of this layer are columns keyOffset.. (kvHeads * headDim of them), the values valueOffset.. */
+  value: Tensor;
+  /** Same layout as value; the attention's backward adds the prefix gradients into it. */
+  grad: Tensor;
+  ld: number;
+  keyOffset: number;
+  valueOffset: number;
+}
+
+export type PeftKind = 'lora' | 'ia3' | 'prompt' | 'prefix';
+
+/** A tensor of the exported adapter_model.safetensors. */
+export interface ExportTensor {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
 export interface PeftMethod {
-  readonly kind: 'lora';
+  readonly kind: PeftKind;
   /** Trainable tensors, in a stable order (the export and optimizer state follow it). */
   readonly params: TrainableParam[];
   /** Whether this method acts on the given linear site (so the architecture knows to call the hooks). */
   targetsLinear(module: string): boolean;
-  /** Ops run right after the base layer's y = x W + b. */
-  linearForward(site: LinearSite): Op[];
-  /** Ops that add this site's parameter gradients and its part of dx. */
-  linearBackward(site: LinearSite, grad: LinearGrad): Op[];
+  /**
+   * Without replacesLinear: ops run right after the base layer's y (+)= x W + b. With it: the
+   * ops of the whole layer, the frozen product made through `base`.
+   */
+  linearForward(site: LinearSite, base: FrozenLinear): Op[];
+  /** Ops that add this site's parameter gradients and its part of dx (with replacesLinear: all of dx, through `base`). */
+  linearBackward(site: LinearSite, grad: LinearGrad, base: FrozenLinear): Op[];
+  /** The method makes the frozen product of the layers it targets itself (IA3). */
+  readonly replacesLinear?: boolean;
+  /** Virtual tokens placed before every sequence (prompt tuning); 0 or absent otherwise. */
+  readonly virtualTokens?: number;
+  /** x0 is [B*S, C] (S = virtualTokens + T) with the token embeddings in place: write the virtual rows. */
+  embeddingForward?(x0: Tensor, B: number, S: number): Op[];
+  /** dx0 = dLoss/dx0 [B*S, C]: add the virtual rows' parameter gradients. */
+  embeddingBackward?(dx0: Tensor, B: number, S: number): Op[];
+  /** Key/value rows every layer's attention sees before the sequence (prefix tuning); 0 or absent otherwise. */
+  readonly prefixTokens?: number;
+  attentionPrefix?(layer: number): AttentionPrefix;
+  /** Ops at the start of every forward of every program built with this method. */
+  forwardStart?(): Op[];
+  /** Ops at the start of every backward, before any hook adds gradients. */
+  backwardStart?(): Op[];
+  /** Ops at the end of every backward. */
+  backwardEnd?(): Op[];
+  /** The tensors PEFT saves (default: every parameter under its name). */
+  exportTensors?(read: (t: Tensor) => Promise<Float32Array>): Promise<ExportTensor[]>;
+  /** Frees the parameters, optimizer state and scratch. */
+  destroy?(): void;
   /** PEFT adapter_config.json contents for this method. */
   adapterConfig(baseModel: string): Record<string, unknown>;
 }

@@ -7,7 +7,7 @@ import type { Gpu } from '../gpu/gpu';
 import { encodeOps, type Op } from '../gpu/dispatch';
 import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
-import type { CausalLM, Program } from '../models/program';
+import { lossTargetCount, type BatchArrays, type CausalLM, type Program } from '../models/program';
 import { buildAdamW, type OptimizerOps } from './optimizer';
 import { makeBatch, epochOrder } from '../../data/batches';
 import type { Example } from '../../data/examples';
@@ -101,6 +101,15 @@ export function mixSeed(seed: number, n: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
+/**
+ * With virtual tokens (prompt tuning) a batch also carries each row's first label: PEFT's labels
+ * put -100 on the virtual positions, and after the shift the last one predicts the first token.
+ */
+export function withFirstTargets(batch: BatchArrays, rows: readonly Example[], virtualTokens: number): BatchArrays {
+  if (virtualTokens === 0) return batch;
+  return { ...batch, firstTargets: Int32Array.from(rows, (e) => e.labels[0] ?? -100) };
+}
+
 export class Trainer {
   readonly stepUniforms: StepUniforms;
   private readonly program: Program;
@@ -173,8 +182,8 @@ export class Trainer {
     for (let j = 0; j < c.gradAccumSteps; j++) {
       const rows: Example[] = [];
       for (let b = 0; b < c.batchSize; b++) rows.push(this.exampleAt(this.step * perStep + j * c.batchSize + b));
-      const batch = makeBatch(rows, c.seqLen, this.padId);
-      valid += batch.validTargets;
+      const batch = withFirstTargets(makeBatch(rows, c.seqLen, this.padId), rows, p.virtualTokens);
+      valid += lossTargetCount(batch, p.virtualTokens);
       for (const len of batch.lengths) tokens += len;
       batches.push(batch);
     }
@@ -263,8 +272,8 @@ export class Trainer {
       const rows = this.validation.slice(i, i + c.batchSize);
       // Pad the last batch with copies whose targets are all ignored, so they add no loss.
       const padded = rows.concat(Array.from({ length: c.batchSize - rows.length }, () => ({ ...rows[0], labels: rows[0].labels.map(() => -100) })));
-      const batch = makeBatch(padded, c.seqLen, this.padId);
-      valid += batch.validTargets;
+      const batch = withFirstTargets(makeBatch(padded, c.seqLen, this.padId), padded, p.virtualTokens);
+      valid += lossTargetCount(batch, p.virtualTokens);
       p.write(batch);
       const enc = this.gpu.device.createCommandEncoder({ label: 'eval' });
       encodeOps(enc, p.forward);

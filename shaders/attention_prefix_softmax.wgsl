@@ -1,0 +1,147 @@
+// Masked, scaled softmax over attention score rows that have P always-visible key columns before
+// the sequence's own keys (prefix tuning's per-layer key/value prefix). scores/probs are
+// [B*H, T, P+T]: row (z, i) holds query i's scores against the P prefix keys (columns 0..P-1)
+// and then the T real keys (column P+j is key j). Prefix keys are visible to every query; real key
+// j is visible iff j < lengths[b] (right padding) and, when causal, j <= i. So the allowed columns
+// of a row are exactly c < limit, limit = P + min(len, T[, i + 1]) — the same shape of mask as
+// attention_softmax.wgsl, whose P = 0 case this is.
+//   forward:  probs[z,i,c] = exp(scale*s_ic - max) / sum over allowed c; 0 where not allowed.
+//   backward: dscores = scale * P * (dP - sum_c P*dP)  (masked entries have P = 0, so give 0).
+// One 256-thread workgroup per row, rows folded into the y dimension past 65535 workgroups.
+// The *_inplace entry points serve probs == scores and dscores == dprobs (WebGPU forbids binding
+// one buffer twice when one binding is writable); each thread touches only its own columns.
+struct Params { B: u32, H: u32, T: u32, P: u32, scale: f32, causal: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;  // probs (forward) or dscores (backward)
+// forward
+@group(0) @binding(2) var<storage, read> lengths: array<u32>;
+@group(0) @binding(3) var<storage, read> scores: array<f32>;
+// backward
+@group(0) @binding(2) var<storage, read> probs: array<f32>;
+@group(0) @binding(3) var<storage, read> dprobs: array<f32>;
+
+const WG: u32 = 256u;
+const NEG_BIG: f32 = -3.0e38;
+var<workgroup> red: array<f32, WG>;
+
+fn workgroupMax(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn workgroupSum(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn rowIndex(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+  return wid.x + wid.y * nwg.x;
+}
+
+fn rowCount() -> u32 {
+  return params.B * params.H * params.T;
+}
+
+fn rowLength() -> u32 {
+  return params.P + params.T;
+}
+
+// Allowed columns of row (z, i) are c < limit.
+fn allowedLimit(row: u32) -> u32 {
+  let T = params.T;
+  let z = row / T;
+  let i = row - z * T;
+  var limit = min(lengths[z / params.H], T);
+  if (params.causal != 0u) { limit = min(limit, i + 1u); }
+  return params.P + limit;
+}
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+  let row = rowIndex(wid, nwg);
+  if (row >= rowCount()) { return; }
+  let n = rowLength();
+  let base = row * n;
+  let limit = allowedLimit(row);
+  var m = NEG_BIG;
+  for (var c = lid; c < limit; c += WG) { m = max(m, params.scale * scores[base + c]); }
+  m = workgroupMax(m, lid);
+  var s = 0.0;
+  for (var c = lid; c < limit; c += WG) { s += exp(params.scale * scores[base + c] - m); }
+  s = workgroupSum(s, lid);
+  let inv = select(0.0, 1.0 / s, limit > 0u);
+  for (var c = lid; c < n; c += WG) {
+    var p = 0.0;
+    if (c < limit) { p = exp(params.scale * scores[base + c] - m) * inv; }
+    out[base + c] = p;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+  let row = rowIndex(wid, nwg);
+  if (row >= rowCount()) { return; }
+  let n = rowLength();
+  let base = row * n;
+  let limit = allowedLimit(row);
+  var m = NEG_BIG;
+  for (var c = lid; c < limit; c += WG) { m = max(m, params.scale * out[base + c]); }
+  m = workgroupMax(m, lid);
+  var s = 0.0;
+  for (var c = lid; c < limit; c += WG) { s += exp(params.scale * out[base + c] - m); }
+  s = workgroupSum(s, lid);
+  let inv = select(0.0, 1.0 / s, limit > 0u);
+  for (var c = lid; c < n; c += WG) {
+    var p = 0.0;
+    if (c < limit) { p = exp(params.scale * out[base + c] - m) * inv; }
+    out[base + c] = p;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let row = rowIndex(wid, nwg);
+  if (row >= rowCount()) { return; }
+  let n = rowLength();
+  let base = row * n;
+  var d = 0.0;
+  for (var c = lid; c < n; c += WG) { d += probs[base + c] * dprobs[base + c]; }
+  d = workgroupSum(d, lid);
+  for (var c = lid; c < n; c += WG) {
+    let k = base + c;
+    out[k] = params.scale * probs[k] * (dprobs[k] - d);
+  }
+}
+
+@compute @workgroup_size(WG)
+fn backward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+  let row = rowIndex(wid, nwg);
+  if (row >= rowCount()) { return; }
+  let n = rowLength();
+  let base = row * n;
+  var d = 0.0;
+  for (var c = lid; c < n; c += WG) { d += probs[base + c] * out[base + c]; }
+  d = workgroupSum(d, lid);
+  for (var c = lid; c < n; c += WG) {
+    let k = base + c;
+    out[k] = params.scale * probs[k] * (out[k] - d);
+  }
+}
