@@ -42,3 +42,11 @@ export function readAdapterDir(dir: string): AdapterFilesIn {
   };
   return { name: path.basename(dir), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) };
 }
+
+/** The steady-state step time from the elapsed-ms of each step's report (the first step compiles every pipeline). */
+export function stepTimeLine(reportElapsedMs: readonly number[]): string | null {
+  const n = reportElapsedMs.length;
+  if (n < 3) return null;
+  const steady = (reportElapsedMs[n - 1] - reportElapsedMs[0]) / (n - 1);
+  return `step time: ${steady.toFixed(1)} ms/step over steps 2-${n} (first step ${reportElapsedMs[0].toFixed(0)} ms, with pipeline compilation)`;
+}

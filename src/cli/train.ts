@@ -31,7 +31,7 @@ import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/c
 import { formatConfusion } from '../engine/train/classification-metrics';
 import { ClassificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
 import { mixSeed } from '../engine/train/trainer';
-import { CliError, formatDuration, number, integer } from './args';
+import { CliError, formatDuration, number, integer, stepTimeLine } from './args';
 
 const USAGE = `Usage: npm run train -- --model DIR --data FILE --out DIR [options]
 
@@ -193,11 +193,8 @@ async function main(argv: string[]): Promise<void> {
     runtimeS, device,
   }));
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${log.lastEval ? `, eval loss ${log.lastEval.evalLoss.toFixed(4)}` : ''}`);
-  if (reportTimes.length >= 3) {
-    // the first step includes compiling every pipeline; later ones are the steady state
-    const steady = (reportTimes.at(-1)! - reportTimes[0]) / (reportTimes.length - 1);
-    console.log(`step time: ${steady.toFixed(1)} ms/step over steps 2-${reportTimes.length} (first step ${reportTimes[0].toFixed(0)} ms, with pipeline compilation)`);
-  }
+  const stepTime = stepTimeLine(reportTimes);
+  if (stepTime) console.log(stepTime);
   console.log(`wrote ${out}/adapter_config.json, adapter_model.safetensors, README.md, trainer_state.json`);
   trainer.destroy();
 }
@@ -294,11 +291,13 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   console.log(`training: ${totalSteps} steps of ${batchSize} x ${seqLen} tokens${gradAccum > 1 ? ` x ${gradAccum} accumulated` : ''}, lr ${config.lr}`);
 
   const log = new ClassificationRunLog(stepsPerEpoch);
+  const reportTimes: number[] = [];
   const t0 = performance.now();
   const every = Math.max(1, Math.floor(totalSteps / 50));
   await trainer.run({
     onStep: (r) => {
       log.step(r);
+      reportTimes.push(r.elapsedMs);
       if (r.step % every === 0 || r.step === 1 || r.step === r.totalSteps) {
         console.log(`step ${r.step}/${r.totalSteps} | loss ${r.loss.toFixed(4)} | lr ${r.lr.toExponential(2)} | grad norm ${r.gradNorm.toFixed(3)} | ${Math.round(r.tokensPerSecond).toLocaleString('en-US')} tok/s | eta ${formatDuration(r.etaMs)}`);
       }
@@ -346,6 +345,8 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   written.push('README.md', 'trainer_state.json');
   const ev = log.lastEval;
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${ev ? `, eval loss ${ev.loss.toFixed(4)}, accuracy ${ev.accuracy.toFixed(4)}, macro-F1 ${ev.f1.toFixed(4)}` : ''}`);
+  const stepTime = stepTimeLine(reportTimes);
+  if (stepTime) console.log(stepTime);
   console.log(`wrote ${out}/${written.join(', ')}`);
   trainer.destroy();
 }
