@@ -9,7 +9,7 @@ import {
   type RefLora, type TinyEncoderDims, type Weights,
 } from './helpers/bert-reference';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
-import { geluErfBackward, geluErfForward } from '../src/engine/kernels/gelu-erf';
+import { geluBackward, geluForward } from '../src/engine/kernels/gelu';
 import { activationBackward, activationForward } from '../src/engine/kernels/relu-tanh';
 import { columnSum } from '../src/engine/kernels/column-sum';
 import { EncoderClassifier, peftSavesModule, SEQ_CLS_MODULES_TO_SAVE } from '../src/engine/models/encoder';
@@ -44,8 +44,8 @@ describe('encoder kernels', () => {
     const tx = gpu.tensorFrom(x, [n], 'x'), tOut = gpu.tensor([n], 'out'), tIn = gpu.tensorFrom(x, [n], 'xin');
     const td = gpu.tensorFrom(dout, [n], 'dout'), tdx = gpu.tensor([n], 'dx'), tdIn = gpu.tensorFrom(dout, [n], 'din');
     runOps(gpu, [
-      geluErfForward(gpu, { x: tx, out: tOut, n }), geluErfForward(gpu, { x: tIn, out: tIn, n }),
-      geluErfBackward(gpu, { dout: td, x: tx, dx: tdx, n }), geluErfBackward(gpu, { dout: tdIn, x: tx, dx: tdIn, n }),
+      geluForward(gpu, { x: tx, out: tOut, n, form: 'erf' }), geluForward(gpu, { x: tIn, out: tIn, n, form: 'erf' }),
+      geluBackward(gpu, { dout: td, x: tx, dx: tdx, n, form: 'erf' }), geluBackward(gpu, { dout: tdIn, x: tx, dx: tdIn, n, form: 'erf' }),
     ]);
     const want = f64(x).map(geluErf);
     const wantD = f64(x).map((v, i) => dout[i] * geluErfGrad(v));
@@ -55,7 +55,7 @@ describe('encoder kernels', () => {
     // Phi(x) + x phi(x) cancels for x < 0: the derivative is accurate to ~1e-8 absolute
     expectClose(await gpu.read(tdx), wantD, 5e-6, 'gelu backward', 1e-2);
     expectClose(await gpu.read(tdIn), wantD, 5e-6, 'gelu backward in place', 1e-2);
-    expect(() => geluErfBackward(gpu, { dout: td, x: tx, dx: tx, n })).toThrow(/must not be the forward input/);
+    expect(() => geluBackward(gpu, { dout: td, x: tx, dx: tx, n, form: 'erf' })).toThrow(/must not be the forward input/);
   });
 
   it('ReLU and tanh forward and backward (from the output), in place and not', async () => {

@@ -1,8 +1,13 @@
-import code from '../../../shaders/gelu.wgsl?raw';
+import tanhCode from '../../../shaders/gelu.wgsl?raw';
+import erfCode from '../../../shaders/gelu_erf.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+
+/** 'tanh': GPT-2's approximation (transformers "gelu_new"); 'erf': the exact GELU of BERT/DistilBERT ("gelu"). */
+export type GeluForm = 'tanh' | 'erf';
+const CODE: Record<GeluForm, string> = { tanh: tanhCode, erf: erfCode };
 
 function check(what: string, n: number, named: Record<string, Tensor>): void {
   if (!Number.isInteger(n) || n < 0) throw new Error(`${what}: n must be a non-negative integer (got ${n})`);
@@ -12,14 +17,15 @@ function check(what: string, n: number, named: Record<string, Tensor>): void {
   }
 }
 
-/** out = gelu_new(x) (GPT-2's tanh approximation). out may be the same tensor as x. */
-export function geluForward(gpu: Gpu, a: { x: Tensor; out: Tensor; n: number }): Dispatch {
-  const what = `geluForward(${a.out.label})`;
+/** out = gelu(x) in the given form (default tanh). out may be the same tensor as x. */
+export function geluForward(gpu: Gpu, a: { x: Tensor; out: Tensor; n: number; form?: GeluForm }): Dispatch {
+  const form = a.form ?? 'tanh';
+  const what = `geluForward[${form}](${a.out.label})`;
   check(what, a.n, { x: a.x, out: a.out });
   const inPlace = a.out.buffer === a.x.buffer;
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: CODE[form],
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
     params: [a.n],
     buffers: inPlace ? [a.out] : [a.out, a.x],
@@ -27,15 +33,16 @@ export function geluForward(gpu: Gpu, a: { x: Tensor; out: Tensor; n: number }):
   });
 }
 
-/** dx = dout * gelu_new'(x). dx may be the same tensor as dout (not as x). */
-export function geluBackward(gpu: Gpu, a: { dout: Tensor; x: Tensor; dx: Tensor; n: number }): Dispatch {
-  const what = `geluBackward(${a.dx.label})`;
+/** dx = dout * gelu'(x) in the given form (default tanh). dx may be the same tensor as dout (not as x). */
+export function geluBackward(gpu: Gpu, a: { dout: Tensor; x: Tensor; dx: Tensor; n: number; form?: GeluForm }): Dispatch {
+  const form = a.form ?? 'tanh';
+  const what = `geluBackward[${form}](${a.dx.label})`;
   check(what, a.n, { dout: a.dout, x: a.x, dx: a.dx });
   if (a.dx.buffer === a.x.buffer) throw new Error(`${what}: dx must not be the forward input x`);
   const inPlace = a.dx.buffer === a.dout.buffer;
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: CODE[form],
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
     params: [a.n],
     buffers: inPlace ? [a.dx, a.x] : [a.dx, a.x, a.dout],

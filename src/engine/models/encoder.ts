@@ -20,7 +20,6 @@ import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
-import { geluErfBackward, geluErfForward } from '../kernels/gelu-erf';
 import { activationBackward, activationForward, type HeadActivation } from '../kernels/relu-tanh';
 import { columnSum } from '../kernels/column-sum';
 import { crossEntropy } from '../kernels/cross-entropy';
@@ -469,7 +468,7 @@ export class EncoderClassifier {
 
   private ffnActivationForward(x: Tensor, out: Tensor, n: number): Op {
     const a = this.spec.dims.activation;
-    if (a === 'gelu') return geluErfForward(this.gpu, { x, out, n });
+    if (a === 'gelu') return geluForward(this.gpu, { x, out, n, form: 'erf' });
     if (a === 'gelu_tanh') return geluForward(this.gpu, { x, out, n });
     return activationForward(this.gpu, 'relu', { x, out, n });
   }
@@ -477,7 +476,7 @@ export class EncoderClassifier {
   /** d(act) in place on `d`, from the FFN's pre-activation `f` (gelu) or its output `g` (relu). */
   private ffnActivationBackward(d: Tensor, f: Tensor, g: Tensor, n: number): Op {
     const a = this.spec.dims.activation;
-    if (a === 'gelu') return geluErfBackward(this.gpu, { dout: d, x: f, dx: d, n });
+    if (a === 'gelu') return geluBackward(this.gpu, { dout: d, x: f, dx: d, n, form: 'erf' });
     if (a === 'gelu_tanh') return geluBackward(this.gpu, { dout: d, x: f, dx: d, n });
     return activationBackward(this.gpu, 'relu', { dout: d, y: g, dx: d, n });
   }
