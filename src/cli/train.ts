@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../engine/gpu/node-gpu';
+import { fmtBytes } from '../engine/gpu/gpu';
 import { nodeModelFiles } from '../io/model-files-node';
 import { loadHfModel } from '../io/model-files';
 import { loadTokenizer } from '../data/tokenizer';
@@ -195,6 +196,7 @@ async function main(argv: string[]): Promise<void> {
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${log.lastEval ? `, eval loss ${log.lastEval.evalLoss.toFixed(4)}` : ''}`);
   const stepTime = stepTimeLine(reportTimes);
   if (stepTime) console.log(stepTime);
+  console.log(`gpu memory: ${fmtBytes(gpu.allocatedBytes)} in buffers at the end of training (weights, activations, adapter, optimizer)`);
   console.log(`wrote ${out}/adapter_config.json, adapter_model.safetensors, README.md, trainer_state.json`);
   trainer.destroy();
 }
@@ -347,6 +349,7 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${ev ? `, eval loss ${ev.loss.toFixed(4)}, accuracy ${ev.accuracy.toFixed(4)}, macro-F1 ${ev.f1.toFixed(4)}` : ''}`);
   const stepTime = stepTimeLine(reportTimes);
   if (stepTime) console.log(stepTime);
+  console.log(`gpu memory: ${fmtBytes(gpu.allocatedBytes)} in buffers at the end of training (weights, activations, adapter, optimizer)`);
   console.log(`wrote ${out}/${written.join(', ')}`);
   trainer.destroy();
 }
