@@ -6,12 +6,13 @@
 // transformers' load_best_model_at_end.
 
 import type { Gpu } from '../gpu/gpu';
-import { encodeOps, type Op } from '../gpu/dispatch';
+import { encodeOps } from '../gpu/dispatch';
 import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
 import type { EncoderClassifier, SeqClsProgram } from '../models/encoder';
 import { buildAdamW, type OptimizerOps } from './optimizer';
-import { TrainError, mixSeed, type StepReport, type TrainConfig } from './trainer';
+import { TrainError, type StepReport, type TrainConfig } from './trainer';
+import { submitOptimizerStep } from './submit-step';
 import { argmax, classificationMetrics, type ClassificationMetrics } from './classification-metrics';
 import { epochOrder } from '../../data/batches';
 import { makeClassificationBatch, type ClassificationExample } from '../../data/classification';
@@ -112,34 +113,11 @@ export class ClassifierTrainer {
       batches.push(batch);
     }
     const lr = this.lrAt(this.step);
-    const scale = new Float32Array([1 / Math.max(1, valid)]);
-    const staging = this.staging.pop() ?? gpu.device.createBuffer({ size: 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'step-stats' });
-    batches.forEach((batch, j) => {
-      p.write(batch);
-      gpu.write(p.gradScale, scale);
-      this.stepUniforms.write({
-        lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay,
-        step: this.step + 1, seed: mixSeed(c.seed, this.step * c.gradAccumSteps + j),
-      });
-      const ops: Op[] = [];
-      if (j === 0) ops.push(...this.optimizer.zeroGrads, { kind: 'clear', buffer: p.lossSum.buffer });
-      ops.push(...p.forward, ...p.backward);
-      if (j === c.gradAccumSteps - 1) ops.push(...this.optimizer.update);
-      const enc = gpu.device.createCommandEncoder({ label: `step ${this.step + 1}.${j}` });
-      encodeOps(enc, ops);
-      if (j === c.gradAccumSteps - 1) {
-        enc.copyBufferToBuffer(p.lossSum.buffer, 0, staging, 0, 4);
-        enc.copyBufferToBuffer(this.optimizer.clip.buffer, 0, staging, 4, 4);
-      }
-      gpu.device.queue.submit([enc.finish()]);
+    const result = submitOptimizerStep({
+      gpu, program: p, batches, validTargets: valid, lr, step: this.step, config: c,
+      stepUniforms: this.stepUniforms, optimizer: this.optimizer, stagingPool: this.staging,
     });
     this.step++;
-    const result = staging.mapAsync(GPUMapMode.READ).then(() => {
-      const v = new Float32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
-      this.staging.push(staging);
-      return { loss: v[0] / Math.max(1, valid), gradNorm: v[1] };
-    });
     return Object.assign(result, { tokens, lr });
   }
 

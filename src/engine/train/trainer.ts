@@ -4,11 +4,12 @@
 // CPU never waits for the GPU inside a step (at most `inFlight` steps run ahead of their reports).
 
 import type { Gpu } from '../gpu/gpu';
-import { encodeOps, type Op } from '../gpu/dispatch';
+import { encodeOps } from '../gpu/dispatch';
 import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
 import { lossTargetCount, type BatchArrays, type CausalLM, type Program } from '../models/program';
 import { buildAdamW, type OptimizerOps } from './optimizer';
+import { submitOptimizerStep } from './submit-step';
 import { makeBatch, epochOrder } from '../../data/batches';
 import type { Example } from '../../data/examples';
 import { learningRateAt, type ScheduleKind } from '../../train/schedule';
@@ -93,13 +94,7 @@ export const DEFAULT_TRAIN_CONFIG: Omit<TrainConfig, 'totalSteps' | 'seqLen'> = 
   evalEvery: 0,
 };
 
-/** A 32-bit mix of a seed and a counter (for dropout seeds and data order). */
-export function mixSeed(seed: number, n: number): number {
-  let h = (seed ^ Math.imul(n + 0x9e3779b9, 0x85ebca6b)) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x7feb352d) >>> 0;
-  h = Math.imul(h ^ (h >>> 15), 0x846ca68b) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
-}
+export { mixSeed } from './submit-step';
 
 /**
  * With virtual tokens (prompt tuning) a batch also carries each row's first label: PEFT's labels
@@ -164,9 +159,6 @@ export class Trainer {
     return learningRateAt(step, { peakLr: c.lr, warmupSteps: c.warmupSteps, totalSteps: c.totalSteps, kind: c.schedule });
   }
 
-  private takeStaging(): GPUBuffer {
-    return this.staging.pop() ?? this.gpu.device.createBuffer({ size: 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'step-stats' });
-  }
 
   /**
    * Runs one optimizer step (all micro-batches) and returns a promise of its report values.
@@ -188,34 +180,11 @@ export class Trainer {
       batches.push(batch);
     }
     const lr = this.lrAt(this.step);
-    const scale = new Float32Array([1 / Math.max(1, valid)]);
-    const staging = this.takeStaging();
-    batches.forEach((batch, j) => {
-      p.write(batch);
-      gpu.write(p.gradScale, scale);
-      this.stepUniforms.write({
-        lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay,
-        step: this.step + 1, seed: mixSeed(c.seed, this.step * c.gradAccumSteps + j),
-      });
-      const ops: Op[] = [];
-      if (j === 0) ops.push(...this.optimizer.zeroGrads, { kind: 'clear', buffer: p.lossSum.buffer });
-      ops.push(...p.forward, ...p.backward);
-      if (j === c.gradAccumSteps - 1) ops.push(...this.optimizer.update);
-      const enc = gpu.device.createCommandEncoder({ label: `step ${this.step + 1}.${j}` });
-      encodeOps(enc, ops);
-      if (j === c.gradAccumSteps - 1) {
-        enc.copyBufferToBuffer(p.lossSum.buffer, 0, staging, 0, 4);
-        enc.copyBufferToBuffer(this.optimizer.clip.buffer, 0, staging, 4, 4);
-      }
-      gpu.device.queue.submit([enc.finish()]);
+    const result = submitOptimizerStep({
+      gpu, program: p, batches, validTargets: valid, lr, step: this.step, config: c,
+      stepUniforms: this.stepUniforms, optimizer: this.optimizer, stagingPool: this.staging,
     });
     this.step++;
-    const result = staging.mapAsync(GPUMapMode.READ).then(() => {
-      const v = new Float32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
-      this.staging.push(staging);
-      return { loss: v[0] / Math.max(1, valid), gradNorm: v[1] };
-    });
     return Object.assign(result, { tokens, lr });
   }
 
