@@ -3,8 +3,8 @@
 // [B*H, T, P+T]: row (z, i) holds query i's scores against the P prefix keys (columns 0..P-1)
 // and then the T real keys (column P+j is key j). Prefix keys are visible to every query; real key
 // j is visible iff j < lengths[b] (right padding) and, when causal, j <= i. So the allowed columns
-// of a row are exactly c < limit, limit = P + min(len, T[, i + 1]) — the same shape of mask as
-// attention_softmax.wgsl, whose P = 0 case this is.
+// of a row are exactly c < limit, limit = P + min(len, T[, i + 1]). With P = 0 this is plain
+// causal/padded attention: src/engine/kernels/attention-softmax.ts binds it that way.
 //   forward:  probs[z,i,c] = exp(scale*s_ic - max) / sum over allowed c; 0 where not allowed.
 //   backward: dscores = scale * P * (dP - sum_c P*dP)  (masked entries have P = 0, so give 0).
 // One 256-thread workgroup per row, rows folded into the y dimension past 65535 workgroups.

@@ -1,4 +1,5 @@
-import code from '../../../shaders/attention_softmax.wgsl?raw';
+// The P = 0 case of the prefix kernel (no always-visible prefix keys): one shader for both.
+import code from '../../../shaders/attention_prefix_softmax.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
@@ -57,7 +58,7 @@ export function attentionSoftmaxForward(gpu: Gpu, a: AttentionSoftmaxForwardArgs
     label: what,
     code,
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
-    params: [a.B, a.H, a.T, f32(a.scale), a.causal ? 1 : 0],
+    params: [a.B, a.H, a.T, 0, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.probs, a.lengths] : [a.probs, a.lengths, a.scores],
     workgroups: grid1d(a.B * a.H * a.T, 1),
   });
@@ -76,7 +77,7 @@ export function attentionSoftmaxBackward(gpu: Gpu, a: AttentionSoftmaxBackwardAr
     label: what,
     code,
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
-    params: [a.B, a.H, a.T, f32(a.scale), 0],
+    params: [a.B, a.H, a.T, 0, f32(a.scale), 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
     workgroups: grid1d(a.B * a.H * a.T, 1),
   });
