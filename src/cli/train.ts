@@ -30,7 +30,7 @@ import { buildClassificationExamples, classificationSequenceLength, validateClas
 import { SequenceClassificationAdapter, headStateDictName } from '../engine/models/sequence-classification';
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { formatConfusion } from '../engine/train/classification-metrics';
-import { ClassificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
+import { classificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
 import { mixSeed } from '../engine/train/trainer';
 import { CliError, formatDuration, number, integer, stepTimeLine } from './args';
 
@@ -292,7 +292,7 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   const trainer = new ClassifierTrainer(gpu, model, adapter, train, validation, config, tokenizer.padId, stepUniforms);
   console.log(`training: ${totalSteps} steps of ${batchSize} x ${seqLen} tokens${gradAccum > 1 ? ` x ${gradAccum} accumulated` : ''}, lr ${config.lr}`);
 
-  const log = new ClassificationRunLog(stepsPerEpoch);
+  const log = classificationRunLog(stepsPerEpoch);
   const reportTimes: number[] = [];
   const t0 = performance.now();
   const every = Math.max(1, Math.floor(totalSteps / 50));

@@ -5,18 +5,24 @@ import type { EvalReport, StepReport, TrainConfig } from '../engine/train/traine
 
 export type LogEntry =
   | { epoch: number; step: number; loss: number; learning_rate: number; grad_norm: number }
-  | { epoch: number; step: number; eval_loss: number }
+  | { epoch: number; step: number; eval_loss: number; eval_accuracy?: number; eval_f1?: number }
   | { epoch: number; step: number; train_loss: number; train_runtime: number; train_samples_per_second: number; train_steps_per_second: number; total_flos: number };
 
-/** Collects the log as the run goes, in Trainer's log_history shape. */
-export class RunLog {
+/** How an evaluation report becomes a log_history entry's metrics. */
+export type EvalEntry<E> = (r: E) => { eval_loss: number; eval_accuracy?: number; eval_f1?: number };
+
+/** Collects the log as the run goes, in Trainer's log_history shape. E is the evaluation report. */
+export class RunLog<E extends { step: number } = EvalReport> {
   readonly history: LogEntry[] = [];
   private lossSum = 0;
   private losses = 0;
   lastStep: StepReport | null = null;
-  lastEval: EvalReport | null = null;
+  lastEval: E | null = null;
 
-  constructor(private readonly stepsPerEpoch: number) {}
+  constructor(
+    private readonly stepsPerEpoch: number,
+    private readonly evalEntry: EvalEntry<E> = (r) => ({ eval_loss: (r as unknown as EvalReport).evalLoss }),
+  ) {}
 
   private epochAt(step: number): number {
     return Number((step / this.stepsPerEpoch).toFixed(4));
@@ -29,8 +35,8 @@ export class RunLog {
     this.lastStep = r;
   }
 
-  eval(r: EvalReport): void {
-    this.history.push({ epoch: this.epochAt(r.step), step: r.step, eval_loss: r.evalLoss });
+  eval(r: E): void {
+    this.history.push({ epoch: this.epochAt(r.step), step: r.step, ...this.evalEntry(r) });
     this.lastEval = r;
   }
 
@@ -38,7 +44,7 @@ export class RunLog {
     const step = this.lastStep?.step ?? 0;
     this.history.push({
       epoch: this.epochAt(step), step,
-      train_loss: this.losses ? this.lossSum / this.losses : NaN,
+      train_loss: this.trainLoss,
       train_runtime: Number(runtimeS.toFixed(3)),
       train_samples_per_second: Number((samples / runtimeS).toFixed(3)),
       train_steps_per_second: Number((step / runtimeS).toFixed(3)),
@@ -51,7 +57,7 @@ export class RunLog {
   }
 }
 
-export function trainerState(log: RunLog, config: TrainConfig, stepsPerEpoch: number): Record<string, unknown> {
+export function trainerState<E extends { step: number }>(log: RunLog<E>, config: TrainConfig, stepsPerEpoch: number): Record<string, unknown> {
   const step = log.lastStep?.step ?? 0;
   return {
     best_metric: null,

@@ -2,82 +2,25 @@
 // Trainer writes it for a classifier (eval entries with eval_loss, eval_accuracy, eval_f1, and the
 // best checkpoint's metric and step), and a README.md model card with the labels.
 
-import type { StepReport, TrainConfig } from './trainer';
+import type { TrainConfig } from './trainer';
+import { RunLog, trainerState } from '../../train/run-report';
 import type { ClassifierEvalReport, ClassifierTrainConfig, BestCheckpoint } from './classifier-trainer';
 import type { LabelMap } from '../../data/labels';
 
-export type ClassificationLogEntry =
-  | { epoch: number; step: number; loss: number; learning_rate: number; grad_norm: number }
-  | { epoch: number; step: number; eval_loss: number; eval_accuracy: number; eval_f1: number }
-  | { epoch: number; step: number; train_loss: number; train_runtime: number; train_samples_per_second: number; train_steps_per_second: number; total_flos: number };
-
-export class ClassificationRunLog {
-  readonly history: ClassificationLogEntry[] = [];
-  private lossSum = 0;
-  private losses = 0;
-  lastStep: StepReport | null = null;
-  lastEval: ClassifierEvalReport | null = null;
-
-  constructor(private readonly stepsPerEpoch: number) {}
-
-  private epochAt(step: number): number {
-    return Number((step / this.stepsPerEpoch).toFixed(4));
-  }
-
-  step(r: StepReport): void {
-    this.history.push({ epoch: this.epochAt(r.step), step: r.step, loss: r.loss, learning_rate: r.lr, grad_norm: r.gradNorm });
-    this.lossSum += r.loss;
-    this.losses++;
-    this.lastStep = r;
-  }
-
-  eval(r: ClassifierEvalReport): void {
-    this.history.push({ epoch: this.epochAt(r.step), step: r.step, eval_loss: r.loss, eval_accuracy: r.accuracy, eval_f1: r.f1 });
-    this.lastEval = r;
-  }
-
-  finish(runtimeS: number, samples: number): void {
-    const step = this.lastStep?.step ?? 0;
-    this.history.push({
-      epoch: this.epochAt(step), step,
-      train_loss: this.trainLoss,
-      train_runtime: Number(runtimeS.toFixed(3)),
-      train_samples_per_second: Number((samples / runtimeS).toFixed(3)),
-      train_steps_per_second: Number((step / runtimeS).toFixed(3)),
-      total_flos: 0,
-    });
-  }
-
-  get trainLoss(): number {
-    return this.losses ? this.lossSum / this.losses : NaN;
-  }
+/** The run log of a classifier: eval entries carry eval_loss, eval_accuracy and eval_f1. */
+export type ClassificationRunLog = RunLog<ClassifierEvalReport>;
+export function classificationRunLog(stepsPerEpoch: number): ClassificationRunLog {
+  return new RunLog<ClassifierEvalReport>(stepsPerEpoch, (r) => ({ eval_loss: r.loss, eval_accuracy: r.accuracy, eval_f1: r.f1 }));
 }
 
 /** trainer_state.json; best_metric / best_global_step name the kept evaluation (metric_for_best_model). */
 export function classificationTrainerState(log: ClassificationRunLog, config: ClassifierTrainConfig, stepsPerEpoch: number, best: BestCheckpoint | null): Record<string, unknown> {
-  const step = log.lastStep?.step ?? 0;
   return {
+    ...trainerState(log, config, stepsPerEpoch),
     best_global_step: best?.step ?? null,
     best_metric: best?.value ?? null,
-    best_model_checkpoint: null,
-    epoch: Number((step / stepsPerEpoch).toFixed(4)),
-    eval_steps: config.evalEvery || null,
-    global_step: step,
-    is_hyper_param_search: false,
-    is_local_process_zero: true,
-    is_world_process_zero: true,
     load_best_model_at_end: config.loadBestAtEnd,
-    log_history: log.history,
-    logging_steps: 1,
-    max_steps: config.totalSteps,
     metric_for_best_model: config.metricForBest === 'loss' ? 'eval_loss' : 'eval_accuracy',
-    num_input_tokens_seen: 0,
-    num_train_epochs: Math.ceil(config.totalSteps / stepsPerEpoch),
-    save_steps: config.totalSteps,
-    total_flos: 0,
-    train_batch_size: config.batchSize,
-    trial_name: null,
-    trial_params: null,
   };
 }
 
