@@ -6,6 +6,7 @@ import type { Gpu } from '../src/engine/gpu/gpu';
 import { runOps, type Dispatch, type Op } from '../src/engine/gpu/dispatch';
 import { crossEntropy } from '../src/engine/kernels/cross-entropy';
 import { reduceSum } from '../src/engine/kernels/reduce-sum';
+import { folded } from './helpers/kernel-check';
 
 /** Binds and runs ops, failing on any WebGPU validation error (they are otherwise only logged). */
 async function run(gpu: Gpu, make: () => Op[]): Promise<void> {
@@ -14,9 +15,6 @@ async function run(gpu: Gpu, make: () => Op[]): Promise<void> {
   const err = await gpu.device.popErrorScope();
   if (err) throw new Error(`WebGPU validation error: ${err.message}`);
 }
-
-/** The same bound kernel, dispatched on a folded 2-D grid (what the wrappers do past 65535 groups). */
-const folded = (d: Dispatch, x: number, y: number): Dispatch => ({ ...d, workgroups: [x, y, 1] });
 
 // ---------------------------------------------------------------- cross-entropy
 

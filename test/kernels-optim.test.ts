@@ -8,25 +8,7 @@ import { StepUniforms, type StepValues } from '../src/engine/kernels/step-unifor
 import { dropoutForward, dropoutBackward, dropoutThreshold } from '../src/engine/kernels/dropout';
 import { sumOfSquares, clipCoefficient } from '../src/engine/kernels/grad-norm';
 import { adamwUpdate } from '../src/engine/kernels/adamw';
-
-/** Runs ops, failing on any WebGPU validation error (they are otherwise only logged). */
-async function run(gpu: Gpu, ops: Op[]): Promise<void> {
-  gpu.device.pushErrorScope('validation');
-  runOps(gpu, ops);
-  const err = await gpu.device.popErrorScope();
-  if (err) throw new Error(`WebGPU validation error: ${err.message}`);
-}
-
-/** Binds inside a validation scope (pipeline creation errors show up there). */
-async function bind(gpu: Gpu, make: () => Dispatch): Promise<Dispatch> {
-  gpu.device.pushErrorScope('validation');
-  const d = make();
-  const err = await gpu.device.popErrorScope();
-  if (err) throw new Error(`WebGPU validation error: ${err.message}`);
-  return d;
-}
-
-const folded = (d: Dispatch, x: number, y: number): Dispatch => ({ ...d, workgroups: [x, y, 1] });
+import { run, bind, folded } from './helpers/kernel-check';
 
 const stepValues = (over: Partial<StepValues> = {}): StepValues => ({
   lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 1, seed: 1234, ...over,

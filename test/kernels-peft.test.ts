@@ -8,13 +8,7 @@ import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../src/engine/kernels/attention-prefix-softmax';
 import { attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
 import { addRows, columnDot, scaleColumns, sumRows, tanhBackward, tanhForward } from '../src/engine/kernels/peft-ops';
-
-async function run(gpu: Gpu, ops: Op[]): Promise<void> {
-  gpu.device.pushErrorScope('validation');
-  runOps(gpu, ops);
-  const err = await gpu.device.popErrorScope();
-  if (err) throw new Error(`WebGPU validation error: ${err.message}`);
-}
+import { run } from './helpers/kernel-check';
 
 /** float64 softmax rows with P visible prefix columns, then real columns masked by length and causality. */
 function prefixSoftmaxRef(s: ArrayLike<number>, lengths: number[], B: number, H: number, T: number, P: number, scale: number, causal: boolean): Float64Array {
