@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { randArray } from './helpers/gpu';
-import { matmul, matmulWorkgroups, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
+import { matmul, matmulWorkgroups, usesSkinnyMatmul, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
 import { runOps } from '../src/engine/gpu/dispatch';
 import { Gpu } from '../src/engine/gpu/gpu';
 
@@ -136,9 +136,11 @@ const TRANSPOSES: [boolean, boolean][] = [
   [true, true],
 ];
 
-describe('matmul kernel', () => {
+// Both kernels (64- and 128-tile) must give the same results on every case.
+describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('matmul kernel, %s tile', (tile) => {
   it('matches the reference for all transpose combinations and odd shapes', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     for (const [transA, transB] of TRANSPOSES) {
       for (const [M, N, K] of SHAPES) {
         await check(gpu, { M, N, K, transA, transB }, dense(M, N, K), `tA=${transA} tB=${transB} ${M}x${N}x${K}`);
@@ -148,6 +150,7 @@ describe('matmul kernel', () => {
 
   it('applies alpha, accumulate and bias, alone and together', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     const [M, N, K] = [70, 67, 19];
     const bias = randArray(N, 99, 3);
     const variants: Partial<Case>[] = [
@@ -167,6 +170,7 @@ describe('matmul kernel', () => {
 
   it('uses leading dimensions larger than dense and element offsets, leaving the gaps untouched', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     const [M, N, K] = [67, 45, 21];
     for (const [transA, transB] of TRANSPOSES) {
       const rowsA = transA ? K : M, colsA = transA ? M : K;
@@ -180,6 +184,7 @@ describe('matmul kernel', () => {
 
   it('computes attention scores and attention-times-values straight out of a packed qkv buffer', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     const [B, T, H, hd] = [2, 37, 3, 8];
     const C = H * hd;
     const qkvSize = B * T * 3 * C;
@@ -226,6 +231,7 @@ describe('matmul kernel', () => {
 
   it('handles both batch stride levels with padding between matrices, and a broadcast operand', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     const [M, N, K] = [33, 70, 18];
     const [outer, inner] = [3, 4];
     for (const [transA, transB] of TRANSPOSES) {
@@ -250,12 +256,14 @@ describe('matmul kernel', () => {
 
   it('is right on a larger problem that spans many workgroups', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     await check(gpu, { M: 256, N: 256, K: 256 }, dense(256, 256, 256), '256^3');
     await check(gpu, { M: 200, N: 300, K: 100, transA: true, transB: true }, dense(200, 300, 100), '200x300x100 tA tB');
   });
 
   it('folds grids that overflow a dimension, skipping the padding workgroups', async () => {
     const real = await testGpu();
+    real.tuning.matmul = tile;
     // A real overflow needs > 65535 workgroups, minutes on a CPU driver: instead shrink the
     // per-dimension limit the wrapper folds against (the shader only sees the folded grid).
     const maxPerDim = 7;
@@ -294,6 +302,7 @@ describe('matmul kernel', () => {
 
   it('rejects bad arguments with a clear message', async () => {
     const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
     const a = gpu.tensor([6, 4], 'a'), b = gpu.tensor([4, 5], 'b'), c = gpu.tensor([6, 5], 'c');
     const ok: MatmulArgs = { a, b, c, M: 6, N: 5, K: 4 };
     expect(() => matmul(gpu, ok)).not.toThrow();
@@ -322,5 +331,58 @@ describe('matmul kernel', () => {
     for (const [patch, re] of bad) {
       expect(() => matmul(gpu, { ...ok, ...patch }), JSON.stringify(patch)).toThrow(re);
     }
+  });
+});
+
+// LoRA's gradients: one output dimension <= 16 (the rank) and a long K. These go to
+// shaders/matmul_skinny.wgsl (transposed when M is the small one).
+describe('skinny matmul (one output dimension <= 16)', () => {
+  const SKINNY: [number, number, number][] = [
+    [300, 8, 200],
+    [8, 300, 200],
+    [129, 16, 100],
+    [16, 70, 333],
+    [1, 50, 100],
+    [50, 1, 64],
+    [33, 5, 777],
+    [3, 3, 65],
+  ];
+
+  it('routes these shapes to the skinny kernel and matches the reference for every transpose', async () => {
+    const gpu = await testGpu();
+    gpu.tuning.matmul = 'auto';
+    for (const [M, N, K] of SKINNY) {
+      expect(usesSkinnyMatmul(gpu, M, N, K, 1, false), `${M}x${N}x${K}`).toBe(true);
+      for (const [transA, transB] of TRANSPOSES) {
+        await check(gpu, { M, N, K, transA, transB }, dense(M, N, K), `skinny tA=${transA} tB=${transB} ${M}x${N}x${K}`);
+      }
+    }
+    expect(usesSkinnyMatmul(gpu, 300, 8, 200, 2, false)).toBe(false); // batched: tiled kernel
+    expect(usesSkinnyMatmul(gpu, 300, 8, 200, 1, true)).toBe(false); // bias: tiled kernel
+    expect(usesSkinnyMatmul(gpu, 300, 8, 20, 1, false)).toBe(false); // short K
+  });
+
+  it('applies alpha and accumulate, with leading dimensions and offsets, leaving the gaps untouched', async () => {
+    const gpu = await testGpu();
+    for (const [M, N, K] of [[97, 8, 150], [8, 97, 150]] as [number, number, number][]) {
+      for (const [transA, transB] of TRANSPOSES) {
+        const rowsA = transA ? K : M, colsA = transA ? M : K;
+        const rowsB = transB ? N : K, colsB = transB ? K : N;
+        const lda = colsA + 3, ldb = colsB + 5, ldc = N + 2;
+        const offsetA = 7, offsetB = 4, offsetC = 9;
+        const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 3 };
+        for (const v of [{ alpha: 0.25 }, { accumulate: true, alpha: -1.5 }]) {
+          await check(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, `skinny strided ${M}x${N}x${K} tA=${transA} tB=${transB} ${JSON.stringify(v)}`);
+        }
+      }
+    }
+  });
+
+  it('folds a grid of more row blocks than one dimension allows', async () => {
+    const real = await testGpu();
+    const gpu: Gpu = Object.create(real, {
+      info: { value: { ...real.info, limits: { ...real.info.limits, maxComputeWorkgroupsPerDimension: 5 } } },
+    });
+    await check(gpu, { M: 200, N: 4, K: 70, transA: true }, dense(200, 4, 70), 'skinny folded (13 blocks, 5 per row)');
   });
 });

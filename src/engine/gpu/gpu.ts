@@ -3,6 +3,7 @@
 // `create()` in Node, see ./node-gpu.ts).
 
 import { Tensor, shapeSize, type DType } from './tensor';
+import type { KernelProfiler } from './profiler';
 
 export interface GpuInfo {
   vendor: string;
@@ -28,7 +29,21 @@ export interface GpuOptions {
   powerPreference?: GPUPowerPreference;
   /** Ask for shader-f16 / subgroups when the adapter has them (default true). */
   optionalFeatures?: boolean;
+  tuning?: Partial<KernelTuning>;
 }
+
+/** Kernel choices that depend on the GPU rather than on correctness (every choice computes the same). */
+export interface KernelTuning {
+  /** 'auto': by output size (kernels/matmul.ts matmulVariant); or force one tiled kernel. */
+  matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128';
+  /** 'auto' uses a larger tile only when it makes at least this many workgroups. */
+  wideMatmulMinWorkgroups: number;
+  /** Products with one output dimension <= 16 and K >= skinnyMatmulMinK go to the skinny kernel. */
+  skinnyMatmul: boolean;
+  skinnyMatmulMinK: number;
+}
+
+export const DEFAULT_KERNEL_TUNING: KernelTuning = { matmul: 'auto', wideMatmulMinWorkgroups: 256, skinnyMatmul: true, skinnyMatmulMinK: 64 };
 
 export class GpuError extends Error {
   constructor(message: string) {
@@ -49,6 +64,9 @@ export class Gpu {
   private readonly uncaptured: string[] = [];
   /** Set when the device is lost (driver reset, destroy()); every later call fails with it. */
   lost: string | null = null;
+  /** When set, training steps time every dispatch through it (benchmarks; see ./profiler.ts). */
+  profiler: KernelProfiler | null = null;
+  tuning: KernelTuning = { ...DEFAULT_KERNEL_TUNING };
 
   private constructor(
     readonly device: GPUDevice,
@@ -122,7 +140,9 @@ export class Gpu {
         maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
       },
     };
-    return new Gpu(device, info);
+    const gpu = new Gpu(device, info);
+    Object.assign(gpu.tuning, options.tuning);
+    return gpu;
   }
 
   /** Largest byte size one storage binding may have: the limit tensors are split against. */

@@ -2,7 +2,11 @@
 // backward, LoRA, attention scores and attention-times-values, the LM head. See
 // shaders/matmul.wgsl for the tiling.
 
-import code from '../../../shaders/matmul.wgsl?raw';
+import code64 from '../../../shaders/matmul.wgsl?raw';
+import code128x128 from '../../../shaders/matmul_wide_128x128.wgsl?raw';
+import code128x64 from '../../../shaders/matmul_wide_128x64.wgsl?raw';
+import code64x128 from '../../../shaders/matmul_wide_64x128.wgsl?raw';
+import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
@@ -43,10 +47,47 @@ export interface MatmulArgs {
   bias?: Tensor; // length N
 }
 
-/** Output tile edge of one workgroup (must match TILE in the shader). */
+/** Output tile edge of one workgroup of shaders/matmul.wgsl (must match TILE there). */
 export const MATMUL_TILE = 64;
 
+/** The tiled kernels: output tile rows x columns per workgroup (all 256 threads), and their WGSL. */
+export const MATMUL_VARIANTS = {
+  '64x64': { rows: 64, cols: 64, code: code64 },
+  '128x128': { rows: 128, cols: 128, code: code128x128 },
+  '128x64': { rows: 128, cols: 64, code: code128x64 },
+  '64x128': { rows: 64, cols: 128, code: code64x128 },
+} as const;
+export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
+
+/**
+ * The tiled kernel for an M x N output, `batch` times. Larger tiles do more arithmetic per staged
+ * element (faster on a big GPU) but make fewer workgroups: take the largest one that still makes
+ * gpu.tuning.wideMatmulMinWorkgroups of them (enough to fill a large GPU a few times over), the
+ * 128-row one for tall outputs and the 128-column one for wide ones. gpu.tuning.matmul forces one.
+ */
+export function matmulVariant(gpu: Gpu, M: number, N: number, batch: number): MatmulVariant {
+  const forced = gpu.tuning.matmul;
+  if (forced !== 'auto') return forced;
+  const count = (v: MatmulVariant) => Math.ceil(M / MATMUL_VARIANTS[v].rows) * Math.ceil(N / MATMUL_VARIANTS[v].cols) * batch;
+  const enough = (v: MatmulVariant) => count(v) >= gpu.tuning.wideMatmulMinWorkgroups;
+  if (enough('128x128')) return '128x128';
+  const half: MatmulVariant = M >= N ? '128x64' : '64x128';
+  return enough(half) ? half : '64x64';
+}
+
+/** Largest small dimension shaders/matmul_skinny.wgsl takes (MAX_S there). */
+export const SKINNY_MAX = 16;
+/** Rows one skinny workgroup covers (ROWS there). */
+const SKINNY_ROWS = 16;
+
+/** Whether M x N x K goes to the skinny kernel: one output dimension <= 16 with a long K, unbatched, no bias. */
+export function usesSkinnyMatmul(gpu: Gpu, M: number, N: number, K: number, batchCount: number, hasBias: boolean): boolean {
+  if (!gpu.tuning.skinnyMatmul || batchCount !== 1 || hasBias) return false;
+  return Math.min(M, N) <= SKINNY_MAX && K >= gpu.tuning.skinnyMatmulMinK;
+}
+
 const U32_LIMIT = 2 ** 32;
+const maxDimOf = (gpu: Gpu) => gpu.info.limits.maxComputeWorkgroupsPerDimension;
 
 /**
  * Workgroup grid for `tilesN x tilesM x batch` tiles: exactly that when each fits in one
@@ -116,17 +157,36 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb));
   check('c', c, lastIndex(offC, batch.strideC, M, N, ldc));
 
-  const tilesN = Math.ceil(N / MATMUL_TILE);
-  const tilesM = Math.ceil(M / MATMUL_TILE);
-  const maxDim = gpu.info.limits.maxComputeWorkgroupsPerDimension;
+  // Element steps of A(m, k), B(k, n) and C(m, n) along each index.
+  const sAm = transA ? 1 : lda, sAk = transA ? lda : 1;
+  const sBn = transB ? ldb : 1, sBk = transB ? 1 : ldb;
+
+  if (usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
+    // C[rows, S] = A'[rows, K] B'[K, S]: as given when N is small, transposed (C^T = B^T A^T) when M is.
+    const smallN = N <= SKINNY_MAX;
+    const rows = smallN ? M : N;
+    const S = smallN ? N : M;
+    const p = smallN
+      ? { bufA: a, bufB: b, offA, offB, sArow: sAm, sAk, sBk, sBs: sBn, sCrow: ldc, sCs: 1 }
+      : { bufA: b, bufB: a, offA: offB, offB: offA, sArow: sBn, sAk: sBk, sBk: sAk, sBs: sAm, sCrow: 1, sCs: ldc };
+    const blocks = Math.ceil(rows / SKINNY_ROWS);
+    const x = Math.min(blocks, maxDimOf(gpu));
+    const params = [rows, K, p.offA, p.offB, offC, p.sArow, p.sAk, p.sBk, p.sBs, p.sCrow, p.sCs, p.sArow === 1 ? 1 : 0, args.accumulate ? 1 : 0, f32(alpha)];
+    return bindDispatch(gpu, { label, code: codeSkinny, constants: { S }, params, buffers: [p.bufA, p.bufB, c], workgroups: [x, Math.ceil(blocks / x), 1] });
+  }
+
+  const { rows, cols, code } = MATMUL_VARIANTS[matmulVariant(gpu, M, N, batchCount)];
+  const tilesN = Math.ceil(N / cols);
+  const tilesM = Math.ceil(M / rows);
+  const maxDim = maxDimOf(gpu);
   const workgroups = matmulWorkgroups(tilesN, tilesM, batchCount, maxDim);
   if (workgroups[0] * workgroups[1] * workgroups[2] >= U32_LIMIT) fail('too many workgroups for a u32 index');
 
   const params = [
     M, N, K, tilesN, tilesM, batchCount, batch.inner,
     offA, offB, offC,
-    transA ? 1 : lda, transA ? lda : 1, // A(m, k) steps along m, k
-    transB ? ldb : 1, transB ? 1 : ldb, // B(k, n) steps along n, k
+    sAm, sAk, // A(m, k) steps along m, k
+    sBn, sBk, // B(k, n) steps along n, k
     ldc,
     batch.strideA[0], batch.strideA[1],
     batch.strideB[0], batch.strideB[1],

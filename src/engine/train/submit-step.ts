@@ -52,7 +52,8 @@ export function submitOptimizerStep<Batch>(a: {
     ops.push(...p.forward, ...p.backward);
     if (j === last) ops.push(...a.optimizer.update);
     const enc = gpu.device.createCommandEncoder({ label: `step ${a.step + 1}.${j}` });
-    encodeOps(enc, ops);
+    if (gpu.profiler) gpu.profiler.encode(enc, ops);
+    else encodeOps(enc, ops);
     if (j === last) {
       enc.copyBufferToBuffer(p.lossSum.buffer, 0, staging, 0, 4);
       enc.copyBufferToBuffer(a.optimizer.clip.buffer, 0, staging, 4, 4);

@@ -1,0 +1,106 @@
+// Training-step benchmark of our engine: a model folder (random weights are fine), LoRA, AdamW,
+// full steps on random token sequences of exactly B x T tokens, the same Trainer the app and the
+// CLI run. Prints ms/step over a window early in the run and one late in it (steady state), then
+// per-kernel GPU times from timestamp queries over a few more steps.
+//   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
+//   GPU machine: bash .gpu/boot.sh node bench/dist/step-bench.mjs --model DIR --targets c_attn [--steps 500] [--json FILE]
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import { fmtBytes, type KernelTuning } from '../src/engine/gpu/gpu';
+import { KernelProfiler } from '../src/engine/gpu/profiler';
+import { nodeModelFiles } from '../src/io/model-files-node';
+import { loadHfModel } from '../src/io/model-files';
+import { loadCausalLM } from '../src/engine/models/registry';
+import { createPeftMethod, peftModelInfo } from '../src/engine/peft/factory';
+import { StepUniforms } from '../src/engine/kernels/step-uniforms';
+import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../src/engine/train/trainer';
+import { seededRandom } from '../src/data/batches';
+import type { Example } from '../src/data/examples';
+
+const { values: a } = parseArgs({
+  options: {
+    model: { type: 'string' }, targets: { type: 'string' }, rank: { type: 'string' },
+    batch: { type: 'string' }, seq: { type: 'string' }, steps: { type: 'string' },
+    'profile-steps': { type: 'string' }, json: { type: 'string' }, matmul: { type: 'string' }, 'wide-min': { type: 'string' },
+  },
+});
+if (!a.model) throw new Error('--model DIR is required');
+const B = Number(a.batch ?? 8), T = Number(a.seq ?? 256), steps = Number(a.steps ?? 60), rank = Number(a.rank ?? 8);
+const profileSteps = Number(a['profile-steps'] ?? 5);
+
+const hf = await loadHfModel(nodeModelFiles(a.model));
+const matmulMode = (a.matmul ?? 'auto') as KernelTuning['matmul'];
+const gpu = await createNodeGpu({
+  dawnFlags: ['disable-dawn-features=timestamp_quantization'],
+  tuning: { matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}) },
+});
+console.log(`device: ${gpu.info.description || gpu.info.vendor}`);
+const loaded = loadCausalLM(gpu, hf);
+const info = peftModelInfo(hf.config, loaded.model.linearModules());
+const stepUniforms = new StepUniforms(gpu);
+const targets = a.targets ? a.targets.split(',') : loaded.defaultLoraTargets;
+const method = createPeftMethod(gpu, { method: 'lora', lora: { r: rank, alpha: 2 * rank, dropout: 0.05, targetModules: targets, useRslora: false } }, info, loaded.model, stepUniforms, {
+  random: seededRandom(1), tokenize: () => [],
+});
+// Random full-length sequences: every position is a real token with a loss.
+const rnd = seededRandom(7);
+const vocab = info.vocab;
+const examples: Example[] = Array.from({ length: 64 }, (_, row) => {
+  const ids = Array.from({ length: T }, () => Math.floor(rnd() * vocab));
+  return { inputIds: ids, labels: ids.slice(), truncated: false, row };
+});
+const totalSteps = steps + profileSteps;
+const config: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, gradAccumSteps: 1, totalSteps, seqLen: T, lr: 1e-4, schedule: 'constant', evalEvery: 0 };
+const trainer = new Trainer(gpu, loaded.model, method, examples, [], config, 0, stepUniforms);
+console.log(`${a.model}: LoRA r=${rank} on ${targets.join(',')}, ${B} x ${T}, ${steps} timed steps, matmul tile ${matmulMode} (wide from ${gpu.tuning.wideMatmulMinWorkgroups} workgroups)`);
+
+// Step i's report arrives when its GPU work has finished; times between reports are the step times.
+const done: number[] = [];
+let lastLoss = NaN;
+let stopAt = steps;
+await trainer.run({
+  shouldStop: () => trainer.step >= stopAt,
+  onStep: (r) => {
+    done[r.step] = performance.now();
+    lastLoss = r.loss;
+  },
+});
+const window = (from: number, to: number) => (done[to] - done[from]) / (to - from);
+const early = Math.min(50, steps);
+const windows: Record<string, number> = {};
+if (steps >= 20) windows[`steps 10-${early}`] = window(10, early);
+if (steps >= 100) windows[`steps ${steps - 50}-${steps}`] = window(steps - 50, steps);
+const overall = window(Math.min(5, steps - 1), steps);
+for (const [k, ms] of Object.entries(windows)) console.log(`${k}: ${ms.toFixed(2)} ms/step, ${Math.round((B * T) / ms * 1000).toLocaleString('en-US')} tok/s`);
+console.log(`step time: ${overall.toFixed(2)} ms/step (loss ${lastLoss.toFixed(4)}); gpu memory: ${fmtBytes(gpu.allocatedBytes)}`);
+
+// Per-kernel times over a few more steps.
+const profiler = new KernelProfiler(gpu);
+gpu.profiler = profiler;
+stopAt = steps + profileSteps;
+const tProfile0 = performance.now();
+let collected = Promise.resolve();
+await trainer.run({
+  shouldStop: () => trainer.step >= stopAt,
+  onStep: () => {
+    collected = collected.then(() => profiler.collect());
+  },
+});
+await collected;
+await profiler.collect();
+gpu.profiler = null;
+const table = profiler.table();
+const sum = table.reduce((s, r) => s + r.totalMs, 0) / profileSteps;
+console.log(`\nper-kernel GPU time, mean over ${profileSteps} steps (sum ${sum.toFixed(2)} ms/step in ${((performance.now() - tProfile0) / profileSteps).toFixed(1)} ms wall; ${profiler.dropped} dispatches unmeasured):`);
+for (const r of table.slice(0, 40)) {
+  console.log(`${(r.totalMs / profileSteps).toFixed(3).padStart(9)} ms ${((100 * r.totalMs) / profileSteps / sum).toFixed(1).padStart(5)}%  x${String(r.count / profileSteps).padEnd(4)} ${r.kernel}`);
+}
+if (a.json) {
+  fs.writeFileSync(a.json, JSON.stringify({
+    model: a.model, tuning: gpu.tuning, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows,
+    tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes,
+    kernels: table.map((r) => ({ kernel: r.kernel, msPerStep: r.totalMs / profileSteps, perStep: r.count / profileSteps })),
+  }, null, 1));
+}
+process.exit(0);
