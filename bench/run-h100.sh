@@ -1,49 +1,45 @@
 #!/bin/bash
-# Training-step benchmark on the GPU machine: our engine (the bundled CLI) and PyTorch + PEFT (eager
-# and sdpa attention, fp32 and bf16 autocast) on the same random-weight models, 8 x 256 tokens,
-# LoRA r=8, AdamW, full steps. Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
-#   here:         bash ../shared/gpu/pack.sh && node scripts/node-run.mjs --bundle-only bench/dist src/cli/train.ts
-#   GPU machine:  bash bench/run-h100.sh   (device tool, carry .gpu bench/dist)
+# Training-step benchmark on the GPU machine: our engine (bench/step-bench.ts: the Trainer the app
+# and the CLI run) and PyTorch + PEFT (eager and sdpa attention, fp32 and bf16 autocast) on the same
+# random-weight models, 8 x 256 tokens, LoRA r=8, AdamW, full steps. Ours runs STEPS steps (default
+# 500) and reports the mean step time over steps 10-50 and over the last 50 (steady state), then
+# per-kernel GPU times. Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
+#   here:         bash ../shared/gpu/pack.sh && node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
+#   GPU machine:  bash bench/run-h100.sh [STEPS]   (device tool, carry .gpu bench/dist)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/bench-out}
+STEPS=${1:-500}
 mkdir -p "$OUT" /tmp/bench
-python3 - <<'PY'
-import random
-random.seed(0)
-words = "the old mill serves noodles fish pasta curry soup bread in city centre near river cheap family cat sat sun story girl".split()
-with open('/tmp/bench/long.csv', 'w') as f:
-    f.write('text\n')
-    for i in range(400):
-        f.write('"' + ' '.join(random.choice(words) for _ in range(400)) + '"\n')
-PY
 run_case() { # name arch targets
   python3 scripts/goldens/make_random_model.py --arch "$2" --out "/tmp/bench/$1" --tokenizer-from test/fixtures/tiny-gpt2 >/dev/null 2>&1 || return 1
-  bash .gpu/boot.sh node bench/dist/train.mjs --model "/tmp/bench/$1" --data /tmp/bench/long.csv --out "/tmp/bench/$1-out" \
-    --text-column text --steps 30 --batch-size 8 --max-length 256 --validation 0 --rank 8 --alpha 16 --dropout 0.05 \
-    --targets "$3" --lr 1e-4 > "/tmp/bench/$1-ours.txt" 2>&1
+  bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
+    --json "$OUT/$1-ours.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours.txt"
   python3 bench/torch_lora_baseline.py --model "/tmp/bench/$1" --batch 8 --seq 256 --targets "$3" --steps 30 2>/dev/null | grep '^{' > "/tmp/bench/$1-torch.jsonl"
 }
 run_case gpt2-124M gpt2-small c_attn
 run_case smollm2-135M smollm2-135m q_proj,v_proj
-python3 - "$OUT/h100.json" <<'PY'
+python3 - "$OUT/h100.json" "$OUT" <<'PY'
 import json, re, sys
 rows = []
 for name in ('gpt2-124M', 'smollm2-135M'):
-    ours = open(f'/tmp/bench/{name}-ours.txt').read()
-    ms = float(re.search(r'step time: ([\d.]+) ms/step', ours).group(1))
-    mem = re.search(r'gpu memory: ([\d.]+) (GiB|MiB)', ours)
-    ours_gib = float(mem.group(1)) / (1 if mem.group(2) == 'GiB' else 1024)
+    ours = json.load(open(f'{sys.argv[2]}/{name}-ours.json'))
+    windows = list(ours['windows'].values())
+    ms = windows[0]  # steps 10-50
+    steady = windows[-1]  # the last 50 steps
+    ours_gib = ours['gpuBytes'] / 2**30
     torch_rows = [json.loads(l) for l in open(f'/tmp/bench/{name}-torch.jsonl')]
     best = max(torch_rows, key=lambda r: r['tokens_per_s'])
     ours_tps = 8 * 256 / ms * 1000
-    rows.append({"model": name, "ours_ms_per_step": ms, "ours_tokens_per_s": round(ours_tps), "torch_best_tokens_per_s": best['tokens_per_s'],
+    rows.append({"model": name, "ours_ms_per_step": round(ms, 2), "ours_tokens_per_s": round(ours_tps),
+                 "ours_steady_ms_per_step": round(steady, 2), "ours_steady_window": list(ours['windows'])[-1],
+                 "ours_steady_vs_early": round(ms / steady, 4), "torch_best_tokens_per_s": best['tokens_per_s'],
                  "torch_best_config": f"{best['attn']} {best['dtype']}", "ratio": round(ours_tps / best['tokens_per_s'], 3),
                  "ours_peak_gib": round(ours_gib, 3), "torch_peak_gib": best['peak_gib'], "torch_all": torch_rows})
 json.dump(rows, open(sys.argv[1], 'w'), indent=2)
-print(f"{'model':14} {'ours ms':>8} {'ours tok/s':>11} {'torch best':>11} {'config':>12} {'ratio':>6} {'ours GiB':>9} {'torch GiB':>9}")
+print(f"{'model':14} {'ours ms':>8} {'late ms':>8} {'ours tok/s':>11} {'torch best':>11} {'config':>12} {'ratio':>6} {'ours GiB':>9} {'torch GiB':>9}")
 for r in rows:
-    print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f}")
+    print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_steady_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f}")
     for t in r['torch_all']:
         print(f"    torch {t['attn']:5} {t['dtype']:4}: {t['ms_per_step']:7.2f} ms/step, {t['tokens_per_s']:,} tok/s, peak {t['peak_gib']} GiB")
 PY

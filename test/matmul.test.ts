@@ -383,6 +383,6 @@ describe('skinny matmul (one output dimension <= 16)', () => {
     const gpu: Gpu = Object.create(real, {
       info: { value: { ...real.info, limits: { ...real.info.limits, maxComputeWorkgroupsPerDimension: 5 } } },
     });
-    await check(gpu, { M: 200, N: 4, K: 70, transA: true }, dense(200, 4, 70), 'skinny folded (13 blocks, 5 per row)');
+    await check(gpu, { M: 200, N: 4, K: 70, transA: true }, dense(200, 4, 70), 'skinny folded (13 blocks, 5 per grid row)');
   });
 });

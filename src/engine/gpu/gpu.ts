@@ -36,14 +36,16 @@ export interface GpuOptions {
 export interface KernelTuning {
   /** 'auto': by output size (kernels/matmul.ts matmulVariant); or force one tiled kernel. */
   matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128';
-  /** 'auto' uses a larger tile only when it makes at least this many workgroups. */
+  /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
   wideMatmulMinWorkgroups: number;
+  /** ... and a 128x64 or 64x128 one from this many. */
+  halfWideMatmulMinWorkgroups: number;
   /** Products with one output dimension <= 16 and K >= skinnyMatmulMinK go to the skinny kernel. */
   skinnyMatmul: boolean;
   skinnyMatmulMinK: number;
 }
 
-export const DEFAULT_KERNEL_TUNING: KernelTuning = { matmul: 'auto', wideMatmulMinWorkgroups: 256, skinnyMatmul: true, skinnyMatmulMinK: 64 };
+export const DEFAULT_KERNEL_TUNING: KernelTuning = { matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64 };
 
 export class GpuError extends Error {
   constructor(message: string) {

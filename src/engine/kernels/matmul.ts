@@ -61,18 +61,21 @@ export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
 
 /**
  * The tiled kernel for an M x N output, `batch` times. Larger tiles do more arithmetic per staged
- * element (faster on a big GPU) but make fewer workgroups: take the largest one that still makes
- * gpu.tuning.wideMatmulMinWorkgroups of them (enough to fill a large GPU a few times over), the
- * 128-row one for tall outputs and the 128-column one for wide ones. gpu.tuning.matmul forces one.
+ * element but make fewer workgroups, and a GPU whose last wave of workgroups is short idles. On
+ * the H100 (bench/matmul-shapes.ts) 128x128 wins from ~1000 workgroups (LM head, 4096^2), the
+ * 128x64 / 64x128 halves from ~300 (GPT-2's c_attn and c_fc: +10-25%), and 64x64 below that (outputs
+ * 768 or 576 wide at 2048 rows, and attention's products over 64-wide heads). gpu.tuning.matmul forces one.
  */
-export function matmulVariant(gpu: Gpu, M: number, N: number, batch: number): MatmulVariant {
+export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: number): MatmulVariant {
   const forced = gpu.tuning.matmul;
   if (forced !== 'auto') return forced;
+  // with a short K (attention's head width) the larger tiles' longer start does not pay
+  if (K < 256) return '64x64';
   const count = (v: MatmulVariant) => Math.ceil(M / MATMUL_VARIANTS[v].rows) * Math.ceil(N / MATMUL_VARIANTS[v].cols) * batch;
-  const enough = (v: MatmulVariant) => count(v) >= gpu.tuning.wideMatmulMinWorkgroups;
-  if (enough('128x128')) return '128x128';
-  const half: MatmulVariant = M >= N ? '128x64' : '64x128';
-  return enough(half) ? half : '64x64';
+  if (count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
+  // 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304, 2048 x 3072)
+  const half: MatmulVariant = M >= 128 ? '128x64' : '64x128';
+  return count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : '64x64';
 }
 
 /** Largest small dimension shaders/matmul_skinny.wgsl takes (MAX_S there). */
@@ -175,7 +178,7 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     return bindDispatch(gpu, { label, code: codeSkinny, constants: { S }, params, buffers: [p.bufA, p.bufB, c], workgroups: [x, Math.ceil(blocks / x), 1] });
   }
 
-  const { rows, cols, code } = MATMUL_VARIANTS[matmulVariant(gpu, M, N, batchCount)];
+  const { rows, cols, code } = MATMUL_VARIANTS[matmulVariant(gpu, M, N, K, batchCount)];
   const tilesN = Math.ceil(N / cols);
   const tilesM = Math.ceil(M / rows);
   const maxDim = maxDimOf(gpu);

@@ -1,0 +1,74 @@
+// Matmul throughput at the shapes of the benchmark models (GPT-2 124M, SmolLM2-135M at 8 x 256
+// tokens), for every tiled kernel variant and the automatic choice, timed with timestamp queries.
+//   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/matmul-shapes.ts
+//   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b]
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import type { KernelTuning } from '../src/engine/gpu/gpu';
+import { KernelProfiler } from '../src/engine/gpu/profiler';
+import { matmul, matmulVariant, usesSkinnyMatmul, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
+import type { Op } from '../src/engine/gpu/dispatch';
+
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' } } });
+const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
+const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra] });
+const reps = Number(a.reps ?? 10);
+
+// [what, M, N, K, transA, transB]
+type Shape = [string, number, number, number, boolean, boolean];
+const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny', 300, 8, 200, false, false]] : [
+  ['square 4096', 4096, 4096, 4096, false, false],
+  ['gpt2 c_attn fwd', 2048, 2304, 768, false, false],
+  ['gpt2 c_fc fwd', 2048, 3072, 768, false, false],
+  ['gpt2 mlp c_proj fwd', 2048, 768, 3072, false, false],
+  ['gpt2 attn c_proj fwd', 2048, 768, 768, false, false],
+  ['gpt2 c_attn dx', 2048, 768, 2304, false, true],
+  ['gpt2 c_fc dx', 2048, 768, 3072, false, true],
+  ['gpt2 mlp c_proj dx', 2048, 3072, 768, false, true],
+  ['gpt2 lm_head fwd', 2048, 50257, 768, false, true],
+  ['gpt2 lm_head dx', 2048, 768, 50257, false, false],
+  ['smollm2 q/o fwd', 2048, 576, 576, false, true],
+  ['smollm2 k/v fwd', 2048, 192, 576, false, true],
+  ['smollm2 gate/up fwd', 2048, 1536, 576, false, true],
+  ['smollm2 down fwd', 2048, 576, 1536, false, true],
+  ['smollm2 gate/up dx', 2048, 576, 1536, false, false],
+  ['smollm2 down dx', 2048, 1536, 576, false, false],
+  ['attn scores, one head', 256, 256, 64, false, true],
+  ['lora u = x A^T (r=8)', 2048, 8, 768, false, true],
+  ['lora du = dy B (r=8)', 2048, 8, 2304, false, false],
+  ['lora dB = dy^T u', 2304, 8, 2048, true, false],
+  ['lora dA = du^T x', 8, 768, 2048, true, false],
+];
+const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
+const rows: Record<string, unknown>[] = [];
+for (const [what, M, N, K, transA, transB] of SHAPES) {
+  const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
+  const skinny = usesSkinnyMatmul(gpu, M, N, K, 1, false);
+  const line: string[] = [];
+  for (const v of skinny ? (['auto'] as const) : variants) {
+    gpu.tuning.matmul = v;
+    const label = v === 'auto' ? `auto(${skinny ? 'skinny' : matmulVariant(gpu, M, N, K, 1)})` : v;
+    const op = matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label });
+    const profiler = new KernelProfiler(gpu);
+    const ops: Op[] = Array.from({ length: reps }, () => op);
+    for (let warm = 0; warm < 2; warm++) {
+      const enc = gpu.device.createCommandEncoder();
+      profiler.encode(enc, ops);
+      gpu.device.queue.submit([enc.finish()]);
+      await profiler.collect();
+      if (warm === 0) profiler.reset();
+    }
+    const ms = profiler.table()[0].totalMs / reps;
+    const tflops = (2 * M * N * K) / ms / 1e9;
+    rows.push({ what, M, N, K, transA, transB, kernel: label, ms, tflops });
+    line.push(`${label} ${tflops.toFixed(1)}`);
+    profiler.destroy();
+  }
+  gpu.tuning.matmul = 'auto';
+  console.log(`${what.padEnd(22)} ${M}x${N}x${K}${transA ? ' tA' : ''}${transB ? ' tB' : ''}: ${line.join(' | ')} TFLOP/s`);
+  for (const t of [A, B, C]) gpu.destroyTensor(t);
+}
+gpu.checkErrors();
+if (a.json) fs.writeFileSync(a.json, JSON.stringify({ device: gpu.info.description, flags: extra, rows }, null, 1));
+process.exit(0);
