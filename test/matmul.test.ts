@@ -137,7 +137,7 @@ const TRANSPOSES: [boolean, boolean][] = [
 ];
 
 // Both kernels (64- and 128-tile) must give the same results on every case.
-describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('matmul kernel, %s tile', (tile) => {
+describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('matmul kernel, %s tile', (tile) => {
   it('matches the reference for all transpose combinations and odd shapes', async () => {
     const gpu = await testGpu();
     gpu.tuning.matmul = tile;

@@ -35,7 +35,7 @@ export interface GpuOptions {
 /** Kernel choices that depend on the GPU rather than on correctness (every choice computes the same). */
 export interface KernelTuning {
   /** 'auto': by output size (kernels/matmul.ts matmulVariant); or force one tiled kernel. */
-  matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128';
+  matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128' | 'db64x64';
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
   wideMatmulMinWorkgroups: number;
   /** ... and a 128x64 or 64x128 one from this many. */

@@ -6,6 +6,7 @@ import code64 from '../../../shaders/matmul.wgsl?raw';
 import code128x128 from '../../../shaders/matmul_wide_128x128.wgsl?raw';
 import code128x64 from '../../../shaders/matmul_wide_128x64.wgsl?raw';
 import code64x128 from '../../../shaders/matmul_wide_64x128.wgsl?raw';
+import codeDb64x64 from '../../../shaders/matmul_db_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
@@ -56,6 +57,8 @@ export const MATMUL_VARIANTS = {
   '128x128': { rows: 128, cols: 128, code: code128x128 },
   '128x64': { rows: 128, cols: 64, code: code128x64 },
   '64x128': { rows: 64, cols: 128, code: code64x128 },
+  // 64x64 with double-buffered staging (one barrier per K tile)
+  'db64x64': { rows: 64, cols: 64, code: codeDb64x64 },
 } as const;
 export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
 
@@ -64,7 +67,8 @@ export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
  * element but make fewer workgroups, and a GPU whose last wave of workgroups is short idles. On
  * the H100 (bench/matmul-shapes.ts) 128x128 wins from ~1000 workgroups (LM head, 4096^2), the
  * 128x64 / 64x128 halves from ~300 (GPT-2's c_attn and c_fc: +10-25%), and 64x64 below that (outputs
- * 768 or 576 wide at 2048 rows, and attention's products over 64-wide heads). gpu.tuning.matmul forces one.
+ * 768 or 576 wide at 2048 rows, and attention's products over 64-wide heads), double-buffered
+ * when K is long enough for it to pay (+2-5%). gpu.tuning.matmul forces one.
  */
 export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: number): MatmulVariant {
   const forced = gpu.tuning.matmul;
@@ -75,7 +79,7 @@ export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: 
   if (count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
   // 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304, 2048 x 3072)
   const half: MatmulVariant = M >= 128 ? '128x64' : '64x128';
-  return count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : '64x64';
+  return count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : 'db64x64';
 }
 
 /** Largest small dimension shaders/matmul_skinny.wgsl takes (MAX_S there). */
