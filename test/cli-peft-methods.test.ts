@@ -81,7 +81,7 @@ describe('npm run train --method ia3 | prompt | prefix', () => {
   it('fails with one clear line on flags of another method', async () => {
     const r = await cli('src/cli/train.ts', [...common('tiny-gpt2', path.join(dir, 'x')), '--method', 'prefix', '--rank', '4']);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim()).toBe('error: --rank is an option of --method lora, not prefix');
+    expect(r.stderr.trim()).toBe('error: --rank is an option of --method lora or dora, not prefix');
     const v = await cli('src/cli/train.ts', [...common('tiny-gpt2', path.join(dir, 'x')), '--method', 'prompt', '--virtual-tokens', '70']);
     expect(v.code).toBe(1);
     expect(v.stderr.trim()).toMatch(/^error: --virtual-tokens 70 leaves no room in the model's 64 positions$/);

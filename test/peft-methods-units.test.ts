@@ -132,9 +132,9 @@ describe('method checks', () => {
   it('CLI flags: each method takes only its own options', async () => {
     const hf = await loadHfModel(nodeModelFiles(path.join(FIX, 'tiny-llama')));
     const info = peftModelInfo(hf.config, []);
-    expect(() => methodFromArgs({ method: 'prompt', rank: '4' }, info, ['q_proj'], 'm')).toThrow(/--rank is an option of --method lora, not prompt/);
+    expect(() => methodFromArgs({ method: 'prompt', rank: '4' }, info, ['q_proj'], 'm')).toThrow(/--rank is an option of --method lora or dora, not prompt/);
     expect(() => methodFromArgs({ method: 'prefix', 'encoder-hidden-size': '8' }, info, [], 'm')).toThrow(/--prefix-projection/);
-    expect(() => methodFromArgs({ method: 'adapter' }, info, [], 'm')).toThrow(/lora, ia3, prompt, prefix/);
+    expect(() => methodFromArgs({ method: 'boft' }, info, [], 'm')).toThrow(/lora, dora, ia3, prompt, prefix, adapter/);
     expect(() => methodFromArgs({ method: 'prompt', 'prompt-init': 'text' }, info, [], 'm')).toThrow(/--prompt-init-text/);
     const text = methodFromArgs({ method: 'prompt', 'prompt-init-text': 'Hello', 'virtual-tokens': '6' }, info, [], 'm');
     expect(text.spec).toEqual({ method: 'prompt', prompt: { numVirtualTokens: 6, init: 'text', initText: 'Hello', tokenizerNameOrPath: 'm' } });

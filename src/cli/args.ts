@@ -33,14 +33,22 @@ export function formatDuration(ms: number): string {
   return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`;
 }
 
-/** The two PEFT files of an adapter folder, as importLoraAdapter takes them. */
+/**
+ * The two files of an adapter folder, as importPeftAdapter takes them: adapter_config.json and
+ * PEFT's adapter_model.safetensors, or AdapterHub's adapter.safetensors (bottleneck adapters).
+ */
 export function readAdapterDir(dir: string): AdapterFilesIn {
+  const has = (f: string): boolean => fs.existsSync(path.join(dir, f));
   const read = (f: string): Buffer => {
-    const p = path.join(dir, f);
-    if (!fs.existsSync(p)) throw new CliError(`${dir}: no ${f} (an adapter folder holds adapter_config.json and adapter_model.safetensors)`);
-    return fs.readFileSync(p);
+    if (!has(f)) throw new CliError(`${dir}: no ${f} (an adapter folder holds adapter_config.json and adapter_model.safetensors, or AdapterHub's adapter.safetensors)`);
+    return fs.readFileSync(path.join(dir, f));
   };
-  return { name: path.basename(dir), config: read('adapter_config.json').toString('utf8'), weights: new Uint8Array(read('adapter_model.safetensors')) };
+  const config = read('adapter_config.json').toString('utf8');
+  if (!has('adapter_model.safetensors') && !has('adapter.safetensors') && has('pytorch_adapter.bin')) {
+    throw new CliError(`${dir}: pytorch_adapter.bin is a pickle; save the AdapterHub adapter with safetensors (model.save_adapter(..., use_safetensors=True)) to load it here`);
+  }
+  const weights = has('adapter_model.safetensors') || !has('adapter.safetensors') ? 'adapter_model.safetensors' : 'adapter.safetensors';
+  return { name: path.basename(dir), config, weights: new Uint8Array(read(weights)) };
 }
 
 /** The steady-state step time from the elapsed-ms of each step's report (the first step compiles every pipeline). */

@@ -1,12 +1,13 @@
-// The adapter-method flags of the command-line trainer (--method lora|ia3|prompt|prefix and each
-// method's options), checked and turned into a MethodSpec for createPeftMethod.
+// The adapter-method flags of the command-line trainer (--method lora|dora|ia3|prompt|prefix|adapter
+// and each method's options), checked and turned into a MethodSpec for createPeftMethod.
 
 import type { MethodSpec, PeftModelInfo } from '../engine/peft/factory';
 import { defaultIa3Settings } from '../engine/peft/factory';
 import type { PromptInit } from '../engine/peft/prompt-tuning';
+import { BOTTLENECK_ACTIVATIONS, BOTTLENECK_PRESETS, type BottleneckActivation, type BottleneckType } from '../engine/peft/bottleneck';
 import { CliError, integer, number } from './args';
 
-export const METHODS = ['lora', 'ia3', 'prompt', 'prefix'] as const;
+export const METHODS = ['lora', 'dora', 'ia3', 'prompt', 'prefix', 'adapter'] as const;
 export type MethodName = (typeof METHODS)[number];
 
 /** parseArgs options of the method flags (besides --method, --rank, --alpha, --dropout, --targets, --rslora). */
@@ -17,14 +18,23 @@ export const METHOD_OPTIONS = {
   'prefix-projection': { type: 'boolean' },
   'encoder-hidden-size': { type: 'string' },
   feedforward: { type: 'string' },
+  'adapter-type': { type: 'string' },
+  'reduction-factor': { type: 'string' },
+  'non-linearity': { type: 'string' },
+  'adapter-name': { type: 'string' },
 } as const;
 
-export const METHOD_USAGE = `  --method M               adapter method: lora (default), ia3, prompt (prompt tuning), prefix (prefix tuning)
+export const METHOD_USAGE = `  --method M               adapter method: lora (default), dora, ia3, prompt (prompt tuning), prefix (prefix tuning),
+                           adapter (bottleneck adapters, saved in AdapterHub's format, not PEFT's)
   LoRA:   --rank R (8)  --alpha A (16)  --dropout P (0.05)  --targets a,b (architecture default, e.g. c_attn)  --rslora
+  DoRA:   LoRA's flags; PEFT's LoraConfig(use_dora=True): a learned magnitude per output feature
   IA3:    --targets a,b  --feedforward a,b   (PEFT's defaults, e.g. c_attn,mlp.c_proj with mlp.c_proj feedforward)
   prompt: --virtual-tokens N (20)  --prompt-init random|text|vocab (random; text when --prompt-init-text is given)
           --prompt-init-text "T"   the text whose token embeddings start the prompt (cut or repeated to N)
-  prefix: --virtual-tokens N (20)  --prefix-projection (train through PEFT's MLP)  --encoder-hidden-size H`;
+  prefix: --virtual-tokens N (20)  --prefix-projection (train through PEFT's MLP)  --encoder-hidden-size H
+  adapter: --adapter-type houlsby|pfeiffer (houlsby: after attention and MLP; pfeiffer: after the MLP)
+          --reduction-factor F (16: bottleneck = hidden / F)  --non-linearity relu|swish|gelu|tanh
+          (houlsby swish, pfeiffer relu)  --adapter-name NAME (adapter)`;
 
 type Flags = Record<string, string | boolean | undefined>;
 
@@ -32,6 +42,8 @@ const list = (s: string): string[] => s.split(',').map((x) => x.trim()).filter(B
 
 const OWN: Record<MethodName, string[]> = {
   lora: ['rank', 'alpha', 'dropout', 'targets', 'rslora'],
+  dora: ['rank', 'alpha', 'dropout', 'targets', 'rslora'],
+  adapter: ['adapter-type', 'reduction-factor', 'non-linearity', 'adapter-name'],
   ia3: ['targets', 'feedforward'],
   prompt: ['virtual-tokens', 'prompt-init', 'prompt-init-text'],
   prefix: ['virtual-tokens', 'prefix-projection', 'encoder-hidden-size'],
@@ -59,7 +71,7 @@ export function methodFromArgs(a: Flags, info: PeftModelInfo, defaultLoraTargets
     }
   }
   const str = (k: string): string | undefined => (typeof a[k] === 'string' ? (a[k] as string) : undefined);
-  if (m === 'lora') {
+  if (m === 'lora' || m === 'dora') {
     const targets = str('targets') ? list(str('targets')!) : defaultLoraTargets;
     const lora = {
       r: integer(str('rank') ?? '8', '--rank', 1),
@@ -69,8 +81,25 @@ export function methodFromArgs(a: Flags, info: PeftModelInfo, defaultLoraTargets
       useRslora: Boolean(a.rslora),
     };
     return {
-      spec: { method: 'lora', lora }, label: 'LoRA', virtualTokens: 0,
+      spec: { method: m, lora }, label: m === 'lora' ? 'LoRA' : 'DoRA', virtualTokens: 0,
       settings: { rank: lora.r, alpha: lora.alpha, dropout: lora.dropout, 'target modules': targets, rsLoRA: lora.useRslora },
+    };
+  }
+  if (m === 'adapter') {
+    const typeName = str('adapter-type') ?? 'houlsby';
+    if (!(typeName in BOTTLENECK_PRESETS)) throw new CliError(`--adapter-type ${typeName}: use houlsby or pfeiffer`);
+    const type = typeName as BottleneckType;
+    const preset = BOTTLENECK_PRESETS[type];
+    const reductionFactor = number(str('reduction-factor') ?? String(preset.reductionFactor), '--reduction-factor', 1e-9);
+    const act = str('non-linearity') ?? preset.nonLinearity;
+    if (!(BOTTLENECK_ACTIVATIONS as readonly string[]).includes(act)) throw new CliError(`--non-linearity ${act}: use ${BOTTLENECK_ACTIVATIONS.join(', ')}`);
+    const name = str('adapter-name') ?? 'adapter';
+    if (!/^[A-Za-z0-9_-]+$/.test(name)) throw new CliError(`--adapter-name ${name}: use letters, digits, _ and -`);
+    const size = Math.max(1, Math.floor(info.hidden / reductionFactor));
+    return {
+      spec: { method: 'bottleneck', bottleneck: { type, reductionFactor, nonLinearity: act as BottleneckActivation, name } },
+      label: type === 'houlsby' ? 'Houlsby' : 'Pfeiffer', virtualTokens: 0,
+      settings: { type, 'reduction factor': reductionFactor, bottleneck: size, 'non-linearity': act, name, format: 'AdapterHub (adapters library)' },
     };
   }
   if (m === 'ia3') {

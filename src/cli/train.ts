@@ -19,7 +19,7 @@ import { createPeftMethod, peftModelInfo } from '../engine/peft/factory';
 import { METHOD_OPTIONS, METHOD_USAGE, methodFromArgs } from './peft-args';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../engine/train/trainer';
-import { exportPeftAdapter } from '../engine/export/peft-export';
+import { exportAdapter, exportPeftAdapter } from '../engine/export/peft-export';
 import { RunLog, modelCard, trainerState } from '../train/run-report';
 import type { HfModel } from '../io/model-files';
 import type { TextTokenizer } from '../data/tokenizer';
@@ -183,21 +183,22 @@ async function main(argv: string[]): Promise<void> {
   // adapter_config points at the folder as given (PEFT reads the base config from there);
   // the model card names the model by its folder name.
   const baseModel = path.basename(path.resolve(a.model!));
-  const files = await exportPeftAdapter(gpu, method, a.model!);
-  fs.writeFileSync(path.join(out, 'adapter_config.json'), files['adapter_config.json']);
-  fs.writeFileSync(path.join(out, 'adapter_model.safetensors'), files['adapter_model.safetensors']);
+  // PEFT's files, or AdapterHub's for bottleneck adapters (adapter.safetensors)
+  const exported = await exportAdapter(gpu, method, a.model!);
+  fs.writeFileSync(path.join(out, 'adapter_config.json'), exported.config);
+  fs.writeFileSync(path.join(out, exported.weightsName), exported.weights);
   fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(trainerState(log, config, stepsPerEpoch), null, 2) + '\n');
   fs.writeFileSync(path.join(out, 'README.md'), modelCard({
     baseModel, method: choice.label, adapterSettings: choice.settings,
     config, dataFile: table.fileName, dataColumns: describeMapping(mapping), trainExamples: train.length, validationExamples: validation.length,
     trainableParams: trainable, totalParams: total + trainable, finalLoss: log.lastStep?.loss ?? NaN, finalEvalLoss: log.lastEval?.evalLoss ?? null,
-    runtimeS, device,
+    runtimeS, device, format: exported.format,
   }));
   console.log(`done in ${formatDuration(runtimeS * 1000)}: final loss ${(log.lastStep?.loss ?? NaN).toFixed(4)}${log.lastEval ? `, eval loss ${log.lastEval.evalLoss.toFixed(4)}` : ''}`);
   const stepTime = stepTimeLine(reportTimes);
   if (stepTime) console.log(stepTime);
   console.log(`gpu memory: ${fmtBytes(gpu.allocatedBytes)} in buffers at the end of training (weights, activations, adapter, optimizer)`);
-  console.log(`wrote ${out}/adapter_config.json, adapter_model.safetensors, README.md, trainer_state.json`);
+  console.log(`wrote ${out}/adapter_config.json, ${exported.weightsName}, README.md, trainer_state.json${exported.format === 'adapterhub' ? ' (AdapterHub format: load with the adapters library)' : ''}`);
   trainer.destroy();
 }
 

@@ -96,6 +96,8 @@ export interface ModelCardInfo {
   finalEvalLoss: number | null;
   runtimeS: number;
   device: string;
+  /** 'adapterhub': a bottleneck adapter saved for the `adapters` library (default 'peft'). */
+  format?: 'peft' | 'adapterhub';
 }
 
 const fmt = (v: unknown): string => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : Array.isArray(v) ? v.join(', ') : String(v));
@@ -109,24 +111,36 @@ export function modelCard(i: ModelCardInfo): string {
     ['weight decay', c.weightDecay], ['max grad norm', c.maxGradNorm], ['seed', c.seed],
   ];
   const pct = ((100 * i.trainableParams) / i.totalParams).toFixed(4);
-  return `---
-base_model: ${i.baseModel}
-library_name: peft
-tags:
-- ${i.method.toLowerCase()}
-- peft
----
+  const hub = i.format === 'adapterhub';
+  const load = hub
+    ? `Load it with the AdapterHub \`adapters\` library (PEFT has no bottleneck adapters):
 
-# ${i.method} adapter for ${i.baseModel}
-
-Trained on your own GPU with WebGPU kernels (no server saw the data). Load it with PEFT:
+\`\`\`python
+from transformers import AutoModelForCausalLM
+import adapters
+model = AutoModelForCausalLM.from_pretrained("${i.baseModel}")
+adapters.init(model)
+name = model.load_adapter("path/to/this/folder", use_safetensors=True, set_active=True)
+\`\`\``
+    : `Load it with PEFT:
 
 \`\`\`python
 from transformers import AutoModelForCausalLM
 from peft import PeftModel
 base = AutoModelForCausalLM.from_pretrained("${i.baseModel}")
 model = PeftModel.from_pretrained(base, "path/to/this/folder")
-\`\`\`
+\`\`\``;
+  return `---
+base_model: ${i.baseModel}
+library_name: ${hub ? 'adapter-transformers' : 'peft'}
+tags:
+- ${i.method.toLowerCase()}
+- ${hub ? 'adapter-transformers' : 'peft'}
+---
+
+# ${i.method} adapter for ${i.baseModel}
+
+Trained on your own GPU with WebGPU kernels (no server saw the data). ${load}
 
 ## Data
 

@@ -6,8 +6,10 @@
 //   prefix   n key/value rows per layer from a [n, L*2*C] table (row: per layer keys then values),
 //            visible to every query; tokens at positions n..; optionally the table made by
 //            tanh(E W1^T + b1) W2^T + b2
+//   DoRA / bottleneck adapters: see dora-bottleneck-reference.ts
 import type { Gpt2Dims } from '../../src/engine/models/gpt2';
 import type { Weights } from './gpt2-reference';
+import { combineBranch, doraLinear, type BottleneckRef, type DoraRef } from './dora-bottleneck-reference';
 
 export interface PrefixProjectionRef {
   E: Float64Array; // [n, C]
@@ -22,6 +24,8 @@ export interface MethodsRef {
   ia3?: Map<string, { l: Float64Array; feedforward: boolean }>;
   prompt?: { n: number; E: Float64Array };
   prefix?: { n: number; table?: Float64Array; projection?: PrefixProjectionRef };
+  dora?: DoraRef;
+  bottleneck?: BottleneckRef;
 }
 
 function layerNorm(x: Float64Array, w: Float64Array, b: Float64Array, M: number, C: number, eps: number): Float64Array {
@@ -79,6 +83,8 @@ export function gpt2MethodsReference(
   const width = L * 2 * C;
   const table = m.prefix ? (m.prefix.projection ? prefixFromProjection(m.prefix.projection, P, C, width) : m.prefix.table!) : null;
   const linear = (module: string, x: Float64Array, W: Float64Array, b: Float64Array, K: number, N: number): Float64Array => {
+    const dy = doraLinear(m.dora, module, x, W, b, 'in_out', M, K, N);
+    if (dy) return dy;
     const ia = m.ia3?.get(module);
     let xin = x;
     if (ia?.feedforward) xin = x.map((v, i) => v * ia.l[i % K]);
@@ -93,7 +99,7 @@ export function gpt2MethodsReference(
     return y;
   };
   const wte = g('transformer.wte.weight'), wpe = g('transformer.wpe.weight');
-  let x = new Float64Array(M * C);
+  let x: Float64Array = new Float64Array(M * C);
   for (let b = 0; b < B; b++) {
     for (let s = 0; s < S; s++) {
       const r = b * S + s;
@@ -138,12 +144,12 @@ export function gpt2MethodsReference(
       }
     }
     const proj = linear(`${p}attn.c_proj`, ctx, g(`${p}attn.c_proj.weight`), g(`${p}attn.c_proj.bias`), C, C);
-    const x2 = x.map((v, i) => v + proj[i]);
+    const x2 = combineBranch(m.bottleneck, l, 'attention', x, proj, M, C);
     const ln2 = layerNorm(x2, g(`${p}ln_2.weight`), g(`${p}ln_2.bias`), M, C, d.layer_norm_epsilon);
     const fc = linear(`${p}mlp.c_fc`, ln2, g(`${p}mlp.c_fc.weight`), g(`${p}mlp.c_fc.bias`), C, F);
     const act = fc.map(gelu);
     const mo = linear(`${p}mlp.c_proj`, act, g(`${p}mlp.c_proj.weight`), g(`${p}mlp.c_proj.bias`), F, C);
-    x = x2.map((v, i) => v + mo[i]);
+    x = combineBranch(m.bottleneck, l, 'output', x2, mo, M, C);
   }
   const hf = layerNorm(x, g('transformer.ln_f.weight'), g('transformer.ln_f.bias'), M, C, d.layer_norm_epsilon);
   const logits = new Float64Array(B * T * V);

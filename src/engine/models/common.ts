@@ -8,7 +8,7 @@ import { matmul } from '../kernels/matmul';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
-import type { FrozenLinear, LinearSite, PeftMethod } from '../peft/method';
+import type { BranchLocation, BranchSite, FrozenLinear, LinearSite, PeftMethod } from '../peft/method';
 import type { RowChunks } from './weights';
 
 /** Allocates a program's tensors and frees them together. */
@@ -26,13 +26,15 @@ export class TensorPool {
   }
 }
 
-/** The frozen product of a linear site, for the hooks of methods that change it (IA3). */
+/** The frozen product of a linear site, for the hooks of methods that change it (IA3, DoRA). */
 function frozenLinear(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null | undefined, accumulate: boolean): FrozenLinear {
   return {
     accumulate,
     biasKnown: bias !== undefined,
-    forward: (x, y, acc) => matmul(gpu, {
-      label: site.module, a: x, b: W, transB: site.weightLayout === 'out_in', c: y, bias: bias ?? undefined,
+    weight: W,
+    bias: bias ?? null,
+    forward: (x, y, acc, withBias = true) => matmul(gpu, {
+      label: site.module, a: x, b: W, transB: site.weightLayout === 'out_in', c: y, bias: withBias ? (bias ?? undefined) : undefined,
       M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate: acc,
     }),
     backward: (dy, dx, acc) => matmul(gpu, {
@@ -67,6 +69,16 @@ export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor
   const ops: Op[] = [base.backward(dy, dx, accumulate)];
   if (targeted) ops.push(...peft!.linearBackward(site, { dy, dx }, base));
   return ops;
+}
+
+/**
+ * The residual branch `location` of layer `layer` when the method puts an adapter there (then the
+ * sub-block's output goes to site.branch and the method's branchForward writes `out`), else null.
+ */
+export function branchSite(peft: PeftMethod | null, layer: number, location: BranchLocation, rows: number, width: number, residual: Tensor, out: Tensor): BranchSite | null {
+  if (!peft?.targetsBranch?.(layer, location)) return null;
+  if (!peft.branchOutput || !peft.branchForward || !peft.branchBackward) throw new Error(`the ${peft.kind} method targets a residual branch but lacks the branch hooks`);
+  return { layer, location, rows, width, branch: peft.branchOutput(layer, location, rows), residual, out };
 }
 
 /**

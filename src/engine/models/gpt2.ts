@@ -15,7 +15,7 @@ import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/at
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
-import { TensorPool, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 
@@ -112,16 +112,17 @@ export class Gpt2 {
     return new Gpt2(gpu, dims, wte, wpe, lmHead, layers, w.load('transformer.ln_f.weight', [C]), w.load('transformer.ln_f.bias', [C]));
   }
 
-  /** Every linear layer, as PEFT names them (what LoRA can target). */
+  /** Every linear layer, as PEFT names them (what LoRA can target), with its frozen weight. */
   linearModules(): LinearModuleInfo[] {
     const { C, F } = this;
     const out: LinearModuleInfo[] = [];
     for (let i = 0; i < this.L; i++) {
       const p = `transformer.h.${i}.`;
-      out.push({ module: `${p}attn.c_attn`, inFeatures: C, outFeatures: 3 * C, weightLayout: 'in_out' });
-      out.push({ module: `${p}attn.c_proj`, inFeatures: C, outFeatures: C, weightLayout: 'in_out' });
-      out.push({ module: `${p}mlp.c_fc`, inFeatures: C, outFeatures: F, weightLayout: 'in_out' });
-      out.push({ module: `${p}mlp.c_proj`, inFeatures: F, outFeatures: C, weightLayout: 'in_out' });
+      const w = this.layers[i];
+      out.push({ module: `${p}attn.c_attn`, inFeatures: C, outFeatures: 3 * C, weightLayout: 'in_out', weight: w.attnW });
+      out.push({ module: `${p}attn.c_proj`, inFeatures: C, outFeatures: C, weightLayout: 'in_out', weight: w.projW });
+      out.push({ module: `${p}mlp.c_fc`, inFeatures: C, outFeatures: F, weightLayout: 'in_out', weight: w.fcW });
+      out.push({ module: `${p}mlp.c_proj`, inFeatures: F, outFeatures: C, weightLayout: 'in_out', weight: w.mprojW });
     }
     return out;
   }
@@ -252,7 +253,7 @@ export class Gpt2 {
         dres: dres!, dln: dln!,
         dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, P + T], 'dP'),
       };
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], scratch, peft, B, T));
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], scratch, peft, B, T));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -271,6 +272,7 @@ export class Gpt2 {
     // prompt tuning needs dLoss/dx0, prefix tuning the attention of every layer
     if (peft.virtualTokens || peft.prefixTokens) return 0;
     for (let l = 0; l < this.L; l++) {
+      if (peft.targetsBranch?.(l, 'attention') || peft.targetsBranch?.(l, 'output')) return l;
       for (const m of this.linearModules().slice(l * 4, l * 4 + 4)) if (peft.targetsLinear(m.module)) return l;
     }
     return this.L;
@@ -327,14 +329,27 @@ export class Gpt2 {
       label: `${p}attn.pv`, a: a.att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * C, D] },
     }));
-    ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
-    ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
+    // (a bottleneck adapter on the branch: c_proj's output goes to its own tensor, the adapter combines)
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    if (attnBranch) {
+      ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, M), w.projW, w.projB, false, peft));
+      ops.push(...peft!.branchForward!(attnBranch));
+    } else {
+      ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
+      ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
+    }
     // MLP block: xOut = x2 + c_proj(gelu(c_fc(ln_2(x2))))
     ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
     ops.push(...this.linear(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
     ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
-    ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
-    ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
+    if (mlpBranch) {
+      ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, M), w.mprojW, w.mprojB, false, peft));
+      ops.push(...peft!.branchForward!(mlpBranch));
+    } else {
+      ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
+      ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
+    }
     return ops;
   }
 
@@ -343,7 +358,7 @@ export class Gpt2 {
    * The mirror image of layerForward, bottom to top read upwards.
    */
   private layerBackward(
-    l: number, x: Tensor, a: LayerActs,
+    l: number, x: Tensor, xOut: Tensor, a: LayerActs,
     s: { dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor; dP: Tensor },
     peft: PeftMethod | null, B: number, T: number,
   ): Op[] {
@@ -353,13 +368,27 @@ export class Gpt2 {
     const p = `transformer.h.${l}.`;
     const qkvBatch = { outer: B, inner: H };
     const ops: Op[] = [];
-    // MLP block (the residual passes dres through unchanged)
-    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, x, M), w.mprojW, w.mprojB, s.dres, s.dg, peft));
+    // MLP block (the residual passes dres through unchanged, unless a bottleneck adapter combines them)
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
+    let dy = s.dres;
+    if (mlpBranch) {
+      const r = peft!.branchBackward!(mlpBranch, s.dres);
+      ops.push(...r.ops);
+      dy = r.dBranch;
+    }
+    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, mlpBranch?.branch ?? xOut, M), w.mprojW, w.mprojB, dy, s.dg, peft));
     ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
     ops.push(...this.linearBack(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, s.dg, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x: a.x2, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
-    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, s.dres, s.dctx, peft));
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    dy = s.dres;
+    if (attnBranch) {
+      const r = peft!.branchBackward!(attnBranch, s.dres);
+      ops.push(...r.ops);
+      dy = r.dBranch;
+    }
+    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.projW, w.projB, dy, s.dctx, peft));
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;

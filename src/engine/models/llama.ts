@@ -18,7 +18,7 @@ import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '.
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
-import { TensorPool, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, branchSite, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
@@ -125,9 +125,10 @@ export class Llama {
     const out: LinearModuleInfo[] = [];
     for (let i = 0; i < this.L; i++) {
       const a = `model.layers.${i}.self_attn.`, m = `model.layers.${i}.mlp.`;
-      const lin = (module: string, inFeatures: number, outFeatures: number): void => void out.push({ module, inFeatures, outFeatures, weightLayout: 'out_in' });
-      lin(`${a}q_proj`, C, H * D); lin(`${a}k_proj`, C, KV * D); lin(`${a}v_proj`, C, KV * D); lin(`${a}o_proj`, H * D, C);
-      lin(`${m}gate_proj`, C, I); lin(`${m}up_proj`, C, I); lin(`${m}down_proj`, I, C);
+      const w = this.layers[i];
+      const lin = (module: string, inFeatures: number, outFeatures: number, weight: Tensor): void => void out.push({ module, inFeatures, outFeatures, weightLayout: 'out_in', weight });
+      lin(`${a}q_proj`, C, H * D, w.q); lin(`${a}k_proj`, C, KV * D, w.k); lin(`${a}v_proj`, C, KV * D, w.v); lin(`${a}o_proj`, H * D, C, w.o);
+      lin(`${m}gate_proj`, C, I, w.gate); lin(`${m}up_proj`, C, I, w.up); lin(`${m}down_proj`, I, C, w.down);
     }
     return out;
   }
@@ -285,7 +286,7 @@ export class Llama {
         dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, P + T], 'dP'),
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
       };
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), acts[l], s, peft, B, T));
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], s, peft, B, T));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -303,7 +304,10 @@ export class Llama {
     // prompt tuning needs dLoss/dx0, prefix tuning the attention of every layer
     if (peft.virtualTokens || peft.prefixTokens) return 0;
     const mods = this.linearModules();
-    for (let l = 0; l < this.L; l++) if (mods.slice(l * 7, l * 7 + 7).some((m) => peft.targetsLinear(m.module))) return l;
+    for (let l = 0; l < this.L; l++) {
+      if (peft.targetsBranch?.(l, 'attention') || peft.targetsBranch?.(l, 'output')) return l;
+      if (mods.slice(l * 7, l * 7 + 7).some((m) => peft.targetsLinear(m.module))) return l;
+    }
     return this.L;
   }
 
@@ -369,15 +373,28 @@ export class Llama {
       label: `${p}attn.pv`, a: a.att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
       batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
     })));
-    ops.push(copyOp(x, a.x2));
-    ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
+    // (a bottleneck adapter on the branch: o_proj's output goes to its own tensor, the adapter combines)
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    if (attnBranch) {
+      ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, M), w.o, w.oBias, false, peft));
+      ops.push(...peft!.branchForward!(attnBranch));
+    } else {
+      ops.push(copyOp(x, a.x2));
+      ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
+    }
     // MLP block: xOut = x2 + down(silu(gate(xn2)) * up(xn2))
     ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps }));
     ops.push(...linearForward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
     ops.push(...linearForward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, w.upBias, false, peft));
     ops.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: M, F: I }));
-    ops.push(copyOp(a.x2, xOut));
-    ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
+    if (mlpBranch) {
+      ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, M), w.down, w.downBias, false, peft));
+      ops.push(...peft!.branchForward!(mlpBranch));
+    } else {
+      ops.push(copyOp(a.x2, xOut));
+      ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
+    }
     return ops;
   }
 
@@ -387,21 +404,35 @@ export class Llama {
   }
 
   /** On entry s.dres = dLoss/d(output of layer l); on exit dLoss/d(input of layer l). */
-  private layerBackward(l: number, x: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number): Op[] {
+  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
     const G = H / KV;
     const w = this.layers[l];
     const p = `model.layers.${l}.`;
     const ops: Op[] = [];
-    // MLP block
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, x, M), w.down, s.dres, s.dh, false, peft, w.downBias));
+    // MLP block (a bottleneck adapter on the branch turns dres into the branch's gradient first)
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
+    let dy = s.dres;
+    if (mlpBranch) {
+      const r = peft!.branchBackward!(mlpBranch, s.dres);
+      ops.push(...r.ops);
+      dy = r.dBranch;
+    }
+    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, mlpBranch?.branch ?? xOut, M), w.down, dy, s.dh, false, peft, w.downBias));
     ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gate, up: a.up, dgate: s.dgate, dup: s.dup, rows: M, F: I }));
     ops.push(...linearBackward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft, w.gateBias));
     ops.push(...linearBackward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft, w.upBias));
     ops.push(rmsNormBackward(gpu, { dout: s.dxn, x: a.x2, weight: w.postNorm, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, s.dres, s.dctx, false, peft, w.oBias));
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    dy = s.dres;
+    if (attnBranch) {
+      const r = peft!.branchBackward!(attnBranch, s.dres);
+      ops.push(...r.ops);
+      dy = r.dBranch;
+    }
+    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.o, dy, s.dctx, false, peft, w.oBias));
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;

@@ -1,6 +1,7 @@
-// Building any of the adapter methods for a loaded causal LM: the model facts PEFT's configs
-// record (prompt-learning dimensions, IA3 defaults per model_type) and one entry point that makes
-// LoRA, IA3, prompt tuning or prefix tuning from settings.
+// Building any of the adapter methods for a loaded causal LM: the model facts PEFT's (and
+// AdapterHub's) configs record (prompt-learning dimensions, IA3 defaults per model_type, the model
+// class) and one entry point that makes LoRA, DoRA, IA3, prompt tuning, prefix tuning or bottleneck
+// adapters from settings.
 
 import type { Gpu } from '../gpu/gpu';
 import type { HfConfig } from '../../io/hf-config';
@@ -11,6 +12,8 @@ import { Lora, type LinearModuleInfo, type LoraSettings } from './lora';
 import { IA3_DEFAULTS, Ia3, Ia3Error, type Ia3Settings } from './ia3';
 import { PromptTuning, type PromptModelDims, type PromptTuningSettings } from './prompt-tuning';
 import { PrefixTuning, type PrefixModelDims, type PrefixTuningSettings } from './prefix-tuning';
+import { Dora } from './dora';
+import { BottleneckAdapters, type BottleneckModelDims, type BottleneckSettings } from './bottleneck';
 
 /** What PEFT reads from a causal LM's config.json for these methods. */
 export interface PeftModelInfo {
@@ -24,6 +27,8 @@ export interface PeftModelInfo {
   hasKvHeads: boolean;
   vocab: number;
   linears: readonly LinearModuleInfo[];
+  /** transformers' model class (config.json "architectures"[0], else the family's causal-LM class). */
+  modelClass: string;
 }
 
 export class PeftSetupError extends Error {
@@ -33,14 +38,20 @@ export class PeftSetupError extends Error {
   }
 }
 
+/** transformers' causal-LM class per model_type, for configs without "architectures". */
+const CAUSAL_LM_CLASS: Record<string, string> = {
+  gpt2: 'GPT2LMHeadModel', llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM',
+};
+
 export function peftModelInfo(config: HfConfig, linears: readonly LinearModuleInfo[]): PeftModelInfo {
+  const modelClass = config.architectures[0] ?? CAUSAL_LM_CLASS[config.model_type] ?? config.model_type;
   if (config.family === 'gpt2') {
-    return { modelType: config.model_type, hidden: config.n_embd, layers: config.n_layer, heads: config.n_head, kvHeads: config.n_head, hasKvHeads: false, vocab: config.vocab_size, linears };
+    return { modelType: config.model_type, hidden: config.n_embd, layers: config.n_layer, heads: config.n_head, kvHeads: config.n_head, hasKvHeads: false, vocab: config.vocab_size, linears, modelClass };
   }
   if (config.family === 'llama') {
     return {
       modelType: config.model_type, hidden: config.hidden_size, layers: config.num_hidden_layers, heads: config.num_attention_heads,
-      kvHeads: config.num_key_value_heads, hasKvHeads: true, vocab: config.vocab_size, linears,
+      kvHeads: config.num_key_value_heads, hasKvHeads: true, vocab: config.vocab_size, linears, modelClass,
     };
   }
   throw new PeftSetupError(`model_type "${config.model_type}" is not a causal LM these adapter methods support`);
@@ -61,6 +72,11 @@ export function prefixDims(info: PeftModelInfo): PrefixModelDims {
   return { layers: info.layers, kvHeads: info.hasKvHeads ? info.kvHeads : info.heads, headDim: info.hidden / info.heads };
 }
 
+/** Where AdapterHub's bottleneck adapters live in this model, and what its config records. */
+export function bottleneckDims(info: PeftModelInfo): BottleneckModelDims {
+  return { modelType: info.modelType, modelClass: info.modelClass, hidden: info.hidden, layers: info.layers, layersPath: info.modelType === 'gpt2' ? 'transformer.h' : 'model.layers' };
+}
+
 /** PEFT's default IA3 targets for this model_type. */
 export function defaultIa3Settings(info: PeftModelInfo): Ia3Settings {
   const d = IA3_DEFAULTS[info.modelType];
@@ -70,13 +86,16 @@ export function defaultIa3Settings(info: PeftModelInfo): Ia3Settings {
 
 export type MethodSpec =
   | { method: 'lora'; lora: LoraSettings }
+  | { method: 'dora'; lora: LoraSettings }
+  | { method: 'bottleneck'; bottleneck: BottleneckSettings }
   | { method: 'ia3'; ia3: Ia3Settings }
   | { method: 'prompt'; prompt: PromptTuningSettings }
   | { method: 'prefix'; prefix: PrefixTuningSettings };
 
 /**
- * Makes the method with its initial values: LoRA's A and prefix tuning's tensors from `random`,
- * IA3's ones, prompt tuning's RANDOM / TEXT / SAMPLE_VOCAB init (text through `tokenize`).
+ * Makes the method with its initial values: LoRA's and DoRA's A, prefix tuning's tensors and the
+ * bottleneck adapters' weights from `random`, DoRA's magnitude from the model's weights, IA3's ones,
+ * prompt tuning's RANDOM / TEXT / SAMPLE_VOCAB init (text through `tokenize`).
  */
 export function createPeftMethod(
   gpu: Gpu, spec: MethodSpec, info: PeftModelInfo, model: Pick<CausalLM, 'copyTokenEmbeddings'>, step: StepUniforms,
@@ -85,6 +104,10 @@ export function createPeftMethod(
   switch (spec.method) {
     case 'lora':
       return new Lora(gpu, spec.lora, info.linears, step, o.random);
+    case 'dora':
+      return new Dora(gpu, spec.lora, info.linears, step, o.random);
+    case 'bottleneck':
+      return new BottleneckAdapters(gpu, spec.bottleneck, bottleneckDims(info), o.random);
     case 'ia3':
       return new Ia3(gpu, spec.ia3, info.linears);
     case 'prompt': {

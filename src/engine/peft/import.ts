@@ -1,5 +1,7 @@
 // Loading a PEFT adapter (adapter_config.json + adapter_model.safetensors) back onto a model:
-// for inference, to continue training, or to check an export. Mismatches are named, not crashed on.
+// for inference, to continue training, or to check an export; and the AdapterHub bottleneck
+// adapters this engine exports (adapter_config.json + adapter.safetensors). Mismatches are named,
+// not crashed on.
 
 import type { Gpu } from '../gpu/gpu';
 import type { StepUniforms } from '../kernels/step-uniforms';
@@ -9,7 +11,9 @@ import type { PeftMethod } from './method';
 import { Ia3, type Ia3Settings } from './ia3';
 import { PromptTuning, type PromptInit } from './prompt-tuning';
 import { PrefixTuning } from './prefix-tuning';
-import { defaultIa3Settings, prefixDims, promptDims, type PeftModelInfo } from './factory';
+import { bottleneckDims, defaultIa3Settings, prefixDims, promptDims, type PeftModelInfo } from './factory';
+import { Dora } from './dora';
+import { BOTTLENECK_ACTIVATIONS, BOTTLENECK_PRESETS, BottleneckAdapters, type BottleneckActivation, type BottleneckType } from './bottleneck';
 
 export class AdapterError extends Error {
   constructor(message: string) {
@@ -25,8 +29,12 @@ export interface AdapterFilesIn {
   name: string;
 }
 
-/** Builds a LoRA from PEFT files, checking method, names and shapes against the model. */
-export function importLoraAdapter(gpu: Gpu, files: AdapterFilesIn, linears: readonly LinearModuleInfo[], step: StepUniforms): Lora {
+/**
+ * Builds a LoRA (or, with use_dora, a DoRA) from PEFT files, checking method, names and shapes
+ * against the model. DoRA needs the model's weights in `linears` (its magnitude is loaded, but the
+ * layer reads the frozen weight).
+ */
+export function importLoraAdapter(gpu: Gpu, files: AdapterFilesIn, linears: readonly LinearModuleInfo[], step: StepUniforms): Lora | Dora {
   let cfg: Record<string, unknown>;
   try {
     cfg = JSON.parse(files.config) as Record<string, unknown>;
@@ -34,23 +42,23 @@ export function importLoraAdapter(gpu: Gpu, files: AdapterFilesIn, linears: read
     throw new AdapterError(`${files.name}: adapter_config.json is not valid JSON (${(e as Error).message})`);
   }
   if (cfg.peft_type !== 'LORA') throw new AdapterError(`${files.name}: peft_type ${JSON.stringify(cfg.peft_type)} is not supported here (LORA)`);
-  if (cfg.use_dora) throw new AdapterError(`${files.name}: DoRA adapters are not supported yet`);
   const r = Number(cfg.r), alpha = Number(cfg.lora_alpha);
   let targets = cfg.target_modules;
   if (typeof targets === 'string') throw new AdapterError(`${files.name}: regular-expression target_modules ("${targets}") are not supported; list the module names`);
   if (!Array.isArray(targets) || !targets.every((t) => typeof t === 'string')) throw new AdapterError(`${files.name}: adapter_config.json has no target_modules list`);
   targets = targets as string[];
   const weights = parseSafetensors(files.weights, `${files.name}/adapter_model.safetensors`);
-  let lora: Lora;
+  let lora: Lora | Dora;
   try {
-    lora = new Lora(gpu, { r, alpha, dropout: 0, targetModules: targets as string[], useRslora: Boolean(cfg.use_rslora) }, linears, step, () => 0.5);
+    const settings = { r, alpha, dropout: 0, targetModules: targets as string[], useRslora: Boolean(cfg.use_rslora) };
+    lora = cfg.use_dora ? new Dora(gpu, settings, linears, step, () => 0.5) : new Lora(gpu, settings, linears, step, () => 0.5);
   } catch (e) {
     if (e instanceof LoraError) throw new AdapterError(`${files.name}: ${e.message}`);
     throw e;
   }
   // PEFT saves names without the adapter name; older files may carry ".default".
   const byName = new Map<string, string>();
-  for (const n of weights.tensors.keys()) byName.set(n.replace('.default.weight', '.weight'), n);
+  for (const n of weights.tensors.keys()) byName.set(n.replace('.default.weight', '.weight').replace(/\.lora_magnitude_vector\.default(\.weight)?$/, '.lora_magnitude_vector'), n);
   const missing = lora.params.filter((p) => !byName.has(p.name)).map((p) => p.name);
   if (missing.length) {
     throw new AdapterError(`${files.name}: ${missing.length} tensors this model needs are missing (first: ${missing[0]}); was it trained on another base model?`);
@@ -113,9 +121,55 @@ function positiveInt(files: AdapterFilesIn, cfg: Record<string, unknown>, key: s
   return v;
 }
 
+/** Whether an adapter_config.json is AdapterHub's (the `adapters` library's build_full_config) rather than PEFT's. */
+export function isAdapterHubConfig(cfg: Record<string, unknown>): boolean {
+  return cfg.peft_type === undefined && typeof cfg.config === 'object' && cfg.config !== null && typeof cfg.version === 'string' && cfg.version.startsWith('adapters.');
+}
+
 /**
- * Builds the adapter a PEFT adapter folder describes (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING) for
- * a model, checking method, dimensions, tensor names and shapes. A prefix-tuning adapter saved
+ * A bottleneck adapter saved in AdapterHub's layout (the Houlsby and Pfeiffer presets this engine
+ * trains), checked against the model: model type, hidden size, every config field the engine
+ * does not implement, tensor names and shapes.
+ */
+function importBottleneck(gpu: Gpu, files: AdapterFilesIn, cfg: Record<string, unknown>, info: PeftModelInfo): BottleneckAdapters {
+  const c = cfg.config as Record<string, unknown>;
+  if (c.architecture !== undefined && c.architecture !== null && c.architecture !== 'bottleneck') {
+    throw new AdapterError(`${files.name}: AdapterHub architecture ${JSON.stringify(c.architecture)} is not supported here (bottleneck adapters)`);
+  }
+  if (cfg.model_type !== undefined && cfg.model_type !== info.modelType) throw new AdapterError(`${files.name}: the adapter is for model_type ${JSON.stringify(cfg.model_type)}, this model is "${info.modelType}"`);
+  if (cfg.hidden_size !== undefined && cfg.hidden_size !== info.hidden) throw new AdapterError(`${files.name}: hidden_size is ${JSON.stringify(cfg.hidden_size)}, this model has ${info.hidden}; was it trained on another base model?`);
+  let type: BottleneckType | null = null;
+  for (const [t, p] of Object.entries(BOTTLENECK_PRESETS) as [BottleneckType, (typeof BOTTLENECK_PRESETS)[BottleneckType]][]) {
+    if (c.mh_adapter === p.mhAdapter && c.output_adapter === true && c.original_ln_before === p.originalLnBefore) type = t;
+  }
+  if (!type) throw new AdapterError(`${files.name}: mh_adapter ${c.mh_adapter}, output_adapter ${c.output_adapter}, original_ln_before ${c.original_ln_before} is neither the Houlsby nor the Pfeiffer layout`);
+  const fixed: [string, unknown][] = [
+    ['original_ln_after', true], ['ln_before', false], ['ln_after', false], ['is_parallel', false], ['scaling', 1], ['use_gating', false],
+    ['residual_before_ln', true], ['adapter_residual_before_ln', false], ['phm_layer', false], ['cross_adapter', false],
+  ];
+  for (const [k, want] of fixed) {
+    if (c[k] !== undefined && c[k] !== want) throw new AdapterError(`${files.name}: config ${k} = ${JSON.stringify(c[k])} is not supported here (${JSON.stringify(want)})`);
+  }
+  if (c.inv_adapter) throw new AdapterError(`${files.name}: invertible adapters (inv_adapter ${JSON.stringify(c.inv_adapter)}) are not supported here`);
+  if (Array.isArray(c.leave_out) && c.leave_out.length) throw new AdapterError(`${files.name}: leave_out ${JSON.stringify(c.leave_out)} is not supported here (adapters in every layer)`);
+  const rf = c.reduction_factor;
+  if (typeof rf !== 'number') throw new AdapterError(`${files.name}: reduction_factor ${JSON.stringify(rf)} is not supported here (one number for every layer)`);
+  const act = String(c.non_linearity ?? '').toLowerCase();
+  if (!(BOTTLENECK_ACTIVATIONS as readonly string[]).includes(act)) throw new AdapterError(`${files.name}: non_linearity ${JSON.stringify(c.non_linearity)} is not supported here (${BOTTLENECK_ACTIVATIONS.join(', ')})`);
+  const name = typeof cfg.name === 'string' ? cfg.name : '';
+  let adapter: BottleneckAdapters;
+  try {
+    adapter = new BottleneckAdapters(gpu, { type, reductionFactor: rf, nonLinearity: act as BottleneckActivation, name }, bottleneckDims(info), () => 0.5);
+  } catch (e) {
+    throw new AdapterError(`${files.name}: ${(e as Error).message}`);
+  }
+  loadTensors(gpu, files, adapter.params.map((p) => ({ name: p.name, shape: p.shape, target: p.value })));
+  return adapter;
+}
+
+/**
+ * Builds the adapter a PEFT adapter folder describes (LORA with or without DoRA, IA3,
+ * PROMPT_TUNING, PREFIX_TUNING; or an AdapterHub bottleneck adapter) for a model, checking method, dimensions, tensor names and shapes. A prefix-tuning adapter saved
  * with prefix_projection holds the prefix its MLP made (as PEFT saves it): it loads as a plain
  * prefix, which is also how PEFT loads it for inference.
  */
@@ -130,6 +184,7 @@ export function importPeftAdapter(gpu: Gpu, files: AdapterFilesIn, info: PeftMod
       throw new AdapterError(`${files.name}: ${e.message}`);
     }
   };
+  if (type === undefined && isAdapterHubConfig(cfg)) return importBottleneck(gpu, files, cfg, info);
   if (type === 'LORA') return importLoraAdapter(gpu, files, info.linears, step);
   if (cfg.task_type !== undefined && cfg.task_type !== null && cfg.task_type !== 'CAUSAL_LM') {
     throw new AdapterError(`${files.name}: task_type ${JSON.stringify(cfg.task_type)} is not a causal-LM adapter (CAUSAL_LM)`);
@@ -170,5 +225,5 @@ export function importPeftAdapter(gpu: Gpu, files: AdapterFilesIn, info: PeftMod
     loadTensors(gpu, files, [{ name: 'prompt_embeddings', shape: [n, pre.width], target: pre.params[0].value }]);
     return pre;
   }
-  throw new AdapterError(`${files.name}: peft_type ${JSON.stringify(type)} is not supported here (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING)`);
+  throw new AdapterError(`${files.name}: peft_type ${JSON.stringify(type)} is not supported here (LORA (with DoRA), IA3, PROMPT_TUNING, PREFIX_TUNING; or an AdapterHub bottleneck adapter)`);
 }

@@ -29,6 +29,8 @@ export interface LinearModuleInfo {
   outFeatures: number;
   /** 'in_out' = GPT-2 Conv1D (PEFT then sets fan_in_fan_out). */
   weightLayout: 'in_out' | 'out_in';
+  /** The frozen weight on the GPU, stored as weightLayout says (DoRA starts its magnitude from it). */
+  weight?: Tensor;
 }
 
 export class LoraError extends Error {
@@ -41,6 +43,64 @@ export class LoraError extends Error {
 /** PEFT's rule for a list of target_modules (strings, not a regex). */
 export function moduleMatches(module: string, targets: readonly string[]): boolean {
   return targets.some((t) => module === t || module.endsWith(`.${t}`));
+}
+
+/** Checks r, alpha and dropout; returns PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA. */
+export function loraScale(settings: LoraSettings, what = 'LoRA'): number {
+  const { r, alpha, dropout } = settings;
+  if (!Number.isInteger(r) || r < 1) throw new LoraError(`${what} rank must be a positive integer (got ${r})`);
+  if (!(alpha > 0)) throw new LoraError(`${what} alpha must be positive (got ${alpha})`);
+  if (!(dropout >= 0 && dropout < 1)) throw new LoraError(`${what} dropout must be in [0, 1) (got ${dropout})`);
+  return settings.useRslora ? alpha / Math.sqrt(r) : alpha / r;
+}
+
+/**
+ * The linear layers PEFT wraps for these target_modules ('all-linear': every linear layer but the
+ * output head, which `linears` does not list); throws, naming the model's layers, when none match.
+ */
+export function loraTargets(settings: LoraSettings, linears: readonly LinearModuleInfo[], what = 'LoRA'): LinearModuleInfo[] {
+  const targeted = settings.targetModules.includes('all-linear') ? [...linears] : linears.filter((l) => moduleMatches(l.module, settings.targetModules));
+  if (targeted.length === 0) {
+    const names = [...new Set(linears.map((l) => l.module.split('.').slice(-2).join('.')))].join(', ');
+    throw new LoraError(`${what} target modules [${settings.targetModules.join(', ')}] match no layer of this model; its linear layers are: ${names}`);
+  }
+  return targeted;
+}
+
+/** PEFT's init of lora_A [r, in]: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)), from `random`. */
+export function loraAInit(r: number, inFeatures: number, random: () => number): Float32Array {
+  const bound = 1 / Math.sqrt(inFeatures);
+  const a = new Float32Array(r * inFeatures);
+  for (let j = 0; j < a.length; j++) a[j] = (random() * 2 - 1) * bound;
+  return a;
+}
+
+/** The adapter_config.json PEFT (0.21) saves for a LoRA (use_dora false) or DoRA (true) on these modules. */
+export function loraAdapterConfig(settings: LoraSettings, wrapped: readonly LinearModuleInfo[], baseModel: string, useDora: boolean): Record<string, unknown> {
+  const anyConv1d = wrapped.some((m) => m.weightLayout === 'in_out');
+  // PEFT (0.21) saves 'all-linear' expanded to the full path of every layer it wrapped
+  const targets = settings.targetModules.includes('all-linear') ? wrapped.map((m) => m.module).sort() : [...new Set(settings.targetModules)];
+  return {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    base_model_name_or_path: baseModel,
+    r: settings.r,
+    lora_alpha: settings.alpha,
+    lora_dropout: settings.dropout,
+    target_modules: targets,
+    fan_in_fan_out: anyConv1d,
+    bias: 'none',
+    use_rslora: settings.useRslora,
+    use_dora: useDora,
+    init_lora_weights: true,
+    inference_mode: true,
+    modules_to_save: null,
+    layers_to_transform: null,
+    layers_pattern: null,
+    rank_pattern: {},
+    alpha_pattern: {},
+    revision: null,
+  };
 }
 
 interface Scratch {
@@ -65,7 +125,6 @@ export class Lora implements PeftMethod {
   private readonly modules = new Map<string, LoraModule>();
   private readonly scratch = new Map<number, Scratch>();
   private readonly maxIn: number;
-  private readonly allLinear: boolean;
 
   /**
    * @param linears every linear module of the model that LoRA could target
@@ -78,25 +137,12 @@ export class Lora implements PeftMethod {
     private readonly step: StepUniforms,
     random: () => number,
   ) {
-    const { r, alpha, dropout } = settings;
-    if (!Number.isInteger(r) || r < 1) throw new LoraError(`LoRA rank must be a positive integer (got ${r})`);
-    if (!(alpha > 0)) throw new LoraError(`LoRA alpha must be positive (got ${alpha})`);
-    if (!(dropout >= 0 && dropout < 1)) throw new LoraError(`LoRA dropout must be in [0, 1) (got ${dropout})`);
-    this.scale = settings.useRslora ? alpha / Math.sqrt(r) : alpha / r;
-    // 'all-linear' as PEFT defines it: every linear layer but the output head (not in `linears`)
-    this.allLinear = settings.targetModules.includes('all-linear');
-    const targeted = this.allLinear ? [...linears] : linears.filter((l) => moduleMatches(l.module, settings.targetModules));
-    if (targeted.length === 0) {
-      const names = [...new Set(linears.map((l) => l.module.split('.').slice(-2).join('.')))].join(', ');
-      throw new LoraError(`LoRA target modules [${settings.targetModules.join(', ')}] match no layer of this model; its linear layers are: ${names}`);
-    }
+    this.scale = loraScale(settings);
+    const targeted = loraTargets(settings, linears, 'LoRA');
     targeted.forEach((info, i) => {
       const base = `base_model.model.${info.module}`;
-      const bound = 1 / Math.sqrt(info.inFeatures); // kaiming_uniform_(a=sqrt(5)) on [r, in]
-      const a = new Float32Array(r * info.inFeatures);
-      for (let j = 0; j < a.length; j++) a[j] = (random() * 2 - 1) * bound;
-      const A = this.param(`${base}.lora_A.weight`, [r, info.inFeatures], a);
-      const B = this.param(`${base}.lora_B.weight`, [info.outFeatures, r], null);
+      const A = this.param(`${base}.lora_A.weight`, [settings.r, info.inFeatures], loraAInit(settings.r, info.inFeatures, random));
+      const B = this.param(`${base}.lora_B.weight`, [info.outFeatures, settings.r], null);
       this.modules.set(info.module, { info, A, B, salt: 0x9e37 + i * 7919 });
     });
     this.maxIn = Math.max(...targeted.map((l) => l.inFeatures));
@@ -208,29 +254,6 @@ export class Lora implements PeftMethod {
   }
 
   adapterConfig(baseModel: string): Record<string, unknown> {
-    const anyConv1d = [...this.modules.values()].some((m) => m.info.weightLayout === 'in_out');
-    // PEFT (0.21) saves 'all-linear' expanded to the full path of every layer it wrapped
-    const targets = this.allLinear ? [...this.modules.keys()].sort() : [...new Set(this.settings.targetModules)];
-    return {
-      peft_type: 'LORA',
-      task_type: 'CAUSAL_LM',
-      base_model_name_or_path: baseModel,
-      r: this.settings.r,
-      lora_alpha: this.settings.alpha,
-      lora_dropout: this.settings.dropout,
-      target_modules: targets,
-      fan_in_fan_out: anyConv1d,
-      bias: 'none',
-      use_rslora: this.settings.useRslora,
-      use_dora: false,
-      init_lora_weights: true,
-      inference_mode: true,
-      modules_to_save: null,
-      layers_to_transform: null,
-      layers_pattern: null,
-      rank_pattern: {},
-      alpha_pattern: {},
-      revision: null,
-    };
+    return loraAdapterConfig(this.settings, [...this.modules.values()].map((m) => m.info), baseModel, false);
   }
 }

@@ -1,12 +1,17 @@
-// The interface every parameter-efficient method implements (LoRA, IA3, prompt tuning, prefix
-// tuning; bottleneck adapters later). An architecture file builds its forward and backward
+// The interface every parameter-efficient method implements (LoRA, DoRA, IA3, prompt tuning,
+// prefix tuning, bottleneck adapters). An architecture file builds its forward and backward
 // programs and calls the method's hooks at the places the method acts on; the method owns its
 // parameters, their gradients, its scratch and how it is exported.
 //
 // Hook points (all but the linear ones optional):
 //   linear layers   linearForward / linearBackward after the frozen product (LoRA adds to it), or,
 //                   with replacesLinear, instead of it through a FrozenLinear (IA3 scales the
-//                   layer's input or output)
+//                   layer's input or output; DoRA rescales the layer's output per feature by its
+//                   magnitude over the merged weight's norm, so it reads the frozen weight too)
+//   residual branch targetsBranch(layer, location): the architecture writes that sub-block's
+//                   output (attention after its output projection, or the MLP) into
+//                   branchOutput(...) instead of adding it to the residual stream, and
+//                   branchForward / branchBackward combine the two (bottleneck adapters)
 //   embedding       virtualTokens > 0: the program runs virtualTokens + T positions per sequence
 //                   (virtual rows first, real tokens at positions virtualTokens..), the method
 //                   writes the virtual rows (embeddingForward) and takes their gradient
@@ -70,8 +75,12 @@ export interface FrozenLinear {
   readonly accumulate: boolean;
   /** Whether forward() adds the layer's real bias (false: the architecture did not pass it to the backward). */
   readonly biasKnown: boolean;
-  /** y (+)= x W (+ b): x [rows, in], y [rows, out]. */
-  forward(x: Tensor, y: Tensor, accumulate: boolean): Op;
+  /** The frozen weight, stored as the site's weightLayout says ([in, out] or [out, in]). */
+  readonly weight: Tensor;
+  /** The layer's bias; null when it has none or when the architecture did not pass it (biasKnown false). */
+  readonly bias: Tensor | null;
+  /** y (+)= x W (+ b): x [rows, in], y [rows, out]; withBias false leaves the bias out (default: added). */
+  forward(x: Tensor, y: Tensor, accumulate: boolean, withBias?: boolean): Op;
   /** dx (+)= dy W^T: dy [rows, out], dx [rows, in]. */
   backward(dy: Tensor, dx: Tensor, accumulate: boolean): Op;
 }
@@ -89,7 +98,28 @@ export interface AttentionPrefix {
   valueOffset: number;
 }
 
-export type PeftKind = 'lora' | 'ia3' | 'prompt' | 'prefix';
+/** Where in a transformer layer a bottleneck adapter sits (AdapterHub's mh_adapter and output_adapter). */
+export type BranchLocation = 'attention' | 'output';
+
+/**
+ * One residual branch of a transformer layer: out = residual + branch without an adapter, where
+ * branch is the attention block's output (after c_proj / o_proj) or the MLP's output.
+ */
+export interface BranchSite {
+  layer: number;
+  location: BranchLocation;
+  rows: number;
+  /** Hidden size. */
+  width: number;
+  /** The sub-block's output [rows, width] (the tensor branchOutput gave; kept for backward). */
+  branch: Tensor;
+  /** The sub-block's residual input [rows, width] (kept for backward). */
+  residual: Tensor;
+  /** Where the stream continues [rows, width]: branchForward writes all of it. */
+  out: Tensor;
+}
+
+export type PeftKind = 'lora' | 'dora' | 'ia3' | 'prompt' | 'prefix' | 'bottleneck';
 
 /** A tensor of the exported adapter_model.safetensors. */
 export interface ExportTensor {
@@ -122,16 +152,37 @@ export interface PeftMethod {
   /** Key/value rows every layer's attention sees before the sequence (prefix tuning); 0 or absent otherwise. */
   readonly prefixTokens?: number;
   attentionPrefix?(layer: number): AttentionPrefix;
+  /** Whether the method acts on this residual branch (bottleneck adapters). */
+  targetsBranch?(layer: number, location: BranchLocation): boolean;
+  /** The tensor [rows, width] the architecture writes a targeted branch's sub-block output into. */
+  branchOutput?(layer: number, location: BranchLocation, rows: number): Tensor;
+  /** Ops that write site.out from site.residual and site.branch (the whole combination). */
+  branchForward?(site: BranchSite): Op[];
+  /**
+   * dOut holds dLoss/d(site.out) on entry and dLoss/d(site.residual) after the ops, which also add
+   * the parameter gradients; dBranch holds dLoss/d(site.branch) after them (it may be dOut).
+   */
+  branchBackward?(site: BranchSite, dOut: Tensor): { ops: Op[]; dBranch: Tensor };
   /** Ops at the start of every forward of every program built with this method. */
   forwardStart?(): Op[];
   /** Ops at the start of every backward, before any hook adds gradients. */
   backwardStart?(): Op[];
   /** Ops at the end of every backward. */
   backwardEnd?(): Op[];
+  /**
+   * Whose file layout the export follows: 'peft' (adapter_config.json + adapter_model.safetensors,
+   * the default) or 'adapterhub' (the `adapters` library's adapter_config.json + adapter.safetensors).
+   */
+  readonly exportFormat?: 'peft' | 'adapterhub';
+  /**
+   * Keys of adapterConfig() whose whole-number values must be written as floats ("1.0"): the
+   * reader is Python and checks the type (AdapterHub's scaling must be a float).
+   */
+  readonly configFloatKeys?: readonly string[];
   /** The tensors PEFT saves (default: every parameter under its name). */
   exportTensors?(read: (t: Tensor) => Promise<Float32Array>): Promise<ExportTensor[]>;
   /** Frees the parameters, optimizer state and scratch. */
   destroy?(): void;
-  /** PEFT adapter_config.json contents for this method. */
+  /** adapter_config.json contents for this method (PEFT's, or AdapterHub's with exportFormat 'adapterhub'). */
   adapterConfig(baseModel: string): Record<string, unknown>;
 }
