@@ -56,7 +56,7 @@ describe('fuzzing the safetensors reader', () => {
     const outcomes = { parsed: 0, rejected: 0 };
     const start = performance.now();
     for (let i = 0; i < 3000; i++) {
-      let bytes = good;
+      let bytes: Uint8Array = good;
       for (let k = 0, n = 1 + int(r, 2); k < n; k++) bytes = pick(r, mutators)(bytes, r);
       const t0 = performance.now();
       try {

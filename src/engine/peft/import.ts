@@ -43,6 +43,13 @@ export function importLoraAdapter(gpu: Gpu, files: AdapterFilesIn, linears: read
   }
   if (cfg.peft_type !== 'LORA') throw new AdapterError(`${files.name}: peft_type ${JSON.stringify(cfg.peft_type)} is not supported here (LORA)`);
   const r = Number(cfg.r), alpha = Number(cfg.lora_alpha);
+  // checked before anything is allocated: a lying rank would size the GPU buffers
+  const widest = Math.max(1, ...linears.map((l) => Math.max(l.inFeatures, l.outFeatures)));
+  if (!Number.isInteger(r) || r < 1 || r > widest) throw new AdapterError(`${files.name}: adapter_config.json has r = ${JSON.stringify(cfg.r)}; expected a whole number from 1 to ${widest} (this model's widest layer)`);
+  if (!Number.isFinite(alpha)) throw new AdapterError(`${files.name}: adapter_config.json has lora_alpha = ${JSON.stringify(cfg.lora_alpha)}; expected a number`);
+  for (const flag of ['use_rslora', 'use_dora'] as const) {
+    if (cfg[flag] !== undefined && cfg[flag] !== null && typeof cfg[flag] !== 'boolean') throw new AdapterError(`${files.name}: adapter_config.json has ${flag} = ${JSON.stringify(cfg[flag])}; expected true or false`);
+  }
   let targets = cfg.target_modules;
   if (typeof targets === 'string') throw new AdapterError(`${files.name}: regular-expression target_modules ("${targets}") are not supported; list the module names`);
   if (!Array.isArray(targets) || !targets.every((t) => typeof t === 'string')) throw new AdapterError(`${files.name}: adapter_config.json has no target_modules list`);
