@@ -20,7 +20,15 @@ import type { Example } from '../src/data/examples';
 import { buildCausalExamples, buildCausalExamplesAsync, PROGRESS_ROWS } from '../src/data/examples';
 import { parseTableText } from '../src/data/table';
 import { loadTokenizer } from '../src/data/tokenizer';
-import { adapterBuffers, estimateTraining, SOFTWARE_RENDERER_WARN_BYTES } from '../src/worker/memory';
+import { adapterBuffers, estimateClassifierTraining, estimateTraining, headBuffers, SOFTWARE_RENDERER_WARN_BYTES, type RunShape } from '../src/worker/memory';
+import { createPeftMethod } from '../src/engine/peft/factory';
+import { loadSequenceClassifier } from '../src/engine/models/registry';
+import { SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
+import { ClassifierTrainer } from '../src/engine/train/classifier-trainer';
+import type { ClassificationExample } from '../src/data/classification';
+import { DEFAULT_SETTINGS, type TrainSettings } from '../src/worker/settings';
+import { METHOD_BY_ID, modelDefaults } from '../src/worker/methods';
+import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods } from '../src/worker/model-facts';
 
 const FIX = path.join(__dirname, 'fixtures');
 const NAMES = ['tiny-gpt2', 'tiny-llama', 'tiny-qwen2', 'tiny-qwen3'] as const;
@@ -42,6 +50,7 @@ function recordBuffers<T>(gpu: Gpu, fn: () => T): { result: T; sizes: number[] }
 }
 
 const sorted = (a: number[]) => [...a].sort((x, y) => x - y);
+const sumBytes = (buffers: { elements: number }[]) => buffers.reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
 
 /** Examples of random tokens, the second half of each a target. */
 function randomExamples(n: number, V: number, maxLen: number, seed: number): Example[] {
@@ -116,9 +125,10 @@ describe('memory estimates equal what the engine allocates', async () => {
       const B = 2, T = 16;
       const linears = model.linearModules();
       const targeted = c.targets.includes('all-linear') ? linears : linears.filter((l) => moduleMatches(l.module, c.targets));
+      const shape: RunShape = { B, T, adapter: { kind: 'lora', rank: c.rank, dropout: c.dropout, targeted }, hasValidation: c.validation };
       const estimate = estimateTraining(
         model as CausalLMModel,
-        { B, T, rank: c.rank, dropout: c.dropout, targeted, hasValidation: c.validation },
+        shape,
         { maxBufferSize: gpu.info.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.info.limits.maxStorageBufferBindingSize, isFallbackAdapter: true },
       );
       expect(estimate.weights).toBe(gpu.allocatedBytes - before);
@@ -143,30 +153,106 @@ describe('memory estimates equal what the engine allocates', async () => {
       if (c.validation) expect(Number.isFinite(await trainer.evaluate())).toBe(true);
       expect(gpu.allocatedBytes - before).toBe(estimate.total);
 
-      // Freeing: programs, then the adapter (its parameters, moments and scratch), then the weights.
+      // Freeing: programs and the optimizer's norm buffers, then the adapter (its parameters, moments
+      // and scratch), then the weights: nothing is left, so runs one after another do not add up.
       trainer.destroy();
-      expect(gpu.allocatedBytes - before).toBe(estimate.weights + estimate.adapter);
-      lora.destroy();
-      // What is left of the adapter is the optimizer's two small buffers (the trainer keeps them).
-      const optimizer = adapterBuffers({ B, T, rank: c.rank, dropout: c.dropout, targeted, hasValidation: c.validation })
+      const optimizer = adapterBuffers(shape)
         .filter((b) => b.label.startsWith('gradNorm.'))
         .reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
-      expect(gpu.allocatedBytes - before).toBe(estimate.weights + optimizer);
+      expect(optimizer).toBeGreaterThan(0);
+      expect(gpu.allocatedBytes - before).toBe(estimate.weights + estimate.adapter - optimizer);
+      trainer.destroy(); // twice is harmless
+      expect(gpu.allocatedBytes - before).toBe(estimate.weights + estimate.adapter - optimizer);
+      lora.destroy();
+      expect(gpu.allocatedBytes - before).toBe(estimate.weights);
       lora.destroy(); // twice is harmless
       model.destroy();
-      expect(gpu.allocatedBytes - before).toBe(optimizer);
+      expect(gpu.allocatedBytes).toBe(before);
     });
   }
+
+  // Every other method the app offers, through the worker's own path: the method's settings as the
+  // page holds them, its descriptor's trainable count, the memory plan, createPeftMethod and a Trainer.
+  const methodRuns: { name: (typeof NAMES)[number]; label: string; settings: Partial<TrainSettings>; validation: boolean; T?: number }[] = [
+    { name: 'tiny-gpt2', label: 'IA3 with PEFT defaults (c_attn scaled on its output, mlp.c_proj on its input)', settings: { method: 'ia3' }, validation: true },
+    { name: 'tiny-llama', label: 'IA3 on output-scaled layers only', settings: { method: 'ia3', ia3Targets: ['k_proj', 'v_proj'], ia3Feedforward: [] }, validation: false },
+    { name: 'tiny-gpt2', label: 'prompt tuning, 5 virtual tokens', settings: { method: 'prompt', virtualTokens: 5 }, validation: true },
+    { name: 'tiny-qwen2', label: 'prompt tuning, 3 tokens from a text', settings: { method: 'prompt', virtualTokens: 3, promptInit: 'text', promptInitText: 'hello' }, validation: true },
+    { name: 'tiny-gpt2', label: 'prefix tuning, 4 rows', settings: { method: 'prefix', virtualTokens: 4 }, validation: true },
+    { name: 'tiny-llama', label: 'prefix tuning through a projection of width 24', settings: { method: 'prefix', virtualTokens: 6, prefixProjection: true, encoderHiddenSize: 24 }, validation: true },
+    { name: 'tiny-qwen2', label: 'prefix tuning with a long sequence', settings: { method: 'prefix', virtualTokens: 12 }, validation: false, T: 40 },
+    { name: 'tiny-gpt2', label: 'DoRA r=4 on c_attn with dropout', settings: { method: 'dora', rank: 4, dropout: 0.1, targetModules: ['c_attn'] }, validation: true },
+    { name: 'tiny-llama', label: 'DoRA r=2 on all linear layers, rsLoRA', settings: { method: 'dora', rank: 2, dropout: 0, targetModules: ['all-linear'], useRslora: true }, validation: true },
+    { name: 'tiny-gpt2', label: 'Houlsby bottleneck adapters (after attention and MLP)', settings: { method: 'bottleneck', bottleneckType: 'houlsby', reductionFactor: 8 }, validation: true },
+    { name: 'tiny-qwen3', label: 'Pfeiffer bottleneck adapters, gelu, a reduction past the width', settings: { method: 'bottleneck', bottleneckType: 'pfeiffer', reductionFactor: 64, bottleneckActivation: 'gelu' }, validation: false },
+  ];
+  for (const c of methodRuns) {
+    it(`${c.name}, ${c.label}: the descriptor counts the trainable parameters and the estimate equals the run's allocations`, async () => {
+      const hf = models.get(c.name)!;
+      const before = gpu.allocatedBytes;
+      const loaded = loadCausalLM(gpu, hf);
+      const model = loaded.model;
+      const { facts, info } = causalPeftFacts(hf.config, loaded);
+      const settings = { ...DEFAULT_SETTINGS, ...modelDefaults(facts), ...c.settings } as TrainSettings;
+      const descriptor = METHOD_BY_ID[settings.method];
+      const B = 2, T = c.T ?? 12;
+      const shape: RunShape = { B, T, adapter: adapterPlan(settings, facts, model.linearModules()), hasValidation: c.validation };
+      const estimate = estimateTraining(model, shape, { maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30, isFallbackAdapter: false });
+      expect(estimate.weights).toBe(gpu.allocatedBytes - before);
+
+      const step = new StepUniforms(gpu);
+      const tokenizer = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { name: hf.name });
+      const method = createPeftMethod(gpu, descriptor.spec(settings, hf.name), info, model, step, {
+        random: rng(5),
+        tokenize: (text) => tokenizer.encode(text, { addSpecialTokens: true }),
+      });
+      expect(method.kind).toBe(settings.method);
+      // The download's format is the descriptor's (bottleneck adapters: AdapterHub's).
+      expect(method.exportFormat ?? 'peft').toBe(descriptor.format);
+      expect(descriptor.trainableParams(settings, facts)).toBe(method.params.reduce((s, p) => s + p.value.size, 0));
+      const train = randomExamples(5, model.V, T, 11);
+      const validation = c.validation ? randomExamples(3, model.V, T, 12) : [];
+      const trainer = new Trainer(gpu, model, method, train, validation, { ...DEFAULT_TRAIN_CONFIG, batchSize: B, totalSteps: 2, seqLen: T, evalEvery: 0 }, 0, step);
+      await gpu.sync();
+      expect(gpu.allocatedBytes - before).toBe(estimate.total - estimate.evaluation);
+      await trainer.run();
+      if (c.validation) expect(Number.isFinite(await trainer.evaluate())).toBe(true);
+      expect(gpu.allocatedBytes - before).toBe(estimate.total);
+      // The prefix widens the attention: the estimate is not the method-less program's.
+      if (settings.method === 'prefix') expect(estimate.activations).toBeGreaterThan(sumBytes(model.programBuffers({ B, T, training: true })));
+      trainer.destroy();
+      method.destroy?.();
+      model.destroy();
+      expect(gpu.allocatedBytes).toBe(before);
+    });
+  }
+
+  it('prefix tuning on Qwen3 is refused by the probe with the engine\'s message; the other methods pass', () => {
+    const hf = models.get('tiny-qwen3')!;
+    const loaded = loadCausalLM(gpu, hf);
+    const { facts, info } = causalPeftFacts(hf.config, loaded);
+    const before = gpu.allocatedBytes;
+    const refused = probeMethods(gpu, loaded, info, facts, new StepUniforms(gpu), hf.name);
+    // (DoRA and the bottleneck adapters build on Qwen3 too.)
+    expect(Object.keys(refused)).toEqual(['prefix']);
+    expect(refused.prefix).toMatch(/prefix tuning as PEFT defines it needs head_dim = hidden_size \/ num_attention_heads.*head_dim 16, hidden_size 32, 4 heads/);
+    expect(gpu.allocatedBytes).toBe(before); // the probes free what they built
+    const gpt2 = loadCausalLM(gpu, models.get('tiny-gpt2')!);
+    const g = causalPeftFacts(models.get('tiny-gpt2')!.config, gpt2);
+    expect(probeMethods(gpu, gpt2, g.info, g.facts, new StepUniforms(gpu), 'tiny-gpt2')).toEqual({});
+    gpt2.model.destroy();
+    loaded.model.destroy();
+  });
 
   it('names the largest buffer, and warns above 2 GiB only on a software renderer', () => {
     const { model } = loadCausalLM(gpu, models.get('tiny-llama')!);
     const targeted = model.linearModules().filter((l) => moduleMatches(l.module, ['q_proj']));
     const limits = { maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27 };
-    const small = estimateTraining(model, { B: 2, T: 16, rank: 4, dropout: 0, targeted, hasValidation: false }, { ...limits, isFallbackAdapter: true });
+    const small = estimateTraining(model, { B: 2, T: 16, adapter: { kind: 'lora', rank: 4, dropout: 0, targeted }, hasValidation: false }, { ...limits, isFallbackAdapter: true });
     expect(small.bufferLimit).toBe(2 ** 27);
     expect(small.largestBuffer).toBeLessThan(small.bufferLimit);
     // 4096 rows of 64 tokens: the attention scores and the logits block are the big ones.
-    const big = { B: 4096, T: 64, rank: 4, dropout: 0, targeted, hasValidation: true };
+    const big: RunShape = { B: 4096, T: 64, adapter: { kind: 'lora', rank: 4, dropout: 0, targeted }, hasValidation: true };
     const onCpu = estimateTraining(model, big, { ...limits, isFallbackAdapter: true });
     const onGpu = estimateTraining(model, big, { ...limits, isFallbackAdapter: false });
     expect(onCpu.total).toBeGreaterThan(SOFTWARE_RENDERER_WARN_BYTES);
@@ -178,6 +264,71 @@ describe('memory estimates equal what the engine allocates', async () => {
     expect(onCpu.largestBuffer).toBeGreaterThan(onCpu.bufferLimit);
     model.destroy();
   });
+});
+
+describe('text classification: the estimate of an encoder run equals what it allocates', async () => {
+  const gpu = await testGpu();
+  const encoders = new Map<string, HfModel>();
+  for (const name of ['tiny-distilbert', 'tiny-bert']) encoders.set(name, await loadHfModel(nodeModelFiles(path.join(FIX, name))));
+  const limits = { maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30, isFallbackAdapter: false };
+
+  /** Examples of random tokens framed like [CLS] ... [SEP], labels cycling through K classes. */
+  const examples = (n: number, V: number, T: number, K: number, seed: number): ClassificationExample[] => {
+    const r = rng(seed);
+    return Array.from({ length: n }, (_, i) => {
+      const len = 3 + Math.floor(r() * (T - 3));
+      return { inputIds: Array.from({ length: len }, () => Math.floor(r() * V)), label: i % K, truncated: false, row: i + 2 };
+    });
+  };
+
+  const cases: { name: string; K: number; lora: { rank: number; dropout: number; targets: string[] } | null; validation: boolean }[] = [
+    { name: 'tiny-distilbert', K: 2, lora: { rank: 4, dropout: 0.1, targets: ['q_lin', 'v_lin'] }, validation: true },
+    // Loaded with a 2-label head (as the app loads a model), estimated and run for 3 labels.
+    { name: 'tiny-distilbert', K: 3, lora: { rank: 8, dropout: 0, targets: ['q_lin', 'k_lin', 'v_lin', 'out_lin', 'lin1', 'lin2'] }, validation: true },
+    { name: 'tiny-bert', K: 4, lora: { rank: 2, dropout: 0.05, targets: ['query', 'value'] }, validation: false },
+    // Head only: no encoder backward, so the program keeps one layer's activations.
+    { name: 'tiny-bert', K: 2, lora: null, validation: true },
+  ];
+  for (const c of cases) {
+    it(`${c.name}, ${c.K} labels, ${c.lora ? `LoRA r=${c.lora.rank} on ${c.lora.targets.join('+')}` : 'head only'}`, async () => {
+      const hf = encoders.get(c.name)!;
+      const before = gpu.allocatedBytes;
+      const shown = loadSequenceClassifier(gpu, hf, { numLabels: 2, random: rng(1) });
+      const linears = shown.model.linearModules();
+      const targeted = c.lora ? linears.filter((l) => moduleMatches(l.module, c.lora!.targets)) : [];
+      const B = 3, T = 10;
+      const estimate = estimateClassifierTraining(shown.model, { B, T, K: c.K, lora: c.lora ? { rank: c.lora.rank, dropout: c.lora.dropout, targeted } : null, hasValidation: c.validation }, limits);
+      // The LoRA count the page shows comes from the same layer groups.
+      if (c.lora) {
+        const facts = classifierPeftFacts(shown);
+        const s = { ...DEFAULT_SETTINGS, rank: c.lora.rank, targetModules: facts.linearModules.filter((g) => c.lora!.targets.includes(g.target)).map((g) => g.target) };
+        expect(METHOD_BY_ID.lora.trainableParams(s, facts)).toBe(targeted.reduce((n, t) => n + c.lora!.rank * (t.inFeatures + t.outFeatures), 0));
+      }
+      shown.model.destroy();
+      expect(gpu.allocatedBytes).toBe(before);
+
+      const { model } = loadSequenceClassifier(gpu, hf, { numLabels: c.K, random: rng(2) });
+      // The weights without the head, and the head with its AdamW state, make up what loading allocated.
+      const head = headBuffers(model, c.K).reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
+      expect(gpu.allocatedBytes - before).toBe(estimate.weights + head);
+      const step = new StepUniforms(gpu);
+      const lora = c.lora ? new Lora(gpu, { r: c.lora.rank, alpha: 16, dropout: c.lora.dropout, targetModules: c.lora.targets, useRslora: false }, linears, step, rng(3)) : null;
+      const adapter = new SequenceClassificationAdapter(lora, model.headParams);
+      const validation = c.validation ? examples(4, model.V, T, c.K, 8) : [];
+      const config = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, totalSteps: 2, seqLen: T, evalEvery: 0, metricForBest: 'loss' as const, loadBestAtEnd: false };
+      const trainer = new ClassifierTrainer(gpu, model, adapter, examples(7, model.V, T, c.K, 7), validation, config, 0, step);
+      await gpu.sync();
+      expect(gpu.allocatedBytes - before).toBe(estimate.total - estimate.evaluation);
+      await trainer.run();
+      if (c.validation) expect(trainer.best).not.toBeNull();
+      expect(gpu.allocatedBytes - before).toBe(estimate.total);
+      expect(estimate.evaluation > 0).toBe(c.validation);
+      trainer.destroy();
+      lora?.destroy();
+      model.destroy();
+      expect(gpu.allocatedBytes).toBe(before);
+    });
+  }
 });
 
 describe('tokenizing with progress (the worker prepares examples with buildCausalExamplesAsync)', () => {

@@ -36,7 +36,10 @@ export function App() {
       <header className="page-header">
         <div>
           <h1>Fine-tune in your browser</h1>
-          <p className="tagline">Train a LoRA adapter on your own data with your own GPU. Nothing is uploaded: the data never leaves this machine.</p>
+          <p className="tagline">
+            Train an adapter (LoRA, DoRA, IA3, prompt or prefix tuning, bottleneck adapters) or a text classifier on your own data with your own GPU. Nothing is uploaded: the data
+            never leaves this machine.
+          </p>
         </div>
       </header>
       <main>
@@ -54,7 +57,8 @@ export function App() {
         <LibrarySection />
       </main>
       <footer className="page-footer muted small">
-        Adapters download as a PEFT folder (adapter_config.json + adapter_model.safetensors): load them with <code>PeftModel.from_pretrained</code>.
+        Adapters download as a PEFT folder (adapter_config.json + adapter_model.safetensors, a classifier's with its head as modules_to_save): load them
+        with <code>PeftModel.from_pretrained</code>. Bottleneck adapters download in AdapterHub's format for the <code>adapters</code> library.
       </footer>
     </div>
   );

@@ -1,18 +1,20 @@
-// Packs a stored adapter as the folder PEFT loads (adapter_config.json, adapter_model.safetensors)
-// plus its model card and trainer_state.json, zipped, and hands it to the browser as a download.
+// Packs a stored adapter as the folder PEFT loads (adapter_config.json, adapter_model.safetensors;
+// AdapterHub's adapter.safetensors for bottleneck adapters) plus its model card and
+// trainer_state.json, zipped, and hands it to the browser as a download.
 
 import { strToU8, zipSync } from 'fflate';
-import { getAdapterFiles, type AdapterMeta } from '../worker/storage';
+import { getAdapterFiles, weightsFileOf, type AdapterMeta } from '../worker/storage';
 import { slug } from './format';
 
 export async function adapterZip(meta: AdapterMeta): Promise<{ fileName: string; bytes: Uint8Array }> {
   const files = await getAdapterFiles(meta.id);
   if (!files) throw new Error(`The files of “${meta.name}” are missing from browser storage (it may have been cleared).`);
+  const weights = weightsFileOf(files);
   const bytes = zipSync(
     {
       'adapter_config.json': strToU8(files['adapter_config.json']),
       // Already dense float data: compressing buys little and costs time.
-      'adapter_model.safetensors': [files['adapter_model.safetensors'], { level: 0 }],
+      [weights.name]: [weights.bytes, { level: 0 }],
       'README.md': strToU8(files['README.md']),
       'trainer_state.json': strToU8(files['trainer_state.json']),
     },

@@ -3,24 +3,30 @@
 
 import { create } from 'zustand';
 import type { ColumnMapping } from '../data/columns';
+import type { ClassificationMapping } from '../data/classification';
 import {
   startTrainWorker,
   WorkerCommandError,
+  type BestEval,
   type DataSummary,
   type DownloadFileProgress,
   type ErrorInfo,
   type EvalPoint,
   type InitResult,
   type InputName,
+  type LabelSummary,
   type ModelSummary,
   type PrepareResult,
+  type RunMapping,
   type StepEventReport,
   type StepPoint,
+  type TaskKind,
   type TrainingState,
   type TrainWorkerClient,
   type WorkerEvent,
 } from '../worker/protocol';
-import { DEFAULT_SETTINGS, validateSettings, type SettingErrors, type TrainSettings } from '../worker/settings';
+import { DEFAULT_SETTINGS, validateSettings, withDefaults, type SettingErrors, type SettingLimits, type TrainSettings } from '../worker/settings';
+import { METHOD_BY_ID, modelDefaults } from '../worker/methods';
 import {
   deleteAdapter as dbDeleteAdapter,
   deleteCheckpoint as dbDeleteCheckpoint,
@@ -60,12 +66,25 @@ export type PrepareState =
   | { status: 'ready'; result: PrepareResult }
   | { status: 'error'; message: string; input?: InputName };
 
+/** The label set and class balance of the chosen text and label columns (classification). */
+export type LabelsState =
+  | { status: 'idle' }
+  | { status: 'loading'; previous: LabelSummary | null }
+  | { status: 'ready'; summary: LabelSummary }
+  | { status: 'error'; message: string };
+
 export type RunPhase = TrainingState | 'done' | 'failed';
 
 export interface TrainingView {
   phase: RunPhase;
   runId: string | null;
   name: string;
+  /** What the run trains (set when it starts). */
+  task: TaskKind | null;
+  /** Class names by id (classification). */
+  labels: string[] | null;
+  /** The evaluation a classification run keeps and saves. */
+  best: BestEval | null;
   totalSteps: number;
   points: StepPoint[];
   evals: EvalPoint[];
@@ -87,7 +106,11 @@ export interface LibraryState {
 export interface AppState {
   gpu: GpuState;
   data: DataState;
+  /** Prompt/completion-style columns (a causal LM learns these). */
   mapping: ColumnMapping | null;
+  /** Text and label columns (a classifier learns these). */
+  classMapping: ClassificationMapping | null;
+  labels: LabelsState;
   model: ModelState;
   repoId: string;
   /** Where models download from: the hub, or a mirror with the same URL layout. */
@@ -107,6 +130,7 @@ export interface AppState {
   loadDataFile(file: File): Promise<void>;
   loadSample(): Promise<void>;
   setMapping(mapping: ColumnMapping): void;
+  setClassMapping(mapping: ClassificationMapping): void;
   setRepoId(repo: string): void;
   setHubEndpoint(endpoint: string): void;
   downloadModel(): Promise<void>;
@@ -137,6 +161,9 @@ const IDLE_TRAINING: TrainingView = {
   phase: 'idle',
   runId: null,
   name: '',
+  task: null,
+  labels: null,
+  best: null,
   totalSteps: 0,
   points: [],
   evals: [],
@@ -151,22 +178,41 @@ let initialized = false;
 let dataLoads = 0;
 let prepareTimer: ReturnType<typeof setTimeout> | null = null;
 let prepareSeq = 0;
+let labelsSeq = 0;
 
 function errorOf(e: unknown): ErrorInfo {
   if (e instanceof WorkerCommandError) return { message: e.message, input: e.input, name: e.errorName };
   return { message: e instanceof Error ? e.message : String(e), name: 'Error' };
 }
 
-function limitsFrom(model: ModelState) {
+export function limitsFrom(model: ModelState): SettingLimits | undefined {
   return model.status === 'ready'
-    ? { maxPositions: model.summary.maxPositions, availableTargets: model.summary.linearModules.map((g) => g.target) }
+    ? {
+        maxPositions: model.summary.maxPositions,
+        availableTargets: model.summary.peft.linearModules.map((g) => g.target),
+        task: model.summary.task,
+        unavailable: model.summary.peft.unavailable,
+      }
     : undefined;
 }
 
-function defaultAdapterName(data: DataState, model: ModelState): string {
+/** What the loaded model trains for (null before one is loaded). */
+export function taskOfModel(model: ModelState): TaskKind | null {
+  return model.status === 'ready' ? model.summary.task : null;
+}
+
+/** The columns a run would read: the mapping of the loaded model's task. */
+export function runMappingOf(s: Pick<AppState, 'model' | 'mapping' | 'classMapping'>): RunMapping | null {
+  const task = taskOfModel(s.model);
+  if (task === 'classification') return s.classMapping ? { task, columns: s.classMapping } : null;
+  return s.mapping ? { task: 'causal-lm', columns: s.mapping } : null;
+}
+
+function defaultAdapterName(data: DataState, model: ModelState, settings: TrainSettings): string {
   const modelPart = model.status === 'ready' ? model.summary.name.split('/').pop()! : 'model';
   const dataPart = data.status === 'ready' ? data.summary.fileName.replace(/\.[^.]+$/, '') : 'data';
-  return `${modelPart}-${dataPart}-lora`;
+  const what = taskOfModel(model) === 'classification' ? 'classifier' : settings.method;
+  return `${modelPart}-${dataPart}-${what}`;
 }
 
 export const useApp = create<AppState>()((set, get) => {
@@ -178,7 +224,8 @@ export const useApp = create<AppState>()((set, get) => {
 
   const runPrepare = async () => {
     const s = get();
-    if (s.data.status !== 'ready' || s.model.status !== 'ready' || !s.mapping || !client) {
+    const mapping = runMappingOf(s);
+    if (s.data.status !== 'ready' || s.model.status !== 'ready' || !mapping || !client) {
       set({ prepare: { status: 'idle' } });
       return;
     }
@@ -187,7 +234,7 @@ export const useApp = create<AppState>()((set, get) => {
     const previous = s.prepare.status === 'ready' ? s.prepare.result : s.prepare.status === 'running' ? s.prepare.previous : null;
     set({ prepare: { status: 'running', previous, fraction: null } });
     try {
-      const result = await client.call('prepare', { mapping: s.mapping, settings: s.settings });
+      const result = await client.call('prepare', { mapping, settings: s.settings });
       if (seq === prepareSeq) set({ prepare: { status: 'ready', result } });
     } catch (e) {
       const err = errorOf(e);
@@ -197,7 +244,26 @@ export const useApp = create<AppState>()((set, get) => {
 
   const refreshName = () => {
     const s = get();
-    if (!s.adapterNameEdited) set({ adapterName: defaultAdapterName(s.data, s.model) });
+    if (!s.adapterNameEdited) set({ adapterName: defaultAdapterName(s.data, s.model, s.settings) });
+  };
+
+  /** The class balance of the chosen columns, when the model is a classifier. */
+  const refreshLabels = async () => {
+    const s = get();
+    if (!client || s.data.status !== 'ready' || taskOfModel(s.model) !== 'classification' || !s.classMapping) {
+      labelsSeq++;
+      set({ labels: { status: 'idle' } });
+      return;
+    }
+    const seq = ++labelsSeq;
+    const previous = s.labels.status === 'ready' ? s.labels.summary : s.labels.status === 'loading' ? s.labels.previous : null;
+    set({ labels: { status: 'loading', previous } });
+    try {
+      const summary = await client.call('classLabels', { mapping: s.classMapping });
+      if (seq === labelsSeq) set({ labels: { status: 'ready', summary } });
+    } catch (e) {
+      if (seq === labelsSeq) set({ labels: { status: 'error', message: errorOf(e).message } });
+    }
   };
 
   const onEvent = (event: WorkerEvent) => {
@@ -232,7 +298,7 @@ export const useApp = create<AppState>()((set, get) => {
         return;
       case 'eval':
         if (event.runId !== s.training.runId) return;
-        set({ training: { ...s.training, evals: s.training.evals.filter((e) => e.step !== event.step).concat({ step: event.step, evalLoss: event.evalLoss }) } });
+        set({ training: { ...s.training, evals: s.training.evals.filter((e) => e.step !== event.point.step).concat(event.point), best: event.best } });
         return;
       case 'checkpointSaved':
         if (event.runId === s.training.runId) set({ training: { ...s.training, checkpoint: event.checkpoint } });
@@ -255,13 +321,15 @@ export const useApp = create<AppState>()((set, get) => {
     gpu: { status: 'checking' },
     data: { status: 'empty' },
     mapping: null,
+    classMapping: null,
+    labels: { status: 'idle' },
     model: { status: 'empty' },
     repoId: DEFAULT_REPO_ID,
     hubEndpoint: DEFAULT_HUB_ENDPOINT,
     settings: DEFAULT_SETTINGS,
     settingErrors: validateSettings(DEFAULT_SETTINGS),
     prepare: { status: 'idle' },
-    adapterName: defaultAdapterName({ status: 'empty' }, { status: 'empty' }),
+    adapterName: defaultAdapterName({ status: 'empty' }, { status: 'empty' }, DEFAULT_SETTINGS),
     adapterNameEdited: false,
     training: IDLE_TRAINING,
     library: { adapters: [], checkpoints: [], storage: null, error: null, busy: {} },
@@ -295,14 +363,15 @@ export const useApp = create<AppState>()((set, get) => {
       try {
         const summary = await client.call('loadData', { file });
         if (load !== dataLoads) return;
-        set({ data: { status: 'ready', summary }, mapping: summary.guessedMapping });
+        set({ data: { status: 'ready', summary }, mapping: summary.guessedMapping, classMapping: summary.guessedClassification });
         refreshName();
+        void refreshLabels();
         schedulePrepare();
         // Hashing runs in the worker; the page only needs it to offer resuming unfinished runs.
         const { fingerprint } = await client.call('dataFingerprint', {});
         if (load === dataLoads) set({ dataFingerprint: fingerprint });
       } catch (e) {
-        if (load === dataLoads) set({ data: { status: 'error', fileName: file.name, message: errorOf(e).message }, mapping: null });
+        if (load === dataLoads) set({ data: { status: 'error', fileName: file.name, message: errorOf(e).message }, mapping: null, classMapping: null, labels: { status: 'idle' } });
       }
     },
 
@@ -319,6 +388,12 @@ export const useApp = create<AppState>()((set, get) => {
 
     setMapping(mapping) {
       set({ mapping });
+      schedulePrepare();
+    },
+
+    setClassMapping(classMapping) {
+      set({ classMapping });
+      void refreshLabels();
       schedulePrepare();
     },
 
@@ -364,6 +439,7 @@ export const useApp = create<AppState>()((set, get) => {
     updateSettings(patch) {
       const settings = { ...get().settings, ...patch };
       set({ settings, settingErrors: validateSettings(settings, limitsFrom(get().model)) });
+      if (patch.method !== undefined) refreshName();
       schedulePrepare();
     },
 
@@ -373,12 +449,13 @@ export const useApp = create<AppState>()((set, get) => {
 
     async start() {
       const s = get();
-      if (!client || !s.mapping) return;
-      set({ training: { ...IDLE_TRAINING, phase: 'starting', name: s.adapterName } });
+      const mapping = runMappingOf(s);
+      if (!client || !mapping) return;
+      set({ training: { ...IDLE_TRAINING, phase: 'starting', name: s.adapterName, task: mapping.task } });
       try {
-        const { runId, totalSteps } = await client.call('start', { mapping: s.mapping, settings: s.settings, adapterName: s.adapterName });
+        const { runId, totalSteps, task, labels } = await client.call('start', { mapping, settings: s.settings, adapterName: s.adapterName });
         const t = get().training;
-        set({ training: { ...t, runId, totalSteps, phase: t.phase === 'starting' ? 'starting' : t.phase } });
+        set({ training: { ...t, runId, totalSteps, task, labels, phase: t.phase === 'starting' ? 'starting' : t.phase } });
       } catch (e) {
         set({ training: { ...IDLE_TRAINING, phase: 'failed', error: errorOf(e) } });
       }
@@ -443,10 +520,22 @@ export const useApp = create<AppState>()((set, get) => {
         set({
           settings: r.settings,
           settingErrors: validateSettings(r.settings, limitsFrom(get().model)),
+          ...(r.mapping.task === 'classification' ? { classMapping: r.mapping.columns } : { mapping: r.mapping.columns }),
           adapterName: r.adapterName,
           adapterNameEdited: true,
-          training: { ...t, runId: r.runId, name: r.adapterName, totalSteps: r.totalSteps, points: r.history.steps, evals: r.history.evals },
+          training: {
+            ...t,
+            runId: r.runId,
+            name: r.adapterName,
+            task: r.task,
+            labels: r.labels,
+            best: r.best,
+            totalSteps: r.totalSteps,
+            points: r.history.steps,
+            evals: r.history.evals,
+          },
         });
+        if (r.mapping.task === 'classification') void refreshLabels();
       } catch (e) {
         set({ training: { ...IDLE_TRAINING, phase: 'failed', error: errorOf(e) } });
       }
@@ -464,10 +553,13 @@ export const useApp = create<AppState>()((set, get) => {
   function applyModel(summary: ModelSummary) {
     const s = get();
     const maxLength = Math.min(s.settings.maxLength, summary.maxPositions);
-    const settings = { ...s.settings, targetModules: summary.defaultTargets, maxLength };
+    const settings: TrainSettings = withDefaults({ ...s.settings, ...modelDefaults(summary.peft), maxLength });
+    // A method this task does not train gives way to LoRA (classifiers train LoRA + their head).
+    if (!METHOD_BY_ID[settings.method].tasks.includes(summary.task)) settings.method = 'lora';
     const model: ModelState = { status: 'ready', summary };
     set({ model, settings, settingErrors: validateSettings(settings, limitsFrom(model)) });
     refreshName();
+    void refreshLabels();
     schedulePrepare();
   }
 

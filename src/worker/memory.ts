@@ -1,21 +1,32 @@
-// GPU memory a LoRA training run will take, before any buffer is made: the frozen weights (what
-// the model holds now), the training program's activations and the evaluation program's (each
-// architecture lists what its buildProgram allocates), and the adapter with its AdamW state and
-// scratch (the buffers of src/engine/peft/lora.ts and src/engine/train/optimizer.ts). Exact to
-// the byte: test/memory-estimate.test.ts builds real runs and compares with gpu.allocatedBytes.
+// GPU memory a training run will take, before any buffer is made: the frozen weights (what the
+// model holds now), the training program's activations and the evaluation program's (each
+// architecture lists what its buildProgram allocates; prompt tuning runs its virtual positions
+// through them too, prefix tuning widens every attention by its prefix rows), and the adapter with
+// its AdamW state and scratch (the buffers of src/engine/peft/*.ts and src/engine/train/optimizer.ts).
+// Text classifiers (DistilBERT, BERT) are planned here from the encoder's buildProgram, with the
+// head that trains in full counted as part of the adapter. Exact to the byte:
+// test/memory-estimate.test.ts builds real runs of every method and compares with gpu.allocatedBytes.
 
 import type { CausalLMModel } from '../engine/models/registry';
+import type { EncoderClassifier } from '../engine/models/encoder';
 import { allocatedBytesFor, type PlannedBuffer } from '../engine/models/program';
 import type { LinearModuleInfo } from '../engine/peft/lora';
 import type { MemoryEstimate } from './protocol';
 
+/** The adapter's tensors as each method makes them. */
+export type AdapterPlan =
+  | { kind: 'lora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
+  | { kind: 'dora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
+  | { kind: 'bottleneck'; hidden: number; layers: number; size: number; places: number }
+  | { kind: 'ia3'; targeted: readonly { info: LinearModuleInfo; feedforward: boolean }[] }
+  | { kind: 'prompt'; virtualTokens: number; hidden: number }
+  | { kind: 'prefix'; virtualTokens: number; tokenDim: number; width: number; projection: boolean; encoderHiddenSize: number };
+
 export interface RunShape {
+  /** Rows per micro-batch and the real tokens per row (virtual tokens not included). */
   B: number;
   T: number;
-  rank: number;
-  dropout: number;
-  /** The linear layers LoRA adapts. */
-  targeted: LinearModuleInfo[];
+  adapter: AdapterPlan;
   hasValidation: boolean;
 }
 
@@ -29,34 +40,138 @@ export interface DeviceLimits {
 /** Above this a software renderer (the CPU, through SwiftShader or WARP) is warned about. */
 export const SOFTWARE_RENDERER_WARN_BYTES = 2 * 2 ** 30;
 
-/** The adapter's buffers: value, grad and AdamW m, v of A [r, in] and B [out, r]; scratch for M rows; optimizer partials. */
-export function adapterBuffers(run: RunShape): PlannedBuffer[] {
-  const { B, T, rank, targeted } = run;
+/** A trainable tensor: value, gradient and AdamW's m and v. */
+function param(label: string, elements: number): PlannedBuffer[] {
+  return ['', '.grad', '.m', '.v'].map((part) => ({ label: `${label}${part}`, elements }));
+}
+
+/** Positions a program runs per row: prompt tuning's virtual tokens come first. */
+export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
+  return run.T + (run.adapter.kind === 'prompt' ? run.adapter.virtualTokens : 0);
+}
+
+function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number): PlannedBuffer[] {
   const out: PlannedBuffer[] = [];
-  for (const t of targeted) {
-    for (const [name, elements] of [['lora_A', rank * t.inFeatures], ['lora_B', t.outFeatures * rank]] as const) {
-      for (const part of ['', '.grad', '.m', '.v']) out.push({ label: `${t.module}.${name}${part}`, elements });
-    }
-  }
-  // Lora's scratch: both programs (training and evaluation) have B*T rows, so one set.
-  const M = B * T;
+  for (const t of targeted) out.push(...param(`${t.module}.lora_A`, rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * rank));
+  // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set.
   out.push({ label: 'lora.u', elements: M * rank }, { label: 'lora.du', elements: M * rank });
-  if (run.dropout > 0) {
+  if (dropout > 0) {
     const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
     out.push({ label: 'lora.xd', elements: M * maxIn }, { label: 'lora.dxd', elements: M * maxIn });
   }
-  // buildAdamW: one gradient-norm partial per tensor, and the [norm, coefficient] pair.
-  out.push({ label: 'gradNorm.partials', elements: Math.max(1, 2 * targeted.length) }, { label: 'gradNorm.clip', elements: 2 });
   return out;
+}
+
+/** buildAdamW: one gradient-norm partial per tensor, and the [norm, coefficient] pair. */
+function optimizerBuffers(tensors: number): PlannedBuffer[] {
+  return [{ label: 'gradNorm.partials', elements: Math.max(1, tensors) }, { label: 'gradNorm.clip', elements: 2 }];
+}
+
+/** The adapter's buffers (parameters with gradients and moments, scratch for M rows) and the optimizer's. */
+export function adapterBuffers(run: RunShape): PlannedBuffer[] {
+  const a = run.adapter;
+  const M = run.B * programPositions(run);
+  const out: PlannedBuffer[] = [];
+  let tensors = 0;
+  switch (a.kind) {
+    case 'lora':
+      out.push(...loraBuffers(a.rank, a.dropout, a.targeted, M));
+      tensors = 2 * a.targeted.length;
+      break;
+    case 'dora': {
+      // LoRA's A and B, the magnitude m, and the weight norm n and g = m / n of each layer
+      for (const t of a.targeted) {
+        out.push(...param(`${t.module}.lora_A`, a.rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * a.rank), ...param(`${t.module}.lora_magnitude_vector`, t.outFeatures));
+        out.push({ label: `${t.module}.dora_norm`, elements: t.outFeatures }, { label: `${t.module}.dora_g`, elements: t.outFeatures });
+      }
+      const maxIn = a.targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
+      const maxOut = a.targeted.reduce((s, t) => Math.max(s, t.outFeatures), 0);
+      out.push({ label: 'dora.u', elements: M * a.rank }, { label: 'dora.du', elements: M * a.rank }, { label: 'dora.z', elements: M * maxOut }, { label: 'dora.t', elements: M * maxOut });
+      if (a.dropout > 0) out.push({ label: 'dora.xd', elements: M * maxIn }, { label: 'dora.dxd', elements: M * maxIn });
+      tensors = 3 * a.targeted.length;
+      break;
+    }
+    case 'bottleneck': {
+      const C = a.hidden, bn = a.size;
+      for (let l = 0; l < a.layers; l++) {
+        for (let p = 0; p < a.places; p++) {
+          const name = `l${l}.${p}`;
+          out.push(...param(`${name}.adapter_down.weight`, bn * C), ...param(`${name}.adapter_down.bias`, bn), ...param(`${name}.adapter_up.weight`, C * bn), ...param(`${name}.adapter_up.bias`, C));
+          // the branch output the layer writes for the adapter (both programs have M rows: one each)
+          out.push({ label: `bottleneck.branch[${name}]`, elements: M * C });
+        }
+      }
+      out.push(
+        { label: 'bottleneck.v', elements: M * C }, { label: 'bottleneck.z', elements: M * bn }, { label: 'bottleneck.act', elements: M * bn },
+        { label: 'bottleneck.dz', elements: M * bn }, { label: 'bottleneck.dBranch', elements: M * C },
+      );
+      tensors = 4 * a.layers * a.places;
+      break;
+    }
+    case 'ia3': {
+      let maxIn = 0, maxOut = 0;
+      for (const t of a.targeted) {
+        out.push(...param(`${t.info.module}.ia3_l`, t.feedforward ? t.info.inFeatures : t.info.outFeatures));
+        if (t.feedforward) maxIn = Math.max(maxIn, t.info.inFeatures);
+        else maxOut = Math.max(maxOut, t.info.outFeatures);
+      }
+      // Scratch shared by every site of one row count: x * l for feedforward sites, x W + b for the others.
+      if (maxIn) out.push({ label: 'ia3.xs', elements: M * maxIn });
+      if (maxOut) out.push({ label: 'ia3.ys', elements: M * maxOut });
+      tensors = a.targeted.length;
+      break;
+    }
+    case 'prompt':
+      out.push(...param('prompt_embeddings', a.virtualTokens * a.hidden));
+      tensors = 1;
+      break;
+    case 'prefix': {
+      const n = a.virtualTokens, td = a.tokenDim, enc = a.encoderHiddenSize, w = a.width;
+      if (!a.projection) {
+        out.push(...param('prompt_embeddings', n * w));
+        tensors = 1;
+      } else {
+        out.push(
+          ...param('prompt_encoder.embedding.weight', n * td),
+          ...param('prompt_encoder.transform.0.weight', enc * td),
+          ...param('prompt_encoder.transform.0.bias', enc),
+          ...param('prompt_encoder.transform.2.weight', w * enc),
+          ...param('prompt_encoder.transform.2.bias', w),
+          { label: 'prefix.h1', elements: n * enc },
+          { label: 'prefix.act', elements: n * enc },
+          { label: 'prefix.dAct', elements: n * enc },
+          { label: 'prefix.kv', elements: n * w },
+          { label: 'prefix.dkv', elements: n * w },
+        );
+        tensors = 5;
+      }
+      break;
+    }
+  }
+  out.push(...optimizerBuffers(tensors));
+  return out;
+}
+
+/**
+ * The buffers a causal LM's buildProgram(method, {B, T}) allocates: prompt tuning runs T + n
+ * positions; prefix tuning's P rows widen the attention scores (and their gradient) to P + T keys
+ * and need rotary tables up to T + P positions.
+ */
+export function causalProgramBuffers(model: Pick<CausalLMModel, 'programBuffers'>, run: Pick<RunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
+  const S = programPositions(run);
+  const P = run.adapter.kind === 'prefix' ? run.adapter.virtualTokens : 0;
+  const buffers = model.programBuffers({ B: run.B, T: S, training });
+  if (P === 0) return buffers;
+  const rope = model.programBuffers({ B: 1, T: S + P, training: false }).filter((b) => b.label.startsWith('rope.'));
+  const widened = buffers
+    .filter((b) => !b.label.startsWith('rope.'))
+    .map((b) => (b.label.endsWith('.att') || b.label === 'dP' ? { ...b, elements: (b.elements / S) * (S + P) } : b));
+  return [...rope, ...widened];
 }
 
 const sum = (buffers: readonly PlannedBuffer[]) => buffers.reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
 
-export function estimateTraining(model: CausalLMModel, run: RunShape, device: DeviceLimits): MemoryEstimate {
-  const weights = model.weightBytes();
-  const trainBuffers = model.programBuffers({ B: run.B, T: run.T, training: true });
-  const evalBuffers = run.hasValidation ? model.programBuffers({ B: run.B, T: run.T, training: false }) : [];
-  const adapter = adapterBuffers(run);
+function summarize(weights: number, trainBuffers: PlannedBuffer[], evalBuffers: PlannedBuffer[], adapter: PlannedBuffer[], device: DeviceLimits): MemoryEstimate {
   const evaluation = sum(evalBuffers);
   const activations = sum(trainBuffers) + evaluation;
   const adapterBytes = sum(adapter);
@@ -64,7 +179,6 @@ export function estimateTraining(model: CausalLMModel, run: RunShape, device: De
   // Every buffer is checked against the binding limit (Gpu.tensor) and the buffer limit (Gpu.buffer).
   let largest: PlannedBuffer = { label: '', elements: 0 };
   for (const b of [...trainBuffers, ...evalBuffers, ...adapter]) if (b.elements > largest.elements) largest = b;
-  const largestBuffer = largest.elements * 4;
   const bufferLimit = Math.min(device.maxBufferSize, device.maxStorageBufferBindingSize);
   const warning =
     device.isFallbackAdapter && total > SOFTWARE_RENDERER_WARN_BYTES
@@ -76,11 +190,109 @@ export function estimateTraining(model: CausalLMModel, run: RunShape, device: De
     evaluation,
     adapter: adapterBytes,
     total,
-    largestBuffer,
+    largestBuffer: largest.elements * 4,
     largestBufferLabel: largest.label,
     bufferLimit,
     warning,
   };
+}
+
+export function estimateTraining(model: CausalLMModel, run: RunShape, device: DeviceLimits): MemoryEstimate {
+  const trainBuffers = causalProgramBuffers(model, run, true);
+  const evalBuffers = run.hasValidation ? causalProgramBuffers(model, run, false) : [];
+  return summarize(model.weightBytes(), trainBuffers, evalBuffers, adapterBuffers(run), device);
+}
+
+// ---- Text classification -----------------------------------------------------------------------
+
+export interface EncoderDims {
+  /** hidden, layers, heads, FFN width, labels */
+  C: number;
+  L: number;
+  H: number;
+  F: number;
+  K: number;
+}
+
+/**
+ * The buffers EncoderClassifier.buildProgram allocates. With the encoder's backward (the adapter
+ * acts on some layer) every layer's activations are kept and the gradient scratch is made;
+ * without it two hidden states and one layer's activations are reused.
+ */
+export function encoderProgramBuffers(d: EncoderDims, opts: { B: number; T: number; training: boolean; encoderBackward: boolean }): PlannedBuffer[] {
+  const { C, L, H, F, K } = d;
+  const { B, T } = opts;
+  const M = B * T;
+  const keepAll = opts.training && opts.encoderBackward;
+  const out: PlannedBuffer[] = [
+    { label: 'tokens', elements: M },
+    { label: 'lengths', elements: B },
+    { label: 'labels', elements: B },
+  ];
+  for (let i = 0; i < (keepAll ? L + 1 : 2); i++) out.push({ label: `h${i}`, elements: M * C });
+  for (let i = 0; i < (keepAll ? L : 1); i++) {
+    const per: [string, number][] = [
+      ['q', M * C], ['k', M * C], ['v', M * C], ['att', B * H * T * T], ['ctx', M * C],
+      ['a', M * C], ['mean1', M], ['rstd1', M], ['h1', M * C], ['f', M * F], ['g', M * F],
+      ['o', M * C], ['mean2', M], ['rstd2', M],
+    ];
+    for (const [name, elements] of per) out.push({ label: `l${i}.${name}`, elements });
+  }
+  out.push(
+    { label: 'emb', elements: M * C }, { label: 'emb.mean', elements: M }, { label: 'emb.rstd', elements: M },
+    { label: 'head.z', elements: B * C }, { label: 'head.logits.work', elements: B * K }, { label: 'logits', elements: B * K },
+    { label: 'gradScale', elements: 1 }, { label: 'losses', elements: B }, { label: 'lossSum', elements: 1 },
+  );
+  if (opts.training) out.push({ label: 'head.dz', elements: B * C });
+  if (keepAll) {
+    out.push(
+      { label: 'dh', elements: M * C }, { label: 'dpre', elements: M * C }, { label: 'dg', elements: M * F }, { label: 'dctx', elements: M * C },
+      { label: 'dq', elements: M * C }, { label: 'dk', elements: M * C }, { label: 'dv', elements: M * C }, { label: 'dP', elements: B * H * T * T },
+    );
+  }
+  return out;
+}
+
+export interface ClassifierRunShape {
+  B: number;
+  T: number;
+  /** Labels of this run (the loaded head may have another number: the run reloads it). */
+  K: number;
+  /** LoRA on the encoder, or null for a head-only run. */
+  lora: { rank: number; dropout: number; targeted: readonly LinearModuleInfo[] } | null;
+  hasValidation: boolean;
+}
+
+/** The head's trainable tensors (value, gradient, moments) for K labels, as the model would hold them. */
+export function headBuffers(model: Pick<EncoderClassifier, 'headParams' | 'K' | 'spec'>, K: number): PlannedBuffer[] {
+  const classifier = `base_model.model.${model.spec.head.classifier}.`;
+  const out: PlannedBuffer[] = [];
+  for (const p of model.headParams) {
+    const size = p.shape.reduce((a, b) => a * b, 1);
+    out.push(...param(p.name, p.name.startsWith(classifier) ? (size / model.K) * K : size));
+  }
+  return out;
+}
+
+/**
+ * A classification run: the frozen encoder (its weights without the head that trains), both
+ * programs, and LoRA + the head (trained in full, PEFT's modules_to_save) with their AdamW state.
+ */
+export function estimateClassifierTraining(
+  model: Pick<EncoderClassifier, 'headParams' | 'K' | 'spec' | 'weightBytes' | 'C' | 'L' | 'H' | 'F'>,
+  run: ClassifierRunShape,
+  device: DeviceLimits,
+): MemoryEstimate {
+  const d: EncoderDims = { C: model.C, L: model.L, H: model.H, F: model.F, K: run.K };
+  const encoderBackward = run.lora !== null && run.lora.targeted.length > 0;
+  const trainBuffers = encoderProgramBuffers(d, { B: run.B, T: run.T, training: true, encoderBackward });
+  const evalBuffers = run.hasValidation ? encoderProgramBuffers(d, { B: run.B, T: run.T, training: false, encoderBackward }) : [];
+  const weights = model.weightBytes() - sum(headBuffers(model, model.K));
+  const adapter: PlannedBuffer[] = [];
+  if (run.lora) adapter.push(...loraBuffers(run.lora.rank, run.lora.dropout, run.lora.targeted, run.B * run.T));
+  adapter.push(...headBuffers(model, run.K));
+  adapter.push(...optimizerBuffers((run.lora ? 2 * run.lora.targeted.length : 0) + model.headParams.length));
+  return summarize(weights, trainBuffers, evalBuffers, adapter, device);
 }
 
 function fmtGiB(n: number): string {

@@ -6,9 +6,15 @@
 import type { GpuInfo } from '../engine/gpu/gpu';
 import type { ColumnMapping } from '../data/columns';
 import type { ExampleStats } from '../data/examples';
+import type { ClassificationMapping, ClassificationStats } from '../data/classification';
+import type { LabelSummary } from '../data/classification-columns';
 import type { TableFormat, TableProblem, TableProblemKind } from '../data/table';
 import type { TrainSettings, SettingName } from './settings';
+import type { PeftFacts, TaskKind } from './methods';
 import type { AdapterMeta, CheckpointMeta } from './storage';
+
+export type { LabelSummary } from '../data/classification-columns';
+export type { TaskKind } from './methods';
 
 // ---------------------------------------------------------------------------------------------
 // Inputs an error can point at, so the page can show the message next to the right control.
@@ -47,8 +53,15 @@ export interface DataSummary {
   problems: TableProblem[];
   problemCounts: Record<TableProblemKind, number>;
   guessedMapping: ColumnMapping;
+  /** The text and label columns, for when the model is a classifier (null: fewer than two columns). */
+  guessedClassification: ClassificationMapping | null;
   parseMs: number;
 }
+
+/** Which columns a run reads: prompt/completion-style for a causal LM, text + label for a classifier. */
+export type RunMapping =
+  | { task: 'causal-lm'; columns: ColumnMapping }
+  | { task: 'classification'; columns: ClassificationMapping };
 
 /** A group of the model's linear layers that LoRA can target, e.g. "c_attn" in each of 12 blocks. */
 export interface LinearModuleGroup {
@@ -61,30 +74,49 @@ export interface LinearModuleGroup {
   outFeatures: number;
 }
 
+/** The head of a classifier: what trains in full beside LoRA (PEFT's modules_to_save). */
+export interface ClassifierHead {
+  /** transformers' class, e.g. DistilBertForSequenceClassification. */
+  className: string;
+  /** Head modules trained in full, e.g. pre_classifier, classifier. */
+  trainedModules: string[];
+  /** Trainable head parameters that do not depend on the number of labels (DistilBERT's pre_classifier). */
+  fixedTrainable: number;
+  /** The classifier adds this many parameters per label (weight row + bias). */
+  perLabel: number;
+}
+
 export interface ModelSummary {
   /** What PEFT's base_model_name_or_path will say: the repo id, or the folder name. */
   name: string;
   source: 'hub' | 'folder';
   modelType: string;
-  /** The engine's implementation that runs it (e.g. 'gpt2', 'llama'). */
+  /** The engine's implementation that runs it (e.g. 'gpt2', 'llama', 'distilbert'). */
   architecture: string;
+  /** What it is trained for: text generation (causal LM) or text classification (encoder + head). */
+  task: TaskKind;
   layers: number;
   hidden: number;
   heads: number;
   vocabSize: number;
   maxPositions: number;
+  /** Parameters of the base model (a classifier's: without the classifier layer, whose size depends on the labels). */
   parameterCount: number;
   /** dtype of the checkpoint's tensors as stored (they are trained in f32). */
   storedDType: string;
   /** GPU bytes taken by the frozen weights. */
   weightBytes: number;
-  linearModules: LinearModuleGroup[];
-  defaultTargets: string[];
+  /** What the adapter methods need (layer groups, default targets, PEFT dimensions, refusals). */
+  peft: PeftFacts;
+  /** The classification head (task 'classification' only). */
+  classifier: ClassifierHead | null;
+  /** What loading did that the user should know (e.g. the head initialized anew). */
+  notes: string[];
   loadMs: number;
 }
 
 export interface PrepareParams {
-  mapping: ColumnMapping;
+  mapping: RunMapping;
   settings: TrainSettings;
 }
 
@@ -116,8 +148,7 @@ export interface ParameterCounts {
   percent: number;
 }
 
-export interface PrepareResult {
-  stats: ExampleStats;
+interface PrepareCommon {
   trainExamples: number;
   validationExamples: number;
   /** Sequence length every batch is padded to. */
@@ -127,12 +158,31 @@ export interface PrepareResult {
   warmupSteps: number;
   params: ParameterCounts;
   memory: MemoryEstimate;
+}
+
+export interface CausalPrepareResult extends PrepareCommon {
+  task: 'causal-lm';
+  stats: ExampleStats;
   /** The first example as the model sees it: the part without loss and the part it learns. */
   sample: { row: number; context: string; target: string } | null;
 }
 
+export interface ClassificationPrepareResult extends PrepareCommon {
+  task: 'classification';
+  stats: ClassificationStats;
+  /** Class names by id (the model card's id2label). */
+  labels: string[];
+  /** Examples per class id in each split. */
+  trainCounts: number[];
+  validationCounts: number[];
+  /** The first example as the model reads it (special tokens included) and its label. */
+  sample: { row: number; text: string; label: string } | null;
+}
+
+export type PrepareResult = CausalPrepareResult | ClassificationPrepareResult;
+
 export interface StartParams {
-  mapping: ColumnMapping;
+  mapping: RunMapping;
   settings: TrainSettings;
   adapterName: string;
 }
@@ -140,13 +190,18 @@ export interface StartParams {
 export interface StartResult {
   runId: string;
   totalSteps: number;
+  task: TaskKind;
+  /** Class names by id (classification). */
+  labels: string[] | null;
 }
 
 export interface ResumeCheckpointResult extends StartResult {
   step: number;
   adapterName: string;
   settings: TrainSettings;
+  mapping: RunMapping;
   history: { steps: StepPoint[]; evals: EvalPoint[] };
+  best: BestEval | null;
 }
 
 export interface HubDownloadParams {
@@ -167,6 +222,8 @@ export interface Commands {
   resumeCheckpoint: { params: { runId: string }; result: ResumeCheckpointResult };
   /** The loaded data file's SHA-256, to match checkpoints against. */
   dataFingerprint: { params: Record<string, never>; result: { fingerprint: string | null } };
+  /** The label set and class balance of the loaded data for a text and a label column (no tokenizer needed). */
+  classLabels: { params: { mapping: ClassificationMapping }; result: LabelSummary };
 }
 
 export type CommandName = keyof Commands;
@@ -199,6 +256,17 @@ export interface StepPoint {
 export interface EvalPoint {
   step: number;
   evalLoss: number;
+  /** Classification: accuracy, macro-F1 and confusion[true][predicted] on the validation split. */
+  accuracy?: number;
+  f1?: number;
+  confusion?: number[][];
+}
+
+/** The evaluation a classification run keeps (load_best_model_at_end): its weights are the ones saved. */
+export interface BestEval {
+  step: number;
+  metric: 'loss' | 'accuracy';
+  value: number;
 }
 
 /** One optimizer step as the page shows it (rates and ETA over the run's active time). */
@@ -231,7 +299,7 @@ export type WorkerEvent =
   | { type: 'trainingState'; state: TrainingState; runId: string | null }
   /** The latest step, and every step's loss since the previous step event (the worker batches them). */
   | { type: 'step'; runId: string; report: StepEventReport; points: StepPoint[] }
-  | { type: 'eval'; runId: string; step: number; evalLoss: number }
+  | { type: 'eval'; runId: string; point: EvalPoint; best: BestEval | null }
   | { type: 'checkpointSaved'; runId: string; checkpoint: CheckpointMeta }
   /** adapter is null when the run was stopped before its first step (nothing to keep). */
   | { type: 'done'; runId: string; adapter: AdapterMeta | null; stoppedEarly: boolean }

@@ -6,11 +6,15 @@
 //   adapters          key id      AdapterMeta (name, base model, settings, data, metrics, log)
 //   adapterFiles      key id      AdapterFiles (the PEFT files, README.md, trainer_state.json)
 //   checkpoints       key runId   CheckpointMeta (the latest checkpoint of a run)
-//   checkpointTensors key runId   adapter values + AdamW m and v at that step
+//   checkpointTensors key runId   adapter values + AdamW m and v at that step (and a classifier's
+//                                 best evaluation's values)
+// Records written before a field existed lack it: readers complete them (withDefaults, taskOf).
 
 import type { ColumnMapping } from '../data/columns';
+import type { ClassificationMapping } from '../data/classification';
 import type { LogEntry } from '../train/run-report';
-import type { TrainSettings } from './settings';
+import type { MethodId, TaskKind, TrainSettings } from './settings';
+import type { BestEval, EvalPoint } from './protocol';
 
 export const DB_NAME = 'finetune-in-browser';
 export const DB_VERSION = 1;
@@ -40,10 +44,12 @@ export interface AdapterMeta {
   runId: string;
   name: string;
   createdAt: number;
-  method: 'lora';
+  method: MethodId;
+  /** Absent in records from before text classification: 'causal-lm'. */
+  task?: TaskKind;
   baseModel: BaseModelInfo;
   settings: TrainSettings;
-  mapping: ColumnMapping;
+  mapping: ColumnMapping | ClassificationMapping;
   data: DataInfo;
   metrics: {
     finalLoss: number;
@@ -52,6 +58,8 @@ export interface AdapterMeta {
     totalSteps: number;
     stoppedEarly: boolean;
     runtimeS: number;
+    /** Classification: the evaluation whose weights were saved (the best one), with the labels. */
+    classification?: SavedClassifierMetrics;
   };
   trainableParams: number;
   device: string;
@@ -60,12 +68,31 @@ export interface AdapterMeta {
   bytes: number;
 }
 
-export interface AdapterFiles {
+export interface SavedClassifierMetrics {
+  labels: string[];
+  /** The saved weights' evaluation: the best one when it was put back, else the last. */
+  evaluation: EvalPoint;
+  best: BestEval | null;
+  /** Whether the saved weights are the best evaluation's rather than the last step's. */
+  restoredBest: boolean;
+}
+
+/** What a stored record was trained for (older records are causal-LM LoRA). */
+export function taskOf(meta: { task?: TaskKind }): TaskKind {
+  return meta.task ?? 'causal-lm';
+}
+
+/** The files of an adapter: PEFT's adapter_model.safetensors, or AdapterHub's adapter.safetensors (bottleneck adapters). */
+export type AdapterFiles = {
   id: string;
   'adapter_config.json': string;
-  'adapter_model.safetensors': Uint8Array;
   'README.md': string;
   'trainer_state.json': string;
+} & ({ 'adapter_model.safetensors': Uint8Array } | { 'adapter.safetensors': Uint8Array });
+
+/** The weights file of a stored adapter, under the name its format uses. */
+export function weightsFileOf(files: AdapterFiles): { name: 'adapter_model.safetensors' | 'adapter.safetensors'; bytes: Uint8Array } {
+  return 'adapter.safetensors' in files ? { name: 'adapter.safetensors', bytes: files['adapter.safetensors'] } : { name: 'adapter_model.safetensors', bytes: files['adapter_model.safetensors'] };
 }
 
 export interface CheckpointMeta {
@@ -76,10 +103,13 @@ export interface CheckpointMeta {
   totalSteps: number;
   seqLen: number;
   settings: TrainSettings;
-  mapping: ColumnMapping;
+  task?: TaskKind;
+  mapping: ColumnMapping | ClassificationMapping;
   data: { fileName: string; fingerprint: string };
   baseModel: BaseModelInfo;
   logHistory: LogEntry[];
+  /** Classification: the labels, every evaluation (with its confusion matrix) and the best one so far. */
+  classification?: { labels: string[]; evals: EvalPoint[]; best: BestEval | null };
   /** Set when the run finished and its adapter was saved. */
   adapterId: string | null;
   bytes: number;
@@ -88,6 +118,8 @@ export interface CheckpointMeta {
 export interface CheckpointTensors {
   runId: string;
   params: { name: string; shape: number[]; value: Float32Array; m: Float32Array; v: Float32Array }[];
+  /** Classification: the best evaluation's parameter values (put back at the end of the run). */
+  best?: { name: string; value: Float32Array }[];
 }
 
 export class StorageError extends Error {

@@ -2,6 +2,11 @@
 // The training worker: owns the GPU device, the loaded model, the parsed data and the running
 // trainer, so that nothing heavy ever runs on the page's thread. It answers the commands of
 // ./protocol.ts and pushes progress and training events.
+//
+// Two tasks, picked by the model: a causal LM (GPT-2, the Llama family) trains any adapter method
+// of ./methods.ts on prompt/completion-style columns; an encoder (DistilBERT, BERT) trains a text
+// classifier (LoRA + the head, PEFT task_type SEQ_CLS) on a text and a label column. Both run
+// through a TrainerSession (./sessions.ts), so pausing, checkpoints, resuming and saving are shared.
 
 import { Gpu, GpuError } from '../engine/gpu/gpu';
 import { loadHfModel, modelFilesFromMap, ModelFileError, type HfModel, type ModelFiles } from '../io/model-files';
@@ -14,36 +19,52 @@ import { describeMapping, guessColumns, validateMapping, type ColumnMapping } fr
 import { loadTokenizer, TokenizerError, type TextTokenizer } from '../data/tokenizer';
 import { buildCausalExamplesAsync, IGNORE_INDEX, type Example, type ExampleStats } from '../data/examples';
 import { seededRandom, sequenceLengthFor, splitTrainValidation } from '../data/batches';
-import { loadCausalLM, type LoadedModel } from '../engine/models/registry';
-import { ProgramError } from '../engine/models/program';
-import { Lora, LoraError, moduleMatches, type LinearModuleInfo } from '../engine/peft/lora';
+import { buildLabelMap, classCounts, type LabelMap } from '../data/labels';
+import { classificationSequenceLength, validateClassificationMapping, type ClassificationExample, type ClassificationMapping, type ClassificationStats } from '../data/classification';
+import { buildClassificationExamplesAsync, guessClassificationColumns, summarizeLabels, type LabelSummary } from '../data/classification-columns';
+import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier, type LoadedModel, type LoadedSequenceClassifier } from '../engine/models/registry';
+import { plannedBytes, ProgramError } from '../engine/models/program';
+import { SequenceClassificationAdapter } from '../engine/models/sequence-classification';
+import { Lora, LoraError } from '../engine/peft/lora';
+import { createPeftMethod, PeftSetupError, type PeftModelInfo } from '../engine/peft/factory';
+import { Ia3Error } from '../engine/peft/ia3';
+import { BottleneckError } from '../engine/peft/bottleneck';
+import { PromptTuningError } from '../engine/peft/prompt-tuning';
+import { PrefixTuningError } from '../engine/peft/prefix-tuning';
+import type { PeftMethod } from '../engine/peft/method';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
-import { DEFAULT_TRAIN_CONFIG, Trainer, TrainError, type StepReport, type TrainConfig } from '../engine/train/trainer';
-import { exportPeftAdapter } from '../engine/export/peft-export';
-import { RunLog, modelCard, trainerState, type LogEntry } from '../train/run-report';
+import { DEFAULT_TRAIN_CONFIG, mixSeed, Trainer, TrainError, type StepReport, type TrainConfig } from '../engine/train/trainer';
+import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { warmupStepsFromRatio } from '../train/schedule';
-import { estimateTraining } from './memory';
-import { ALL_LINEAR, firstSettingError, validateSettings, type SettingLimits, type TrainSettings } from './settings';
+import { estimateClassifierTraining, estimateTraining, headBuffers } from './memory';
+import { METHOD_BY_ID, type MethodId, type TaskKind } from './methods';
+import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods, targetedLinears } from './model-facts';
+import { CausalSession, ClassifierSession, type TrainerSession } from './sessions';
+import { DEFAULT_SETTINGS, firstSettingError, validateSettings, withDefaults, type SettingLimits, type SettingName, type TrainSettings } from './settings';
 import {
   fingerprintFile,
   getCheckpoint,
   saveAdapter,
   saveCheckpoint,
+  taskOf,
   type AdapterMeta,
   type BaseModelInfo,
   type CheckpointMeta,
 } from './storage';
 import type {
+  BestEval,
+  ClassifierHead,
   CommandName,
   Commands,
   DataSummary,
   ErrorInfo,
+  EvalPoint,
   InitResult,
   InputName,
-  LinearModuleGroup,
   ModelSummary,
   PageToWorker,
   PrepareResult,
+  RunMapping,
   StepPoint,
   TrainingState,
   WorkerEvent,
@@ -71,13 +92,35 @@ function emit(event: WorkerEvent): void {
 // State
 
 let gpu: Gpu | null = null;
+/** For the methods' probes at model load (one uniform buffer, kept). */
+let probeUniforms: StepUniforms | null = null;
 
-interface ModelState {
+interface CausalModelState {
+  task: 'causal-lm';
   hf: HfModel;
   loaded: LoadedModel;
+  info: PeftModelInfo;
   tokenizer: TextTokenizer;
   summary: ModelSummary;
 }
+
+/** A classifier head is made from the run's seed mixed with this (as the CLI does). */
+const HEAD_SEED_SALT = 0x4ead;
+/** The seed of the head made at load: the default seed, so a first run with it needs no new head. */
+const DEFAULT_SEED = DEFAULT_SETTINGS.seed;
+
+interface ClassifierModelState {
+  task: 'classification';
+  hf: HfModel;
+  /** Replaced when a run needs a head of another size or a fresh one (the head trains in place). */
+  loaded: LoadedSequenceClassifier;
+  /** The head on the GPU: its number of labels, the seed it was made with, and whether a run has trained it since. */
+  head: { numLabels: number; seed: number; fresh: boolean };
+  tokenizer: TextTokenizer;
+  summary: ModelSummary;
+}
+
+type ModelState = CausalModelState | ClassifierModelState;
 let model: ModelState | null = null;
 
 interface DataState {
@@ -87,13 +130,16 @@ interface DataState {
 }
 let data: DataState | null = null;
 
+type BuiltExamples =
+  | { task: 'causal-lm'; examples: Example[]; stats: ExampleStats }
+  | { task: 'classification'; examples: ClassificationExample[]; stats: ClassificationStats; labelMap: LabelMap };
+
 /**
  * Examples depend only on data, model (tokenizer), mapping and maxLength: kept across setting
  * changes. The build is shared while it runs, so a prepare for the same key waits for it; a newer
  * key (or new data or model, which clear this) makes a running build stop at its next progress point.
  */
 let examplesCache: { key: string; built: Promise<BuiltExamples> | null } | null = null;
-type BuiltExamples = { examples: Example[]; stats: ExampleStats };
 
 /** A build of examples that a newer one replaced. */
 class Superseded extends Error {
@@ -108,16 +154,16 @@ let downloadAbort: AbortController | null = null;
 interface RunState {
   id: string;
   name: string;
-  trainer: Trainer;
-  lora: Lora;
-  log: RunLog;
+  task: TaskKind;
+  session: TrainerSession;
+  /** The run's per-step uniform buffer (freed with the session). */
+  stepUniforms: StepUniforms;
   config: TrainConfig;
   settings: TrainSettings;
-  mapping: ColumnMapping;
+  mapping: RunMapping;
   stepsPerEpoch: number;
   trainCount: number;
   validationCount: number;
-  trainable: number;
   dataFingerprint: string;
   model: ModelState;
   dataFileName: string;
@@ -133,7 +179,7 @@ interface RunState {
   /** Active (not paused) milliseconds before the current segment, and when that segment began. */
   activeMs: number;
   segmentStart: number | null;
-  /** trainer.step when this session (start or resume from a checkpoint) began. */
+  /** The session's step when this session (start or resume from a checkpoint) began. */
   sessionStartStep: number;
   tokens: number;
   pendingPoints: StepPoint[];
@@ -165,7 +211,10 @@ async function init(): Promise<InitResult> {
   if (!nav.gpu) {
     throw new InputError('WebGPU is not available in this browser (navigator.gpu is missing in the worker).', 'gpu');
   }
-  if (!gpu || gpu.lost) gpu = await Gpu.create({ gpu: nav.gpu });
+  if (!gpu || gpu.lost) {
+    gpu = await Gpu.create({ gpu: nav.gpu });
+    probeUniforms = null;
+  }
   return { gpu: gpu.info, hasF16: gpu.hasF16, hasSubgroups: gpu.hasSubgroups };
 }
 
@@ -206,6 +255,7 @@ async function loadData(file: File): Promise<DataSummary> {
     problems: table.problems.slice(0, PROBLEMS_SENT),
     problemCounts: table.problemCounts,
     guessedMapping: guessColumns(table),
+    guessedClassification: guessClassificationColumns(table),
     parseMs: performance.now() - t0,
   };
 }
@@ -213,6 +263,16 @@ async function loadData(file: File): Promise<DataSummary> {
 function dataFingerprint(d: DataState): Promise<string> {
   d.fingerprint ??= fingerprintFile(d.file);
   return d.fingerprint;
+}
+
+function classLabels(mapping: ClassificationMapping): LabelSummary {
+  if (!data) throw new InputError('Load a data file first.', 'dataFile');
+  try {
+    validateClassificationMapping(data.table, mapping);
+    return summarizeLabels(data.table, mapping);
+  } catch (e) {
+    throw new InputError(messageOf(e), 'mapping');
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,28 +290,18 @@ function folderFiles(files: { path: string; file: File }[], name?: string): Mode
   return modelFilesFromMap(name ?? folder ?? 'local model', map);
 }
 
-/** Module kind = the path after the layer index ("attn.c_attn"); target = its shortest unique suffix. */
-function linearGroups(linears: LinearModuleInfo[]): LinearModuleGroup[] {
-  const byKind = new Map<string, LinearModuleInfo[]>();
-  for (const l of linears) {
-    const kind = l.module.replace(/^.*?\.\d+\./, '');
-    if (!byKind.has(kind)) byKind.set(kind, []);
-    byKind.get(kind)!.push(l);
-  }
-  const kinds = [...byKind.keys()];
-  return kinds.map((kind) => {
-    const parts = kind.split('.');
-    let target = kind;
-    for (let n = 1; n <= parts.length; n++) {
-      const suffix = parts.slice(-n).join('.');
-      if (kinds.every((k) => k === kind || !(k === suffix || k.endsWith(`.${suffix}`)))) {
-        target = suffix;
-        break;
-      }
-    }
-    const first = byKind.get(kind)![0];
-    return { target, example: first.module, count: byKind.get(kind)!.length, inFeatures: first.inFeatures, outFeatures: first.outFeatures };
-  });
+/** The head's facts for the page: what trains in full, and how its size follows the labels. */
+function classifierHead(loaded: LoadedSequenceClassifier): ClassifierHead {
+  const m = loaded.model;
+  const classifier = `base_model.model.${m.spec.head.classifier}.`;
+  const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  const fixed = m.headParams.filter((p) => !p.name.startsWith(classifier)).reduce((s, p) => s + size(p.shape), 0);
+  const trainedModules = [...new Set(m.headParams.map((p) => p.name.replace(/^base_model\.model\./, '').replace(/\.(weight|bias)$/, '')))];
+  return { className: m.spec.className, trainedModules, fixedTrainable: fixed, perLabel: m.C + 1 };
+}
+
+function loadClassifier(g: Gpu, hf: HfModel, numLabels: number, seed: number): LoadedSequenceClassifier {
+  return loadSequenceClassifier(g, hf, { numLabels, random: seededRandom(mixSeed(seed, HEAD_SEED_SALT)) });
 }
 
 async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: InputName): Promise<ModelSummary> {
@@ -266,8 +316,9 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
     if (!hf.tokenizerJson) throw new InputError(`${hf.name}: tokenizer.json is missing; the folder needs the tokenizer files next to the weights.`, input);
     tokenizer = loadTokenizer(hf.tokenizerJson, hf.tokenizerConfig, { chatTemplate: hf.chatTemplate, name: hf.name });
     // Checked before the current model is freed, so a wrong pick does not cost the loaded model.
-    if (hf.config.family !== 'gpt2' && hf.config.family !== 'llama') {
-      throw new InputError(`${hf.name}: model_type "${hf.config.model_type}" is not a causal language model this app can train (an encoder such as BERT cannot generate text).`, input);
+    const family = hf.config.family;
+    if (family !== 'gpt2' && family !== 'llama' && !isSequenceClassifierFamily(hf)) {
+      throw new InputError(`${hf.name}: model_type "${hf.config.model_type}" is not a model this app can train.`, input);
     }
   } catch (e) {
     throw asInput(e);
@@ -283,41 +334,88 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   const g = requireGpu();
   emit({ type: 'progress', task: 'loadModel', message: 'Uploading the weights to the GPU' });
   const before = g.allocatedBytes;
-  let loaded: LoadedModel;
+  const base = {
+    name: hf.name,
+    source,
+    modelType: hf.config.model_type,
+    ...dimsOf(hf.config),
+    vocabSize: hf.config.vocab_size,
+    storedDType: hf.tensorNames.length ? hf.tensorInfo(hf.tensorNames[0]).dtype : 'F32',
+  };
+  let state: ModelState;
   try {
-    loaded = loadCausalLM(g, hf);
-    await g.sync();
+    if (isSequenceClassifierFamily(hf)) {
+      // A head of 2 labels to start with; a run reloads it for the labels of its data.
+      const loaded = loadClassifier(g, hf, 2, DEFAULT_SEED);
+      await g.sync();
+      const head = classifierHead(loaded);
+      const m = loaded.model;
+      const classifierModule = m.spec.head.classifier;
+      state = {
+        task: 'classification',
+        hf,
+        loaded,
+        tokenizer,
+        head: { numLabels: 2, seed: DEFAULT_SEED, fresh: true },
+        summary: {
+          ...base,
+          architecture: loaded.architecture,
+          task: 'classification',
+          maxPositions: loaded.maxPositions,
+          parameterCount: m.parameterCount() - m.K * head.perLabel,
+          // The frozen part: the head trains, so it counts with the adapter.
+          weightBytes: m.weightBytes() - plannedBytes(headBuffers(m, m.K)),
+          peft: classifierPeftFacts(loaded),
+          classifier: head,
+          notes: [
+            ...m.notes.filter((n) => !n.startsWith(`${classifierModule}:`)),
+            `${classifierModule}: made for the labels of your data (initialized as transformers does: normal, std ${m.spec.dims.initializerRange}; bias 0)`,
+          ],
+          loadMs: 0,
+        },
+      };
+    } else {
+      const loaded = loadCausalLM(g, hf);
+      await g.sync();
+      const { facts, info } = causalPeftFacts(hf.config, loaded);
+      probeUniforms ??= new StepUniforms(g);
+      facts.unavailable = probeMethods(g, loaded, info, facts, probeUniforms, hf.name);
+      await g.sync();
+      state = {
+        task: 'causal-lm',
+        hf,
+        loaded,
+        info,
+        tokenizer,
+        summary: {
+          ...base,
+          architecture: loaded.architecture,
+          task: 'causal-lm',
+          maxPositions: loaded.maxPositions,
+          parameterCount: loaded.model.parameterCount(),
+          weightBytes: loaded.model.weightBytes(),
+          peft: facts,
+          classifier: null,
+          notes: [],
+          loadMs: 0,
+        },
+      };
+    }
   } catch (e) {
     // A load that failed part-way leaves the tensors it made with no handle to free them by; nothing
     // else lives on the device now (no model, no run), so a fresh device is the clean way back.
     if (g.allocatedBytes > before || g.lost) {
       g.device.destroy();
       gpu = null;
+      probeUniforms = null;
       await init().catch(() => undefined);
     }
     throw asInput(e);
   }
-  const dims = dimsOf(hf.config);
-  const groups = linearGroups(loaded.model.linearModules());
-  const defaults = groups.filter((grp) => moduleMatches(grp.example, loaded.defaultLoraTargets)).map((grp) => grp.target);
-  const summary: ModelSummary = {
-    name: hf.name,
-    source,
-    modelType: hf.config.model_type,
-    architecture: loaded.architecture,
-    ...dims,
-    vocabSize: hf.config.vocab_size,
-    maxPositions: loaded.maxPositions,
-    parameterCount: loaded.model.parameterCount(),
-    storedDType: hf.tensorNames.length ? hf.tensorInfo(hf.tensorNames[0]).dtype : 'F32',
-    weightBytes: loaded.model.weightBytes(),
-    linearModules: groups,
-    defaultTargets: defaults,
-    loadMs: performance.now() - t0,
-  };
-  model = { hf, loaded, tokenizer, summary };
+  state.summary.loadMs = performance.now() - t0;
+  model = state;
   examplesCache = null;
-  return summary;
+  return state.summary;
 }
 
 function dimsOf(c: HfConfig): { layers: number; hidden: number; heads: number } {
@@ -374,41 +472,55 @@ async function downloadModel(repo: string, endpoint?: string): Promise<ModelSumm
 // ---------------------------------------------------------------------------------------------
 // Prepare: examples, statistics, parameter counts and memory
 
-interface Prepared {
-  result: PrepareResult;
-  train: Example[];
-  validation: Example[];
-  targeted: LinearModuleInfo[];
+interface PreparedCommon {
   config: TrainConfig;
   /** The model and data this was prepared from (either may be replaced while a prepare awaits). */
   model: ModelState;
   data: DataState;
 }
 
-function limitsOf(m: ModelState): SettingLimits {
-  return { maxPositions: m.summary.maxPositions, availableTargets: m.summary.linearModules.map((g) => g.target) };
-}
+type Prepared =
+  | (PreparedCommon & { task: 'causal-lm'; result: PrepareResult & { task: 'causal-lm' }; train: Example[]; validation: Example[] })
+  | (PreparedCommon & {
+      task: 'classification';
+      result: PrepareResult & { task: 'classification' };
+      train: ClassificationExample[];
+      validation: ClassificationExample[];
+      labelMap: LabelMap;
+      config: ClassifierTrainConfig;
+    });
 
-/** The linear layers LoRA adapts for these target modules (PEFT's rules, 'all-linear' included). */
-function targetedModules(m: ModelState, targetModules: readonly string[]): LinearModuleInfo[] {
-  const linears = m.loaded.model.linearModules();
-  return targetModules.includes(ALL_LINEAR) ? linears : linears.filter((l) => moduleMatches(l.module, targetModules));
+function limitsOf(m: ModelState): SettingLimits {
+  return {
+    maxPositions: m.summary.maxPositions,
+    availableTargets: m.summary.peft.linearModules.map((g) => g.target),
+    task: m.task,
+    unavailable: m.summary.peft.unavailable,
+  };
 }
 
 /** Tokenizes the table (shared with a build already running for the same key), reporting progress. */
-function examplesFor(d: DataState, m: ModelState, mapping: ColumnMapping, maxLength: number): Promise<BuiltExamples> {
+function examplesFor(d: DataState, m: ModelState, mapping: RunMapping, maxLength: number): Promise<BuiltExamples> {
   const key = JSON.stringify({ mapping, maxLength });
   if (examplesCache?.key === key && examplesCache.built) return examplesCache.built;
-  // In the cache before the build starts: its first rows run before buildCausalExamplesAsync returns.
+  // In the cache before the build starts: its first rows run before the build returns.
   const entry: NonNullable<typeof examplesCache> = { key, built: null };
   examplesCache = entry;
-  const built = buildCausalExamplesAsync(d.table, mapping, m.tokenizer, {
-    maxLength,
-    onProgress: (fraction) => {
-      if (examplesCache !== entry) throw new Superseded();
-      emit({ type: 'progress', task: 'examples', fraction });
-    },
-  });
+  const onProgress = (fraction: number) => {
+    if (examplesCache !== entry) throw new Superseded();
+    emit({ type: 'progress', task: 'examples', fraction });
+  };
+  let built: Promise<BuiltExamples>;
+  if (mapping.task === 'causal-lm') {
+    built = buildCausalExamplesAsync(d.table, mapping.columns, m.tokenizer, { maxLength, onProgress }).then((r) => ({ task: 'causal-lm' as const, ...r }));
+  } else {
+    const columns = mapping.columns;
+    built = (async () => {
+      const labelMap = buildLabelMap(d.table.rows.map((r) => r[columns.label]));
+      const r = await buildClassificationExamplesAsync(d.table, columns, m.tokenizer, { maxLength, labelMap, onProgress });
+      return { task: 'classification' as const, examples: r.examples, stats: r.stats, labelMap };
+    })();
+  }
   entry.built = built;
   built.catch(() => {
     if (examplesCache === entry) examplesCache = null;
@@ -416,16 +528,29 @@ function examplesFor(d: DataState, m: ModelState, mapping: ColumnMapping, maxLen
   return built;
 }
 
-async function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Promise<Prepared> {
+function fail(settingsError: [SettingName, string] | null): void {
+  if (settingsError) throw new InputError(settingsError[1], settingsError[0]);
+}
+
+async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise<Prepared> {
   const d = data;
   const m = model;
   if (!d) throw new InputError('Load a data file first.', 'dataFile');
   if (!m) throw new InputError('Load a base model first.', 'modelFolder');
   const g = requireGpu();
-  const bad = firstSettingError(validateSettings(settings, limitsOf(m)));
-  if (bad) throw new InputError(bad[1], bad[0]);
+  if (mapping.task !== m.task) {
+    throw new InputError(
+      m.task === 'classification'
+        ? `${m.summary.name} is a text classifier: pick a text column and a label column.`
+        : `${m.summary.name} generates text: pick the prompt and completion columns (a text classifier needs a DistilBERT or BERT model).`,
+      'mapping',
+    );
+  }
+  fail(firstSettingError(validateSettings(settings, limitsOf(m))));
   try {
-    validateMapping(d.table, mapping);
+    if (mapping.task === 'causal-lm') validateMapping(d.table, mapping.columns);
+    // The label column must hold a few classes (the page shows the same check with the class balance).
+    else summarizeLabels(d.table, mapping.columns);
   } catch (e) {
     throw new InputError(messageOf(e), /template/i.test(messageOf(e)) ? 'template' : 'mapping');
   }
@@ -437,46 +562,19 @@ async function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Prom
     throw new InputError(messageOf(e), e instanceof DataError ? (/template/i.test(messageOf(e)) ? 'template' : 'mapping') : 'maxLength');
   }
   if (data !== d || model !== m) throw new InputError(new Superseded().message, d !== data ? 'dataFile' : 'modelFolder');
-  const { examples, stats } = built;
-  if (examples.length === 0) {
-    const why = stats.skipped.rows.slice(0, 3).map((r) => `row ${r.row}: ${r.reason}`).join('; ');
+  if (built.examples.length === 0) {
+    const why = built.stats.skipped.rows.slice(0, 3).map((r) => `row ${r.row}: ${r.reason}`).join('; ');
     throw new InputError(`No row of ${d.table.fileName} gives a training example${why ? ` (${why})` : ''}. Check the column mapping.`, 'mapping');
   }
-  const { train, validation } = splitTrainValidation(examples, settings.validationFraction, settings.seed);
-  const seqLen = Math.min(sequenceLengthFor(examples, settings.maxLength), m.summary.maxPositions);
-  const stepsPerEpoch = Trainer.stepsForEpochs(train.length, 1, settings.batchSize, settings.gradAccum);
-  const totalSteps =
-    settings.lengthUnit === 'epochs' ? Trainer.stepsForEpochs(train.length, settings.epochs, settings.batchSize, settings.gradAccum) : settings.steps;
-  const warmupSteps = warmupStepsFromRatio(settings.warmupRatio, totalSteps);
-
-  const targeted = targetedModules(m, settings.targetModules);
-  if (targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
-  const trainable = targeted.reduce((s, t) => s + settings.rank * (t.inFeatures + t.outFeatures), 0);
-  const frozen = m.summary.parameterCount;
   const limits = g.info.limits;
-  const memory = estimateTraining(
-    m.loaded.model,
-    { B: settings.batchSize, T: seqLen, rank: settings.rank, dropout: settings.dropout, targeted, hasValidation: validation.length > 0 },
-    { maxBufferSize: limits.maxBufferSize, maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize, isFallbackAdapter: g.info.isFallbackAdapter },
-  );
-  if (memory.largestBuffer > memory.bufferLimit) {
-    throw new InputError(
-      `A batch of ${settings.batchSize} × ${seqLen} tokens needs a ${fmtMiB(memory.largestBuffer)} buffer (${memory.largestBufferLabel}), more than this GPU allows in one buffer (${fmtMiB(memory.bufferLimit)}). Lower the batch size or max length.`,
-      'batchSize',
-    );
-  }
-
-  const first = examples[0];
-  const decode = (ids: number[]) => m.tokenizer.decode(ids);
-  const sample = first
-    ? {
-        row: first.row,
-        context: decode(first.inputIds.filter((_, i) => first.labels[i] === IGNORE_INDEX)),
-        target: decode(first.inputIds.filter((_, i) => first.labels[i] !== IGNORE_INDEX)),
-      }
-    : null;
-
-  const config: TrainConfig = {
+  const device = { maxBufferSize: limits.maxBufferSize, maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize, isFallbackAdapter: g.info.isFallbackAdapter };
+  const descriptor = METHOD_BY_ID[settings.method];
+  const lengthOf = (train: number) => {
+    const stepsPerEpoch = Trainer.stepsForEpochs(train, 1, settings.batchSize, settings.gradAccum);
+    const totalSteps = settings.lengthUnit === 'epochs' ? Trainer.stepsForEpochs(train, settings.epochs, settings.batchSize, settings.gradAccum) : settings.steps;
+    return { stepsPerEpoch, totalSteps, warmupSteps: warmupStepsFromRatio(settings.warmupRatio, totalSteps) };
+  };
+  const configOf = (seqLen: number, totalSteps: number, warmupSteps: number): TrainConfig => ({
     ...DEFAULT_TRAIN_CONFIG,
     batchSize: settings.batchSize,
     gradAccumSteps: settings.gradAccum,
@@ -489,23 +587,114 @@ async function prepareRun(mapping: ColumnMapping, settings: TrainSettings): Prom
     seed: settings.seed,
     // 0 = automatic: ten validation points over the run draw a curve, not a single dot.
     evalEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.ceil(totalSteps / 10)),
+  });
+  const checkBuffer = (largest: number, limit: number, label: string, seqLen: number) => {
+    if (largest > limit) {
+      throw new InputError(
+        `A batch of ${settings.batchSize} × ${seqLen} tokens needs a ${fmtMiB(largest)} buffer (${label}), more than this GPU allows in one buffer (${fmtMiB(limit)}). Lower the batch size or max length.`,
+        'batchSize',
+      );
+    }
+  };
+
+  if (built.task === 'causal-lm' && m.task === 'causal-lm') {
+    const { examples, stats } = built;
+    const { train, validation } = splitTrainValidation(examples, settings.validationFraction, settings.seed);
+    // Prompt and prefix tuning's virtual tokens take positions too.
+    const extra = descriptor.extraPositions(settings);
+    const seqLen = Math.min(sequenceLengthFor(examples, settings.maxLength), m.summary.maxPositions - extra);
+    const { stepsPerEpoch, totalSteps, warmupSteps } = lengthOf(train.length);
+    const facts = m.summary.peft;
+    const plan = adapterPlan(settings, facts, m.loaded.model.linearModules());
+    if ((plan.kind === 'lora' || plan.kind === 'dora') && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
+    if (plan.kind === 'ia3' && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.ia3Targets.join(', ')}] match no layer of ${m.summary.name}.`, 'ia3Targets');
+    const trainable = descriptor.trainableParams(settings, facts);
+    const frozen = m.summary.parameterCount;
+    const memory = estimateTraining(m.loaded.model, { B: settings.batchSize, T: seqLen, adapter: plan, hasValidation: validation.length > 0 }, device);
+    checkBuffer(memory.largestBuffer, memory.bufferLimit, memory.largestBufferLabel, seqLen);
+    const first = examples[0];
+    const decode = (ids: number[]) => m.tokenizer.decode(ids);
+    const sample = first
+      ? {
+          row: first.row,
+          context: decode(first.inputIds.filter((_, i) => first.labels[i] === IGNORE_INDEX)),
+          target: decode(first.inputIds.filter((_, i) => first.labels[i] !== IGNORE_INDEX)),
+        }
+      : null;
+    return {
+      task: 'causal-lm',
+      result: {
+        task: 'causal-lm',
+        stats,
+        trainExamples: train.length,
+        validationExamples: validation.length,
+        seqLen,
+        stepsPerEpoch,
+        totalSteps,
+        warmupSteps,
+        params: { trainable, frozen, all: frozen + trainable, percent: (100 * trainable) / (frozen + trainable) },
+        memory,
+        sample,
+      },
+      train,
+      validation,
+      config: configOf(seqLen, totalSteps, warmupSteps),
+      model: m,
+      data: d,
+    };
+  }
+  if (built.task !== 'classification' || m.task !== 'classification') throw new Error('unreachable: task mismatch');
+  const { examples, stats, labelMap } = built;
+  const K = labelMap.names.length;
+  const { train, validation } = splitTrainValidation(examples, settings.validationFraction, settings.seed);
+  if (validation.length === 0) {
+    throw new InputError(`${examples.length} examples leave none for validation at ${(settings.validationFraction * 100).toFixed(0)} %: raise the validation split or add rows.`, 'validationFraction');
+  }
+  const seqLen = Math.min(classificationSequenceLength(examples, settings.maxLength), m.summary.maxPositions);
+  const { stepsPerEpoch, totalSteps, warmupSteps } = lengthOf(train.length);
+  const linears = m.loaded.model.linearModules();
+  const targeted = targetedLinears(linears, settings.targetModules);
+  if (targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
+  const head = m.summary.classifier!;
+  const loraCount = descriptor.trainableParams(settings, m.summary.peft);
+  const headCount = head.fixedTrainable + K * head.perLabel;
+  const trainable = loraCount + headCount;
+  // As the CLI counts: the whole classifier (head included) plus LoRA.
+  const all = m.summary.parameterCount + K * head.perLabel + loraCount;
+  const memory = estimateClassifierTraining(
+    m.loaded.model,
+    { B: settings.batchSize, T: seqLen, K, lora: { rank: settings.rank, dropout: settings.dropout, targeted }, hasValidation: true },
+    device,
+  );
+  checkBuffer(memory.largestBuffer, memory.bufferLimit, memory.largestBufferLabel, seqLen);
+  const first = examples[0];
+  const config: ClassifierTrainConfig = {
+    ...configOf(seqLen, totalSteps, warmupSteps),
+    metricForBest: settings.metricForBest,
+    // The worker puts the best evaluation back itself when the run ends (ClassifierSession.finish).
+    loadBestAtEnd: false,
   };
   return {
+    task: 'classification',
     result: {
+      task: 'classification',
       stats,
+      labels: [...labelMap.names],
+      trainCounts: classCounts(train.map((e) => e.label), K),
+      validationCounts: classCounts(validation.map((e) => e.label), K),
       trainExamples: train.length,
       validationExamples: validation.length,
       seqLen,
       stepsPerEpoch,
       totalSteps,
       warmupSteps,
-      params: { trainable, frozen, all: frozen + trainable, percent: (100 * trainable) / (frozen + trainable) },
+      params: { trainable, frozen: all - trainable, all, percent: (100 * trainable) / all },
       memory,
-      sample,
+      sample: first ? { row: first.row, text: m.tokenizer.decode(first.inputIds), label: labelMap.names[first.label] } : null,
     },
     train,
     validation,
-    targeted,
+    labelMap,
     config,
     model: m,
     data: d,
@@ -530,12 +719,23 @@ function deviceName(g: Gpu): string {
   return `${name}${i.isFallbackAdapter ? ' (software renderer, no GPU)' : ''}`;
 }
 
-async function createRun(
-  mapping: ColumnMapping,
-  settings: TrainSettings,
-  adapterName: string,
-  runId: string,
-): Promise<RunState> {
+/** The setting an adapter method's refusal is about. */
+function inputForMethodError(e: unknown, method: MethodId): InputName {
+  const msg = messageOf(e);
+  if (e instanceof LoraError) return /target/i.test(msg) ? 'targetModules' : 'rank'; // DoRA's errors too
+  if (e instanceof Ia3Error) return /feedforward/i.test(msg) ? 'ia3Feedforward' : 'ia3Targets';
+  if (e instanceof PromptTuningError) return /text/i.test(msg) ? 'promptInitText' : 'virtualTokens';
+  if (e instanceof PrefixTuningError) return /encoder/i.test(msg) ? 'encoderHiddenSize' : 'virtualTokens';
+  if (e instanceof BottleneckError) return /name/i.test(msg) ? 'bottleneckName' : /reduction/i.test(msg) ? 'reductionFactor' : 'bottleneckType';
+  if (e instanceof PeftSetupError || e instanceof ProgramError) return 'method';
+  return method === 'lora' ? 'rank' : 'method';
+}
+
+function describeRunMapping(mapping: RunMapping): string {
+  return mapping.task === 'causal-lm' ? describeMapping(mapping.columns) : `text "${mapping.columns.text}", label "${mapping.columns.label}"`;
+}
+
+async function createRun(mapping: RunMapping, settings: TrainSettings, adapterName: string, runId: string): Promise<RunState> {
   const name = adapterName.trim();
   if (!name) throw new InputError('Give the adapter a name.', 'adapterName');
   if (name.length > 120) throw new InputError('The adapter name is too long (120 characters at most).', 'adapterName');
@@ -546,39 +746,94 @@ async function createRun(
   const fingerprint = await dataFingerprint(d);
   if (model !== m || data !== d) throw new InputError(new Superseded().message, model !== m ? 'modelFolder' : 'dataFile');
   const stepUniforms = new StepUniforms(g);
-  let lora: Lora;
-  try {
-    lora = new Lora(
+  const descriptor = METHOD_BY_ID[settings.method];
+  const { params } = prepared.result;
+  let session: TrainerSession;
+  if (prepared.task === 'causal-lm' && m.task === 'causal-lm') {
+    let method: PeftMethod;
+    try {
+      method = createPeftMethod(g, descriptor.spec(settings, m.summary.name), m.info, m.loaded.model, stepUniforms, {
+        random: seededRandom(settings.seed),
+        tokenize: (text) => m.tokenizer.encode(text, { addSpecialTokens: true }),
+      });
+    } catch (e) {
+      throw new InputError(`${descriptor.name}: ${messageOf(e)}`, inputForMethodError(e, settings.method));
+    }
+    let trainer: Trainer;
+    try {
+      trainer = new Trainer(g, m.loaded.model, method, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
+      await g.sync();
+    } catch (e) {
+      method.destroy?.();
+      if (e instanceof ProgramError && !/buffer|memory/i.test(messageOf(e))) throw new InputError(`${descriptor.name}: ${messageOf(e)}`, 'method');
+      throw new InputError(`Could not set up training: ${messageOf(e)} Try a smaller batch size or max length.`, 'batchSize');
+    }
+    session = new CausalSession(g, trainer, method, descriptor, settings, prepared.result.stepsPerEpoch, params.trainable, params.all);
+  } else if (prepared.task === 'classification' && m.task === 'classification') {
+    const K = prepared.labelMap.names.length;
+    // A fresh head of the data's size, made from the run's seed (the loaded one may have been trained).
+    if (!(m.head.fresh && m.head.numLabels === K && m.head.seed === settings.seed)) {
+      m.loaded.model.destroy();
+      try {
+        m.loaded = loadClassifier(g, m.hf, K, settings.seed);
+        m.head = { numLabels: K, seed: settings.seed, fresh: true };
+        await g.sync();
+      } catch (e) {
+        // The old weights are gone: the model must be loaded again.
+        if (model === m) model = null;
+        examplesCache = null;
+        throw new InputError(`Could not make the classification head: ${messageOf(e)} Load the model again.`, 'modelFolder');
+      }
+    }
+    const cls = m.loaded.model;
+    let lora: Lora;
+    try {
+      lora = new Lora(g, { r: settings.rank, alpha: settings.alpha, dropout: settings.dropout, targetModules: settings.targetModules, useRslora: settings.useRslora }, cls.linearModules(), stepUniforms, seededRandom(settings.seed));
+    } catch (e) {
+      throw new InputError(`LoRA: ${messageOf(e)}`, inputForMethodError(e, 'lora'));
+    }
+    m.head.fresh = false; // trained in place from here on
+    const adapter = new SequenceClassificationAdapter(lora, cls.headParams);
+    let trainer: ClassifierTrainer;
+    try {
+      trainer = new ClassifierTrainer(g, cls, adapter, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
+      await g.sync();
+    } catch (e) {
+      lora.destroy();
+      throw new InputError(`Could not set up training: ${messageOf(e)} Try a smaller batch size or max length.`, 'batchSize');
+    }
+    session = new ClassifierSession(
       g,
-      { r: settings.rank, alpha: settings.alpha, dropout: settings.dropout, targetModules: settings.targetModules, useRslora: settings.useRslora },
-      m.loaded.model.linearModules(),
-      stepUniforms,
-      seededRandom(settings.seed),
+      trainer,
+      adapter,
+      lora,
+      prepared.labelMap,
+      {
+        modelClass: cls.spec.className,
+        headModules: m.summary.classifier!.trainedModules,
+        trainCounts: prepared.result.trainCounts,
+        settings,
+        descriptor,
+        stepsPerEpoch: prepared.result.stepsPerEpoch,
+      },
+      params.trainable,
+      params.all,
     );
-  } catch (e) {
-    throw new InputError(messageOf(e), e instanceof LoraError && /target/i.test(messageOf(e)) ? 'targetModules' : 'rank');
-  }
-  let trainer: Trainer;
-  try {
-    trainer = new Trainer(g, m.loaded.model, lora, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
-    await g.sync();
-  } catch (e) {
-    lora.destroy();
-    throw new InputError(`Could not set up training: ${messageOf(e)} Try a smaller batch size or max length.`, 'batchSize');
+  } else {
+    throw new Error('unreachable: task mismatch');
   }
   return {
     id: runId,
     name,
-    trainer,
-    lora,
-    log: new RunLog(prepared.result.stepsPerEpoch),
+    task: m.task,
+    session,
+    stepUniforms,
     config: prepared.config,
     settings,
     mapping,
     stepsPerEpoch: prepared.result.stepsPerEpoch,
     trainCount: prepared.train.length,
     validationCount: prepared.validation.length,
-    trainable: prepared.result.params.trainable,
     dataFingerprint: fingerprint,
     model: m,
     dataFileName: d.table.fileName,
@@ -604,7 +859,7 @@ async function createRun(
 const STEP_EMIT_MS = 100;
 
 function onStep(r: RunState, report: StepReport): void {
-  r.log.step(report);
+  r.session.log.step(report);
   r.tokens += report.tokens;
   r.pendingPoints.push({ step: report.step, loss: report.loss });
   r.lastReport = report;
@@ -639,15 +894,17 @@ function emitSteps(r: RunState): void {
   });
 }
 
-function onEval(r: RunState, step: number, evalLoss: number): void {
-  r.log.eval({ step, evalLoss });
-  r.lastEvalStep = step;
-  emit({ type: 'eval', runId: r.id, step, evalLoss });
+function onEval(r: RunState, point: EvalPoint): void {
+  r.lastEvalStep = point.step;
+  // The step events before it first, so the page never sees an evaluation ahead of its step.
+  emitSteps(r);
+  emit({ type: 'eval', runId: r.id, point, best: r.session.best() });
 }
 
 async function checkpoint(r: RunState): Promise<void> {
-  const snap = await r.trainer.snapshot();
-  const bytes = snap.params.reduce((s, p) => s + 3 * p.value.byteLength, 0);
+  const snap = await r.session.snapshot();
+  const bytes = snap.params.reduce((s, p) => s + 3 * p.value.byteLength, 0) + (snap.best ?? []).reduce((s, p) => s + p.value.byteLength, 0);
+  const classification = r.session.checkpointExtra();
   const meta: CheckpointMeta = {
     runId: r.id,
     adapterName: r.name,
@@ -656,21 +913,23 @@ async function checkpoint(r: RunState): Promise<void> {
     totalSteps: r.config.totalSteps,
     seqLen: r.config.seqLen,
     settings: r.settings,
-    mapping: r.mapping,
+    task: r.task,
+    mapping: r.mapping.columns,
     data: { fileName: r.dataFileName, fingerprint: r.dataFingerprint },
     baseModel: baseModelInfo(r.model),
-    logHistory: r.log.history.slice(),
+    logHistory: r.session.log.history.slice(),
+    ...(classification ? { classification } : {}),
     adapterId: null,
     bytes,
   };
-  await saveCheckpoint(meta, { runId: r.id, params: snap.params });
+  await saveCheckpoint(meta, { runId: r.id, params: snap.params, ...(snap.best ? { best: snap.best } : {}) });
   r.lastCheckpointStep = snap.step;
   emit({ type: 'checkpointSaved', runId: r.id, checkpoint: meta });
 }
 
 /** Trains until done or stopped, pausing and checkpointing on the way, then saves the adapter. */
 async function drive(r: RunState): Promise<void> {
-  const t = r.trainer;
+  const t = r.session;
   const total = r.config.totalSteps;
   try {
     setState(r, 'training');
@@ -678,7 +937,7 @@ async function drive(r: RunState): Promise<void> {
       r.segmentStart = performance.now();
       await t.run({
         onStep: (rep) => onStep(r, rep),
-        onEval: (rep) => onEval(r, rep.step, rep.evalLoss),
+        onEval: (p) => onEval(r, p),
         shouldStop: () => r.pauseRequested || r.stopRequested || t.step >= r.nextCheckpointAt,
       });
       r.activeMs += performance.now() - r.segmentStart;
@@ -708,7 +967,7 @@ async function drive(r: RunState): Promise<void> {
 }
 
 async function finish(r: RunState): Promise<void> {
-  const t = r.trainer;
+  const t = r.session;
   const g = requireGpu();
   const stoppedEarly = t.step < r.config.totalSteps;
   if (t.step === 0) {
@@ -717,44 +976,34 @@ async function finish(r: RunState): Promise<void> {
     return;
   }
   setState(r, 'saving');
-  if (r.validationCount > 0 && r.lastEvalStep !== t.step) onEval(r, t.step, await t.evaluate());
+  if (r.validationCount > 0 && r.lastEvalStep !== t.step) onEval(r, await t.evaluateNow());
   if (r.lastCheckpointStep !== t.step) await checkpoint(r);
   const runtimeS = r.activeMs / 1000;
-  const log = r.log;
-  log.finish(runtimeS, (t.step - r.sessionStartStep) * r.config.batchSize * r.config.gradAccumSteps);
-  const files = await exportPeftAdapter(g, r.lora, r.model.summary.name);
-  const finalLoss = log.lastStep?.loss ?? NaN;
-  const finalEvalLoss = log.lastEval?.evalLoss ?? null;
   const device = deviceName(g);
-  const config = { ...r.config };
-  const readme = modelCard({
+  const out = await t.finish({
     baseModel: r.model.summary.name,
-    method: 'LoRA',
-    adapterSettings: { rank: r.settings.rank, alpha: r.settings.alpha, dropout: r.settings.dropout, 'target modules': r.settings.targetModules, rsLoRA: r.settings.useRslora },
-    config,
+    runtimeS,
+    samples: (t.step - r.sessionStartStep) * r.config.batchSize * r.config.gradAccumSteps,
     dataFile: r.dataFileName,
-    dataColumns: describeMapping(r.mapping),
+    dataColumns: describeRunMapping(r.mapping),
     trainExamples: r.trainCount,
     validationExamples: r.validationCount,
-    trainableParams: r.trainable,
-    totalParams: r.model.summary.parameterCount + r.trainable,
-    finalLoss,
-    finalEvalLoss,
-    runtimeS,
     device,
   });
-  const state = JSON.stringify(trainerState(log, config, r.stepsPerEpoch), null, 2) + '\n';
+  const files = out.files;
   const id = `adapter-${r.id.slice(4)}`;
-  const fileBytes = files['adapter_config.json'].length + files['adapter_model.safetensors'].byteLength + readme.length + state.length;
+  const fileBytes = files['adapter_config.json'].length + files.weights.byteLength + files['README.md'].length + files['trainer_state.json'].length;
+  const log = t.log;
   const meta: AdapterMeta = {
     id,
     runId: r.id,
     name: r.name,
     createdAt: Date.now(),
-    method: 'lora',
+    method: r.settings.method,
+    task: r.task,
     baseModel: baseModelInfo(r.model),
     settings: r.settings,
-    mapping: r.mapping,
+    mapping: r.mapping.columns,
     data: {
       fileName: r.dataFileName,
       fingerprint: r.dataFingerprint,
@@ -763,8 +1012,16 @@ async function finish(r: RunState): Promise<void> {
       trainExamples: r.trainCount,
       validationExamples: r.validationCount,
     },
-    metrics: { finalLoss, finalEvalLoss, steps: t.step, totalSteps: r.config.totalSteps, stoppedEarly, runtimeS },
-    trainableParams: r.trainable,
+    metrics: {
+      finalLoss: log.lastStep?.loss ?? NaN,
+      finalEvalLoss: out.finalEvalLoss,
+      steps: t.step,
+      totalSteps: r.config.totalSteps,
+      stoppedEarly,
+      runtimeS,
+      ...(out.classification ? { classification: out.classification } : {}),
+    },
+    trainableParams: t.trainable,
     device,
     logHistory: log.history.slice(),
     bytes: fileBytes,
@@ -772,9 +1029,10 @@ async function finish(r: RunState): Promise<void> {
   await saveAdapter(meta, {
     id,
     'adapter_config.json': files['adapter_config.json'],
-    'adapter_model.safetensors': files['adapter_model.safetensors'],
-    'README.md': readme,
-    'trainer_state.json': state,
+    'README.md': files['README.md'],
+    'trainer_state.json': files['trainer_state.json'],
+    // PEFT's weights file, or AdapterHub's for bottleneck adapters
+    ...(files.weightsName === 'adapter.safetensors' ? { 'adapter.safetensors': files.weights } : { 'adapter_model.safetensors': files.weights }),
   });
   emit({ type: 'done', runId: r.id, adapter: meta, stoppedEarly });
   endRun(r);
@@ -782,8 +1040,8 @@ async function finish(r: RunState): Promise<void> {
 
 function endRun(r: RunState): void {
   try {
-    r.trainer.destroy();
-    r.lora.destroy();
+    r.session.destroy();
+    r.stepUniforms.buffer.destroy();
   } catch {
     // a lost device has nothing left to free
   }
@@ -798,9 +1056,9 @@ function inputForTrainingError(e: unknown): InputName | undefined {
   return undefined;
 }
 
-async function start(mapping: ColumnMapping, settings: TrainSettings, adapterName: string): Promise<{ runId: string; totalSteps: number }> {
+async function start(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
   requireIdle('starting another run');
-  const r = await createRun(mapping, settings, adapterName, newRunId());
+  const r = await createRun(mapping, withDefaults(settings), adapterName, newRunId());
   if (run) {
     endRun(r);
     throw new InputError('Another run started meanwhile.', 'gpu');
@@ -808,7 +1066,14 @@ async function start(mapping: ColumnMapping, settings: TrainSettings, adapterNam
   run = r;
   setState(r, 'starting');
   setTimeout(() => void drive(r), 0); // after the reply, so the page knows the run id first
-  return { runId: r.id, totalSteps: r.config.totalSteps };
+  return { runId: r.id, totalSteps: r.config.totalSteps, task: r.task, labels: r.session.checkpointExtra()?.labels ?? null };
+}
+
+/** The mapping a stored checkpoint was trained with (records from before classification are causal). */
+function runMappingOf(meta: CheckpointMeta): RunMapping {
+  return taskOf(meta) === 'classification'
+    ? { task: 'classification', columns: meta.mapping as ClassificationMapping }
+    : { task: 'causal-lm', columns: meta.mapping as ColumnMapping };
 }
 
 async function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
@@ -824,36 +1089,47 @@ async function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoi
   if (fingerprint !== meta.data.fingerprint) {
     throw new InputError(`The loaded data (${data.table.fileName}) is not the file this run was trained on (${meta.data.fileName}, same bytes needed).`, 'dataFile');
   }
-  const r = await createRun(meta.mapping, meta.settings, meta.adapterName, meta.runId);
+  const mapping = runMappingOf(meta);
+  const settings = withDefaults(meta.settings);
+  const r = await createRun(mapping, settings, meta.adapterName, meta.runId);
+  const extra = meta.classification;
   try {
     if (r.config.seqLen !== meta.seqLen || r.config.totalSteps !== meta.totalSteps) {
       throw new InputError('The data or model no longer gives the same batches as when the checkpoint was saved.', 'checkpoint');
     }
-    r.trainer.restore({ step: meta.step, params: tensors.params });
+    const labels = r.session.checkpointExtra()?.labels;
+    if (labels && extra && labels.join('\u0000') !== extra.labels.join('\u0000')) {
+      throw new InputError(`The labels of the data (${labels.join(', ')}) are not the run's (${extra.labels.join(', ')}).`, 'checkpoint');
+    }
+    r.session.restore({ step: meta.step, params: tensors.params, best: tensors.best }, extra?.best ?? null);
+    // Replay the log so the model card and trainer_state.json cover the whole run.
+    for (const entry of meta.logHistory) r.session.replay(entry, extra?.evals ?? []);
   } catch (e) {
     endRun(r);
     throw e instanceof InputError ? e : new InputError(`The checkpoint does not fit: ${messageOf(e)}`, 'checkpoint');
   }
-  // Replay the log so the model card and trainer_state.json cover the whole run.
-  for (const entry of meta.logHistory) replayLog(r.log, entry, meta.totalSteps);
   r.sessionStartStep = meta.step;
   r.lastCheckpointStep = meta.step;
-  r.nextCheckpointAt = meta.step + meta.settings.checkpointEvery;
+  r.nextCheckpointAt = meta.step + settings.checkpointEvery;
   r.lastEvalStep = [...meta.logHistory].reverse().find((e) => 'eval_loss' in e)?.step ?? -1;
   run = r;
   setState(r, 'starting');
   setTimeout(() => void drive(r), 0);
   const steps = meta.logHistory.flatMap((e) => ('loss' in e ? [{ step: e.step, loss: e.loss }] : []));
-  const evals = meta.logHistory.flatMap((e) => ('eval_loss' in e ? [{ step: e.step, evalLoss: e.eval_loss }] : []));
-  return { runId: r.id, totalSteps: meta.totalSteps, step: meta.step, adapterName: meta.adapterName, settings: meta.settings, history: { steps, evals } };
-}
-
-function replayLog(log: RunLog, e: LogEntry, totalSteps: number): void {
-  if ('loss' in e) {
-    log.step({ step: e.step, totalSteps, epoch: e.epoch, loss: e.loss, lr: e.learning_rate, gradNorm: e.grad_norm, tokens: 0, tokensPerSecond: 0, elapsedMs: 0, etaMs: 0 });
-  } else if ('eval_loss' in e) {
-    log.eval({ step: e.step, evalLoss: e.eval_loss });
-  }
+  const evals: EvalPoint[] = extra?.evals ?? meta.logHistory.flatMap((e) => ('eval_loss' in e ? [{ step: e.step, evalLoss: e.eval_loss }] : []));
+  const best: BestEval | null = extra?.best ?? null;
+  return {
+    runId: r.id,
+    totalSteps: meta.totalSteps,
+    task: r.task,
+    labels: extra?.labels ?? null,
+    step: meta.step,
+    adapterName: meta.adapterName,
+    settings,
+    mapping,
+    history: { steps, evals },
+    best,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -888,10 +1164,11 @@ const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise
     return loadModel(folderFiles(files, name), 'folder', 'modelFolder');
   },
   downloadModel: ({ repo, endpoint }) => downloadModel(repo.trim(), endpoint),
-  prepare: async ({ mapping, settings }) => (await prepareRun(mapping, settings)).result,
+  prepare: async ({ mapping, settings }) => (await prepareRun(mapping, withDefaults(settings))).result,
   start: ({ mapping, settings, adapterName }) => start(mapping, settings, adapterName),
   resumeCheckpoint: ({ runId }) => resumeCheckpoint(runId),
   dataFingerprint: async () => ({ fingerprint: data ? await dataFingerprint(data) : null }),
+  classLabels: async ({ mapping }) => classLabels(mapping),
 };
 
 function control(c: 'pause' | 'resume' | 'stop' | 'cancelDownload'): void {
@@ -924,7 +1201,7 @@ scope.addEventListener('message', (e: MessageEvent<PageToWorker>) => {
   handler(msg.params).then(
     (result) => scope.postMessage({ kind: 'reply', id, command, ok: true, result } as WorkerToPage),
     (err: unknown) => {
-      const fallback: Partial<Record<CommandName, InputName>> = { loadData: 'dataFile', loadModelFiles: 'modelFolder', downloadModel: 'repoId', init: 'gpu' };
+      const fallback: Partial<Record<CommandName, InputName>> = { loadData: 'dataFile', loadModelFiles: 'modelFolder', downloadModel: 'repoId', init: 'gpu', classLabels: 'mapping' };
       scope.postMessage({ kind: 'reply', id, command, ok: false, error: errorInfo(err, fallback[command]) } satisfies WorkerToPage);
     },
   );

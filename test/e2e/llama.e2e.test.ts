@@ -67,14 +67,18 @@ describe.skipIf(skipReason !== null)('a Llama-family model in the app, in Chromi
       'Qwen/Qwen2.5-0.5B',
       'openai-community/gpt2',
       'TinyLlama/TinyLlama-1.1B-Chat-v1.0',
+      'distilbert/distilbert-base-uncased',
+      'google-bert/bert-base-uncased',
     ]);
+    // The encoders are offered as text classifiers, apart from the text generators.
+    expect(await page.getByTestId('suggestions-classification').textContent()).toMatch(/distilbert-base-uncased[\s\S]*DistilBERT · 67\.0 M parameters[\s\S]*bert-base-uncased[\s\S]*BERT · 109\.5 M parameters/);
     const qwen = suggestions.filter({ hasText: 'Qwen/Qwen2.5-0.5B' });
     expect(await qwen.textContent()).toMatch(/Qwen2 · 494\.0 M parameters · [\d.]+ MB download \(BF16\) · 1\.84 GB on the GPU/);
     await qwen.click();
     expect(await page.getByTestId('repo-id').inputValue()).toBe('Qwen/Qwen2.5-0.5B');
     expect(await qwen.getAttribute('aria-pressed')).toBe('true');
     const supported = (await page.getByTestId('supported-architectures').textContent()) ?? '';
-    for (const name of ['GPT-2', 'Llama', 'SmolLM2', 'TinyLlama', 'Mistral', 'Qwen2', 'Qwen3']) expect(supported).toContain(name);
+    for (const name of ['GPT-2', 'Llama', 'SmolLM2', 'TinyLlama', 'Mistral', 'Qwen2', 'Qwen3', 'DistilBERT', 'BERT']) expect(supported).toContain(name);
 
     await page.getByTestId('data-file-input').setInputFiles(csvPath);
     await expect.poll(() => page.getByTestId('data-summary').textContent().catch(() => ''), { timeout: 30_000 }).toContain('30 rows');

@@ -1,13 +1,14 @@
 // Step 1: the user's data. Pick or drop a file (or the sample), see its first rows and any
-// problems with row numbers, say which columns are the prompt and the completion, and, once a
+// problems with row numbers, say which columns are the prompt and the completion (or, for a text
+// classifier, the text and the label, with the label set and its class balance), and, once a
 // model is loaded, how many tokens the examples have and how many get cut.
 
-import { useMemo, useState, type ChangeEvent, type DragEvent } from 'react';
-import { useApp } from '../store';
+import { useMemo, useState, type ChangeEvent, type DragEvent, type ReactNode } from 'react';
+import { taskOfModel, useApp } from '../store';
 import { defaultTemplate, validateMapping, type ColumnMapping } from '../../data/columns';
+import { validateClassificationMapping } from '../../data/classification';
 import type { Table } from '../../data/table';
-import type { DataSummary } from '../../worker/protocol';
-import type { ExampleStats } from '../../data/examples';
+import type { ClassificationPrepareResult, DataSummary, LabelSummary } from '../../worker/protocol';
 import { ErrorBox, NumberField, ProgressBar, Section } from './common';
 import { formatBytes, formatInt, percent } from '../format';
 
@@ -100,9 +101,37 @@ function FileDrop(props: { busy: boolean; onFile: (f: File) => void; onSample: (
 }
 
 function LoadedData({ summary }: { summary: DataSummary }) {
+  const task = useApp((s) => taskOfModel(s.model));
+  if (task === 'classification') {
+    return (
+      <>
+        <FileLine summary={summary} />
+        <PreviewTable summary={summary} />
+        <Problems summary={summary} />
+        <ClassificationEditor summary={summary} />
+        <TokenStats />
+      </>
+    );
+  }
   return (
     <>
-      <p className="file-line" data-testid="data-summary">
+      <FileLine summary={summary} />
+      <PreviewTable summary={summary} />
+      <Problems summary={summary} />
+      <MappingEditor summary={summary} />
+      {task === null && (
+        <p className="muted small task-hint" data-testid="task-hint">
+          Loading an encoder (DistilBERT, BERT) in step 2 makes this a text classifier instead: you then pick a text column and a label column.
+        </p>
+      )}
+      <TokenStats />
+    </>
+  );
+}
+
+function FileLine({ summary }: { summary: DataSummary }) {
+  return (
+    <p className="file-line" data-testid="data-summary">
         <strong>{summary.fileName}</strong>
         <span>{formatInt(summary.rowCount)} rows</span>
         <span>
@@ -110,12 +139,7 @@ function LoadedData({ summary }: { summary: DataSummary }) {
         </span>
         <span>{FORMAT_NAMES[summary.format] ?? summary.format}</span>
         <span>{formatBytes(summary.fileBytes)}</span>
-      </p>
-      <PreviewTable summary={summary} />
-      <Problems summary={summary} />
-      <MappingEditor summary={summary} />
-      <TokenStats />
-    </>
+    </p>
   );
 }
 
@@ -209,9 +233,6 @@ function MappingEditor({ summary }: { summary: DataSummary }) {
   const mapping = useApp((s) => s.mapping);
   const setMapping = useApp((s) => s.setMapping);
   const prepare = useApp((s) => s.prepare);
-  const validation = useApp((s) => s.settings.validationFraction);
-  const validationError = useApp((s) => s.settingErrors.validationFraction);
-  const updateSettings = useApp((s) => s.updateSettings);
   const phase = useApp((s) => s.training.phase);
   // Checked here as the user edits (the worker checks again): only columns and the file name matter.
   const localError = useMemo(() => {
@@ -298,18 +319,171 @@ function MappingEditor({ summary }: { summary: DataSummary }) {
         </ErrorBox>
       )}
       <div className="mapping-grid">
-        <NumberField
-          label="Validation split"
-          value={validation}
-          scale={100}
-          suffix="%"
-          error={validationError}
-          hint="Held out to measure the loss on examples the model does not train on."
-          testId="validation-split"
-          onChange={(v) => updateSettings({ validationFraction: v })}
-        />
+        <ValidationSplit hint="Held out to measure the loss on examples the model does not train on." />
       </div>
       </fieldset>
+    </div>
+  );
+}
+
+function ValidationSplit({ hint }: { hint: string }) {
+  const validation = useApp((s) => s.settings.validationFraction);
+  const validationError = useApp((s) => s.settingErrors.validationFraction);
+  const updateSettings = useApp((s) => s.updateSettings);
+  return (
+    <NumberField
+      label="Validation split"
+      value={validation}
+      scale={100}
+      suffix="%"
+      error={validationError}
+      hint={hint}
+      testId="validation-split"
+      onChange={(v) => updateSettings({ validationFraction: v })}
+    />
+  );
+}
+
+function ColumnSelect(props: { label: string; value: string; columns: string[]; onChange: (v: string) => void; testId: string }) {
+  return (
+    <div className="field">
+      <label htmlFor={props.testId}>{props.label}</label>
+      <select id={props.testId} data-testid={props.testId} value={props.value} onChange={(e) => props.onChange(e.target.value)}>
+        {props.columns.map((c) => (
+          <option key={c} value={c}>
+            {c}
+          </option>
+        ))}
+      </select>
+    </div>
+  );
+}
+
+/** Text classification: the text and label columns, then the label set and its balance. */
+function ClassificationEditor({ summary }: { summary: DataSummary }) {
+  const mapping = useApp((s) => s.classMapping);
+  const setMapping = useApp((s) => s.setClassMapping);
+  const labels = useApp((s) => s.labels);
+  const prepare = useApp((s) => s.prepare);
+  const phase = useApp((s) => s.training.phase);
+  const localError = useMemo(() => {
+    if (!mapping) return null;
+    try {
+      validateClassificationMapping({ fileName: summary.fileName, columns: summary.columns } as Table, mapping);
+      return null;
+    } catch (e) {
+      return (e as Error).message.replace(`${summary.fileName}: `, '');
+    }
+  }, [mapping, summary]);
+  if (summary.columns.length < 2) {
+    return (
+      <ErrorBox testId="mapping-error" title="Column mapping:">
+        A text classifier needs two columns, a text and its label; {summary.fileName} has one.
+      </ErrorBox>
+    );
+  }
+  if (!mapping) return null;
+  const locked = !['idle', 'done', 'failed'].includes(phase);
+  const workerError = prepare.status === 'error' && prepare.input === 'mapping' ? prepare.message.replace(`${summary.fileName}: `, '') : null;
+  const error = localError ?? (labels.status === 'error' ? labels.message : workerError);
+  const prepared = prepare.status === 'ready' && prepare.result.task === 'classification' ? prepare.result : null;
+  return (
+    <div className="mapping" data-testid="class-mapping">
+      <h3>What the model learns: a label for each text</h3>
+      <fieldset disabled={locked}>
+        <div className="mapping-grid">
+          <ColumnSelect label="Text column (what it reads)" value={mapping.text} columns={summary.columns} onChange={(v) => setMapping({ ...mapping, text: v })} testId="map-text-column" />
+          <ColumnSelect label="Label column (the class to predict)" value={mapping.label} columns={summary.columns} onChange={(v) => setMapping({ ...mapping, label: v })} testId="map-label-column" />
+        </div>
+        {error && (
+          <ErrorBox testId="mapping-error" title="Column mapping:">
+            {error}
+          </ErrorBox>
+        )}
+        {!localError && labels.status === 'ready' && <ClassBalance labels={labels.summary} prepared={prepared} />}
+        {!localError && labels.status === 'loading' && (labels.previous ? <ClassBalance labels={labels.previous} prepared={null} stale /> : <p className="muted">Reading the labels…</p>)}
+        <div className="mapping-grid">
+          <ValidationSplit hint="Held out to measure loss, accuracy and macro-F1; the best evaluation is the one saved." />
+        </div>
+      </fieldset>
+    </div>
+  );
+}
+
+/** Classes with their counts and bars; per split once the examples are built; a warning when unbalanced. */
+function ClassBalance({ labels, prepared, stale }: { labels: LabelSummary; prepared: ClassificationPrepareResult | null; stale?: boolean }) {
+  const { names } = labels.labels;
+  const max = Math.max(1, ...labels.counts);
+  // The split counts belong to these labels only if the worker read the same label set.
+  const splits = prepared && prepared.labels.join('\u0000') === names.join('\u0000') ? prepared : null;
+  const skipped: ReactNode[] = [];
+  if (labels.emptyText) skipped.push(`${formatInt(labels.emptyText)} with an empty text`);
+  if (labels.emptyLabel) skipped.push(`${formatInt(labels.emptyLabel)} with an empty label`);
+  return (
+    <div className={`class-balance${stale ? ' stale' : ''}`} data-testid="class-balance">
+      <h4>
+        <span data-testid="class-count">{names.length} classes</span>
+        <span className="muted small">
+          {' '}
+          · {labels.labels.kind === 'integer' ? 'integer labels: the class ids are the values' : 'text labels: ids in sorted order'} · {formatInt(labels.total)} usable rows
+          {skipped.length ? ` (rows left out: ${skipped.join(', ')})` : ''}
+        </span>
+      </h4>
+      <table className="class-table">
+        <thead>
+          <tr>
+            <th scope="col" className="num">
+              id
+            </th>
+            <th scope="col">label</th>
+            <th scope="col" className="num">
+              rows
+            </th>
+            <th scope="col" className="num">
+              share
+            </th>
+            <th scope="col" className="bar-col">
+              <span className="visually-hidden">bar</span>
+            </th>
+            {splits && (
+              <>
+                <th scope="col" className="num">
+                  train
+                </th>
+                <th scope="col" className="num">
+                  validation
+                </th>
+              </>
+            )}
+          </tr>
+        </thead>
+        <tbody>
+          {names.map((n, k) => (
+            <tr key={n} data-testid="class-row" data-label={n} data-count={labels.counts[k]}>
+              <td className="num muted">{k}</td>
+              <td className="class-name" title={n}>
+                {n}
+              </td>
+              <td className="num">{formatInt(labels.counts[k])}</td>
+              <td className="num">{percent(labels.counts[k] / Math.max(1, labels.total), 1)}</td>
+              <td className="bar-col">
+                <span className="class-bar" style={{ width: `${(100 * labels.counts[k]) / max}%` }} />
+              </td>
+              {splits && (
+                <>
+                  <td className="num">{formatInt(splits.trainCounts[k])}</td>
+                  <td className="num">{formatInt(splits.validationCounts[k])}</td>
+                </>
+              )}
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {labels.warning && (
+        <p className="warning-box" data-testid="class-balance-warning">
+          Class balance: {labels.warning}.
+        </p>
+      )}
     </div>
   );
 }
@@ -330,6 +504,51 @@ function TokenStats() {
     ) : null;
   if (!result) {
     return prepare.status === 'running' ? (counting ?? <p className="muted token-note">Counting tokens…</p>) : null;
+  }
+  if (result.task === 'classification') {
+    const { stats } = result;
+    const t = stats.tokenLength;
+    return (
+      <div className={`token-stats${prepare.status === 'running' ? ' stale' : ''}`} data-testid="token-stats">
+        {counting}
+        <h3>Examples</h3>
+        <dl className="facts">
+          <div>
+            <dt>Examples</dt>
+            <dd data-testid="examples-count">
+              {formatInt(result.trainExamples)} train · {formatInt(result.validationExamples)} validation
+            </dd>
+          </div>
+          <div>
+            <dt>Tokens per text</dt>
+            <dd data-testid="token-lengths">
+              min {t.min} · mean {t.mean.toFixed(1)} · max {t.max} <span className="muted">([CLS] and [SEP] included)</span>
+            </dd>
+          </div>
+          <div>
+            <dt>Cut to max length ({maxLength})</dt>
+            <dd data-testid="truncated-count" className={stats.truncated > 0 ? 'warn-text' : ''}>
+              {stats.truncated === 0 ? 'none' : `${formatInt(stats.truncated)} ${stats.truncated === 1 ? 'text' : 'texts'} (${percent(stats.truncated / Math.max(1, stats.count), 1)})`}
+            </dd>
+          </div>
+          <div>
+            <dt>Skipped rows</dt>
+            <dd data-testid="skipped-count">{stats.skipped.count === 0 ? 'none' : formatInt(stats.skipped.count)}</dd>
+          </div>
+        </dl>
+        {stats.skipped.count > 0 && <SkippedRows skipped={stats.skipped} maxLength={maxLength} />}
+        {result.sample && (
+          <div className="sample-example">
+            <div className="muted small">Row {result.sample.row} as the model reads it, and the class it learns to predict</div>
+            <pre data-testid="sample-example">
+              <span className="sample-context">{result.sample.text}</span>
+              {'  →  '}
+              <mark>{result.sample.label}</mark>
+            </pre>
+          </div>
+        )}
+      </div>
+    );
   }
   const { stats } = result;
   const t = stats.tokenLength;
@@ -365,7 +584,7 @@ function TokenStats() {
           <dd>{formatInt(stats.lossTokens)}</dd>
         </div>
       </dl>
-      {stats.skipped.count > 0 && <SkippedRows stats={stats} maxLength={maxLength} />}
+      {stats.skipped.count > 0 && <SkippedRows skipped={stats.skipped} maxLength={maxLength} />}
       {result.sample && (
         <div className="sample-example">
           <div className="muted small">Row {result.sample.row} as the model sees it (highlighted: what it learns to write)</div>
@@ -381,10 +600,10 @@ function TokenStats() {
 
 const SKIPPED_SHOWN = 5;
 
-function SkippedRows({ stats, maxLength }: { stats: ExampleStats; maxLength: number }) {
+function SkippedRows({ skipped, maxLength }: { skipped: { count: number; rows: { row: number; reason: string }[] }; maxLength: number }) {
   const [all, setAll] = useState(false);
-  const rows = all ? stats.skipped.rows : stats.skipped.rows.slice(0, SKIPPED_SHOWN);
-  const tooLong = stats.skipped.rows.filter((r) => /fills all/.test(r.reason)).length;
+  const rows = all ? skipped.rows : skipped.rows.slice(0, SKIPPED_SHOWN);
+  const tooLong = skipped.rows.filter((r) => /fills all/.test(r.reason)).length;
   return (
     <div className="skipped" data-testid="skipped-rows">
       {tooLong > 0 && (
@@ -400,14 +619,14 @@ function SkippedRows({ stats, maxLength }: { stats: ExampleStats; maxLength: num
           </li>
         ))}
       </ul>
-      {(stats.skipped.rows.length > SKIPPED_SHOWN || stats.skipped.count > stats.skipped.rows.length) && (
+      {(skipped.rows.length > SKIPPED_SHOWN || skipped.count > skipped.rows.length) && (
         <p className="muted small">
-          {stats.skipped.rows.length > SKIPPED_SHOWN && (
+          {skipped.rows.length > SKIPPED_SHOWN && (
             <button type="button" className="link-button" onClick={() => setAll(!all)}>
-              {all ? 'Show fewer' : `Show ${stats.skipped.rows.length - SKIPPED_SHOWN} more`}
+              {all ? 'Show fewer' : `Show ${skipped.rows.length - SKIPPED_SHOWN} more`}
             </button>
           )}
-          {stats.skipped.count > stats.skipped.rows.length && ` ${formatInt(stats.skipped.count - stats.skipped.rows.length)} more skipped rows are not listed.`}
+          {skipped.count > skipped.rows.length && ` ${formatInt(skipped.count - skipped.rows.length)} more skipped rows are not listed.`}
         </p>
       )}
     </div>

@@ -3,8 +3,11 @@
 
 import { useState } from 'react';
 import { useApp } from '../store';
-import type { AdapterMeta, CheckpointMeta } from '../../worker/storage';
+import { taskOf, type AdapterMeta, type CheckpointMeta } from '../../worker/storage';
+import { METHOD_BY_ID } from '../../worker/methods';
+import { withDefaults } from '../../worker/settings';
 import { Section } from './common';
+import { formatF1, formatPercent } from './ClassifierViews';
 import { formatBytes, formatDate, formatInt, formatLoss } from '../format';
 
 export function LibrarySection() {
@@ -42,7 +45,6 @@ export function LibrarySection() {
                 <th scope="col">Name</th>
                 <th scope="col">Base model</th>
                 <th scope="col">Method</th>
-                <th scope="col">Trained</th>
                 <th scope="col" className="num">
                   Final loss
                 </th>
@@ -109,19 +111,39 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
                 {a.data.fileName} ({shortHash(a.data.fingerprint)})
               </span>{' '}
               · {formatInt(a.metrics.steps)} steps
-              {a.metrics.stoppedEarly ? ` of ${formatInt(a.metrics.totalSteps)} (stopped)` : ''} · r={a.settings.rank} · {formatBytes(a.bytes)}
+              {a.metrics.stoppedEarly ? ` of ${formatInt(a.metrics.totalSteps)} (stopped)` : ''} · {formatBytes(a.bytes)} ·{' '}
+              <span data-testid="library-date">{formatDate(a.createdAt)}</span>
             </div>
           </>
         )}
         {busy && <div className={busy.startsWith('Error') ? 'field-error' : 'muted small'}>{busy}</div>}
       </td>
-      <td>{a.baseModel.name}</td>
-      <td>LoRA</td>
-      <td>{formatDate(a.createdAt)}</td>
+      <td>
+        {a.baseModel.name}
+        <div className="muted small" data-testid="library-task">
+          {taskOf(a) === 'classification' ? `text classification · ${a.metrics.classification?.labels.length ?? '?'} labels` : 'text generation'}
+        </div>
+      </td>
+      <td data-testid="library-method">
+        <MethodCell adapter={a} />
+      </td>
       <td className="num" data-testid="library-loss">
         {formatLoss(a.metrics.finalLoss)}
       </td>
-      <td className="num">{formatLoss(a.metrics.finalEvalLoss)}</td>
+      <td className="num" data-testid="library-validation">
+        {a.metrics.classification ? (
+          <>
+            <div>
+              acc <span data-testid="library-accuracy">{formatPercent(a.metrics.classification.evaluation.accuracy)}</span>
+            </div>
+            <div className="muted small">
+              F1 <span data-testid="library-f1">{formatF1(a.metrics.classification.evaluation.f1)}</span> · step {a.metrics.classification.evaluation.step}
+            </div>
+          </>
+        ) : (
+          formatLoss(a.metrics.finalEvalLoss)
+        )}
+      </td>
       <td className="actions">
         {confirming ? (
           <span className="confirm">
@@ -148,6 +170,21 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
         )}
       </td>
     </tr>
+  );
+}
+
+/** The method and its main settings (older records are LoRA). */
+function MethodCell({ adapter: a }: { adapter: AdapterMeta }) {
+  const method = METHOD_BY_ID[a.method] ?? METHOD_BY_ID.lora;
+  const settings = withDefaults(a.settings);
+  return (
+    <>
+      <div className="method-cell-name">{method.name}</div>
+      <div className="muted small method-cell-summary" title={method.summary(settings)}>
+        {method.summary(settings)}
+        {taskOf(a) === 'classification' ? ' · + head' : ''}
+      </div>
+    </>
   );
 }
 

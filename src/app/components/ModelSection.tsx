@@ -1,13 +1,15 @@
 // Step 2: the base model, downloaded from the Hugging Face hub (kept in the browser's cache for
-// the next visit) or read from a folder on disk; then its size, what LoRA will train, and the GPU
-// memory the run will take.
+// the next visit) or read from a folder on disk: a causal LM generates text, an encoder (DistilBERT,
+// BERT) becomes a text classifier. Then its size, what the chosen method trains, and the GPU memory
+// the run will take.
 
 import { useState, type ChangeEvent, type DragEvent } from 'react';
 import { useApp } from '../store';
 import { ErrorBox, ProgressBar, Section } from './common';
 import { formatBytes, formatCount, formatInt } from '../format';
 import type { MemoryEstimate, ModelSummary } from '../../worker/protocol';
-import { MODEL_SUGGESTIONS, SUPPORTED_ARCHITECTURES, targetedGroups } from '../models';
+import { METHOD_BY_ID } from '../../worker/methods';
+import { MODEL_SUGGESTIONS, SUPPORTED_ARCHITECTURES, TASK_NAMES, type ModelSuggestion } from '../models';
 
 export function ModelSection() {
   const model = useApp((s) => s.model);
@@ -42,7 +44,12 @@ export function ModelSection() {
   };
 
   return (
-    <Section id="model" step={2} title="Base model" subtitle="A Hugging Face causal language model in safetensors format, from the hub or from a folder on this computer.">
+    <Section
+      id="model"
+      step={2}
+      title="Base model"
+      subtitle="A Hugging Face model in safetensors format, from the hub or from a folder on this computer: a causal language model learns to write, an encoder (DistilBERT, BERT) learns to classify texts."
+    >
       <form
         className="hub-row"
         onSubmit={(e) => {
@@ -66,7 +73,7 @@ export function ModelSection() {
           <datalist id="model-suggestion-list">
             {MODEL_SUGGESTIONS.map((m) => (
               <option key={m.repo} value={m.repo}>
-                {`${m.family} · ${formatCount(m.parameters)} parameters · ${formatBytes(m.downloadBytes)}`}
+                {`${m.family} · ${TASK_NAMES[m.task].toLowerCase()} · ${formatCount(m.parameters)} parameters · ${formatBytes(m.downloadBytes)}`}
               </option>
             ))}
           </datalist>
@@ -83,26 +90,18 @@ export function ModelSection() {
       </form>
       <div className="model-suggestions" data-testid="model-suggestions">
         <span className="muted small">Small models that train in a browser (F32 on the GPU: 4 bytes a parameter):</span>
-        <ul className="suggestion-list">
-          {MODEL_SUGGESTIONS.map((m) => (
-            <li key={m.repo}>
-              <button
-                type="button"
-                className={`suggestion${repoId.trim() === m.repo ? ' suggestion-selected' : ''}`}
-                disabled={busy}
-                aria-pressed={repoId.trim() === m.repo}
-                onClick={() => setRepoId(m.repo)}
-                data-testid="model-suggestion"
-                data-repo={m.repo}
-              >
-                <code>{m.repo}</code>
-                <span className="suggestion-facts">
-                  {m.family} · {formatCount(m.parameters)} parameters · {formatBytes(m.downloadBytes)} download ({m.storedDType}) · {formatBytes(4 * m.parameters)} on the GPU
-                </span>
-              </button>
-            </li>
-          ))}
-        </ul>
+        {(['causal-lm', 'classification'] as const).map((task) => (
+          <div className="suggestion-group" key={task} data-testid={`suggestions-${task}`}>
+            <h4>{task === 'causal-lm' ? 'Text generation (learns prompt → completion)' : 'Text classification (learns a label per text)'}</h4>
+            <ul className="suggestion-list">
+              {MODEL_SUGGESTIONS.filter((m) => m.task === task).map((m) => (
+                <li key={m.repo}>
+                  <SuggestionButton m={m} selected={repoId.trim() === m.repo} disabled={busy} onPick={() => setRepoId(m.repo)} />
+                </li>
+              ))}
+            </ul>
+          </div>
+        ))}
         <p className="muted small" data-testid="supported-architectures">
           Supported architectures: {SUPPORTED_ARCHITECTURES}; weights as safetensors in F32, F16 or BF16.
         </p>
@@ -171,7 +170,26 @@ export function ModelSection() {
   );
 }
 
-const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama family' };
+const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama family', distilbert: 'DistilBERT', bert: 'BERT' };
+
+function SuggestionButton({ m, selected, disabled, onPick }: { m: ModelSuggestion; selected: boolean; disabled: boolean; onPick: () => void }) {
+  return (
+    <button
+      type="button"
+      className={`suggestion${selected ? ' suggestion-selected' : ''}`}
+      disabled={disabled}
+      aria-pressed={selected}
+      onClick={onPick}
+      data-testid="model-suggestion"
+      data-repo={m.repo}
+    >
+      <code>{m.repo}</code>
+      <span className="suggestion-facts">
+        {m.family} · {formatCount(m.parameters)} parameters · {formatBytes(m.downloadBytes)} download ({m.storedDType}) · {formatBytes(4 * m.parameters)} on the GPU
+      </span>
+    </button>
+  );
+}
 
 async function filesOfEntries(entries: FileSystemEntry[]): Promise<{ path: string; file: File }[]> {
   const out: { path: string; file: File }[] = [];
@@ -222,12 +240,20 @@ function DownloadProgress() {
 function ModelFacts({ summary }: { summary: ModelSummary }) {
   const settings = useApp((s) => s.settings);
   const prepare = useApp((s) => s.prepare);
+  const labels = useApp((s) => s.labels);
   const dataReady = useApp((s) => s.data.status === 'ready');
   const fallback = useApp((s) => s.gpu.status === 'ready' && s.gpu.info.gpu.isFallbackAdapter);
-  // Same count as PEFT: r × (in + out) per adapted layer.
-  const trainable = targetedGroups(summary.linearModules, settings.targetModules).reduce((s, g) => s + g.count * settings.rank * (g.inFeatures + g.outFeatures), 0);
-  const all = summary.parameterCount + trainable;
   const result = prepare.status === 'ready' ? prepare.result : prepare.status === 'running' ? prepare.previous : null;
+  const method = METHOD_BY_ID[settings.method];
+  // As PEFT counts them: the method's tensors, plus for a classifier the head it trains in full.
+  const adapter = method.tasks.includes(summary.task) ? method.trainableParams(settings, summary.peft) : 0;
+  const head = summary.classifier;
+  const K =
+    result?.task === 'classification' ? result.labels.length : labels.status === 'ready' ? labels.summary.labels.names.length : labels.status === 'loading' && labels.previous ? labels.previous.labels.names.length : null;
+  const headCount = head ? head.fixedTrainable + (K ?? 2) * head.perLabel : 0;
+  const trainable = adapter + headCount;
+  const all = summary.parameterCount + (head ? (K ?? 2) * head.perLabel : 0) + adapter;
+  const methodLabel = `${method.name}${method.id === 'lora' ? ` r=${Number.isFinite(settings.rank) ? settings.rank : '?'}` : ''}${head ? ' + head' : ''}`;
   return (
     <div className="model-facts" data-testid="model-summary">
       <dl className="facts">
@@ -243,6 +269,18 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
           </dd>
         </div>
         <div>
+          <dt>Task</dt>
+          <dd data-testid="model-task">
+            {TASK_NAMES[summary.task]}
+            {head && (
+              <span className="muted">
+                {' '}
+                · {head.className}; {head.trainedModules.join(' and ')} trained in full (PEFT modules_to_save)
+              </span>
+            )}
+          </dd>
+        </div>
+        <div>
           <dt>Vocabulary · context</dt>
           <dd>
             {formatInt(summary.vocabSize)} tokens · up to {formatInt(summary.maxPositions)} tokens
@@ -251,7 +289,7 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
         <div>
           <dt>Parameters</dt>
           <dd data-testid="model-params">
-            {formatCount(summary.parameterCount)} <span className="muted">(stored as {summary.storedDType}, trained in F32)</span>
+            {formatCount(summary.parameterCount)} <span className="muted">(stored as {summary.storedDType}, trained in F32{head ? '; without the classifier layer' : ''})</span>
           </dd>
         </div>
         <div>
@@ -259,22 +297,29 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
           <dd>{formatBytes(summary.weightBytes)}</dd>
         </div>
         <div>
-          <dt>Trainable (LoRA r={Number.isFinite(settings.rank) ? settings.rank : '?'})</dt>
-          <dd data-testid="trainable-params">
-            {formatInt(trainable)} <span className="muted">of {formatInt(all)} ({((100 * trainable) / all).toFixed(4)} %)</span>
+          <dt>Trainable ({methodLabel})</dt>
+          <dd data-testid="trainable-params" data-method={method.id}>
+            {formatInt(trainable)} <span className="muted">of {formatInt(all)} ({((100 * trainable) / all).toFixed(4)} %){head ? ` · head for ${K === null ? '2 labels until the label column is read' : `${K} labels`}` : ''}</span>
           </dd>
         </div>
         <div>
           <dt>GPU memory for training</dt>
           <dd data-testid="memory-estimate" data-bytes={result ? result.memory.total : ''}>
             {result ? (
-              <MemoryLine memory={result.memory} />
+              <MemoryLine memory={result.memory} classifier={head !== null} />
             ) : (
               <span className="muted">{dataReady ? 'estimating…' : 'estimated once data is loaded (it depends on the sequence length)'}</span>
             )}
           </dd>
         </div>
       </dl>
+      {summary.notes.length > 0 && (
+        <ul className="model-notes muted small" data-testid="model-notes">
+          {summary.notes.map((n) => (
+            <li key={n}>{n}</li>
+          ))}
+        </ul>
+      )}
       {result?.memory.warning && (
         <p className="warning-box" data-testid="memory-warning">
           GPU memory: {result.memory.warning}
@@ -294,14 +339,14 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
 }
 
 /** The estimate's total, then what it is made of. */
-function MemoryLine({ memory: m }: { memory: MemoryEstimate }) {
+function MemoryLine({ memory: m, classifier }: { memory: MemoryEstimate; classifier: boolean }) {
   const training = m.activations - m.evaluation;
   return (
     <>
       about {formatBytes(m.total)}{' '}
       <span className="muted" data-testid="memory-breakdown">
         (weights {formatBytes(m.weights)} + training activations {formatBytes(training)}
-        {m.evaluation > 0 ? ` + evaluation ${formatBytes(m.evaluation)}` : ''} + adapter with optimizer state {formatBytes(m.adapter)}; largest buffer{' '}
+        {m.evaluation > 0 ? ` + evaluation ${formatBytes(m.evaluation)}` : ''} + adapter{classifier ? ' and head' : ''} with optimizer state {formatBytes(m.adapter)}; largest buffer{' '}
         {formatBytes(m.largestBuffer)} of the {formatBytes(m.bufferLimit)} allowed)
       </span>
     </>

@@ -1,10 +1,14 @@
-// Step 4: run it. Start, pause, resume and stop; where the run is; the loss as it falls; and the
-// saved adapter at the end.
+// Step 4: run it. Start, pause, resume and stop; where the run is; the loss as it falls (and for
+// a classifier accuracy, macro-F1 and the confusion matrix per evaluation); and the saved adapter
+// at the end.
 
-import { useApp, type RunPhase } from '../store';
+import { runMappingOf, useApp, type RunPhase } from '../store';
 import { ErrorBox, ProgressBar, Section, Stat } from './common';
 import { LossChart } from './LossChart';
+import { ConfusionMatrix, EvalTable, MetricsChart, formatF1, formatPercent } from './ClassifierViews';
 import { formatBytes, formatDuration, formatInt, formatLoss, formatLr } from '../format';
+import { METHOD_BY_ID, type MethodId } from '../../worker/methods';
+import type { SavedClassifierMetrics } from '../../worker/storage';
 
 const PHASE_TEXT: Record<RunPhase, string> = {
   idle: 'Ready',
@@ -24,6 +28,14 @@ const INPUT_LABELS: Record<string, string> = {
   learningRate: 'Learning rate',
   rank: 'Rank',
   targetModules: 'Layers to adapt',
+  method: 'Method',
+  ia3Targets: 'IA3 layers',
+  ia3Feedforward: 'IA3 feedforward layers',
+  virtualTokens: 'Virtual tokens',
+  promptInitText: 'Init text',
+  encoderHiddenSize: 'Projection width',
+  validationFraction: 'Validation split',
+  mapping: 'Column mapping',
   adapterName: 'Adapter name',
   gpu: 'GPU',
   modelFolder: 'Base model',
@@ -36,7 +48,7 @@ export function TrainingSection() {
   const t = useApp((s) => s.training);
   const data = useApp((s) => s.data);
   const model = useApp((s) => s.model);
-  const mapping = useApp((s) => s.mapping);
+  const hasMapping = useApp((s) => runMappingOf(s) !== null);
   const settingErrors = useApp((s) => s.settingErrors);
   const prepare = useApp((s) => s.prepare);
   const adapterName = useApp((s) => s.adapterName);
@@ -50,7 +62,7 @@ export function TrainingSection() {
   if (data.status !== 'ready') blockers.push('training data (step 1)');
   if (model.status !== 'ready') blockers.push('a base model (step 2)');
   if (Object.keys(settingErrors).length > 0) blockers.push('valid settings (the fields marked in red)');
-  if (data.status === 'ready' && model.status === 'ready' && !mapping) blockers.push('a column mapping');
+  if (data.status === 'ready' && model.status === 'ready' && !hasMapping) blockers.push('a column mapping');
   const prepareError = prepare.status === 'error' && prepare.input !== 'mapping' && prepare.input !== 'template' ? prepare : null;
   const canStart = !active && blockers.length === 0 && prepare.status === 'ready' && adapterName.trim() !== '';
   const nameError = t.phase === 'failed' && t.error?.input === 'adapterName' ? t.error.message : adapterName.trim() === '' ? 'Give the adapter a name.' : undefined;
@@ -58,6 +70,8 @@ export function TrainingSection() {
   const last = t.last;
   const first = t.points[0];
   const lastEval = t.evals.at(-1);
+  const classifier = t.task === 'classification';
+  const bestEval = t.best ? t.evals.find((e) => e.step === t.best!.step) : undefined;
   const estimate = prepare.status === 'ready' && prepare.result.memory ? prepare.result.memory : null;
   const fraction = last ? last.step / last.totalSteps : t.totalSteps ? 0 : null;
 
@@ -122,10 +136,22 @@ export function TrainingSection() {
             <span className="muted">epoch {last ? last.epoch.toFixed(2) : '0.00'}</span>
             <ProgressBar fraction={t.phase === 'starting' && !last ? null : fraction} label="Training progress" testId="train-progress" />
           </div>
-          <div className="stats">
+          <div className={`stats${classifier ? ' stats-classifier' : ''}`}>
             <Stat label="Loss now" value={formatLoss(last?.loss)} testId="loss-latest" sub={first ? <>first step: <span data-testid="loss-first">{formatLoss(first.loss)}</span></> : undefined} />
             <Stat label="Validation loss" value={formatLoss(lastEval?.evalLoss)} testId="eval-loss" sub={lastEval ? `at step ${lastEval.step}` : 'at the end'} />
-            <Stat label="Tokens / s" value={last ? formatInt(last.tokensPerSecond) : '–'} testId="tokens-per-second" />
+            {classifier && (
+              <>
+                <Stat label="Accuracy" value={formatPercent(lastEval?.accuracy)} testId="eval-accuracy" sub={lastEval ? `validation, step ${lastEval.step}` : 'at the first evaluation'} />
+                <Stat label="Macro-F1" value={formatF1(lastEval?.f1)} testId="eval-f1" sub={lastEval ? `validation, step ${lastEval.step}` : 'at the first evaluation'} />
+                <Stat
+                  label="Kept (best)"
+                  value={t.best ? `step ${t.best.step}` : '–'}
+                  testId="best-eval"
+                  sub={t.best ? (t.best.metric === 'loss' ? `loss ${formatLoss(t.best.value)}` : `accuracy ${formatPercent(t.best.value)}`) + (bestEval ? ` · F1 ${formatF1(bestEval.f1)}` : '') : 'best evaluation'}
+                />
+              </>
+            )}
+            {!classifier && <Stat label="Tokens / s" value={last ? formatInt(last.tokensPerSecond) : '–'} testId="tokens-per-second" />}
             <Stat label="Time left" value={last && active ? formatDuration(last.etaMs) : '–'} testId="eta" sub={last ? `${formatDuration(last.elapsedMs)} so far` : undefined} />
             <Stat label="Learning rate" value={last ? formatLr(last.lr) : '–'} sub={last ? `grad norm ${last.gradNorm.toFixed(3)}` : undefined} />
             <Stat
@@ -136,6 +162,15 @@ export function TrainingSection() {
             />
           </div>
           <LossChart points={t.points} evals={t.evals} totalSteps={last?.totalSteps ?? t.totalSteps} />
+          {classifier && t.labels && (
+            <div className="classifier-views" data-testid="classifier-views">
+              <MetricsChart evals={t.evals} totalSteps={last?.totalSteps ?? t.totalSteps} best={t.best} />
+              <div className="classifier-grid">
+                <EvalTable evals={t.evals} best={t.best} />
+                <ConfusionMatrix labels={t.labels} evals={t.evals} best={t.best} />
+              </div>
+            </div>
+          )}
           {t.checkpoint && (
             <p className="muted small" data-testid="checkpoint-line">
               Checkpoint saved at step {t.checkpoint.step} ({formatBytes(t.checkpoint.bytes)} with optimizer state)
@@ -161,6 +196,10 @@ export function TrainingSection() {
                 loss {formatLoss(t.result.adapter.metrics.finalLoss)}
                 {t.result.adapter.metrics.finalEvalLoss !== null ? `, validation loss ${formatLoss(t.result.adapter.metrics.finalEvalLoss)}` : ''}.
               </p>
+              {t.result.adapter.metrics.classification && <SavedClassifier metrics={t.result.adapter.metrics.classification} />}
+              <p className="muted small" data-testid="saved-method">
+                <SavedFormat method={t.result.adapter.method} classification={Boolean(t.result.adapter.metrics.classification)} />
+              </p>
               <button type="button" className="button" onClick={() => void downloadAdapter(t.result!.adapter!.id)} data-testid="download-latest">
                 Download adapter (.zip)
               </button>
@@ -171,6 +210,30 @@ export function TrainingSection() {
         </div>
       )}
     </Section>
+  );
+}
+
+/** How the download loads: which library and format. */
+function SavedFormat({ method: id, classification }: { method: MethodId; classification: boolean }) {
+  const m = METHOD_BY_ID[id] ?? METHOD_BY_ID.lora;
+  if (m.format === 'adapterhub') {
+    return <>{m.name}: AdapterHub’s format (adapter_config.json + adapter.safetensors) for the adapters library; PEFT has no bottleneck adapters.</>;
+  }
+  return (
+    <>
+      {m.name} adapter (PEFT {m.peftType}, {classification ? 'task_type SEQ_CLS with the head in modules_to_save' : 'task_type CAUSAL_LM'}).
+    </>
+  );
+}
+
+function SavedClassifier({ metrics: c }: { metrics: SavedClassifierMetrics }) {
+  const e = c.evaluation;
+  return (
+    <p data-testid="saved-metrics">
+      The saved weights are step {e.step}’s{c.restoredBest ? ' (the best evaluation, put back at the end)' : c.best?.step === e.step ? ' (also the best evaluation)' : ''}: accuracy{' '}
+      <strong data-testid="saved-accuracy">{formatPercent(e.accuracy)}</strong>, macro-F1 <strong data-testid="saved-f1">{formatF1(e.f1)}</strong>, validation loss{' '}
+      {formatLoss(e.evalLoss)} over {c.labels.length} classes.
+    </p>
   );
 }
 

@@ -218,6 +218,7 @@ export class ClassifierTrainer {
   destroy(): void {
     this.program.destroy();
     this.evalProgram?.destroy();
+    this.optimizer.destroy();
     for (const s of this.staging) s.destroy();
   }
 }

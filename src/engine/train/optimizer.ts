@@ -17,6 +17,8 @@ export interface OptimizerOps {
   readonly zeroGrads: Op[];
   /** Norm, clip and update (run after the step's last micro-batch). */
   readonly update: Op[];
+  /** Frees the norm buffers (the parameters and their moments belong to the adapter); twice is harmless. */
+  destroy(): void;
 }
 
 export function buildAdamW(gpu: Gpu, params: readonly TrainableParam[], step: StepUniforms, maxGradNorm: number): OptimizerOps {
@@ -27,5 +29,16 @@ export function buildAdamW(gpu: Gpu, params: readonly TrainableParam[], step: St
   update.push(clipCoefficient(gpu, { partials, count: params.length, maxNorm: maxGradNorm, out: clip }));
   for (const p of params) update.push(adamwUpdate(gpu, { param: p.value, grad: p.grad, m: p.m, v: p.v, n: p.value.size, step, clip }));
   const zeroGrads: Op[] = params.map((p) => ({ kind: 'clear', buffer: p.grad.buffer }));
-  return { clip, zeroGrads, update };
+  let freed = false;
+  return {
+    clip,
+    zeroGrads,
+    update,
+    destroy: () => {
+      if (freed) return;
+      freed = true;
+      gpu.destroyTensor(partials);
+      gpu.destroyTensor(clip);
+    },
+  };
 }

@@ -279,10 +279,11 @@ export class Trainer {
     this.step = s.step;
   }
 
-  /** Frees the programs' activations (the adapter's parameters stay). */
+  /** Frees the programs' activations and the optimizer's norm buffers (the adapter's parameters stay). */
   destroy(): void {
     this.program.destroy();
     this.evalProgram?.destroy();
+    this.optimizer.destroy();
     for (const s of this.staging) s.destroy();
   }
 }
