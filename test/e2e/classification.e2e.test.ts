@@ -113,7 +113,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     // Picking the label as the text is refused inline.
     await page.getByTestId('map-text-column').selectOption('label');
     await expect.poll(() => page.getByTestId('mapping-error').textContent().catch(() => '')).toMatch(/text and the label are the same column "label"/);
-    expect(await page.getByTestId('start').isDisabled()).toBe(true);
+    await expect.poll(() => page.getByTestId('start').isDisabled(), { timeout: 10_000 }).toBe(true);
     await page.getByTestId('map-text-column').selectOption('text');
     await expect.poll(() => page.getByTestId('mapping-error').count()).toBe(0);
 
@@ -300,7 +300,8 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await page.getByTestId('setting-checkpointEvery').fill('2');
     await page.getByTestId('adapter-name').fill('tickets');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
-    expect(await page.getByTestId('examples-count').textContent()).toBe('48 train · 16 validation');
+    // the counts follow the 25% split once the worker has re-split the examples
+    await expect.poll(() => page.getByTestId('examples-count').textContent(), { timeout: 30_000 }).toBe('48 train · 16 validation');
     await page.getByTestId('start').click();
 
     // Pause once a checkpoint past an evaluation exists, then "close the tab".
