@@ -58,6 +58,7 @@ function setAll(gpu: Gpu, method: PeftMethod, gen: (name: string) => (i: number)
 async function checkProgram(
   gpu: Gpu, model: CausalLM, method: PeftMethod, batch: BatchArrays, values: Map<string, Float64Array>,
   ref: () => { logits: Float64Array; loss: number }, fdEntries = 5,
+  evalRef?: () => { logits: Float64Array },
 ): Promise<Float32Array> {
   const { B, T } = batch;
   const program = model.buildProgram(method, { B, T, training: true, captureLogits: true, headRowsPerChunk: 5 });
@@ -91,11 +92,12 @@ async function checkProgram(
       if (!(err < 2e-3)) throw new Error(`${p.name}[${i}]: gpu ${grad[i]}, finite difference ${fd}`);
     }
   }
-  // a forward-only program (shared activations) gives the same logits
+  // a forward-only program (shared activations, adapter dropout off) gives the same logits
+  // (evalRef: the reference without dropout, when the training program has it)
   const evalProgram = model.buildProgram(method, { B, T, training: false, captureLogits: true });
   evalProgram.write(batch);
   runOps(gpu, evalProgram.forward);
-  expectClose(await gpu.read(evalProgram.logits!), want.logits, 1e-4, 'logits (forward-only program)', 1e-2);
+  expectClose(await gpu.read(evalProgram.logits!), (evalRef ?? (() => want))().logits, 1e-4, 'logits (forward-only program)', 1e-2);
   evalProgram.destroy();
   program.destroy();
   return logits;
@@ -178,7 +180,11 @@ describe('GPT-2 + DoRA and bottleneck adapters against float64 and finite differ
       const salts = new Map(dora.targetedModules.map((m, i) => [m, 0x9e37 + i * 7919]));
       const ref: MethodsRef = { dora: doraRef(dora, values, linears, (m) => w.get(`${m}.weight`)!, dropout ? { p: dropout, seed: 4321, salts } : undefined) };
       const batch = makeBatch(B, T, [7, 4], gdims.vocab_size, 7);
-      const logits = await checkProgram(gpu, model, dora, batch, values, () => gpt2MethodsReference(w, gdims, ref, batch.inputIds, batch.targets, batch.lengths, B, T));
+      const noDropout: MethodsRef = { dora: { ...ref.dora!, dropout: undefined } };
+      const logits = await checkProgram(
+        gpu, model, dora, batch, values, () => gpt2MethodsReference(w, gdims, ref, batch.inputIds, batch.targets, batch.lengths, B, T), 5,
+        () => gpt2MethodsReference(w, gdims, noDropout, batch.inputIds, batch.targets, batch.lengths, B, T),
+      );
       if (dropout) return;
       // export as PEFT saves DoRA, and back
       const files = await exportPeftAdapter(gpu, dora, 'tiny');

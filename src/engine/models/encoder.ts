@@ -393,7 +393,7 @@ export class EncoderClassifier {
     const emb = t([M, C], 'emb'), embMean = t([M], 'emb.mean'), embRstd = t([M], 'emb.rstd');
     const forward: Op[] = [...embedTokens(gpu, this.word, tokens, emb, M, T, this.positions)];
     forward.push(layerNormForward(gpu, { x: emb, weight: this.embLnW, bias: this.embLnB, out: hAt(0), mean: embMean, rstd: embRstd, rows: M, C, eps }));
-    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, hAt(l), hAt(l + 1), actAt(l), lengths, peft, B, T));
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, hAt(l), hAt(l + 1), actAt(l), lengths, peft, B, T, training));
 
     // head: z = act(h_L[:, 0] W_d^T + b_d), logits = z W_c^T + b_c, cross-entropy
     const top = hAt(L);
@@ -462,8 +462,9 @@ export class EncoderClassifier {
     };
   }
 
-  private site(module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
-    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in' };
+  /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
+  private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training };
   }
 
   private ffnActivationForward(x: Tensor, out: Tensor, n: number): Op {
@@ -481,7 +482,7 @@ export class EncoderClassifier {
     return activationBackward(this.gpu, 'relu', { dout: d, y: g, dx: d, n });
   }
 
-  private layerForward(l: number, h: Tensor, hOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
+  private layerForward(l: number, h: Tensor, hOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, D, F } = this;
     const M = B * T;
     const w = this.layers[l];
@@ -489,7 +490,7 @@ export class EncoderClassifier {
     const eps = this.spec.dims.eps;
     const heads = { outer: B, inner: H };
     const lin = (module: string, inF: number, outF: number, x: Tensor, y: Tensor, W: Tensor, b: Tensor, accumulate: boolean) =>
-      linearForward(gpu, this.site(module, l, inF, outF, x, y, M), W, b, accumulate, peft);
+      linearForward(gpu, this.site(training, module, l, inF, outF, x, y, M), W, b, accumulate, peft);
     const ops: Op[] = [];
     ops.push(...lin(n.q, C, C, h, a.q, w.q, w.qb, false));
     ops.push(...lin(n.k, C, C, h, a.k, w.k, w.kb, false));
@@ -532,7 +533,7 @@ export class EncoderClassifier {
     const n = this.spec.layer(l);
     const heads = { outer: B, inner: H };
     const back = (module: string, inF: number, outF: number, x: Tensor, y: Tensor, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean) =>
-      linearBackward(gpu, this.site(module, l, inF, outF, x, y, M), W, dy, dx, accumulate, peft);
+      linearBackward(gpu, this.site(true, module, l, inF, outF, x, y, M), W, dy, dx, accumulate, peft);
     const ops: Op[] = [];
     // LN2: d(o) into dpre
     ops.push(layerNormBackward(gpu, { dout: s.dh, x: a.o, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dpre, rows: M, C, accumulate: false }));

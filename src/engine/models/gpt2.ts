@@ -234,7 +234,7 @@ export class Gpt2 {
 
     const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.wte, tokens, xs[0], M, T, this.wpe, P)];
     if (nv) forward.push(...peft!.embeddingForward!(xs[0], B, T));
-    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T, training));
     forward.push(layerNormForward(gpu, { x: xAt(L), weight: this.lnfW, bias: this.lnfB, out: lnf, mean: meanf, rstd: rstdf, rows: M, C, eps: this.dims.layer_norm_epsilon }));
     const dres = training ? t([M, C], 'dres') : null;
     const dln = training ? t([M, C], 'dln') : null;
@@ -278,8 +278,9 @@ export class Gpt2 {
     return this.L;
   }
 
-  private site(module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
-    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out' };
+  /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
+  private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out', training };
   }
 
   private linear(site: LinearSite, W: Tensor, bias: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {
@@ -290,7 +291,7 @@ export class Gpt2 {
     return linearBackward(this.gpu, site, W, dy, dx, false, peft, bias);
   }
 
-  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
+  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, D, F } = this;
     const M = B * T;
     const w = this.layers[l];
@@ -301,7 +302,7 @@ export class Gpt2 {
     const ops: Op[] = [];
     // attention block: x2 = x + c_proj(attn(c_attn(ln_1(x))))
     ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
-    ops.push(...this.linear(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, false, peft));
+    ops.push(...this.linear(this.site(training, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, false, peft));
     // Prefix tuning: each score row is [P prefix keys | T keys] (Tk columns), the prefix keys and
     // values read from the method's [P, ld] tensor, shared by the whole batch.
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
@@ -332,23 +333,23 @@ export class Gpt2 {
     // (a bottleneck adapter on the branch: c_proj's output goes to its own tensor, the adapter combines)
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
-      ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, M), w.projW, w.projB, false, peft));
+      ops.push(...this.linear(this.site(training, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, M), w.projW, w.projB, false, peft));
       ops.push(...peft!.branchForward!(attnBranch));
     } else {
       ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
-      ops.push(...this.linear(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
+      ops.push(...this.linear(this.site(training, `${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
     }
     // MLP block: xOut = x2 + c_proj(gelu(c_fc(ln_2(x2))))
     ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
-    ops.push(...this.linear(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
+    ops.push(...this.linear(this.site(training, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
     ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
     const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     if (mlpBranch) {
-      ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, M), w.mprojW, w.mprojB, false, peft));
+      ops.push(...this.linear(this.site(training, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, M), w.mprojW, w.mprojB, false, peft));
       ops.push(...peft!.branchForward!(mlpBranch));
     } else {
       ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
-      ops.push(...this.linear(this.site(`${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
+      ops.push(...this.linear(this.site(training, `${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
     }
     return ops;
   }
@@ -376,9 +377,9 @@ export class Gpt2 {
       ops.push(...r.ops);
       dy = r.dBranch;
     }
-    ops.push(...this.linearBack(this.site(`${p}mlp.c_proj`, l, F, C, a.g, mlpBranch?.branch ?? xOut, M), w.mprojW, w.mprojB, dy, s.dg, peft));
+    ops.push(...this.linearBack(this.site(true, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch?.branch ?? xOut, M), w.mprojW, w.mprojB, dy, s.dg, peft));
     ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
-    ops.push(...this.linearBack(this.site(`${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, s.dg, s.dln, peft));
+    ops.push(...this.linearBack(this.site(true, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, s.dg, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x: a.x2, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
@@ -388,7 +389,7 @@ export class Gpt2 {
       ops.push(...r.ops);
       dy = r.dBranch;
     }
-    ops.push(...this.linearBack(this.site(`${p}attn.c_proj`, l, C, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.projW, w.projB, dy, s.dctx, peft));
+    ops.push(...this.linearBack(this.site(true, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.projW, w.projB, dy, s.dctx, peft));
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
@@ -442,7 +443,7 @@ export class Gpt2 {
         }));
       }
     }
-    ops.push(...this.linearBack(this.site(`${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, s.dln, peft));
+    ops.push(...this.linearBack(this.site(true, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }

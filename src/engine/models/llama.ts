@@ -264,7 +264,7 @@ export class Llama {
 
     const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.embed, tokens, xs[0], M, T, null)];
     if (nv) forward.push(...peft!.embeddingForward!(xs[0], B, T));
-    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T));
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T, training));
     forward.push(rmsNormForward(gpu, { x: xAt(L), weight: this.finalNorm, out: xf, rstd: rstdf, rows: M, C, eps: this.config.rms_norm_eps }));
     const dres = training ? t([M, C], 'dres') : null;
     const dxn = training ? t([M, C], 'dxn') : null;
@@ -311,8 +311,9 @@ export class Llama {
     return this.L;
   }
 
-  private site(module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
-    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in' };
+  /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
+  private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training };
   }
 
   /** Attention matmuls for grouped-query heads: head h = g*G + j reads KV head g. One dispatch per j. */
@@ -321,7 +322,7 @@ export class Llama {
     return Array.from({ length: G }, (_, j) => fn(j));
   }
 
-  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number): Op[] {
+  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
     const G = H / KV;
@@ -332,9 +333,9 @@ export class Llama {
     // attention block: x2 = x + o_proj(attn(rope(q), rope(k), v))
     ops.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: M, C, eps }));
     const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
-    ops.push(...linearForward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
-    ops.push(...linearForward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
-    ops.push(...linearForward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, w.vBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, w.vBias, false, peft));
     if (a.qPre) {
       // Qwen3: RMSNorm over each head's D values, before RoPE
       ops.push(rmsNormForward(gpu, { x: a.qPre, weight: w.qNorm!, out: a.q, rstd: a.rstdQ!, rows: M * H, C: D, eps }));
@@ -376,24 +377,24 @@ export class Llama {
     // (a bottleneck adapter on the branch: o_proj's output goes to its own tensor, the adapter combines)
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
-      ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, M), w.o, w.oBias, false, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, M), w.o, w.oBias, false, peft));
       ops.push(...peft!.branchForward!(attnBranch));
     } else {
       ops.push(copyOp(x, a.x2));
-      ops.push(...linearForward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
     }
     // MLP block: xOut = x2 + down(silu(gate(xn2)) * up(xn2))
     ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps }));
-    ops.push(...linearForward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
-    ops.push(...linearForward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, w.upBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(training, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
+    ops.push(...linearForward(gpu, this.site(training, `${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, w.upBias, false, peft));
     ops.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: M, F: I }));
     const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     if (mlpBranch) {
-      ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, M), w.down, w.downBias, false, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, M), w.down, w.downBias, false, peft));
       ops.push(...peft!.branchForward!(mlpBranch));
     } else {
       ops.push(copyOp(a.x2, xOut));
-      ops.push(...linearForward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
     }
     return ops;
   }
@@ -419,10 +420,10 @@ export class Llama {
       ops.push(...r.ops);
       dy = r.dBranch;
     }
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.down_proj`, l, I, C, a.h, mlpBranch?.branch ?? xOut, M), w.down, dy, s.dh, false, peft, w.downBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}mlp.down_proj`, l, I, C, a.h, mlpBranch?.branch ?? xOut, M), w.down, dy, s.dh, false, peft, w.downBias));
     ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gate, up: a.up, dgate: s.dgate, dup: s.dup, rows: M, F: I }));
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft, w.gateBias));
-    ops.push(...linearBackward(gpu, this.site(`${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft, w.upBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate, s.dxn, false, peft, w.gateBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, s.dup, s.dxn, true, peft, w.upBias));
     ops.push(rmsNormBackward(gpu, { dout: s.dxn, x: a.x2, weight: w.postNorm, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
@@ -432,7 +433,7 @@ export class Llama {
       ops.push(...r.ops);
       dy = r.dBranch;
     }
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.o, dy, s.dctx, false, peft, w.oBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.o, dy, s.dctx, false, peft, w.oBias));
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
@@ -497,9 +498,9 @@ export class Llama {
       dq = s.dqPre!;
       dk = s.dkPre!;
     }
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft, w.qBias));
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft, w.kBias));
-    ops.push(...linearBackward(gpu, this.site(`${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft, w.vBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft, w.qBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft, w.kBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft, w.vBias));
     ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }

@@ -158,7 +158,7 @@ export class Dora implements PeftMethod {
   /** xd = dropout(x) (p > 0) and u = xd A^T; returns xd. */
   private projectDown(site: LinearSite, m: DoraModule, s: Scratch, ops: Op[]): Tensor {
     const { rows, inFeatures: K } = site;
-    const p = this.settings.dropout;
+    const p = site.training ? this.settings.dropout : 0;
     let x = site.x;
     if (p > 0) {
       ops.push(dropoutForward(this.gpu, { x: site.x, out: s.xd!, n: rows * K, p, step: this.step, salt: m.salt }));
@@ -182,7 +182,7 @@ export class Dora implements PeftMethod {
     const g = this.gpu;
     const ops: Op[] = [this.normOp(m, base.weight, site.weightLayout)];
     const xd = this.projectDown(site, m, s, ops);
-    if (this.settings.dropout === 0) {
+    if (!site.training || this.settings.dropout === 0) {
       ops.push(base.forward(site.x, s.z, false, false));
       ops.push(this.upProduct(site, m, s, true));
       ops.push(scaleShiftColumns(g, { x: s.z, s: m.g, shift: 0, bias: base.bias, out: site.y, rows, N, accumulate: base.accumulate }));

@@ -194,7 +194,7 @@ export class Lora implements PeftMethod {
   private projectDown(site: LinearSite, m: LoraModule, s: Scratch): Op[] {
     const ops: Op[] = [];
     const { rows, inFeatures: K } = site;
-    const p = this.settings.dropout;
+    const p = site.training ? this.settings.dropout : 0;
     let x = site.x;
     if (p > 0) {
       ops.push(dropoutForward(this.gpu, { x: site.x, out: s.xd!, n: rows * K, p, step: this.step, salt: m.salt }));

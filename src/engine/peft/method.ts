@@ -57,6 +57,11 @@ export interface LinearSite {
   /** The tensor y is accumulated into [rows, out]. */
   y: Tensor;
   weightLayout: 'in_out' | 'out_in';
+  /**
+   * Whether the program trains: adapter dropout applies only then (evaluation, classification
+   * metrics and generation run the adapter without it, as PyTorch's eval mode does).
+   */
+  training: boolean;
 }
 
 /** Backward view of a linear site: dy is given; dx (when needed) already holds the base model's part. */
