@@ -7,10 +7,10 @@ import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import type { KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
-import { matmul, matmulVariant, usesSkinnyMatmul, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
+import { matmul, matmulSplitK, matmulVariant, usesSkinnyMatmul, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra] });
 const reps = Number(a.reps ?? 10);
@@ -68,6 +68,36 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   gpu.tuning.matmul = 'auto';
   console.log(`${what.padEnd(22)} ${M}x${N}x${K}${transA ? ' tA' : ''}${transB ? ' tB' : ''}: ${line.join(' | ')} TFLOP/s`);
   for (const t of [A, B, C]) gpu.destroyTensor(t);
+}
+
+// --split-k: products with few output tiles and a long K, cut into S slices (kernels/matmul.ts
+// matmulSplitK: a batched product into scratch, then the sum), against S = 1.
+if (a['split-k']) {
+  for (const [what, M, N, K, transA, transB] of SHAPES.filter(([, M, N, K]) => M * N <= 2048 * 768 && K >= 768 && Math.min(M, N) > 16)) {
+    const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
+    const scratch = gpu.tensor([16 * M * N], 'scratch');
+    const line: string[] = [];
+    for (const S of [1, 2, 3, 4, 6, 8, 12, 16]) {
+      if (K / S < 128) continue;
+      const ops1 = matmulSplitK(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: `S${S}` }, S, scratch);
+      const profiler = new KernelProfiler(gpu);
+      const ops: Op[] = Array.from({ length: reps }, () => ops1).flat();
+      for (let warm = 0; warm < 2; warm++) {
+        const enc = gpu.device.createCommandEncoder();
+        profiler.encode(enc, ops);
+        gpu.device.queue.submit([enc.finish()]);
+        await profiler.collect();
+        if (warm === 0) profiler.reset();
+      }
+      const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
+      const tflops = (2 * M * N * K) / ms / 1e9;
+      rows.push({ what, M, N, K, transA, transB, kernel: `splitK ${S}`, ms, tflops });
+      line.push(`S=${S} ${tflops.toFixed(1)}`);
+      profiler.destroy();
+    }
+    console.log(`split-K ${what.padEnd(22)} ${M}x${N}x${K}: ${line.join(' | ')} TFLOP/s`);
+    for (const t of [A, B, C, scratch]) gpu.destroyTensor(t);
+  }
 }
 gpu.checkErrors();
 if (a.json) fs.writeFileSync(a.json, JSON.stringify({ device: gpu.info.description, flags: extra, rows }, null, 1));

@@ -23,6 +23,8 @@ const { values: a } = parseArgs({
     model: { type: 'string' }, targets: { type: 'string' }, rank: { type: 'string' },
     batch: { type: 'string' }, seq: { type: 'string' }, steps: { type: 'string' },
     'profile-steps': { type: 'string' }, json: { type: 'string' }, matmul: { type: 'string' }, 'wide-min': { type: 'string' },
+    // any KernelTuning numbers, e.g. --tuning splitKMaxSlices=8,splitKWorkgroups=500
+    tuning: { type: 'string' },
   },
 });
 if (!a.model) throw new Error('--model DIR is required');
@@ -33,7 +35,13 @@ const hf = await loadHfModel(nodeModelFiles(a.model));
 const matmulMode = (a.matmul ?? 'auto') as KernelTuning['matmul'];
 const gpu = await createNodeGpu({
   dawnFlags: ['disable-dawn-features=timestamp_quantization'],
-  tuning: { matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}) },
+  tuning: {
+    matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}),
+    ...Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
+      const [k, v] = kv.split('=');
+      return [k, Number(v)];
+    })),
+  },
 });
 console.log(`device: ${gpu.info.description || gpu.info.vendor}`);
 const loaded = loadCausalLM(gpu, hf);
@@ -53,7 +61,7 @@ const examples: Example[] = Array.from({ length: 64 }, (_, row) => {
 const totalSteps = steps + profileSteps;
 const config: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, gradAccumSteps: 1, totalSteps, seqLen: T, lr: 1e-4, schedule: 'constant', evalEvery: 0 };
 const trainer = new Trainer(gpu, loaded.model, method, examples, [], config, 0, stepUniforms);
-console.log(`${a.model}: LoRA r=${rank} on ${targets.join(',')}, ${B} x ${T}, ${steps} timed steps, matmul tile ${matmulMode} (wide from ${gpu.tuning.wideMatmulMinWorkgroups} workgroups)`);
+console.log(`${a.model}: LoRA r=${rank} on ${targets.join(',')}, ${B} x ${T}, ${steps} timed steps, matmul tile ${matmulMode}, tuning ${JSON.stringify(gpu.tuning)}`);
 
 // Step i's report arrives when its GPU work has finished; times between reports are the step times.
 const done: number[] = [];

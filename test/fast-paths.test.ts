@@ -1,6 +1,7 @@
-// The speed paths against the plain one over a whole training run: the 128-row/column matmul tiles
-// and the skinny kernel (LoRA's rank-sized products) must train the same adapter as the plain
-// 64x64 kernel does. Shapes here are tiny, so the choices are forced through gpu.tuning.
+// The speed paths against the plain one over a whole training run: the 128-row/column matmul tiles,
+// the skinny kernel (LoRA's rank-sized products) and split-K (frozen products with a long K) must
+// train the same adapter as the plain 64x64 kernel does. Shapes here are tiny, so the choices are
+// forced through gpu.tuning.
 import { describe, expect, it } from 'vitest';
 import { testGpu, rng, maxRelError } from './helpers/gpu';
 import { randomGpt2Weights, weightSource } from './helpers/gpt2-reference';
@@ -43,10 +44,15 @@ async function train(tuning: Partial<KernelTuning>): Promise<{ losses: number[];
 }
 
 describe('fast kernel paths train the same adapter as the plain path', () => {
-  it('128x64 / 128x128 tiles and the skinny kernel vs 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
-    const plain = await train({ matmul: '64x64', skinnyMatmul: false });
+  it('128x64 / 128x128 tiles, the skinny kernel and split-K vs 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
+    const plain = await train({ matmul: '64x64', skinnyMatmul: false, splitKMaxSlices: 1 });
     expect(plain.losses[29]).toBeLessThan(plain.losses[0] - 0.5); // it trains
-    for (const fast of [{ matmul: '128x64', skinnyMatmul: true, skinnyMatmulMinK: 1 }, { matmul: '128x128', skinnyMatmul: true, skinnyMatmulMinK: 16 }] as const) {
+    for (const fast of [
+      { matmul: '128x64', skinnyMatmul: true, skinnyMatmulMinK: 1 },
+      { matmul: '128x128', skinnyMatmul: true, skinnyMatmulMinK: 16 },
+      // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80)
+      { matmul: 'db64x64', skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },
+    ] as const) {
       const got = await train(fast);
       for (let i = 0; i < 30; i++) expect(Math.abs(got.losses[i] - plain.losses[i]), `${fast.matmul} step ${i + 1}`).toBeLessThan(1e-4 * Math.abs(plain.losses[i]));
       got.params.forEach((p, i) => {

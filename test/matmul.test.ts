@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { randArray } from './helpers/gpu';
-import { matmul, matmulWorkgroups, usesSkinnyMatmul, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
-import { runOps } from '../src/engine/gpu/dispatch';
+import { matmul, matmulSplitK, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
+import { runOps, type Op } from '../src/engine/gpu/dispatch';
+import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
 
 // Workaround: createNodeGpu (behind helpers' testGpu) drops its reference to the `GPU` object
@@ -100,7 +101,10 @@ function expectMatmulClose(got: Float32Array, want: Float64Array, scale: Float64
 }
 
 /** Runs one case on the GPU with buffers of the given sizes (random contents) and compares. */
-async function check(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string, tol = 1e-5, seed = 1): Promise<void> {
+async function check(
+  gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string, tol = 1e-5, seed = 1,
+  opsOf: (args: MatmulArgs) => Op[] = (args) => [matmul(gpu, args)],
+): Promise<void> {
   const a = randArray(sizes.a, seed);
   const b = randArray(sizes.b, seed + 1);
   const c0 = randArray(sizes.c, seed + 2);
@@ -109,7 +113,7 @@ async function check(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number
   const tc = gpu.tensorFrom(c0, [sizes.c], 'c');
   const tbias = k.bias ? gpu.tensorFrom(k.bias, [k.bias.length], 'bias') : undefined;
   const args: MatmulArgs = { ...k, a: ta, b: tb, c: tc, bias: tbias, label: what };
-  runOps(gpu, [matmul(gpu, args)]);
+  runOps(gpu, opsOf(args));
   const got = await gpu.read(tc);
   const { want, scale } = reference(a, b, c0, k);
   expectMatmulClose(got, want, scale, tol, what);
@@ -384,5 +388,45 @@ describe('skinny matmul (one output dimension <= 16)', () => {
       info: { value: { ...real.info, limits: { ...real.info.limits, maxComputeWorkgroupsPerDimension: 5 } } },
     });
     await check(gpu, { M: 200, N: 4, K: 70, transA: true }, dense(200, 4, 70), 'skinny folded (13 blocks, 5 per grid row)');
+  });
+});
+
+describe('split-K matmul (K cut into slices summed afterwards)', () => {
+  it('matches the reference for every transpose, uneven slices, strides, offsets, alpha, accumulate and bias', async () => {
+    const gpu = await testGpu();
+    const bias = Float32Array.from({ length: 40 }, (_, i) => (i % 7) - 3);
+    for (const [M, N, K, S] of [[33, 40, 1000, 2], [40, 17, 999, 3], [5, 31, 777, 5], [1, 1, 64, 4], [3, 9, 100, 7]] as [number, number, number, number][]) {
+      for (const [transA, transB] of TRANSPOSES) {
+        const rowsA = transA ? K : M, colsA = transA ? M : K;
+        const rowsB = transB ? N : K, colsB = transB ? K : N;
+        const lda = colsA + 3, ldb = colsB + 2, ldc = N + 4;
+        const offsetA = 5, offsetB = 11, offsetC = 3;
+        const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
+        for (const v of [{}, { alpha: 0.5, accumulate: true }, { alpha: -2, bias: bias.subarray(0, N) }]) {
+          const what = `splitK ${S} ${M}x${N}x${K} tA=${transA} tB=${transB} ${Object.keys(v).join(',')}`;
+          // a scratch of exactly the size asked for: a slice written past it would be lost and show
+          const scratch = gpu.tensor([splitKScratchElements(M, N, S)], 'splitK scratch');
+          await check(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, what, 1e-5, 3, (args) => matmulSplitK(gpu, args, S, scratch));
+          gpu.destroyTensor(scratch);
+        }
+      }
+    }
+  });
+
+  it('splits only long-K products with few output tiles, and refuses a missing or aliasing scratch', async () => {
+    const gpu = await testGpu();
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
+    expect(splitKFactor(gpu, 1335, 768, 50257)).toBe(16); // GPT-2's LM head backward: 66 tiles
+    expect(splitKFactor(gpu, 2048, 768, 3072)).toBe(4); // GPT-2's c_fc dx: 96 tiles, 320 wanted
+    expect(splitKFactor(gpu, 2048, 576, 1536)).toBe(4); // SmolLM2's down_proj
+    expect(splitKFactor(gpu, 2048, 768, 768)).toBe(1); // K below splitKMinK
+    expect(splitKFactor(gpu, 2048, 3072, 768)).toBe(1); // 384 tiles already
+    expect(splitKFactor(gpu, 4096, 4096, 50257)).toBe(1); // 1024 tiles already (long K)
+    expect(splitKFactor(gpu, 1, 64, 2048)).toBe(8); // slices at least splitKMinSlice (256) long
+    const t = gpu.tensor([100], 't');
+    const args: MatmulArgs = { a: t, b: t, c: gpu.tensor([16], 'c'), M: 4, N: 4, K: 6 };
+    expect(() => matmulSplitK(gpu, args, 2, null)).toThrow(/needs a scratch of 32 elements/);
+    expect(() => matmulSplitK(gpu, { ...args, c: t }, 2, t)).toThrow(/must not alias/);
+    expect(matmulSplitK(gpu, args, 1, null).length).toBe(1);
   });
 });

@@ -15,7 +15,7 @@ import { allocatedBytesFor, type ProgramOptions } from '../src/engine/models/pro
 import { Lora, moduleMatches } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 import { DEFAULT_TRAIN_CONFIG, Trainer } from '../src/engine/train/trainer';
-import type { Gpu } from '../src/engine/gpu/gpu';
+import { DEFAULT_KERNEL_TUNING, type Gpu } from '../src/engine/gpu/gpu';
 import type { Example } from '../src/data/examples';
 import { buildCausalExamples, buildCausalExamplesAsync, PROGRESS_ROWS } from '../src/data/examples';
 import { parseTableText } from '../src/data/table';
@@ -95,15 +95,21 @@ describe('memory estimates equal what the engine allocates', async () => {
         { B: 1, T: 5, training: true, headRowsPerChunk: 5 },
         { B: 4, T: 9, training: false, captureLogits: true, headRowsPerChunk: 7 },
       ];
-      for (const opts of cases) {
+      // the first and fifth again with split-K forced on the linear layers and the LM head's backward (the scratch is planned too)
+      const splitK = { splitKMinK: 16, splitKMinSlice: 8, splitKMaxSlices: 3 };
+      for (const [i, opts] of [...cases, cases[0], cases[4]].entries()) {
+        const forced = i >= cases.length;
+        if (forced) Object.assign(gpu.tuning, splitK);
         const before = gpu.allocatedBytes;
         const { result: program, sizes } = recordBuffers(gpu, () => model.buildProgram(null, opts));
-        const what = `${name} ${JSON.stringify(opts)}`;
+        const what = `${name} ${JSON.stringify(opts)}${forced ? ' split-K' : ''}`;
+        if (forced && opts.training) expect(model.programBuffers(opts).some((b) => b.label === 'splitK'), what).toBe(true);
         expect(gpu.allocatedBytes - before, what).toBe(model.estimateProgramBytes(opts));
         // buffer for buffer, not only the sum
         expect(sorted(sizes), what).toEqual(sorted(model.programBuffers(opts).map((b) => allocatedBytesFor(b.elements))));
         program.destroy();
         expect(gpu.allocatedBytes, what).toBe(before);
+        if (forced) Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
       }
       // The estimate grows with the batch as the program does (it is not a constant).
       expect(model.estimateProgramBytes({ B: 4, T: 16, training: true })).toBeGreaterThan(model.estimateProgramBytes({ B: 2, T: 16, training: true }));

@@ -43,9 +43,23 @@ export interface KernelTuning {
   /** Products with one output dimension <= 16 and K >= skinnyMatmulMinK go to the skinny kernel. */
   skinnyMatmul: boolean;
   skinnyMatmulMinK: number;
+  /**
+   * Split-K (kernels/matmul.ts splitKFactor) for products with K >= splitKMinK whose 128x128 tiling
+   * makes fewer than splitKWorkgroups tiles (splitKLongWorkgroups when K >= splitKLongK), into
+   * enough slices for about that many, at most splitKMaxSlices (1: never), each at least
+   * splitKMinSlice long.
+   */
+  splitKMinK: number;
+  splitKWorkgroups: number;
+  splitKLongK: number;
+  splitKLongWorkgroups: number;
+  splitKMaxSlices: number;
+  splitKMinSlice: number;
 }
 
-export const DEFAULT_KERNEL_TUNING: KernelTuning = { matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64 };
+export const DEFAULT_KERNEL_TUNING: KernelTuning = {
+  matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
+};
 
 export class GpuError extends Error {
   constructor(message: string) {

@@ -8,8 +8,10 @@ import code128x64 from '../../../shaders/matmul_wide_128x64.wgsl?raw';
 import code64x128 from '../../../shaders/matmul_wide_64x128.wgsl?raw';
 import codeDb64x64 from '../../../shaders/matmul_db_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
+import codeSplitKReduce from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
-import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
+import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
+import { grid1d } from './grid';
 import type { Tensor } from '../gpu/tensor';
 
 export interface MatmulBatch {
@@ -206,4 +208,80 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   ];
   // Without a bias, `a` fills its binding (read-only twice is allowed; the shader never reads it).
   return bindDispatch(gpu, { label, code, params, buffers: [a, b, c, bias ?? a], workgroups });
+}
+
+// ---- Split-K ------------------------------------------------------------------------------------
+// A product with a small output and a very long K (the LM head's backward: 768 outputs per row
+// summed over 50,257 vocabulary entries) makes too few output tiles to fill the GPU: each
+// workgroup walks all of K while most of the machine idles. Split-K cuts K into S slices, computes
+// the S partial products at once (a batched product into a scratch tensor [S, M, N]), then sums
+// them (shaders/matmul_splitk_reduce.wgsl).
+
+/**
+ * The number of K-slices for an unbatched M x N x K product (1: no split). Splits only when K is
+ * long (tuning.splitKMinK) and the 128x128 tiling makes fewer tiles than the target
+ * (splitKWorkgroups; splitKLongWorkgroups from splitKLongK), into enough slices for about the
+ * target, at most splitKMaxSlices, each at least splitKMinSlice long. On the H100
+ * (bench/matmul-shapes.ts --split-k): GPT-2's 2048 x 768 outputs over K = 2304-3072 +15-20% with
+ * 2-4 slices, SmolLM2's 2048 x 576 over 1536 +25% with 4, the LM head's backward (K = 50,257)
+ * +30% with 12-16; short K (768) gains nothing.
+ */
+export function splitKFactor(gpu: Gpu, M: number, N: number, K: number): number {
+  const t = gpu.tuning;
+  if (t.splitKMaxSlices <= 1 || K < t.splitKMinK) return 1;
+  const tiles = Math.ceil(M / 128) * Math.ceil(N / 128);
+  const target = K >= t.splitKLongK ? t.splitKLongWorkgroups : t.splitKWorkgroups;
+  if (tiles >= target) return 1;
+  const S = Math.min(t.splitKMaxSlices, Math.ceil(target / tiles), Math.floor(K / t.splitKMinSlice));
+  return Math.max(1, S);
+}
+
+/** Elements of the scratch matmulSplitK needs for S slices of an M x N output. */
+export function splitKScratchElements(M: number, N: number, S: number): number {
+  return S > 1 ? S * M * N : 0;
+}
+
+/**
+ * C = alpha * op(A) @ op(B) (+ C) (+ bias) as S K-slices (see splitKFactor) into `scratch` (at
+ * least splitKScratchElements(M, N, S) elements, not aliasing anything else), then their sum.
+ * S = 1 is the plain product. Unbatched products only.
+ */
+export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Tensor | null): Op[] {
+  if (S <= 1) return [matmul(gpu, args)];
+  const { M, N, K } = args;
+  const label = args.label ?? `matmul(${args.c.label})`;
+  if (args.batch) throw new Error(`${label}: split-K takes unbatched products`);
+  if (!scratch || scratch.size < S * M * N) throw new Error(`${label}: split-K over ${S} slices needs a scratch of ${S * M * N} elements`);
+  if ([args.a, args.b, args.c, args.bias].some((t) => t?.buffer === scratch.buffer)) throw new Error(`${label}: the split-K scratch must not alias an operand`);
+  const transA = args.transA ?? false, transB = args.transB ?? false;
+  const lda = args.lda ?? (transA ? M : K), ldb = args.ldb ?? (transB ? K : N);
+  // element steps along k of stored A and B
+  const sAk = transA ? lda : 1, sBk = transB ? 1 : ldb;
+  // S equal slices of Ks = floor(K / S) as one batched product, and the rest (fewer than S terms)
+  // as one more, short product (a separate longer last slice would run alone: 1-2 ms on the LM head)
+  if (K < S) throw new Error(`${label}: cannot split K = ${K} into ${S} slices`);
+  const Ks = Math.floor(K / S);
+  const full = S;
+  const rest = K - full * Ks;
+  const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0;
+  const part = { a: args.a, b: args.b, transA, transB, lda, ldb, c: scratch, M, N, ldc: N };
+  const ops: Op[] = [
+    matmul(gpu, {
+      ...part, label: `${label}[splitK ${S}]`, K: Ks, offsetA: offA, offsetB: offB,
+      batch: { outer: 1, inner: full, strideA: [0, Ks * sAk], strideB: [0, Ks * sBk], strideC: [0, M * N] },
+    }),
+  ];
+  if (rest > 0) {
+    // added into the first slice's partial
+    ops.push(matmul(gpu, { ...part, label: `${label}[splitK rest]`, K: rest, offsetA: offA + full * Ks * sAk, offsetB: offB + full * Ks * sBk, accumulate: true }));
+  }
+  const alpha = args.alpha ?? 1;
+  const ldc = args.ldc ?? N, offC = args.offsetC ?? 0;
+  if (offC + (M - 1) * ldc + N - 1 >= args.c.size) throw new Error(`${label}: c (${args.c.label}) is too small`);
+  ops.push(bindDispatch(gpu, {
+    label: `${label}[splitK sum]`, code: codeSplitKReduce,
+    params: [M, N, S, offC, ldc, args.accumulate ? 1 : 0, args.bias ? 1 : 0, f32(alpha)],
+    buffers: [scratch, args.bias ?? scratch, args.c], workgroups: grid1d(M * N),
+  }));
+  return ops;
 }

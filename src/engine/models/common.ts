@@ -4,7 +4,8 @@
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
-import { matmul } from '../kernels/matmul';
+import { matmul, matmulSplitK, splitKFactor, type MatmulArgs } from '../kernels/matmul';
+import { lmHeadRows } from './program';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
@@ -44,6 +45,12 @@ function frozenLinear(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null
   };
 }
 
+/** The frozen layer's own product, split over K when it pays and the site has the scratch for it. */
+function frozenProduct(gpu: Gpu, site: LinearSite, args: MatmulArgs): Op[] {
+  const S = site.splitKScratch ? splitKFactor(gpu, args.M, args.N, args.K) : 1;
+  return matmulSplitK(gpu, args, S, site.splitKScratch ?? null);
+}
+
 /**
  * y (+)= x W (+ b) and the adapter's part. W is [in, out] for 'in_out' (GPT-2's Conv1D) or
  * [out, in] for 'out_in' (nn.Linear). A method with replacesLinear makes the whole layer.
@@ -52,7 +59,10 @@ export function linearForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tenso
   const base = frozenLinear(gpu, site, W, bias, accumulate);
   const targeted = peft?.targetsLinear(site.module) ?? false;
   if (targeted && peft!.replacesLinear) return peft!.linearForward(site, base);
-  const ops: Op[] = [base.forward(site.x, site.y, accumulate)];
+  const ops: Op[] = frozenProduct(gpu, site, {
+    label: site.module, a: site.x, b: W, transB: site.weightLayout === 'out_in', c: site.y, bias: bias ?? undefined,
+    M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate,
+  });
   if (targeted) ops.push(...peft!.linearForward(site, base));
   return ops;
 }
@@ -66,7 +76,10 @@ export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor
   const base = frozenLinear(gpu, site, W, bias, accumulate);
   const targeted = peft?.targetsLinear(site.module) ?? false;
   if (targeted && peft!.replacesLinear) return peft!.linearBackward(site, { dy, dx }, base);
-  const ops: Op[] = [base.backward(dy, dx, accumulate)];
+  const ops: Op[] = frozenProduct(gpu, site, {
+    label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
+    M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate,
+  });
   if (targeted) ops.push(...peft!.linearBackward(site, { dy, dx }, base));
   return ops;
 }
@@ -124,6 +137,8 @@ export function lmHeadAndLoss(
     hidden: Tensor; head: RowChunks; targets: Tensor; M: number; dHidden: Tensor | null; captureLogits: boolean; headRowsPerChunk?: number;
     /** Rows are sequences of S, the first `skip` of each virtual (prompt tuning): capture only the others. */
     logitsRows?: { S: number; skip: number };
+    /** The program's split-K scratch (programSplitKElements), or none: no split. */
+    splitKScratch?: Tensor | null;
   },
 ): HeadAndLoss {
   const { M } = a;
@@ -132,9 +147,12 @@ export function lmHeadAndLoss(
   const gradScale = pool.t([1], 'gradScale');
   const losses = pool.t([M], 'losses');
   const lossSum = pool.t([1], 'lossSum');
-  const headRows = Math.max(1, Math.min(M, a.headRowsPerChunk ?? Math.floor(Math.min(gpu.maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+  const headRows = lmHeadRows(M, V, { headRowsPerChunk: a.headRowsPerChunk }, gpu.maxBindingBytes);
   const chunk = pool.t([headRows, V], 'logitsChunk');
   const logits = a.captureLogits ? pool.t([(M / S) * (S - skip), V], 'logits') : null;
+  // dHidden = dlogits W_head sums over the vocabulary (K = tens of thousands) into few outputs:
+  // split-K, into the program's scratch (programSplitKElements sized it)
+  const splitKScratch = a.splitKScratch ?? null;
   const ops: Op[] = [];
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
@@ -157,7 +175,8 @@ export function lmHeadAndLoss(
     ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V }));
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {
-        ops.push(matmul(gpu, { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 }));
+        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 };
+        ops.push(...matmulSplitK(gpu, args, splitKFactor(gpu, n, C, ch.rows), splitKScratch));
       });
     }
   }

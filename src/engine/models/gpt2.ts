@@ -17,7 +17,7 @@ import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 
 /** The config.json fields GPT-2 uses (Hugging Face names). */
 export interface Gpt2Dims {
@@ -161,7 +161,9 @@ export class Gpt2 {
     }
     out.push({ label: 'lnf', elements: M * C }, { label: 'meanf', elements: M }, { label: 'rstdf', elements: M });
     if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dln', elements: M * C });
-    out.push(...headAndLossBuffers(M, V, opts, this.gpu.maxBindingBytes));
+    out.push(...headAndLossBuffers(this.gpu, M, this.lmHead, opts));
+    const splitK = programSplitKElements(this.gpu, M, this.linearModules(), this.lmHead, opts);
+    if (splitK > 0) out.push({ label: 'splitK', elements: splitK });
     if (training) {
       out.push({ label: 'dqkv', elements: 3 * M * C }, { label: 'dctx', elements: M * C }, { label: 'dg', elements: M * F }, { label: 'dP', elements: B * H * T * T });
     }
@@ -213,6 +215,9 @@ export class Gpt2 {
     }
     const M = B * T;
     const pool = new TensorPool(gpu);
+    // split-K scratch for this program's layers (site() hands it out while the program is built)
+    const splitKElements = programSplitKElements(gpu, M, this.linearModules(), this.lmHead, opts);
+    this.splitKScratch = splitKElements > 0 ? pool.t([splitKElements], 'splitK') : null;
     const t = pool.t.bind(pool);
     const tokens = t([M], 'tokens', 'u32');
     const targets = t([M], 'targets', 'i32');
@@ -240,7 +245,7 @@ export class Gpt2 {
     const dln = training ? t([M, C], 'dln') : null;
     const head = lmHeadAndLoss(gpu, pool, {
       hidden: lnf, head: this.lmHead, targets, M, dHidden: dln, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk,
-      logitsRows: nv ? { S: T, skip: nv } : undefined,
+      logitsRows: nv ? { S: T, skip: nv } : undefined, splitKScratch: this.splitKScratch,
     });
     forward.push(...head.ops);
 
@@ -261,6 +266,7 @@ export class Gpt2 {
 
     const V = this.V;
     const Tin = opts.T;
+    this.splitKScratch = null;
     return {
       B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
       write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
@@ -278,9 +284,12 @@ export class Gpt2 {
     return this.L;
   }
 
+  /** The split-K scratch of the program being built (buildProgram), null otherwise. */
+  private splitKScratch: Tensor | null = null;
+
   /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
   private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
-    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out', training };
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'in_out', training, splitKScratch: this.splitKScratch };
   }
 
   private linear(site: LinearSite, W: Tensor, bias: Tensor, accumulate: boolean, peft: PeftMethod | null): Op[] {

@@ -21,7 +21,7 @@ import type { LlamaConfig } from '../../io/hf-config';
 import { TensorPool, branchSite, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 
 interface LayerWeights {
   inNorm: Tensor; postNorm: Tensor;
@@ -174,7 +174,9 @@ export class Llama {
     }
     out.push({ label: 'xf', elements: M * C }, { label: 'rstdf', elements: M });
     if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dxn', elements: M * C });
-    out.push(...headAndLossBuffers(M, V, opts, this.gpu.maxBindingBytes));
+    out.push(...headAndLossBuffers(this.gpu, M, this.lmHead, opts));
+    const splitK = programSplitKElements(this.gpu, M, this.linearModules(), this.lmHead, opts);
+    if (splitK > 0) out.push({ label: 'splitK', elements: splitK });
     if (training) {
       const per: [string, number, boolean][] = [
         ['dq', M * H * D, true], ['dk', M * KV * D, true], ['dv', M * KV * D, true],
@@ -243,6 +245,9 @@ export class Llama {
       this.rope = this.makeRope(this.config.max_position_embeddings);
     }
     const pool = new TensorPool(gpu);
+    // split-K scratch for this program's layers (site() hands it out while the program is built)
+    const splitKElements = programSplitKElements(gpu, M, this.linearModules(), this.lmHead, opts);
+    this.splitKScratch = splitKElements > 0 ? pool.t([splitKElements], 'splitK') : null;
     const t = pool.t.bind(pool);
     const tokens = t([M], 'tokens', 'u32');
     const targets = t([M], 'targets', 'i32');
@@ -270,7 +275,7 @@ export class Llama {
     const dxn = training ? t([M, C], 'dxn') : null;
     const head = lmHeadAndLoss(gpu, pool, {
       hidden: xf, head: this.lmHead, targets, M, dHidden: dxn, captureLogits: Boolean(opts.captureLogits), headRowsPerChunk: opts.headRowsPerChunk,
-      logitsRows: nv ? { S: T, skip: nv } : undefined,
+      logitsRows: nv ? { S: T, skip: nv } : undefined, splitKScratch: this.splitKScratch,
     });
     forward.push(...head.ops);
 
@@ -293,6 +298,7 @@ export class Llama {
     }
     const V = this.V;
     const Tin = opts.T;
+    this.splitKScratch = null;
     return {
       B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
       write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
@@ -311,9 +317,12 @@ export class Llama {
     return this.L;
   }
 
+  /** The split-K scratch of the program being built (buildProgram), null otherwise. */
+  private splitKScratch: Tensor | null = null;
+
   /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
   private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
-    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training };
+    return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training, splitKScratch: this.splitKScratch };
   }
 
   /** Attention matmuls for grouped-query heads: head h = g*G + j reads KV head g. One dispatch per j. */

@@ -4,6 +4,8 @@
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
+import { splitKFactor, splitKScratchElements } from '../kernels/matmul';
+import type { RowChunks } from './weights';
 
 /** A padded batch ready for the GPU (src/data/batches.ts makes these). */
 export interface BatchArrays {
@@ -136,12 +138,56 @@ export function plannedBytes(buffers: readonly PlannedBuffer[]): number {
   return sum;
 }
 
+/** Rows of logits lmHeadAndLoss computes at once: one binding's worth (at most 256 MiB), or opts.headRowsPerChunk. */
+export function lmHeadRows(M: number, V: number, opts: Pick<ProgramOptions, 'headRowsPerChunk'>, maxBindingBytes: number): number {
+  return Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+}
+
 /**
- * The buffers of lmHeadAndLoss (common.ts) for M rows and a V-token vocabulary: gradScale, losses,
- * lossSum, one block of logits rows, and all the logits when captured.
+ * Elements of the split-K scratch of the LM head's backward (dHidden = dlogits W_head, K = the
+ * vocabulary rows of each weight chunk): the largest over its products, 0 when none splits.
  */
-export function headAndLossBuffers(M: number, V: number, opts: Pick<ProgramOptions, 'captureLogits' | 'headRowsPerChunk'>, maxBindingBytes: number): PlannedBuffer[] {
-  const headRows = Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+export function lmHeadSplitKElements(gpu: Gpu, M: number, headRows: number, head: Pick<RowChunks, 'cols' | 'chunks'>): number {
+  let most = 0;
+  for (let r0 = 0; r0 < M; r0 += headRows) {
+    const n = Math.min(headRows, M - r0);
+    for (const ch of head.chunks) most = Math.max(most, splitKScratchElements(n, head.cols, splitKFactor(gpu, n, head.cols, ch.rows)));
+  }
+  return most;
+}
+
+/**
+ * Elements of a causal LM program's split-K scratch (kernels/matmul.ts matmulSplitK), one tensor
+ * shared by all its split products since they run one after another: the frozen linear layers'
+ * products at M rows (forward y = x W, and in training dx = dy W^T) and the LM head's backward.
+ * 0 when nothing splits.
+ */
+export function programSplitKElements(
+  gpu: Gpu, M: number, linears: readonly { inFeatures: number; outFeatures: number }[], head: Pick<RowChunks, 'rows' | 'cols' | 'chunks'>,
+  opts: Pick<ProgramOptions, 'headRowsPerChunk' | 'training'>,
+): number {
+  let most = 0;
+  const product = (N: number, K: number) => {
+    most = Math.max(most, splitKScratchElements(M, N, splitKFactor(gpu, M, N, K)));
+  };
+  for (const l of linears) {
+    product(l.outFeatures, l.inFeatures);
+    if (opts.training) product(l.inFeatures, l.outFeatures);
+  }
+  if (opts.training) most = Math.max(most, lmHeadSplitKElements(gpu, M, lmHeadRows(M, head.rows, opts, gpu.maxBindingBytes), head));
+  return most;
+}
+
+/**
+ * The buffers of lmHeadAndLoss (common.ts) for M rows: gradScale, losses, lossSum, one block of
+ * logits rows, and all the logits when captured (the backward's split-K scratch is the program's:
+ * programSplitKElements).
+ */
+export function headAndLossBuffers(
+  gpu: Gpu, M: number, head: Pick<RowChunks, 'rows' | 'cols' | 'chunks'>, opts: Pick<ProgramOptions, 'captureLogits' | 'headRowsPerChunk' | 'training'>,
+): PlannedBuffer[] {
+  const V = head.rows;
+  const headRows = lmHeadRows(M, V, opts, gpu.maxBindingBytes);
   const out: PlannedBuffer[] = [
     { label: 'gradScale', elements: 1 },
     { label: 'losses', elements: M },

@@ -62,6 +62,11 @@ export interface LinearSite {
    * metrics and generation run the adapter without it, as PyTorch's eval mode does).
    */
   training: boolean;
+  /**
+   * Scratch the architecture lends the frozen product for split-K (kernels/matmul.ts matmulSplitK;
+   * the program's, shared by all its layers); absent: the product is never split. Not for methods.
+   */
+  splitKScratch?: Tensor | null;
 }
 
 /** Backward view of a linear site: dy is given; dx (when needed) already holds the base model's part. */

@@ -1,0 +1,37 @@
+// The second half of a split-K matrix multiply (kernels/matmul.ts matmulSplitK): the first half
+// computed S partial products of K-slices into `parts` [S, M, N] (dense); this sums them per
+// output element and applies what the whole product would have: C = alpha * sum (+ C) (+ bias[n]).
+// One thread per output element, threads along n, so the S reads of a thread are M*N apart and
+// neighbouring threads read neighbouring addresses.
+struct Params {
+  M: u32,
+  N: u32,
+  S: u32,
+  offC: u32,
+  ldc: u32,
+  accumulate: u32,
+  hasBias: u32,
+  alpha: f32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  let total = params.M * params.N;
+  if (i >= total) { return; }
+  var sum = 0.0;
+  for (var s = 0u; s < params.S; s++) {
+    sum += parts[s * total + i];
+  }
+  let m = i / params.N;
+  let n = i - m * params.N;
+  var v = params.alpha * sum;
+  if (params.hasBias != 0u) { v += bias[n]; }
+  let at = params.offC + m * params.ldc + n;
+  if (params.accumulate != 0u) { v += c[at]; }
+  c[at] = v;
+}
