@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
-import type { KernelTuning } from '../src/engine/gpu/gpu';
+import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, usesSkinnyMatmul, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
@@ -39,6 +39,11 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   ['lora du = dy B (r=8)', 2048, 8, 2304, false, false],
   ['lora dB = dy^T u', 2304, 8, 2048, true, false],
   ['lora dA = du^T x', 8, 768, 2048, true, false],
+  ['lora B: z = u B^T (out 2304)', 2048, 2304, 8, false, true],
+  ['smollm2 lora u (r=8)', 2048, 8, 576, false, true],
+  ['smollm2 lora dB', 576, 8, 2048, true, false],
+  ['smollm2 lora du', 2048, 8, 576, false, false],
+  ['smollm2 lora dA', 8, 576, 2048, true, false],
 ];
 const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
 const rows: Record<string, unknown>[] = [];
@@ -46,9 +51,11 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
   const skinny = usesSkinnyMatmul(gpu, M, N, K, 1, false);
   const line: string[] = [];
-  for (const v of skinny ? (['auto'] as const) : variants) {
-    gpu.tuning.matmul = v;
-    const label = v === 'auto' ? `auto(${skinny ? 'skinny' : matmulVariant(gpu, M, N, K, 1)})` : v;
+  // skinny products: the kernel's rows per workgroup (tuning.skinnyRows / skinnyRowsRowFast)
+  for (const v of skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
+    if (v.startsWith('skinny')) gpu.tuning.skinnyRows = gpu.tuning.skinnyRowsRowFast = Number(v.slice(6));
+    else gpu.tuning.matmul = v as KernelTuning['matmul'];
+    const label = v === 'auto' ? `auto(${matmulVariant(gpu, M, N, K, 1)})` : v;
     const op = matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label });
     const profiler = new KernelProfiler(gpu);
     const ops: Op[] = Array.from({ length: reps }, () => op);
@@ -66,6 +73,8 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     profiler.destroy();
   }
   gpu.tuning.matmul = 'auto';
+  gpu.tuning.skinnyRows = DEFAULT_KERNEL_TUNING.skinnyRows;
+  gpu.tuning.skinnyRowsRowFast = DEFAULT_KERNEL_TUNING.skinnyRowsRowFast;
   console.log(`${what.padEnd(22)} ${M}x${N}x${K}${transA ? ' tA' : ''}${transB ? ' tB' : ''}: ${line.join(' | ')} TFLOP/s`);
   for (const t of [A, B, C]) gpu.destroyTensor(t);
 }

@@ -7,7 +7,10 @@
 // causal/padded attention: src/engine/kernels/attention-softmax.ts binds it that way.
 //   forward:  probs[z,i,c] = exp(scale*s_ic - max) / sum over allowed c; 0 where not allowed.
 //   backward: dscores = scale * P * (dP - sum_c P*dP)  (masked entries have P = 0, so give 0).
-// One 256-thread workgroup per row, rows folded into the y dimension past 65535 workgroups.
+// A 256-thread workgroup takes ROWS_PER_WG = 8 rows, 32 threads (LANES) per row: with one row per
+// workgroup the H100 ran this at a sixth of its memory bandwidth (24,576 tiny workgroups per GPT-2
+// layer). Rows are folded into the y dimension past 65535 workgroups. Every thread reaches every
+// barrier (threads past the last row work on an empty row), as WGSL requires.
 // The *_inplace entry points serve probs == scores and dscores == dprobs (WebGPU forbids binding
 // one buffer twice when one binding is writable); each thread touches only its own columns.
 struct Params { B: u32, H: u32, T: u32, P: u32, scale: f32, causal: u32 }
@@ -21,35 +24,41 @@ struct Params { B: u32, H: u32, T: u32, P: u32, scale: f32, causal: u32 }
 @group(0) @binding(3) var<storage, read> dprobs: array<f32>;
 
 const WG: u32 = 256u;
+const LANES: u32 = 32u;
+const ROWS_PER_WG: u32 = WG / LANES;
 const NEG_BIG: f32 = -3.0e38;
 var<workgroup> red: array<f32, WG>;
 
-fn workgroupMax(v: f32, lid: u32) -> f32 {
+// Max and sum over the LANES threads of one row (a segment of `red`); every thread calls these.
+fn rowMax(v: f32, lid: u32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+  let lane = lid % LANES;
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) { red[lid] = max(red[lid], red[lid + s]); }
     workgroupBarrier();
   }
-  let r = red[0];
+  let r = red[lid - lane];
   workgroupBarrier();
   return r;
 }
 
-fn workgroupSum(v: f32, lid: u32) -> f32 {
+fn rowSum(v: f32, lid: u32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
+  let lane = lid % LANES;
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) { red[lid] += red[lid + s]; }
     workgroupBarrier();
   }
-  let r = red[0];
+  let r = red[lid - lane];
   workgroupBarrier();
   return r;
 }
 
-fn rowIndex(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return wid.x + wid.y * nwg.x;
+// This thread's row: ROWS_PER_WG rows per workgroup, LANES threads each.
+fn rowIndex(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+  return (wid.x + wid.y * nwg.x) * ROWS_PER_WG + lid / LANES;
 }
 
 fn rowCount() -> u32 {
@@ -73,19 +82,21 @@ fn allowedLimit(row: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-  let row = rowIndex(wid, nwg);
-  if (row >= rowCount()) { return; }
-  let n = rowLength();
-  let base = row * n;
-  let limit = allowedLimit(row);
+  let row = rowIndex(wid, nwg, lid);
+  let valid = row < rowCount();
+  let lane = lid % LANES;
+  let n = select(0u, rowLength(), valid);
+  let base = row * rowLength();
+  var limit = 0u;
+  if (valid) { limit = allowedLimit(row); }
   var m = NEG_BIG;
-  for (var c = lid; c < limit; c += WG) { m = max(m, params.scale * scores[base + c]); }
-  m = workgroupMax(m, lid);
+  for (var c = lane; c < limit; c += LANES) { m = max(m, params.scale * scores[base + c]); }
+  m = rowMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < limit; c += WG) { s += exp(params.scale * scores[base + c] - m); }
-  s = workgroupSum(s, lid);
+  for (var c = lane; c < limit; c += LANES) { s += exp(params.scale * scores[base + c] - m); }
+  s = rowSum(s, lid);
   let inv = select(0.0, 1.0 / s, limit > 0u);
-  for (var c = lid; c < n; c += WG) {
+  for (var c = lane; c < n; c += LANES) {
     var p = 0.0;
     if (c < limit) { p = exp(params.scale * scores[base + c] - m) * inv; }
     out[base + c] = p;
@@ -95,19 +106,21 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(WG)
 fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-  let row = rowIndex(wid, nwg);
-  if (row >= rowCount()) { return; }
-  let n = rowLength();
-  let base = row * n;
-  let limit = allowedLimit(row);
+  let row = rowIndex(wid, nwg, lid);
+  let valid = row < rowCount();
+  let lane = lid % LANES;
+  let n = select(0u, rowLength(), valid);
+  let base = row * rowLength();
+  var limit = 0u;
+  if (valid) { limit = allowedLimit(row); }
   var m = NEG_BIG;
-  for (var c = lid; c < limit; c += WG) { m = max(m, params.scale * out[base + c]); }
-  m = workgroupMax(m, lid);
+  for (var c = lane; c < limit; c += LANES) { m = max(m, params.scale * out[base + c]); }
+  m = rowMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < limit; c += WG) { s += exp(params.scale * out[base + c] - m); }
-  s = workgroupSum(s, lid);
+  for (var c = lane; c < limit; c += LANES) { s += exp(params.scale * out[base + c] - m); }
+  s = rowSum(s, lid);
   let inv = select(0.0, 1.0 / s, limit > 0u);
-  for (var c = lid; c < n; c += WG) {
+  for (var c = lane; c < n; c += LANES) {
     var p = 0.0;
     if (c < limit) { p = exp(params.scale * out[base + c] - m) * inv; }
     out[base + c] = p;
@@ -117,14 +130,14 @@ fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-  let row = rowIndex(wid, nwg);
-  if (row >= rowCount()) { return; }
-  let n = rowLength();
-  let base = row * n;
+  let row = rowIndex(wid, nwg, lid);
+  let lane = lid % LANES;
+  let n = select(0u, rowLength(), row < rowCount());
+  let base = row * rowLength();
   var d = 0.0;
-  for (var c = lid; c < n; c += WG) { d += probs[base + c] * dprobs[base + c]; }
-  d = workgroupSum(d, lid);
-  for (var c = lid; c < n; c += WG) {
+  for (var c = lane; c < n; c += LANES) { d += probs[base + c] * dprobs[base + c]; }
+  d = rowSum(d, lid);
+  for (var c = lane; c < n; c += LANES) {
     let k = base + c;
     out[k] = params.scale * probs[k] * (dprobs[k] - d);
   }
@@ -133,14 +146,14 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @compute @workgroup_size(WG)
 fn backward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-  let row = rowIndex(wid, nwg);
-  if (row >= rowCount()) { return; }
-  let n = rowLength();
-  let base = row * n;
+  let row = rowIndex(wid, nwg, lid);
+  let lane = lid % LANES;
+  let n = select(0u, rowLength(), row < rowCount());
+  let base = row * rowLength();
   var d = 0.0;
-  for (var c = lid; c < n; c += WG) { d += probs[base + c] * out[base + c]; }
-  d = workgroupSum(d, lid);
-  for (var c = lid; c < n; c += WG) {
+  for (var c = lane; c < n; c += LANES) { d += probs[base + c] * out[base + c]; }
+  d = rowSum(d, lid);
+  for (var c = lane; c < n; c += LANES) {
     let k = base + c;
     out[k] = params.scale * probs[k] * (out[k] - d);
   }

@@ -3,10 +3,10 @@
 // of rows or features) are this shape; a tiled kernel would make a few dozen workgroups, each
 // walking all of K with most of its lanes idle.
 //
-// A workgroup takes 16 rows and splits K 16 ways among its 256 threads: thread (row, slice) sums
-// k = slice, slice + 16, ... into S registers, then the 16 slices of each row are added in
-// workgroup memory. Every operand is addressed through strides, so the wrapper can hand in the
-// transposed problem (C^T = B^T A^T) when the small dimension is M, and any transposes.
+// A workgroup takes ROWS rows and splits K 256 / ROWS ways (SLICES) among its 256 threads: thread
+// (row, slice) sums k = slice, slice + SLICES, ... into S registers, then the slices of each row
+// are added in workgroup memory. Every operand is addressed through strides, so the wrapper can
+// hand in the transposed problem (C^T = B^T A^T) when the small dimension is M, and any transposes.
 // `rowFast` picks the thread layout that makes neighbouring threads read neighbouring addresses
 // of A' (1 when A' is contiguous along rows, 0 when contiguous along k). S is a pipeline
 // constant, so the per-thread sums stay in registers (loops of constant length unroll).
@@ -33,8 +33,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-const ROWS: u32 = 16u;
-const SLICES: u32 = 16u;
+// Rows per workgroup (4, 8 or 16) and the K-slices of each (256 / ROWS): fewer rows make more
+// workgroups, which a GPU with many cores needs when the row count is only a few thousand.
+override ROWS: u32 = 16u;
+override SLICES: u32 = 256u / ROWS;
 const MAX_S: u32 = 16u;
 override S: u32 = 16u; // output columns, 1..MAX_S
 
@@ -43,7 +45,7 @@ var<workgroup> partial: array<f32, 4096>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
-  let block = wid.x + nwg.x * wid.y;
+  let block = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
   var rowInBlock: u32;
   var slice: u32;
   if (params.rowFast != 0u) {
@@ -74,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let outRow = lidx / MAX_S;
   let s = lidx % MAX_S;
   let r = block * ROWS + outRow;
-  if (r < params.rows && s < S) {
+  if (outRow < ROWS && r < params.rows && s < S) {
     var sum = 0.0;
     for (var sl = 0u; sl < SLICES; sl++) {
       sum += partial[(sl * ROWS + outRow) * MAX_S + s];

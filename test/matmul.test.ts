@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { randArray } from './helpers/gpu';
 import { matmul, matmulSplitK, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
@@ -340,7 +340,18 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
 
 // LoRA's gradients: one output dimension <= 16 (the rank) and a long K. These go to
 // shaders/matmul_skinny.wgsl (transposed when M is the small one).
-describe('skinny matmul (one output dimension <= 16)', () => {
+describe.each([16, 8, 4])('skinny matmul (one output dimension <= 16), %i rows per workgroup', (rowsPerGroup) => {
+  beforeEach(async () => {
+    const gpu = await testGpu();
+    gpu.tuning.skinnyRows = rowsPerGroup;
+    gpu.tuning.skinnyRowsRowFast = rowsPerGroup;
+  });
+  afterEach(async () => {
+    const gpu = await testGpu();
+    gpu.tuning.skinnyRows = DEFAULT_KERNEL_TUNING.skinnyRows;
+    gpu.tuning.skinnyRowsRowFast = DEFAULT_KERNEL_TUNING.skinnyRowsRowFast;
+  });
+
   const SKINNY: [number, number, number][] = [
     [300, 8, 200],
     [8, 300, 200],
@@ -352,7 +363,7 @@ describe('skinny matmul (one output dimension <= 16)', () => {
     [3, 3, 65],
   ];
 
-  it('routes these shapes to the skinny kernel and matches the reference for every transpose', async () => {
+  it('routes these shapes to the skinny kernel and matches the reference for every transpose', { timeout: 600_000 }, async () => {
     const gpu = await testGpu();
     gpu.tuning.matmul = 'auto';
     for (const [M, N, K] of SKINNY) {

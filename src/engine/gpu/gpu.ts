@@ -44,6 +44,13 @@ export interface KernelTuning {
   skinnyMatmul: boolean;
   skinnyMatmulMinK: number;
   /**
+   * Rows per workgroup of the skinny kernel (4, 8 or 16) when A' is contiguous along K, and along
+   * rows. 8 and 8 on the H100 (bench/matmul-shapes.ts, bench/run-step-bench.sh --tuning): 16 made
+   * too few workgroups for LoRA's 2048-row products (GPT-2 -1.0 ms, SmolLM2 -3.2 ms per step).
+   */
+  skinnyRows: number;
+  skinnyRowsRowFast: number;
+  /**
    * Split-K (kernels/matmul.ts splitKFactor) for products with K >= splitKMinK whose 128x128 tiling
    * makes fewer than splitKWorkgroups tiles (splitKLongWorkgroups when K >= splitKLongK), into
    * enough slices for about that many, at most splitKMaxSlices (1: never), each at least
@@ -58,7 +65,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
+  matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
 };
 
 export class GpuError extends Error {

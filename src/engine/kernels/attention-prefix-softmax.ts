@@ -7,6 +7,9 @@ import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
 
+/** Score rows per workgroup of shaders/attention_prefix_softmax.wgsl (ROWS_PER_WG there). */
+export const SOFTMAX_ROWS_PER_WORKGROUP = 8;
+
 export interface AttentionPrefixSoftmaxForwardArgs {
   /** [B*H, T, P+T] raw scores (row i = query; columns: P prefix keys, then the T real keys). */
   scores: Tensor;
@@ -65,7 +68,7 @@ export function attentionPrefixSoftmaxForward(gpu: Gpu, a: AttentionPrefixSoftma
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
     params: [a.B, a.H, a.T, a.P, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.probs, a.lengths] : [a.probs, a.lengths, a.scores],
-    workgroups: grid1d(a.B * a.H * a.T, 1),
+    workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });
 }
 
@@ -84,6 +87,6 @@ export function attentionPrefixSoftmaxBackward(gpu: Gpu, a: AttentionPrefixSoftm
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
     params: [a.B, a.H, a.T, a.P, f32(a.scale), 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
-    workgroups: grid1d(a.B * a.H * a.T, 1),
+    workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });
 }

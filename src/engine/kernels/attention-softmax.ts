@@ -4,6 +4,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { SOFTMAX_ROWS_PER_WORKGROUP } from './attention-prefix-softmax';
 
 export interface AttentionSoftmaxForwardArgs {
   /** [B*H, T, T] raw scores q.k (row i = query, column j = key). */
@@ -60,7 +61,7 @@ export function attentionSoftmaxForward(gpu: Gpu, a: AttentionSoftmaxForwardArgs
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
     params: [a.B, a.H, a.T, 0, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.probs, a.lengths] : [a.probs, a.lengths, a.scores],
-    workgroups: grid1d(a.B * a.H * a.T, 1),
+    workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });
 }
 
@@ -79,6 +80,6 @@ export function attentionSoftmaxBackward(gpu: Gpu, a: AttentionSoftmaxBackwardAr
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
     params: [a.B, a.H, a.T, 0, f32(a.scale), 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
-    workgroups: grid1d(a.B * a.H * a.T, 1),
+    workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });
 }

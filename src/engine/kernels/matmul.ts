@@ -86,8 +86,6 @@ export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: 
 
 /** Largest small dimension shaders/matmul_skinny.wgsl takes (MAX_S there). */
 export const SKINNY_MAX = 16;
-/** Rows one skinny workgroup covers (ROWS there). */
-const SKINNY_ROWS = 16;
 
 /** Whether M x N x K goes to the skinny kernel: one output dimension <= 16 with a long K, unbatched, no bias. */
 export function usesSkinnyMatmul(gpu: Gpu, M: number, N: number, K: number, batchCount: number, hasBias: boolean): boolean {
@@ -110,6 +108,15 @@ export function matmulWorkgroups(tilesN: number, tilesM: number, batch: number, 
   const y = Math.min(rest, maxPerDim);
   const z = Math.ceil(rest / y);
   if (z > maxPerDim) throw new Error(`matmul: ${total} workgroups do not fit in a ${maxPerDim}^3 grid`);
+  return [x, y, z];
+}
+
+/** A 1-D count of workgroups folded over x, y, z (the shader skips block indices past the count). */
+function foldGrid(count: number, maxPerDim: number): [number, number, number] {
+  const x = Math.min(count, maxPerDim);
+  const y = Math.min(Math.ceil(count / x), maxPerDim);
+  const z = Math.ceil(count / (x * y));
+  if (z > maxPerDim) throw new Error(`${count} workgroups do not fit in a ${maxPerDim}^3 grid`);
   return [x, y, z];
 }
 
@@ -178,10 +185,14 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     const p = smallN
       ? { bufA: a, bufB: b, offA, offB, sArow: sAm, sAk, sBk, sBs: sBn, sCrow: ldc, sCs: 1 }
       : { bufA: b, bufB: a, offA: offB, offB: offA, sArow: sBn, sAk: sBk, sBk: sAk, sBs: sAm, sCrow: 1, sCs: ldc };
-    const blocks = Math.ceil(rows / SKINNY_ROWS);
-    const x = Math.min(blocks, maxDimOf(gpu));
-    const params = [rows, K, p.offA, p.offB, offC, p.sArow, p.sAk, p.sBk, p.sBs, p.sCrow, p.sCs, p.sArow === 1 ? 1 : 0, args.accumulate ? 1 : 0, f32(alpha)];
-    return bindDispatch(gpu, { label, code: codeSkinny, constants: { S }, params, buffers: [p.bufA, p.bufB, c], workgroups: [x, Math.ceil(blocks / x), 1] });
+    const rowFast = p.sArow === 1;
+    // rows per workgroup (ROWS there): A' contiguous along k reads whole k-runs per row, so fewer
+    // rows (more workgroups) cost nothing; contiguous along rows, neighbouring threads need neighbouring rows
+    const ROWS = rowFast ? gpu.tuning.skinnyRowsRowFast : gpu.tuning.skinnyRows;
+    if (![4, 8, 16].includes(ROWS)) fail(`skinny rows per workgroup must be 4, 8 or 16 (got ${ROWS})`);
+    const blocks = Math.ceil(rows / ROWS);
+    const params = [rows, K, p.offA, p.offB, offC, p.sArow, p.sAk, p.sBk, p.sBs, p.sCrow, p.sCs, rowFast ? 1 : 0, args.accumulate ? 1 : 0, f32(alpha)];
+    return bindDispatch(gpu, { label, code: codeSkinny, constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) });
   }
 
   const { rows, cols, code } = MATMUL_VARIANTS[matmulVariant(gpu, M, N, K, batchCount)];
