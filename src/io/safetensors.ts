@@ -248,15 +248,67 @@ export function bf16ToF32(bits: Uint16Array): Float32Array {
 
 export interface TensorToWrite {
   name: string;
-  dtype: 'F32' | 'I32' | 'I64';
+  dtype: 'F32' | 'I32' | 'I64' | 'BF16' | 'F16';
   shape: number[];
-  data: Float32Array | Int32Array | BigInt64Array;
+  /** F16 and BF16: the 16-bit patterns (f32ToBf16 / f32ToF16). */
+  data: Float32Array | Int32Array | BigInt64Array | Uint16Array;
+}
+
+/** float32 to bfloat16 bit patterns, rounding to nearest even (NaN stays NaN), as torch does. */
+export function f32ToBf16(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < bits.length; i++) {
+    const u = bits[i];
+    if ((u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff) !== 0) out[i] = (u >>> 16) | 0x40;
+    else out[i] = (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}
+
+/** float32 to IEEE half bit patterns, rounding to nearest even; overflow to infinity, subnormals kept. */
+export function f32ToF16(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < bits.length; i++) {
+    const u = bits[i];
+    const sign = (u >>> 16) & 0x8000;
+    const exp = (u >>> 23) & 0xff;
+    const mant = u & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    const e = exp - 127 + 15;
+    if (e >= 31) {
+      out[i] = sign | 0x7c00;
+    } else if (e <= 0) {
+      // subnormal half (or zero): shift the full significand, round to nearest even
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      const m = mant | 0x800000;
+      const shift = 14 - e;
+      const half = 1 << (shift - 1);
+      const rest = m & ((1 << shift) - 1);
+      let h = m >>> shift;
+      if (rest > half || (rest === half && (h & 1))) h++;
+      out[i] = sign | h;
+    } else {
+      let h = (e << 10) | (mant >>> 13);
+      const rest = mant & 0x1fff;
+      if (rest > 0x1000 || (rest === 0x1000 && (h & 1))) h++; // may carry into the exponent: still right
+      out[i] = sign | h;
+    }
+  }
+  return out;
 }
 
 // The Python library writes tensors sorted by dtype (wider alignment first, in the order of its
 // Dtype enum, descending) and then by name; that keeps every tensor naturally aligned without
 // padding between tensors (which its reader would reject as a gap).
-const WRITE_ORDER: Record<TensorToWrite['dtype'], number> = { I64: 0, F32: 1, I32: 2 };
+const WRITE_ORDER: Record<TensorToWrite['dtype'], number> = { I64: 0, F32: 1, I32: 2, BF16: 3, F16: 4 };
 
 /**
  * Serializes tensors to safetensors bytes. The JSON header is padded with spaces to a multiple of
@@ -270,7 +322,7 @@ export function writeSafetensors(tensors: TensorToWrite[], metadata?: Record<str
     if (seen.has(t.name)) throw new SafetensorsError(`${where} appears twice`);
     seen.add(t.name);
     if (!(t.dtype in WRITE_ORDER)) throw new SafetensorsError(`${where}: cannot write dtype ${t.dtype}`);
-    const wantArray = t.dtype === 'F32' ? Float32Array : t.dtype === 'I32' ? Int32Array : BigInt64Array;
+    const wantArray = t.dtype === 'F32' ? Float32Array : t.dtype === 'I32' ? Int32Array : t.dtype === 'I64' ? BigInt64Array : Uint16Array;
     if (!(t.data instanceof wantArray)) throw new SafetensorsError(`${where}: ${t.dtype} data must be a ${wantArray.name}`);
     if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       throw new SafetensorsError(`${where}: shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`);
