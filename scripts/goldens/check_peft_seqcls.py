@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check that a sequence-classification LoRA adapter (task_type SEQ_CLS) loads cleanly in PEFT on
+"""Check that a sequence-classification adapter (task_type SEQ_CLS: LoRA, DoRA, IA3 or prompt tuning) loads cleanly in PEFT on
 AutoModelForSequenceClassification and reproduces reference logits: check_peft_adapter.py for
 classifiers.
 
@@ -129,9 +129,9 @@ def run(args, report, fail, handler, tolerated):
     if str(getattr(pcfg, "task_type", "")) not in ("SEQ_CLS", "TaskType.SEQ_CLS"):
         fail("task_type is %r, not SEQ_CLS" % getattr(pcfg, "task_type", None))
     mts = list(getattr(pcfg, "modules_to_save", None) or [])
+    tm = getattr(pcfg, "target_modules", None)  # prompt learning configs have none
     report["parsed_config"] = {"class": type(pcfg).__name__, "task_type": str(pcfg.task_type), "r": getattr(pcfg, "r", None),
-                               "target_modules": sorted(pcfg.target_modules) if isinstance(pcfg.target_modules, (set, list)) else pcfg.target_modules,
-                               "modules_to_save": mts}
+                               "target_modules": sorted(tm) if isinstance(tm, (set, list)) else tm, "modules_to_save": mts}
 
     afile = os.path.join(args.adapter, "adapter_model.safetensors")
     with safe_open(afile, framework="pt") as f:
@@ -201,7 +201,7 @@ def run(args, report, fail, handler, tolerated):
     sd = model.state_dict()
     head_checks = {}
     for k in file_keys:
-        if ".lora_" in k:
+        if ".lora_" in k or k.endswith(".ia3_l") or k == "prompt_embeddings":  # the method's tensors, not a head copy
             continue
         mod, leaf = k.rsplit(".", 1)
         live = "%s.modules_to_save.default.%s" % (mod, leaf)

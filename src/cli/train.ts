@@ -14,12 +14,11 @@ import { describeMapping, guessColumns, defaultTemplate, validateMapping, type C
 import { buildCausalExamples } from '../data/examples';
 import { seededRandom, sequenceLengthFor, splitTrainValidation } from '../data/batches';
 import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier } from '../engine/models/registry';
-import { Lora } from '../engine/peft/lora';
-import { createPeftMethod, peftModelInfo } from '../engine/peft/factory';
+import { createPeftMethod, peftModelInfo, type MethodSpec } from '../engine/peft/factory';
 import { METHOD_OPTIONS, METHOD_USAGE, methodFromArgs } from './peft-args';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../engine/train/trainer';
-import { exportAdapter, exportPeftAdapter } from '../engine/export/peft-export';
+import { exportAdapter } from '../engine/export/peft-export';
 import { RunLog, modelCard, trainerState } from '../train/run-report';
 import type { HfModel } from '../io/model-files';
 import type { TextTokenizer } from '../data/tokenizer';
@@ -27,7 +26,8 @@ import type { Table } from '../data/table';
 import { writeSafetensors } from '../io/safetensors';
 import { buildLabelMap, classCounts, describeClassCounts } from '../data/labels';
 import { buildClassificationExamples, classificationSequenceLength, validateClassificationMapping } from '../data/classification';
-import { SequenceClassificationAdapter, headStateDictName } from '../engine/models/sequence-classification';
+import { createSeqClsAdapter, exportSeqClsAdapter, headStateDictName } from '../engine/models/sequence-classification';
+import { ENCODER_METHOD_REFUSALS, encoderPeftInfo } from '../engine/models/encoder-methods';
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { formatConfusion } from '../engine/train/classification-metrics';
 import { classificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
@@ -46,8 +46,9 @@ ${METHOD_USAGE}
   --prompt-column C --completion-column C [--template "{C}\\n"]  |  --text-column C
 
   Text classification (DistilBERT, BERT): --text-column C --label-column C
+  (--method lora, dora, ia3, prompt or adapter on the encoder; the head always trains in full)
   --labels a,b,c           fix the class ids (default: integers sorted numerically, else names sorted)
-  --head-only              train only the classification head (frozen encoder, no LoRA): a baseline
+  --head-only              train only the classification head (frozen encoder, no adapter): a baseline
   --metric-for-best loss|accuracy  which evaluation is kept (loss)   --no-load-best  keep the last weights
   --validation F           fraction held out for evaluation (0.1; 0 for none)
   --eval-every N           evaluate every N steps (0: at the end)
@@ -75,7 +76,6 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   for (const k of ['model', 'data', 'out'] as const) if (!a[k]) throw new CliError(`--${k} is required\n\n${USAGE}`);
-  if (a.method !== 'lora' && a['label-column']) throw new CliError(`--method ${a.method}: text classification trains LoRA (or --head-only)`);
   if (a.steps && a.epochs) throw new CliError('give --steps or --epochs, not both');
 
   // Model files and tokenizer
@@ -204,7 +204,10 @@ async function main(argv: string[]): Promise<void> {
 
 type Flags = Record<string, string | boolean | undefined>;
 
-/** --text-column + --label-column on a DistilBERT or BERT model: LoRA (or head-only) sequence classification. */
+/**
+ * --text-column + --label-column on a DistilBERT or BERT model: sequence classification with LoRA,
+ * DoRA, IA3 or bottleneck adapters on the encoder (or head-only), the head trained in full.
+ */
 async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, table: Table): Promise<void> {
   const str = (k: string): string | undefined => (typeof a[k] === 'string' ? (a[k] as string) : undefined);
   if (!isSequenceClassifierFamily(hf)) {
@@ -215,9 +218,14 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
     throw new CliError(`${hf.name} is an encoder (${hf.config.model_type}): it trains a text classifier; give --text-column C --label-column C (columns: ${table.columns.join(', ')})`);
   }
   for (const k of ['prompt-column', 'completion-column', 'template']) if (a[k] !== undefined) throw new CliError(`--${k} is not used for text classification`);
-  if (str('method') !== undefined && str('method') !== 'lora') throw new CliError(`--method ${str('method')}: text classification trains LoRA (or --head-only)`);
+  const methodName = str('method') ?? 'lora';
+  const refusal = methodName === 'prefix' ? ENCODER_METHOD_REFUSALS.prefix : undefined;
+  if (refusal) throw new CliError(`--method ${methodName}: ${refusal}; use lora, dora, ia3, prompt or adapter`);
   const headOnly = a['head-only'] === true;
-  if (headOnly) for (const k of ['targets', 'rank', 'alpha', 'dropout', 'rslora']) if (a[k] !== undefined) throw new CliError(`--${k} has no effect with --head-only (no LoRA)`);
+  if (headOnly) {
+    if (methodName !== 'lora') throw new CliError(`--head-only trains no adapter: leave out --method ${methodName}`);
+    for (const k of ['targets', 'rank', 'alpha', 'dropout', 'rslora', ...Object.keys(METHOD_OPTIONS)]) if (a[k] !== undefined) throw new CliError(`--${k} has no effect with --head-only (no adapter)`);
+  }
   const metricForBest = str('metric-for-best') ?? 'loss';
   if (metricForBest !== 'loss' && metricForBest !== 'accuracy') throw new CliError(`--metric-for-best ${metricForBest}: use loss or accuracy`);
   const mapping = { text: textCol, label: labelCol };
@@ -248,30 +256,20 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)) });
   const model = loaded.model;
   for (const n of model.notes) console.log(`head: ${n}`);
-  const seqLen = Math.min(classificationSequenceLength(examples, maxLength), loaded.maxPositions);
   const stepUniforms = new StepUniforms(gpu);
-  let lora: Lora | null = null;
-  let targets: string[] = [];
-  const loraSettings = {
-    r: integer(str('rank') ?? '8', '--rank', 1),
-    alpha: number(str('alpha') ?? '16', '--alpha', 1e-9),
-    dropout: number(str('dropout') ?? '0.05', '--dropout', 0, 0.99),
-    useRslora: Boolean(a.rslora),
-  };
-  if (!headOnly) {
-    targets = str('targets') ? str('targets')!.split(',').map((s) => s.trim()).filter(Boolean) : loaded.defaultLoraTargets;
-    if (targets.includes('all-linear')) {
-      throw new CliError('--targets all-linear is not available for classifiers (PEFT would also put LoRA on the head); list the modules, e.g. q_lin,k_lin,v_lin,out_lin,lin1,lin2');
-    }
-    lora = new Lora(gpu, { ...loraSettings, targetModules: targets }, model.linearModules(), stepUniforms, seededRandom(seed));
-  }
-  const adapter = new SequenceClassificationAdapter(lora, model.headParams);
+  const info = encoderPeftInfo(model);
+  const choice = headOnly ? null : methodFromArgs(a, info, loaded.defaultLoraTargets, str('model')!);
+  // prompt tuning's virtual tokens take positions too
+  const nv = choice?.virtualTokens ?? 0;
+  if (nv >= loaded.maxPositions) throw new CliError(`--virtual-tokens ${nv} leaves no room in the model's ${loaded.maxPositions} positions`);
+  const seqLen = Math.min(classificationSequenceLength(examples, maxLength), loaded.maxPositions - nv);
+  const adapter = createSeqClsAdapter(gpu, choice?.spec ?? null, model, stepUniforms, seededRandom(seed), (text) => tokenizer.encode(text, { addSpecialTokens: true }));
   const headModules = [...new Set(model.headParams.map((p) => p.name.replace(/^base_model\.model\./, '').replace(/\.(weight|bias)$/, '')))];
   const trainable = adapter.params.reduce((s, p) => s + p.value.size, 0);
-  const loraCount = lora ? lora.params.reduce((s, p) => s + p.value.size, 0) : 0;
-  const total = model.parameterCount() + loraCount;
+  const methodCount = (adapter.method?.params ?? []).reduce((s, p) => s + p.value.size, 0);
+  const total = model.parameterCount() + methodCount;
   console.log(`trainable params: ${trainable.toLocaleString('en-US')} || all params: ${total.toLocaleString('en-US')} || trainable%: ${((100 * trainable) / total).toFixed(4)}`);
-  console.log(`${headOnly ? 'head only (frozen encoder)' : `LoRA on ${targets.join(', ')}`}; head trained in full: ${headModules.join(', ')}; no dropout in the base model`);
+  console.log(`${describeEncoderMethod(choice?.spec ?? null, choice?.label ?? '')}; head trained in full: ${headModules.join(', ')}; no dropout in the base model`);
 
   const batchSize = integer(str('batch-size') ?? '8', '--batch-size', 1);
   const gradAccum = integer(str('grad-accum') ?? '1', '--grad-accum', 1);
@@ -325,11 +323,12 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   fs.mkdirSync(out, { recursive: true });
   const baseModel = path.basename(path.resolve(str('model')!));
   const written: string[] = [];
-  if (lora) {
-    const files = await exportPeftAdapter(gpu, adapter, str('model')!);
-    fs.writeFileSync(path.join(out, 'adapter_config.json'), files['adapter_config.json']);
-    fs.writeFileSync(path.join(out, 'adapter_model.safetensors'), files['adapter_model.safetensors']);
-    written.push('adapter_config.json', 'adapter_model.safetensors');
+  if (adapter.method) {
+    // PEFT's two files, or AdapterHub's adapter + static head files for bottleneck adapters
+    for (const [name, data] of await exportSeqClsAdapter(gpu, adapter, str('model')!, model)) {
+      fs.writeFileSync(path.join(out, name), data);
+      written.push(name);
+    }
   } else {
     const tensors = [];
     for (const p of adapter.params) tensors.push({ name: headStateDictName(p.name), dtype: 'F32' as const, shape: p.shape, data: await gpu.read(p.value) });
@@ -338,8 +337,8 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   }
   fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(classificationTrainerState(log, config, stepsPerEpoch, trainer.best), null, 2) + '\n');
   fs.writeFileSync(path.join(out, 'README.md'), classifierModelCard({
-    baseModel, modelClass: model.spec.className, method: lora ? 'LoRA' : 'head only',
-    adapterSettings: lora ? { rank: loraSettings.r, alpha: loraSettings.alpha, dropout: loraSettings.dropout, 'target modules': targets, rsLoRA: loraSettings.useRslora } : {},
+    baseModel, modelClass: model.spec.className, method: choice?.label ?? 'head only',
+    adapterSettings: choice?.settings ?? {},
     headModules, labels: labelMap, trainCounts, config, dataFile: table.fileName, dataColumns: `text "${textCol}", label "${labelCol}"`,
     trainExamples: train.length, validationExamples: validation.length, trainableParams: trainable, totalParams: total,
     finalLoss: log.lastStep?.loss ?? NaN, finalEval: log.lastEval, best: trainer.best, restoredBest: trainer.restoredBest,
@@ -353,6 +352,19 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   console.log(`gpu memory: ${fmtBytes(gpu.allocatedBytes)} in buffers at the end of training (weights, activations, adapter, optimizer)`);
   console.log(`wrote ${out}/${written.join(', ')}`);
   trainer.destroy();
+}
+
+/** One line on what trains on the encoder, e.g. "LoRA on query, value". */
+function describeEncoderMethod(spec: MethodSpec | null, label: string): string {
+  if (!spec) return 'head only (frozen encoder)';
+  if (spec.method === 'lora' || spec.method === 'dora') return `${label} on ${spec.lora.targetModules.join(', ')}`;
+  if (spec.method === 'ia3') return `IA3 on ${spec.ia3.targetModules.join(', ')} (input-scaled: ${spec.ia3.feedforwardModules.join(', ') || 'none'})`;
+  if (spec.method === 'prompt') return `prompt tuning (${spec.prompt.numVirtualTokens} virtual tokens before [CLS], init ${spec.prompt.init}; the head reads the first)`;
+  if (spec.method === 'bottleneck') {
+    const b = spec.bottleneck;
+    return `${label} bottleneck adapters "${b.name}" (reduction factor ${b.reductionFactor}, ${b.nonLinearity}; saved in AdapterHub's format)`;
+  }
+  return label;
 }
 
 const argv = process.argv.slice(2);

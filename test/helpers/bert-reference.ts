@@ -29,6 +29,43 @@ export interface RefLora {
   scale: number;
 }
 
+/**
+ * The other methods on the encoder (test/encoder-methods.test.ts), as PEFT and AdapterHub define them:
+ *   DoRA        y = g * (x W^T + s x A^T B^T) + b,  g = m / n,  n = ||W + s B A|| per output row; `norms`
+ *               pins n (PEFT detaches it: finite differences must not move it)
+ *   IA3         output: y = (x W^T + b) * l;  feedforward: y = (x * l) W^T + b
+ *   bottleneck  f(u) = up(act(down(u))); Houlsby: LN(x + h + f(h)) after attention and FFN;
+ *               Pfeiffer (FFN only): v = x + h, LN(v + f(LN(v))) with the block's own LayerNorm
+ */
+export interface RefMethods {
+  /** prompt tuning: [n, C] rows before every sequence (positions 0..n-1, attention mask ones over them); the head reads row 0 */
+  prompt?: { p: Float64Array; n: number };
+  dora?: { modules: Map<string, { A: Float64Array; B: Float64Array; m: Float64Array }>; r: number; scale: number; norms?: Map<string, Float64Array> };
+  ia3?: Map<string, { l: Float64Array; feedforward: boolean }>;
+  bottleneck?: {
+    type: 'houlsby' | 'pfeiffer';
+    act: 'relu' | 'swish' | 'gelu' | 'tanh';
+    size: number;
+    /** key `${layer}.attention` / `${layer}.output` */
+    modules: Map<string, { down: Float64Array; downB: Float64Array; up: Float64Array; upB: Float64Array }>;
+  };
+}
+
+/** DoRA's n = ||W + s B A|| per output row of an nn.Linear W [N, K]. */
+export function doraNorm(W: Float64Array, A: Float64Array, B: Float64Array, N: number, K: number, r: number, scale: number): Float64Array {
+  const n = new Float64Array(N);
+  for (let o = 0; o < N; o++) {
+    let ss = 0;
+    for (let k = 0; k < K; k++) {
+      let v = W[o * K + k];
+      for (let j = 0; j < r; j++) v += scale * B[o * r + j] * A[j * K + k];
+      ss += v * v;
+    }
+    n[o] = Math.sqrt(ss);
+  }
+  return n;
+}
+
 /** erf to ~1e-15: its Maclaurin series below 2.5, a continued fraction for erfc above. */
 export function erf(x: number): number {
   const a = Math.abs(x);
@@ -122,8 +159,27 @@ function layerNorm(x: Float64Array, g: Float64Array, b: Float64Array, M: number,
   return y;
 }
 
-/** y [M, N] = x [M, K] W^T + b with W [N, K] (nn.Linear), plus LoRA when the module has it. */
-function linear(x: Float64Array, W: Float64Array, b: Float64Array, M: number, K: number, N: number, lora: RefLora | null, module: string): Float64Array {
+/** y [M, N] = x [M, K] W^T + b with W [N, K] (nn.Linear), plus LoRA, DoRA or IA3 when the module has it. */
+function linear(x0: Float64Array, W: Float64Array, b: Float64Array, M: number, K: number, N: number, lora: RefLora | null, module: string, methods: RefMethods = {}): Float64Array {
+  const ia3 = methods.ia3?.get(module);
+  const x = ia3?.feedforward ? x0.map((v, i) => v * ia3.l[i % K]) : x0;
+  const dora = methods.dora?.modules.get(module);
+  if (dora) {
+    const { r, scale } = methods.dora!;
+    const n = methods.dora!.norms?.get(module) ?? doraNorm(W, dora.A, dora.B, N, K, r, scale);
+    const y = new Float64Array(M * N);
+    for (let m = 0; m < M; m++) {
+      const u = new Float64Array(r);
+      for (let j = 0; j < r; j++) for (let k = 0; k < K; k++) u[j] += x[m * K + k] * dora.A[j * K + k];
+      for (let o = 0; o < N; o++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += x[m * K + k] * W[o * K + k];
+        for (let j = 0; j < r; j++) s += scale * u[j] * dora.B[o * r + j];
+        y[m * N + o] = (dora.m[o] / n[o]) * s + b[o];
+      }
+    }
+    return y;
+  }
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
@@ -149,7 +205,21 @@ function linear(x: Float64Array, W: Float64Array, b: Float64Array, M: number, K:
       }
     }
   }
+  if (ia3 && !ia3.feedforward) for (let i = 0; i < M * N; i++) y[i] *= ia3.l[i % N];
   return y;
+}
+
+function bottleneckAct(kind: 'relu' | 'swish' | 'gelu' | 'tanh', v: number): number {
+  if (kind === 'relu') return Math.max(v, 0);
+  if (kind === 'swish') return v / (1 + Math.exp(-v));
+  if (kind === 'gelu') return geluErf(v);
+  return Math.tanh(v);
+}
+
+/** f(u) = up(act(down(u))) over M rows of width C. */
+function bottleneckF(u: Float64Array, mod: { down: Float64Array; downB: Float64Array; up: Float64Array; upB: Float64Array }, M: number, C: number, bn: number, act: 'relu' | 'swish' | 'gelu' | 'tanh'): Float64Array {
+  const z = linear(u, mod.down, mod.downB, M, C, bn, null, '').map((v) => bottleneckAct(act, v));
+  return linear(z, mod.up, mod.upB, M, bn, C, null, '');
 }
 
 export interface RefBatch {
@@ -161,7 +231,7 @@ export interface RefBatch {
 }
 
 /** Logits [B, K] and the mean cross-entropy over labels >= 0. `w` must hold the head. */
-export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora: RefLora | null, batch: RefBatch): { logits: Float64Array; loss: number } {
+export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora: RefLora | null, batch: RefBatch, methods: RefMethods = {}): { logits: Float64Array; loss: number } {
   const g = (name: string): Float64Array => {
     const t = w.get(name);
     if (!t) throw new Error(`reference: no weight ${name}`);
@@ -170,24 +240,32 @@ export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora
   const n = encoderNames(d);
   const { C, H, F } = d;
   const D = C / H;
-  const { B, T } = batch;
+  const nv = methods.prompt?.n ?? 0;
+  const B = batch.B, T = batch.T + nv;
   const M = B * T;
   const word = g(n.word), pos = g(n.pos), type0 = n.type ? g(n.type) : null;
   let x: Float64Array = new Float64Array(M * C);
   for (let m = 0; m < M; m++) {
-    for (let c = 0; c < C; c++) x[m * C + c] = word[batch.ids[m] * C + c] + pos[(m % T) * C + c] + (type0 ? type0[c] : 0);
+    const b = Math.floor(m / T), t = m % T;
+    for (let c = 0; c < C; c++) {
+      const tok = t < nv ? methods.prompt!.p[t * C + c] : word[batch.ids[b * batch.T + t - nv] * C + c];
+      x[m * C + c] = tok + pos[t * C + c] + (type0 ? type0[c] : 0);
+    }
   }
+  const lengths = Array.from(batch.lengths, (len) => len + nv);
   x = layerNorm(x, g(`${n.embLn}.weight`), g(`${n.embLn}.bias`), M, C, d.eps);
   const act = (v: number) => (d.activation === 'gelu' ? geluErf(v) : d.activation === 'gelu_new' ? geluTanh(v) : Math.max(v, 0));
   for (let l = 0; l < d.L; l++) {
     const ln = n.layer(l);
-    const lin = (inp: Float64Array, mod: string, K_: number, N_: number) => linear(inp, g(`${mod}.weight`), g(`${mod}.bias`), M, K_, N_, lora, mod);
+    const lin = (inp: Float64Array, mod: string, K_: number, N_: number) => linear(inp, g(`${mod}.weight`), g(`${mod}.bias`), M, K_, N_, lora, mod, methods);
+    const bn = methods.bottleneck;
+    const adapterAt = (loc: 'attention' | 'output') => bn?.modules.get(`${l}.${loc}`);
     const q = lin(x, ln.q, C, C), k = lin(x, ln.k, C, C), v = lin(x, ln.v, C, C);
     const ctx = new Float64Array(M * C);
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < H; h++) {
         for (let i = 0; i < T; i++) {
-          const len = batch.lengths[b];
+          const len = lengths[b];
           const s = new Float64Array(len);
           let mx = -Infinity;
           for (let j = 0; j < len; j++) {
@@ -206,10 +284,25 @@ export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora
       }
     }
     const attnOut = lin(ctx, ln.o, C, C);
-    const h1 = layerNorm(x.map((val, i) => val + attnOut[i]), g(`${ln.ln1}.weight`), g(`${ln.ln1}.bias`), M, C, d.eps);
+    const aAd = adapterAt('attention');
+    // Houlsby: the adapter reads the sub-block output h and adds f(h) before the block's LayerNorm
+    const aSum = x.map((val, i) => val + attnOut[i]);
+    if (aAd) {
+      const fa = bottleneckF(attnOut, aAd, M, C, bn!.size, bn!.act);
+      for (let i = 0; i < M * C; i++) aSum[i] += fa[i];
+    }
+    const h1 = layerNorm(aSum, g(`${ln.ln1}.weight`), g(`${ln.ln1}.bias`), M, C, d.eps);
     const f = lin(h1, ln.f1, C, F).map(act);
     const o = lin(f, ln.f2, F, C);
-    x = layerNorm(h1.map((val, i) => val + o[i]), g(`${ln.ln2}.weight`), g(`${ln.ln2}.bias`), M, C, d.eps);
+    const oSum = h1.map((val, i) => val + o[i]);
+    const oAd = adapterAt('output');
+    if (oAd) {
+      // Pfeiffer: u = LN2(h1 + o) (original_ln_before), Houlsby: u = o
+      const u = bn!.type === 'pfeiffer' ? layerNorm(oSum, g(`${ln.ln2}.weight`), g(`${ln.ln2}.bias`), M, C, d.eps) : o;
+      const fo = bottleneckF(u, oAd, M, C, bn!.size, bn!.act);
+      for (let i = 0; i < M * C; i++) oSum[i] += fo[i];
+    }
+    x = layerNorm(oSum, g(`${ln.ln2}.weight`), g(`${ln.ln2}.bias`), M, C, d.eps);
   }
   const cls = new Float64Array(B * C);
   for (let b = 0; b < B; b++) for (let c = 0; c < C; c++) cls[b * C + c] = x[b * T * C + c];

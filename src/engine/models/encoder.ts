@@ -11,6 +11,16 @@
 //
 // No dropout anywhere in the base model or the head (transformers' train-mode dropout is not
 // reproduced; the goldens run with dropout 0); LoRA's own dropout is the adapter's business.
+//
+// Adapter hooks (src/engine/peft/method.ts): every linear layer of the encoder is a LinearSite (LoRA,
+// DoRA, IA3), with its bias in backward too (IA3's output scaling recomputes the layer's output);
+// the attention output (after Lin_o) and the FFN output (after Lin2) are residual branches
+// (AdapterHub's mh_adapter and output_adapter): with a bottleneck adapter there the sub-block's
+// output goes to the method's tensor and the method writes the pre-LayerNorm sum (a, o above),
+// which the block's LayerNorm then normalizes as usual (AdapterHub's original_ln_after).
+// Prompt tuning's virtual rows go first in every sequence (positions 0..nv-1, no token embedding,
+// visible to every query), so the head reads the first virtual token; its gradient reaches them
+// through the embeddings' LayerNorm. Prefix tuning is not built (the attention has no prefix rows).
 // Shapes: M = B*T rows, C hidden, H heads of D = C/H, F the FFN width, K labels. nn.Linear stores
 // W as [out, in]. Sequences are right-padded; key j of row b is attended to iff j < lengths[b].
 
@@ -26,10 +36,10 @@ import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
-import type { LinearSite, PeftMethod, TrainableParam } from '../peft/method';
-import { TensorPool, embedTokens, linearBackward, linearForward } from './common';
+import type { BranchSite, LinearSite, PeftMethod, TrainableParam } from '../peft/method';
+import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward } from './common';
 import { WeightLoader, resolveName, type RowChunks, type WeightSource } from './weights';
-import { ProgramError } from './program';
+import { ProgramError, VIRTUAL_TOKEN_ID } from './program';
 
 /** The FFN activations the encoders use: gelu (erf), gelu_new / gelu_pytorch_tanh, relu. */
 export type EncoderActivation = 'gelu' | 'gelu_tanh' | 'relu';
@@ -314,17 +324,26 @@ export class EncoderClassifier {
     return new EncoderClassifier(gpu, spec, word, positions, embLnW, embLnB, layers, dense, classifier, K, notes, owned);
   }
 
-  /** Every linear layer of the encoder, as PEFT names them (what LoRA can target; not the head). */
+  /**
+   * Every linear layer of the encoder, as PEFT names them (what LoRA, DoRA and IA3 can target; not
+   * the head), with its frozen weight (DoRA's magnitude starts as its norm).
+   */
   linearModules(): LinearModuleInfo[] {
     const { C, F } = this;
     const out: LinearModuleInfo[] = [];
     for (let i = 0; i < this.L; i++) {
       const n = this.spec.layer(i);
-      for (const m of [n.q, n.k, n.v, n.o]) out.push({ module: m, inFeatures: C, outFeatures: C, weightLayout: 'out_in' });
-      out.push({ module: n.ffnIn, inFeatures: C, outFeatures: F, weightLayout: 'out_in' });
-      out.push({ module: n.ffnOut, inFeatures: F, outFeatures: C, weightLayout: 'out_in' });
+      const w = this.layers[i];
+      for (const [m, W] of [[n.q, w.q], [n.k, w.k], [n.v, w.v], [n.o, w.o]] as const) out.push({ module: m, inFeatures: C, outFeatures: C, weightLayout: 'out_in', weight: W });
+      out.push({ module: n.ffnIn, inFeatures: C, outFeatures: F, weightLayout: 'out_in', weight: w.f1 });
+      out.push({ module: n.ffnOut, inFeatures: F, outFeatures: C, weightLayout: 'out_in', weight: w.f2 });
     }
     return out;
+  }
+
+  /** Ops that copy word-embedding rows `ids` into dst (prompt tuning's TEXT and vocabulary-sample inits). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
+    return copyTableRows(this.word, ids, dst);
   }
 
   /** Parameters of the base model with its head (frozen and trainable head parameters both). */
@@ -351,9 +370,11 @@ export class EncoderClassifier {
 
   private lowestTrainableLayer(peft: PeftMethod | null): number {
     if (!peft) return this.L;
+    if (peft.virtualTokens) return 0; // the gradient goes down to the embeddings
     for (let l = 0; l < this.L; l++) {
       const n = this.spec.layer(l);
       if ([n.q, n.k, n.v, n.o, n.ffnIn, n.ffnOut].some((m) => peft.targetsLinear(m))) return l;
+      if (peft.targetsBranch?.(l, 'attention') || peft.targetsBranch?.(l, 'output')) return l;
     }
     return this.L;
   }
@@ -365,8 +386,16 @@ export class EncoderClassifier {
     for (const [k, v] of Object.entries({ B, T })) {
       if (!Number.isInteger(v) || v < 1) throw new ProgramError(`${k} must be a positive integer (got ${v})`);
     }
-    if (T > this.spec.dims.maxPositions) throw new ProgramError(`sequence length ${T} is longer than the model's max_position_embeddings (${this.spec.dims.maxPositions})`);
-    const M = B * T;
+    if (peft?.prefixTokens) throw new ProgramError('prefix tuning is not available for the encoder classifiers (no prefix keys/values in their attention)');
+    // Prompt tuning: nv virtual rows before each sequence's T tokens (PEFT's SEQ_CLS forward: the
+    // prompts before the token embeddings, positions 0..nv-1 for them, the attention mask ones over
+    // them); the head then reads row 0, the first virtual token, as transformers' classifier does.
+    const nv = peft?.virtualTokens ?? 0;
+    const S = T + nv;
+    if (S > this.spec.dims.maxPositions) {
+      throw new ProgramError(`sequence length ${T}${nv ? ` plus ${nv} virtual tokens` : ''} is longer than the model's max_position_embeddings (${this.spec.dims.maxPositions})`);
+    }
+    const M = B * S;
     const eps = this.spec.dims.eps;
     const pool = new TensorPool(gpu);
     const t = pool.t.bind(pool);
@@ -383,7 +412,7 @@ export class EncoderClassifier {
     const hAt = (l: number): Tensor => (keepAll ? hs[l] : hs[l % 2]);
     const acts: LayerActs[] = Array.from({ length: keepAll ? L : 1 }, (_, i) => ({
       q: t([M, C], `l${i}.q`), k: t([M, C], `l${i}.k`), v: t([M, C], `l${i}.v`),
-      att: t([B * H, T, T], `l${i}.att`), ctx: t([M, C], `l${i}.ctx`),
+      att: t([B * H, S, S], `l${i}.att`), ctx: t([M, C], `l${i}.ctx`),
       a: t([M, C], `l${i}.a`), mean1: t([M], `l${i}.mean1`), rstd1: t([M], `l${i}.rstd1`), h1: t([M, C], `l${i}.h1`),
       f: t([M, F], `l${i}.f`), g: t([M, F], `l${i}.g`),
       o: t([M, C], `l${i}.o`), mean2: t([M], `l${i}.mean2`), rstd2: t([M], `l${i}.rstd2`),
@@ -391,9 +420,11 @@ export class EncoderClassifier {
     const actAt = (l: number): LayerActs => acts[keepAll ? l : 0];
 
     const emb = t([M, C], 'emb'), embMean = t([M], 'emb.mean'), embRstd = t([M], 'emb.rstd');
-    const forward: Op[] = [...embedTokens(gpu, this.word, tokens, emb, M, T, this.positions)];
+    const forward: Op[] = [...embedTokens(gpu, this.word, tokens, emb, M, S, this.positions)];
+    // the virtual rows carry no token (VIRTUAL_TOKEN_ID) but their positions: the prompt is added to them
+    if (nv) forward.push(...peft!.embeddingForward!(emb, B, S));
     forward.push(layerNormForward(gpu, { x: emb, weight: this.embLnW, bias: this.embLnB, out: hAt(0), mean: embMean, rstd: embRstd, rows: M, C, eps }));
-    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, hAt(l), hAt(l + 1), actAt(l), lengths, peft, B, T, training));
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, hAt(l), hAt(l + 1), actAt(l), lengths, peft, B, S, training));
 
     // head: z = act(h_L[:, 0] W_d^T + b_d), logits = z W_c^T + b_c, cross-entropy
     const top = hAt(L);
@@ -405,7 +436,7 @@ export class EncoderClassifier {
     const lossSum = t([1], 'lossSum');
     const act = this.spec.head.activation;
     const dn = this.dense, cl = this.classifier;
-    forward.push(matmul(gpu, { label: `${dn.module}`, a: top, lda: T * C, b: dn.W, transB: true, bias: dn.b, c: z, M: B, N: C, K: C }));
+    forward.push(matmul(gpu, { label: `${dn.module}`, a: top, lda: S * C, b: dn.W, transB: true, bias: dn.b, c: z, M: B, N: C, K: C }));
     forward.push(activationForward(gpu, act, { x: z, out: z, n: B * C }));
     forward.push(matmul(gpu, { label: `${cl.module}`, a: z, b: cl.W, transB: true, bias: cl.b, c: work, M: B, N: K, K: C }));
     forward.push({ kind: 'copy', src: work.buffer, srcOffset: 0, dst: logits.buffer, dstOffset: 0, size: B * K * 4 });
@@ -424,19 +455,25 @@ export class EncoderClassifier {
         backward.push(activationBackward(gpu, act, { dout: dz, y: z, dx: dz, n: B * C }));
       }
       if (dn.trainable) {
-        backward.push(matmul(gpu, { label: `${dn.module}.dW`, a: dz, transA: true, b: top, ldb: T * C, c: dn.trainable.W.grad, M: C, N: C, K: B, accumulate: true }));
+        backward.push(matmul(gpu, { label: `${dn.module}.dW`, a: dz, transA: true, b: top, ldb: S * C, c: dn.trainable.W.grad, M: C, N: C, K: B, accumulate: true }));
         backward.push(columnSum(gpu, { x: dz, out: dn.trainable.b.grad, rows: B, N: C, accumulate: true }));
       }
       if (encoderBackward) {
         // d(loss)/d(h_L): only the first token of each row gets a gradient from the head
         const dh = t([M, C], 'dh');
         backward.push({ kind: 'clear', buffer: dh.buffer });
-        backward.push(matmul(gpu, { label: `${dn.module}.dx`, a: dz, b: dn.W, c: dh, ldc: T * C, M: B, N: C, K: C }));
+        backward.push(matmul(gpu, { label: `${dn.module}.dx`, a: dz, b: dn.W, c: dh, ldc: S * C, M: B, N: C, K: C }));
         const s = {
           dh, dpre: t([M, C], 'dpre'), dg: t([M, F], 'dg'), dctx: t([M, C], 'dctx'),
-          dq: t([M, C], 'dq'), dk: t([M, C], 'dk'), dv: t([M, C], 'dv'), dP: t([B * H, T, T], 'dP'),
+          dq: t([M, C], 'dq'), dk: t([M, C], 'dk'), dv: t([M, C], 'dv'), dP: t([B * H, S, S], 'dP'),
         };
-        for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, hAt(l), actAt(l), s, peft, B, T));
+        for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, hAt(l), actAt(l), s, peft, B, S));
+        if (nv) {
+          // dh holds d(loss)/d(h0): through the embeddings' LayerNorm to the virtual rows
+          const demb = t([M, C], 'demb');
+          backward.push(layerNormBackward(gpu, { dout: dh, x: emb, weight: this.embLnW, mean: embMean, rstd: embRstd, dx: demb, rows: M, C, accumulate: false }));
+          backward.push(...peft!.embeddingBackward!(demb, B, S));
+        }
       }
     }
 
@@ -445,8 +482,8 @@ export class EncoderClassifier {
       B, T, tokens, lengths, labels, gradScale, losses, lossSum, logits, forward, backward,
       write: (batch: SeqClsBatch) => {
         if (batch.B !== B || batch.T !== T) throw new ProgramError(`batch is ${batch.B}x${batch.T} but the program was built for ${B}x${T}`);
-        if (batch.inputIds.length !== M || batch.lengths.length !== B || batch.labels.length !== B) throw new ProgramError('batch arrays do not match B and T');
-        for (let i = 0; i < M; i++) {
+        if (batch.inputIds.length !== B * T || batch.lengths.length !== B || batch.labels.length !== B) throw new ProgramError('batch arrays do not match B and T');
+        for (let i = 0; i < B * T; i++) {
           if (batch.inputIds[i] >= V) throw new ProgramError(`token id ${batch.inputIds[i]} at position ${i} is outside the model's vocabulary (${V})`);
         }
         for (let b = 0; b < B; b++) {
@@ -454,8 +491,15 @@ export class EncoderClassifier {
           const y = batch.labels[b];
           if (y >= K || (y < 0 && y !== -100)) throw new ProgramError(`row ${b}: label ${y} is not a class id (0..${K - 1}) or -100`);
         }
-        gpu.write(tokens, batch.inputIds);
-        gpu.write(lengths, batch.lengths);
+        if (nv === 0) {
+          gpu.write(tokens, batch.inputIds);
+          gpu.write(lengths, batch.lengths);
+        } else {
+          const ids = new Uint32Array(M).fill(VIRTUAL_TOKEN_ID);
+          for (let b = 0; b < B; b++) ids.set(batch.inputIds.subarray(b * T, (b + 1) * T), b * S + nv);
+          gpu.write(tokens, ids);
+          gpu.write(lengths, Uint32Array.from(batch.lengths, (n) => n + nv));
+        }
         gpu.write(labels, batch.labels);
       },
       destroy: () => pool.destroy(),
@@ -465,6 +509,18 @@ export class EncoderClassifier {
   /** training: whether the program trains (adapter dropout on) or evaluates / generates (off). */
   private site(training: boolean, module: string, layer: number, inF: number, outF: number, x: Tensor, y: Tensor, rows: number): LinearSite {
     return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training };
+  }
+
+  /**
+   * The residual branch `location` of layer l when the method puts an adapter there: residual + the
+   * sub-block's output make `out`, which the block's LayerNorm (given to the method) normalizes next.
+   */
+  private branch(peft: PeftMethod | null, l: number, location: 'attention' | 'output', rows: number, residual: Tensor, out: Tensor): BranchSite | null {
+    const site = branchSite(peft, l, location, rows, this.C, residual, out);
+    if (!site) return null;
+    const w = this.layers[l];
+    const [weight, bias] = location === 'attention' ? [w.ln1w, w.ln1b] : [w.ln2w, w.ln2b];
+    return { ...site, layerNorm: { weight, bias, eps: this.spec.dims.eps } };
   }
 
   private ffnActivationForward(x: Tensor, out: Tensor, n: number): Op {
@@ -505,15 +561,28 @@ export class EncoderClassifier {
       label: `${n.v}.pv`, a: a.att, b: a.v, ldb: C, c: a.ctx, ldc: C, M: T, N: D, K: T,
       batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
     }));
-    // a = h + Lin_o(ctx); h1 = LN1(a)
-    ops.push({ kind: 'copy', src: h.buffer, srcOffset: 0, dst: a.a.buffer, dstOffset: 0, size: M * C * 4 });
-    ops.push(...lin(n.o, C, C, a.ctx, a.a, w.o, w.ob, true));
+    // a = h + Lin_o(ctx); h1 = LN1(a) (a bottleneck adapter on the branch: Lin_o's output goes to
+    // its own tensor and the adapter writes a)
+    const attnBranch = this.branch(peft, l, 'attention', M, h, a.a);
+    if (attnBranch) {
+      ops.push(...lin(n.o, C, C, a.ctx, attnBranch.branch, w.o, w.ob, false));
+      ops.push(...peft!.branchForward!(attnBranch));
+    } else {
+      ops.push({ kind: 'copy', src: h.buffer, srcOffset: 0, dst: a.a.buffer, dstOffset: 0, size: M * C * 4 });
+      ops.push(...lin(n.o, C, C, a.ctx, a.a, w.o, w.ob, true));
+    }
     ops.push(layerNormForward(gpu, { x: a.a, weight: w.ln1w, bias: w.ln1b, out: a.h1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
     // o = h1 + Lin2(act(Lin1(h1))); hOut = LN2(o)
     ops.push(...lin(n.ffnIn, C, F, a.h1, a.f, w.f1, w.f1b, false));
     ops.push(this.ffnActivationForward(a.f, a.g, M * F));
-    ops.push({ kind: 'copy', src: a.h1.buffer, srcOffset: 0, dst: a.o.buffer, dstOffset: 0, size: M * C * 4 });
-    ops.push(...lin(n.ffnOut, F, C, a.g, a.o, w.f2, w.f2b, true));
+    const ffnBranch = this.branch(peft, l, 'output', M, a.h1, a.o);
+    if (ffnBranch) {
+      ops.push(...lin(n.ffnOut, F, C, a.g, ffnBranch.branch, w.f2, w.f2b, false));
+      ops.push(...peft!.branchForward!(ffnBranch));
+    } else {
+      ops.push({ kind: 'copy', src: a.h1.buffer, srcOffset: 0, dst: a.o.buffer, dstOffset: 0, size: M * C * 4 });
+      ops.push(...lin(n.ffnOut, F, C, a.g, a.o, w.f2, w.f2b, true));
+    }
     ops.push(layerNormForward(gpu, { x: a.o, weight: w.ln2w, bias: w.ln2b, out: hOut, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
     return ops;
   }
@@ -532,18 +601,34 @@ export class EncoderClassifier {
     const w = this.layers[l];
     const n = this.spec.layer(l);
     const heads = { outer: B, inner: H };
-    const back = (module: string, inF: number, outF: number, x: Tensor, y: Tensor, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean) =>
-      linearBackward(gpu, this.site(true, module, l, inF, outF, x, y, M), W, dy, dx, accumulate, peft);
+    const back = (module: string, inF: number, outF: number, x: Tensor, y: Tensor, W: Tensor, bias: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean) =>
+      linearBackward(gpu, this.site(true, module, l, inF, outF, x, y, M), W, dy, dx, accumulate, peft, bias);
     const ops: Op[] = [];
     // LN2: d(o) into dpre
     ops.push(layerNormBackward(gpu, { dout: s.dh, x: a.o, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dpre, rows: M, C, accumulate: false }));
-    // FFN; the residual passes d(o) to h1, so Lin1's dx adds onto dpre, which becomes d(h1)
-    ops.push(...back(n.ffnOut, F, C, a.g, a.o, w.f2, s.dpre, s.dg, false));
+    // FFN; the residual passes d(o) to h1, so Lin1's dx adds onto dpre, which becomes d(h1). With a
+    // bottleneck adapter on the branch its backward leaves d(h1)'s residual part in dpre and gives
+    // the branch's gradient.
+    const ffnBranch = this.branch(peft, l, 'output', M, a.h1, a.o);
+    let dFfnOut = s.dpre;
+    if (ffnBranch) {
+      const r = peft!.branchBackward!(ffnBranch, s.dpre);
+      ops.push(...r.ops);
+      dFfnOut = r.dBranch;
+    }
+    ops.push(...back(n.ffnOut, F, C, a.g, ffnBranch?.branch ?? a.o, w.f2, w.f2b, dFfnOut, s.dg, false));
     ops.push(this.ffnActivationBackward(s.dg, a.f, a.g, M * F));
-    ops.push(...back(n.ffnIn, C, F, a.h1, a.f, w.f1, s.dg, s.dpre, true));
+    ops.push(...back(n.ffnIn, C, F, a.h1, a.f, w.f1, w.f1b, s.dg, s.dpre, true));
     // LN1: d(a) into dh
     ops.push(layerNormBackward(gpu, { dout: s.dpre, x: a.a, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dh, rows: M, C, accumulate: false }));
-    ops.push(...back(n.o, C, C, a.ctx, a.a, w.o, s.dh, s.dctx, false));
+    const attnBranch = this.branch(peft, l, 'attention', M, h, a.a);
+    let dAttnOut = s.dh;
+    if (attnBranch) {
+      const r = peft!.branchBackward!(attnBranch, s.dh);
+      ops.push(...r.ops);
+      dAttnOut = r.dBranch;
+    }
+    ops.push(...back(n.o, C, C, a.ctx, attnBranch?.branch ?? a.a, w.o, w.ob, dAttnOut, s.dctx, false));
     // dP = dctx V^T ; dV = P^T dctx
     ops.push(matmul(gpu, {
       label: `${n.v}.dP`, a: s.dctx, lda: C, b: a.v, ldb: C, transB: true, c: s.dP, M: T, N: T, K: D,
@@ -564,9 +649,9 @@ export class EncoderClassifier {
       batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
     }));
     // the residual passes d(a) to h; q, k and v add theirs
-    ops.push(...back(n.q, C, C, h, a.q, w.q, s.dq, s.dh, true));
-    ops.push(...back(n.k, C, C, h, a.k, w.k, s.dk, s.dh, true));
-    ops.push(...back(n.v, C, C, h, a.v, w.v, s.dv, s.dh, true));
+    ops.push(...back(n.q, C, C, h, a.q, w.q, w.qb, s.dq, s.dh, true));
+    ops.push(...back(n.k, C, C, h, a.k, w.k, w.kb, s.dk, s.dh, true));
+    ops.push(...back(n.v, C, C, h, a.v, w.v, w.vb, s.dv, s.dh, true));
     return ops;
   }
 }

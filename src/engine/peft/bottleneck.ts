@@ -16,6 +16,11 @@
 // residual from the sub-block output before any add; original_ln_before adds the block's residual
 // to the adapter's INPUT; original_ln_after, with no layer norm, adds it to the output. Pfeiffer:
 // f(v) + h + x2 = v + f(v). Houlsby: f(a) + a + x.)
+// Post-LayerNorm encoders (BERT's BertSelfOutput / BertOutput, DistilBERT's TransformerBlock) pass
+// the block's LayerNorm: original_ln_after makes the block output LN(adapter output + residual),
+// i.e. LN(x + h + f(u)), the architecture's own LayerNorm on the sum this method writes; and
+// original_ln_before (Pfeiffer) feeds the adapter u = LN(h + x), the same LayerNorm applied to
+// the plain sum first (so it runs twice). Houlsby's input stays the sub-block output h.
 // Init as the presets' default init_weights "bert": both weights N(0, 0.02), biases 0.
 //
 // Exported in AdapterHub's layout, not PEFT's (PEFT has no bottleneck adapters): adapter_config.json
@@ -37,6 +42,7 @@ import { columnSum } from '../kernels/column-sum';
 import { activationBackward, activationForward } from '../kernels/relu-tanh';
 import { geluBackward, geluForward } from '../kernels/gelu';
 import { siluBackward, siluForward } from '../kernels/silu';
+import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import type { BranchLocation, BranchSite, PeftMethod, TrainableParam } from './method';
 import { normalValues } from './prompt-tuning';
 
@@ -64,6 +70,11 @@ export interface BottleneckModelDims {
   layers: number;
   /** Module path of layer i without the index: transformer.h (GPT-2), model.layers (Llama family) */
   layersPath: string;
+  /**
+   * The module holding the adapter layer at `location` of layer i, where it is not
+   * `${layersPath}.${i}` (BERT: bert.encoder.layer.i.attention.output / bert.encoder.layer.i.output).
+   */
+  adapterModule?(layer: number, location: BranchLocation): string;
 }
 
 /** The preset defaults (SeqBnConfig = Pfeiffer, DoubleSeqBnConfig = Houlsby). */
@@ -94,6 +105,8 @@ interface AdapterModule {
 interface Scratch {
   /** v = residual + branch (Pfeiffer's adapter input, recomputed in backward) [rows, C] */
   v: Tensor;
+  /** LN(v), its mean and rstd (Pfeiffer in a post-LayerNorm block), allocated when first needed */
+  ln: { u: Tensor; mean: Tensor; rstd: Tensor } | null;
   z: Tensor; // [rows, bn] before the activation
   act: Tensor; // [rows, bn] after it
   dz: Tensor; // [rows, bn]
@@ -131,7 +144,8 @@ export class BottleneckAdapters implements PeftMethod {
     const C = dims.hidden, bn = this.size;
     for (let l = 0; l < dims.layers; l++) {
       for (const location of this.locations()) {
-        const p = `${dims.layersPath}.${l}.${location === 'attention' ? 'attention_adapters' : 'output_adapters'}.adapters.${name}`;
+        const holder = dims.adapterModule?.(l, location) ?? `${dims.layersPath}.${l}`;
+        const p = `${holder}.${location === 'attention' ? 'attention_adapters' : 'output_adapters'}.adapters.${name}`;
         const normal = (n: number): Float32Array => Float32Array.from(normalValues(n, random), (v) => v * 0.02);
         this.modules.set(key(l, location), {
           layer: l, location,
@@ -190,7 +204,7 @@ export class BottleneckAdapters implements PeftMethod {
     if (!s) {
       const C = this.dims.hidden, bn = this.size;
       const t = (shape: number[], label: string): Tensor => this.gpu.tensor(shape, `bottleneck.${label}[${rows}]`);
-      s = { v: t([rows, C], 'v'), z: t([rows, bn], 'z'), act: t([rows, bn], 'act'), dz: t([rows, bn], 'dz'), dBranch: t([rows, C], 'dBranch') };
+      s = { v: t([rows, C], 'v'), ln: null, z: t([rows, bn], 'z'), act: t([rows, bn], 'act'), dz: t([rows, bn], 'dz'), dBranch: t([rows, C], 'dBranch') };
       this.scratch.set(rows, s);
     }
     return s;
@@ -222,11 +236,28 @@ export class BottleneckAdapters implements PeftMethod {
     return ops;
   }
 
-  /** The adapter's input: the branch (Houlsby: original_ln_before False) or residual + branch (Pfeiffer), written to `into` when it is a sum. */
-  private input(site: BranchSite, into: Tensor, ops: Op[]): Tensor {
+  /** LN(v)'s tensors for this row count. */
+  private lnScratch(s: Scratch, rows: number): { u: Tensor; mean: Tensor; rstd: Tensor } {
+    if (!s.ln) {
+      const t = (shape: number[], label: string): Tensor => this.gpu.tensor(shape, `bottleneck.${label}[${rows}]`);
+      s.ln = { u: t([rows, this.dims.hidden], 'ln.u'), mean: t([rows], 'ln.mean'), rstd: t([rows], 'ln.rstd') };
+    }
+    return s.ln;
+  }
+
+  /**
+   * The adapter's input: the branch (Houlsby: original_ln_before False) or residual + branch
+   * (Pfeiffer), written to `into` when it is a sum, then put through the block's LayerNorm when the
+   * block has one after the sum (post-LN encoders).
+   */
+  private input(site: BranchSite, into: Tensor, s: Scratch, ops: Op[]): Tensor {
     if (!BOTTLENECK_PRESETS[this.settings.type].originalLnBefore) return site.branch;
     ops.push(add(this.gpu, site.residual, site.branch, into));
-    return into;
+    if (!site.layerNorm) return into;
+    const ln = this.lnScratch(s, site.rows);
+    const { weight, bias, eps } = site.layerNorm;
+    ops.push(layerNormForward(this.gpu, { x: into, weight, bias, out: ln.u, mean: ln.mean, rstd: ln.rstd, rows: site.rows, C: this.dims.hidden, eps }));
+    return ln.u;
   }
 
   branchForward(site: BranchSite): Op[] {
@@ -234,8 +265,8 @@ export class BottleneckAdapters implements PeftMethod {
     const s = this.scratchFor(site.rows);
     const g = this.gpu, C = this.dims.hidden, bn = this.size;
     const ops: Op[] = [];
-    // out = residual + branch, then out += up(act(down(u))) with u the branch or that sum
-    const u = this.input(site, site.out, ops);
+    // out = residual + branch, then out += up(act(down(u))) with u the branch, that sum, or its LayerNorm
+    const u = this.input(site, site.out, s, ops);
     if (u === site.branch) ops.push(add(g, site.residual, site.branch, site.out));
     ops.push(...this.down(m, u, site.rows, s));
     ops.push(matmul(g, { label: m.up.name, a: s.act, b: m.up.value, transB: true, bias: m.upBias.value, c: site.out, M: site.rows, N: C, K: bn, accumulate: true }));
@@ -247,7 +278,7 @@ export class BottleneckAdapters implements PeftMethod {
     const s = this.scratchFor(site.rows);
     const g = this.gpu, C = this.dims.hidden, bn = this.size, rows = site.rows, n = rows * bn;
     const ops: Op[] = [];
-    const u = this.input(site, s.v, ops);
+    const u = this.input(site, s.v, s, ops);
     ops.push(...this.down(m, u, rows, s));
     // up: dWu += d^T act, dbu += colsum(d); dz = (d Wu) * f'(z)
     ops.push(matmul(g, { label: `${m.up.name}.grad`, a: dOut, transA: true, b: s.act, c: m.up.grad, M: C, N: bn, K: rows, accumulate: true }));
@@ -274,6 +305,13 @@ export class BottleneckAdapters implements PeftMethod {
       ops.push(matmul(g, { label: `${m.down.name}.dx`, a: s.dz, b: m.down.value, c: s.dBranch, M: rows, N: C, K: bn, accumulate: true }));
       return { ops, dBranch: s.dBranch };
     }
+    if (site.layerNorm) {
+      // u = LN(v): du = dz Wd, then dv += LN'(du) (v = residual + branch: the gradient of both)
+      ops.push(matmul(g, { label: `${m.down.name}.dx`, a: s.dz, b: m.down.value, c: s.dBranch, M: rows, N: C, K: bn }));
+      const ln = this.lnScratch(s, rows);
+      ops.push(layerNormBackward(g, { dout: s.dBranch, x: s.v, weight: site.layerNorm.weight, mean: ln.mean, rstd: ln.rstd, dx: dOut, rows, C, accumulate: true }));
+      return { ops, dBranch: dOut };
+    }
     ops.push(matmul(g, { label: `${m.down.name}.dx`, a: s.dz, b: m.down.value, c: dOut, M: rows, N: C, K: bn, accumulate: true }));
     return { ops, dBranch: dOut };
   }
@@ -283,7 +321,7 @@ export class BottleneckAdapters implements PeftMethod {
     this.params.length = 0;
     for (const t of this.branches.values()) this.gpu.destroyTensor(t);
     this.branches.clear();
-    for (const sc of this.scratch.values()) for (const t of [sc.v, sc.z, sc.act, sc.dz, sc.dBranch]) this.gpu.destroyTensor(t);
+    for (const sc of this.scratch.values()) for (const t of [sc.v, sc.z, sc.act, sc.dz, sc.dBranch, sc.ln?.u, sc.ln?.mean, sc.ln?.rstd]) if (t) this.gpu.destroyTensor(t);
     this.scratch.clear();
   }
 

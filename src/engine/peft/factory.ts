@@ -9,7 +9,7 @@ import type { StepUniforms } from '../kernels/step-uniforms';
 import type { CausalLM } from '../models/program';
 import type { PeftMethod } from './method';
 import { Lora, type LinearModuleInfo, type LoraSettings } from './lora';
-import { IA3_DEFAULTS, Ia3, Ia3Error, type Ia3Settings } from './ia3';
+import { IA3_DEFAULTS, IA3_ENGINE_DEFAULTS, Ia3, Ia3Error, type Ia3Settings } from './ia3';
 import { PromptTuning, type PromptModelDims, type PromptTuningSettings } from './prompt-tuning';
 import { PrefixTuning, type PrefixModelDims, type PrefixTuningSettings } from './prefix-tuning';
 import { Dora } from './dora';
@@ -77,9 +77,9 @@ export function bottleneckDims(info: PeftModelInfo): BottleneckModelDims {
   return { modelType: info.modelType, modelClass: info.modelClass, hidden: info.hidden, layers: info.layers, layersPath: info.modelType === 'gpt2' ? 'transformer.h' : 'model.layers' };
 }
 
-/** PEFT's default IA3 targets for this model_type. */
+/** PEFT's default IA3 targets for this model_type (DistilBERT, which PEFT has none for: the engine's, IA3_ENGINE_DEFAULTS). */
 export function defaultIa3Settings(info: PeftModelInfo): Ia3Settings {
-  const d = IA3_DEFAULTS[info.modelType];
+  const d = IA3_DEFAULTS[info.modelType] ?? IA3_ENGINE_DEFAULTS[info.modelType];
   if (!d) throw new Ia3Error(`PEFT has no default IA3 targets for model_type "${info.modelType}"; give the target and feedforward modules`);
   return { targetModules: [...d.targetModules], feedforwardModules: [...d.feedforwardModules] };
 }

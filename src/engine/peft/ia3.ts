@@ -44,6 +44,17 @@ export const IA3_DEFAULTS: Record<string, Ia3Settings> = {
   mistral: { targetModules: ['k_proj', 'v_proj', 'down_proj'], feedforwardModules: ['down_proj'] },
   qwen2: { targetModules: ['q_proj', 'v_proj', 'down_proj'], feedforwardModules: ['down_proj'] },
   qwen3: { targetModules: ['q_proj', 'v_proj', 'down_proj'], feedforwardModules: ['down_proj'] },
+  // "output.dense" matches both attention.output.dense and the FFN's output.dense (both input-scaled)
+  bert: { targetModules: ['key', 'value', 'output.dense'], feedforwardModules: ['output.dense'] },
+};
+
+/**
+ * Targets the engine uses where PEFT has no default (PEFT then asks for target_modules); they are
+ * written into adapter_config.json, so PEFT loads the adapter. DistilBERT: BERT's layers (key, value,
+ * the FFN's output projection scaled on its input) under DistilBERT's names.
+ */
+export const IA3_ENGINE_DEFAULTS: Record<string, Ia3Settings> = {
+  distilbert: { targetModules: ['k_lin', 'v_lin', 'ffn.lin2'], feedforwardModules: ['ffn.lin2'] },
 };
 
 interface Ia3Module {

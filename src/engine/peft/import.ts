@@ -13,7 +13,7 @@ import { PromptTuning, type PromptInit } from './prompt-tuning';
 import { PrefixTuning } from './prefix-tuning';
 import { bottleneckDims, defaultIa3Settings, prefixDims, promptDims, type PeftModelInfo } from './factory';
 import { Dora } from './dora';
-import { BOTTLENECK_ACTIVATIONS, BOTTLENECK_PRESETS, BottleneckAdapters, type BottleneckActivation, type BottleneckType } from './bottleneck';
+import { BOTTLENECK_ACTIVATIONS, BOTTLENECK_PRESETS, BottleneckAdapters, type BottleneckActivation, type BottleneckModelDims, type BottleneckType } from './bottleneck';
 
 export class AdapterError extends Error {
   constructor(message: string) {
@@ -138,7 +138,7 @@ export function isAdapterHubConfig(cfg: Record<string, unknown>): boolean {
  * trains), checked against the model: model type, hidden size, every config field the engine
  * does not implement, tensor names and shapes.
  */
-function importBottleneck(gpu: Gpu, files: AdapterFilesIn, cfg: Record<string, unknown>, info: PeftModelInfo): BottleneckAdapters {
+function importBottleneck(gpu: Gpu, files: AdapterFilesIn, cfg: Record<string, unknown>, info: PeftModelInfo, dims: BottleneckModelDims): BottleneckAdapters {
   const c = cfg.config as Record<string, unknown>;
   if (c.architecture !== undefined && c.architecture !== null && c.architecture !== 'bottleneck') {
     throw new AdapterError(`${files.name}: AdapterHub architecture ${JSON.stringify(c.architecture)} is not supported here (bottleneck adapters)`);
@@ -166,7 +166,7 @@ function importBottleneck(gpu: Gpu, files: AdapterFilesIn, cfg: Record<string, u
   const name = typeof cfg.name === 'string' ? cfg.name : '';
   let adapter: BottleneckAdapters;
   try {
-    adapter = new BottleneckAdapters(gpu, { type, reductionFactor: rf, nonLinearity: act as BottleneckActivation, name }, bottleneckDims(info), () => 0.5);
+    adapter = new BottleneckAdapters(gpu, { type, reductionFactor: rf, nonLinearity: act as BottleneckActivation, name }, dims, () => 0.5);
   } catch (e) {
     throw new AdapterError(`${files.name}: ${(e as Error).message}`);
   }
@@ -180,7 +180,11 @@ function importBottleneck(gpu: Gpu, files: AdapterFilesIn, cfg: Record<string, u
  * with prefix_projection holds the prefix its MLP made (as PEFT saves it): it loads as a plain
  * prefix, which is also how PEFT loads it for inference.
  */
-export function importPeftAdapter(gpu: Gpu, files: AdapterFilesIn, info: PeftModelInfo, step: StepUniforms): PeftMethod {
+export function importPeftAdapter(
+  gpu: Gpu, files: AdapterFilesIn, info: PeftModelInfo, step: StepUniforms,
+  /** where the model holds AdapterHub's adapter layers (default: bottleneckDims(info), the causal LMs') */
+  bottleneck: BottleneckModelDims = bottleneckDims(info),
+): PeftMethod {
   const cfg = parseConfig(files);
   const type = cfg.peft_type;
   const wrap = <T>(make: () => T): T => {
@@ -191,7 +195,7 @@ export function importPeftAdapter(gpu: Gpu, files: AdapterFilesIn, info: PeftMod
       throw new AdapterError(`${files.name}: ${e.message}`);
     }
   };
-  if (type === undefined && isAdapterHubConfig(cfg)) return importBottleneck(gpu, files, cfg, info);
+  if (type === undefined && isAdapterHubConfig(cfg)) return importBottleneck(gpu, files, cfg, info, bottleneck);
   if (type === 'LORA') return importLoraAdapter(gpu, files, info.linears, step);
   if (cfg.task_type !== undefined && cfg.task_type !== null && cfg.task_type !== 'CAUSAL_LM') {
     throw new AdapterError(`${files.name}: task_type ${JSON.stringify(cfg.task_type)} is not a causal-LM adapter (CAUSAL_LM)`);

@@ -127,6 +127,12 @@ export interface BranchSite {
   residual: Tensor;
   /** Where the stream continues [rows, width]: branchForward writes all of it. */
   out: Tensor;
+  /**
+   * Post-LayerNorm blocks (BERT, DistilBERT): the block's LayerNorm, which the architecture applies
+   * to `out` after the hook. AdapterHub's original_ln_before (Pfeiffer) also applies it to the
+   * adapter's input. Absent for pre-LN blocks (GPT-2, Llama), which have no norm after the sum.
+   */
+  layerNorm?: { weight: Tensor; bias: Tensor; eps: number };
 }
 
 export type PeftKind = 'lora' | 'dora' | 'ia3' | 'prompt' | 'prefix' | 'bottleneck';

@@ -61,7 +61,7 @@ export class ClassifierTrainer {
   constructor(
     private readonly gpu: Gpu,
     private readonly model: EncoderClassifier,
-    /** The trainable tensors and the LoRA hooks (SequenceClassificationAdapter). */
+    /** The trainable tensors and the method's hooks (SequenceClassificationAdapter: LoRA, DoRA, IA3, prompt tuning, bottleneck adapters, or the head alone). */
     readonly adapter: PeftMethod,
     private readonly train: readonly ClassificationExample[],
     private readonly validation: readonly ClassificationExample[],
