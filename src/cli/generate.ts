@@ -1,6 +1,7 @@
 // npm run generate -- --model DIR [--adapter DIR] --prompt TEXT --max-new-tokens N
 //   [--temperature T --top-k K --top-p P --seed S]   (greedy unless --temperature > 0)
-// Generates with the same WGSL forward pass the trainer uses and prints the text.
+// Generates with the same WGSL layers the trainer uses, through a KV cache (the prompt prefilled
+// once, then one single-token run per new token), and prints the text; the speed goes to stderr.
 
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../engine/gpu/node-gpu';
@@ -38,7 +39,8 @@ async function main(argv: string[]): Promise<void> {
   const maxLength = Math.min(positions, promptIds.length + maxNew);
   if (promptIds.length >= maxLength) throw new CliError(`the prompt is ${promptIds.length} tokens; the model takes at most ${positions}${positions < loaded.maxPositions ? ' with this adapter\'s virtual tokens' : ''}`);
   const gen = new Generator(gpu, loaded.model, adapter, maxLength);
-  const out = await gen.generate(promptIds, {
+  const started = performance.now();
+  const { ids: out, reason } = await gen.run(promptIds, {
     maxNewTokens: maxNew,
     stopIds: [tok.eosId],
     temperature: number(a.temperature ?? '0', '--temperature', 0),
@@ -46,6 +48,8 @@ async function main(argv: string[]): Promise<void> {
     topP: number(a['top-p'] ?? '1', '--top-p', 0, 1),
     random: seededRandom(integer(a.seed ?? '0', '--seed', 0)),
   });
+  const seconds = (performance.now() - started) / 1000;
+  console.error(`${out.length} tokens in ${seconds.toFixed(2)} s (${(out.length / seconds).toFixed(1)} tokens/s, prefill included); ended: ${reason}`);
   if (a.ids) console.log(JSON.stringify({ prompt_ids: promptIds, generated_ids: out }));
   console.log(tok.decode([...promptIds, ...out], { skipSpecialTokens: true }));
   gen.destroy();

@@ -18,6 +18,9 @@ import type { LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { kvAddPositions, kvAppend } from '../kernels/kv-cache';
+import { kvAttention } from '../kernels/kv-attention';
+import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
 
 /** The config.json fields GPT-2 uses (Hugging Face names). */
 export interface Gpt2Dims {
@@ -270,6 +273,87 @@ export class Gpt2 {
     return {
       B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
       write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
+      destroy: () => pool.destroy(),
+    };
+  }
+
+  /** The KV cache generation needs: one row of n_embd keys (and values) per position and layer. */
+  kvCacheShape(): KvCacheShape {
+    return { layers: this.L, width: this.C, maxPositions: this.dims.n_positions, heads: this.H };
+  }
+
+  /**
+   * Generation with a KV cache (src/engine/infer/kv-program.ts): opts.T new rows at positions
+   * cache.state[0].. go through the layers as in layerForward, except that each layer appends the
+   * rows' keys and values to the cache and attends over all cached rows; then the logits of the
+   * last row. A prefill also runs the adapter's forwardStart, puts prefix tuning's rows into cache
+   * rows 0..P-1 and prompt tuning's virtual rows before the tokens. Adapter dropout is off.
+   */
+  buildDecodeProgram(peft: PeftMethod | null, opts: DecodeProgramOptions): DecodeProgram {
+    const { gpu, C, L, H, D, F } = this;
+    const { cache, prefill } = opts;
+    const nv = prefill ? (peft?.virtualTokens ?? 0) : 0;
+    const T = opts.T + nv;
+    checkKvCache(cache, this.kvCacheShape(), T);
+    const pool = new TensorPool(gpu);
+    const t = pool.t.bind(pool);
+    const tokens = t([T], 'tokens', 'u32');
+    const xs = [t([T, C], 'x0'), t([T, C], 'x1')];
+    const a: LayerActs = {
+      ln1: t([T, C], 'ln1'), mean1: t([T], 'mean1'), rstd1: t([T], 'rstd1'), qkv: t([T, 3 * C], 'qkv'),
+      att: t([T * H, cache.capacity], 'scores'), ctx: t([T, C], 'ctx'), x2: t([T, C], 'x2'),
+      ln2: t([T, C], 'ln2'), mean2: t([T], 'mean2'), rstd2: t([T], 'rstd2'), fc: t([T, F], 'fc'), g: t([T, F], 'g'),
+    };
+    const lnf = t([T, C], 'lnf'), meanf = t([T], 'meanf'), rstdf = t([T], 'rstdf');
+    const logits = t([this.V], 'logits');
+    const state = cache.state;
+    const forward: Op[] = [];
+    if (prefill) {
+      forward.push(...(peft?.forwardStart?.() ?? []));
+      if (peft?.prefixTokens) for (let l = 0; l < L; l++) forward.push(...prefixIntoCache(peft.attentionPrefix!(l), cache, l));
+    }
+    forward.push(...embedTokens(gpu, this.wte, tokens, xs[0], T, T, null));
+    forward.push(kvAddPositions(gpu, { state, x: xs[0], table: this.wpe, rows: T, C, positions: this.dims.n_positions }));
+    if (nv) forward.push(...peft!.embeddingForward!(xs[0], 1, T));
+    const eps = this.dims.layer_norm_epsilon;
+    for (let l = 0; l < L; l++) {
+      const x = xs[l % 2], xOut = xs[(l + 1) % 2];
+      const w = this.layers[l];
+      const p = `transformer.h.${l}.`;
+      forward.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: T, C, eps }));
+      forward.push(...this.linear(this.site(false, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, T), w.attnW, w.attnB, false, peft));
+      const kv = { state, src: a.qkv, srcStride: 3 * C, rows: T, width: C, capacity: cache.capacity };
+      forward.push(kvAppend(gpu, { ...kv, srcOffset: C, cache: cache.k[l] }), kvAppend(gpu, { ...kv, srcOffset: 2 * C, cache: cache.v[l] }));
+      forward.push(kvAttention(gpu, {
+        state, q: a.qkv, qStride: 3 * C, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores: a.att, out: a.ctx, outStride: C,
+        rows: T, H, kvHeads: H, D, capacity: cache.capacity, scale: 1 / Math.sqrt(D),
+      }));
+      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
+      if (attnBranch) {
+        forward.push(...this.linear(this.site(false, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, T), w.projW, w.projB, false, peft));
+        forward.push(...peft!.branchForward!(attnBranch));
+      } else {
+        forward.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: T * C * 4 });
+        forward.push(...this.linear(this.site(false, `${p}attn.c_proj`, l, C, C, a.ctx, a.x2, T), w.projW, w.projB, true, peft));
+      }
+      forward.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: T, C, eps }));
+      forward.push(...this.linear(this.site(false, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, T), w.fcW, w.fcB, false, peft));
+      forward.push(geluForward(gpu, { x: a.fc, out: a.g, n: T * F }));
+      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
+      if (mlpBranch) {
+        forward.push(...this.linear(this.site(false, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, T), w.mprojW, w.mprojB, false, peft));
+        forward.push(...peft!.branchForward!(mlpBranch));
+      } else {
+        forward.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: T * C * 4 });
+        forward.push(...this.linear(this.site(false, `${p}mlp.c_proj`, l, F, C, a.g, xOut, T), w.mprojW, w.mprojB, true, peft));
+      }
+    }
+    forward.push(layerNormForward(gpu, { x: xs[L % 2], weight: this.lnfW, bias: this.lnfB, out: lnf, mean: meanf, rstd: rstdf, rows: T, C, eps }));
+    forward.push(...lastRowLogits(gpu, lnf, T - 1, this.lmHead, logits));
+    const V = this.V;
+    return {
+      T: opts.T, virtualTokens: nv, logits, forward,
+      write: (ids: readonly number[]) => writeDecodeTokens(gpu, tokens, ids, opts.T, nv, V),
       destroy: () => pool.destroy(),
     };
   }

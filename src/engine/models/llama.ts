@@ -22,6 +22,9 @@ import { TensorPool, branchSite, copyOp, copyTableRows, embedTokens, linearBackw
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { kvAppend, kvRope } from '../kernels/kv-cache';
+import { kvAttention } from '../kernels/kv-attention';
+import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
 
 interface LayerWeights {
   inNorm: Tensor; postNorm: Tensor;
@@ -302,6 +305,108 @@ export class Llama {
     return {
       B, T: Tin, virtualTokens: nv, tokens, targets, lengths, gradScale: head.gradScale, losses: head.losses, lossSum: head.lossSum, logits: head.logits, forward, backward,
       write: (batch: BatchArrays) => writeBatch(gpu, { B, T: Tin, tokens, targets, lengths }, batch, V, nv),
+      destroy: () => pool.destroy(),
+    };
+  }
+
+  /** The KV cache generation needs: one row of key/value heads x head_dim per position and layer. */
+  kvCacheShape(): KvCacheShape {
+    return { layers: this.L, width: this.KV * this.D, maxPositions: this.config.max_position_embeddings, heads: this.H };
+  }
+
+  /**
+   * Generation with a KV cache (src/engine/infer/kv-program.ts): opts.T new rows at positions
+   * cache.state[0].. go through the layers as in layerForward, except that q and k are rotated at
+   * those positions, each layer appends the rows' keys and values to the cache and attends over
+   * all cached rows (grouped-query heads read their key/value head); then the logits of the last
+   * row. A prefill also runs the adapter's forwardStart, puts prefix tuning's rows (no rotation, as
+   * in training) into cache rows 0..P-1 and prompt tuning's virtual rows before the tokens.
+   */
+  buildDecodeProgram(peft: PeftMethod | null, opts: DecodeProgramOptions): DecodeProgram {
+    const { gpu, C, L, H, KV, D, I } = this;
+    const { cache, prefill } = opts;
+    const nv = prefill ? (peft?.virtualTokens ?? 0) : 0;
+    const T = opts.T + nv;
+    checkKvCache(cache, this.kvCacheShape(), T);
+    if (peft?.prefixTokens && H * D !== C) {
+      throw new ProgramError(`prefix tuning as PEFT defines it needs head_dim = hidden_size / num_attention_heads; this model has head_dim ${D}, hidden_size ${C}, ${H} heads`);
+    }
+    // (the old tables stay alive: programs built before still bind them)
+    if (cache.capacity > this.rope.maxPositions) this.rope = this.makeRope(this.config.max_position_embeddings);
+    const rope = this.rope;
+    const pool = new TensorPool(gpu);
+    const t = pool.t.bind(pool);
+    const tokens = t([T], 'tokens', 'u32');
+    const qk = this.config.qk_norm;
+    const xs = [t([T, C], 'x0'), t([T, C], 'x1')];
+    const a: LayerActs = {
+      xn: t([T, C], 'xn'), rstd1: t([T], 'rstd1'),
+      qPre: qk ? t([T, H * D], 'qPre') : null, rstdQ: qk ? t([T * H], 'rstdQ') : null,
+      kPre: qk ? t([T, KV * D], 'kPre') : null, rstdK: qk ? t([T * KV], 'rstdK') : null,
+      q: t([T, H * D], 'q'), k: t([T, KV * D], 'k'), v: t([T, KV * D], 'v'),
+      att: t([T * H, cache.capacity], 'scores'), ctx: t([T, H * D], 'ctx'),
+      x2: t([T, C], 'x2'), xn2: t([T, C], 'xn2'), rstd2: t([T], 'rstd2'),
+      gate: t([T, I], 'gate'), up: t([T, I], 'up'), h: t([T, I], 'h'),
+    };
+    const xf = t([T, C], 'xf'), rstdf = t([T], 'rstdf');
+    const logits = t([this.V], 'logits');
+    const state = cache.state;
+    const eps = this.config.rms_norm_eps;
+    const forward: Op[] = [];
+    if (prefill) {
+      forward.push(...(peft?.forwardStart?.() ?? []));
+      if (peft?.prefixTokens) for (let l = 0; l < L; l++) forward.push(...prefixIntoCache(peft.attentionPrefix!(l), cache, l));
+    }
+    forward.push(...embedTokens(gpu, this.embed, tokens, xs[0], T, T, null));
+    if (nv) forward.push(...peft!.embeddingForward!(xs[0], 1, T));
+    for (let l = 0; l < L; l++) {
+      const x = xs[l % 2], xOut = xs[(l + 1) % 2];
+      const w = this.layers[l];
+      const p = `model.layers.${l}.`;
+      forward.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: T, C, eps }));
+      const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
+      forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, T), w.q, w.qBias, false, peft));
+      forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, T), w.k, w.kBias, false, peft));
+      forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, T), w.v, w.vBias, false, peft));
+      if (a.qPre) {
+        forward.push(rmsNormForward(gpu, { x: a.qPre, weight: w.qNorm!, out: a.q, rstd: a.rstdQ!, rows: T * H, C: D, eps }));
+        forward.push(rmsNormForward(gpu, { x: a.kPre!, weight: w.kNorm!, out: a.k, rstd: a.rstdK!, rows: T * KV, C: D, eps }));
+      }
+      const rot = { state, rows: T, colOffset: 0, headDim: D, rotaryDim: rope.rotaryDim, cos: rope.cos, sin: rope.sin, positions: rope.maxPositions };
+      forward.push(kvRope(gpu, { ...rot, x: a.q, rowStride: H * D, heads: H }), kvRope(gpu, { ...rot, x: a.k, rowStride: KV * D, heads: KV }));
+      const kv = { state, srcStride: KV * D, srcOffset: 0, rows: T, width: KV * D, capacity: cache.capacity };
+      forward.push(kvAppend(gpu, { ...kv, src: a.k, cache: cache.k[l] }), kvAppend(gpu, { ...kv, src: a.v, cache: cache.v[l] }));
+      forward.push(kvAttention(gpu, {
+        state, q: a.q, qStride: H * D, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores: a.att, out: a.ctx, outStride: H * D,
+        rows: T, H, kvHeads: KV, D, capacity: cache.capacity, scale: this.scale,
+      }));
+      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
+      if (attnBranch) {
+        forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, T), w.o, w.oBias, false, peft));
+        forward.push(...peft!.branchForward!(attnBranch));
+      } else {
+        forward.push(copyOp(x, a.x2));
+        forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, T), w.o, w.oBias, true, peft));
+      }
+      forward.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: T, C, eps }));
+      forward.push(...linearForward(gpu, this.site(false, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, T), w.gate, w.gateBias, false, peft));
+      forward.push(...linearForward(gpu, this.site(false, `${p}mlp.up_proj`, l, C, I, a.xn2, a.up, T), w.up, w.upBias, false, peft));
+      forward.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: T, F: I }));
+      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
+      if (mlpBranch) {
+        forward.push(...linearForward(gpu, this.site(false, `${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, T), w.down, w.downBias, false, peft));
+        forward.push(...peft!.branchForward!(mlpBranch));
+      } else {
+        forward.push(copyOp(a.x2, xOut));
+        forward.push(...linearForward(gpu, this.site(false, `${p}mlp.down_proj`, l, I, C, a.h, xOut, T), w.down, w.downBias, true, peft));
+      }
+    }
+    forward.push(rmsNormForward(gpu, { x: xs[L % 2], weight: this.finalNorm, out: xf, rstd: rstdf, rows: T, C, eps }));
+    forward.push(...lastRowLogits(gpu, xf, T - 1, this.lmHead, logits));
+    const V = this.V;
+    return {
+      T: opts.T, virtualTokens: nv, logits, forward,
+      write: (ids: readonly number[]) => writeDecodeTokens(gpu, tokens, ids, opts.T, nv, V),
       destroy: () => pool.destroy(),
     };
   }

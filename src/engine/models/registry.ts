@@ -9,8 +9,9 @@ import { loadDistilBert } from './distilbert';
 import { loadBert } from './bert';
 import type { EncoderClassifier } from './encoder';
 import { ProgramError, type CausalLM, type PlannedBuffer, type ProgramOptions } from './program';
+import type { KvDecodable } from '../infer/kv-program';
 
-export interface CausalLMModel extends CausalLM {
+export interface CausalLMModel extends CausalLM, KvDecodable {
   linearModules(): LinearModuleInfo[];
   parameterCount(): number;
   /** The buffers buildProgram(peft, opts) allocates (the adapter's scratch not included). */
