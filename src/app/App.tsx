@@ -1,5 +1,5 @@
-// One page, read top to bottom: the device, the data, the base model, the settings, the run, and
-// the adapters kept in this browser.
+// One page, read top to bottom: the device, the data, the base model, the settings, the run, the
+// adapters kept in this browser, and a playground to try them.
 
 import { useEffect } from 'react';
 import { useApp } from './store';
@@ -9,6 +9,7 @@ import { ModelSection } from './components/ModelSection';
 import { SettingsSection } from './components/SettingsSection';
 import { TrainingSection } from './components/TrainingSection';
 import { LibrarySection } from './components/LibrarySection';
+import { PlaygroundSection } from './components/PlaygroundSection';
 
 export function App() {
   const gpuStatus = useApp((s) => s.gpu.status);
@@ -55,6 +56,7 @@ export function App() {
           </>
         )}
         <LibrarySection />
+        {gpuStatus !== 'unavailable' && <PlaygroundSection />}
       </main>
       <footer className="page-footer muted small">
         Adapters download as a PEFT folder (adapter_config.json + adapter_model.safetensors, a classifier's with its head as modules_to_save): load them

@@ -21,6 +21,8 @@ import {
   type StepEventReport,
   type StepPoint,
   type TaskKind,
+  type TestHook,
+  type TestHookResult,
   type TrainingState,
   type TrainWorkerClient,
   type WorkerEvent,
@@ -40,6 +42,7 @@ import {
   type StorageStatus,
 } from '../worker/storage';
 import { adapterZip, saveBytes } from './download';
+import { pythonProjectZip } from './python-project';
 
 export type GpuState =
   | { status: 'checking' }
@@ -91,6 +94,8 @@ export interface TrainingView {
   last: StepEventReport | null;
   checkpoint: CheckpointMeta | null;
   error: ErrorInfo | null;
+  /** A checkpoint or the adapter could not be saved: the run waits, paused, for room and Resume. */
+  saveError: ErrorInfo | null;
   result: { adapter: AdapterMeta | null; stoppedEarly: boolean } | null;
 }
 
@@ -146,6 +151,10 @@ export interface AppState {
   renameAdapter(id: string, name: string): Promise<void>;
   deleteAdapter(id: string): Promise<void>;
   downloadAdapter(id: string): Promise<void>;
+  /** The adapter folded into the loaded base model (LoRA / DoRA), downloaded as a zipped model folder. */
+  downloadMergedModel(id: string): Promise<void>;
+  /** A Python project that continues the run with transformers + PEFT (script, settings, adapter, data). */
+  downloadPythonProject(id: string): Promise<void>;
   resumeCheckpoint(runId: string): Promise<void>;
   deleteCheckpoint(runId: string): Promise<void>;
 }
@@ -170,10 +179,19 @@ const IDLE_TRAINING: TrainingView = {
   last: null,
   checkpoint: null,
   error: null,
+  saveError: null,
   result: null,
 };
 
+/** Opened with ?test-hooks (the browser tests): window.finetuneTestHooks injects faults into the worker. */
+const TEST_HOOKS = typeof location !== 'undefined' && new URLSearchParams(location.search).has('test-hooks');
+
 let client: TrainWorkerClient | null = null;
+
+/** The worker client once init() made it (the playground's own store talks to it too). */
+export function workerClient(): TrainWorkerClient | null {
+  return client;
+}
 let initialized = false;
 let dataLoads = 0;
 let prepareTimer: ReturnType<typeof setTimeout> | null = null;
@@ -214,6 +232,9 @@ function defaultAdapterName(data: DataState, model: ModelState, settings: TrainS
   const what = taskOfModel(model) === 'classification' ? 'classifier' : settings.method;
   return `${modelPart}-${dataPart}-${what}`;
 }
+
+/** The data file loaded last (the Python project download includes it when the run used it). */
+let lastDataFile: File | null = null;
 
 export const useApp = create<AppState>()((set, get) => {
   /** Re-runs prepare shortly after the last change, dropping answers to older requests. */
@@ -289,7 +310,9 @@ export const useApp = create<AppState>()((set, get) => {
           void get().refreshLibrary();
           schedulePrepare();
         } else if (event.runId === s.training.runId || s.training.runId === null) {
-          set({ training: { ...s.training, phase: event.state, runId: event.runId } });
+          // Training again after a failed save: the save went through, or will be tried at the next checkpoint.
+          const saveError = event.state === 'training' ? null : s.training.saveError;
+          set({ training: { ...s.training, phase: event.state, runId: event.runId, saveError } });
         }
         return;
       case 'step':
@@ -300,19 +323,23 @@ export const useApp = create<AppState>()((set, get) => {
         if (event.runId !== s.training.runId) return;
         set({ training: { ...s.training, evals: s.training.evals.filter((e) => e.step !== event.point.step).concat(event.point), best: event.best } });
         return;
+      case 'saveFailed':
+        if (event.runId === s.training.runId) set({ training: { ...s.training, saveError: event.error } });
+        void get().refreshLibrary();
+        return;
       case 'checkpointSaved':
-        if (event.runId === s.training.runId) set({ training: { ...s.training, checkpoint: event.checkpoint } });
+        if (event.runId === s.training.runId) set({ training: { ...s.training, checkpoint: event.checkpoint, saveError: null } });
         void get().refreshLibrary();
         return;
       case 'done':
         if (event.runId !== s.training.runId) return;
-        set({ training: { ...s.training, phase: 'done', result: { adapter: event.adapter, stoppedEarly: event.stoppedEarly } } });
+        set({ training: { ...s.training, phase: 'done', saveError: null, result: { adapter: event.adapter, stoppedEarly: event.stoppedEarly } } });
         // Only a page (not a worker) may ask the browser to keep our storage.
         void askPersistence();
         return;
       case 'error':
         if (event.runId !== null && event.runId !== s.training.runId) return;
-        set({ training: { ...s.training, phase: 'failed', error: event.error } });
+        set({ training: { ...s.training, phase: 'failed', error: event.error, saveError: null } });
         return;
     }
   };
@@ -345,8 +372,12 @@ export const useApp = create<AppState>()((set, get) => {
       }
       client ??= startTrainWorker();
       client.onEvent(onEvent);
+      if (TEST_HOOKS) {
+        const c = client;
+        (window as unknown as { finetuneTestHooks: (hook: TestHook) => Promise<TestHookResult> }).finetuneTestHooks = (hook) => c.call('testHook', hook);
+      }
       try {
-        const info = await client.call('init', {});
+        const info = await client.call('init', { testHooks: TEST_HOOKS });
         set({ gpu: { status: 'ready', info } });
       } catch (e) {
         const message = errorOf(e).message;
@@ -357,6 +388,7 @@ export const useApp = create<AppState>()((set, get) => {
 
     async loadDataFile(file) {
       if (!client) return;
+      lastDataFile = file;
       const load = ++dataLoads;
       prepareSeq++; // a prepare still tokenizing the old data answers too late to count
       set({ data: { status: 'loading', fileName: file.name, fileBytes: file.size, fraction: 0 }, prepare: { status: 'idle' }, dataFingerprint: null });
@@ -506,6 +538,34 @@ export const useApp = create<AppState>()((set, get) => {
         const { fileName, bytes } = await adapterZip(meta);
         saveBytes(fileName, bytes);
         setBusy(id, null);
+      } catch (e) {
+        setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async downloadPythonProject(id) {
+      const meta = get().library.adapters.find((a) => a.id === id);
+      if (!meta) return;
+      setBusy(id, 'Preparing the Python project…');
+      try {
+        // the data goes in only when the file loaded now is the one the run used
+        const same = lastDataFile !== null && get().dataFingerprint === meta.data.fingerprint;
+        const r = await pythonProjectZip(meta, same ? lastDataFile : null);
+        saveBytes(r.fileName, r.bytes);
+        setBusy(id, r.withData ? `${r.fileName}: script, settings, adapter and data` : `${r.fileName}: load ${meta.data.fileName} first to include the data, or copy it into data/`);
+      } catch (e) {
+        setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async downloadMergedModel(id) {
+      const meta = get().library.adapters.find((a) => a.id === id);
+      if (!meta || !client) return;
+      setBusy(id, `Merging into ${meta.baseModel.name}…`);
+      try {
+        const r = await client.call('mergeAdapter', { adapterId: id });
+        saveBytes(r.fileName, r.bytes);
+        setBusy(id, `Merged ${r.merged} weight${r.merged === 1 ? '' : 's'} (${r.dtype}): ${r.fileName}`);
       } catch (e) {
         setBusy(id, `Error: ${(e as Error).message}`);
       }

@@ -12,9 +12,12 @@ import type { TableFormat, TableProblem, TableProblemKind } from '../data/table'
 import type { TrainSettings, SettingName } from './settings';
 import type { PeftFacts, TaskKind } from './methods';
 import type { AdapterMeta, CheckpointMeta } from './storage';
+import type { ClassifyParams, ClassifyResult, GenerateParams, GenerateResult, GenerationStream, PlaygroundInfo } from './playground-types';
+import trainWorkerUrl from './train-worker.ts?worker&url';
 
 export type { LabelSummary } from '../data/classification-columns';
 export type { TaskKind } from './methods';
+export type * from './playground-types';
 
 // ---------------------------------------------------------------------------------------------
 // Inputs an error can point at, so the page can show the message next to the right control.
@@ -204,6 +207,29 @@ export interface ResumeCheckpointResult extends StartResult {
   best: BestEval | null;
 }
 
+/**
+ * Faults the browser tests inject, only when the page was opened with ?test-hooks (the page sends
+ * `testHooks: true` with init; the worker refuses these otherwise). Never reachable from the UI.
+ */
+export type TestHook =
+  /** device.destroy() now, or once the run reaches `atStep`, as a driver reset would lose it. */
+  | { name: 'loseDevice'; atStep?: number }
+  /**
+   * The write of step `atStep`'s checkpoint fails once after both records were put: 'abort' cuts
+   * the transaction off (a crash mid-write), 'quota' fails it with a QuotaExceededError (a full disk).
+   */
+  | { name: 'failCheckpointWrite'; atStep: number; fault: 'abort' | 'quota' }
+  /** After step `atStep` (and its checkpoint), NaN in the adapter's first tensor: the next step's loss is NaN, as when a run diverges. */
+  | { name: 'poisonAdapter'; atStep: number }
+  /** fetch() from inside the worker: whether the Content-Security-Policy lets it out. */
+  | { name: 'workerFetch'; url: string };
+
+export interface TestHookResult {
+  /** workerFetch: what fetch() did ("ok 200", or the error), and the URI a CSP violation event blocked. */
+  outcome: string;
+  blockedUri?: string | null;
+}
+
 export interface HubDownloadParams {
   repo: string;
   /** Hugging Face endpoint (mirror); the hub's own by default. */
@@ -212,7 +238,7 @@ export interface HubDownloadParams {
 
 /** Command name → what it takes and what its reply carries. */
 export interface Commands {
-  init: { params: Record<string, never>; result: InitResult };
+  init: { params: { testHooks?: boolean }; result: InitResult };
   loadData: { params: { file: File }; result: DataSummary };
   /** Files of a picked or dropped folder, with their paths inside it. */
   loadModelFiles: { params: { files: { path: string; file: File }[]; name?: string }; result: ModelSummary };
@@ -224,12 +250,22 @@ export interface Commands {
   dataFingerprint: { params: Record<string, never>; result: { fingerprint: string | null } };
   /** The label set and class balance of the loaded data for a text and a label column (no tokenizer needed). */
   classLabels: { params: { mapping: ClassificationMapping }; result: LabelSummary };
+  /** Fault injection for the browser tests (see TestHook). */
+  testHook: { params: TestHook; result: TestHookResult };
+  /** Playground: what it can offer for the loaded model. */
+  playgroundInfo: { params: Record<string, never>; result: PlaygroundInfo };
+  /** Playground: generates with a saved adapter (and the base model), streaming 'generation' events; replies when both end. */
+  generate: { params: GenerateParams; result: GenerateResult };
+  /** Playground: label probabilities of a saved classifier adapter for one text. */
+  classify: { params: ClassifyParams; result: ClassifyResult };
+  /** A saved LoRA / DoRA adapter folded into the loaded base model (merge_and_unload), as a zipped model folder. */
+  mergeAdapter: { params: { adapterId: string }; result: { fileName: string; bytes: Uint8Array; merged: number; dtype: string } };
 }
 
 export type CommandName = keyof Commands;
 
 /** Controls that need no reply (their effect arrives as a trainingState event). */
-export type Control = 'pause' | 'resume' | 'stop' | 'cancelDownload';
+export type Control = 'pause' | 'resume' | 'stop' | 'cancelDownload' | 'stopGeneration';
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -242,8 +278,10 @@ export interface ErrorInfo {
   message: string;
   /** The control the user should look at, when the error is about one. */
   input?: InputName;
-  /** The error class, e.g. DataError, GpuError (for logs, not shown as such). */
+  /** The error class, e.g. DataError, GpuError (for logs, not shown as such); 'DeviceLost' when the GPU device went away mid-run. */
   name: string;
+  /** A run that failed this way can go on from its last checkpoint (on a new device after 'DeviceLost'). */
+  resumable?: boolean;
 }
 
 export type TrainingState = 'starting' | 'training' | 'pausing' | 'paused' | 'stopping' | 'saving' | 'idle';
@@ -301,9 +339,16 @@ export type WorkerEvent =
   | { type: 'step'; runId: string; report: StepEventReport; points: StepPoint[] }
   | { type: 'eval'; runId: string; point: EvalPoint; best: BestEval | null }
   | { type: 'checkpointSaved'; runId: string; checkpoint: CheckpointMeta }
+  /**
+   * A checkpoint or the adapter could not be saved (storage full, a failed write): the run waits,
+   * paused, with its weights still on the GPU; Resume tries the save again, Stop gives up.
+   */
+  | { type: 'saveFailed'; runId: string; error: ErrorInfo }
   /** adapter is null when the run was stopped before its first step (nothing to keep). */
   | { type: 'done'; runId: string; adapter: AdapterMeta | null; stoppedEarly: boolean }
-  | { type: 'error'; runId: string | null; error: ErrorInfo };
+  | { type: 'error'; runId: string | null; error: ErrorInfo }
+  /** Playground: one side of a generation after a new token (or at its end). */
+  | { type: 'generation'; stream: GenerationStream };
 
 export type WorkerToPage =
   | { [C in CommandName]: { kind: 'reply'; id: number; command: C; ok: true; result: Commands[C]['result'] } }[CommandName]
@@ -384,8 +429,15 @@ export class TrainWorkerClient {
   }
 }
 
-/** Starts the training worker (a module worker, bundled by Vite). */
+/**
+ * Starts the training worker (a module worker, bundled by Vite). It starts from a blob: URL that
+ * imports the bundle: a blob worker inherits the page's Content-Security-Policy (index.html's
+ * meta), so its downloads are held to the same hosts; a worker loaded from its own URL would take
+ * its policy from the response headers, which a static host does not send.
+ */
 export function startTrainWorker(): TrainWorkerClient {
-  const worker = new Worker(new URL('./train-worker.ts', import.meta.url), { type: 'module', name: 'train-worker' });
+  const bundle = new URL(trainWorkerUrl, location.href).href;
+  const loader = URL.createObjectURL(new Blob([`import ${JSON.stringify(bundle)};\n`], { type: 'text/javascript' }));
+  const worker = new Worker(loader, { type: 'module', name: 'train-worker' });
   return new TrainWorkerClient(worker as unknown as MessagePort_);
 }

@@ -9,6 +9,10 @@
 //   checkpointTensors key runId   adapter values + AdamW m and v at that step (and a classifier's
 //                                 best evaluation's values)
 // Records written before a field existed lack it: readers complete them (withDefaults, taskOf).
+//
+// A checkpoint is written in ONE transaction over both of its stores: IndexedDB commits all of it
+// or none, so a tab that crashes or a write that fails (quota, a lost disk) part-way leaves the
+// previous checkpoint of the run whole; meta and tensors never come from two different steps.
 
 import type { ColumnMapping } from '../data/columns';
 import type { ClassificationMapping } from '../data/classification';
@@ -129,6 +133,30 @@ export class StorageError extends Error {
   }
 }
 
+/** The browser refused a write for want of space (QuotaExceededError): with what it needed and had. */
+export class StorageQuotaError extends StorageError {
+  constructor(
+    message: string,
+    /** About the bytes the refused write needed. */
+    readonly neededBytes: number | null,
+    /** What navigator.storage.estimate() said right after (null where it says nothing). */
+    readonly usage: number | null,
+    readonly quota: number | null,
+  ) {
+    super(message);
+    this.name = 'StorageQuotaError';
+  }
+}
+
+/**
+ * A fault the browser tests inject into the write of one step's checkpoint (the page's ?test-hooks,
+ * through the worker; never set otherwise), once: 'abort' cuts the transaction off after both
+ * records were put, as a crash before the commit would; 'quota' fails it there with the
+ * QuotaExceededError a full disk gives (Chromium's CDP quota override does not reach IndexedDB
+ * writes reliably enough to test with).
+ */
+export const storageTestFaults: { checkpointWrite: { atStep: number; fault: 'abort' | 'quota' } | null } = { checkpointWrite: null };
+
 let dbPromise: Promise<IDBDatabase> | null = null;
 
 function openDb(): Promise<IDBDatabase> {
@@ -189,9 +217,49 @@ async function transact<T>(stores: StoreName[], mode: IDBTransactionMode, body: 
 
 function quotaAware(e: DOMException | null): StorageError {
   if (e?.name === 'QuotaExceededError') {
-    return new StorageError('The browser has no more storage for this site: delete old adapters or free disk space.');
+    return new StorageQuotaError('The browser has no more storage for this site: delete old adapters or free disk space.', null, null, null);
   }
   return new StorageError(`Browser database error: ${e?.message ?? 'the transaction was aborted'}`);
+}
+
+function formatStorageBytes(n: number): string {
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+}
+
+/** Bytes a record takes, about: its typed arrays plus its JSON-able rest. */
+function recordBytes(record: unknown): number {
+  let bytes = 0;
+  const json = JSON.stringify(record, (_k, v: unknown) => {
+    if (ArrayBuffer.isView(v)) {
+      bytes += v.byteLength;
+      return null;
+    }
+    return v;
+  });
+  return bytes + (json?.length ?? 0);
+}
+
+/**
+ * Runs a write; a quota refusal becomes a StorageQuotaError that says what the write needed and
+ * how much of the site's quota is used (the browser's QuotaExceededError says neither).
+ */
+async function writeWithQuotaReport<T>(what: string, records: unknown[], write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (e) {
+    if (!(e instanceof StorageQuotaError)) throw e;
+    const needed = records.reduce<number>((sum, r) => sum + recordBytes(r), 0);
+    const { usage, quota } = await storageStatus();
+    const used = usage !== null && quota !== null ? ` This site uses ${formatStorageBytes(usage)} of the ${formatStorageBytes(quota)} the browser allows it.` : '';
+    throw new StorageQuotaError(
+      `Not enough browser storage to save ${what}: it needs about ${formatStorageBytes(needed)}.${used} Delete adapters or unfinished runs you no longer need (in the library), or free disk space.`,
+      needed,
+      usage,
+      quota,
+    );
+  }
 }
 
 function request<T>(req: IDBRequest<T>): Promise<T> {
@@ -213,13 +281,15 @@ export async function getAdapterFiles(id: string): Promise<AdapterFiles | null> 
 
 /** Saves an adapter and marks its run's checkpoint as finished, in one transaction. */
 export async function saveAdapter(meta: AdapterMeta, files: AdapterFiles): Promise<void> {
-  await transact(['adapters', 'adapterFiles', 'checkpoints'], 'readwrite', async (tx) => {
-    tx.objectStore('adapters').put(meta);
-    tx.objectStore('adapterFiles').put(files);
-    const ckpts = tx.objectStore('checkpoints');
-    const ckpt = await request(ckpts.get(meta.runId) as IDBRequest<CheckpointMeta | undefined>);
-    if (ckpt) ckpts.put({ ...ckpt, adapterId: meta.id });
-  });
+  await writeWithQuotaReport(`the adapter "${meta.name}"`, [meta, files], () =>
+    transact(['adapters', 'adapterFiles', 'checkpoints'], 'readwrite', async (tx) => {
+      tx.objectStore('adapters').put(meta);
+      tx.objectStore('adapterFiles').put(files);
+      const ckpts = tx.objectStore('checkpoints');
+      const ckpt = await request(ckpts.get(meta.runId) as IDBRequest<CheckpointMeta | undefined>);
+      if (ckpt) ckpts.put({ ...ckpt, adapterId: meta.id });
+    }),
+  );
 }
 
 export async function renameAdapter(id: string, name: string): Promise<AdapterMeta> {
@@ -248,12 +318,25 @@ export async function deleteAdapter(id: string): Promise<void> {
   });
 }
 
-/** Replaces the run's checkpoint (only the latest is kept). */
+/**
+ * Replaces the run's checkpoint (only the latest is kept): meta and tensors in one transaction, so
+ * a write that fails or is cut off part-way leaves the previous checkpoint as it was.
+ */
 export async function saveCheckpoint(meta: CheckpointMeta, tensors: CheckpointTensors): Promise<void> {
-  await transact(['checkpoints', 'checkpointTensors'], 'readwrite', (tx) => {
-    tx.objectStore('checkpoints').put(meta);
-    tx.objectStore('checkpointTensors').put(tensors);
-  });
+  await writeWithQuotaReport(`the checkpoint at step ${meta.step}`, [meta, tensors], () =>
+    transact(['checkpoints', 'checkpointTensors'], 'readwrite', async (tx) => {
+      const written = Promise.all([request(tx.objectStore('checkpoints').put(meta)), request(tx.objectStore('checkpointTensors').put(tensors))]);
+      const fault = storageTestFaults.checkpointWrite;
+      if (fault && fault.atStep === meta.step) {
+        storageTestFaults.checkpointWrite = null;
+        await written;
+        // Both records are in the transaction now; failing here aborts it before the commit.
+        if (fault.fault === 'quota') throw quotaAware(new DOMException('The quota has been exceeded (test hook).', 'QuotaExceededError'));
+        throw new StorageError(`Browser database error: the write of the checkpoint at step ${meta.step} was cut off before it committed (test hook).`);
+      }
+      await written;
+    }),
+  );
 }
 
 export async function listCheckpoints(): Promise<CheckpointMeta[]> {

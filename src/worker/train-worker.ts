@@ -37,15 +37,22 @@ import { DEFAULT_TRAIN_CONFIG, mixSeed, Trainer, TrainError, type StepReport, ty
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { warmupStepsFromRatio } from '../train/schedule';
 import { estimateClassifierTraining, estimateTraining, headBuffers } from './memory';
+import { bufferLimitRefusal } from './fit';
 import { METHOD_BY_ID, type MethodId, type TaskKind } from './methods';
 import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods, targetedLinears } from './model-facts';
 import { CausalSession, ClassifierSession, type TrainerSession } from './sessions';
 import { DEFAULT_SETTINGS, firstSettingError, validateSettings, withDefaults, type SettingLimits, type SettingName, type TrainSettings } from './settings';
+import { allowedHostsText, modelHostAllowed } from './network-policy';
+import { classifyText, generateSideBySide, isGenerating, playgroundInfo, stopGeneration } from './playground';
+import { mergedModelZip } from './merge-adapter';
 import {
   fingerprintFile,
   getCheckpoint,
+  listAdapters,
   saveAdapter,
   saveCheckpoint,
+  StorageError,
+  storageTestFaults,
   taskOf,
   type AdapterMeta,
   type BaseModelInfo,
@@ -61,11 +68,14 @@ import type {
   EvalPoint,
   InitResult,
   InputName,
+  MemoryEstimate,
   ModelSummary,
   PageToWorker,
   PrepareResult,
   RunMapping,
   StepPoint,
+  TestHook,
+  TestHookResult,
   TrainingState,
   WorkerEvent,
   WorkerToPage,
@@ -122,6 +132,14 @@ interface ClassifierModelState {
 
 type ModelState = CausalModelState | ClassifierModelState;
 let model: ModelState | null = null;
+/** The loaded model's files: a lost GPU device takes the weights with it, and they upload again from these. */
+let modelSource: { files: ModelFiles; source: 'hub' | 'folder'; input: InputName } | null = null;
+/** Set by init when the page was opened with ?test-hooks (the browser tests); TestHooks are refused otherwise. */
+let testHooksEnabled = false;
+/** The loseDevice test hook's step: the device is destroyed once a run reports it. */
+let loseDeviceAtStep: number | null = null;
+/** The poisonAdapter test hook's step: after it (and its checkpoint), the adapter's first tensor turns to NaN. */
+let poisonAtStep: number | null = null;
 
 interface DataState {
   file: File;
@@ -194,8 +212,42 @@ function requireGpu(): Gpu {
   return gpu;
 }
 
+let recovering: Promise<void> | null = null;
+
+/**
+ * After a lost device (driver reset, GPU crash, the tests' device.destroy()): a new device, and the
+ * loaded model uploaded to it again from its files, so that training can go on without a reload.
+ * Shared by whoever asks while it runs.
+ */
+function recoverDevice(): Promise<void> {
+  // While it runs, the new device is there before the model is back on it: wait for both.
+  if (recovering) return recovering;
+  if (!gpu?.lost) return Promise.resolve();
+  recovering = (async () => {
+    try {
+      const source = modelSource;
+      if (model && source) await loadModel(source.files, source.source, source.input);
+      else await init();
+    } finally {
+      recovering = null;
+    }
+  })();
+  return recovering;
+}
+
+/** Whether `e` came from the device being lost (its lost promise settles a moment after the failing call). */
+async function deviceWasLost(e: unknown): Promise<boolean> {
+  const g = gpu;
+  if (!g) return false;
+  if (g.lost) return true;
+  if (e instanceof TrainError || e instanceof StorageError || e instanceof InputError) return false;
+  await Promise.race([g.device.lost, new Promise((resolve) => setTimeout(resolve, 1000))]);
+  return g.lost !== null;
+}
+
 function requireIdle(what: string): void {
   if (run) throw new InputError(`Training is running: stop it before ${what}.`, 'gpu');
+  if (isGenerating()) throw new InputError(`The playground is generating: stop it before ${what}.`, 'gpu');
 }
 
 function setState(r: RunState | null, state: TrainingState): void {
@@ -206,7 +258,8 @@ function setState(r: RunState | null, state: TrainingState): void {
 // ---------------------------------------------------------------------------------------------
 // init
 
-async function init(): Promise<InitResult> {
+async function init(params: { testHooks?: boolean } = {}): Promise<InitResult> {
+  if (params.testHooks) testHooksEnabled = true;
   const nav = scope.navigator as WorkerNavigator & { gpu?: GPU };
   if (!nav.gpu) {
     throw new InputError('WebGPU is not available in this browser (navigator.gpu is missing in the worker).', 'gpu');
@@ -414,6 +467,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   }
   state.summary.loadMs = performance.now() - t0;
   model = state;
+  modelSource = { files, source, input };
   examplesCache = null;
   return state.summary;
 }
@@ -439,6 +493,13 @@ async function downloadModel(repo: string, endpoint?: string): Promise<ModelSumm
   }
   if (endpoint !== undefined && !/^https?:\/\/[^/\s]+/i.test(endpoint)) {
     throw new InputError(`"${endpoint}" is not a web address: the endpoint looks like https://huggingface.co or a mirror's https://… address.`, 'repoId');
+  }
+  // The page's Content-Security-Policy would block any other host: say so before fetch() fails bare.
+  if (endpoint !== undefined && !modelHostAllowed(endpoint)) {
+    throw new InputError(
+      `This app downloads models only from ${allowedHostsText()}: its Content-Security-Policy blocks ${new URL(endpoint).origin}, so that the page can reach no other server. To use another mirror, add it to src/worker/network-policy.ts and build the app.`,
+      'repoId',
+    );
   }
   downloadAbort?.abort();
   const abort = new AbortController();
@@ -588,13 +649,10 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
     // 0 = automatic: ten validation points over the run draw a curve, not a single dot.
     evalEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.ceil(totalSteps / 10)),
   });
-  const checkBuffer = (largest: number, limit: number, label: string, seqLen: number) => {
-    if (largest > limit) {
-      throw new InputError(
-        `A batch of ${settings.batchSize} × ${seqLen} tokens needs a ${fmtMiB(largest)} buffer (${label}), more than this GPU allows in one buffer (${fmtMiB(limit)}). Lower the batch size or max length.`,
-        'batchSize',
-      );
-    }
+  /** Refuses a run whose largest buffer is over the GPU's limit, naming the batch size and length that fit. */
+  const checkBuffer = (seqLen: number, estimateAt: (B: number, T: number) => MemoryEstimate) => {
+    const refusal = bufferLimitRefusal(settings.batchSize, seqLen, estimateAt);
+    if (refusal) throw new InputError(refusal.message, 'batchSize');
   };
 
   if (built.task === 'causal-lm' && m.task === 'causal-lm') {
@@ -610,8 +668,9 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
     if (plan.kind === 'ia3' && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.ia3Targets.join(', ')}] match no layer of ${m.summary.name}.`, 'ia3Targets');
     const trainable = descriptor.trainableParams(settings, facts);
     const frozen = m.summary.parameterCount;
-    const memory = estimateTraining(m.loaded.model, { B: settings.batchSize, T: seqLen, adapter: plan, hasValidation: validation.length > 0 }, device);
-    checkBuffer(memory.largestBuffer, memory.bufferLimit, memory.largestBufferLabel, seqLen);
+    const estimateAt = (B: number, T: number) => estimateTraining(m.loaded.model, { B, T, adapter: plan, hasValidation: validation.length > 0 }, device);
+    const memory = estimateAt(settings.batchSize, seqLen);
+    checkBuffer(seqLen, estimateAt);
     const first = examples[0];
     const decode = (ids: number[]) => m.tokenizer.decode(ids);
     const sample = first
@@ -661,12 +720,10 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
   const trainable = loraCount + headCount;
   // As the CLI counts: the whole classifier (head included) plus LoRA.
   const all = m.summary.parameterCount + K * head.perLabel + loraCount;
-  const memory = estimateClassifierTraining(
-    m.loaded.model,
-    { B: settings.batchSize, T: seqLen, K, lora: { rank: settings.rank, dropout: settings.dropout, targeted }, hasValidation: true },
-    device,
-  );
-  checkBuffer(memory.largestBuffer, memory.bufferLimit, memory.largestBufferLabel, seqLen);
+  const estimateAt = (B: number, T: number) =>
+    estimateClassifierTraining(m.loaded.model, { B, T, K, lora: { rank: settings.rank, dropout: settings.dropout, targeted }, hasValidation: true }, device);
+  const memory = estimateAt(settings.batchSize, seqLen);
+  checkBuffer(seqLen, estimateAt);
   const first = examples[0];
   const config: ClassifierTrainConfig = {
     ...configOf(seqLen, totalSteps, warmupSteps),
@@ -863,6 +920,10 @@ function onStep(r: RunState, report: StepReport): void {
   r.tokens += report.tokens;
   r.pendingPoints.push({ step: report.step, loss: report.loss });
   r.lastReport = report;
+  if (loseDeviceAtStep !== null && report.step >= loseDeviceAtStep) {
+    loseDeviceAtStep = null;
+    gpu?.device.destroy();
+  }
   // Fast GPUs make hundreds of steps a second: batch them so the page re-renders at most ~10 times a second.
   if (report.step === report.totalSteps || performance.now() - r.lastStepEmit >= STEP_EMIT_MS) emitSteps(r);
 }
@@ -927,6 +988,31 @@ async function checkpoint(r: RunState): Promise<void> {
   emit({ type: 'checkpointSaved', runId: r.id, checkpoint: meta });
 }
 
+/**
+ * Runs a save (a checkpoint, the adapter). When the browser refuses it (storage full, a failed
+ * write) the run does not end: it waits, paused, with its weights still on the GPU, says why, and
+ * tries again on Resume, once the user has made room. Stop gives up (the error ends the run; the
+ * last checkpoint that was saved stays whole, see saveCheckpoint).
+ */
+async function saveOrWait(r: RunState, save: () => Promise<void>, stateAfter: TrainingState): Promise<void> {
+  for (;;) {
+    try {
+      await save();
+      return;
+    } catch (e) {
+      if (!(e instanceof StorageError)) throw e;
+      emitSteps(r);
+      emit({ type: 'saveFailed', runId: r.id, error: errorInfo(e) });
+      setState(r, 'paused');
+      await new Promise<void>((resolve) => (r.resumeWaiter = resolve));
+      r.resumeWaiter = null;
+      r.pauseRequested = false;
+      if (r.stopRequested) throw e;
+      setState(r, stateAfter);
+    }
+  }
+}
+
 /** Trains until done or stopped, pausing and checkpointing on the way, then saves the adapter. */
 async function drive(r: RunState): Promise<void> {
   const t = r.session;
@@ -938,19 +1024,21 @@ async function drive(r: RunState): Promise<void> {
       await t.run({
         onStep: (rep) => onStep(r, rep),
         onEval: (p) => onEval(r, p),
-        shouldStop: () => r.pauseRequested || r.stopRequested || t.step >= r.nextCheckpointAt,
+        shouldStop: () => r.pauseRequested || r.stopRequested || t.step >= r.nextCheckpointAt || (poisonAtStep !== null && t.step >= poisonAtStep),
       });
       r.activeMs += performance.now() - r.segmentStart;
       r.segmentStart = null;
       emitSteps(r);
       if (t.step >= total || r.stopRequested) break;
       if (t.step >= r.nextCheckpointAt) {
-        await checkpoint(r);
+        await saveOrWait(r, () => checkpoint(r), 'training');
         r.nextCheckpointAt = t.step + r.settings.checkpointEvery;
+        if (r.stopRequested) break;
       }
+      if (poisonAtStep !== null && t.step >= poisonAtStep) await poisonAdapter(r);
       if (r.pauseRequested) {
         // A paused run survives a closed tab: its checkpoint can be resumed later.
-        if (r.lastCheckpointStep !== t.step && t.step > 0) await checkpoint(r);
+        if (r.lastCheckpointStep !== t.step && t.step > 0) await saveOrWait(r, () => checkpoint(r), 'pausing');
         setState(r, 'paused');
         await new Promise<void>((resolve) => (r.resumeWaiter = resolve));
         r.resumeWaiter = null;
@@ -961,6 +1049,20 @@ async function drive(r: RunState): Promise<void> {
     }
     await finish(r);
   } catch (e) {
+    if (await deviceWasLost(e)) {
+      // The weights on the GPU are gone; the last checkpoint in IndexedDB is what is left. The run
+      // ends, a new device is made and the model uploaded to it, and the page offers to resume.
+      const kept = r.lastCheckpointStep > 0 ? r.lastCheckpointStep : null;
+      const why = (gpu?.lost ?? 'the GPU device was lost').replace(/[.\s]+$/, '');
+      const message =
+        `${why.charAt(0).toUpperCase()}${why.slice(1)}. Training stopped after step ${r.lastReport?.step ?? r.sessionStartStep}; ` +
+        (kept !== null ? `the checkpoint at step ${kept} is kept: resume from it on a new GPU device.` : 'no checkpoint was saved yet: start the run again.');
+      emit({ type: 'error', runId: r.id, error: { message, name: 'DeviceLost', input: 'gpu', ...(kept !== null ? { resumable: true } : {}) } });
+      endRun(r);
+      // Ready for the page's Resume: a new device with the model on it. A failure here says so now.
+      void recoverDevice().catch((err: unknown) => emit({ type: 'error', runId: r.id, error: { ...errorInfo(err, 'gpu'), message: `${message} But a new GPU device could not be set up: ${messageOf(err)}` } }));
+      return;
+    }
     emit({ type: 'error', runId: r.id, error: errorInfo(e, inputForTrainingError(e)) });
     endRun(r);
   }
@@ -977,7 +1079,7 @@ async function finish(r: RunState): Promise<void> {
   }
   setState(r, 'saving');
   if (r.validationCount > 0 && r.lastEvalStep !== t.step) onEval(r, await t.evaluateNow());
-  if (r.lastCheckpointStep !== t.step) await checkpoint(r);
+  if (r.lastCheckpointStep !== t.step) await saveOrWait(r, () => checkpoint(r), 'saving');
   const runtimeS = r.activeMs / 1000;
   const device = deviceName(g);
   const out = await t.finish({
@@ -1026,14 +1128,15 @@ async function finish(r: RunState): Promise<void> {
     logHistory: log.history.slice(),
     bytes: fileBytes,
   };
-  await saveAdapter(meta, {
+  const adapterFiles = {
     id,
     'adapter_config.json': files['adapter_config.json'],
     'README.md': files['README.md'],
     'trainer_state.json': files['trainer_state.json'],
     // PEFT's weights file, or AdapterHub's for bottleneck adapters
     ...(files.weightsName === 'adapter.safetensors' ? { 'adapter.safetensors': files.weights } : { 'adapter_model.safetensors': files.weights }),
-  });
+  };
+  await saveOrWait(r, () => saveAdapter(meta, adapterFiles), 'saving');
   emit({ type: 'done', runId: r.id, adapter: meta, stoppedEarly });
   endRun(r);
 }
@@ -1058,6 +1161,7 @@ function inputForTrainingError(e: unknown): InputName | undefined {
 
 async function start(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
   requireIdle('starting another run');
+  await recoverDevice();
   const r = await createRun(mapping, withDefaults(settings), adapterName, newRunId());
   if (run) {
     endRun(r);
@@ -1078,6 +1182,7 @@ function runMappingOf(meta: CheckpointMeta): RunMapping {
 
 async function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
   requireIdle('resuming another run');
+  await recoverDevice();
   const saved = await getCheckpoint(runId);
   if (!saved) throw new InputError('That checkpoint is gone (deleted in another tab?).', 'checkpoint');
   const { meta, tensors } = saved;
@@ -1140,10 +1245,6 @@ function messageOf(e: unknown): string {
   return String(e);
 }
 
-function fmtMiB(n: number): string {
-  return `${(n / 2 ** 20).toFixed(1)} MiB`;
-}
-
 function errorInfo(e: unknown, fallback?: InputName): ErrorInfo {
   const name = e instanceof Error ? e.name : 'Error';
   if (e instanceof InputError) return { message: e.message, input: e.input, name };
@@ -1157,21 +1258,123 @@ function errorInfo(e: unknown, fallback?: InputName): ErrorInfo {
 }
 
 const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise<Commands[C]['result']> } = {
-  init: () => init(),
+  init: (params) => init(params),
   loadData: ({ file }) => loadData(file),
   loadModelFiles: ({ files, name }) => {
     if (files.length === 0) return Promise.reject(new InputError('The folder is empty.', 'modelFolder'));
     return loadModel(folderFiles(files, name), 'folder', 'modelFolder');
   },
   downloadModel: ({ repo, endpoint }) => downloadModel(repo.trim(), endpoint),
-  prepare: async ({ mapping, settings }) => (await prepareRun(mapping, withDefaults(settings))).result,
+  prepare: async ({ mapping, settings }) => {
+    await recoverDevice();
+    return (await prepareRun(mapping, withDefaults(settings))).result;
+  },
   start: ({ mapping, settings, adapterName }) => start(mapping, settings, adapterName),
   resumeCheckpoint: ({ runId }) => resumeCheckpoint(runId),
   dataFingerprint: async () => ({ fingerprint: data ? await dataFingerprint(data) : null }),
   classLabels: async ({ mapping }) => classLabels(mapping),
+  testHook: (hook) => testHook(hook),
+  playgroundInfo: async () => {
+    if (!model) throw new InputError('Load a model first.', 'modelFolder');
+    return playgroundInfo(model);
+  },
+  generate: async (params) => {
+    requireIdle('generating');
+    await recoverDevice();
+    const m = model;
+    if (!m) throw new InputError('Load a model first.', 'modelFolder');
+    if (m.task !== 'causal-lm') throw new InputError(`${m.summary.name} is a classifier: it gives label probabilities, not text.`, 'modelFolder');
+    return generateSideBySide(requireGpu(), m, params, emit);
+  },
+  classify: async (params) => {
+    requireIdle('classifying');
+    await recoverDevice();
+    const m = model;
+    if (!m) throw new InputError('Load a model first.', 'modelFolder');
+    if (m.task !== 'classification') throw new InputError(`${m.summary.name} generates text: it has no labels.`, 'modelFolder');
+    return classifyText(requireGpu(), { tokenizer: m.tokenizer, summary: m.summary, withHead: (k) => classifierWithHead(m, k) }, params);
+  },
+  mergeAdapter: async ({ adapterId }) => {
+    const meta = (await listAdapters()).find((a) => a.id === adapterId);
+    if (!meta) throw new InputError('That adapter is gone (deleted in another tab?).', 'checkpoint');
+    if (!model || !modelSource) throw new InputError(`Load ${meta.baseModel.name} first: merging writes it with the adapter folded in.`, 'modelFolder');
+    return mergedModelZip(meta, { files: modelSource.files, hf: model.hf, name: model.summary.name });
+  },
 };
 
-function control(c: 'pause' | 'resume' | 'stop' | 'cancelDownload'): void {
+/**
+ * The playground's classifier: the loaded encoder with a head of numLabels outputs (reloaded when
+ * the loaded head has another size). The adapter's head values go into it, so a later run makes
+ * a fresh head of its own.
+ */
+async function classifierWithHead(m: ClassifierModelState, numLabels: number) {
+  const g = requireGpu();
+  if (m.head.numLabels !== numLabels) {
+    m.loaded.model.destroy();
+    try {
+      m.loaded = loadClassifier(g, m.hf, numLabels, m.head.seed);
+      await g.sync();
+    } catch (e) {
+      // the old weights are gone: the model must be loaded again
+      if (model === m) model = null;
+      examplesCache = null;
+      throw e;
+    }
+  }
+  m.head = { numLabels, seed: m.head.seed, fresh: false };
+  return m.loaded.model;
+}
+
+/** The poisonAdapter test hook: NaN in the adapter's first tensor, as a diverging run would leave it. */
+async function poisonAdapter(r: RunState): Promise<void> {
+  poisonAtStep = null;
+  const s = await r.session.snapshot();
+  s.params[0].value.fill(NaN);
+  r.session.restore(s, r.session.best());
+}
+
+/** Fault injection for the browser tests (protocol.ts TestHook); refused unless the page enabled it. */
+async function testHook(hook: TestHook): Promise<TestHookResult> {
+  if (!testHooksEnabled) throw new InputError('Test hooks are off (open the page with ?test-hooks).', 'gpu');
+  switch (hook.name) {
+    case 'loseDevice':
+      if (hook.atStep !== undefined) {
+        loseDeviceAtStep = hook.atStep;
+        return { outcome: `the device will be destroyed at step ${hook.atStep}` };
+      }
+      requireGpu().device.destroy();
+      return { outcome: 'device destroyed' };
+    case 'poisonAdapter':
+      poisonAtStep = hook.atStep;
+      return { outcome: `the adapter turns to NaN after step ${hook.atStep}` };
+    case 'failCheckpointWrite':
+      storageTestFaults.checkpointWrite = { atStep: hook.atStep, fault: hook.fault };
+      return { outcome: `the checkpoint write at step ${hook.atStep} will fail (${hook.fault})` };
+    case 'workerFetch': {
+      let blockedUri: string | null = null;
+      const onViolation = (e: Event) => {
+        blockedUri = (e as SecurityPolicyViolationEvent).blockedURI;
+      };
+      scope.addEventListener('securitypolicyviolation', onViolation);
+      let outcome: string;
+      try {
+        const response = await fetch(hook.url);
+        outcome = `ok ${response.status}`;
+      } catch (e) {
+        outcome = `failed: ${messageOf(e)}`;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50)); // the violation event comes a task later
+      scope.removeEventListener('securitypolicyviolation', onViolation);
+      return { outcome, blockedUri };
+    }
+  }
+}
+
+function control(c: 'pause' | 'resume' | 'stop' | 'cancelDownload' | 'stopGeneration'): void {
+  if (c === 'stopGeneration') {
+    stopGeneration();
+    return;
+  }
   if (c === 'cancelDownload') {
     downloadAbort?.abort();
     return;

@@ -152,6 +152,36 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await page.getByTestId('rename-save').click();
     await expect.poll(() => page.getByTestId('library-name').textContent()).toBe('arith-words v1');
 
+    // (g) The adapter merged into the loaded base model (merge_and_unload): a zipped model folder.
+    const [mergedDownload] = await Promise.all([page.waitForEvent('download'), page.getByTestId('library-merge').click()]);
+    const mergedName = mergedDownload.suggestedFilename();
+    expect(mergedName).toMatch(/-arith-words-v1-merged\.zip$/);
+    const mergedPath = path.join(tmp, 'merged.zip');
+    await mergedDownload.saveAs(mergedPath);
+    const mergedFiles = unzipSync(new Uint8Array(fs.readFileSync(mergedPath)));
+    const folder = `${mergedName.replace(/\.zip$/, '')}/`;
+    expect(Object.keys(mergedFiles)).toEqual(expect.arrayContaining(['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => folder + f)));
+    expect(Object.keys(mergedFiles).some((f) => f.includes('adapter'))).toBe(false);
+    const mergedSt = parseSafetensors(mergedFiles[`${folder}model.safetensors`], 'merged model.safetensors');
+    const baseSt = parseSafetensors(new Uint8Array(fs.readFileSync(path.join(MODEL_DIR, 'model.safetensors'))), 'base model.safetensors');
+    expect([...mergedSt.tensors.keys()].sort()).toEqual([...baseSt.tensors.keys()].sort());
+    expect(Array.from(mergedSt.getF32('transformer.ln_f.weight'))).toEqual(Array.from(baseSt.getF32('transformer.ln_f.weight')));
+    expect(await page.getByTestId('library-row').textContent()).toMatch(/Merged 2 weights \(F32\)/);
+
+    // (h) A Python project that continues the run with transformers + PEFT, with the data loaded now.
+    const [pyDownload] = await Promise.all([page.waitForEvent('download'), page.getByTestId('library-python').click()]);
+    expect(pyDownload.suggestedFilename()).toBe('arith-words-v1-python.zip');
+    const pyPath = path.join(tmp, 'python.zip');
+    await pyDownload.saveAs(pyPath);
+    const pyFiles = unzipSync(new Uint8Array(fs.readFileSync(pyPath)));
+    const p = 'arith-words-v1-python/';
+    expect(Object.keys(pyFiles).sort()).toEqual(['README.md', 'adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'data/arithmetic.csv', 'requirements.txt', 'run_config.json', 'train.py'].map((f) => p + f));
+    expect(Buffer.from(pyFiles[`${p}data/arithmetic.csv`]).equals(fs.readFileSync(csvPath))).toBe(true);
+    const runConfig = JSON.parse(strFromU8(pyFiles[`${p}run_config.json`]));
+    expect(runConfig.training.max_steps).toBe(12);
+    expect(runConfig.mapping.kind).toBe('prompt-completion');
+    expect(JSON.parse(strFromU8(pyFiles[`${p}adapter/adapter_config.json`])).peft_type).toBe('LORA');
+
     await page.reload();
     await expect.poll(() => page.getByTestId('library-name').textContent().catch(() => ''), { timeout: 30_000 }).toBe('arith-words v1');
     expect(await rows.count()).toBe(1);
@@ -190,6 +220,20 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     // lora_B starts at zero: non-zero values mean the download holds the trained weights.
     const b0 = st.getF32('base_model.model.transformer.h.0.attn.c_attn.lora_B.weight');
     expect(Math.max(...Array.from(b0, Math.abs))).toBeGreaterThan(0);
+    // The merged c_attn weight is the base one plus (alpha / r) (B A)^T (Conv1D stores [in, out]).
+    const a0 = st.getF32('base_model.model.transformer.h.0.attn.c_attn.lora_A.weight');
+    const w0 = baseSt.getF32('transformer.h.0.attn.c_attn.weight');
+    const m0 = mergedSt.getF32('transformer.h.0.attn.c_attn.weight');
+    const C = config.n_embd, N = 3 * config.n_embd;
+    let worst = 0;
+    for (let i = 0; i < C; i++) {
+      for (let o = 0; o < N; o++) {
+        let d = 0;
+        for (let k = 0; k < 8; k++) d += b0[o * 8 + k] * a0[k * C + i];
+        worst = Math.max(worst, Math.abs(m0[i * N + o] - (w0[i * N + o] + 2 * d)));
+      }
+    }
+    expect(worst).toBeLessThan(1e-6);
 
     const state = JSON.parse(strFromU8(files['trainer_state.json']));
     expect(state.global_step).toBe(12);

@@ -1,4 +1,5 @@
-// Step 5: what is kept in this browser. Finished adapters (rename, delete, download as a PEFT zip)
+// Step 5: what is kept in this browser. Finished adapters (rename, delete, download as a PEFT zip,
+// merged into the base model, or as a Python project that continues the run)
 // and runs that stopped half-way (resume from their last checkpoint).
 
 import { useState } from 'react';
@@ -6,6 +7,8 @@ import { useApp } from '../store';
 import { taskOf, type AdapterMeta, type CheckpointMeta } from '../../worker/storage';
 import { METHOD_BY_ID } from '../../worker/methods';
 import { withDefaults } from '../../worker/settings';
+import { mergeRefusal } from '../../worker/merge-adapter';
+import { pythonProjectRefusal } from '../python-project';
 import { Section } from './common';
 import { formatF1, formatPercent } from './ClassifierViews';
 import { formatBytes, formatDate, formatInt, formatLoss } from '../format';
@@ -70,7 +73,11 @@ export function LibrarySection() {
 }
 
 function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string }) {
-  const { renameAdapter, deleteAdapter, downloadAdapter } = useApp.getState();
+  const { renameAdapter, deleteAdapter, downloadAdapter, downloadMergedModel, downloadPythonProject } = useApp.getState();
+  const pythonRefusal = pythonProjectRefusal(a);
+  // merging needs the adapter's base model loaded (the same check as resuming a run)
+  const baseLoaded = useApp((st) => st.model.status === 'ready' && st.model.summary.name === a.baseModel.name);
+  const mergeBlocked = mergeRefusal(a) ?? (baseLoaded ? null : `Load ${a.baseModel.name} to merge the adapter into it`);
   const [editing, setEditing] = useState(false);
   const [name, setName] = useState(a.name);
   const [confirming, setConfirming] = useState(false);
@@ -159,6 +166,26 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
           <>
             <button type="button" className="button button-small" onClick={() => void downloadAdapter(a.id)} data-testid="library-download">
               Download
+            </button>
+            <button
+              type="button"
+              className="button button-small button-secondary"
+              onClick={() => void downloadMergedModel(a.id)}
+              disabled={mergeBlocked !== null}
+              title={mergeBlocked ?? `The base model with this adapter folded into its weights (like PEFT's merge_and_unload), as a folder transformers loads`}
+              data-testid="library-merge"
+            >
+              Merged model
+            </button>
+            <button
+              type="button"
+              className="button button-small button-secondary"
+              onClick={() => void downloadPythonProject(a.id)}
+              disabled={pythonRefusal !== null}
+              title={pythonRefusal ?? 'A folder that continues this run with transformers + PEFT on a GPU server (python train.py, or accelerate launch train.py)'}
+              data-testid="library-python"
+            >
+              Python project
             </button>
             <button type="button" className="button button-small button-secondary" onClick={() => setEditing(true)} disabled={editing} data-testid="library-rename">
               Rename

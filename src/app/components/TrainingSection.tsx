@@ -114,7 +114,8 @@ export function TrainingSection() {
         </div>
       </div>
       {!active && blockers.length > 0 && <p className="muted">To start, this needs {blockers.join(', ')}.</p>}
-      {!active && <ResumableHint />}
+      {/* A run the GPU lost offers its own Resume in the error below. */}
+      {!active && !(t.phase === 'failed' && t.error?.resumable) && <ResumableHint />}
       {!active && prepareError && (
         <ErrorBox testId="prepare-error" title={prepareError.input ? `${INPUT_LABELS[prepareError.input] ?? 'Settings'}:` : undefined}>
           {prepareError.message}
@@ -180,10 +181,24 @@ export function TrainingSection() {
         </div>
       )}
 
+      {t.phase === 'paused' && t.saveError && (
+        <ErrorBox testId="save-error" title="Not saved:">
+          {t.saveError.message} The run waits here, paused, with everything it has learned still in memory: make room, then press Resume to save again
+          {t.checkpoint ? ` (Stop gives up the steps after the checkpoint at step ${t.checkpoint.step}, which stays in the library).` : ' (Stop gives the run up).'}
+        </ErrorBox>
+      )}
       {t.phase === 'failed' && t.error && t.error.input !== 'adapterName' && (
         <ErrorBox testId="train-error" title={t.error.input ? `${INPUT_LABELS[t.error.input] ?? 'Settings'}:` : 'Training failed:'}>
           {t.error.message}
-          {t.checkpoint ? ` The checkpoint at step ${t.checkpoint.step} is kept in the library.` : ''}
+          {t.checkpoint && !t.error.resumable ? `${/[.!?]$/.test(t.error.message) ? '' : '.'} The checkpoint at step ${t.checkpoint.step} is kept in the library.` : ''}
+          {t.error.resumable && t.runId && (
+            <>
+              {' '}
+              <button type="button" className="button button-small" onClick={() => void useApp.getState().resumeCheckpoint(t.runId!)} data-testid="resume-after-error">
+                Resume from the checkpoint
+              </button>
+            </>
+          )}
         </ErrorBox>
       )}
       {t.phase === 'done' && t.result && (
