@@ -818,7 +818,7 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
     }
     let trainer: Trainer;
     try {
-      trainer = new Trainer(g, m.loaded.model, method, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
+      trainer = await g.allocating('the training programs', () => new Trainer(g, m.loaded.model, method, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms));
       await g.sync();
     } catch (e) {
       method.destroy?.();
@@ -853,7 +853,7 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
     const adapter = new SequenceClassificationAdapter(lora, cls.headParams);
     let trainer: ClassifierTrainer;
     try {
-      trainer = new ClassifierTrainer(g, cls, adapter, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms);
+      trainer = await g.allocating('the training programs', () => new ClassifierTrainer(g, cls, adapter, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms));
       await g.sync();
     } catch (e) {
       lora.destroy();

@@ -107,6 +107,30 @@ export class Gpu {
     });
   }
 
+  /**
+   * Runs `build` (which makes buffers and records programs) inside out-of-memory and validation
+   * error scopes, so an allocation the device cannot satisfy comes back here as a GpuError naming
+   * what was being built, not as a later uncaptured error. The scopes are popped even when
+   * `build` throws (then its error is rethrown unless the device reported one first).
+   */
+  async allocating<T>(what: string, build: () => T): Promise<T> {
+    this.device.pushErrorScope('validation');
+    this.device.pushErrorScope('out-of-memory');
+    let result: T | undefined;
+    let thrown: unknown = null;
+    try {
+      result = build();
+    } catch (e) {
+      thrown = e;
+    }
+    const outOfMemory = await this.device.popErrorScope();
+    const invalid = await this.device.popErrorScope();
+    if (outOfMemory) throw new GpuError(`out of GPU memory while making ${what} (${fmtBytes(this.allocatedBytes)} in buffers): ${outOfMemory.message}`);
+    if (invalid) throw new GpuError(`GPU error while making ${what}: ${invalid.message}`);
+    if (thrown) throw thrown;
+    return result as T;
+  }
+
   /** Throws the first GPU error seen since the last check (validation, out of memory, device lost). */
   checkErrors(): void {
     if (this.lost) throw new GpuError(this.lost);
