@@ -12,6 +12,7 @@ import { slug } from './format';
 
 /** Why an adapter cannot become a Python project, or null. */
 export function pythonProjectRefusal(meta: AdapterMeta): string | null {
+  if (meta.imported) return 'An imported adapter has no run (data mapping, settings) to continue.';
   if (taskOf(meta) === 'classification') return 'The Python project is for text-generation runs.';
   if (meta.method === 'bottleneck') return 'PEFT has no bottleneck adapters, so the run cannot continue in PEFT.';
   return null;

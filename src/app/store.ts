@@ -155,6 +155,8 @@ export interface AppState {
   downloadMergedModel(id: string): Promise<void>;
   /** A Python project that continues the run with transformers + PEFT (script, settings, adapter, data). */
   downloadPythonProject(id: string): Promise<void>;
+  /** Adds an adapter to the library from picked files (a zip, or a PEFT / AdapterHub folder's files); busy['import'] tells how it went. */
+  importAdapterFiles(files: File[]): Promise<void>;
   resumeCheckpoint(runId: string): Promise<void>;
   deleteCheckpoint(runId: string): Promise<void>;
 }
@@ -540,6 +542,21 @@ export const useApp = create<AppState>()((set, get) => {
         setBusy(id, null);
       } catch (e) {
         setBusy(id, `Error: ${(e as Error).message}`);
+      }
+    },
+
+    async importAdapterFiles(picked) {
+      if (!client || picked.length === 0) return;
+      const rel = (f: File) => (f as File & { webkitRelativePath?: string }).webkitRelativePath || f.name;
+      const pickedName = picked.length === 1 ? picked[0].name : (rel(picked[0]).split('/').slice(-2, -1)[0] || `${picked.length} files`);
+      setBusy('import', `Importing ${pickedName}…`);
+      try {
+        const files = await Promise.all(picked.map(async (f) => ({ path: rel(f), bytes: new Uint8Array(await f.arrayBuffer()) })));
+        const meta = await client.call('importAdapter', { files, pickedName });
+        await get().refreshLibrary();
+        setBusy('import', `Imported “${meta.name}” (${meta.method}) for ${meta.baseModel.name}.`);
+      } catch (e) {
+        setBusy('import', `Error: ${(e as Error).message}`);
       }
     },
 

@@ -260,6 +260,8 @@ export interface Commands {
   classify: { params: ClassifyParams; result: ClassifyResult };
   /** A saved LoRA / DoRA adapter folded into the loaded base model (merge_and_unload), as a zipped model folder. */
   mergeAdapter: { params: { adapterId: string }; result: { fileName: string; bytes: Uint8Array; merged: number; dtype: string } };
+  /** Adapter files picked by the user (a zip, or a PEFT / AdapterHub folder's files), loaded onto the model to check them, then stored in the library. */
+  importAdapter: { params: { files: { path: string; bytes: Uint8Array }[]; pickedName: string }; result: AdapterMeta };
 }
 
 export type CommandName = keyof Commands;

@@ -70,6 +70,8 @@ export interface AdapterMeta {
   logHistory: LogEntry[];
   /** Bytes of the stored files. */
   bytes: number;
+  /** Set for adapters imported into the library (not trained here): the file or folder they came from. */
+  imported?: { from: string };
 }
 
 export interface SavedClassifierMetrics {

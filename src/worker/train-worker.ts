@@ -27,6 +27,7 @@ import { plannedBytes, ProgramError } from '../engine/models/program';
 import { SequenceClassificationAdapter } from '../engine/models/sequence-classification';
 import { Lora, LoraError } from '../engine/peft/lora';
 import { createPeftMethod, PeftSetupError, type PeftModelInfo } from '../engine/peft/factory';
+import { importPeftAdapter } from '../engine/peft/import';
 import { Ia3Error } from '../engine/peft/ia3';
 import { BottleneckError } from '../engine/peft/bottleneck';
 import { PromptTuningError } from '../engine/peft/prompt-tuning';
@@ -45,6 +46,7 @@ import { DEFAULT_SETTINGS, firstSettingError, validateSettings, withDefaults, ty
 import { allowedHostsText, modelHostAllowed } from './network-policy';
 import { classifyText, generateSideBySide, isGenerating, playgroundInfo, stopGeneration } from './playground';
 import { mergedModelZip } from './merge-adapter';
+import { AdapterImportError, collectAdapterFiles, importedAdapterRecord } from './import-adapter';
 import {
   fingerprintFile,
   getCheckpoint,
@@ -1293,6 +1295,25 @@ const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise
     if (!m) throw new InputError('Load a model first.', 'modelFolder');
     if (m.task !== 'classification') throw new InputError(`${m.summary.name} generates text: it has no labels.`, 'modelFolder');
     return classifyText(requireGpu(), { tokenizer: m.tokenizer, summary: m.summary, withHead: (k) => classifierWithHead(m, k) }, params);
+  },
+  importAdapter: async ({ files, pickedName }) => {
+    requireIdle('importing an adapter');
+    const m = model;
+    if (!m) throw new InputError('Load the base model first: an adapter is checked against the model it is imported for.', 'modelFolder');
+    if (m.task !== 'causal-lm') throw new AdapterImportError('Importing classifier adapters is not available yet: load a text-generation model.');
+    const collected = collectAdapterFiles(files);
+    const g = requireGpu();
+    let method: PeftMethod;
+    try {
+      method = importPeftAdapter(g, { name: collected.name, config: collected.config, weights: collected.weights }, m.info, new StepUniforms(g));
+    } catch (e) {
+      throw new AdapterImportError(`${collected.name} does not fit ${m.summary.name}: ${messageOf(e)}`);
+    }
+    const trainable = method.params.reduce((s, p) => s + p.shape.reduce((a, b) => a * b, 1), 0);
+    method.destroy?.();
+    const { meta, files: stored } = importedAdapterRecord(collected, baseModelInfo(m), trainable, deviceName(g), pickedName);
+    await saveAdapter(meta, stored);
+    return meta;
   },
   mergeAdapter: async ({ adapterId }) => {
     const meta = (await listAdapters()).find((a) => a.id === adapterId);

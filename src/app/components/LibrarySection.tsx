@@ -68,7 +68,40 @@ export function LibrarySection() {
         </div>
       )}
       {unfinished.length > 0 && <UnfinishedRuns runs={unfinished} />}
+      <ImportAdapter status={library.busy['import']} />
     </Section>
+  );
+}
+
+/** Adds an adapter made elsewhere (our zip, PEFT's save_pretrained folder, AdapterHub's) for the loaded model. */
+function ImportAdapter({ status }: { status?: string }) {
+  const modelReady = useApp((s) => s.model.status === 'ready');
+  const { importAdapterFiles } = useApp.getState();
+  return (
+    <div className="import-adapter" data-testid="import-adapter">
+      <label className={`button button-small button-secondary${modelReady ? '' : ' disabled'}`} title={modelReady ? 'A zip, or adapter_config.json with adapter_model.safetensors (PEFT) or adapter.safetensors (AdapterHub)' : 'Load the base model first'}>
+        Import an adapter…
+        <input
+          type="file"
+          multiple
+          accept=".zip,.json,.safetensors"
+          disabled={!modelReady}
+          className="visually-hidden"
+          data-testid="import-adapter-input"
+          onChange={(e) => {
+            const files = Array.from(e.target.files ?? []);
+            e.target.value = '';
+            void importAdapterFiles(files);
+          }}
+        />
+      </label>{' '}
+      <span className="muted small">our zip, or a PEFT adapter folder&apos;s adapter_config.json + adapter_model.safetensors, for the loaded model</span>
+      {status && (
+        <div className={status.startsWith('Error') ? 'field-error' : 'muted small'} data-testid="import-adapter-status">
+          {status}
+        </div>
+      )}
+    </div>
   );
 }
 
@@ -114,10 +147,14 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
               {a.name}
             </div>
             <div className="muted small">
-              <span title={`${a.data.fileName}: ${a.data.fingerprint}`} data-testid="library-data">
-                {a.data.fileName} ({shortHash(a.data.fingerprint)})
-              </span>{' '}
-              · {formatInt(a.metrics.steps)} steps
+              {a.imported ? (
+                <span data-testid="library-data">imported from {a.imported.from}</span>
+              ) : (
+                <span title={`${a.data.fileName}: ${a.data.fingerprint}`} data-testid="library-data">
+                  {a.data.fileName} ({shortHash(a.data.fingerprint)})
+                </span>
+              )}{' '}
+              {a.imported ? '' : ` · ${formatInt(a.metrics.steps)} steps`}
               {a.metrics.stoppedEarly ? ` of ${formatInt(a.metrics.totalSteps)} (stopped)` : ''} · {formatBytes(a.bytes)} ·{' '}
               <span data-testid="library-date">{formatDate(a.createdAt)}</span>
             </div>
