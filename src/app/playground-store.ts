@@ -33,6 +33,20 @@ export type ClassifyView =
   | { status: 'done'; result: ClassifyResult; text: string }
   | { status: 'error'; message: string };
 
+/** One adapter's row of a comparison: its output for the shared prompt (or text), when done. */
+export interface ComparisonRow {
+  adapterId: string;
+  status: 'waiting' | 'running' | 'done' | 'error';
+  /** Generation: the text and why it ended. */
+  text?: string;
+  end?: GenerationStream['end'];
+  /** Classification: label probabilities. */
+  result?: ClassifyResult;
+  message?: string;
+}
+
+export type ComparisonView = { status: 'idle' } | { status: 'running' | 'done'; input: string; rows: ComparisonRow[] };
+
 export interface PlaygroundState {
   /** The chosen stored adapter (null: none chosen yet, the newest one for the model is offered). */
   adapterId: string | null;
@@ -41,6 +55,9 @@ export interface PlaygroundState {
   generation: GenerationView;
   classifyText: string;
   classification: ClassifyView;
+  /** Several stored adapters on the same prompt (greedy or the same seed) or the same text, one after another. */
+  comparison: ComparisonView;
+  compare(adapterIds: string[], task: 'causal-lm' | 'classification'): Promise<void>;
   setAdapter(id: string): void;
   update(patch: Partial<PlaygroundSettings>): void;
   setClassifyText(text: string): void;
@@ -90,6 +107,46 @@ export const usePlayground = create<PlaygroundState>()((set, get) => {
     generation: { status: 'idle' },
     classifyText: '',
     classification: { status: 'idle' },
+    comparison: { status: 'idle' },
+
+    async compare(adapterIds, task) {
+      const s = get().settings;
+      const input = task === 'classification' ? get().classifyText : s.prompt;
+      const rows: ComparisonRow[] = adapterIds.map((adapterId) => ({ adapterId, status: 'waiting' }));
+      const put = (i: number, row: ComparisonRow) => {
+        rows[i] = row;
+        const c = get().comparison;
+        if (c.status !== 'idle') set({ comparison: { ...c, rows: rows.slice() } });
+      };
+      set({ comparison: { status: 'running', input, rows: rows.slice() } });
+      for (let i = 0; i < adapterIds.length; i++) {
+        const adapterId = adapterIds[i];
+        put(i, { adapterId, status: 'running' });
+        try {
+          if (task === 'classification') {
+            put(i, { adapterId, status: 'done', result: await client().call('classify', { adapterId, text: input }) });
+          } else {
+            const result = await client().call('generate', {
+              requestId: nextRequestId++,
+              adapterId,
+              prompt: input,
+              useChatTemplate: s.useChatTemplate,
+              maxNewTokens: s.maxNewTokens,
+              temperature: s.mode === 'greedy' ? 0 : s.temperature,
+              topK: s.mode === 'greedy' ? 0 : s.topK,
+              topP: s.mode === 'greedy' ? 1 : s.topP,
+              seed: s.seed,
+              compareBase: false,
+            });
+            const out = result.sides.find((x) => x.side === 'adapter');
+            put(i, { adapterId, status: 'done', text: out?.text ?? '', end: out?.end });
+          }
+        } catch (e) {
+          put(i, { adapterId, status: 'error', message: messageOf(e) });
+        }
+      }
+      set({ comparison: { status: 'done', input, rows: rows.slice() } });
+    },
 
     setAdapter(id) {
       set({ adapterId: id });

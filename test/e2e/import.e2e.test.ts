@@ -2,7 +2,8 @@
 // the playground: the greedy tokens must be the ones transformers + PEFT generated for that adapter
 // (test/fixtures/generation-goldens: a LoRA on the tiny GPT-2 saved by PEFT's save_pretrained, and
 // the 40 tokens generate() gave after "Once upon a time", with the adapter and without). An adapter
-// made for another model is refused with the reason; the library marks imported adapters.
+// made for another model is refused with the reason; the library marks imported adapters; two
+// stored adapters compare on the same prompt.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -89,6 +90,18 @@ describe.skipIf(skipReason !== null)('importing a PEFT adapter into the library,
     expect(adapterText).toBe(tok.decode(golden.adapter_on.generated_ids, { skipSpecialTokens: true }));
     expect(baseText).toBe(tok.decode(golden.adapter_off.generated_ids, { skipSpecialTokens: true }));
     expect(adapterText).not.toBe(baseText);
+
+    // Compare adapters: import the same files again, pick both, run them on the same prompt.
+    await page.getByTestId('import-adapter-input').setInputFiles([path.join(dir, 'adapter_config.json'), path.join(dir, 'adapter_model.safetensors')]);
+    await expect.poll(() => page.getByTestId('library-row').count(), { timeout: 60_000 }).toBe(2);
+    await expect.poll(() => page.getByTestId('compare-pick').count(), { timeout: 30_000 }).toBe(2);
+    expect(await page.getByTestId('compare-button').isDisabled()).toBe(true); // none picked yet
+    await page.getByTestId('compare-pick').nth(0).check();
+    await page.getByTestId('compare-pick').nth(1).check();
+    await page.getByTestId('compare-button').click();
+    const statuses = () => page.getByTestId('compare-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-status')).join(','));
+    await expect.poll(statuses, { timeout: 240_000 }).toBe('done,done');
+    expect(await page.getByTestId('compare-output').allTextContents()).toEqual([adapterText, adapterText]);
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 });

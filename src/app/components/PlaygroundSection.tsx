@@ -3,14 +3,15 @@
 // (KV-cache decoding in the worker) with a Stop button and the speed. For a classifier: typed
 // text and the probability of each label.
 
-import { useEffect } from 'react';
+import { useEffect, useState } from 'react';
 import { useApp } from '../store';
 import { usePlayground, type PlaygroundSettings } from '../playground-store';
 import { taskOf, type AdapterMeta } from '../../worker/storage';
 import { METHOD_BY_ID } from '../../worker/methods';
 import type { GenerationSide, GenerationStream } from '../../worker/protocol';
 import { ErrorBox, NumberField, Section, SelectField } from './common';
-import { formatDate } from '../format';
+import { formatDate, formatLoss } from '../format';
+import { formatF1, formatPercent } from './ClassifierViews';
 
 const MAX_NEW_TOKENS = 2048;
 
@@ -70,6 +71,7 @@ export function PlaygroundSection() {
           />
           {training && <p className="warning-box">Training is running: the playground waits until it ends.</p>}
           {summary.task === 'classification' ? <ClassifierPlayground adapter={adapter!} disabled={training} /> : <GenerationPlayground adapter={adapter!} maxPositions={summary.maxPositions} disabled={training} />}
+          {mine.length >= 2 && <CompareAdapters adapters={mine} task={summary.task} maxPositions={summary.maxPositions} disabled={training} />}
         </>
       )}
     </Section>
@@ -222,6 +224,102 @@ function ClassifierPlayground({ adapter, disabled }: { adapter: AdapterMeta; dis
         </table>
       )}
       {c.status === 'done' && c.result.truncated && <p className="muted small">The text was cut to the model&apos;s {c.result.tokens} tokens.</p>}
+    </div>
+  );
+}
+
+/**
+ * Two or more stored adapters of the loaded model side by side: their validation figures from
+ * training, and their outputs for the playground's prompt (generation: greedy, or sampling with
+ * the same seed) or its text (classifiers: the top label and its probability), run one by one.
+ */
+function CompareAdapters({ adapters, task, maxPositions, disabled }: { adapters: AdapterMeta[]; task: 'causal-lm' | 'classification'; maxPositions: number; disabled: boolean }) {
+  const pg = usePlayground();
+  const [picked, setPicked] = useState<string[]>([]);
+  const chosen = adapters.filter((a) => picked.includes(a.id));
+  const c = pg.comparison;
+  const running = c.status === 'running' || pg.generation.status === 'running';
+  const input = task === 'classification' ? pg.classifyText : pg.settings.prompt;
+  const settingsOk = task === 'classification' || Object.keys(settingErrors(pg.settings, maxPositions)).length === 0;
+  const can = !disabled && !running && chosen.length >= 2 && input.trim() !== '' && settingsOk;
+  const byId = new Map(adapters.map((a) => [a.id, a]));
+  return (
+    <div className="playground compare-adapters" data-testid="compare-adapters">
+      <h3>Compare adapters</h3>
+      <p className="muted small">
+        Pick two or more; each runs on the {task === 'classification' ? 'text' : 'prompt'} above
+        {task === 'classification' ? '' : pg.settings.mode === 'greedy' ? ' (greedy)' : ` (sampling, seed ${pg.settings.seed} for each)`}.
+      </p>
+      <div className="compare-picks">
+        {adapters.map((a) => (
+          <label key={a.id} className="checkbox-line">
+            <input
+              type="checkbox"
+              checked={picked.includes(a.id)}
+              data-testid="compare-pick"
+              data-adapter-id={a.id}
+              onChange={(e) => setPicked(e.target.checked ? [...picked, a.id] : picked.filter((id) => id !== a.id))}
+            />
+            {adapterLabel(a)}
+          </label>
+        ))}
+      </div>
+      <div className="button-row">
+        <button type="button" className="button button-primary" disabled={!can} data-testid="compare-button" onClick={() => void pg.compare(chosen.map((a) => a.id), task)}>
+          {c.status === 'running' ? 'Comparing…' : `Compare ${chosen.length || ''}`.trim()}
+        </button>
+        {chosen.length < 2 && <span className="muted small">Pick at least two.</span>}
+      </div>
+      {c.status !== 'idle' && (
+        <div className="table-scroll">
+          <table className="library-table" data-testid="compare-table">
+            <thead>
+              <tr>
+                <th scope="col">Adapter</th>
+                <th scope="col" className="num">Final loss</th>
+                <th scope="col" className="num">Validation</th>
+                <th scope="col">{task === 'classification' ? `Label for “${c.input}”` : 'Output'}</th>
+              </tr>
+            </thead>
+            <tbody>
+              {c.rows.map((row) => {
+                const a = byId.get(row.adapterId);
+                const cls = a?.metrics.classification;
+                return (
+                  <tr key={row.adapterId} data-testid="compare-row" data-adapter-id={row.adapterId} data-status={row.status}>
+                    <td>
+                      <strong>{a?.name ?? row.adapterId}</strong>
+                      <div className="muted small">{a ? METHOD_BY_ID[a.method]?.name ?? a.method : ''}</div>
+                    </td>
+                    <td className="num">{a ? formatLoss(a.metrics.finalLoss) : ''}</td>
+                    <td className="num" data-testid="compare-validation">
+                      {cls ? `${formatPercent(cls.evaluation.accuracy)} · F1 ${formatF1(cls.evaluation.f1)}` : a ? formatLoss(a.metrics.finalEvalLoss) : ''}
+                    </td>
+                    <td>
+                      {row.status === 'waiting' && <span className="muted small">waiting</span>}
+                      {row.status === 'running' && <span className="muted small">running…</span>}
+                      {row.status === 'error' && <span className="field-error">{row.message}</span>}
+                      {row.status === 'done' && row.result && (() => {
+                        const k = row.result.probabilities.indexOf(Math.max(...row.result.probabilities));
+                        return (
+                          <span data-testid="compare-output">
+                            <strong>{row.result.labels[k]}</strong> {(100 * row.result.probabilities[k]).toFixed(1)}%
+                          </span>
+                        );
+                      })()}
+                      {row.status === 'done' && row.text !== undefined && (
+                        <pre className="playground-text" data-testid="compare-output" data-end={row.end ?? ''}>
+                          {row.text}
+                        </pre>
+                      )}
+                    </td>
+                  </tr>
+                );
+              })}
+            </tbody>
+          </table>
+        </div>
+      )}
     </div>
   );
 }
