@@ -3,7 +3,8 @@
 // (test/fixtures/generation-goldens: a LoRA on the tiny GPT-2 saved by PEFT's save_pretrained, and
 // the 40 tokens generate() gave after "Once upon a time", with the adapter and without). An adapter
 // made for another model is refused with the reason; the library marks imported adapters; two
-// stored adapters compare on the same prompt.
+// stored adapters compare on the same prompt; the adapter the exported Python project trained with
+// transformers + PEFT imports and generates as the engine does with it.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +14,12 @@ import { browserMissingReason, buildApp, launchBrowser, ROOT, serve, watchConsol
 import { nodeModelFiles } from '../../src/io/model-files-node';
 import { loadHfModel } from '../../src/io/model-files';
 import { loadTokenizer } from '../../src/data/tokenizer';
+import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
+import { loadCausalLM } from '../../src/engine/models/registry';
+import { StepUniforms } from '../../src/engine/kernels/step-uniforms';
+import { importPeftAdapter } from '../../src/engine/peft/import';
+import { peftModelInfo } from '../../src/engine/peft/factory';
+import { Generator } from '../../src/engine/infer/generator';
 
 const skipReason = browserMissingReason();
 const MODEL_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -103,5 +110,39 @@ describe.skipIf(skipReason !== null)('importing a PEFT adapter into the library,
     await expect.poll(statuses, { timeout: 240_000 }).toBe('done,done');
     expect(await page.getByTestId('compare-output').allTextContents()).toEqual([adapterText, adapterText]);
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
+  });
+
+  it('imports what the exported Python project trained, and generates with it as the engine does', { timeout: 400_000 }, async () => {
+    // test/fixtures/python-project-output: the project of scripts/gpu/python-project-check.sh, run
+    // with transformers + PEFT on the GPU machine, continued our CLI's LoRA on the tiny GPT-2
+    const out = path.join(ROOT, 'test', 'fixtures', 'python-project-output');
+    const files = { config: fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'), weights: new Uint8Array(fs.readFileSync(path.join(out, 'adapter_model.safetensors'))) };
+    const before = await page.getByTestId('library-row').count();
+    await page.getByTestId('import-adapter-input').setInputFiles([path.join(out, 'adapter_config.json'), path.join(out, 'adapter_model.safetensors')]);
+    await expect.poll(() => page.getByTestId('library-row').count(), { timeout: 60_000 }).toBe(before + 1);
+    expect(await page.getByTestId('import-adapter-status').textContent()).toMatch(/\(lora\) for tiny-gpt2\./);
+    const newest = (await page.getByTestId('library-row').first().getAttribute('data-adapter-id'))!;
+    await page.getByTestId('playground-adapter').selectOption(newest);
+    const prompt = 'Once upon a time', maxNew = 24;
+    await page.getByTestId('playground-prompt').fill(prompt);
+    await page.getByTestId('playground-max-new').fill(String(maxNew));
+    await page.getByTestId('playground-generate-button').click();
+    const adapterOut = page.getByTestId('playground-output-adapter');
+    await expect.poll(() => adapterOut.getAttribute('data-end').catch(() => ''), { timeout: 240_000 }).toMatch(/^(eos|max-tokens)$/);
+    await expect.poll(() => page.getByTestId('playground-output-base').getAttribute('data-end').catch(() => ''), { timeout: 240_000 }).toMatch(/^(eos|max-tokens)$/);
+    const got = (await page.getByTestId('playground-text-adapter').textContent()) ?? '';
+
+    // the engine in Node, with the same files
+    const gpu = await createNodeGpu();
+    const hf = await loadHfModel(nodeModelFiles(MODEL_DIR));
+    const tok = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { chatTemplate: hf.chatTemplate, name: hf.name });
+    const loaded = loadCausalLM(gpu, hf);
+    const peft = importPeftAdapter(gpu, { ...files, name: 'python-project-output' }, peftModelInfo(hf.config, loaded.model.linearModules()), new StepUniforms(gpu));
+    const ids = tok.encode(prompt, { addSpecialTokens: true });
+    const gen = new Generator(gpu, loaded.model, peft, ids.length + maxNew);
+    const want = tok.decode(await gen.generate(ids, { maxNewTokens: maxNew, stopIds: [tok.eosId] }), { skipSpecialTokens: true });
+    gen.destroy();
+    expect(got).toBe(want);
+    expect(got).not.toBe((await page.getByTestId('playground-text-base').textContent()) ?? '');
   });
 });
