@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { expectClose, rng, testGpu } from './helpers/gpu';
-import { encodeOps, runOps, type Op } from '../src/engine/gpu/dispatch';
+import { checkSeqClsGoldenRun, seqClsBatchOf } from './helpers/seqcls-goldens';
+import { runOps } from '../src/engine/gpu/dispatch';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel, type HfModel } from '../src/io/model-files';
 import { parseSafetensors, type SafetensorsFile } from '../src/io/safetensors';
@@ -16,7 +17,6 @@ import { loadTokenizer } from '../src/data/tokenizer';
 import { loadSequenceClassifier } from '../src/engine/models/registry';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-import { buildAdamW } from '../src/engine/train/optimizer';
 import { exportPeftAdapter } from '../src/engine/export/peft-export';
 import { SequenceClassificationAdapter, importSeqClsAdapter } from '../src/engine/models/sequence-classification';
 import type { Gpu } from '../src/engine/gpu/gpu';
@@ -46,16 +46,7 @@ const golden = JSON.parse(fs.readFileSync(path.join(GOLD, 'bert-seqcls.json'), '
 };
 const tensors = parseSafetensors(new Uint8Array(fs.readFileSync(path.join(GOLD, 'bert-seqcls.safetensors'))), 'bert-seqcls.safetensors');
 
-function batchOf(gc: SeqClsCase) {
-  const B = gc.batch.input_ids.length, T = gc.batch.input_ids[0].length;
-  return {
-    B, T,
-    inputIds: Uint32Array.from(gc.batch.input_ids.flat()),
-    lengths: Uint32Array.from(gc.batch.attention_mask, (r) => r.reduce((s, x) => s + x, 0)),
-    labels: Int32Array.from(gc.labels),
-    validLabels: B,
-  };
-}
+const batchOf = seqClsBatchOf;
 
 async function runCase(gpu: Gpu, hf: HfModel, gc: SeqClsCase, t: SafetensorsFile): Promise<void> {
   // small embedding blocks: also covers the split word-embedding table
@@ -67,39 +58,7 @@ async function runCase(gpu: Gpu, hf: HfModel, gc: SeqClsCase, t: SafetensorsFile
   const adapter = new SequenceClassificationAdapter(lora, model.headParams);
   expect(adapter.params.map((p) => p.name).sort()).toEqual([...gc.param_names].sort());
   if (gc.peft_state_dict_keys) expect(adapter.params.map((p) => p.name).sort()).toEqual(gc.peft_state_dict_keys);
-  const init = () => {
-    for (const p of adapter.params) gpu.write(p.value, t.getF32(`${gc.name}/init/${p.name}`));
-  };
-  init();
-  const batch = batchOf(gc);
-  const program = model.buildProgram(adapter, { B: batch.B, T: batch.T, training: true });
-  program.write(batch);
-  gpu.write(program.gradScale, new Float32Array([1 / batch.B]));
-  const zero: Op[] = [...adapter.params.map((p) => ({ kind: 'clear' as const, buffer: p.grad.buffer })), { kind: 'clear', buffer: program.lossSum.buffer }];
-  runOps(gpu, [...zero, ...program.forward, ...program.backward]);
-  expectClose(await gpu.read(program.logits), t.getF32(`${gc.name}/logits`), 1e-4, 'logits', 1);
-  const loss = (await gpu.read(program.lossSum))[0] / batch.B;
-  expect(Math.abs(loss - gc.loss) / gc.loss, `loss ${loss} vs ${gc.loss}`).toBeLessThan(1e-4);
-  for (const p of adapter.params) expectClose(await gpu.read(p.grad), t.getF32(`${gc.name}/grad/${p.name}`), 1e-3, `grad ${p.name}`);
-
-  init();
-  const o = gc.optimizer;
-  const opt = buildAdamW(gpu, adapter.params, step, o.max_grad_norm);
-  for (let s = 1; s <= o.steps; s++) {
-    step.write({ lr: o.lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.weight_decay, step: s, seed: s });
-    const enc = gpu.device.createCommandEncoder();
-    encodeOps(enc, [...opt.zeroGrads, { kind: 'clear', buffer: program.lossSum.buffer }, ...program.forward, ...program.backward, ...opt.update]);
-    gpu.device.queue.submit([enc.finish()]);
-    const stepLoss = (await gpu.read(program.lossSum))[0] / batch.B;
-    const norm = (await gpu.read(opt.clip))[0];
-    expect(Math.abs(stepLoss - gc.step_losses[s - 1]) / gc.step_losses[s - 1], `step ${s} loss`).toBeLessThan(1e-4);
-    expect(Math.abs(norm - gc.step_grad_norms[s - 1]) / gc.step_grad_norms[s - 1], `step ${s} grad norm`).toBeLessThan(1e-3);
-  }
-  for (const p of adapter.params) expectClose(await gpu.read(p.value), t.getF32(`${gc.name}/step5/${p.name}`), 1e-3, `step5 ${p.name}`, 1e-2);
-  const ev = model.buildProgram(adapter, { B: batch.B, T: batch.T, training: false });
-  ev.write(batch);
-  runOps(gpu, ev.forward);
-  expectClose(await gpu.read(ev.logits), t.getF32(`${gc.name}/step5_logits`), 1e-3, 'logits after 5 steps', 1);
+  await checkSeqClsGoldenRun(gpu, model, adapter, step, gc, t);
 
   if (lora) {
     // the export: PEFT's names, and the config fields PEFT itself wrote for this case
@@ -115,8 +74,6 @@ async function runCase(gpu: Gpu, hf: HfModel, gc: SeqClsCase, t: SafetensorsFile
     // PEFT writes target_modules from a set (its order follows PYTHONHASHSEED)
     expect([...cfg.target_modules].sort()).toEqual([...(peftCfg.target_modules as string[])].sort());
   }
-  program.destroy();
-  ev.destroy();
   model.destroy();
 }
 

@@ -10,13 +10,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { expectClose, rng, testGpu } from './helpers/gpu';
-import { encodeOps, runOps, type Op } from '../src/engine/gpu/dispatch';
+import { checkSeqClsGoldenRun, seqClsBatchOf } from './helpers/seqcls-goldens';
+import { runOps } from '../src/engine/gpu/dispatch';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel, type HfModel } from '../src/io/model-files';
 import { parseSafetensors } from '../src/io/safetensors';
 import { loadSequenceClassifier } from '../src/engine/models/registry';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-import { buildAdamW } from '../src/engine/train/optimizer';
 import { createSeqClsAdapter, exportSeqClsAdapter, importSeqClsAdapter } from '../src/engine/models/sequence-classification';
 import { ENCODER_IA3_DEFAULTS } from '../src/engine/models/encoder-methods';
 import type { MethodSpec } from '../src/engine/peft/factory';
@@ -71,14 +71,7 @@ function specOf(gc: Case): MethodSpec {
   return { method: 'bottleneck', bottleneck: { type: b.type, reductionFactor: b.reduction_factor, nonLinearity: b.non_linearity, name: 'sst' } };
 }
 
-function batchOf(gc: Case) {
-  const B = gc.batch.input_ids.length, T = gc.batch.input_ids[0].length;
-  return {
-    B, T, inputIds: Uint32Array.from(gc.batch.input_ids.flat()),
-    lengths: Uint32Array.from(gc.batch.attention_mask, (r) => r.reduce((s, x) => s + x, 0)),
-    labels: Int32Array.from(gc.labels), validLabels: B,
-  };
-}
+const batchOf = seqClsBatchOf;
 
 describe('IA3, DoRA, prompt tuning and bottleneck adapters on DistilBERT / BERT classifiers match PyTorch + PEFT', async () => {
   const models = new Map<string, HfModel>();
@@ -109,39 +102,7 @@ describe('IA3, DoRA, prompt tuning and bottleneck adapters on DistilBERT / BERT 
       const adapter = createSeqClsAdapter(gpu, spec, model, step, rng(1));
       expect(adapter.params.map((p) => p.name).sort()).toEqual([...gc.param_names].sort());
       if (gc.peft_saved_keys) expect(adapter.params.map((p) => adapter.headSavedName(p.name)).sort()).toEqual(gc.peft_saved_keys);
-      const init = () => {
-        for (const p of adapter.params) gpu.write(p.value, tensors.getF32(`${gc.name}/init/${p.name}`));
-      };
-      init();
-      const batch = batchOf(gc);
-      const program = model.buildProgram(adapter, { B: batch.B, T: batch.T, training: true });
-      program.write(batch);
-      gpu.write(program.gradScale, new Float32Array([1 / batch.B]));
-      const zero: Op[] = [...adapter.params.map((p) => ({ kind: 'clear' as const, buffer: p.grad.buffer })), { kind: 'clear', buffer: program.lossSum.buffer }];
-      runOps(gpu, [...zero, ...program.forward, ...program.backward]);
-      expectClose(await gpu.read(program.logits), tensors.getF32(`${gc.name}/logits`), 1e-4, 'logits', 1);
-      const loss = (await gpu.read(program.lossSum))[0] / batch.B;
-      expect(Math.abs(loss - gc.loss) / gc.loss, `loss ${loss} vs ${gc.loss}`).toBeLessThan(1e-4);
-      for (const p of adapter.params) expectClose(await gpu.read(p.grad), tensors.getF32(`${gc.name}/grad/${p.name}`), 1e-3, `grad ${p.name}`);
-
-      init();
-      const o = gc.optimizer;
-      const opt = buildAdamW(gpu, adapter.params, step, o.max_grad_norm);
-      for (let s = 1; s <= o.steps; s++) {
-        step.write({ lr: o.lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.weight_decay, step: s, seed: s });
-        const enc = gpu.device.createCommandEncoder();
-        encodeOps(enc, [...opt.zeroGrads, { kind: 'clear', buffer: program.lossSum.buffer }, ...program.forward, ...program.backward, ...opt.update]);
-        gpu.device.queue.submit([enc.finish()]);
-        const stepLoss = (await gpu.read(program.lossSum))[0] / batch.B;
-        const norm = (await gpu.read(opt.clip))[0];
-        expect(Math.abs(stepLoss - gc.step_losses[s - 1]) / gc.step_losses[s - 1], `step ${s} loss`).toBeLessThan(1e-4);
-        expect(Math.abs(norm - gc.step_grad_norms[s - 1]) / gc.step_grad_norms[s - 1], `step ${s} grad norm`).toBeLessThan(1e-3);
-      }
-      for (const p of adapter.params) expectClose(await gpu.read(p.value), tensors.getF32(`${gc.name}/step5/${p.name}`), 1e-3, `step5 ${p.name}`, 1e-2);
-      const ev = model.buildProgram(adapter, { B: batch.B, T: batch.T, training: false });
-      ev.write(batch);
-      runOps(gpu, ev.forward);
-      expectClose(await gpu.read(ev.logits), tensors.getF32(`${gc.name}/step5_logits`), 1e-3, 'logits after 5 steps', 1);
+      await checkSeqClsGoldenRun(gpu, model, adapter, step, gc, tensors);
 
       const files = await exportSeqClsAdapter(gpu, adapter, hf.name, model);
       const cfg = JSON.parse(files.get('adapter_config.json') as string);
@@ -171,9 +132,6 @@ describe('IA3, DoRA, prompt tuning and bottleneck adapters on DistilBERT / BERT 
         if (gc.method !== 'prompt') expect([...cfg.target_modules].sort()).toEqual([...(peftCfg.target_modules as string[])].sort());
         if (gc.method === 'ia3') expect([...cfg.feedforward_modules].sort()).toEqual([...(peftCfg.feedforward_modules as string[])].sort());
       }
-      program.destroy();
-      ev.destroy();
-      opt.destroy();
       adapter.destroy();
       model.destroy();
     });
