@@ -119,6 +119,11 @@ export interface CheckpointMeta {
   /** Set when the run finished and its adapter was saved. */
   adapterId: string | null;
   bytes: number;
+  /**
+   * Set when the run stopped because the loss or the gradients stopped being finite: resuming with
+   * the same settings, data order and seed would diverge again at the same step, so it is not offered.
+   */
+  diverged?: { step: number; message: string };
 }
 
 export interface CheckpointTensors {
@@ -304,6 +309,15 @@ export async function renameAdapter(id: string, name: string): Promise<AdapterMe
     const renamed = { ...meta, name: trimmed };
     store.put(renamed);
     return renamed;
+  });
+}
+
+/** Marks a run's checkpoint as diverged (see CheckpointMeta.diverged); nothing happens when there is none. */
+export async function markCheckpointDiverged(runId: string, diverged: { step: number; message: string }): Promise<void> {
+  await transact(['checkpoints'], 'readwrite', async (tx) => {
+    const store = tx.objectStore('checkpoints');
+    const meta = await request(store.get(runId) as IDBRequest<CheckpointMeta | undefined>);
+    if (meta) store.put({ ...meta, diverged });
   });
 }
 

@@ -51,6 +51,7 @@ import {
   fingerprintFile,
   getCheckpoint,
   listAdapters,
+  markCheckpointDiverged,
   saveAdapter,
   saveCheckpoint,
   StorageError,
@@ -1064,6 +1065,11 @@ async function drive(r: RunState): Promise<void> {
       // Ready for the page's Resume: a new device with the model on it. A failure here says so now.
       void recoverDevice().catch((err: unknown) => emit({ type: 'error', runId: r.id, error: { ...errorInfo(err, 'gpu'), message: `${message} But a new GPU device could not be set up: ${messageOf(err)}` } }));
       return;
+    }
+    if (e instanceof TrainError && /the loss became/.test(messageOf(e))) {
+      // resuming from the kept checkpoint would replay the same steps into the same divergence
+      const step = Number(/step (\d+):/.exec(messageOf(e))?.[1] ?? (r.lastReport?.step ?? r.sessionStartStep) + 1);
+      await markCheckpointDiverged(r.id, { step, message: messageOf(e) }).catch(() => undefined);
     }
     emit({ type: 'error', runId: r.id, error: errorInfo(e, inputForTrainingError(e)) });
     endRun(r);

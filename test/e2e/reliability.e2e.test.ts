@@ -318,6 +318,10 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     expect(kept.step).toBe(6);
     expect(kept.finite).toBe(true);
     expect((await readStore<{ name: string }>(page, 'adapters')).some((a) => a.name === 'diverged')).toBe(false);
+    // the library keeps the checkpoint but does not offer to resume it: the same steps would diverge again
+    const row = page.getByTestId('unfinished-run').filter({ hasText: 'diverged' });
+    await expect.poll(() => row.getByTestId('unfinished-diverged').textContent().catch(() => ''), { timeout: 30_000 }).toMatch(/Stopped at step 7: the loss stopped being finite/);
+    expect(await row.getByTestId('unfinished-resume').isDisabled()).toBe(true);
     await sectionShot('section-train', '54-nan-loss');
   });
 

@@ -274,10 +274,22 @@ function UnfinishedRuns({ runs }: { runs: CheckpointMeta[] }) {
                 <div className="muted small">
                   step {formatInt(c.step)} of {formatInt(c.totalSteps)} · {c.baseModel.name} · {c.data.fileName} · saved {formatDate(c.savedAt)}
                 </div>
-                {missing && !busy && <div className="muted small">To resume, load {missing}.</div>}
+                {c.diverged ? (
+                  <div className="field-error" data-testid="unfinished-diverged">
+                    Stopped at step {formatInt(c.diverged.step)}: the loss stopped being finite. Resuming with the same settings would diverge again; start a new run with a lower learning rate.
+                  </div>
+                ) : (
+                  missing && !busy && <div className="muted small">To resume, load {missing}.</div>
+                )}
               </div>
               <div className="actions">
-                <button type="button" className="button button-small" disabled={busy || !modelOk || !dataOk} onClick={() => void resumeCheckpoint(c.runId)}>
+                <button
+                  type="button"
+                  className="button button-small"
+                  disabled={busy || !modelOk || !dataOk || Boolean(c.diverged)}
+                  data-testid="unfinished-resume"
+                  onClick={() => void resumeCheckpoint(c.runId)}
+                >
                   Resume
                 </button>
                 <button type="button" className="button button-small button-secondary" disabled={busy} onClick={() => void deleteCheckpoint(c.runId)}>
