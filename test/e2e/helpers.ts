@@ -162,3 +162,15 @@ export async function numberIn(page: Page, testId: string): Promise<number> {
   if (!m) throw new Error(`no number in [data-testid=${testId}]: "${text}"`);
   return Number(m[0]);
 }
+
+/** A prompt,completion CSV of small sums in words ("3 plus 1" -> "four"), `rows` rows: data the tiny models learn from. */
+export function sumsCsv(rows: number): string {
+  const words = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten'];
+  const lines = ['prompt,completion'];
+  for (let i = 0; i < rows; i++) {
+    const a = (i * 7 + 3) % 6;
+    const b = (i * 3 + 1) % 5;
+    lines.push(`${a} plus ${b},${words[a + b]}`);
+  }
+  return lines.join('\n') + '\n';
+}

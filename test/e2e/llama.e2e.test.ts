@@ -11,23 +11,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const LLAMA_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-llama');
 const GPT2_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
 const PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
-
-function sumsCsv(rows: number): string {
-  const words = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten'];
-  const lines = ['prompt,completion'];
-  for (let i = 0; i < rows; i++) {
-    const a = (i * 7 + 3) % 6;
-    const b = (i * 3 + 1) % 5;
-    lines.push(`${a} plus ${b},${words[a + b]}`);
-  }
-  return lines.join('\n') + '\n';
-}
 
 describe.skipIf(skipReason !== null)('a Llama-family model in the app, in Chromium', () => {
   let browser: Browser;

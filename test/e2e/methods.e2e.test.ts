@@ -12,22 +12,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8, type Unzipped } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, SCREENSHOTS, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, SCREENSHOTS, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const GPT2_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
 const QWEN3_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-qwen3');
-
-function sumsCsv(rows: number): string {
-  const words = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten'];
-  const lines = ['prompt,completion'];
-  for (let i = 0; i < rows; i++) {
-    const a = (i * 7 + 3) % 6;
-    const b = (i * 3 + 1) % 5;
-    lines.push(`${a} plus ${b},${words[a + b]}`);
-  }
-  return lines.join('\n') + '\n';
-}
 
 describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromium', () => {
   let browser: Browser;
