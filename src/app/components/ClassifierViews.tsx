@@ -4,11 +4,10 @@
 
 import { useLayoutEffect, useRef, useState } from 'react';
 import type { BestEval, EvalPoint } from '../../worker/protocol';
-import { niceTicks } from './LossChart';
+import { MARGIN, niceTicks, StepAxes } from './LossChart';
 import { formatLoss, formatInt } from '../format';
 
 const HEIGHT = 200;
-const MARGIN = { left: 56, right: 18, top: 14, bottom: 40 };
 
 export function formatPercent(v: number | undefined): string {
   return v === undefined || !Number.isFinite(v) ? '–' : `${(100 * v).toFixed(1)} %`;
@@ -58,27 +57,7 @@ export function MetricsChart(props: { evals: EvalPoint[]; totalSteps: number; be
         )}
       </div>
       <svg width={width} height={HEIGHT} role="img" aria-label={`Accuracy and macro-F1 over ${evals.length} evaluations`}>
-        {yTicks.map((t) => (
-          <g key={`y${t}`}>
-            <line className="grid" x1={MARGIN.left} x2={width - MARGIN.right} y1={y(t)} y2={y(t)} />
-            <text className="tick" x={MARGIN.left - 8} y={y(t)} textAnchor="end" dominantBaseline="middle">
-              {Math.round(t * 100)} %
-            </text>
-          </g>
-        ))}
-        {xTicks.map((t) => (
-          <g key={`x${t}`}>
-            <line className="axis" x1={x(t)} x2={x(t)} y1={MARGIN.top + plotH} y2={MARGIN.top + plotH + 5} />
-            <text className="tick" x={x(t)} y={MARGIN.top + plotH + 18} textAnchor="middle">
-              {t}
-            </text>
-          </g>
-        ))}
-        <line className="axis" x1={MARGIN.left} x2={width - MARGIN.right} y1={MARGIN.top + plotH} y2={MARGIN.top + plotH} />
-        <line className="axis" x1={MARGIN.left} x2={MARGIN.left} y1={MARGIN.top} y2={MARGIN.top + plotH} />
-        <text className="axis-title" x={MARGIN.left + plotW / 2} y={HEIGHT - 4} textAnchor="middle">
-          step
-        </text>
+        <StepAxes width={width} height={HEIGHT} x={x} y={y} xTicks={xTicks} yTicks={yTicks} yLabel={(t) => `${Math.round(t * 100)} %`} />
         {props.best && <line className="best-line" x1={x(props.best.step)} x2={x(props.best.step)} y1={MARGIN.top} y2={MARGIN.top + plotH} />}
         {series.map((s) => (
           <g key={s.key}>

@@ -5,7 +5,8 @@ import { useLayoutEffect, useMemo, useRef, useState } from 'react';
 import type { EvalPoint, StepPoint } from '../../worker/protocol';
 
 const HEIGHT = 260;
-const MARGIN = { left: 56, right: 18, top: 14, bottom: 40 };
+/** Plot margins of the step charts (this one and the classifier's accuracy chart). */
+export const MARGIN = { left: 56, right: 18, top: 14, bottom: 40 };
 
 /** Round tick values (1, 2 or 5 × 10^k apart) covering [lo, hi]. */
 export function niceTicks(lo: number, hi: number, count: number): number[] {
@@ -95,27 +96,7 @@ export function LossChart(props: { points: StepPoint[]; evals: EvalPoint[]; tota
         </span>
       </div>
       <svg width={width} height={HEIGHT} role="img" aria-label={`Loss over ${finite.length} steps`}>
-        {yTicks.map((t) => (
-          <g key={`y${t}`}>
-            <line className="grid" x1={MARGIN.left} x2={width - MARGIN.right} y1={y(t)} y2={y(t)} />
-            <text className="tick" x={MARGIN.left - 8} y={y(t)} textAnchor="end" dominantBaseline="middle">
-              {tickLabel(t, yTicks)}
-            </text>
-          </g>
-        ))}
-        {xTicks.map((t) => (
-          <g key={`x${t}`}>
-            <line className="axis" x1={x(t)} x2={x(t)} y1={MARGIN.top + plotH} y2={MARGIN.top + plotH + 5} />
-            <text className="tick" x={x(t)} y={MARGIN.top + plotH + 18} textAnchor="middle">
-              {t}
-            </text>
-          </g>
-        ))}
-        <line className="axis" x1={MARGIN.left} x2={width - MARGIN.right} y1={MARGIN.top + plotH} y2={MARGIN.top + plotH} />
-        <line className="axis" x1={MARGIN.left} x2={MARGIN.left} y1={MARGIN.top} y2={MARGIN.top + plotH} />
-        <text className="axis-title" x={MARGIN.left + plotW / 2} y={HEIGHT - 4} textAnchor="middle">
-          step
-        </text>
+        <StepAxes width={width} height={HEIGHT} x={x} y={y} xTicks={xTicks} yTicks={yTicks} yLabel={(t) => tickLabel(t, yTicks)} />
         <text className="axis-title" transform={`translate(14 ${MARGIN.top + plotH / 2}) rotate(-90)`} textAnchor="middle">
           loss
         </text>
@@ -137,5 +118,44 @@ export function LossChart(props: { points: StepPoint[]; evals: EvalPoint[]; tota
         )}
       </svg>
     </div>
+  );
+}
+
+/** Grid, ticks and axes of a chart over training steps (x) with its own y scale; "step" under the x axis. */
+export function StepAxes(props: {
+  width: number;
+  height: number;
+  x: (step: number) => number;
+  y: (v: number) => number;
+  xTicks: number[];
+  yTicks: number[];
+  yLabel: (v: number) => string;
+}) {
+  const { width, height, x, y } = props;
+  const bottom = height - MARGIN.bottom;
+  return (
+    <>
+      {props.yTicks.map((t) => (
+        <g key={`y${t}`}>
+          <line className="grid" x1={MARGIN.left} x2={width - MARGIN.right} y1={y(t)} y2={y(t)} />
+          <text className="tick" x={MARGIN.left - 8} y={y(t)} textAnchor="end" dominantBaseline="middle">
+            {props.yLabel(t)}
+          </text>
+        </g>
+      ))}
+      {props.xTicks.map((t) => (
+        <g key={`x${t}`}>
+          <line className="axis" x1={x(t)} x2={x(t)} y1={bottom} y2={bottom + 5} />
+          <text className="tick" x={x(t)} y={bottom + 18} textAnchor="middle">
+            {t}
+          </text>
+        </g>
+      ))}
+      <line className="axis" x1={MARGIN.left} x2={width - MARGIN.right} y1={bottom} y2={bottom} />
+      <line className="axis" x1={MARGIN.left} x2={MARGIN.left} y1={MARGIN.top} y2={bottom} />
+      <text className="axis-title" x={(MARGIN.left + width - MARGIN.right) / 2} y={height - 4} textAnchor="middle">
+        step
+      </text>
+    </>
   );
 }
