@@ -34,7 +34,7 @@ import { PromptTuningError } from '../engine/peft/prompt-tuning';
 import { PrefixTuningError } from '../engine/peft/prefix-tuning';
 import type { PeftMethod } from '../engine/peft/method';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
-import { DEFAULT_TRAIN_CONFIG, mixSeed, Trainer, TrainError, type StepReport, type TrainConfig } from '../engine/train/trainer';
+import { DEFAULT_TRAIN_CONFIG, DivergenceError, mixSeed, Trainer, TrainError, type StepReport, type TrainConfig } from '../engine/train/trainer';
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { warmupStepsFromRatio } from '../train/schedule';
 import { estimateClassifierTraining, estimateTraining, headBuffers } from './memory';
@@ -1066,10 +1066,9 @@ async function drive(r: RunState): Promise<void> {
       void recoverDevice().catch((err: unknown) => emit({ type: 'error', runId: r.id, error: { ...errorInfo(err, 'gpu'), message: `${message} But a new GPU device could not be set up: ${messageOf(err)}` } }));
       return;
     }
-    if (e instanceof TrainError && /the loss became/.test(messageOf(e))) {
+    if (e instanceof DivergenceError) {
       // resuming from the kept checkpoint would replay the same steps into the same divergence
-      const step = Number(/step (\d+):/.exec(messageOf(e))?.[1] ?? (r.lastReport?.step ?? r.sessionStartStep) + 1);
-      await markCheckpointDiverged(r.id, { step, message: messageOf(e) }).catch(() => undefined);
+      await markCheckpointDiverged(r.id, { step: e.step, message: e.message }).catch(() => undefined);
     }
     emit({ type: 'error', runId: r.id, error: errorInfo(e, inputForTrainingError(e)) });
     endRun(r);

@@ -11,7 +11,7 @@ import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
 import type { EncoderClassifier, SeqClsProgram } from '../models/encoder';
 import { buildAdamW, type OptimizerOps } from './optimizer';
-import { TrainError, type StepReport, type TrainConfig } from './trainer';
+import { DivergenceError, TrainError, type StepReport, type TrainConfig } from './trainer';
 import { submitOptimizerStep } from './submit-step';
 import { argmax, classificationMetrics, type ClassificationMetrics } from './classification-metrics';
 import { epochOrder } from '../../data/batches';
@@ -144,7 +144,7 @@ export class ClassifierTrainer {
         const elapsedMs = performance.now() - start;
         const done = step - startStep;
         if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-          failure ??= new TrainError(`step ${step}: the loss became ${loss} (gradient norm ${gradNorm}); try a lower learning rate`);
+          failure ??= new DivergenceError(step, loss, gradNorm);
         }
         hooks.onStep?.({
           step, totalSteps: c.totalSteps, epoch, loss, lr: res.lr, gradNorm, tokens: res.tokens,

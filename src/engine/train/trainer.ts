@@ -79,6 +79,17 @@ export class TrainError extends Error {
   }
 }
 
+/** The loss or the gradient norm of `step` was not finite: the run diverged there. */
+export class DivergenceError extends TrainError {
+  constructor(
+    readonly step: number,
+    loss: number,
+    gradNorm: number,
+  ) {
+    super(`step ${step}: the loss became ${loss} (gradient norm ${gradNorm}); try a lower learning rate`);
+  }
+}
+
 export const DEFAULT_TRAIN_CONFIG: Omit<TrainConfig, 'totalSteps' | 'seqLen'> = {
   batchSize: 8,
   gradAccumSteps: 1,
@@ -205,7 +216,7 @@ export class Trainer {
         const elapsedMs = performance.now() - start;
         const done = step - startStep;
         if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-          failure ??= new TrainError(`step ${step}: the loss became ${loss} (gradient norm ${gradNorm}); try a lower learning rate`);
+          failure ??= new DivergenceError(step, loss, gradNorm);
         }
         hooks.onStep?.({
           step, totalSteps: c.totalSteps, epoch, loss, lr: res.lr, gradNorm, tokens: res.tokens,
