@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
-import { matmul, matmulSplitK, matmulVariant, usesSkinnyMatmul, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
+import { matmul, matmulSplitK, matmulVariant, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
 
 const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' } } });
@@ -55,7 +55,8 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   for (const v of skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
     if (v.startsWith('skinny')) gpu.tuning.skinnyRows = gpu.tuning.skinnyRowsRowFast = Number(v.slice(6));
     else gpu.tuning.matmul = v as KernelTuning['matmul'];
-    const label = v === 'auto' ? `auto(${matmulVariant(gpu, M, N, K, 1)})` : v;
+    const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda: transA ? M : K, ldb: transB ? K : N, offA: 0, offB: 0, batch: { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } });
+    const label = `${v === 'auto' ? `auto(${matmulVariant(gpu, M, N, K, 1, aligned ? { transB } : undefined)})` : v}${aligned ? ' vec4' : ''}`;
     const op = matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label });
     const profiler = new KernelProfiler(gpu);
     const ops: Op[] = Array.from({ length: reps }, () => op);

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { randArray } from './helpers/gpu';
-import { matmul, matmulSplitK, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
+import { matmul, matmulSplitK, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
@@ -142,6 +142,13 @@ const TRANSPOSES: [boolean, boolean][] = [
 
 // Both kernels (64- and 128-tile) must give the same results on every case.
 describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('matmul kernel, %s tile', (tile) => {
+  // the scalar-load kernels (aligned cases would otherwise go to the vec4 ones, tested below)
+  beforeEach(async () => {
+    (await testGpu()).tuning.vec4Matmul = false;
+  });
+  afterEach(async () => {
+    (await testGpu()).tuning.vec4Matmul = DEFAULT_KERNEL_TUNING.vec4Matmul;
+  });
   it('matches the reference for all transpose combinations and odd shapes', async () => {
     const gpu = await testGpu();
     gpu.tuning.matmul = tile;
@@ -335,6 +342,105 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
     for (const [patch, re] of bad) {
       expect(() => matmul(gpu, { ...ok, ...patch }), JSON.stringify(patch)).toThrow(re);
     }
+  });
+});
+
+// The vec4 kernels take operands whose contiguous dimension, offsets and strides are multiples of
+// 4; the other dimensions (M of a k-contiguous A, N of a k-contiguous B, C's layout) stay free.
+describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul kernel, %s tile', (tile) => {
+  beforeEach(async () => {
+    const gpu = await testGpu();
+    gpu.tuning.matmul = tile;
+    gpu.tuning.vec4Matmul = true;
+  });
+  afterEach(async () => {
+    Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
+  });
+  /** check(), after asserting the product goes to this tile's vec4 kernel. */
+  async function checkVec4(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string): Promise<void> {
+    const t = gpu.tensor([4], 't');
+    const op = matmul(gpu, { ...k, a: gpu.tensor([sizes.a], 'a'), b: gpu.tensor([sizes.b], 'b'), c: gpu.tensor([sizes.c], 'c'), bias: k.bias ? gpu.tensor([k.N], 'bias') : undefined });
+    const want = gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, what, 'main', { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0 });
+    expect(op.kind === 'dispatch' && op.pipeline === want, `${what} runs the vec4 kernel`).toBe(true);
+    gpu.destroyTensor(t);
+    await check(gpu, k, sizes, what);
+  }
+  // M, N, K: whichever of them is an operand's contiguous dimension is a multiple of 4
+  const ALIGNED: [number, number, number, boolean, boolean][] = [
+    [4, 4, 4, false, false], [68, 60, 20, false, false], [67, 60, 20, false, false], [132, 72, 4, false, false],
+    [20, 96, 132, false, false], [64, 64, 16, false, false], [200, 132, 36, false, false], [129, 260, 52, false, false],
+    [68, 60, 20, true, false], [132, 72, 4, true, false], [8, 200, 36, true, false], [260, 132, 52, true, false],
+    [68, 60, 20, false, true], [67, 61, 20, false, true], [20, 96, 132, false, true], [130, 70, 36, false, true],
+    [68, 60, 20, true, true], [132, 71, 4, true, true], [200, 8, 36, true, true], [260, 129, 52, true, true],
+  ];
+
+  it('matches the reference for every transpose, on tile edges and K tails', async () => {
+    const gpu = await testGpu();
+    for (const [M, N, K, transA, transB] of ALIGNED) {
+      await checkVec4(gpu, { M, N, K, transA, transB }, dense(M, N, K), `vec4 tA=${transA} tB=${transB} ${M}x${N}x${K}`);
+    }
+    await checkVec4(gpu, { M: 256, N: 256, K: 256 }, dense(256, 256, 256), 'vec4 256^3');
+  });
+
+  it('applies alpha, accumulate and bias with aligned leading dimensions and offsets, C at any layout', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [72, 68, 28];
+    const bias = randArray(N, 99, 3);
+    for (const [transA, transB] of TRANSPOSES) {
+      const rowsA = transA ? K : M, colsA = transA ? M : K;
+      const rowsB = transB ? N : K, colsB = transB ? K : N;
+      const lda = colsA + 8, ldb = colsB + 4, ldc = N + 7;
+      const offsetA = 12, offsetB = 4, offsetC = 13;
+      const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
+      for (const v of [{ alpha: 0.75, accumulate: true }, { bias }, { alpha: -2, accumulate: true, bias }]) {
+        await checkVec4(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, `vec4 strided tA=${transA} tB=${transB} ${Object.keys(v).join(',')}`);
+      }
+    }
+  });
+
+  it('runs batched products with aligned batch strides, and attention straight out of packed qkv', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [33, 72, 20];
+    for (const [transA, transB] of TRANSPOSES) {
+      if (transA) continue; // M = 33 is A's contiguous dimension then
+      const mA = M * K + 4, mB = K * N + 8, mC = M * N + 9;
+      const batch: MatmulBatch = { outer: 3, inner: 2, strideA: [2 * mA + 8, mA], strideB: [2 * mB + 4, mB], strideC: [2 * mC + 5, mC] };
+      await checkVec4(gpu, { M, N, K, transA, transB, batch }, { a: 3 * batch.strideA[0], b: 3 * batch.strideB[0], c: 3 * batch.strideC[0] }, `vec4 batched tA=${transA} tB=${transB}`);
+    }
+    const [B, T, H, hd] = [2, 37, 3, 8];
+    const C = H * hd;
+    const qkvSize = B * T * 3 * C;
+    await checkVec4(
+      gpu,
+      {
+        M: T, N: T, K: hd, transB: true, lda: 3 * C, ldb: 3 * C, offsetA: 0, offsetB: C, alpha: 1 / Math.sqrt(hd),
+        batch: { outer: B, inner: H, strideA: [T * 3 * C, hd], strideB: [T * 3 * C, hd], strideC: [H * T * T, T * T] },
+      },
+      { a: qkvSize, b: qkvSize, c: B * H * T * T },
+      'vec4 scores = Q K^T',
+    );
+    await checkVec4(
+      gpu,
+      {
+        M: T, N: hd, K: 36, transA: false, ldb: 3 * C, ldc: C, offsetB: 2 * C, lda: 40,
+        batch: { outer: B, inner: H, strideA: [H * T * 40, T * 40], strideB: [T * 3 * C, hd], strideC: [T * C, hd] },
+      },
+      { a: B * H * T * 40, b: qkvSize, c: B * T * C },
+      'vec4 out = P V over 36 keys (P rows padded to 40)',
+    );
+  });
+
+  it('is chosen only for aligned operands', () => {
+    const none = { outer: 1, inner: 1, strideA: [0, 0] as [number, number], strideB: [0, 0] as [number, number], strideC: [0, 0] as [number, number] };
+    const base = { M: 67, N: 68, K: 20, transA: false, transB: false, lda: 20, ldb: 68, offA: 0, offB: 0, batch: none };
+    expect(vec4Aligned(base)).toBe(true);
+    expect(vec4Aligned({ ...base, K: 21, lda: 21 })).toBe(false); // A's rows
+    expect(vec4Aligned({ ...base, N: 67, ldb: 67 })).toBe(false); // B's rows
+    expect(vec4Aligned({ ...base, transA: true, lda: 67 })).toBe(false); // A stored [K, M], M = 67
+    expect(vec4Aligned({ ...base, transB: true, ldb: 20 })).toBe(true); // B stored [N, K]: N is free
+    expect(vec4Aligned({ ...base, lda: 22 })).toBe(false);
+    expect(vec4Aligned({ ...base, offB: 2 })).toBe(false);
+    expect(vec4Aligned({ ...base, batch: { ...none, strideA: [0, 6] } })).toBe(false);
   });
 });
 

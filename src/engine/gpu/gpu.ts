@@ -36,6 +36,8 @@ export interface GpuOptions {
 export interface KernelTuning {
   /** 'auto': by output size (kernels/matmul.ts matmulVariant); or force one tiled kernel. */
   matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128' | 'db64x64';
+  /** Vec4-aligned operands go to the vec4 variant of the chosen tiling (kernels/matmul.ts vec4Aligned). */
+  vec4Matmul: boolean;
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
   wideMatmulMinWorkgroups: number;
   /** ... and a 128x64 or 64x128 one from this many. */
@@ -65,7 +67,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
 };
 
 export class GpuError extends Error {

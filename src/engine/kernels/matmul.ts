@@ -7,6 +7,10 @@ import code128x128 from '../../../shaders/matmul_wide_128x128.wgsl?raw';
 import code128x64 from '../../../shaders/matmul_wide_128x64.wgsl?raw';
 import code64x128 from '../../../shaders/matmul_wide_64x128.wgsl?raw';
 import codeDb64x64 from '../../../shaders/matmul_db_64x64.wgsl?raw';
+import codeVec128x128 from '../../../shaders/matmul_vec4_128x128.wgsl?raw';
+import codeVec128x64 from '../../../shaders/matmul_vec4_128x64.wgsl?raw';
+import codeVec64x128 from '../../../shaders/matmul_vec4_64x128.wgsl?raw';
+import codeVec64x64 from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import codeSplitKReduce from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
@@ -65,6 +69,32 @@ export const MATMUL_VARIANTS = {
 export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
 
 /**
+ * The same tilings for vec4-aligned operands (vec4Aligned): vec4 loads, the inner loop unrolled,
+ * padded staging (scripts/gen-matmul-wide.mjs VEC4_VARIANTS); with their workgroup memory in bytes.
+ * The double-buffered 64x64 maps to the plain one.
+ */
+export const VEC4_MATMUL_VARIANTS: Record<MatmulVariant, { code: string; sharedBytes: number }> = {
+  '128x128': { code: codeVec128x128, sharedBytes: 2 * 16 * 33 * 16 },
+  '128x64': { code: codeVec128x64, sharedBytes: 16 * (33 + 17) * 16 },
+  '64x128': { code: codeVec64x128, sharedBytes: 16 * (17 + 33) * 16 },
+  '64x64': { code: codeVec64x64, sharedBytes: 2 * 16 * 17 * 16 },
+  'db64x64': { code: codeVec64x64, sharedBytes: 2 * 16 * 17 * 16 },
+};
+
+/**
+ * Whether the vec4 kernels can read A and B: each operand's contiguous dimension (k for A [M, K] and
+ * B [N, K]; m for A stored [K, M]; n for B [K, N]) and every offset, row stride and batch stride
+ * a multiple of 4 elements, so every vec4 read lies inside one row.
+ */
+export function vec4Aligned(p: {
+  M: number; N: number; K: number; transA: boolean; transB: boolean; lda: number; ldb: number;
+  offA: number; offB: number; batch: MatmulBatch;
+}): boolean {
+  const four = (...v: number[]) => v.every((x) => x % 4 === 0);
+  return four(p.transA ? p.M : p.K, p.transB ? p.K : p.N, p.lda, p.ldb, p.offA, p.offB, ...p.batch.strideA, ...p.batch.strideB);
+}
+
+/**
  * The tiled kernel for an M x N output, `batch` times. Larger tiles do more arithmetic per staged
  * element but make fewer workgroups, and a GPU whose last wave of workgroups is short idles. On
  * the H100 (bench/matmul-shapes.ts) 128x128 wins from ~1000 workgroups (LM head, 4096^2), the
@@ -72,15 +102,18 @@ export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
  * 768 or 576 wide at 2048 rows, and attention's products over 64-wide heads), double-buffered
  * when K is long enough for it to pay (+2-5%). gpu.tuning.matmul forces one.
  */
-export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: number): MatmulVariant {
+export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: number, vec4?: { transB: boolean }): MatmulVariant {
   const forced = gpu.tuning.matmul;
   if (forced !== 'auto') return forced;
   // with a short K (attention's head width) the larger tiles' longer start does not pay
   if (K < 256) return '64x64';
   const count = (v: MatmulVariant) => Math.ceil(M / MATMUL_VARIANTS[v].rows) * Math.ceil(N / MATMUL_VARIANTS[v].cols) * batch;
   if (count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
-  // 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304, 2048 x 3072)
-  const half: MatmulVariant = M >= 128 ? '128x64' : '64x128';
+  // scalar kernels: 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304,
+  // 2048 x 3072). Vec4 kernels: 64x128 when B is stored [K, N] (staged as it lies; A, staged
+  // transposed, is the smaller tile), 128x64 when B is stored [N, K]: GPT-2's c_attn forward 32.1 vs
+  // 25.8 TFLOP/s, its mlp.c_proj dx 34.3 vs 31.7 (bench/matmul-shapes.ts on the H100)
+  const half: MatmulVariant = M < 128 || (vec4 && !vec4.transB) ? '64x128' : '128x64';
   return count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : 'db64x64';
 }
 
@@ -195,7 +228,11 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     return bindDispatch(gpu, { label, code: codeSkinny, constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) });
   }
 
-  const { rows, cols, code } = MATMUL_VARIANTS[matmulVariant(gpu, M, N, K, batchCount)];
+  const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda, ldb, offA, offB, batch });
+  const variant = matmulVariant(gpu, M, N, K, batchCount, aligned ? { transB } : undefined);
+  const { rows, cols } = MATMUL_VARIANTS[variant];
+  const vec4 = VEC4_MATMUL_VARIANTS[variant];
+  const useVec4 = aligned && vec4.sharedBytes <= gpu.info.limits.maxComputeWorkgroupStorageSize;
   const tilesN = Math.ceil(N / cols);
   const tilesM = Math.ceil(M / rows);
   const maxDim = maxDimOf(gpu);
@@ -218,7 +255,11 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     f32(alpha),
   ];
   // Without a bias, `a` fills its binding (read-only twice is allowed; the shader never reads it).
-  return bindDispatch(gpu, { label, code, params, buffers: [a, b, c, bias ?? a], workgroups });
+  if (useVec4) {
+    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0 };
+    return bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers: [a, b, c, bias ?? a], workgroups });
+  }
+  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, params, buffers: [a, b, c, bias ?? a], workgroups });
 }
 
 // ---- Split-K ------------------------------------------------------------------------------------
@@ -268,10 +309,11 @@ export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Ten
   const lda = args.lda ?? (transA ? M : K), ldb = args.ldb ?? (transB ? K : N);
   // element steps along k of stored A and B
   const sAk = transA ? lda : 1, sBk = transB ? 1 : ldb;
-  // S equal slices of Ks = floor(K / S) as one batched product, and the rest (fewer than S terms)
+  // S equal slices of Ks = floor(K / S) as one batched product, and the rest (fewer than S terms; 4S when rounded)
   // as one more, short product (a separate longer last slice would run alone: 1-2 ms on the LM head)
   if (K < S) throw new Error(`${label}: cannot split K = ${K} into ${S} slices`);
-  const Ks = Math.floor(K / S);
+  // slices a multiple of 4 long when K is, so vec4-aligned operands stay aligned in every slice
+  const Ks = K % 4 === 0 && K >= 4 * S ? 4 * Math.floor(K / (4 * S)) : Math.floor(K / S);
   const full = S;
   const rest = K - full * Ks;
   const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0;
