@@ -1,8 +1,9 @@
 // The command-line trainer's classification path with DoRA, IA3, prompt tuning and bottleneck adapters on the tiny
-// DistilBERT fixture (npm run train's entry, in a child process): the method line, evaluation, the
-// files each method writes (PEFT SEQ_CLS, or AdapterHub's adapter + static head), and that the
-// written folder loads back onto the model (importSeqClsAdapter) with the trained values; prefix
-// tuning is refused with the reason.
+// DistilBERT fixture, and prefix tuning (with and without the projection) on the tiny BERT fixture
+// (npm run train's entry, in a child process): the method line, evaluation, the files each method
+// writes (PEFT SEQ_CLS, or AdapterHub's adapter + static head), and that the written folder loads
+// back onto the model (importSeqClsAdapter) with the trained values; prefix tuning on DistilBERT is
+// refused with the reason (PEFT cannot run it there).
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -20,6 +21,7 @@ import { rng, testGpu } from './helpers/gpu';
 const run = promisify(execFile);
 const root = path.resolve(__dirname, '..');
 const MODEL = path.join(root, 'test/fixtures/tiny-distilbert');
+const BERT = path.join(root, 'test/fixtures/tiny-bert');
 
 async function train(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -36,9 +38,9 @@ const BAD = ['the plot makes no sense', 'a dull , tired movie', 'the jokes fall 
 const MID = ['a film about a family', 'the second half', 'the old house', 'the camera and the music'];
 
 /** The folder's files as importSeqClsAdapter takes them; the trained tensors load back with their values. */
-async function loadsBack(out: string, files: string[]): Promise<void> {
+async function loadsBack(out: string, files: string[], modelDir = MODEL): Promise<void> {
   const gpu = await testGpu();
-  const hf = await loadHfModel(nodeModelFiles(MODEL));
+  const hf = await loadHfModel(nodeModelFiles(modelDir));
   const { model } = loadSequenceClassifier(gpu, hf, { numLabels: 3, random: rng(2) });
   const read = (f: string) => new Uint8Array(fs.readFileSync(path.join(out, f)));
   const weightsFile = files.includes('adapter.safetensors') ? 'adapter.safetensors' : 'adapter_model.safetensors';
@@ -53,7 +55,7 @@ async function loadsBack(out: string, files: string[]): Promise<void> {
   model.destroy();
 }
 
-describe('npm run train: text classification with DoRA, IA3, prompt tuning and bottleneck adapters', () => {
+describe('npm run train: text classification with DoRA, IA3, prompt tuning, prefix tuning and bottleneck adapters', () => {
   let dir = '';
   let csv = '';
   beforeAll(() => {
@@ -127,9 +129,38 @@ describe('npm run train: text classification with DoRA, IA3, prompt tuning and b
     });
   }
 
-  it('refuses prefix tuning, and --head-only with a method, in one line', async () => {
+  for (const projection of [false, true]) {
+    it(`--method prefix${projection ? ' --prefix-projection' : ''} on BERT: trains with the head, evaluates, writes PEFT's files, which load back`, async () => {
+      const out = path.join(dir, `prefix-${projection}`);
+      const extra = projection ? ['--prefix-projection', '--encoder-hidden-size', '16'] : [];
+      const args = base().map((x) => (x === MODEL ? BERT : x));
+      const r = await train([...args, '--out', out, '--method', 'prefix', '--virtual-tokens', '3', ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      const line = projection
+        ? /prefix tuning \(3 key\/value rows before every layer's keys; trained through the projection MLP, encoder hidden size 16\); head trained in full: classifier/
+        : /prefix tuning \(3 key\/value rows before every layer's keys; no projection\); head trained in full: classifier/;
+      expect(r.stdout).toMatch(line);
+      expect(r.stdout).toMatch(/eval at step 2: loss \d\.\d+ \| accuracy \d\.\d+ \| macro-F1 \d\.\d+/);
+      expect(r.stdout).toMatch(/done in .*: final loss \d\.\d+, eval loss \d\.\d+/);
+      const files = fs.readdirSync(out).filter((f) => !['README.md', 'trainer_state.json'].includes(f)).sort();
+      expect(files).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+      expect(JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'))).toMatchObject({
+        peft_type: 'PREFIX_TUNING', task_type: 'SEQ_CLS', num_virtual_tokens: 3, token_dim: 32, num_layers: 2, num_attention_heads: 4,
+        num_transformer_submodules: 1, prefix_projection: projection, encoder_hidden_size: projection ? 16 : 32, modules_to_save: ['classifier', 'score'],
+      });
+      // PEFT saves the prefix itself (with the projection, the one its MLP makes) and the head under base_model.classifier.*
+      const weights = parseSafetensors(new Uint8Array(fs.readFileSync(path.join(out, 'adapter_model.safetensors'))));
+      expect([...weights.tensors.keys()].sort()).toEqual(['base_model.classifier.bias', 'base_model.classifier.weight', 'prompt_embeddings']);
+      expect(weights.tensors.get('prompt_embeddings')!.shape).toEqual([3, 2 * 2 * 32]);
+      expect(weights.tensors.get('base_model.classifier.weight')!.shape).toEqual([3, 32]);
+      expect(fs.readFileSync(path.join(out, 'README.md'), 'utf8')).toMatch(/BertForSequenceClassification/);
+      await loadsBack(out, files, BERT);
+    });
+  }
+
+  it('refuses prefix tuning on DistilBERT, and --head-only with a method, in one line', async () => {
     const cases: [string[], RegExp][] = [
-      [['--method', 'prefix'], /--method prefix: prefix tuning is not available for text classification/],
+      [['--method', 'prefix'], /--method prefix: prefix tuning is not available for DistilBERT classifiers: PEFT cannot run it on DistilBertForSequenceClassification/],
       [['--method', 'ia3', '--head-only'], /--head-only trains no adapter: leave out --method ia3/],
     ];
     for (const [args, msg] of cases) {

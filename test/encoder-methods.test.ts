@@ -1,9 +1,11 @@
-// IA3, DoRA, prompt tuning and bottleneck adapters (Houlsby, Pfeiffer) on the DistilBERT and BERT classifiers
-// against the float64 CPU reference (test/helpers/bert-reference.ts): logits and loss, every
-// gradient of the method and of the trained head against central finite differences, the
-// evaluation program, and the export (PEFT SEQ_CLS files; AdapterHub's adapter + static head files)
-// loaded back onto a fresh model with the same logits; prompt tuning (virtual tokens before [CLS]).
-// Prefix tuning is refused.
+// IA3, DoRA, prompt tuning, prefix tuning (BERT; with and without PEFT's projection) and bottleneck
+// adapters (Houlsby, Pfeiffer) on the DistilBERT and BERT classifiers against the float64 CPU
+// reference (test/helpers/bert-reference.ts): logits and loss, every gradient of the method and of
+// the trained head against central finite differences, the evaluation program, and the export (PEFT
+// SEQ_CLS files; AdapterHub's adapter + static head files) loaded back onto a fresh model with the
+// same logits; prompt tuning (virtual tokens before [CLS]); prefix tuning (key/value rows before every
+// layer's keys, the real tokens' positions shifted by the prefix). Prefix tuning on DistilBERT is
+// refused (PEFT cannot run it there).
 import { describe, expect, it } from 'vitest';
 import { expectClose, f64, rng, testGpu } from './helpers/gpu';
 import {
@@ -18,7 +20,7 @@ import { parseHfConfig, type BertConfig, type DistilBertConfig } from '../src/io
 import { encoderConfigJson } from './helpers/bert-reference';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 import { createSeqClsAdapter, exportSeqClsAdapter, importSeqClsAdapter, type SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
-import { ENCODER_IA3_DEFAULTS, EncoderMethodError } from '../src/engine/models/encoder-methods';
+import { ENCODER_IA3_DEFAULTS, EncoderMethodError, encoderMethodRefusal } from '../src/engine/models/encoder-methods';
 import type { MethodSpec } from '../src/engine/peft/factory';
 import { parseSafetensors } from '../src/io/safetensors';
 
@@ -51,7 +53,9 @@ function randomize(gpu: Awaited<ReturnType<typeof testGpu>>, adapter: SequenceCl
   for (const p of adapter.method!.params) {
     const n = p.value.size;
     let v: Float32Array;
-    if (p.name.endsWith('.ia3_l')) v = Float32Array.from({ length: n }, () => 1 + (r() * 2 - 1) * 0.3);
+    // prefix rows about as large as the layers' own keys and values, so that they matter
+    if (adapter.kind === 'prefix' && /^(prompt_embeddings|prompt_encoder\.embedding\.weight)$/.test(p.name)) v = Float32Array.from({ length: n }, () => r() * 2 - 1);
+    else if (p.name.endsWith('.ia3_l')) v = Float32Array.from({ length: n }, () => 1 + (r() * 2 - 1) * 0.3);
     else if (p.name.endsWith('.lora_magnitude_vector')) v = Float32Array.from({ length: n }, () => 0.5 + r());
     else v = Float32Array.from({ length: n }, () => (r() * 2 - 1) * 0.3);
     gpu.write(p.value, v);
@@ -63,6 +67,12 @@ function randomize(gpu: Awaited<ReturnType<typeof testGpu>>, adapter: SequenceCl
 /** The reference's description of the method, sharing `arrays` (so finite differences move both). */
 function refMethods(spec: MethodSpec, arrays: Map<string, Float64Array>, w: Weights, d: TinyEncoderDims): RefMethods {
   if (spec.method === 'prompt') return { prompt: { p: arrays.get('prompt_embeddings')!, n: spec.prompt.numVirtualTokens } };
+  if (spec.method === 'prefix') {
+    const n = spec.prefix.numVirtualTokens;
+    if (!spec.prefix.projection) return { prefix: { n, kv: arrays.get('prompt_embeddings')! } };
+    const a = (k: string) => arrays.get(`prompt_encoder.${k}`)!;
+    return { prefix: { n, proj: { E: a('embedding.weight'), W1: a('transform.0.weight'), b1: a('transform.0.bias'), W2: a('transform.2.weight'), b2: a('transform.2.bias'), enc: spec.prefix.encoderHiddenSize ?? d.C } } };
+  }
   const strip = (n: string, suffix: RegExp) => n.replace(/^base_model\.model\./, '').replace(suffix, '');
   if (spec.method === 'ia3') {
     const ia3 = new Map<string, { l: Float64Array; feedforward: boolean }>();
@@ -118,7 +128,7 @@ function refMethods(spec: MethodSpec, arrays: Map<string, Float64Array>, w: Weig
   throw new Error(`no reference for ${spec.method}`);
 }
 
-const CASES: { name: string; spec: (d: TinyEncoderDims) => MethodSpec; names: (d: TinyEncoderDims) => RegExp }[] = [
+const CASES: { name: string; spec: (d: TinyEncoderDims) => MethodSpec; names: (d: TinyEncoderDims) => RegExp; only?: TinyEncoderDims['arch'] }[] = [
   {
     name: 'IA3 (default targets)',
     spec: (d) => ({ method: 'ia3', ia3: { targetModules: [...ENCODER_IA3_DEFAULTS[d.arch].targetModules], feedforwardModules: [...ENCODER_IA3_DEFAULTS[d.arch].feedforwardModules] } }),
@@ -136,6 +146,18 @@ const CASES: { name: string; spec: (d: TinyEncoderDims) => MethodSpec; names: (d
     names: () => /^prompt_embeddings$/,
   },
   {
+    name: 'prefix tuning (3 rows, no projection)',
+    spec: () => ({ method: 'prefix', prefix: { numVirtualTokens: 3, projection: false } }),
+    names: () => /^prompt_embeddings$/,
+    only: 'bert',
+  },
+  {
+    name: 'prefix tuning (2 rows, projection MLP of width 12)',
+    spec: () => ({ method: 'prefix', prefix: { numVirtualTokens: 2, projection: true, encoderHiddenSize: 12 } }),
+    names: () => /^prompt_encoder\.(embedding\.weight|transform\.[02]\.(weight|bias))$/,
+    only: 'bert',
+  },
+  {
     name: 'bottleneck Houlsby (swish)',
     spec: () => ({ method: 'bottleneck', bottleneck: { type: 'houlsby', reductionFactor: 4, nonLinearity: 'swish', name: 'cls' } }),
     names: (d) => (d.arch === 'bert' ? /^bert\.encoder\.layer\.\d\.(attention\.output\.attention|output\.output)_adapters\.adapters\.cls\./ : /^distilbert\.transformer\.layer\.\d\.(attention|output)_adapters\.adapters\.cls\./),
@@ -149,7 +171,7 @@ const CASES: { name: string; spec: (d: TinyEncoderDims) => MethodSpec; names: (d
 
 for (const d of [DISTIL, BERT]) {
   describe(`${d.arch} classifier with other methods`, () => {
-    for (const c of CASES) {
+    for (const c of CASES.filter((x) => !x.only || x.only === d.arch)) {
       it(`${c.name} + head: logits, loss, every gradient (finite differences), export and import`, async () => {
         const gpu = await testGpu();
         const w = randomEncoderWeights(d, K, 31);
@@ -211,14 +233,25 @@ for (const d of [DISTIL, BERT]) {
           expect(JSON.parse(files.get('head_config.json') as string)).toMatchObject({ model_class: model.spec.className, num_labels: K });
         } else {
           expect([...files.keys()].sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
-          const peftType = { ia3: 'IA3', dora: 'LORA', prompt: 'PROMPT_TUNING' }[spec.method as 'ia3' | 'dora' | 'prompt'];
+          const peftType = { ia3: 'IA3', dora: 'LORA', prompt: 'PROMPT_TUNING', prefix: 'PREFIX_TUNING' }[spec.method as 'ia3' | 'dora' | 'prompt' | 'prefix'];
           expect(cfg).toMatchObject({ task_type: 'SEQ_CLS', modules_to_save: ['classifier', 'score'], peft_type: peftType });
           if (spec.method === 'dora') expect(cfg.use_dora).toBe(true);
           if (spec.method === 'prompt') expect(cfg).toMatchObject({ num_virtual_tokens: 3, token_dim: d.C, num_layers: d.L, num_attention_heads: d.H });
+          if (spec.method === 'prefix') {
+            const p = spec.prefix;
+            expect(cfg).toMatchObject({
+              num_virtual_tokens: p.numVirtualTokens, token_dim: d.C, num_layers: d.L, num_attention_heads: d.H, num_transformer_submodules: 1,
+              prefix_projection: p.projection, encoder_hidden_size: p.encoderHiddenSize ?? d.C, inference_mode: true,
+            });
+          }
           const st = parseSafetensors(files.get('adapter_model.safetensors') as Uint8Array);
           // prompt learning's PeftModel holds the transformers model as base_model: base_model.classifier.*
-          const savedHead = headNames.map((n) => (spec.method === 'prompt' ? n.replace('base_model.model.', 'base_model.') : n));
-          expect([...st.tensors.keys()].sort()).toEqual([...methodNames, ...savedHead].sort());
+          const promptLearning = spec.method === 'prompt' || spec.method === 'prefix';
+          const savedHead = headNames.map((n) => (promptLearning ? n.replace('base_model.model.', 'base_model.') : n));
+          // prefix tuning saves the prefix itself (with the projection: the prefix the MLP makes)
+          const savedMethod = spec.method === 'prefix' ? ['prompt_embeddings'] : methodNames;
+          expect([...st.tensors.keys()].sort()).toEqual([...savedMethod, ...savedHead].sort());
+          if (spec.method === 'prefix') expect(st.tensors.get('prompt_embeddings')!.shape).toEqual([spec.prefix.numVirtualTokens, d.L * 2 * d.C]);
         }
         const fresh = EncoderClassifier.load(gpu, specOf(d), encoderWeightSource(w, encoderShapes(d, K)), 'tiny', { numLabels: K, random: rng(77) });
         const imported = importSeqClsAdapter(gpu, {
@@ -239,12 +272,28 @@ for (const d of [DISTIL, BERT]) {
       });
     }
 
-    it('prefix tuning and all-linear are refused with the reason', async () => {
+    it(d.arch === 'bert' ? 'all-linear is refused with the reason; prefix rows take positions' : 'prefix tuning and all-linear are refused with the reason', async () => {
       const gpu = await testGpu();
       const w = randomEncoderWeights(d, K, 3);
       const model = EncoderClassifier.load(gpu, specOf(d), encoderWeightSource(w, encoderShapes(d, K)), 'tiny', { numLabels: K, random: rng(9) });
-      expect(() => createSeqClsAdapter(gpu, { method: 'prefix', prefix: { numVirtualTokens: 4, projection: false } }, model, new StepUniforms(gpu), rng(1))).toThrow(EncoderMethodError);
-      expect(() => createSeqClsAdapter(gpu, { method: 'prefix', prefix: { numVirtualTokens: 4, projection: false } }, model, new StepUniforms(gpu), rng(1))).toThrow(/prefix tuning is not available for text classification/);
+      const prefix = (n: number) => createSeqClsAdapter(gpu, { method: 'prefix', prefix: { numVirtualTokens: n, projection: false } }, model, new StepUniforms(gpu), rng(1));
+      if (d.arch === 'distilbert') {
+        expect(encoderMethodRefusal('distilbert', 'prefix')).toMatch(/past_key_values/);
+        expect(() => prefix(4)).toThrow(EncoderMethodError);
+        expect(() => prefix(4)).toThrow(/prefix tuning is not available for DistilBERT classifiers: PEFT cannot run it/);
+        // nor is a PEFT prefix-tuning adapter loaded onto it
+        const cfg = { peft_type: 'PREFIX_TUNING', task_type: 'SEQ_CLS', num_virtual_tokens: 2, token_dim: d.C, num_layers: d.L, num_attention_heads: d.H, modules_to_save: ['classifier'] };
+        expect(() => importSeqClsAdapter(gpu, { name: 'p', config: JSON.stringify(cfg), weights: new Uint8Array() }, model, new StepUniforms(gpu))).toThrow(/p: prefix tuning is not available for DistilBERT classifiers/);
+      } else {
+        expect(encoderMethodRefusal('bert', 'prefix')).toBeNull();
+        // the prefix counts as cached tokens: the real tokens' positions start after it
+        const tooLong = prefix(d.P);
+        expect(() => model.buildProgram(tooLong, { B: 1, T: 1, training: false })).toThrow(/plus \d+ virtual tokens is longer than the model's max_position_embeddings/);
+        tooLong.destroy();
+        const fits = prefix(d.P - 2);
+        model.buildProgram(fits, { B: 1, T: 2, training: true }).destroy();
+        fits.destroy();
+      }
       // prompt tuning's virtual tokens count against max_position_embeddings
       const tooMany = createSeqClsAdapter(gpu, { method: 'prompt', prompt: { numVirtualTokens: d.P, init: 'random' } }, model, new StepUniforms(gpu), rng(1));
       expect(() => model.buildProgram(tooMany, { B: 1, T: 1, training: false })).toThrow(/plus \d+ virtual tokens is longer than the model's max_position_embeddings/);

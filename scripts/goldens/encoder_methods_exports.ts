@@ -1,5 +1,5 @@
 // node scripts/node-run.mjs scripts/goldens/encoder_methods_exports.ts --out .carry/encoder-methods
-// The engine's exports of IA3, DoRA, prompt tuning and bottleneck adapters on the tiny DistilBERT and BERT
+// The engine's exports of IA3, DoRA, prompt tuning, prefix tuning (BERT) and bottleneck adapters on the tiny DistilBERT and BERT
 // classifiers (test/fixtures/tiny-*), with seeded non-trivial values in every trained tensor (the
 // method's and the head's), and the engine's logits with each for the goldens' checker batch:
 // what make_encoder_methods_goldens.py --ours checks that PEFT (or, for bottleneck adapters, the
@@ -41,6 +41,9 @@ const CASES: { name: string; model: 'tiny-distilbert' | 'tiny-bert'; labels: num
   { name: 'bert-prompt', model: 'tiny-bert', labels: 2, spec: { method: 'prompt', prompt: { numVirtualTokens: 4, init: 'random' } } },
   { name: 'distilbert-houlsby', model: 'tiny-distilbert', labels: 3, spec: { method: 'bottleneck', bottleneck: { type: 'houlsby', reductionFactor: 4, nonLinearity: 'swish', name: 'sst' } } },
   { name: 'bert-pfeiffer', model: 'tiny-bert', labels: 2, spec: { method: 'bottleneck', bottleneck: { type: 'pfeiffer', reductionFactor: 4, nonLinearity: 'relu', name: 'sst' } } },
+  { name: 'bert-prefix', model: 'tiny-bert', labels: 2, spec: { method: 'prefix', prefix: { numVirtualTokens: 3, projection: false } } },
+  // saved as PEFT saves it: the prefix the projection MLP makes, prefix_projection true
+  { name: 'bert-prefix-proj', model: 'tiny-bert', labels: 2, spec: { method: 'prefix', prefix: { numVirtualTokens: 2, projection: true, encoderHiddenSize: 24 } } },
 ];
 
 async function main(argv: string[]): Promise<void> {
@@ -59,9 +62,10 @@ async function main(argv: string[]): Promise<void> {
     const r = seeded(300 + ci);
     for (const p of adapter.params) {
       const n = p.value.size;
-      const v = p.name.endsWith('.ia3_l') || p.name.endsWith('.lora_magnitude_vector')
+      const big = c.spec.method === 'prefix' && /^(prompt_embeddings|prompt_encoder\.embedding\.weight)$/.test(p.name); // prefix rows about as large as the keys
+    const v = p.name.endsWith('.ia3_l') || p.name.endsWith('.lora_magnitude_vector')
         ? Float32Array.from({ length: n }, () => 0.6 + 0.8 * r())
-        : Float32Array.from({ length: n }, () => (r() * 2 - 1) * 0.3);
+        : Float32Array.from({ length: n }, () => (r() * 2 - 1) * (big ? 1 : 0.3));
       gpu.write(p.value, v);
     }
     const dir = path.join(a.out, c.name);

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""PyTorch + PEFT goldens for IA3, DoRA (with rsLoRA) and bottleneck adapters on the tiny DistilBERT
-and BERT sequence classifiers (test/fixtures/tiny-distilbert, tiny-bert), whether PEFT's prompt and
-prefix tuning work on these classifiers at all, and (with --ours) whether PEFT loads the engine's
-exported adapters with the engine's logits.
+"""PyTorch + PEFT goldens for IA3, DoRA (with rsLoRA), prompt tuning, prefix tuning (BERT, with and
+without the projection) and bottleneck adapters on the tiny DistilBERT and BERT sequence classifiers
+(test/fixtures/tiny-distilbert, tiny-bert), whether PEFT's prompt and prefix tuning work on these
+classifiers at all (and, for prefix tuning on BERT, which positions transformers gives the real
+tokens), and (with --ours) whether PEFT loads the engine's exported adapters with the engine's logits.
 
 Usage (on a machine with torch, transformers, peft, safetensors; run from the repository root):
 
@@ -12,8 +13,10 @@ Writes
     DIR/goldens/encoder-methods.json          cases: batch, labels, losses, grad norms, param names, PEFT's
                                               adapter configs and saved keys; the prompt/prefix probe
     DIR/goldens/encoder-methods.safetensors   float32 <case>/logits, <case>/init/<name>, <case>/grad/<name>,
-                                              <case>/step5/<name>, <case>/step5_logits
-    DIR/selftest/peft-<case>/                 IA3 and DoRA cases saved by PEFT itself (initial values)
+                                              <case>/step5/<name>, <case>/step5_logits; prefix cases also
+                                              <case>/export/prompt_embeddings (what PEFT saves after the
+                                              5 steps: with the projection, the prefix its MLP makes)
+    DIR/selftest/peft-<case>/                 the PEFT cases saved by PEFT itself (initial values)
     DIR/checks/<case>-<dtype>.json            with --ours: the load checks of the engine's exports
 
 Conventions as make_bert_goldens.py (whose helpers this imports): float64 on CPU from the float32
@@ -25,6 +28,21 @@ blocks (original_ln_after True: the block's LayerNorm on adapter output + residu
 original_ln_before: the adapter reads LN(h + x)), attached with hooks at adapters' module names
 (DistilBERT: transformer.layer.i.{attention,output}_adapters; BERT: encoder.layer.i.attention.output
 .attention_adapters and encoder.layer.i.output.output_adapters); the head trains beside them.
+
+Prefix tuning (PrefixTuningConfig, task_type SEQ_CLS; PEFT passes get_prompt(batch) to BertModel as
+past_key_values and prepends a mask of ones): the engine's names are "prompt_embeddings" for the
+table (PEFT's prompt_encoder.default.embedding.weight) and prompt_encoder.<...> without the adapter
+name for the projection's tensors; both save "prompt_embeddings". Initial values: table / embedding
+U(-1, 1), projection weights U(-0.5, 0.5), biases U(-0.1, 0.1), the head as for the other cases; these
+cases are "float32_conditioned": each draw of values is also run by PyTorch in float32 and measured as the
+engine's tests measure it (float32_check), and a draw is kept only when float32 rounding alone stays far inside
+the tests' tolerances (else the next seed; at most MAX_DRAWS, then the best), so that no element whose
+gradient cancels to nearly 0, or sits in AdamW's eps regime, decides the golden
+(docs/runs/2026-11-22-encoder-prefix-goldens.txt says why).
+The probe "bert_prefix_positions" records the position ids BertEmbeddings gets under prefix tuning
+(its kwargs and its output against word + position[start + t] + type[0] -> LayerNorm for start 0
+and start n) and the source lines of transformers that decide them; "distilbert_prefix" whether
+PEFT runs prefix tuning on DistilBERT when it is given token_dim and the other sizes.
 """
 import argparse
 import contextlib
@@ -67,7 +85,21 @@ CASES = [
      "bn": {"type": "houlsby", "reduction_factor": 4, "non_linearity": "gelu"}},
     {"name": "bert-pfeiffer", "model": "tiny-bert", "num_labels": 2, "method": "bottleneck",
      "bn": {"type": "pfeiffer", "reduction_factor": 4, "non_linearity": "relu"}},
+    # prefix tuning on BERT (PEFT sizes it from the config: token_dim 32, 4 heads, 2 layers); DistilBERT: the probe
+    # (float32_conditioned: the initial values are drawn again, from the next seed, until PyTorch in
+    # float32 meets the tests' tolerances against the float64 values with a margin (float32_check);
+    # the cases above were recorded before this rule and keep their values)
+    {"name": "bert-prefix", "model": "tiny-bert", "num_labels": 2, "method": "prefix", "float32_conditioned": True,
+     "prefix": {"num_virtual_tokens": 3, "prefix_projection": False}},
+    {"name": "bert-prefix-proj", "model": "tiny-bert", "num_labels": 2, "method": "prefix", "float32_conditioned": True,
+     "prefix": {"num_virtual_tokens": 2, "prefix_projection": True, "encoder_hidden_size": 24}},
 ]
+# the tests allow a metric of 1e-3; the engine's float32 sums are less accurate than PyTorch's (on
+# these cases its gradients were 3-10 times further off), so float32 PyTorch may use only 3% of it.
+# At most MAX_DRAWS draws; if none gets there, the best one
+FLOAT32_MARGIN = 3e-5
+MAX_DRAWS = 40
+PROMPT_LEARNING = ("prompt", "prefix")
 PRESETS = {"houlsby": {"mh_adapter": True, "original_ln_before": False},
            "pfeiffer": {"mh_adapter": False, "original_ln_before": True}}
 
@@ -92,10 +124,12 @@ def golden_batch(model_name):
 # Methods
 # --------------------------------------------------------------------------------------------
 def peft_config(case):
-    from peft import IA3Config, LoraConfig, PromptTuningConfig
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     if case["method"] == "prompt":
         return PromptTuningConfig(task_type="SEQ_CLS", **case["prompt"])
+    if case["method"] == "prefix":
+        return PrefixTuningConfig(task_type="SEQ_CLS", **case["prefix"])
     if case["method"] == "ia3":
         kw = dict(case["ia3"]) if case["ia3"] else {}
         return IA3Config(task_type="SEQ_CLS", **kw)
@@ -104,13 +138,20 @@ def peft_config(case):
                       lora_dropout=0.0, bias="none", use_dora=True, use_rslora=c["use_rslora"])
 
 
-def engine_name(n, prompt=False):
+def projected(case):
+    return case["method"] == "prefix" and bool(case["prefix"].get("prefix_projection"))
+
+
+def engine_name(n, case=None):
     """A PEFT model's trainable parameter (or state-dict) name -> the engine's name. Prompt learning's
     PeftModel holds the transformers model itself as base_model (base_model.classifier.*): the engine
-    names the head base_model.model.classifier.* for every method and renames it when it saves."""
+    names the head base_model.model.classifier.* for every method and renames it when it saves.
+    Prefix tuning with the projection: prompt_encoder.default.<...> -> prompt_encoder.<...>."""
+    if case is not None and projected(case) and n.startswith("prompt_encoder.default."):
+        return n.replace("prompt_encoder.default.", "prompt_encoder.")
     n = (n.replace(".modules_to_save.default.", ".").replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
          .replace(".ia3_l.default", ".ia3_l").replace(".default.weight", ".weight"))
-    if prompt:
+    if case is not None and case["method"] in PROMPT_LEARNING:
         if n in ("prompt_encoder.default.embedding.weight", "prompt_embeddings"):
             return "prompt_embeddings"
         if n.startswith("base_model.") and not n.startswith("base_model.model."):
@@ -190,10 +231,10 @@ def build(case, dtype, seed):
 
     arch = arch_of(case["model"])
     model = mb.load_cls(os.path.join(FIX, case["model"]), arch, case["num_labels"], dtype, seed)
-    if case["method"] in ("ia3", "dora", "prompt"):
+    if case["method"] in ("ia3", "dora") + PROMPT_LEARNING:
         model = get_peft_model(model, peft_config(case))
         model = model.to(dtype)
-        return model, {engine_name(n, case["method"] == "prompt"): p for n, p in model.named_parameters() if p.requires_grad}
+        return model, {engine_name(n, case): p for n, p in model.named_parameters() if p.requires_grad}
     model.requires_grad_(False)
     params = attach_bottleneck(model, arch, case["bn"])
     for p in params.values():
@@ -207,14 +248,18 @@ def build(case, dtype, seed):
     return model, params
 
 
-def init_values(params, g):
+def init_values(params, g, method=None):
     import torch
 
     out = {}
     for n, p in params.items():
         shape = tuple(p.shape)
         u = lambda lo, hi: torch.rand(shape, generator=g, dtype=torch.float32) * (hi - lo) + lo  # noqa: E731
-        if n.endswith("lora_magnitude_vector"):
+        if method == "prefix" and n in ("prompt_embeddings", "prompt_encoder.embedding.weight"):
+            out[n] = u(-1.0, 1.0)  # prefix rows about as large as the layers' own keys and values
+        elif method == "prefix" and n.startswith("prompt_encoder.") and n.endswith(".weight"):
+            out[n] = u(-0.5, 0.5)
+        elif n.endswith("lora_magnitude_vector"):
             out[n] = (p.detach().to(torch.float32) * u(0.7, 1.3)).to(torch.float32)  # around PEFT's init ||W||
         elif n.endswith(".ia3_l"):
             out[n] = u(0.5, 1.5)
@@ -239,14 +284,16 @@ def run_case(case, ci, notes):
     model, params = build(case, torch.float64, SEED + 10 * ci)
     names = sorted(params)
     rec = {"name": name, "model": case["model"], "num_labels": case["num_labels"], "method": case["method"],
-           "settings": {k: case[k] for k in ("ia3", "lora", "bn", "prompt") if k in case}, "param_names": names,
+           "settings": {k: case[k] for k in ("ia3", "lora", "bn", "prompt", "prefix") if k in case}, "param_names": names,
            "param_shapes": {n: list(params[n].shape) for n in names},
            "batch": {"input_ids": ids_l, "attention_mask": am_l}, "labels": labels_l}
     if case["method"] != "bottleneck":
         from peft import get_peft_model_state_dict
         keys = sorted(get_peft_model_state_dict(model).keys())
         rec["peft_state_dict_keys"] = keys
-        if sorted(engine_name(k, case["method"] == "prompt") for k in keys) != names:
+        # with the projection PEFT saves the prefix the MLP makes (prompt_embeddings), not the MLP
+        saved_names = sorted((["prompt_embeddings"] + [n for n in names if not n.startswith("prompt_encoder.")]) if projected(case) else names)
+        if sorted(engine_name(k, case) for k in keys) != saved_names:
             notes.append("%s: trainable names %s differ from PEFT's state dict keys %s" % (name, names, keys))
         pc = model.peft_config["default"]
         tm = getattr(pc, "target_modules", None)
@@ -254,29 +301,72 @@ def run_case(case, ci, notes):
                               "modules_to_save": sorted(getattr(pc, "modules_to_save", None) or [])}
         if case["method"] == "ia3":
             rec["peft_config"]["feedforward_modules"] = sorted(pc.feedforward_modules or [])
-    plist = [params[n] for n in names]
     assert all(p.dtype == torch.float64 for p in model.parameters())
-    g = torch.Generator().manual_seed(SEED + 100 + ci)
-    init = init_values({n: params[n] for n in names}, g)
+    draw, best, tried = 0, None, []
+    while True:
+        g = torch.Generator().manual_seed(SEED + 100 + ci + 1000 * draw)
+        init = init_values({n: params[n] for n in names}, g, case["method"])
+        res = record_run(model, params, names, init, ids, am, labels, case)
+        if not case.get("float32_conditioned"):
+            best = (0.0, draw, res, init, None)
+            break
+        check = float32_check(case, ci, names, init, res, ids, am, labels)
+        score = max(check.values())
+        tried.append({"draw": draw, **check})
+        if best is None or score < best[0]:
+            best = (score, draw, res, init, check)
+        if score <= FLOAT32_MARGIN or draw + 1 >= MAX_DRAWS:
+            break
+        draw += 1
+    score, draw, res, init, check = best
+    if check is not None:
+        rec["float32_check"] = dict(check, draw=draw, draws_tried=len(tried), margin=FLOAT32_MARGIN)
+        rec["float32_check_draws"] = tried
+        notes.append("%s: init draw %d of %d tried: float32 PyTorch against these float64 values, worst test metric %.3g (%s; margin %g)"
+                     % (name, draw, len(tried), score, ", ".join("%s %.2g" % kv for kv in sorted(check.items())), FLOAT32_MARGIN))
+        if score > FLOAT32_MARGIN:
+            notes.append("WARNING %s: no draw met the float32 margin; the best one is recorded" % name)
+    max_norm, g0 = res["max_norm"], res["g0"]
+    if max_norm != OPT["max_grad_norm"]:
+        notes.append("%s: grad norm %.4g <= 1, max_grad_norm lowered to %g" % (name, g0, max_norm))
+    rec["init_draw"] = draw
+    rec.update({"optimizer": dict(OPT, max_grad_norm=max_norm), "loss": res["loss"], "grad_norm": g0,
+                "step_losses": res["step_losses"], "step_grad_norms": res["step_norms"]})
+    tensors = {"%s/logits" % name: res["logits"], "%s/step5_logits" % name: res["step5_logits"]}
+    for n in names:
+        tensors["%s/init/%s" % (name, n)] = init[n]
+        tensors["%s/grad/%s" % (name, n)] = res["grads"][n]
+        tensors["%s/step5/%s" % (name, n)] = res["step5"][n]
+    for k, v in res["export"].items():
+        tensors["%s/export/%s" % (name, k)] = v
+    return rec, tensors, init
+
+
+def record_run(model, params, names, init, ids, am, labels, case, max_norm=None):
+    """From `init`: logits, loss and gradients, then 5 AdamW steps with clipping (max_norm lowered
+    when the first norm is below OPT's), the weights and logits after them; what PEFT saves then."""
+    import torch
+    import torch.nn.functional as F
+
+    plist = [params[n] for n in names]
     with torch.no_grad():
         for n in names:
-            params[n].copy_(init[n].to(torch.float64))
-
+            params[n].copy_(init[n].to(params[n].dtype))
     model.train()
     model.zero_grad(set_to_none=True)
     logits = model(input_ids=ids, attention_mask=am).logits
-    assert logits.dtype == torch.float64 and list(logits.shape) == [ids.shape[0], case["num_labels"]]
+    assert list(logits.shape) == [ids.shape[0], case["num_labels"]]
     loss = F.cross_entropy(logits, labels)
     loss.backward()
     grads = {n: params[n].grad.detach().clone() for n in names}
-    g0 = math.sqrt(sum(float((gr * gr).sum()) for gr in grads.values()))
-    max_norm = OPT["max_grad_norm"]
-    if g0 <= max_norm:
-        max_norm = float("%.1g" % (0.5 * g0))
-        notes.append("%s: grad norm %.4g <= 1, max_grad_norm lowered to %g" % (name, g0, max_norm))
+    g0 = math.sqrt(sum(float((gr.double() * gr.double()).sum()) for gr in grads.values()))
+    if max_norm is None:
+        max_norm = OPT["max_grad_norm"]
+        if g0 <= max_norm:
+            max_norm = float("%.1g" % (0.5 * g0))
     with torch.no_grad():
         for n in names:
-            params[n].copy_(init[n].to(torch.float64))
+            params[n].copy_(init[n].to(params[n].dtype))
     opt = torch.optim.AdamW(plist, lr=OPT["lr"], betas=tuple(OPT["betas"]), eps=OPT["eps"], weight_decay=OPT["weight_decay"])
     step_losses, step_norms = [], []
     for _ in range(OPT["steps"]):
@@ -288,14 +378,41 @@ def run_case(case, ci, notes):
         step_losses.append(float(l))
     with torch.no_grad():
         step5_logits = model(input_ids=ids, attention_mask=am).logits.detach().clone()
-    rec.update({"optimizer": dict(OPT, max_grad_norm=max_norm), "loss": float(loss), "grad_norm": g0,
-                "step_losses": step_losses, "step_grad_norms": step_norms})
-    tensors = {"%s/logits" % name: logits.detach(), "%s/step5_logits" % name: step5_logits}
-    for n in names:
-        tensors["%s/init/%s" % (name, n)] = init[n]
-        tensors["%s/grad/%s" % (name, n)] = grads[n]
-        tensors["%s/step5/%s" % (name, n)] = params[n].detach().clone()
-    return rec, tensors, init
+    export = {}
+    if case["method"] == "prefix":
+        from peft import get_peft_model_state_dict
+        export = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items() if k == "prompt_embeddings"}
+    return {"logits": logits.detach().clone(), "loss": float(loss), "grads": grads, "g0": g0, "max_norm": max_norm,
+            "step_losses": step_losses, "step_norms": step_norms, "step5": {n: params[n].detach().clone() for n in names},
+            "step5_logits": step5_logits, "export": export}
+
+
+def max_rel_error(got, want, floor_frac):
+    """test/helpers/gpu.ts maxRelError: max |got - want| / max(|want|, floor_frac * max|want|)."""
+    import torch
+
+    got, want = got.detach().double().flatten(), want.detach().double().flatten()
+    floor = max(float(want.abs().max()) * floor_frac, 1e-30)
+    return float(((got - want).abs() / torch.clamp(want.abs(), min=floor)).max())
+
+
+def float32_check(case, ci, names, init, res, ids, am, labels):
+    """The same case run by PyTorch in float32 from the same values, measured as the engine's tests
+    measure it against these float64 values (test/helpers/seqcls-goldens.ts: gradients 1e-3 with a
+    floor of 1e-3 * max, weights after the 5 steps 1e-3 with a floor of 1e-2 * max, logits 1e-4):
+    values whose float32 rounding alone comes near those tolerances (a gradient element that cancels
+    to nearly 0 just above the floor, one in AdamW's eps regime) make a golden no float32 engine can
+    be held to."""
+    import torch
+
+    m32, p32 = build(case, torch.float32, SEED + 10 * ci)
+    assert sorted(p32) == names, (sorted(p32), names)
+    r32 = record_run(m32, p32, names, init, ids, am, labels, case, max_norm=res["max_norm"])
+    return {
+        "grad": max(max_rel_error(r32["grads"][n], res["grads"][n], 1e-3) for n in names),
+        "step5": max(max_rel_error(r32["step5"][n], res["step5"][n], 1e-2) for n in names),
+        "logits": max_rel_error(r32["logits"], res["logits"], 1.0) * 10,  # tolerance 1e-4, not 1e-3
+    }
 
 
 def peft_save(out_dir, case, init, sub, seed):
@@ -310,7 +427,7 @@ def peft_save(out_dir, case, init, sub, seed):
         model.peft_config["default"].base_model_name_or_path = case["model"]
         model.save_pretrained(sub)
         # prompt learning: check that PEFT's own reload gives the float32 forward of the saved values
-        if case["method"] == "prompt":
+        if case["method"] in PROMPT_LEARNING:
             from peft import PeftModel
             ids_l, am_l, _ = golden_batch(case["model"])
             arch = arch_of(case["model"])
@@ -321,7 +438,7 @@ def peft_save(out_dir, case, init, sub, seed):
                 a = model(input_ids=torch.tensor(ids_l), attention_mask=torch.tensor(am_l)).logits
                 b = reloaded(input_ids=torch.tensor(ids_l), attention_mask=torch.tensor(am_l)).logits
             if float((a - b).abs().max()) > 1e-5:
-                raise AssertionError("PEFT's reload of its own prompt-tuning save differs by %g" % float((a - b).abs().max()))
+                raise AssertionError("PEFT's reload of its own %s-tuning save differs by %g" % (case["method"], float((a - b).abs().max())))
     card = os.path.join(out_dir, sub, "README.md")
     if os.path.exists(card):
         os.remove(card)
@@ -369,6 +486,115 @@ def probe_prompt_learning(model_name, K):
             r["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
         out[kind] = r
     return out
+
+
+def probe_bert_prefix_positions(n=3):
+    """What transformers gives BertEmbeddings under PEFT's prefix tuning: its kwargs (position_ids,
+    past_key_values_length), whether its output is word + position[start + t] + type[0] -> LayerNorm
+    with start 0 or start n, what BertModel gets (mask shape, cache), and the deciding source lines."""
+    import inspect
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    r = {"num_virtual_tokens": n}
+    ids_l, am_l, _ = golden_batch("tiny-bert")
+    ids, am = torch.tensor(ids_l), torch.tensor(am_l)
+    try:
+        base = mb.load_cls(os.path.join(FIX, "tiny-bert"), "bert", 2, torch.float64, SEED)
+        pm = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=n)).to(torch.float64)
+        pm.eval()
+        bert = pm.base_model.bert
+        emb = bert.embeddings
+        seen = {}
+
+        def describe(v):
+            if torch.is_tensor(v):
+                d = {"tensor": list(v.shape), "dtype": str(v.dtype)}
+                if v.dtype in (torch.int64, torch.int32) and v.numel() <= 256:
+                    d["values"] = v.tolist()
+                return d
+            if isinstance(v, (int, float, bool, str)) or v is None:
+                return v
+            d = {"type": type(v).__name__}
+            if hasattr(v, "get_seq_length"):
+                try:
+                    d["get_seq_length"] = int(v.get_seq_length())
+                except Exception as e:  # noqa: BLE001
+                    d["get_seq_length_error"] = str(e)[:200]
+            return d
+
+        def emb_pre(mod, args, kwargs):
+            seen["embeddings_args"] = [describe(a) for a in args]
+            seen["embeddings_kwargs"] = {k: describe(v) for k, v in kwargs.items()}
+
+        def emb_out(mod, args, kwargs, out):
+            seen["embeddings_out"] = out.detach().clone()
+
+        def bert_pre(mod, args, kwargs):
+            seen["bert_kwargs"] = {k: describe(v) for k, v in kwargs.items()}
+
+        hs = [emb.register_forward_pre_hook(emb_pre, with_kwargs=True), emb.register_forward_hook(emb_out, with_kwargs=True),
+              bert.register_forward_pre_hook(bert_pre, with_kwargs=True)]
+        with torch.no_grad():
+            pm(input_ids=ids, attention_mask=am)
+        for h in hs:
+            h.remove()
+        r.update({k: v for k, v in seen.items() if k != "embeddings_out"})
+        T = ids.shape[1]
+        with torch.no_grad():
+            word = emb.word_embeddings.weight[ids]
+            type0 = emb.token_type_embeddings.weight[0]
+            for start in (0, n):
+                e = emb.LayerNorm(word + emb.position_embeddings.weight[start:start + T][None] + type0)
+                r["max_diff_vs_positions_from_%d" % start] = float((e - seen["embeddings_out"]).abs().max())
+        hits = [s for s in (0, n) if r["max_diff_vs_positions_from_%d" % s] < 1e-12]
+        r["real_token_positions_start_at"] = hits[0] if len(hits) == 1 else None
+        src = {}
+        for label, fn in (("BertEmbeddings.forward", type(emb).forward), ("BertModel.forward", type(bert).forward)):
+            try:
+                lines = inspect.getsource(fn).splitlines()
+                src[label] = [ln.strip() for ln in lines if "past_key_values_length" in ln or "position_ids" in ln or "get_seq_length" in ln][:24]
+            except Exception as e:  # noqa: BLE001
+                src[label] = ["(no source: %s)" % e]
+        r["source_lines"] = src
+        r["ran"] = True
+    except Exception as e:  # noqa: BLE001
+        r["ran"] = False
+        r["error"] = "%s: %s" % (type(e).__name__, str(e)[:600])
+        r["traceback_tail"] = traceback.format_exc().strip().splitlines()[-8:]
+    return r
+
+
+def probe_distilbert_prefix():
+    """Prefix tuning on DistilBERT with every size given (token_dim, num_layers, num_attention_heads):
+    does PEFT run it, and do DistilBERT's forwards take past_key_values at all?"""
+    import inspect
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+
+    r = {}
+    try:
+        from transformers import DistilBertForSequenceClassification, DistilBertModel
+        r["forward_takes_past_key_values"] = {
+            c.__name__: "past_key_values" in inspect.signature(c.forward).parameters for c in (DistilBertForSequenceClassification, DistilBertModel)}
+    except Exception as e:  # noqa: BLE001
+        r["signature_error"] = "%s: %s" % (type(e).__name__, e)
+    ids_l, am_l, _ = golden_batch("tiny-distilbert")
+    ids, am = torch.tensor(ids_l), torch.tensor(am_l)
+    try:
+        base = mb.load_cls(os.path.join(FIX, "tiny-distilbert"), "distilbert", 3, torch.float32, SEED)
+        pm = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, token_dim=32, num_layers=2, num_attention_heads=4))
+        r["trainable"] = sorted(n for n, p in pm.named_parameters() if p.requires_grad)
+        pm.eval()
+        with torch.no_grad():
+            out = pm(input_ids=ids, attention_mask=am).logits
+        r["ran"] = True
+        r["logits_shape"] = list(out.shape)
+    except Exception as e:  # noqa: BLE001
+        r["ran"] = False
+        r["error"] = "%s: %s" % (type(e).__name__, str(e)[:600])
+        r["traceback_tail"] = traceback.format_exc().strip().splitlines()[-8:]
+    return r
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,17 +672,28 @@ def check_ours(ours, out):
     cdir = os.path.join(out, "checks")
     os.makedirs(cdir, exist_ok=True)
     results = {}
+    # the PEFT checks are separate processes (check_peft_seqcls.py): run them side by side first
+    from concurrent.futures import ThreadPoolExecutor
+    cmds = {}
+    for c in manifest["cases"]:
+        if c["format"] != "peft":
+            continue
+        adir = os.path.join(ours, c["name"])
+        for dt in ("float64", "float32"):
+            key = "%s-%s" % (c["name"], dt)
+            cmds[key] = [sys.executable, os.path.join(HERE, "check_peft_seqcls.py"), "--base", os.path.join(FIX, c["model"]), "--adapter", adir,
+                         "--inputs", os.path.join(FIX, "bert-goldens", "bert-checker-inputs-%s.json" % c["model"]),
+                         "--expect", os.path.join(adir, "our-logits.safetensors"), "--tol", "1e-4", "--floor", "1",
+                         "--compute-dtype", dt, "--report", os.path.join(cdir, key + ".json")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        done = dict(zip(cmds, pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=180), cmds.values())))
     for c in manifest["cases"]:
         adir = os.path.join(ours, c["name"])
         for dt in ("float64", "float32"):
             key = "%s-%s" % (c["name"], dt)
             report = os.path.join(cdir, key + ".json")
             if c["format"] == "peft":
-                cmd = [sys.executable, os.path.join(HERE, "check_peft_seqcls.py"), "--base", os.path.join(FIX, c["model"]), "--adapter", adir,
-                       "--inputs", os.path.join(FIX, "bert-goldens", "bert-checker-inputs-%s.json" % c["model"]),
-                       "--expect", os.path.join(adir, "our-logits.safetensors"), "--tol", "1e-4", "--floor", "1",
-                       "--compute-dtype", dt, "--report", report]
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                p = done[key]
                 try:
                     with open(report) as f:
                         r = json.load(f)
@@ -515,6 +752,8 @@ def main():
         doc["cases"].append(rec)
         tensors.update(ts)
     doc["prompt_learning_probe"] = {m: probe_prompt_learning(m, K) for m, K in (("tiny-distilbert", 3), ("tiny-bert", 2))}
+    doc["bert_prefix_positions"] = probe_bert_prefix_positions()
+    doc["distilbert_prefix"] = probe_distilbert_prefix()
     if args.ours:
         doc["our_exports"] = check_ours(args.ours, out)
     doc["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "python": sys.version.split()[0]}
@@ -528,11 +767,14 @@ def main():
     log("=" * 72)
     log("versions:", json.dumps(doc["versions"]))
     for c in doc["cases"]:
-        log("case %s: loss=%.10f grad_norm=%.6f params=%d step_losses=%s" % (
-            c["name"], c["loss"], c["grad_norm"], len(c["param_names"]), ["%.6f" % x for x in c["step_losses"]]))
+        log("case %s: loss=%.10f grad_norm=%.6f params=%d step_losses=%s init_draw=%d float32_check=%s" % (
+            c["name"], c["loss"], c["grad_norm"], len(c["param_names"]), ["%.6f" % x for x in c["step_losses"]],
+            c["init_draw"], c.get("float32_check")))
         if "peft_config" in c:
             log("  peft:", c["peft_config"], "saved keys == ours:", c.get("peft_saved_keys") == c["param_names"])
     log("prompt/prefix probe:", json.dumps(doc["prompt_learning_probe"], indent=1)[:3000])
+    log("bert prefix positions:", json.dumps(doc["bert_prefix_positions"], indent=1)[:6000])
+    log("distilbert prefix:", json.dumps(doc["distilbert_prefix"], indent=1)[:3000])
     for k, v in (doc.get("our_exports") or {}).items():
         log("our export %s: ok=%s rel=%s failures=%s key_mentions=%s" % (k, v["ok"], v["max_rel_error"], v["failures"], v["key_mentions"]))
     for n in notes:

@@ -15,7 +15,7 @@ import { buildCausalExamples } from '../data/examples';
 import { seededRandom, sequenceLengthFor, splitTrainValidation } from '../data/batches';
 import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier } from '../engine/models/registry';
 import { createPeftMethod, peftModelInfo, type MethodSpec } from '../engine/peft/factory';
-import { METHOD_OPTIONS, METHOD_USAGE, methodFromArgs } from './peft-args';
+import { METHODS, METHOD_OPTIONS, METHOD_USAGE, methodFromArgs } from './peft-args';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../engine/train/trainer';
 import { exportAdapter } from '../engine/export/peft-export';
@@ -23,11 +23,12 @@ import { RunLog, modelCard, trainerState } from '../train/run-report';
 import type { HfModel } from '../io/model-files';
 import type { TextTokenizer } from '../data/tokenizer';
 import type { Table } from '../data/table';
+import type { PeftKind } from '../engine/peft/method';
 import { writeSafetensors } from '../io/safetensors';
 import { buildLabelMap, classCounts, describeClassCounts } from '../data/labels';
 import { buildClassificationExamples, classificationSequenceLength, validateClassificationMapping } from '../data/classification';
 import { createSeqClsAdapter, exportSeqClsAdapter, headStateDictName } from '../engine/models/sequence-classification';
-import { ENCODER_METHOD_REFUSALS, encoderPeftInfo } from '../engine/models/encoder-methods';
+import { encoderMethodRefusal, encoderPeftInfo } from '../engine/models/encoder-methods';
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../engine/train/classifier-trainer';
 import { formatConfusion } from '../engine/train/classification-metrics';
 import { classificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
@@ -206,7 +207,8 @@ type Flags = Record<string, string | boolean | undefined>;
 
 /**
  * --text-column + --label-column on a DistilBERT or BERT model: sequence classification with LoRA,
- * DoRA, IA3 or bottleneck adapters on the encoder (or head-only), the head trained in full.
+ * DoRA, IA3, prompt tuning, prefix tuning (BERT) or bottleneck adapters on the encoder (or head-only),
+ * the head trained in full.
  */
 async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, table: Table): Promise<void> {
   const str = (k: string): string | undefined => (typeof a[k] === 'string' ? (a[k] as string) : undefined);
@@ -219,8 +221,9 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   }
   for (const k of ['prompt-column', 'completion-column', 'template']) if (a[k] !== undefined) throw new CliError(`--${k} is not used for text classification`);
   const methodName = str('method') ?? 'lora';
-  const refusal = methodName === 'prefix' ? ENCODER_METHOD_REFUSALS.prefix : undefined;
-  if (refusal) throw new CliError(`--method ${methodName}: ${refusal}; use lora, dora, ia3, prompt or adapter`);
+  const kind = methodName === 'adapter' ? 'bottleneck' : methodName;
+  const refusal = (METHODS as readonly string[]).includes(methodName) ? encoderMethodRefusal(hf.config.family as 'distilbert' | 'bert', kind as PeftKind) : null;
+  if (refusal) throw new CliError(`--method ${methodName}: ${refusal}`);
   const headOnly = a['head-only'] === true;
   if (headOnly) {
     if (methodName !== 'lora') throw new CliError(`--head-only trains no adapter: leave out --method ${methodName}`);
@@ -360,6 +363,10 @@ function describeEncoderMethod(spec: MethodSpec | null, label: string): string {
   if (spec.method === 'lora' || spec.method === 'dora') return `${label} on ${spec.lora.targetModules.join(', ')}`;
   if (spec.method === 'ia3') return `IA3 on ${spec.ia3.targetModules.join(', ')} (input-scaled: ${spec.ia3.feedforwardModules.join(', ') || 'none'})`;
   if (spec.method === 'prompt') return `prompt tuning (${spec.prompt.numVirtualTokens} virtual tokens before [CLS], init ${spec.prompt.init}; the head reads the first)`;
+  if (spec.method === 'prefix') {
+    const p = spec.prefix;
+    return `prefix tuning (${p.numVirtualTokens} key/value rows before every layer's keys; ${p.projection ? `trained through the projection MLP, encoder hidden size ${p.encoderHiddenSize ?? 'token_dim'}` : 'no projection'})`;
+  }
   if (spec.method === 'bottleneck') {
     const b = spec.bottleneck;
     return `${label} bottleneck adapters "${b.name}" (reduction factor ${b.reductionFactor}, ${b.nonLinearity}; saved in AdapterHub's format)`;

@@ -40,6 +40,13 @@ export interface RefLora {
 export interface RefMethods {
   /** prompt tuning: [n, C] rows before every sequence (positions 0..n-1, attention mask ones over them); the head reads row 0 */
   prompt?: { p: Float64Array; n: number };
+  /**
+   * prefix tuning (PEFT's PREFIX_TUNING through BERT's past_key_values): n key/value rows before every
+   * layer's keys, seen by every query; the real tokens take positions n.. (past_key_values_length).
+   * The prefix is `kv` [n, L*2*C] (row t: layer 0 key, layer 0 value, layer 1 key, ...; heads of D
+   * inside each), or what PEFT's projection makes: tanh(E W1^T + b1) W2^T + b2.
+   */
+  prefix?: { n: number; kv?: Float64Array; proj?: { E: Float64Array; W1: Float64Array; b1: Float64Array; W2: Float64Array; b2: Float64Array; enc: number } };
   dora?: { modules: Map<string, { A: Float64Array; B: Float64Array; m: Float64Array }>; r: number; scale: number; norms?: Map<string, Float64Array> };
   ia3?: Map<string, { l: Float64Array; feedforward: boolean }>;
   bottleneck?: {
@@ -230,6 +237,11 @@ export interface RefBatch {
   labels: ArrayLike<number>;
 }
 
+/** Width of one prefix row: num_layers * 2 * hidden (PEFT's token_dim is the hidden size for BERT). */
+function L2C(d: TinyEncoderDims): number {
+  return d.L * 2 * d.C;
+}
+
 /** Logits [B, K] and the mean cross-entropy over labels >= 0. `w` must hold the head. */
 export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora: RefLora | null, batch: RefBatch, methods: RefMethods = {}): { logits: Float64Array; loss: number } {
   const g = (name: string): Float64Array => {
@@ -243,13 +255,22 @@ export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora
   const nv = methods.prompt?.n ?? 0;
   const B = batch.B, T = batch.T + nv;
   const M = B * T;
+  // prefix tuning: the prefix rows [np, L*2*C], made by the projection MLP when there is one
+  const np = methods.prefix?.n ?? 0;
+  const KV = L2C(d);
+  let kv: Float64Array | null = methods.prefix?.kv ?? null;
+  const proj = methods.prefix?.proj;
+  if (proj) {
+    const hid = linear(proj.E, proj.W1, proj.b1, np, C, proj.enc, null, '').map(Math.tanh);
+    kv = linear(hid, proj.W2, proj.b2, np, proj.enc, KV, null, '');
+  }
   const word = g(n.word), pos = g(n.pos), type0 = n.type ? g(n.type) : null;
   let x: Float64Array = new Float64Array(M * C);
   for (let m = 0; m < M; m++) {
     const b = Math.floor(m / T), t = m % T;
     for (let c = 0; c < C; c++) {
       const tok = t < nv ? methods.prompt!.p[t * C + c] : word[batch.ids[b * batch.T + t - nv] * C + c];
-      x[m * C + c] = tok + pos[t * C + c] + (type0 ? type0[c] : 0);
+      x[m * C + c] = tok + pos[(t + np) * C + c] + (type0 ? type0[c] : 0);
     }
   }
   const lengths = Array.from(batch.lengths, (len) => len + nv);
@@ -265,20 +286,23 @@ export function encoderReference(w: Weights, d: TinyEncoderDims, K: number, lora
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < H; h++) {
         for (let i = 0; i < T; i++) {
+          // keys: the np prefix rows of this layer, then the row's real (unpadded) tokens
           const len = lengths[b];
-          const s = new Float64Array(len);
+          const keyAt = (j: number, e: number) => (j < np ? kv![j * KV + 2 * l * C + h * D + e] : k[(b * T + j - np) * C + h * D + e]);
+          const valueAt = (j: number, e: number) => (j < np ? kv![j * KV + (2 * l + 1) * C + h * D + e] : v[(b * T + j - np) * C + h * D + e]);
+          const s = new Float64Array(np + len);
           let mx = -Infinity;
-          for (let j = 0; j < len; j++) {
+          for (let j = 0; j < np + len; j++) {
             let dot = 0;
-            for (let e = 0; e < D; e++) dot += q[(b * T + i) * C + h * D + e] * k[(b * T + j) * C + h * D + e];
+            for (let e = 0; e < D; e++) dot += q[(b * T + i) * C + h * D + e] * keyAt(j, e);
             s[j] = dot / Math.sqrt(D);
             mx = Math.max(mx, s[j]);
           }
           let sum = 0;
-          for (let j = 0; j < len; j++) sum += Math.exp(s[j] - mx);
-          for (let j = 0; j < len; j++) {
+          for (let j = 0; j < np + len; j++) sum += Math.exp(s[j] - mx);
+          for (let j = 0; j < np + len; j++) {
             const p = Math.exp(s[j] - mx) / sum;
-            for (let e = 0; e < D; e++) ctx[(b * T + i) * C + h * D + e] += p * v[(b * T + j) * C + h * D + e];
+            for (let e = 0; e < D; e++) ctx[(b * T + i) * C + h * D + e] += p * valueAt(j, e);
           }
         }
       }

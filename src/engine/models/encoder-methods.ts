@@ -2,7 +2,8 @@
 // IA3 act on the encoder's linear layers, bottleneck adapters on its residual branches (AdapterHub's
 // placement in post-LayerNorm blocks); the head trains in full beside any of them (PEFT's
 // modules_to_save); prompt tuning puts its virtual tokens before every sequence (the head then reads
-// the first virtual token, as in PEFT). Prefix tuning is refused for classifiers (ENCODER_METHOD_REFUSALS).
+// the first virtual token, as in PEFT); prefix tuning puts key/value rows before every layer's keys
+// (BERT only: DistilBERT's is refused, ENCODER_ARCH_METHOD_REFUSALS says why).
 
 import type { Gpu } from '../gpu/gpu';
 import type { StepUniforms } from '../kernels/step-uniforms';
@@ -10,13 +11,14 @@ import { Lora, type LinearModuleInfo } from '../peft/lora';
 import { Dora } from '../peft/dora';
 import { IA3_DEFAULTS, IA3_ENGINE_DEFAULTS, Ia3, type Ia3Settings } from '../peft/ia3';
 import { BottleneckAdapters, type BottleneckModelDims } from '../peft/bottleneck';
-import { promptDims, type MethodSpec, type PeftModelInfo } from '../peft/factory';
+import { prefixDims, promptDims, type MethodSpec, type PeftModelInfo } from '../peft/factory';
 import { PromptTuning } from '../peft/prompt-tuning';
+import { PrefixTuning } from '../peft/prefix-tuning';
 import type { PeftKind } from '../peft/method';
 import type { EncoderClassifier } from './encoder';
 
 /** The methods a classifier's encoder can carry. */
-export type SeqClsMethod = Lora | Dora | Ia3 | BottleneckAdapters | PromptTuning;
+export type SeqClsMethod = Lora | Dora | Ia3 | BottleneckAdapters | PromptTuning | PrefixTuning;
 
 export class EncoderMethodError extends Error {
   constructor(message: string) {
@@ -26,13 +28,36 @@ export class EncoderMethodError extends Error {
 }
 
 /**
- * Methods a classifier does not train here, and why: prefix tuning needs the encoder's attention to
- * take prefix keys/values, which the encoder program does not have (PEFT 0.21 + transformers 5.17 run
- * it on BertForSequenceClassification; on DistilBERT PEFT cannot size it without token_dim).
+ * Methods no encoder classifier trains here, and why (none at present: every method runs on BERT).
+ * Per architecture: ENCODER_ARCH_METHOD_REFUSALS; encoderMethodRefusal(arch, method) gives both.
  */
-export const ENCODER_METHOD_REFUSALS: Partial<Record<PeftKind, string>> = {
-  prefix: 'prefix tuning is not available for text classification: the encoder program has no prefix keys/values in its attention',
+export const ENCODER_METHOD_REFUSALS: Partial<Record<PeftKind, string>> = {};
+
+/**
+ * Methods one encoder architecture does not train here, and why. Prefix tuning on DistilBERT: PEFT
+ * 0.21 + transformers 5.17 cannot run it on DistilBertForSequenceClassification (PEFT passes the
+ * prefix as past_key_values, which neither DistilBertForSequenceClassification nor DistilBertModel
+ * takes: PEFT raises "Model does not support past key values which are required for prefix tuning";
+ * without token_dim given it cannot even size the prefix from DistilBERT's config), so there is no
+ * reference for what it would be (docs/runs/2026-11-22-encoder-prefix-goldens.txt). On BERT it runs
+ * (BertModel takes past_key_values): src/engine/models/encoder.ts.
+ */
+export const ENCODER_ARCH_METHOD_REFUSALS: Record<'distilbert' | 'bert', Partial<Record<PeftKind, string>>> = {
+  distilbert: {
+    prefix: 'prefix tuning is not available for DistilBERT classifiers: PEFT cannot run it on DistilBertForSequenceClassification (DistilBERT\'s attention takes no past_key_values, which PEFT feeds the prefix through); use prompt tuning, or a BERT model',
+  },
+  bert: {},
 };
+
+/** Why `method` is not trained on this encoder architecture, or null when it is. */
+export function encoderMethodRefusal(architecture: 'distilbert' | 'bert', method: PeftKind): string | null {
+  return ENCODER_METHOD_REFUSALS[method] ?? ENCODER_ARCH_METHOD_REFUSALS[architecture][method] ?? null;
+}
+
+/** Why prefix tuning is refused on this classifier (DistilBERT), or null (BERT). */
+export function encoderPrefixRefusal(model: EncoderClassifier): string | null {
+  return encoderMethodRefusal(model.spec.architecture, 'prefix');
+}
 
 /**
  * IA3's targets for the encoders. BERT: PEFT's defaults (TRANSFORMERS_MODELS_TO_IA3_*_MAPPING:
@@ -82,7 +107,7 @@ export function createEncoderMethod(
   /** the tokenizer with special tokens (prompt tuning's TEXT init) */
   tokenize?: (text: string) => number[],
 ): SeqClsMethod {
-  const refusal = ENCODER_METHOD_REFUSALS[spec.method];
+  const refusal = encoderMethodRefusal(model.spec.architecture, spec.method);
   if (refusal) throw new EncoderMethodError(refusal);
   const linears = model.linearModules();
   const noAllLinear = (targets: readonly string[], what: string): void => {
@@ -104,7 +129,10 @@ export function createEncoderMethod(
       pt.initialize(model, { random, tokenize });
       return pt;
     }
+    case 'prefix':
+      // PEFT's dimensions for BERT: token_dim = hidden_size, num_attention_heads, num_layers
+      return new PrefixTuning(gpu, spec.prefix, prefixDims(encoderPeftInfo(model)), random);
     default:
-      throw new EncoderMethodError(`${spec.method} is not available for text classification`);
+      throw new EncoderMethodError(`${(spec as MethodSpec).method} is not available for text classification`);
   }
 }

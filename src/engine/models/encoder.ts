@@ -20,7 +20,12 @@
 // which the block's LayerNorm then normalizes as usual (AdapterHub's original_ln_after).
 // Prompt tuning's virtual rows go first in every sequence (positions 0..nv-1, no token embedding,
 // visible to every query), so the head reads the first virtual token; its gradient reaches them
-// through the embeddings' LayerNorm. Prefix tuning is not built (the attention has no prefix rows).
+// through the embeddings' LayerNorm. Prefix tuning (BERT only: PEFT runs it through BertModel's
+// past_key_values; DistilBERT's attention takes none) puts P key/value rows before every layer's
+// keys, visible to every query and never masked (PEFT prepends a mask of ones for them); score rows
+// are [P prefix keys | S keys], and transformers counts the prefix as cached tokens, so the real
+// tokens take positions P..P+S-1 (BertEmbeddings' past_key_values_length). The prefix gradients
+// are summed over the batch one sequence at a time, as in gpt2.ts.
 // Shapes: M = B*T rows, C hidden, H heads of D = C/H, F the FFN width, K labels. nn.Linear stores
 // W as [out, in]. Sequences are right-padded; key j of row b is attended to iff j < lengths[b].
 
@@ -35,6 +40,7 @@ import { columnSum } from '../kernels/column-sum';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { BranchSite, LinearSite, PeftMethod, TrainableParam } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward } from './common';
@@ -143,7 +149,7 @@ interface LayerWeights {
 
 interface LayerActs {
   q: Tensor; k: Tensor; v: Tensor; // [M, C] each
-  att: Tensor; // [B*H, T, T] scores, then probabilities
+  att: Tensor; // [B*H, T, P+T] scores, then probabilities (P prefix keys first, prefix tuning)
   ctx: Tensor; // [M, C]
   a: Tensor; mean1: Tensor; rstd1: Tensor; // h + Lin_o(ctx), before LN1
   h1: Tensor; // LN1 output
@@ -371,6 +377,7 @@ export class EncoderClassifier {
   private lowestTrainableLayer(peft: PeftMethod | null): number {
     if (!peft) return this.L;
     if (peft.virtualTokens) return 0; // the gradient goes down to the embeddings
+    if (peft.prefixTokens) return 0; // every layer's attention has prefix rows
     for (let l = 0; l < this.L; l++) {
       const n = this.spec.layer(l);
       if ([n.q, n.k, n.v, n.o, n.ffnIn, n.ffnOut].some((m) => peft.targetsLinear(m))) return l;
@@ -386,14 +393,20 @@ export class EncoderClassifier {
     for (const [k, v] of Object.entries({ B, T })) {
       if (!Number.isInteger(v) || v < 1) throw new ProgramError(`${k} must be a positive integer (got ${v})`);
     }
-    if (peft?.prefixTokens) throw new ProgramError('prefix tuning is not available for the encoder classifiers (no prefix keys/values in their attention)');
+    // Prefix tuning: P key/value rows before every layer's keys (attentionPrefix), the real tokens'
+    // positions shifted by P as transformers' BertEmbeddings shifts them by past_key_values_length.
+    const P = peft?.prefixTokens ?? 0;
+    if (P && this.spec.architecture !== 'bert') {
+      throw new ProgramError(`prefix tuning is not available for ${this.spec.className}: its attention takes no past_key_values (PEFT cannot run it there)`);
+    }
+    if (P && !peft!.attentionPrefix) throw new ProgramError(`the ${peft!.kind} method has ${P} prefix tokens but no attentionPrefix`);
     // Prompt tuning: nv virtual rows before each sequence's T tokens (PEFT's SEQ_CLS forward: the
     // prompts before the token embeddings, positions 0..nv-1 for them, the attention mask ones over
     // them); the head then reads row 0, the first virtual token, as transformers' classifier does.
     const nv = peft?.virtualTokens ?? 0;
     const S = T + nv;
-    if (S > this.spec.dims.maxPositions) {
-      throw new ProgramError(`sequence length ${T}${nv ? ` plus ${nv} virtual tokens` : ''} is longer than the model's max_position_embeddings (${this.spec.dims.maxPositions})`);
+    if (S + P > this.spec.dims.maxPositions) {
+      throw new ProgramError(`sequence length ${T}${nv + P ? ` plus ${nv + P} virtual tokens` : ''} is longer than the model's max_position_embeddings (${this.spec.dims.maxPositions})`);
     }
     const M = B * S;
     const eps = this.spec.dims.eps;
@@ -412,7 +425,7 @@ export class EncoderClassifier {
     const hAt = (l: number): Tensor => (keepAll ? hs[l] : hs[l % 2]);
     const acts: LayerActs[] = Array.from({ length: keepAll ? L : 1 }, (_, i) => ({
       q: t([M, C], `l${i}.q`), k: t([M, C], `l${i}.k`), v: t([M, C], `l${i}.v`),
-      att: t([B * H, S, S], `l${i}.att`), ctx: t([M, C], `l${i}.ctx`),
+      att: t([B * H, S, P + S], `l${i}.att`), ctx: t([M, C], `l${i}.ctx`),
       a: t([M, C], `l${i}.a`), mean1: t([M], `l${i}.mean1`), rstd1: t([M], `l${i}.rstd1`), h1: t([M, C], `l${i}.h1`),
       f: t([M, F], `l${i}.f`), g: t([M, F], `l${i}.g`),
       o: t([M, C], `l${i}.o`), mean2: t([M], `l${i}.mean2`), rstd2: t([M], `l${i}.rstd2`),
@@ -420,7 +433,7 @@ export class EncoderClassifier {
     const actAt = (l: number): LayerActs => acts[keepAll ? l : 0];
 
     const emb = t([M, C], 'emb'), embMean = t([M], 'emb.mean'), embRstd = t([M], 'emb.rstd');
-    const forward: Op[] = [...embedTokens(gpu, this.word, tokens, emb, M, S, this.positions)];
+    const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.word, tokens, emb, M, S, this.positions, P)];
     // the virtual rows carry no token (VIRTUAL_TOKEN_ID) but their positions: the prompt is added to them
     if (nv) forward.push(...peft!.embeddingForward!(emb, B, S));
     forward.push(layerNormForward(gpu, { x: emb, weight: this.embLnW, bias: this.embLnB, out: hAt(0), mean: embMean, rstd: embRstd, rows: M, C, eps }));
@@ -445,6 +458,7 @@ export class EncoderClassifier {
 
     const backward: Op[] = [];
     if (training) {
+      if (encoderBackward) backward.push(...(peft?.backwardStart?.() ?? []));
       const dz = t([B, C], 'head.dz');
       // classifier: dW_c += dlogits^T z, db_c += colsum(dlogits), dz = dlogits W_c
       backward.push(matmul(gpu, { label: `${cl.module}.dW`, a: work, transA: true, b: z, c: cl.trainable!.W.grad, M: K, N: C, K: B, accumulate: true }));
@@ -465,7 +479,7 @@ export class EncoderClassifier {
         backward.push(matmul(gpu, { label: `${dn.module}.dx`, a: dz, b: dn.W, c: dh, ldc: S * C, M: B, N: C, K: C }));
         const s = {
           dh, dpre: t([M, C], 'dpre'), dg: t([M, F], 'dg'), dctx: t([M, C], 'dctx'),
-          dq: t([M, C], 'dq'), dk: t([M, C], 'dk'), dv: t([M, C], 'dv'), dP: t([B * H, S, S], 'dP'),
+          dq: t([M, C], 'dq'), dk: t([M, C], 'dk'), dv: t([M, C], 'dv'), dP: t([B * H, S, P + S], 'dP'),
         };
         for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, hAt(l), actAt(l), s, peft, B, S));
         if (nv) {
@@ -474,6 +488,7 @@ export class EncoderClassifier {
           backward.push(layerNormBackward(gpu, { dout: dh, x: emb, weight: this.embLnW, mean: embMean, rstd: embRstd, dx: demb, rows: M, C, accumulate: false }));
           backward.push(...peft!.embeddingBackward!(demb, B, S));
         }
+        backward.push(...(peft?.backwardEnd?.() ?? []));
       }
     }
 
@@ -551,15 +566,32 @@ export class EncoderClassifier {
     ops.push(...lin(n.q, C, C, h, a.q, w.q, w.qb, false));
     ops.push(...lin(n.k, C, C, h, a.k, w.k, w.kb, false));
     ops.push(...lin(n.v, C, C, h, a.v, w.v, w.vb, false));
-    // scores = Q K^T per (row, head); softmax over the row's real keys (no causal mask)
+    // Prefix tuning: each score row is [P prefix keys | T keys] (Tk columns), the prefix keys and
+    // values read from the method's [P, ld] tensor, shared by the whole batch.
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${n.q}.prefix_scores`, a: a.q, lda: C, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true, c: a.att, ldc: Tk, M: T, N: P, K: D,
+        batch: { ...heads, strideA: [T * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
+    }
+    // scores = Q K^T per (row, head); softmax over the prefix and the row's real keys (no causal mask)
     ops.push(matmul(gpu, {
-      label: `${n.q}.scores`, a: a.q, lda: C, b: a.k, ldb: C, transB: true, c: a.att, M: T, N: T, K: D,
-      batch: { ...heads, strideA: [T * C, D], strideB: [T * C, D], strideC: [H * T * T, T * T] },
+      label: `${n.q}.scores`, a: a.q, lda: C, b: a.k, ldb: C, transB: true, c: a.att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { ...heads, strideA: [T * C, D], strideB: [T * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
-    ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: false }));
+    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: 1 / Math.sqrt(D), causal: false }));
+    else ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: false }));
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${n.v}.prefix_pv`, a: a.att, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, ldc: C, M: T, N: D, K: P,
+        batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * C, D] },
+      }));
+    }
     ops.push(matmul(gpu, {
-      label: `${n.v}.pv`, a: a.att, b: a.v, ldb: C, c: a.ctx, ldc: C, M: T, N: D, K: T,
-      batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
+      label: `${n.v}.pv`, a: a.att, offsetA: P, lda: Tk, b: a.v, ldb: C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * C, D] },
     }));
     // a = h + Lin_o(ctx); h1 = LN1(a) (a bottleneck adapter on the branch: Lin_o's output goes to
     // its own tensor and the adapter writes a)
@@ -629,25 +661,59 @@ export class EncoderClassifier {
       dAttnOut = r.dBranch;
     }
     ops.push(...back(n.o, C, C, a.ctx, attnBranch?.branch ?? a.a, w.o, w.ob, dAttnOut, s.dctx, false));
+    // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
+    // the batch one sequence at a time (a batched accumulate into shared rows would race)
+    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
+    const P = pre?.tokens ?? 0, Tk = P + T;
     // dP = dctx V^T ; dV = P^T dctx
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${n.v}.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, ldc: Tk, M: T, N: P, K: D,
+        batch: { ...heads, strideA: [T * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
+    }
     ops.push(matmul(gpu, {
-      label: `${n.v}.dP`, a: s.dctx, lda: C, b: a.v, ldb: C, transB: true, c: s.dP, M: T, N: T, K: D,
-      batch: { ...heads, strideA: [T * C, D], strideB: [T * C, D], strideC: [H * T * T, T * T] },
+      label: `${n.v}.dP`, a: s.dctx, lda: C, b: a.v, ldb: C, transB: true, c: s.dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { ...heads, strideA: [T * C, D], strideB: [T * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
     ops.push(matmul(gpu, {
-      label: `${n.v}.dV`, a: a.att, transA: true, b: s.dctx, ldb: C, c: s.dv, ldc: C, M: T, N: D, K: T,
-      batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
+      label: `${n.v}.dV`, a: a.att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dv, ldc: C, M: T, N: D, K: T,
+      batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * C, D] },
     }));
-    ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+    if (pre) {
+      for (let b = 0; b < B; b++) {
+        ops.push(matmul(gpu, {
+          label: `${n.v}.prefix_dV`, a: a.att, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * C, ldb: C,
+          c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
+        }));
+      }
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: 1 / Math.sqrt(D) }));
+    } else {
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+    }
     // dQ = dS K ; dK = dS^T Q
     ops.push(matmul(gpu, {
-      label: `${n.q}.dQ`, a: s.dP, b: a.k, ldb: C, c: s.dq, ldc: C, M: T, N: D, K: T,
-      batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
+      label: `${n.q}.dQ`, a: s.dP, offsetA: P, lda: Tk, b: a.k, ldb: C, c: s.dq, ldc: C, M: T, N: D, K: T,
+      batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * C, D] },
     }));
     ops.push(matmul(gpu, {
-      label: `${n.k}.dK`, a: s.dP, transA: true, b: a.q, ldb: C, c: s.dk, ldc: C, M: T, N: D, K: T,
-      batch: { ...heads, strideA: [H * T * T, T * T], strideB: [T * C, D], strideC: [T * C, D] },
+      label: `${n.k}.dK`, a: s.dP, offsetA: P, lda: Tk, transA: true, b: a.q, ldb: C, c: s.dk, ldc: C, M: T, N: D, K: T,
+      batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * C, D] },
     }));
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${n.q}.prefix_dQ`, a: s.dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, ldc: C, M: T, N: D, K: P, accumulate: true,
+        batch: { ...heads, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * C, D] },
+      }));
+      for (let b = 0; b < B; b++) {
+        ops.push(matmul(gpu, {
+          label: `${n.k}.prefix_dK`, a: s.dP, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * C, ldb: C,
+          c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
+        }));
+      }
+    }
     // the residual passes d(a) to h; q, k and v add theirs
     ops.push(...back(n.q, C, C, h, a.q, w.q, w.qb, s.dq, s.dh, true));
     ops.push(...back(n.k, C, C, h, a.k, w.k, w.kb, s.dk, s.dh, true));

@@ -1,5 +1,5 @@
 // The adapter of a sequence-classification run as PEFT (task_type SEQ_CLS) holds it: a method on
-// the encoder (LoRA, DoRA, IA3, prompt tuning; or AdapterHub bottleneck adapters) plus the head layers PEFT's
+// the encoder (LoRA, DoRA, IA3, prompt tuning, prefix tuning on BERT; or AdapterHub bottleneck adapters) plus the head layers PEFT's
 // modules_to_save train in full, saved under PEFT's names (base_model.model.classifier.weight, ...),
 // and loading such an adapter back onto the model. Bottleneck adapters, which PEFT lacks, are saved
 // as AdapterHub saves them for a model with a static transformers head (save_adapter(...,
@@ -17,14 +17,15 @@ import { Dora } from '../peft/dora';
 import { Ia3, Ia3Error } from '../peft/ia3';
 import { BottleneckAdapters, ADAPTERHUB_VERSION } from '../peft/bottleneck';
 import { PromptTuning } from '../peft/prompt-tuning';
-import { promptDims } from '../peft/factory';
+import { PrefixTuning, PrefixTuningError } from '../peft/prefix-tuning';
+import { prefixDims, promptDims } from '../peft/factory';
 import { AdapterError, importPeftAdapter, isAdapterHubConfig } from '../peft/import';
 import type {
-  BranchLocation, BranchSite, ExportTensor, FrozenLinear, LinearGrad, LinearSite, PeftKind, PeftMethod, TrainableParam,
+  AttentionPrefix, BranchLocation, BranchSite, ExportTensor, FrozenLinear, LinearGrad, LinearSite, PeftKind, PeftMethod, TrainableParam,
 } from '../peft/method';
 import type { MethodSpec } from '../peft/factory';
 import { SEQ_CLS_MODULES_TO_SAVE, type EncoderClassifier } from './encoder';
-import { createEncoderMethod, encoderBottleneckDims, encoderPeftInfo, type SeqClsMethod } from './encoder-methods';
+import { createEncoderMethod, encoderBottleneckDims, encoderPeftInfo, encoderPrefixRefusal, type SeqClsMethod } from './encoder-methods';
 
 export class SeqClsAdapterError extends Error {
   constructor(message: string) {
@@ -52,19 +53,37 @@ export class SequenceClassificationAdapter implements PeftMethod {
   readonly configFloatKeys: readonly string[];
   /** Prompt tuning's virtual tokens (0 for the other methods). */
   readonly virtualTokens: number;
+  /** Prefix tuning's key/value rows in every layer's attention (0 for the other methods). */
+  readonly prefixTokens: number;
 
   constructor(
     readonly method: PeftMethod | null,
     readonly head: readonly TrainableParam[],
     readonly modulesToSave: readonly string[] = SEQ_CLS_MODULES_TO_SAVE,
   ) {
-    if (method?.prefixTokens) throw new SeqClsAdapterError('prefix tuning is not available for classifiers (ENCODER_METHOD_REFUSALS)');
     this.kind = method?.kind ?? 'lora';
     this.params = [...(method?.params ?? []), ...head];
     this.replacesLinear = method?.replacesLinear ?? false;
     this.exportFormat = method?.exportFormat ?? 'peft';
     this.configFloatKeys = method?.configFloatKeys ?? [];
     this.virtualTokens = method?.virtualTokens ?? 0;
+    this.prefixTokens = method?.prefixTokens ?? 0;
+  }
+
+  attentionPrefix(layer: number): AttentionPrefix {
+    return this.inner().attentionPrefix!(layer);
+  }
+
+  forwardStart(): Op[] {
+    return this.method?.forwardStart?.() ?? [];
+  }
+
+  backwardStart(): Op[] {
+    return this.method?.backwardStart?.() ?? [];
+  }
+
+  backwardEnd(): Op[] {
+    return this.method?.backwardEnd?.() ?? [];
   }
 
   embeddingForward(x0: Tensor, B: number, S: number): Op[] {
@@ -77,10 +96,11 @@ export class SequenceClassificationAdapter implements PeftMethod {
 
   /**
    * The head's names in PEFT's file: base_model.model.<module>.* for tuner methods, base_model.<module>.*
-   * for prompt learning (whose PeftModel holds the transformers model itself as base_model).
+   * for prompt learning, prompt and prefix tuning alike (whose PeftModel holds the transformers model itself as base_model).
    */
   headSavedName(name: string): string {
-    return this.method?.kind === 'prompt' ? name.replace(/^base_model\.model\./, 'base_model.') : name;
+    const k = this.method?.kind;
+    return k === 'prompt' || k === 'prefix' ? name.replace(/^base_model\.model\./, 'base_model.') : name;
   }
 
   targetsLinear(module: string): boolean {
@@ -171,7 +191,7 @@ export interface SeqClsAdapterFiles {
 
 /**
  * Makes the method (or none: head-only) on the encoder and the trainable head around it, with the
- * initial values createPeftMethod gives (prompt and prefix tuning are refused: ENCODER_METHOD_REFUSALS).
+ * initial values createPeftMethod gives (prefix tuning only on BERT: encoderPrefixRefusal).
  */
 export function createSeqClsAdapter(
   gpu: Gpu, spec: MethodSpec | null, model: EncoderClassifier, step: StepUniforms, random: () => number,
@@ -244,7 +264,7 @@ function moduleList(cfg: Record<string, unknown>, key: string, name: string): st
 }
 
 /**
- * Loads a SEQ_CLS adapter (ours or PEFT's: LoRA, DoRA, IA3; or an AdapterHub bottleneck adapter
+ * Loads a SEQ_CLS adapter (ours or PEFT's: LoRA, DoRA, IA3, prompt tuning, prefix tuning on BERT; or an AdapterHub bottleneck adapter
  * with its static head) onto a classifier: the method's tensors into a new method, the head tensors
  * into the model's head parameters. Names and shapes are checked.
  */
@@ -261,7 +281,7 @@ export function importSeqClsAdapter(gpu: Gpu, files: SeqClsAdapterFiles, model: 
     try {
       return make();
     } catch (e) {
-      if (e instanceof LoraError || e instanceof Ia3Error || e instanceof AdapterError || (e as Error)?.name === 'BottleneckError') {
+      if (e instanceof LoraError || e instanceof Ia3Error || e instanceof AdapterError || e instanceof PrefixTuningError || (e as Error)?.name === 'BottleneckError') {
         throw new SeqClsAdapterError(`${files.name}: ${(e as Error).message}`);
       }
       throw e;
@@ -301,8 +321,19 @@ export function importSeqClsAdapter(gpu: Gpu, files: SeqClsAdapterFiles, model: 
     }
     // the init only matters for training from scratch; the values come from the file
     method = wrap(() => new PromptTuning(gpu, { numVirtualTokens: n, init: 'random' }, promptDims(encoderPeftInfo(model))));
+  } else if (cfg.peft_type === 'PREFIX_TUNING') {
+    const refusal = encoderPrefixRefusal(model);
+    if (refusal) throw new SeqClsAdapterError(`${files.name}: ${refusal}`);
+    const n = configInt(cfg, 'num_virtual_tokens', model.spec.dims.maxPositions - 1, files.name);
+    const dims = prefixDims(encoderPeftInfo(model));
+    for (const [key, want] of [['token_dim', model.C], ['num_layers', model.L], ['num_attention_heads', model.H], ['num_transformer_submodules', 1]] as const) {
+      if (cfg[key] !== undefined && cfg[key] !== null && cfg[key] !== want) throw new SeqClsAdapterError(`${files.name}: ${key} is ${JSON.stringify(cfg[key])}, this model needs ${want}; was it trained on another base model?`);
+    }
+    // PEFT saves the prefix itself (with prefix_projection, the prefix its MLP made) and loads it
+    // for inference as a plain [n, num_layers * 2 * token_dim] table: so does this
+    method = wrap(() => new PrefixTuning(gpu, { numVirtualTokens: n, projection: false }, dims, () => 0.5));
   } else {
-    throw new SeqClsAdapterError(`${files.name}: peft_type ${JSON.stringify(cfg.peft_type)} is not supported for classifiers here (LORA with or without DoRA, IA3, PROMPT_TUNING; or an AdapterHub bottleneck adapter)`);
+    throw new SeqClsAdapterError(`${files.name}: peft_type ${JSON.stringify(cfg.peft_type)} is not supported for classifiers here (LORA with or without DoRA, IA3, PROMPT_TUNING, PREFIX_TUNING on BERT; or an AdapterHub bottleneck adapter)`);
   }
   const adapter = new SequenceClassificationAdapter(method, model.headParams, savedByPeft);
   try {

@@ -6,7 +6,9 @@
 // grouped-query models PEFT sizes it by the key/value heads: token_dim = hidden / heads * kv_heads,
 // num_attention_heads = kv_heads. The attention masks nothing of the prefix; since transformers
 // counts the prefix as cached tokens, the real tokens' positions start at n (GPT-2's wpe, Llama's
-// RoPE). The prefix keys are used as stored (no RoPE).
+// RoPE, BERT's position embeddings through past_key_values_length). The prefix keys are used as
+// stored (no RoPE). On BERT classifiers (task_type SEQ_CLS) the attention is bidirectional: every
+// real token sees the prefix and the row's unpadded tokens (src/engine/models/encoder.ts).
 //
 // With prefix_projection the prefix is made during training by Embedding(n, token_dim) -> Linear
 // (token_dim, encoder_hidden_size) -> Tanh -> Linear(encoder_hidden_size, L*2*token_dim), run at the
