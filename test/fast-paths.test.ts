@@ -1,5 +1,5 @@
 // The speed paths against the plain one over a whole training run: the 128-row/column matmul tiles,
-// the skinny kernel (LoRA's rank-sized products) and split-K (frozen products with a long K) must
+// the vec4 kernels, the skinny kernel (LoRA's rank-sized products) and split-K (frozen products with a long K) must
 // train the same adapter as the plain 64x64 kernel does. Shapes here are tiny, so the choices are
 // forced through gpu.tuning.
 import { describe, expect, it } from 'vitest';
@@ -44,14 +44,15 @@ async function train(tuning: Partial<KernelTuning>): Promise<{ losses: number[];
 }
 
 describe('fast kernel paths train the same adapter as the plain path', () => {
-  it('128x64 / 128x128 tiles, the skinny kernel and split-K vs 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
-    const plain = await train({ matmul: '64x64', skinnyMatmul: false, splitKMaxSlices: 1 });
+  it('128x64 / 128x128 tiles, vec4 kernels, the skinny kernel and split-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
+    const plain = await train({ matmul: '64x64', vec4Matmul: false, skinnyMatmul: false, splitKMaxSlices: 1 });
     expect(plain.losses[29]).toBeLessThan(plain.losses[0] - 0.5); // it trains
     for (const fast of [
-      { matmul: '128x64', skinnyMatmul: true, skinnyMatmulMinK: 1 },
-      { matmul: '128x128', skinnyMatmul: true, skinnyMatmulMinK: 16 },
-      // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80)
-      { matmul: 'db64x64', skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },
+      { matmul: '128x64', vec4Matmul: false, skinnyMatmul: true, skinnyMatmulMinK: 1 },
+      // the vec4 kernels wherever the operands are aligned (every linear layer and the LM head here)
+      { matmul: '128x128', vec4Matmul: true, skinnyMatmul: true, skinnyMatmulMinK: 16 },
+      // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80), vec4 slices
+      { matmul: 'db64x64', vec4Matmul: true, skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },
     ] as const) {
       const got = await train(fast);
       for (let i = 0; i < 30; i++) expect(Math.abs(got.losses[i] - plain.losses[i]), `${fast.matmul} step ${i + 1}`).toBeLessThan(1e-4 * Math.abs(plain.losses[i]));
