@@ -22,11 +22,12 @@ import { parseTableText } from '../src/data/table';
 import { loadTokenizer } from '../src/data/tokenizer';
 import { adapterBuffers, estimateClassifierTraining, estimateTraining, headBuffers, SOFTWARE_RENDERER_WARN_BYTES, type RunShape } from '../src/worker/memory';
 import { createPeftMethod } from '../src/engine/peft/factory';
+import { encoderMethodRefusal } from '../src/engine/models/encoder-methods';
 import { loadSequenceClassifier } from '../src/engine/models/registry';
-import { SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
+import { createSeqClsAdapter, SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
 import { ClassifierTrainer } from '../src/engine/train/classifier-trainer';
 import type { ClassificationExample } from '../src/data/classification';
-import { DEFAULT_SETTINGS, type TrainSettings } from '../src/worker/settings';
+import { DEFAULT_SETTINGS, validateSettings, type TrainSettings } from '../src/worker/settings';
 import { METHOD_BY_ID, modelDefaults } from '../src/worker/methods';
 import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods } from '../src/worker/model-facts';
 
@@ -303,7 +304,7 @@ describe('text classification: the estimate of an encoder run equals what it all
       const linears = shown.model.linearModules();
       const targeted = c.lora ? linears.filter((l) => moduleMatches(l.module, c.lora!.targets)) : [];
       const B = 3, T = 10;
-      const estimate = estimateClassifierTraining(shown.model, { B, T, K: c.K, lora: c.lora ? { rank: c.lora.rank, dropout: c.lora.dropout, targeted } : null, hasValidation: c.validation }, limits);
+      const estimate = estimateClassifierTraining(shown.model, { B, T, K: c.K, adapter: c.lora ? { kind: 'lora', rank: c.lora.rank, dropout: c.lora.dropout, targeted } : null, hasValidation: c.validation }, limits);
       // The LoRA count the page shows comes from the same layer groups.
       if (c.lora) {
         const facts = classifierPeftFacts(shown);
@@ -335,6 +336,119 @@ describe('text classification: the estimate of an encoder run equals what it all
       expect(gpu.allocatedBytes).toBe(before);
     });
   }
+});
+
+describe('text classification with every method the app offers for classifiers: the estimate equals what the run allocates', async () => {
+  const gpu = await testGpu();
+  const encoders = new Map<string, HfModel>();
+  for (const name of ['tiny-distilbert', 'tiny-bert']) encoders.set(name, await loadHfModel(nodeModelFiles(path.join(FIX, name))));
+  const limits = { maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30, isFallbackAdapter: false };
+  const examples = (n: number, V: number, T: number, K: number, seed: number): ClassificationExample[] => {
+    const r = rng(seed);
+    return Array.from({ length: n }, (_, i) => {
+      const len = 3 + Math.floor(r() * (T - 3));
+      return { inputIds: Array.from({ length: len }, () => Math.floor(r() * V)), label: i % K, truncated: false, row: i + 2 };
+    });
+  };
+
+  // The worker's own path: the settings as the page holds them (the classifier's model defaults:
+  // LoRA targets, IA3's ENCODER_IA3_DEFAULTS), the descriptor's count and spec, adapterPlan and
+  // createSeqClsAdapter, then a ClassifierTrainer.
+  const cases: { name: string; K: number; label: string; settings: Partial<TrainSettings>; validation: boolean; T?: number }[] = [
+    { name: 'tiny-distilbert', K: 2, label: 'DoRA r=4 on q_lin+v_lin with dropout', settings: { method: 'dora', rank: 4, dropout: 0.1, targetModules: ['q_lin', 'v_lin'] }, validation: true },
+    { name: 'tiny-bert', K: 3, label: 'DoRA r=2 on the default targets, rsLoRA', settings: { method: 'dora', rank: 2, dropout: 0, useRslora: true }, validation: false },
+    { name: 'tiny-distilbert', K: 3, label: 'IA3 with the engine\'s DistilBERT defaults (k_lin, v_lin; lin2 on its input)', settings: { method: 'ia3' }, validation: true },
+    { name: 'tiny-bert', K: 2, label: 'IA3 with PEFT\'s BERT defaults (key, value; both output.dense on their input)', settings: { method: 'ia3' }, validation: true },
+    { name: 'tiny-bert', K: 4, label: 'IA3 on output-scaled layers only', settings: { method: 'ia3', ia3Targets: ['query', 'value'], ia3Feedforward: [] }, validation: true },
+    { name: 'tiny-distilbert', K: 2, label: 'prompt tuning, 5 random virtual tokens', settings: { method: 'prompt', virtualTokens: 5 }, validation: true },
+    { name: 'tiny-bert', K: 3, label: 'prompt tuning, 3 virtual tokens from a text', settings: { method: 'prompt', virtualTokens: 3, promptInit: 'text', promptInitText: 'great movie' }, validation: false, T: 9 },
+    { name: 'tiny-distilbert', K: 2, label: 'Houlsby bottleneck adapters, reduction 8', settings: { method: 'bottleneck', bottleneckType: 'houlsby', reductionFactor: 8 }, validation: true },
+    { name: 'tiny-distilbert', K: 3, label: 'Pfeiffer bottleneck adapters (input through the block\'s LayerNorm)', settings: { method: 'bottleneck', bottleneckType: 'pfeiffer', reductionFactor: 4 }, validation: true },
+    { name: 'tiny-bert', K: 2, label: 'Pfeiffer bottleneck adapters, gelu', settings: { method: 'bottleneck', bottleneckType: 'pfeiffer', reductionFactor: 16, bottleneckActivation: 'gelu' }, validation: false },
+    { name: 'tiny-bert', K: 3, label: 'Houlsby bottleneck adapters, a reduction past the width', settings: { method: 'bottleneck', bottleneckType: 'houlsby', reductionFactor: 64 }, validation: true },
+    // Not offered for classifiers in the app yet (METHOD_BY_ID.prefix.tasks): the plan is ready for
+    // when it is (the engine trains it on BERT; the prefix rows widen every attention).
+    { name: 'tiny-bert', K: 2, label: 'prefix tuning, 4 rows (not offered yet)', settings: { method: 'prefix', virtualTokens: 4 }, validation: true },
+    { name: 'tiny-bert', K: 3, label: 'prefix tuning through a projection of width 16 (not offered yet)', settings: { method: 'prefix', virtualTokens: 3, prefixProjection: true, encoderHiddenSize: 16 }, validation: false },
+  ];
+  for (const c of cases) {
+    it(`${c.name}, ${c.K} labels, ${c.label}`, async () => {
+      const hf = encoders.get(c.name)!;
+      const before = gpu.allocatedBytes;
+      // as the app loads a model (a 2-label head); the facts and the estimate come from it
+      const shown = loadSequenceClassifier(gpu, hf, { numLabels: 2, random: rng(1) });
+      const facts = classifierPeftFacts(shown);
+      const settings = { ...DEFAULT_SETTINGS, ...modelDefaults(facts), ...c.settings } as TrainSettings;
+      const descriptor = METHOD_BY_ID[settings.method];
+      if (settings.method !== 'prefix') expect(descriptor.tasks).toContain('classification');
+      const B = 3, T = c.T ?? 10;
+      const plan = adapterPlan(settings, facts, shown.model.linearModules());
+      const estimate = estimateClassifierTraining(shown.model, { B, T, K: c.K, adapter: plan, hasValidation: c.validation }, limits);
+      shown.model.destroy();
+      expect(gpu.allocatedBytes).toBe(before);
+
+      const { model } = loadSequenceClassifier(gpu, hf, { numLabels: c.K, random: rng(2) });
+      const head = headBuffers(model, c.K).reduce((s, b) => s + allocatedBytesFor(b.elements), 0);
+      expect(gpu.allocatedBytes - before).toBe(estimate.weights + head);
+      const step = new StepUniforms(gpu);
+      const tokenizer = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { name: hf.name });
+      const adapter = createSeqClsAdapter(gpu, descriptor.spec(settings, hf.name), model, step, rng(5), (text) => tokenizer.encode(text, { addSpecialTokens: true }));
+      expect(adapter.method?.kind).toBe(settings.method);
+      // The download's format is the descriptor's (bottleneck adapters: AdapterHub's), and the
+      // method's count is what the page shows beside the head's.
+      expect(adapter.exportFormat).toBe(descriptor.format);
+      expect(descriptor.trainableParams(settings, facts)).toBe(adapter.method!.params.reduce((s, p) => s + p.value.size, 0));
+      expect(adapter.params.length).toBe(adapter.method!.params.length + model.headParams.length);
+      if (settings.method === 'ia3') expect(settings.ia3Targets.length).toBeGreaterThan(0);
+      const validation = c.validation ? examples(4, model.V, T, c.K, 8) : [];
+      const config = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, totalSteps: 2, seqLen: T, evalEvery: 0, metricForBest: 'loss' as const, loadBestAtEnd: false };
+      const trainer = new ClassifierTrainer(gpu, model, adapter, examples(7, model.V, T, c.K, 7), validation, config, 0, step);
+      await gpu.sync();
+      expect(gpu.allocatedBytes - before, 'before the evaluation program').toBe(estimate.total - estimate.evaluation);
+      await trainer.run();
+      if (c.validation) expect(trainer.best).not.toBeNull();
+      expect(gpu.allocatedBytes - before).toBe(estimate.total);
+      expect(estimate.evaluation > 0).toBe(c.validation);
+      // prompt tuning widens the programs by its virtual tokens, prefix tuning the attention by its rows
+      if (settings.method === 'prompt' || settings.method === 'prefix') {
+        const plain = estimateClassifierTraining(model, { B, T, K: c.K, adapter: { kind: 'lora', rank: 1, dropout: 0, targeted: model.linearModules().slice(0, 1) }, hasValidation: c.validation }, limits);
+        expect(estimate.activations).toBeGreaterThan(plain.activations);
+      }
+      trainer.destroy();
+      adapter.destroy();
+      model.destroy();
+      expect(gpu.allocatedBytes).toBe(before);
+    });
+  }
+
+  it('prefix tuning is not offered for classifiers: the settings check says so, with the engine\'s reason where it has one', async () => {
+    for (const name of ['tiny-distilbert', 'tiny-bert']) {
+      const shown = loadSequenceClassifier(gpu, encoders.get(name)!, { numLabels: 2, random: rng(1) });
+      const facts = classifierPeftFacts(shown);
+      // the engine's refusal for this architecture (DistilBERT: PEFT cannot run prefix tuning on it)
+      expect(facts.unavailable.prefix ?? null).toBe(encoderMethodRefusal(shown.model.spec.architecture, 'prefix'));
+      expect(METHOD_BY_ID.prefix.tasks).not.toContain('classification');
+      const limits = { maxPositions: shown.maxPositions, availableTargets: facts.linearModules.map((g) => g.target), task: 'classification' as const, unavailable: facts.unavailable };
+      const defaults = { ...DEFAULT_SETTINGS, ...modelDefaults(facts), maxLength: 32 };
+      const e = validateSettings({ ...defaults, method: 'prefix' }, limits);
+      expect(e.method).toMatch(/^Prefix tuning is not (available|offered) for .*\. A classifier trains LoRA, DoRA, IA3, prompt tuning or bottleneck adapters on its encoder, plus its classification head\.$/);
+      if (facts.unavailable.prefix) expect(e.method).toContain(facts.unavailable.prefix.slice(1));
+      for (const m of ['lora', 'dora', 'ia3', 'prompt', 'bottleneck'] as const) expect(validateSettings({ ...defaults, method: m }, limits), `${name} ${m}`).toEqual({});
+      // "All linear layers" would put LoRA / DoRA on the head too: refused for both.
+      for (const m of ['lora', 'dora'] as const) {
+        expect(validateSettings({ ...defaults, method: m, targetModules: ['all-linear'] }, limits).targetModules).toBe(
+          `"All linear layers" is not available for classifiers (PEFT would also put ${m === 'lora' ? 'LoRA' : 'DoRA'} on the classification head); pick the layers.`,
+        );
+      }
+      // IA3 starts from ENCODER_IA3_DEFAULTS as layer groups (DistilBERT's are the engine's, BERT's PEFT's)
+      expect(facts.ia3Defaults).toEqual(
+        name === 'tiny-distilbert'
+          ? { targetModules: ['k_lin', 'v_lin', 'lin2'], feedforwardModules: ['lin2'], fromPeft: false }
+          : { targetModules: ['key', 'value', 'attention.output.dense', 'output.dense'], feedforwardModules: ['attention.output.dense', 'output.dense'], fromPeft: true },
+      );
+      shown.model.destroy();
+    }
+  });
 });
 
 describe('tokenizing with progress (the worker prepares examples with buildCausalExamplesAsync)', () => {

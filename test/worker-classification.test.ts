@@ -3,6 +3,8 @@
 // worker's chunked tokenizing (same examples as one pass), and a classification run's checkpoint:
 // resumed into a fresh session it continues with the same weights, moments and kept best
 // evaluation, and finishing puts the best evaluation's weights back before the SEQ_CLS export.
+// Every method the app trains classifiers with (DoRA, IA3, prompt tuning, Houlsby and Pfeiffer
+// bottleneck adapters) resumes the same way and finishes with its own files, which load back.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,14 +21,15 @@ import { loadHfModel } from '../src/io/model-files';
 import { loadSequenceClassifier } from '../src/engine/models/registry';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-import { SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
+import { createSeqClsAdapter, importSeqClsAdapter, SequenceClassificationAdapter } from '../src/engine/models/sequence-classification';
 import { ClassifierTrainer, type ClassifierTrainConfig } from '../src/engine/train/classifier-trainer';
 import { DEFAULT_TRAIN_CONFIG } from '../src/engine/train/trainer';
 import { parseSafetensors } from '../src/io/safetensors';
 import { splitTrainValidation } from '../src/data/batches';
 import { ClassifierSession } from '../src/worker/sessions';
-import { METHOD_BY_ID } from '../src/worker/methods';
-import { DEFAULT_SETTINGS } from '../src/worker/settings';
+import { METHOD_BY_ID, modelDefaults } from '../src/worker/methods';
+import { classifierPeftFacts } from '../src/worker/model-facts';
+import { DEFAULT_SETTINGS, type TrainSettings } from '../src/worker/settings';
 
 const FIX = path.join(__dirname, 'fixtures');
 const table = (csv: string, name = 't.csv'): Table => parseTableText(csv, name);
@@ -104,7 +107,7 @@ describe('a classification run resumed from its checkpoint', async () => {
     const lora = new Lora(gpu, { r: 4, alpha: 8, dropout: 0, targetModules: ['q_lin', 'v_lin'], useRslora: false }, loaded.model.linearModules(), step, rng(3));
     const adapter = new SequenceClassificationAdapter(lora, loaded.model.headParams);
     const trainer = new ClassifierTrainer(gpu, loaded.model, adapter, train, validation, config, tokenizer.padId, step);
-    const s = new ClassifierSession(gpu, trainer, adapter, lora, labelMap, {
+    const s = new ClassifierSession(gpu, trainer, adapter, loaded.model, labelMap, {
       modelClass: loaded.model.spec.className, headModules: ['pre_classifier', 'classifier'], trainCounts: [1, 1], settings, descriptor: METHOD_BY_ID.lora, stepsPerEpoch: 8,
     }, 100, 1000);
     return { s, loaded, adapter };
@@ -168,4 +171,100 @@ describe('a classification run resumed from its checkpoint', async () => {
     a.s.destroy();
     a.loaded.model.destroy();
   });
+});
+
+describe('every classifier method through the worker\'s session: resumed from a checkpoint, finished with its own files', async () => {
+  const gpu = await testGpu();
+  const hf = await loadHfModel(nodeModelFiles(path.join(FIX, 'tiny-distilbert')));
+  const tokenizer = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig);
+  const words = ['good', 'bad', 'fine', 'awful', 'nice', 'poor'];
+  const csv = ['text,label', ...Array.from({ length: 30 }, (_, i) => `${words[i % 6]} ${words[(i + 3) % 6]} film,${['neg', 'pos', 'mid'][i % 3]}`)].join('\n');
+  const t = table(csv);
+  const labelMap = buildLabelMap(t.rows.map((r) => r.label));
+  const { examples } = buildClassificationExamples(t, { text: 'text', label: 'label' }, tokenizer, { maxLength: 10, labelMap });
+  const { train, validation } = splitTrainValidation(examples, 0.2, 1);
+  const config: ClassifierTrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: 4, totalSteps: 4, seqLen: 10, lr: 0.01, evalEvery: 2, metricForBest: 'loss', loadBestAtEnd: false };
+
+  const cases: { label: string; settings: Partial<TrainSettings>; files: string[]; peftType?: string }[] = [
+    { label: 'DoRA', settings: { method: 'dora', rank: 2, dropout: 0, targetModules: ['q_lin', 'v_lin'] }, files: ['adapter_config.json', 'adapter_model.safetensors'], peftType: 'LORA' },
+    { label: 'IA3 (the engine\'s DistilBERT defaults)', settings: { method: 'ia3' }, files: ['adapter_config.json', 'adapter_model.safetensors'], peftType: 'IA3' },
+    { label: 'prompt tuning from a text', settings: { method: 'prompt', virtualTokens: 3, promptInit: 'text', promptInitText: 'a film review' }, files: ['adapter_config.json', 'adapter_model.safetensors'], peftType: 'PROMPT_TUNING' },
+    { label: 'Houlsby bottleneck adapters', settings: { method: 'bottleneck', bottleneckType: 'houlsby', reductionFactor: 8, bottleneckName: 'films' }, files: ['adapter.safetensors', 'adapter_config.json', 'head_config.json', 'model_head.safetensors'] },
+    { label: 'Pfeiffer bottleneck adapters', settings: { method: 'bottleneck', bottleneckType: 'pfeiffer', reductionFactor: 4 }, files: ['adapter.safetensors', 'adapter_config.json', 'head_config.json', 'model_head.safetensors'] },
+  ];
+
+  for (const c of cases) {
+    it(`${c.label}: the resumed run ends where the straight one does; the files load back with the saved values`, async () => {
+      const before = gpu.allocatedBytes;
+      const probe = loadSequenceClassifier(gpu, hf, { numLabels: 3, random: rng(9) });
+      const facts = classifierPeftFacts(probe);
+      probe.model.destroy();
+      const settings = { ...DEFAULT_SETTINGS, ...modelDefaults(facts), ...c.settings } as TrainSettings;
+      const descriptor = METHOD_BY_ID[settings.method];
+      /** A session as the worker's createRun makes one: a fresh head from the seed, the method from the descriptor's spec. */
+      const session = () => {
+        const loaded = loadSequenceClassifier(gpu, hf, { numLabels: 3, random: rng(9) });
+        const step = new StepUniforms(gpu);
+        const adapter = createSeqClsAdapter(gpu, descriptor.spec(settings, 'tiny-distilbert'), loaded.model, step, rng(3), (text) => tokenizer.encode(text, { addSpecialTokens: true }));
+        const trainer = new ClassifierTrainer(gpu, loaded.model, adapter, train, validation, config, tokenizer.padId, step);
+        const s = new ClassifierSession(gpu, trainer, adapter, loaded.model, labelMap, {
+          modelClass: loaded.model.spec.className, headModules: ['pre_classifier', 'classifier'], trainCounts: [1, 1, 1], settings, descriptor, stepsPerEpoch: 6,
+        }, 100, 1000);
+        return { s, loaded, adapter, step };
+      };
+      const hooks = (stopAt: number, s: ClassifierSession) => ({ onStep: () => undefined, onEval: () => undefined, shouldStop: () => s.step >= stopAt });
+      const values = async (adapter: SequenceClassificationAdapter) => Promise.all(adapter.params.map((p) => gpu.read(p.value)));
+
+      const a = session();
+      await a.s.run(hooks(99, a.s));
+      const straight = await values(a.adapter);
+      a.s.destroy();
+      a.loaded.model.destroy();
+
+      const b = session();
+      await b.s.run(hooks(2, b.s));
+      const snap = await b.s.snapshot();
+      const extra = b.s.checkpointExtra();
+      expect(snap.params.map((p) => p.name)).toEqual(b.adapter.params.map((p) => p.name));
+      b.s.destroy();
+      b.loaded.model.destroy();
+
+      const r = session();
+      r.s.restore(snap, extra.best);
+      for (const e of b.s.log.history) r.s.replay(e, extra.evals);
+      await r.s.run(hooks(99, r.s));
+      expect(r.s.step).toBe(4);
+      const resumed = await values(r.adapter);
+      resumed.forEach((v, i) => expect(Array.from(v), r.adapter.params[i].name).toEqual(Array.from(straight[i])));
+
+      const out = await r.s.finish({ baseModel: 'tiny-distilbert', runtimeS: 1, samples: 8, dataFile: 't.csv', dataColumns: 'text', trainExamples: train.length, validationExamples: validation.length, device: 'test' });
+      const files = ['adapter_config.json', out.files.weightsName, ...(out.files.head ? ['head_config.json', 'model_head.safetensors'] : [])].sort();
+      expect(files).toEqual(c.files);
+      const cfg = JSON.parse(out.files['adapter_config.json']);
+      if (c.peftType) {
+        expect(cfg.peft_type).toBe(c.peftType);
+        expect(cfg.task_type).toBe('SEQ_CLS');
+        if (settings.method === 'dora') expect(cfg.use_dora).toBe(true);
+      } else {
+        // AdapterHub's adapter config, and its static head config for the 3 labels
+        expect(cfg).toMatchObject({ name: settings.bottleneckName, model_type: 'distilbert', model_class: 'DistilBertForSequenceClassification', config: { reduction_factor: settings.reductionFactor } });
+        expect(JSON.parse(out.files.head!.config)).toMatchObject({ model_class: 'DistilBertForSequenceClassification', num_labels: 3 });
+        expect(out.files['README.md']).toMatch(/library_name: adapter-transformers[\s\S]*adapters\.init\(model\)[\s\S]*load_adapter/);
+      }
+      if (c.peftType) expect(out.files['README.md']).toMatch(/library_name: peft[\s\S]*PeftModel\.from_pretrained/);
+      // the saved values (the best evaluation's) load back onto a fresh classifier
+      const saved = await values(r.adapter);
+      const fresh = loadSequenceClassifier(gpu, hf, { numLabels: 3, random: rng(1) });
+      const imported = importSeqClsAdapter(gpu, { config: out.files['adapter_config.json'], weights: out.files.weights, head: out.files.head?.weights, name: c.label }, fresh.model, r.step);
+      expect(imported.params.map((p) => p.name).sort()).toEqual(r.adapter.params.map((p) => p.name).sort());
+      const byName = new Map(r.adapter.params.map((p, i) => [p.name, saved[i]]));
+      for (const p of imported.params) expect(Array.from(await gpu.read(p.value)), p.name).toEqual(Array.from(byName.get(p.name)!));
+      imported.destroy();
+      fresh.model.destroy();
+      r.s.destroy();
+      r.loaded.model.destroy();
+      for (const x of [a, b, r]) x.step.buffer.destroy();
+      expect(gpu.allocatedBytes).toBe(before); // everything the sessions made was freed
+    });
+  }
 });

@@ -231,7 +231,7 @@ export function runMappingOf(s: Pick<AppState, 'model' | 'mapping' | 'classMappi
 function defaultAdapterName(data: DataState, model: ModelState, settings: TrainSettings): string {
   const modelPart = model.status === 'ready' ? model.summary.name.split('/').pop()! : 'model';
   const dataPart = data.status === 'ready' ? data.summary.fileName.replace(/\.[^.]+$/, '') : 'data';
-  const what = taskOfModel(model) === 'classification' ? 'classifier' : settings.method;
+  const what = taskOfModel(model) === 'classification' ? (settings.method === 'lora' ? 'classifier' : `${settings.method}-classifier`) : settings.method;
   return `${modelPart}-${dataPart}-${what}`;
 }
 
@@ -631,7 +631,7 @@ export const useApp = create<AppState>()((set, get) => {
     const s = get();
     const maxLength = Math.min(s.settings.maxLength, summary.maxPositions);
     const settings: TrainSettings = withDefaults({ ...s.settings, ...modelDefaults(summary.peft), maxLength });
-    // A method this task does not train gives way to LoRA (classifiers train LoRA + their head).
+    // A method this task does not train gives way to LoRA (prefix tuning is not offered for classifiers).
     if (!METHOD_BY_ID[settings.method].tasks.includes(summary.task)) settings.method = 'lora';
     const model: ModelState = { status: 'ready', summary };
     set({ model, settings, settingErrors: validateSettings(settings, limitsFrom(model)) });

@@ -17,7 +17,8 @@ import type { MemoryEstimate } from './protocol';
 export type AdapterPlan =
   | { kind: 'lora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
   | { kind: 'dora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
-  | { kind: 'bottleneck'; hidden: number; layers: number; size: number; places: number }
+  /** inputSum: the adapter reads residual + branch (Pfeiffer, AdapterHub's original_ln_before), which a post-LN encoder then normalizes. */
+  | { kind: 'bottleneck'; hidden: number; layers: number; size: number; places: number; inputSum: boolean }
   | { kind: 'ia3'; targeted: readonly { info: LinearModuleInfo; feedforward: boolean }[] }
   | { kind: 'prompt'; virtualTokens: number; hidden: number }
   | { kind: 'prefix'; virtualTokens: number; tokenDim: number; width: number; projection: boolean; encoderHiddenSize: number };
@@ -69,8 +70,17 @@ function optimizerBuffers(tensors: number): PlannedBuffer[] {
 
 /** The adapter's buffers (parameters with gradients and moments, scratch for M rows) and the optimizer's. */
 export function adapterBuffers(run: RunShape): PlannedBuffer[] {
-  const a = run.adapter;
-  const M = run.B * programPositions(run);
+  const { buffers, tensors } = methodBuffers(run.adapter, run.B * programPositions(run), { postLayerNorm: false });
+  return [...buffers, ...optimizerBuffers(tensors)];
+}
+
+/**
+ * The method's own buffers for programs of M rows (parameters with gradients and moments, scratch)
+ * and its number of trainable tensors (the optimizer's norm partials). postLayerNorm: the blocks
+ * normalize after the residual sum (the encoders), so Pfeiffer's adapter input goes through that
+ * LayerNorm too (its output, mean and rstd).
+ */
+function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean }): { buffers: PlannedBuffer[]; tensors: number } {
   const out: PlannedBuffer[] = [];
   let tensors = 0;
   switch (a.kind) {
@@ -105,6 +115,7 @@ export function adapterBuffers(run: RunShape): PlannedBuffer[] {
         { label: 'bottleneck.v', elements: M * C }, { label: 'bottleneck.z', elements: M * bn }, { label: 'bottleneck.act', elements: M * bn },
         { label: 'bottleneck.dz', elements: M * bn }, { label: 'bottleneck.dBranch', elements: M * C },
       );
+      if (a.inputSum && opts.postLayerNorm) out.push({ label: 'bottleneck.ln.u', elements: M * C }, { label: 'bottleneck.ln.mean', elements: M }, { label: 'bottleneck.ln.rstd', elements: M });
       tensors = 4 * a.layers * a.places;
       break;
     }
@@ -148,8 +159,7 @@ export function adapterBuffers(run: RunShape): PlannedBuffer[] {
       break;
     }
   }
-  out.push(...optimizerBuffers(tensors));
-  return out;
+  return { buffers: out, tensors };
 }
 
 /**
@@ -254,12 +264,13 @@ export function encoderProgramBuffers(d: EncoderDims, opts: { B: number; T: numb
 }
 
 export interface ClassifierRunShape {
+  /** Rows per micro-batch and the real tokens per row (prompt tuning's virtual tokens not included). */
   B: number;
   T: number;
   /** Labels of this run (the loaded head may have another number: the run reloads it). */
   K: number;
-  /** LoRA on the encoder, or null for a head-only run. */
-  lora: { rank: number; dropout: number; targeted: readonly LinearModuleInfo[] } | null;
+  /** The method on the encoder (adapterPlan), or null for a head-only run. */
+  adapter: AdapterPlan | null;
   hasValidation: boolean;
 }
 
@@ -274,9 +285,43 @@ export function headBuffers(model: Pick<EncoderClassifier, 'headParams' | 'K' | 
   return out;
 }
 
+/** Whether the method makes the encoder's program run its backward (EncoderClassifier's lowestTrainableLayer < L). */
+function trainsEncoder(a: AdapterPlan | null, layers: number): boolean {
+  if (!a) return false;
+  switch (a.kind) {
+    case 'lora':
+    case 'dora':
+    case 'ia3':
+      return a.targeted.length > 0;
+    case 'prompt':
+    case 'prefix':
+      return true; // the gradient goes down to the embeddings (prompt) or to every layer's prefix rows
+    case 'bottleneck':
+      return a.layers > 0 && layers > 0;
+  }
+}
+
+/**
+ * An encoder classifier's two programs with the method on it: prompt tuning runs T + n positions
+ * and, training, takes the gradient through the embeddings' LayerNorm (demb); prefix tuning's P rows
+ * would widen the attention scores and their gradient to P + S keys.
+ */
+export function encoderRunBuffers(d: EncoderDims, run: Pick<ClassifierRunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
+  const a = run.adapter;
+  const S = run.T + (a?.kind === 'prompt' ? a.virtualTokens : 0);
+  const encoderBackward = training && trainsEncoder(a, d.L);
+  const buffers = encoderProgramBuffers(d, { B: run.B, T: S, training, encoderBackward });
+  if (a?.kind === 'prompt' && encoderBackward) buffers.push({ label: 'demb', elements: run.B * S * d.C });
+  if (a?.kind === 'prefix') {
+    const P = a.virtualTokens;
+    return buffers.map((b) => (b.label.endsWith('.att') || b.label === 'dP' ? { ...b, elements: (b.elements / S) * (S + P) } : b));
+  }
+  return buffers;
+}
+
 /**
  * A classification run: the frozen encoder (its weights without the head that trains), both
- * programs, and LoRA + the head (trained in full, PEFT's modules_to_save) with their AdamW state.
+ * programs, and the method + the head (trained in full, PEFT's modules_to_save) with their AdamW state.
  */
 export function estimateClassifierTraining(
   model: Pick<EncoderClassifier, 'headParams' | 'K' | 'spec' | 'weightBytes' | 'C' | 'L' | 'H' | 'F'>,
@@ -284,14 +329,19 @@ export function estimateClassifierTraining(
   device: DeviceLimits,
 ): MemoryEstimate {
   const d: EncoderDims = { C: model.C, L: model.L, H: model.H, F: model.F, K: run.K };
-  const encoderBackward = run.lora !== null && run.lora.targeted.length > 0;
-  const trainBuffers = encoderProgramBuffers(d, { B: run.B, T: run.T, training: true, encoderBackward });
-  const evalBuffers = run.hasValidation ? encoderProgramBuffers(d, { B: run.B, T: run.T, training: false, encoderBackward }) : [];
+  const trainBuffers = encoderRunBuffers(d, run, true);
+  const evalBuffers = run.hasValidation ? encoderRunBuffers(d, run, false) : [];
   const weights = model.weightBytes() - sum(headBuffers(model, model.K));
   const adapter: PlannedBuffer[] = [];
-  if (run.lora) adapter.push(...loraBuffers(run.lora.rank, run.lora.dropout, run.lora.targeted, run.B * run.T));
+  let tensors = 0;
+  if (run.adapter) {
+    // both programs have the same rows (B x (T + virtual tokens)): one set of method scratch
+    const method = methodBuffers(run.adapter, run.B * programPositions({ T: run.T, adapter: run.adapter }), { postLayerNorm: true });
+    adapter.push(...method.buffers);
+    tensors = method.tensors;
+  }
   adapter.push(...headBuffers(model, run.K));
-  adapter.push(...optimizerBuffers((run.lora ? 2 * run.lora.targeted.length : 0) + model.headParams.length));
+  adapter.push(...optimizerBuffers(tensors + model.headParams.length));
   return summarize(weights, trainBuffers, evalBuffers, adapter, device);
 }
 

@@ -29,8 +29,11 @@ export interface PeftFacts {
   vocab: number;
   /** Prefix tuning's dimensions as PEFT sizes them (kv heads x hidden / heads per layer); null when not a causal LM. */
   prefix: { kvHeads: number; headDim: number } | null;
-  /** PEFT's IA3 defaults for the model_type (group targets), null when PEFT has none. */
-  ia3Defaults: { targetModules: string[]; feedforwardModules: string[] } | null;
+  /**
+   * IA3's default targets for the model (group targets): PEFT's for the model_type; for DistilBERT,
+   * which PEFT has none for, the engine's (fromPeft false; ENCODER_IA3_DEFAULTS). null: none at all.
+   */
+  ia3Defaults: { targetModules: string[]; feedforwardModules: string[]; fromPeft?: boolean } | null;
   /** Methods the engine refuses for this model, with its reason. */
   unavailable: Partial<Record<MethodId, string>>;
 }
@@ -131,7 +134,7 @@ function validateLora(s: TrainSettings, limits: SettingLimits | undefined, what:
   else if (s.alpha > 10000) e.alpha = 'Alpha above 10000 would blow the update up; commonly 2 × rank.';
   if (!Number.isFinite(s.dropout) || s.dropout < 0 || s.dropout >= 1) e.dropout = 'Dropout must be at least 0 and below 1 (e.g. 0.05).';
   if (limits?.task === 'classification' && s.targetModules.includes(ALL_LINEAR)) {
-    e.targetModules = '"All linear layers" is not available for classifiers (PEFT would also put LoRA on the classification head); pick the layers.';
+    e.targetModules = `"All linear layers" is not available for classifiers (PEFT would also put ${what} on the classification head); pick the layers.`;
   } else {
     checkTargets(e, 'targetModules', s.targetModules, limits, what, true);
   }
@@ -167,7 +170,7 @@ const DORA: MethodDescriptor = {
   peftType: 'LORA with use_dora',
   cardLabel: 'DoRA',
   blurb: 'LoRA’s update split into a direction and a learned magnitude per output feature (PEFT use_dora): closer to full fine-tuning.',
-  tasks: ['causal-lm'],
+  tasks: ['causal-lm', 'classification'],
   lrHint: 'DoRA: 1e-4 to 1e-3, as LoRA.',
   validate: (s, limits) => validateLora(s, limits, 'DoRA'),
   // LoRA's A and B plus a magnitude per output feature of each adapted layer
@@ -183,7 +186,7 @@ const IA3: MethodDescriptor = {
   format: 'peft',
   cardLabel: 'IA3',
   blurb: 'Learns one scaling vector per chosen layer (its output, or its input for feedforward layers): the fewest parameters.',
-  tasks: ['causal-lm'],
+  tasks: ['causal-lm', 'classification'],
   lrHint: 'IA3: 1e-3 to 1e-2.',
   fields: [
     {
@@ -194,7 +197,9 @@ const IA3: MethodDescriptor = {
       allLinear: false,
       hint: (_s, m) =>
         m?.ia3Defaults
-          ? `PEFT’s defaults for this model: ${targetsList(m.ia3Defaults.targetModules)}, feedforward ${targetsList(m.ia3Defaults.feedforwardModules)}.`
+          ? m.ia3Defaults.fromPeft === false
+            ? `PEFT has no IA3 defaults for this model type; the app starts from the equivalent layers of BERT’s: ${targetsList(m.ia3Defaults.targetModules)}, feedforward ${targetsList(m.ia3Defaults.feedforwardModules)} (written into adapter_config.json).`
+            : `PEFT’s defaults for this model: ${targetsList(m.ia3Defaults.targetModules)}, feedforward ${targetsList(m.ia3Defaults.feedforwardModules)}.`
           : m
             ? 'PEFT has no IA3 defaults for this model type: pick the layers.'
             : null,
@@ -242,7 +247,7 @@ const PROMPT: MethodDescriptor = {
   format: 'peft',
   cardLabel: 'prompt-tuning',
   blurb: 'Learns a few embedding vectors (virtual tokens) put before every input; the model itself is untouched.',
-  tasks: ['causal-lm'],
+  tasks: ['causal-lm', 'classification'],
   lrHint: 'Prompt tuning: 1e-3 to 3e-2.',
   fields: [
     { kind: 'number', key: 'virtualTokens', label: 'Virtual tokens', hint: (s, m) => `Learned positions before each example${m ? `: ${Number.isInteger(s.virtualTokens) ? s.virtualTokens : '?'} × ${m.hidden} values` : ''}.` },
@@ -286,7 +291,10 @@ const PREFIX: MethodDescriptor = {
   format: 'peft',
   cardLabel: 'prefix-tuning',
   blurb: 'Learns key/value vectors that every attention layer sees before the input, as if they were earlier tokens.',
-  tasks: ['causal-lm'],
+  // Classifiers: BERT only (encoderMethodRefusal refuses DistilBERT, whose model PEFT cannot run
+  // with prefixes); the classifier's facts carry PEFT's prefix widths, and the memory plan widens
+  // the encoder's attention by the prefix rows.
+  tasks: ['causal-lm', 'classification'],
   lrHint: 'Prefix tuning: 1e-3 to 1e-2.',
   fields: [
     {
@@ -353,7 +361,7 @@ const BOTTLENECK: MethodDescriptor = {
   format: 'adapterhub',
   cardLabel: 'Bottleneck adapter',
   blurb: 'Adds a small down-up MLP after the attention and/or MLP block of every layer. Saved for the AdapterHub adapters library (PEFT has none).',
-  tasks: ['causal-lm'],
+  tasks: ['causal-lm', 'classification'],
   lrHint: 'Bottleneck adapters: 1e-4 to 1e-3.',
   fields: [
     {
@@ -412,6 +420,16 @@ const BOTTLENECK: MethodDescriptor = {
 export const METHODS: readonly MethodDescriptor[] = [LORA, DORA, IA3, PROMPT, PREFIX, BOTTLENECK];
 
 export const METHOD_BY_ID: Record<MethodId, MethodDescriptor> = Object.fromEntries(METHODS.map((m) => [m.id, m])) as Record<MethodId, MethodDescriptor>;
+
+/** The methods a task can train, in the picker's order. */
+export function methodsFor(task: TaskKind): MethodDescriptor[] {
+  return METHODS.filter((d) => d.tasks.includes(task));
+}
+
+/** Why a method is not offered for classifiers: the engine's refusal (ENCODER_METHOD_REFUSALS, via PeftFacts.unavailable) when it has one. */
+export function notForClassifiers(m: MethodDescriptor, refusal: string | undefined): string {
+  return refusal ? `${refusal.charAt(0).toUpperCase()}${refusal.slice(1)}.` : `${m.name} is not offered for text classification.`;
+}
 
 /** Every method's model-dependent defaults, for when a model is loaded. */
 export function modelDefaults(m: PeftFacts): Partial<TrainSettings> {

@@ -14,6 +14,7 @@ import type { StepUniforms } from '../engine/kernels/step-uniforms';
 import { seededRandom } from '../data/batches';
 import { ALL_LINEAR, METHODS, bottleneckSize, modelDefaults, prefixWidths, type MethodId, type PeftFacts } from './methods';
 import { BOTTLENECK_PRESETS } from '../engine/peft/bottleneck';
+import { ENCODER_IA3_DEFAULTS, encoderIa3Defaults, encoderMethodRefusal, encoderPeftInfo } from '../engine/models/encoder-methods';
 import { DEFAULT_SETTINGS, type TrainSettings } from './settings';
 import type { AdapterPlan } from './memory';
 import type { LinearModuleGroup } from './protocol';
@@ -79,10 +80,28 @@ export function causalPeftFacts(config: HfConfig, loaded: LoadedModel): { facts:
   return { facts, info };
 }
 
-/** The facts of an encoder classifier: LoRA on its linear layers (the head trains in full beside it). */
+/**
+ * The facts of an encoder classifier: the methods act on its encoder (the head trains in full beside
+ * any of them); IA3 starts from ENCODER_IA3_DEFAULTS (PEFT's for BERT, the engine's for DistilBERT);
+ * the methods the engine refuses for this encoder (encoderMethodRefusal) carry its reason.
+ */
 export function classifierPeftFacts(loaded: LoadedSequenceClassifier): PeftFacts {
   const m = loaded.model;
   const groups = linearGroups(m.linearModules());
+  const ia3 = encoderIa3Defaults(m);
+  const unavailable: Partial<Record<MethodId, string>> = {};
+  for (const d of METHODS) {
+    const refusal = encoderMethodRefusal(m.spec.architecture, d.id);
+    if (refusal) unavailable[d.id] = refusal;
+  }
+  // PEFT's prefix dimensions for the encoder (token_dim = hidden, its heads), as for a causal LM
+  let prefix: PeftFacts['prefix'] = null;
+  try {
+    const d = prefixDims(encoderPeftInfo(m));
+    prefix = { kvHeads: d.kvHeads, headDim: d.headDim };
+  } catch {
+    // refused with the engine's reason when the method is built
+  }
   return {
     task: 'classification',
     linearModules: groups,
@@ -91,9 +110,13 @@ export function classifierPeftFacts(loaded: LoadedSequenceClassifier): PeftFacts
     layers: m.L,
     heads: m.H,
     vocab: m.V,
-    prefix: null,
-    ia3Defaults: null,
-    unavailable: {},
+    prefix,
+    ia3Defaults: {
+      targetModules: groupTargets(groups, ia3.targetModules),
+      feedforwardModules: groupTargets(groups, ia3.feedforwardModules),
+      fromPeft: ENCODER_IA3_DEFAULTS[m.spec.architecture].fromPeft,
+    },
+    unavailable,
   };
 }
 
@@ -154,6 +177,7 @@ export function adapterPlan(s: TrainSettings, facts: PeftFacts, linears: readonl
         layers: facts.layers,
         size: bottleneckSize(facts.hidden, s.reductionFactor),
         places: BOTTLENECK_PRESETS[s.bottleneckType].mhAdapter ? 2 : 1,
+        inputSum: BOTTLENECK_PRESETS[s.bottleneckType].originalLnBefore,
       };
     case 'ia3':
       return {

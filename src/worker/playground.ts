@@ -18,7 +18,7 @@ import { Generator, type GenerateResult as EngineResult } from '../engine/infer/
 import { seededRandom } from '../data/batches';
 import { specialTokenFrame } from '../data/classification';
 import type { TextTokenizer } from '../data/tokenizer';
-import { getAdapterFiles, listAdapters, taskOf, weightsFileOf, type AdapterMeta } from './storage';
+import { getAdapterFiles, headFilesOf, listAdapters, taskOf, weightsFileOf, type AdapterMeta } from './storage';
 import type { ModelSummary, WorkerEvent } from './protocol';
 import type { ClassifyParams, ClassifyResult, GenerateParams, GenerateResult, GenerationSide, GenerationStream, PlaygroundInfo } from './playground-types';
 
@@ -49,7 +49,7 @@ export function isGenerating(): boolean {
 }
 
 /** The stored adapter and its files, checked against the loaded model and the task. */
-async function storedAdapter(adapterId: string, summary: ModelSummary): Promise<{ meta: AdapterMeta; config: string; weights: Uint8Array }> {
+async function storedAdapter(adapterId: string, summary: ModelSummary): Promise<{ meta: AdapterMeta; config: string; weights: Uint8Array; head?: Uint8Array }> {
   const meta = (await listAdapters()).find((a) => a.id === adapterId);
   const files = meta ? await getAdapterFiles(adapterId) : null;
   if (!meta || !files) throw new PlaygroundError('That adapter is no longer stored in this browser (deleted in another tab?).');
@@ -59,7 +59,8 @@ async function storedAdapter(adapterId: string, summary: ModelSummary): Promise<
   if (taskOf(meta) !== summary.task) {
     throw new PlaygroundError(`"${meta.name}" is a ${taskOf(meta) === 'classification' ? 'text classifier' : 'text generation adapter'}; the loaded model is not.`);
   }
-  return { meta, config: files['adapter_config.json'], weights: weightsFileOf(files).bytes };
+  const head = headFilesOf(files);
+  return { meta, config: files['adapter_config.json'], weights: weightsFileOf(files).bytes, ...(head ? { head: head.weights } : {}) };
 }
 
 export interface CausalPlaygroundModel {
@@ -161,26 +162,28 @@ export interface ClassifierPlaygroundModel {
 /** The label probabilities a saved classifier adapter gives one text. */
 export async function classifyText(gpu: Gpu, m: ClassifierPlaygroundModel, p: ClassifyParams): Promise<ClassifyResult> {
   if (p.text.trim() === '') throw new PlaygroundError('Type a text first.');
-  const { meta, config, weights } = await storedAdapter(p.adapterId, m.summary);
+  const { meta, config, weights, head } = await storedAdapter(p.adapterId, m.summary);
   const labels = meta.metrics.classification?.labels;
   if (!labels || labels.length < 2) throw new PlaygroundError(`"${meta.name}" does not record its labels.`);
   const model = await m.withHead(labels.length);
-  const r = await classifierProbabilities(gpu, model, { config, weights, name: meta.name }, m.tokenizer, m.summary.maxPositions, p.text);
+  const r = await classifierProbabilities(gpu, model, { config, weights, head, name: meta.name }, m.tokenizer, m.summary.maxPositions, p.text);
   return { labels, ...r };
 }
 
 /**
  * Softmax of a classifier adapter's logits for one text, tokenized as training tokenizes it (the
- * tokenizer's special tokens around it, cut to maxPositions). The adapter's head values are
- * written into the model's head, which must have the adapter's number of labels.
+ * tokenizer's special tokens around it, cut to maxPositions less the method's virtual tokens).
+ * The adapter's head values are written into the model's head, which must have the adapter's
+ * number of labels. `head`: AdapterHub's model_head.safetensors (bottleneck adapters).
  */
 export async function classifierProbabilities(
-  gpu: Gpu, model: EncoderClassifier, files: { config: string; weights: Uint8Array; name: string }, tokenizer: TextTokenizer, maxPositions: number, text: string,
+  gpu: Gpu, model: EncoderClassifier, files: { config: string; weights: Uint8Array; head?: Uint8Array; name: string }, tokenizer: TextTokenizer, maxPositions: number, text: string,
 ): Promise<Omit<ClassifyResult, 'labels'>> {
   const adapter = importSeqClsAdapter(gpu, files, model, new StepUniforms(gpu));
   const { prefix, suffix } = specialTokenFrame(tokenizer);
   const body = tokenizer.encode(text, { addSpecialTokens: false });
-  const room = maxPositions - prefix.length - suffix.length;
+  // prompt tuning's virtual tokens and prefix tuning's rows take positions too
+  const room = Math.max(0, maxPositions - adapter.virtualTokens - adapter.prefixTokens - prefix.length - suffix.length);
   const truncated = body.length > room;
   const ids = [...prefix, ...body.slice(0, room), ...suffix];
   const T = ids.length;

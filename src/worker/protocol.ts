@@ -77,7 +77,7 @@ export interface LinearModuleGroup {
   outFeatures: number;
 }
 
-/** The head of a classifier: what trains in full beside LoRA (PEFT's modules_to_save). */
+/** The head of a classifier: what trains in full beside the method on the encoder (PEFT's modules_to_save). */
 export interface ClassifierHead {
   /** transformers' class, e.g. DistilBertForSequenceClassification. */
   className: string;

@@ -1,18 +1,19 @@
 // A training run as the worker drives it, whatever it trains: a causal LM with any adapter method
-// (the engine's Trainer) or a text classifier (ClassifierTrainer: LoRA + the head). The worker's
-// loop runs, pauses, checkpoints and finishes a session the same way; the session knows its
-// trainer, how an evaluation reads on the page, what a checkpoint holds, and the files it leaves.
+// (the engine's Trainer) or a text classifier (ClassifierTrainer: a method on the encoder + the
+// head). The worker's loop runs, pauses, checkpoints and finishes a session the same way; the
+// session knows its trainer, how an evaluation reads on the page, what a checkpoint holds, and the
+// files it leaves.
 
 import type { Gpu } from '../engine/gpu/gpu';
 import type { PeftMethod } from '../engine/peft/method';
-import type { Lora } from '../engine/peft/lora';
 import type { StepReport, Trainer, TrainConfig, TrainerSnapshot } from '../engine/train/trainer';
 import { TrainError } from '../engine/train/trainer';
 import type { BestCheckpoint, ClassifierEvalReport, ClassifierTrainConfig, ClassifierTrainer } from '../engine/train/classifier-trainer';
 import { classificationMetrics, formatConfusion, type ClassificationMetrics } from '../engine/train/classification-metrics';
 import { classificationRunLog, classificationTrainerState, classifierModelCard, type ClassificationRunLog } from '../engine/train/classification-report';
-import type { SequenceClassificationAdapter } from '../engine/models/sequence-classification';
-import { exportAdapter, exportPeftAdapter } from '../engine/export/peft-export';
+import { ADAPTERHUB_HEAD_CONFIG, ADAPTERHUB_HEAD_WEIGHTS, exportSeqClsAdapter, type SequenceClassificationAdapter } from '../engine/models/sequence-classification';
+import type { EncoderClassifier } from '../engine/models/encoder';
+import { exportAdapter, WEIGHTS_FILE } from '../engine/export/peft-export';
 import { RunLog, modelCard, trainerState, type LogEntry } from '../train/run-report';
 import type { LabelMap } from '../data/labels';
 import type { MethodDescriptor, TaskKind } from './methods';
@@ -46,6 +47,8 @@ export interface FinishedFiles {
   weights: Uint8Array;
   'README.md': string;
   'trainer_state.json': string;
+  /** A bottleneck classifier's static head, as AdapterHub saves it beside the adapter (head_config.json, model_head.safetensors). */
+  head?: { config: string; weights: Uint8Array };
 }
 
 export interface StepLog {
@@ -215,7 +218,7 @@ export class CausalSession implements TrainerSession {
   }
 }
 
-// ---- text classification: LoRA + the head -------------------------------------------------------
+// ---- text classification: a method on the encoder + the head ------------------------------------
 
 /** The page's view of an evaluation. */
 function evalPoint(step: number, m: ClassificationMetrics): EvalPoint {
@@ -245,8 +248,10 @@ export class ClassifierSession implements TrainerSession {
   constructor(
     private readonly gpu: Gpu,
     private readonly trainer: ClassifierTrainer,
+    /** The method on the encoder (any of SeqClsMethod) with the head; the session frees the method. */
     private readonly adapter: SequenceClassificationAdapter,
-    private readonly lora: Lora,
+    /** The classifier it trains (the head's class and size for AdapterHub's head files). */
+    private readonly model: EncoderClassifier,
     private readonly labels: LabelMap,
     private readonly card: {
       modelClass: string;
@@ -354,7 +359,20 @@ export class ClassifierSession implements TrainerSession {
     }
     const log = this.log;
     log.finish(ctx.runtimeS, ctx.samples);
-    const files = await exportPeftAdapter(this.gpu, this.adapter, ctx.baseModel);
+    // PEFT's two files (method + head under modules_to_save names), or AdapterHub's adapter files and static head
+    const exported = await exportSeqClsAdapter(this.gpu, this.adapter, ctx.baseModel, this.model);
+    const format = this.adapter.exportFormat;
+    const weightsName = WEIGHTS_FILE[format];
+    const text = (name: string): string => {
+      const v = exported.get(name);
+      if (typeof v !== 'string') throw new TrainError(`the export has no ${name}`);
+      return v;
+    };
+    const bytes = (name: string): Uint8Array => {
+      const v = exported.get(name);
+      if (!(v instanceof Uint8Array)) throw new TrainError(`the export has no ${name}`);
+      return v;
+    };
     const reportConfig: ClassifierTrainConfig = { ...this.config, loadBestAtEnd: true };
     const state = JSON.stringify(classificationTrainerState(log, reportConfig, this.card.stepsPerEpoch, best), null, 2) + '\n';
     const last = log.lastEval;
@@ -363,6 +381,7 @@ export class ClassifierSession implements TrainerSession {
       baseModel: ctx.baseModel,
       modelClass: this.card.modelClass,
       method: this.card.descriptor.cardLabel,
+      format,
       adapterSettings: this.card.descriptor.cardSettings(this.card.settings),
       headModules: this.card.headModules,
       labels: this.labels,
@@ -385,11 +404,12 @@ export class ClassifierSession implements TrainerSession {
     const savedEval = (this.restoredBest && best ? this.evals.find((e) => e.step === best.step) : this.evals.at(-1)) ?? this.evals.at(-1);
     return {
       files: {
-        'adapter_config.json': files['adapter_config.json'],
-        weightsName: 'adapter_model.safetensors',
-        weights: files['adapter_model.safetensors'],
+        'adapter_config.json': text('adapter_config.json'),
+        weightsName,
+        weights: bytes(weightsName),
         'README.md': readme,
         'trainer_state.json': state,
+        ...(format === 'adapterhub' ? { head: { config: text(ADAPTERHUB_HEAD_CONFIG), weights: bytes(ADAPTERHUB_HEAD_WEIGHTS) } } : {}),
       },
       finalEvalLoss: last?.loss ?? null,
       classification: {
@@ -403,6 +423,6 @@ export class ClassifierSession implements TrainerSession {
 
   destroy(): void {
     this.trainer.destroy();
-    this.lora.destroy();
+    this.adapter.destroy();
   }
 }

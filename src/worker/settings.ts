@@ -5,7 +5,7 @@
 import type { ScheduleKind } from '../train/schedule';
 import type { PromptInit } from '../engine/peft/prompt-tuning';
 import type { BottleneckActivation, BottleneckType } from '../engine/peft/bottleneck';
-import { ALL_LINEAR, METHOD_BY_ID, checkInt, type MethodId, type TaskKind } from './methods';
+import { ALL_LINEAR, METHOD_BY_ID, checkInt, methodsFor, notForClassifiers, type MethodId, type TaskKind } from './methods';
 
 export type { MethodId, TaskKind } from './methods';
 export { ALL_LINEAR };
@@ -126,6 +126,16 @@ export type SettingErrors = Partial<Record<SettingName, string>>;
 
 const isInt = (v: number) => Number.isInteger(v);
 
+/** A method's name inside a sentence: "Prompt tuning" -> "prompt tuning" (LoRA, IA3 stay). */
+function midSentence(name: string): string {
+  return /^[A-Z][a-z]+\b/.test(name) ? `${name.charAt(0).toLowerCase()}${name.slice(1)}` : name;
+}
+
+/** "a, b or c" */
+function listOr(items: readonly string[]): string {
+  return items.length <= 1 ? (items[0] ?? '') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
+}
+
 /** Every invalid value with the reason; empty when all are fine. */
 export function validateSettings(s: TrainSettings, limits?: SettingLimits): SettingErrors {
   const e: SettingErrors = {};
@@ -137,7 +147,7 @@ export function validateSettings(s: TrainSettings, limits?: SettingLimits): Sett
     Object.assign(e, method.validate(s, limits));
     if (limits && !method.tasks.includes(limits.task)) {
       e.method = limits.task === 'classification'
-        ? `${method.name} is not offered for text classification: the classifier trains LoRA on the encoder plus its classification head (PEFT task_type SEQ_CLS).`
+        ? `${notForClassifiers(method, limits.unavailable[s.method])} A classifier trains ${listOr(methodsFor('classification').map((d) => midSentence(d.name)))} on its encoder, plus its classification head.`
         : `${method.name} trains text classifiers (DistilBERT, BERT); this model generates text.`;
     } else if (limits?.unavailable[s.method]) {
       e.method = `${method.name} cannot train this model: ${limits.unavailable[s.method]}`;

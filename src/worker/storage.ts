@@ -4,7 +4,7 @@
 //
 // Database "finetune-in-browser", version 1:
 //   adapters          key id      AdapterMeta (name, base model, settings, data, metrics, log)
-//   adapterFiles      key id      AdapterFiles (the PEFT files, README.md, trainer_state.json)
+//   adapterFiles      key id      AdapterFiles (the PEFT or AdapterHub files, README.md, trainer_state.json)
 //   checkpoints       key runId   CheckpointMeta (the latest checkpoint of a run)
 //   checkpointTensors key runId   adapter values + AdamW m and v at that step (and a classifier's
 //                                 best evaluation's values)
@@ -88,13 +88,26 @@ export function taskOf(meta: { task?: TaskKind }): TaskKind {
   return meta.task ?? 'causal-lm';
 }
 
-/** The files of an adapter: PEFT's adapter_model.safetensors, or AdapterHub's adapter.safetensors (bottleneck adapters). */
+/**
+ * The files of an adapter: PEFT's adapter_model.safetensors, or AdapterHub's adapter.safetensors
+ * (bottleneck adapters); a bottleneck classifier also keeps AdapterHub's static head files.
+ */
 export type AdapterFiles = {
   id: string;
   'adapter_config.json': string;
   'README.md': string;
   'trainer_state.json': string;
+  /** AdapterHub's head of a bottleneck classifier (save_adapter(..., with_head=True)). */
+  'head_config.json'?: string;
+  'model_head.safetensors'?: Uint8Array;
 } & ({ 'adapter_model.safetensors': Uint8Array } | { 'adapter.safetensors': Uint8Array });
+
+/** AdapterHub's static head files of a stored bottleneck classifier, or null. */
+export function headFilesOf(files: AdapterFiles): { config: string; weights: Uint8Array } | null {
+  const config = files['head_config.json'];
+  const weights = files['model_head.safetensors'];
+  return config !== undefined && weights !== undefined ? { config, weights } : null;
+}
 
 /** The weights file of a stored adapter, under the name its format uses. */
 export function weightsFileOf(files: AdapterFiles): { name: 'adapter_model.safetensors' | 'adapter.safetensors'; bytes: Uint8Array } {

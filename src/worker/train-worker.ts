@@ -5,7 +5,9 @@
 //
 // Two tasks, picked by the model: a causal LM (GPT-2, the Llama family) trains any adapter method
 // of ./methods.ts on prompt/completion-style columns; an encoder (DistilBERT, BERT) trains a text
-// classifier (LoRA + the head, PEFT task_type SEQ_CLS) on a text and a label column. Both run
+// classifier (a method of ./methods.ts for classification on the encoder + the head trained in
+// full: PEFT task_type SEQ_CLS, or AdapterHub's files for bottleneck adapters) on a text and a
+// label column. Both run
 // through a TrainerSession (./sessions.ts), so pausing, checkpoints, resuming and saving are shared.
 
 import { Gpu, GpuError } from '../engine/gpu/gpu';
@@ -24,8 +26,9 @@ import { classificationSequenceLength, validateClassificationMapping, type Class
 import { buildClassificationExamplesAsync, guessClassificationColumns, summarizeLabels, type LabelSummary } from '../data/classification-columns';
 import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier, type LoadedModel, type LoadedSequenceClassifier } from '../engine/models/registry';
 import { plannedBytes, ProgramError } from '../engine/models/program';
-import { SequenceClassificationAdapter } from '../engine/models/sequence-classification';
-import { Lora, LoraError } from '../engine/peft/lora';
+import { createSeqClsAdapter, SeqClsAdapterError, type SequenceClassificationAdapter } from '../engine/models/sequence-classification';
+import { EncoderMethodError } from '../engine/models/encoder-methods';
+import { LoraError } from '../engine/peft/lora';
 import { createPeftMethod, PeftSetupError, type PeftModelInfo } from '../engine/peft/factory';
 import { importPeftAdapter } from '../engine/peft/import';
 import { Ia3Error } from '../engine/peft/ia3';
@@ -40,7 +43,7 @@ import { warmupStepsFromRatio } from '../train/schedule';
 import { estimateClassifierTraining, estimateTraining, headBuffers } from './memory';
 import { bufferLimitRefusal } from './fit';
 import { METHOD_BY_ID, type MethodId, type TaskKind } from './methods';
-import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods, targetedLinears } from './model-facts';
+import { adapterPlan, causalPeftFacts, classifierPeftFacts, probeMethods } from './model-facts';
 import { CausalSession, ClassifierSession, type TrainerSession } from './sessions';
 import { DEFAULT_SETTINGS, firstSettingError, validateSettings, withDefaults, type SettingLimits, type SettingName, type TrainSettings } from './settings';
 import { allowedHostsText, modelHostAllowed } from './network-policy';
@@ -712,19 +715,20 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
   if (validation.length === 0) {
     throw new InputError(`${examples.length} examples leave none for validation at ${(settings.validationFraction * 100).toFixed(0)} %: raise the validation split or add rows.`, 'validationFraction');
   }
-  const seqLen = Math.min(classificationSequenceLength(examples, settings.maxLength), m.summary.maxPositions);
+  // Prompt tuning's virtual tokens take positions too.
+  const seqLen = Math.min(classificationSequenceLength(examples, settings.maxLength), m.summary.maxPositions - descriptor.extraPositions(settings));
   const { stepsPerEpoch, totalSteps, warmupSteps } = lengthOf(train.length);
-  const linears = m.loaded.model.linearModules();
-  const targeted = targetedLinears(linears, settings.targetModules);
-  if (targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
+  const facts = m.summary.peft;
+  const plan = adapterPlan(settings, facts, m.loaded.model.linearModules());
+  if ((plan.kind === 'lora' || plan.kind === 'dora') && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
+  if (plan.kind === 'ia3' && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.ia3Targets.join(', ')}] match no layer of ${m.summary.name}.`, 'ia3Targets');
   const head = m.summary.classifier!;
-  const loraCount = descriptor.trainableParams(settings, m.summary.peft);
+  const methodCount = descriptor.trainableParams(settings, facts);
   const headCount = head.fixedTrainable + K * head.perLabel;
-  const trainable = loraCount + headCount;
-  // As the CLI counts: the whole classifier (head included) plus LoRA.
-  const all = m.summary.parameterCount + K * head.perLabel + loraCount;
-  const estimateAt = (B: number, T: number) =>
-    estimateClassifierTraining(m.loaded.model, { B, T, K, lora: { rank: settings.rank, dropout: settings.dropout, targeted }, hasValidation: true }, device);
+  const trainable = methodCount + headCount;
+  // As the CLI counts: the whole classifier (head included) plus the method's tensors.
+  const all = m.summary.parameterCount + K * head.perLabel + methodCount;
+  const estimateAt = (B: number, T: number) => estimateClassifierTraining(m.loaded.model, { B, T, K, adapter: plan, hasValidation: true }, device);
   const memory = estimateAt(settings.batchSize, seqLen);
   checkBuffer(seqLen, estimateAt);
   const first = examples[0];
@@ -787,7 +791,8 @@ function inputForMethodError(e: unknown, method: MethodId): InputName {
   if (e instanceof PromptTuningError) return /text/i.test(msg) ? 'promptInitText' : 'virtualTokens';
   if (e instanceof PrefixTuningError) return /encoder/i.test(msg) ? 'encoderHiddenSize' : 'virtualTokens';
   if (e instanceof BottleneckError) return /name/i.test(msg) ? 'bottleneckName' : /reduction/i.test(msg) ? 'reductionFactor' : 'bottleneckType';
-  if (e instanceof PeftSetupError || e instanceof ProgramError) return 'method';
+  if (e instanceof EncoderMethodError && /target/i.test(msg)) return 'targetModules'; // all-linear on a classifier (LoRA, DoRA)
+  if (e instanceof PeftSetupError || e instanceof ProgramError || e instanceof EncoderMethodError || e instanceof SeqClsAdapterError) return 'method';
   return method === 'lora' ? 'rank' : 'method';
 }
 
@@ -846,27 +851,30 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
       }
     }
     const cls = m.loaded.model;
-    let lora: Lora;
+    let adapter: SequenceClassificationAdapter;
     try {
-      lora = new Lora(g, { r: settings.rank, alpha: settings.alpha, dropout: settings.dropout, targetModules: settings.targetModules, useRslora: settings.useRslora }, cls.linearModules(), stepUniforms, seededRandom(settings.seed));
+      // The method the settings ask for on the encoder (as the CLI makes it), the head beside it.
+      adapter = createSeqClsAdapter(g, descriptor.spec(settings, m.summary.name), cls, stepUniforms, seededRandom(settings.seed), (text) =>
+        m.tokenizer.encode(text, { addSpecialTokens: true }),
+      );
     } catch (e) {
-      throw new InputError(`LoRA: ${messageOf(e)}`, inputForMethodError(e, 'lora'));
+      throw new InputError(`${descriptor.name}: ${messageOf(e)}`, inputForMethodError(e, settings.method));
     }
     m.head.fresh = false; // trained in place from here on
-    const adapter = new SequenceClassificationAdapter(lora, cls.headParams);
     let trainer: ClassifierTrainer;
     try {
       trainer = await g.allocating('the training programs', () => new ClassifierTrainer(g, cls, adapter, prepared.train, prepared.validation, prepared.config, m.tokenizer.padId, stepUniforms));
       await g.sync();
     } catch (e) {
-      lora.destroy();
+      adapter.destroy();
+      if (e instanceof ProgramError && !/buffer|memory/i.test(messageOf(e))) throw new InputError(`${descriptor.name}: ${messageOf(e)}`, 'method');
       throw new InputError(`Could not set up training: ${messageOf(e)} Try a smaller batch size or max length.`, 'batchSize');
     }
     session = new ClassifierSession(
       g,
       trainer,
       adapter,
-      lora,
+      cls,
       prepared.labelMap,
       {
         modelClass: cls.spec.className,
@@ -1101,7 +1109,8 @@ async function finish(r: RunState): Promise<void> {
   });
   const files = out.files;
   const id = `adapter-${r.id.slice(4)}`;
-  const fileBytes = files['adapter_config.json'].length + files.weights.byteLength + files['README.md'].length + files['trainer_state.json'].length;
+  const fileBytes =
+    files['adapter_config.json'].length + files.weights.byteLength + files['README.md'].length + files['trainer_state.json'].length + (files.head ? files.head.config.length + files.head.weights.byteLength : 0);
   const log = t.log;
   const meta: AdapterMeta = {
     id,
@@ -1140,8 +1149,9 @@ async function finish(r: RunState): Promise<void> {
     'adapter_config.json': files['adapter_config.json'],
     'README.md': files['README.md'],
     'trainer_state.json': files['trainer_state.json'],
-    // PEFT's weights file, or AdapterHub's for bottleneck adapters
+    // PEFT's weights file, or AdapterHub's for bottleneck adapters (with a classifier's static head)
     ...(files.weightsName === 'adapter.safetensors' ? { 'adapter.safetensors': files.weights } : { 'adapter_model.safetensors': files.weights }),
+    ...(files.head ? { 'head_config.json': files.head.config, 'model_head.safetensors': files.head.weights } : {}),
   };
   await saveOrWait(r, () => saveAdapter(meta, adapterFiles), 'saving');
   emit({ type: 'done', runId: r.id, adapter: meta, stoppedEarly });

@@ -1,6 +1,6 @@
 // Text classification in the app, end to end in Chromium: an encoder (DistilBERT, downloaded from
 // a hub mirror; BERT, from a folder) turns the data step into a text + label column choice with
-// the label set and class balance; a short run shows loss, accuracy, macro-F1 and a labelled
+// the label set and class balance; a short LoRA run shows loss, accuracy, macro-F1 and a labelled
 // confusion matrix per evaluation and keeps the best evaluation; the library shows accuracy and F1;
 // the zip is PEFT's SEQ_CLS adapter (LoRA + the head as modules_to_save, model card with
 // id2label/label2id, trainer_state.json with eval accuracy). A classification run resumes after a
@@ -117,11 +117,13 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await page.getByTestId('map-text-column').selectOption('text');
     await expect.poll(() => page.getByTestId('mapping-error').count()).toBe(0);
 
-    // Only LoRA (+ the head) for a classifier; its count includes the head.
+    // LoRA (+ the head) is the classifier's default; DoRA, IA3, prompt tuning and bottleneck adapters
+    // are offered too (classification-methods.e2e trains each), prefix tuning is not. The count includes the head.
     const c = cfg(DISTILBERT_DIR);
     const C = c.dim, L = c.n_layers, F = c.hidden_dim, V = c.vocab_size, P = c.max_position_embeddings;
     expect(await page.getByTestId('method-lora').getAttribute('class')).toContain('selected');
-    expect(await page.getByTestId('method-ia3-reason').textContent()).toMatch(/Text classification trains LoRA with the head/);
+    for (const m of ['lora', 'dora', 'ia3', 'prompt', 'bottleneck']) expect(await page.getByTestId(`method-${m}-count`).textContent(), m).toMatch(/trainable \+ the head$/);
+    expect(await page.getByTestId('method-prefix-reason').textContent()).toMatch(/^Prefix tuning is not (available|offered) for/);
     const lora = L * 2 * 8 * (C + C); // q_lin and v_lin, r = 8
     const head = C * C + C + 2 * (C + 1); // pre_classifier, classifier for 2 labels
     expect(await numberIn(page, 'trainable-params')).toBe(lora + head);
@@ -278,6 +280,9 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('3 classes');
     await page.getByTestId('section-data').screenshot({ path: path.join(SCREENSHOTS, '33-classification-unbalanced.png') });
 
+    // Every classifier method is offered on BERT, prefix tuning included (DistilBERT refuses it).
+    for (const m of ['lora', 'dora', 'ia3', 'prompt', 'prefix', 'bottleneck']) expect(await page.getByTestId(`method-${m}-count`).textContent(), m).toMatch(/trainable \+ the head$/);
+    expect(await page.getByTestId('method-prefix-reason').count()).toBe(0);
     // BERT's default LoRA targets; the head for 3 labels counts 3 classifier rows (the pooler stays frozen).
     const c = cfg(BERT_DIR);
     const C = c.hidden_size, L = c.num_hidden_layers;

@@ -5,7 +5,7 @@
 
 import { useApp } from '../store';
 import { DEFAULT_SETTINGS, type TrainSettings } from '../../worker/settings';
-import { ALL_LINEAR, METHODS, METHOD_BY_ID, moduleMatchesTargets, type Hint, type MethodDescriptor, type MethodField, type PeftFacts } from '../../worker/methods';
+import { ALL_LINEAR, METHODS, METHOD_BY_ID, moduleMatchesTargets, notForClassifiers, type Hint, type MethodDescriptor, type MethodField, type PeftFacts } from '../../worker/methods';
 import type { ModelSummary } from '../../worker/protocol';
 import type { ScheduleKind } from '../../train/schedule';
 import { NumberField, SelectField, Section } from './common';
@@ -130,7 +130,7 @@ export function SettingsSection() {
 /** Why a method cannot be used with this model, or null. */
 function unavailableReason(m: MethodDescriptor, summary: ModelSummary | null): string | null {
   if (!summary) return null;
-  if (!m.tasks.includes(summary.task)) return summary.task === 'classification' ? 'Text classification trains LoRA with the head.' : 'For text classifiers only.';
+  if (!m.tasks.includes(summary.task)) return summary.task === 'classification' ? notForClassifiers(m, summary.peft.unavailable[m.id]) : 'For text classifiers only.';
   const refused = summary.peft.unavailable[m.id];
   return refused ? `Not for this model: ${refused}` : null;
 }

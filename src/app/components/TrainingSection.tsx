@@ -232,7 +232,12 @@ export function TrainingSection() {
 function SavedFormat({ method: id, classification }: { method: MethodId; classification: boolean }) {
   const m = METHOD_BY_ID[id] ?? METHOD_BY_ID.lora;
   if (m.format === 'adapterhub') {
-    return <>{m.name}: AdapterHub’s format (adapter_config.json + adapter.safetensors) for the adapters library; PEFT has no bottleneck adapters.</>;
+    return (
+      <>
+        {m.name}: AdapterHub’s format (adapter_config.json + adapter.safetensors{classification ? '; the head in head_config.json + model_head.safetensors, as save_adapter(…, with_head=True) writes it' : ''}) for the
+        adapters library; PEFT has no bottleneck adapters.
+      </>
+    );
   }
   return (
     <>

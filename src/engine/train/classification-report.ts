@@ -28,8 +28,10 @@ export interface ClassifierCardInfo {
   baseModel: string;
   /** transformers class the head belongs to, e.g. DistilBertForSequenceClassification. */
   modelClass: string;
-  /** 'LoRA' or 'head only'. */
+  /** The method's label ('LoRA', 'DoRA', 'IA3', 'prompt-tuning', ...), or 'head only'. */
   method: string;
+  /** 'adapterhub': bottleneck adapters saved for the `adapters` library with the static head beside them (default 'peft'). */
+  format?: 'peft' | 'adapterhub';
   adapterSettings: Record<string, unknown>;
   /** Head modules trained in full (PEFT's modules_to_save). */
   headModules: string[];
@@ -68,7 +70,19 @@ export function classifierModelCard(i: ClassifierCardInfo): string {
   ];
   const pct = ((100 * i.trainableParams) / i.totalParams).toFixed(4);
   const yamlQuote = (s: string) => JSON.stringify(s);
-  const load = i.method === 'LoRA'
+  const headOnly = i.method === 'head only';
+  const hub = !headOnly && i.format === 'adapterhub';
+  const load = hub
+    ? `from transformers import AutoModelForSequenceClassification
+import adapters
+id2label = ${id2label}
+label2id = ${label2id}
+model = AutoModelForSequenceClassification.from_pretrained(
+    "${i.baseModel}", num_labels=${K}, id2label={int(k): v for k, v in id2label.items()}, label2id=label2id)
+adapters.init(model)
+# with_head (the default) loads the trained head from head_config.json and model_head.safetensors
+name = model.load_adapter("path/to/this/folder", use_safetensors=True, set_active=True)`
+    : !headOnly
     ? `from transformers import AutoModelForSequenceClassification
 from peft import PeftModel
 id2label = ${id2label}
@@ -89,11 +103,11 @@ model.load_state_dict(load_file("path/to/this/folder/head_model.safetensors"), s
     : 'n/a';
   return `---
 base_model: ${i.baseModel}
-library_name: peft
+library_name: ${hub ? 'adapter-transformers' : 'peft'}
 pipeline_tag: text-classification
 tags:
-- ${i.method === 'LoRA' ? 'lora' : 'head-only'}
-- peft
+- ${headOnly ? 'head-only' : i.method.toLowerCase().replace(/\s+/g, '-')}
+- ${hub ? 'adapter-transformers' : 'peft'}
 - text-classification
 num_labels: ${K}
 id2label:
@@ -105,8 +119,9 @@ ${i.labels.names.map((n, k) => `  ${yamlQuote(n)}: ${k}`).join('\n')}
 # ${i.method} ${i.modelClass} for ${i.baseModel}
 
 Text classification into ${K} classes, trained on your own GPU with WebGPU kernels (no server saw the
-data). The head (${i.headModules.join(', ')}) is trained in full and saved beside the adapter, as
-PEFT's \`modules_to_save\` does for \`task_type="SEQ_CLS"\`. Load it with the labels:
+data). The head (${i.headModules.join(', ')}) is trained in full and saved beside the adapter, ${hub
+    ? 'in model_head.safetensors with head_config.json, as AdapterHub\'s `save_adapter(..., with_head=True)` does for a static head (PEFT has no bottleneck adapters)'
+    : 'as PEFT\'s `modules_to_save` does for `task_type="SEQ_CLS"`'}. Load it with the labels:
 
 \`\`\`python
 ${load}
