@@ -124,7 +124,11 @@ describe('npm run train: text classification with DoRA, IA3, prompt tuning, pref
         const head = c.name === 'prompt' ? 'base_model.classifier.weight' : 'base_model.model.classifier.weight';
         expect(weights.tensors.get(head)!.shape).toEqual([3, 32]);
       }
-      expect(fs.readFileSync(path.join(out, 'README.md'), 'utf8')).toMatch(/DistilBertForSequenceClassification/);
+      const readme = fs.readFileSync(path.join(out, 'README.md'), 'utf8');
+      expect(readme).toMatch(/DistilBertForSequenceClassification/);
+      // the card's loading code: AdapterHub's for bottleneck adapters, PEFT's for the others
+      if (c.name === 'adapter') expect(readme).toMatch(/adapters\.init\(model\)[\s\S]*load_adapter\(/);
+      else expect(readme).toMatch(/PeftModel\.from_pretrained/);
       await loadsBack(out, files);
     });
   }

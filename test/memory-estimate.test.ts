@@ -368,8 +368,8 @@ describe('text classification with every method the app offers for classifiers: 
     { name: 'tiny-bert', K: 3, label: 'Houlsby bottleneck adapters, a reduction past the width', settings: { method: 'bottleneck', bottleneckType: 'houlsby', reductionFactor: 64 }, validation: true },
     // Not offered for classifiers in the app yet (METHOD_BY_ID.prefix.tasks): the plan is ready for
     // when it is (the engine trains it on BERT; the prefix rows widen every attention).
-    { name: 'tiny-bert', K: 2, label: 'prefix tuning, 4 rows (not offered yet)', settings: { method: 'prefix', virtualTokens: 4 }, validation: true },
-    { name: 'tiny-bert', K: 3, label: 'prefix tuning through a projection of width 16 (not offered yet)', settings: { method: 'prefix', virtualTokens: 3, prefixProjection: true, encoderHiddenSize: 16 }, validation: false },
+    { name: 'tiny-bert', K: 2, label: 'prefix tuning, 4 rows', settings: { method: 'prefix', virtualTokens: 4 }, validation: true },
+    { name: 'tiny-bert', K: 3, label: 'prefix tuning through a projection of width 16', settings: { method: 'prefix', virtualTokens: 3, prefixProjection: true, encoderHiddenSize: 16 }, validation: false },
   ];
   for (const c of cases) {
     it(`${c.name}, ${c.K} labels, ${c.label}`, async () => {
@@ -421,18 +421,19 @@ describe('text classification with every method the app offers for classifiers: 
     });
   }
 
-  it('prefix tuning is not offered for classifiers: the settings check says so, with the engine\'s reason where it has one', async () => {
+  it('prefix tuning is offered for BERT classifiers and refused for DistilBERT with the engine\'s reason', async () => {
     for (const name of ['tiny-distilbert', 'tiny-bert']) {
       const shown = loadSequenceClassifier(gpu, encoders.get(name)!, { numLabels: 2, random: rng(1) });
       const facts = classifierPeftFacts(shown);
       // the engine's refusal for this architecture (DistilBERT: PEFT cannot run prefix tuning on it)
       expect(facts.unavailable.prefix ?? null).toBe(encoderMethodRefusal(shown.model.spec.architecture, 'prefix'));
-      expect(METHOD_BY_ID.prefix.tasks).not.toContain('classification');
+      expect(METHOD_BY_ID.prefix.tasks).toContain('classification');
       const limits = { maxPositions: shown.maxPositions, availableTargets: facts.linearModules.map((g) => g.target), task: 'classification' as const, unavailable: facts.unavailable };
       const defaults = { ...DEFAULT_SETTINGS, ...modelDefaults(facts), maxLength: 32 };
       const e = validateSettings({ ...defaults, method: 'prefix' }, limits);
-      expect(e.method).toMatch(/^Prefix tuning is not (available|offered) for .*\. A classifier trains LoRA, DoRA, IA3, prompt tuning or bottleneck adapters on its encoder, plus its classification head\.$/);
-      if (facts.unavailable.prefix) expect(e.method).toContain(facts.unavailable.prefix.slice(1));
+      if (name === 'tiny-distilbert') expect(e.method).toBe(`Prefix tuning cannot train this model: ${facts.unavailable.prefix}`);
+      else expect(e).toEqual({});
+      expect(facts.unavailable.prefix === undefined).toBe(name === 'tiny-bert');
       for (const m of ['lora', 'dora', 'ia3', 'prompt', 'bottleneck'] as const) expect(validateSettings({ ...defaults, method: m }, limits), `${name} ${m}`).toEqual({});
       // "All linear layers" would put LoRA / DoRA on the head too: refused for both.
       for (const m of ['lora', 'dora'] as const) {

@@ -341,6 +341,8 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   fs.writeFileSync(path.join(out, 'trainer_state.json'), JSON.stringify(classificationTrainerState(log, config, stepsPerEpoch, trainer.best), null, 2) + '\n');
   fs.writeFileSync(path.join(out, 'README.md'), classifierModelCard({
     baseModel, modelClass: model.spec.className, method: choice?.label ?? 'head only',
+    // bottleneck adapters: AdapterHub's loading code (adapters.init + load_adapter), not PEFT's
+    format: adapter.exportFormat === 'adapterhub' ? 'adapterhub' : 'peft',
     adapterSettings: choice?.settings ?? {},
     headModules, labels: labelMap, trainCounts, config, dataFile: table.fileName, dataColumns: `text "${textCol}", label "${labelCol}"`,
     trainExamples: train.length, validationExamples: validation.length, trainableParams: trainable, totalParams: total,

@@ -125,7 +125,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     await page.getByTestId('map-label-column').selectOption('sentiment');
     await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('2 classes');
 
-    // The picker: every method but prefix tuning, each with its explanation and its count (+ the head).
+    // The picker: every method but prefix tuning (refused on DistilBERT), each with its explanation and its count (+ the head).
     const cards = page.getByTestId('method-picker').locator('.method');
     expect(await cards.evaluateAll((els) => els.map((e) => e.getAttribute('data-testid')))).toEqual(['method-lora', 'method-dora', 'method-ia3', 'method-prompt', 'method-prefix', 'method-bottleneck']);
     for (const m of ['lora', 'dora', 'ia3', 'prompt', 'bottleneck']) {
@@ -133,7 +133,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
       expect(await page.getByTestId(`method-${m}-count`).textContent(), m).toMatch(/trainable \+ the head$/);
     }
     // DistilBERT's prefix tuning: the engine's reason (PEFT cannot run it on DistilBERT)
-    expect(await page.getByTestId('method-prefix-reason').textContent()).toMatch(/^Prefix tuning is not (available|offered) for/);
+    expect(await page.getByTestId('method-prefix-reason').textContent()).toMatch(/^Not for this model: prefix tuning is not available for DistilBERT classifiers: PEFT cannot run it/);
     const lora = L * 2 * 8 * 2 * C; // q_lin and v_lin, r = 8
     expect(await numberIn(page, 'method-lora-count')).toBe(lora);
     expect(await numberIn(page, 'method-dora-count')).toBe(lora + L * 2 * C); // + a magnitude per output feature
