@@ -1,4 +1,4 @@
-// Softmax cross-entropy per row of logits [rows, V], replacing the logits IN PLACE by the gradient:
+// Softmax cross-entropy per row of logits [rows, V] (rows ld apart), replacing the logits IN PLACE by the gradient:
 //   losses[rowOffset + r] = logsumexp(logits_r) - logits_r[t_r],  t_r = targets[rowOffset + r]
 // (rowOffset: the logits block's first row, when a batch's logits are made a block at a time)
 //   logits_r <- (softmax(logits_r) - onehot(t_r)) * gradScale[0]
@@ -7,7 +7,7 @@
 // One 256-thread workgroup per row (rows folded into y past 65535 workgroups). Pass 1 reads the row
 // once with an online max/sum-of-exp per thread (one exp per element), merged across the workgroup;
 // pass 2 writes the gradient. Each thread reads and writes only its own columns (c = lid + k*256).
-struct Params { rows: u32, V: u32, rowOffset: u32 }
+struct Params { rows: u32, V: u32, rowOffset: u32, ld: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = wid.x + wid.y * nwg.x;
   if (row >= params.rows) { return; }
   let V = params.V;
-  let base = row * V;
+  let base = row * params.ld;
   let lossIndex = params.rowOffset + row;
   let tgt = targets[lossIndex];
 

@@ -92,6 +92,28 @@ describe('crossEntropy', () => {
     }
   }
 
+  it('reads and writes rows ld apart, leaving the padding between them untouched', async () => {
+    const gpu = await testGpu();
+    const [rows, V, ld] = [4, 301, 304];
+    const targets = [5, -100, 300, 0];
+    const padded = randArray(rows * ld, 81, 4);
+    const tLogits = gpu.tensorFrom(padded, [rows * ld], 'logits');
+    const tTargets = gpu.tensorFrom(Int32Array.from(targets), [rows], 'targets');
+    const tLosses = gpu.tensorFrom(new Float32Array(rows), [rows], 'losses');
+    const tScale = gpu.tensorFrom(Float32Array.of(0.5), [1], 'gradScale');
+    await run(gpu, () => [crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, gradScale: tScale, rows, V, ld })]);
+    const gotLoss = await gpu.read(tLosses);
+    const gotGrad = await gpu.read(tLogits);
+    for (let r = 0; r < rows; r++) {
+      const ref = ceRowRef(padded.subarray(r * ld, r * ld + V), targets[r]);
+      expect(Math.abs(gotLoss[r] - ref.loss), `row ${r} loss`).toBeLessThan(2e-5 * Math.max(1, ref.loss));
+      for (let c = 0; c < V; c++) expect(Math.abs(gotGrad[r * ld + c] - 0.5 * ref.grad[c]), `row ${r} column ${c}`).toBeLessThan(1e-6);
+      for (let c = V; c < ld; c++) expect(gotGrad[r * ld + c], `row ${r} padding ${c}`).toBe(padded[r * ld + c]);
+    }
+    expect(() => crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, gradScale: tScale, rows, V, ld: 300 })).toThrow(/ld = 300 must be >= V = 301/);
+    expect(() => crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, gradScale: tScale, rows, V, ld: 310 })).toThrow(/\(rows-1\)\*ld\+V=1231/);
+  });
+
   it('matches the reference with ignored rows and V not a multiple of 256', async () => {
     // Targets in the first and last column and in columns owned by different threads.
     await check(6, 1000, [3, -100, 999, 0, -1, 517], 71, { rowOffset: 3 });

@@ -530,6 +530,26 @@ describe('split-K matmul (K cut into slices summed afterwards)', () => {
     }
   });
 
+  it('cuts slices a multiple of 4 long, so rows padded to a multiple of 4 take the vec4 kernels though K is not (the LM head\'s backward)', async () => {
+    const gpu = await testGpu();
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
+    // dHidden [M, C] = dlogits [M, V] (rows ld = 4 * ceil(V / 4) apart) @ W [V, C], V = 999
+    const [M, N, K, S, lda] = [40, 36, 999, 5, 1000];
+    const scratch = gpu.tensor([splitKScratchElements(M, N, S)], 'splitK scratch');
+    const t = (n: number, l: string) => gpu.tensor([n], l);
+    const ops = matmulSplitK(gpu, { a: t(M * lda, 'a'), b: t(K * N, 'b'), c: t(M * N, 'c'), M, N, K, lda }, S, scratch);
+    // the slices (196 long) as one batched vec4 product, the rest (19 terms) plain, the sum
+    const first = ops[0];
+    const vec4Codes = new Set(Object.values(VEC4_MATMUL_VARIANTS).map((v) => v.code));
+    expect(first.kind === 'dispatch' && first.label).toBe('matmul(c)[splitK 5]');
+    expect(vec4Codes.size).toBeGreaterThan(0);
+    const vec4Pipelines = [...vec4Codes].map((code) => gpu.pipeline(code, 'x', 'main', { K_FAST_A: 1, K_FAST_B: 0 }));
+    expect(first.kind === 'dispatch' && vec4Pipelines.includes(first.pipeline)).toBe(true);
+    expect(ops.length).toBe(3);
+    await check(gpu, { M, N, K, lda }, { a: M * lda, b: K * N, c: M * N }, 'splitK over padded rows', 1e-5, 5, (args) => matmulSplitK(gpu, args, S, scratch));
+    gpu.destroyTensor(scratch);
+  });
+
   it('splits only long-K products with few output tiles, and refuses a missing or aliasing scratch', async () => {
     const gpu = await testGpu();
     Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);

@@ -309,11 +309,13 @@ export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Ten
   const lda = args.lda ?? (transA ? M : K), ldb = args.ldb ?? (transB ? K : N);
   // element steps along k of stored A and B
   const sAk = transA ? lda : 1, sBk = transB ? 1 : ldb;
-  // S equal slices of Ks = floor(K / S) as one batched product, and the rest (fewer than S terms; 4S when rounded)
+  // S equal slices of Ks (K / S rounded down to a multiple of 4) as one batched product, and the rest (fewer than 4S terms)
   // as one more, short product (a separate longer last slice would run alone: 1-2 ms on the LM head)
   if (K < S) throw new Error(`${label}: cannot split K = ${K} into ${S} slices`);
-  // slices a multiple of 4 long when K is, so vec4-aligned operands stay aligned in every slice
-  const Ks = K % 4 === 0 && K >= 4 * S ? 4 * Math.floor(K / (4 * S)) : Math.floor(K / S);
+  // slices a multiple of 4 long, so vec4-aligned operands stay aligned in every slice (and an
+  // operand whose K is not a multiple of 4 but whose rows are, like the LM head's padded logits,
+  // becomes aligned: the rest, fewer than 4S terms, goes to the plain kernels)
+  const Ks = K >= 4 * S ? 4 * Math.floor(K / (4 * S)) : Math.floor(K / S);
   const full = S;
   const rest = K - full * Ks;
   const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0;

@@ -5,7 +5,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
 import { matmul, matmulSplitK, splitKFactor, type MatmulArgs } from '../kernels/matmul';
-import { lmHeadRows } from './program';
+import { lmHeadRows, logitsRowStride } from './program';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
@@ -148,7 +148,8 @@ export function lmHeadAndLoss(
   const losses = pool.t([M], 'losses');
   const lossSum = pool.t([1], 'lossSum');
   const headRows = lmHeadRows(M, V, { headRowsPerChunk: a.headRowsPerChunk }, gpu.maxBindingBytes);
-  const chunk = pool.t([headRows, V], 'logitsChunk');
+  const ld = logitsRowStride(V, { captureLogits: a.captureLogits });
+  const chunk = pool.t([headRows, ld], 'logitsChunk');
   const logits = a.captureLogits ? pool.t([(M / S) * (S - skip), V], 'logits') : null;
   // dHidden = dlogits W_head sums over the vocabulary (K = tens of thousands) into few outputs:
   // split-K, into the program's scratch (programSplitKElements sized it)
@@ -157,10 +158,10 @@ export function lmHeadAndLoss(
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
     for (const ch of a.head.chunks) {
-      ops.push(matmul(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: V, M: n, N: ch.rows, K: C }));
+      ops.push(matmul(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: ld, M: n, N: ch.rows, K: C }));
     }
     if (logits) {
-      // the captured rows of [r0, r0 + n), one copy per run of consecutive real rows
+      // the captured rows of [r0, r0 + n), one copy per run of consecutive real rows (ld = V here)
       for (let r = r0; r < r0 + n;) {
         const b = Math.floor(r / S), t = r - b * S;
         if (t < skip) {
@@ -172,10 +173,10 @@ export function lmHeadAndLoss(
         r = end;
       }
     }
-    ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V }));
+    ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V, ld }));
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {
-        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: V, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 };
+        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 };
         ops.push(...matmulSplitK(gpu, args, splitKFactor(gpu, n, C, ch.rows), splitKScratch));
       });
     }

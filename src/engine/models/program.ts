@@ -140,7 +140,17 @@ export function plannedBytes(buffers: readonly PlannedBuffer[]): number {
 
 /** Rows of logits lmHeadAndLoss computes at once: one binding's worth (at most 256 MiB), or opts.headRowsPerChunk. */
 export function lmHeadRows(M: number, V: number, opts: Pick<ProgramOptions, 'headRowsPerChunk'>, maxBindingBytes: number): number {
-  return Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (V * 4))));
+  return Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (logitsRowStride(V, {}) * 4))));
+}
+
+/**
+ * Elements from one row of lmHeadAndLoss's logits block to the next: V rounded up to a multiple of
+ * 4, so the LM head's backward (dHidden = dlogits W_head, K = V) reads the block as vec4s (the vec4
+ * matmul kernels; GPT-2's 50,257 is not a multiple of 4), except when the logits are captured
+ * (copied out row block by row block, which needs them dense).
+ */
+export function logitsRowStride(V: number, opts: Pick<ProgramOptions, 'captureLogits'>): number {
+  return opts.captureLogits ? V : 4 * Math.ceil(V / 4);
 }
 
 /**
@@ -192,7 +202,7 @@ export function headAndLossBuffers(
     { label: 'gradScale', elements: 1 },
     { label: 'losses', elements: M },
     { label: 'lossSum', elements: 1 },
-    { label: 'logitsChunk', elements: headRows * V },
+    { label: 'logitsChunk', elements: headRows * logitsRowStride(V, opts) },
   ];
   if (opts.captureLogits) out.push({ label: 'logits', elements: M * V });
   return out;
