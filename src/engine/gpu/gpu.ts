@@ -38,6 +38,12 @@ export interface KernelTuning {
   matmul: 'auto' | '64x64' | '128x128' | '128x64' | '64x128' | 'db64x64';
   /** Vec4-aligned operands go to the vec4 variant of the chosen tiling (kernels/matmul.ts vec4Aligned). */
   vec4Matmul: boolean;
+  /**
+   * The LM head's logits are made this many MiB of rows at a time (at most one binding; models/program.ts
+   * lmHeadChunkBytes). 80 on the H100 (bench/run-step-bench.sh --tuning lmHeadChunkMiB=C): SmolLM2's
+   * peak 3.36 GiB at 256 (2 blocks of 1365 rows) falls to 3.15, under PyTorch's smallest (3.17).
+   */
+  lmHeadChunkMiB: number;
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
   wideMatmulMinWorkgroups: number;
   /** ... and a 128x64 or 64x128 one from this many. */
@@ -67,7 +73,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
 };
 
 export class GpuError extends Error {

@@ -5,7 +5,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
 import { matmul, matmulSplitK, splitKFactor, type MatmulArgs } from '../kernels/matmul';
-import { lmHeadRows, logitsRowStride } from './program';
+import { lmHeadChunkBytes, lmHeadRows, logitsRowStride } from './program';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
@@ -147,7 +147,7 @@ export function lmHeadAndLoss(
   const gradScale = pool.t([1], 'gradScale');
   const losses = pool.t([M], 'losses');
   const lossSum = pool.t([1], 'lossSum');
-  const headRows = lmHeadRows(M, V, { headRowsPerChunk: a.headRowsPerChunk }, gpu.maxBindingBytes);
+  const headRows = lmHeadRows(M, V, { headRowsPerChunk: a.headRowsPerChunk }, lmHeadChunkBytes(gpu));
   const ld = logitsRowStride(V, { captureLogits: a.captureLogits });
   const chunk = pool.t([headRows, ld], 'logitsChunk');
   const logits = a.captureLogits ? pool.t([(M / S) * (S - skip), V], 'logits') : null;

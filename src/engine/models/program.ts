@@ -138,9 +138,21 @@ export function plannedBytes(buffers: readonly PlannedBuffer[]): number {
   return sum;
 }
 
-/** Rows of logits lmHeadAndLoss computes at once: one binding's worth (at most 256 MiB), or opts.headRowsPerChunk. */
-export function lmHeadRows(M: number, V: number, opts: Pick<ProgramOptions, 'headRowsPerChunk'>, maxBindingBytes: number): number {
-  return Math.max(1, Math.min(M, opts.headRowsPerChunk ?? Math.floor(Math.min(maxBindingBytes, 256 * 2 ** 20) / (logitsRowStride(V, {}) * 4))));
+/**
+ * Rows of logits lmHeadAndLoss computes at once: as many as fit in `chunkBytes` (lmHeadChunkBytes),
+ * or opts.headRowsPerChunk.
+ */
+export function lmHeadRows(M: number, V: number, opts: Pick<ProgramOptions, 'headRowsPerChunk'>, chunkBytes: number): number {
+  if (opts.headRowsPerChunk !== undefined) return Math.max(1, Math.min(M, opts.headRowsPerChunk));
+  const most = Math.max(1, Math.min(M, Math.floor(chunkBytes / (logitsRowStride(V, {}) * 4))));
+  // whole 128-row matmul tiles per block where the block has room for them (a block of 410 rows
+  // leaves its last tile row 80% empty)
+  return most >= M || most < 128 ? most : 128 * Math.floor(most / 128);
+}
+
+/** Bytes of one block of logits rows: one binding's worth, at most gpu.tuning.lmHeadChunkMiB. */
+export function lmHeadChunkBytes(gpu: Pick<Gpu, 'maxBindingBytes' | 'tuning'>): number {
+  return Math.min(gpu.maxBindingBytes, gpu.tuning.lmHeadChunkMiB * 2 ** 20);
 }
 
 /**
@@ -184,7 +196,7 @@ export function programSplitKElements(
     product(l.outFeatures, l.inFeatures);
     if (opts.training) product(l.inFeatures, l.outFeatures);
   }
-  if (opts.training) most = Math.max(most, lmHeadSplitKElements(gpu, M, lmHeadRows(M, head.rows, opts, gpu.maxBindingBytes), head));
+  if (opts.training) most = Math.max(most, lmHeadSplitKElements(gpu, M, lmHeadRows(M, head.rows, opts, lmHeadChunkBytes(gpu)), head));
   return most;
 }
 
@@ -197,7 +209,7 @@ export function headAndLossBuffers(
   gpu: Gpu, M: number, head: Pick<RowChunks, 'rows' | 'cols' | 'chunks'>, opts: Pick<ProgramOptions, 'captureLogits' | 'headRowsPerChunk' | 'training'>,
 ): PlannedBuffer[] {
   const V = head.rows;
-  const headRows = lmHeadRows(M, V, opts, gpu.maxBindingBytes);
+  const headRows = lmHeadRows(M, V, opts, lmHeadChunkBytes(gpu));
   const out: PlannedBuffer[] = [
     { label: 'gradScale', elements: 1 },
     { label: 'losses', elements: M },
