@@ -74,12 +74,17 @@ export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
  * The double-buffered 64x64 maps to the plain one.
  */
 export const VEC4_MATMUL_VARIANTS: Record<MatmulVariant, { code: string; sharedBytes: number }> = {
-  '128x128': { code: codeVec128x128, sharedBytes: 2 * 16 * 33 * 16 },
-  '128x64': { code: codeVec128x64, sharedBytes: 16 * (33 + 17) * 16 },
-  '64x128': { code: codeVec64x128, sharedBytes: 16 * (17 + 33) * 16 },
-  '64x64': { code: codeVec64x64, sharedBytes: 2 * 16 * 17 * 16 },
-  'db64x64': { code: codeVec64x64, sharedBytes: 2 * 16 * 17 * 16 },
+  '128x128': vec4Variant(codeVec128x128, 128, 128),
+  '128x64': vec4Variant(codeVec128x64, 128, 64),
+  '64x128': vec4Variant(codeVec64x128, 64, 128),
+  '64x64': vec4Variant(codeVec64x64, 64, 64),
+  'db64x64': vec4Variant(codeVec64x64, 64, 64),
 };
+
+/** Its workgroup memory: K tiles of 16 rows of rows/4 + 1 and cols/4 + 1 vec4s (one of padding each). */
+function vec4Variant(code: string, rows: number, cols: number): { code: string; sharedBytes: number } {
+  return { code, sharedBytes: 16 * (rows / 4 + 1 + cols / 4 + 1) * 16 };
+}
 
 /**
  * Whether the vec4 kernels can read A and B: each operand's contiguous dimension (k for A [M, K] and
