@@ -13,20 +13,71 @@ export const WIDE_VARIANTS = [
   { name: 'matmul_db_64x64', TM: 4, TN: 4, TK: 16, db: true },
 ];
 
+// What both kernel families share: the Params (as shaders/matmul.wgsl's), the epilogue, the tile
+// and batch a workgroup owns, and the TM x TN accumulators of a thread as (TM/4) x (TN/4) blocks of
+// 4x4 lying 64 rows / columns apart.
+const PARAMS_STRUCT = `struct Params {
+  M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
+  offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
+  batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
+}
+`;
+const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
+  if (m >= params.M) { return; }
+  let rowBase = baseC + m * params.ldc;
+  for (var j = 0u; j < 4u; j++) {
+    let n = n0 + j;
+    if (n >= params.N) { return; }
+    var x = params.alpha * v[j];
+    if (params.accumulate != 0u) { x += c[rowBase + n]; }
+    if (params.hasBias != 0u) { x += bias[n]; }
+    c[rowBase + n] = x;
+  }
+}
+`;
+/** main()'s opening: the folded (tileN, tileM, batch) index, mTile / nTile (local lets, or the module-scope privates), the batch bases. */
+function mainPreamble(BM, BN, localTiles) {
+  const assign = localTiles ? 'let ' : '';
+  return `@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
+  // folded 1-D list of (tileN, tileM, batch) triples, as in shaders/matmul.wgsl
+  let linear = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+  let tilesPerMatrix = params.tilesN * params.tilesM;
+  let z = linear / tilesPerMatrix;
+  if (z >= params.batchCount) { return; }
+  let inMatrix = linear % tilesPerMatrix;
+  ${assign}mTile = (inMatrix / params.tilesN) * ${BM}u;
+  ${assign}nTile = (inMatrix % params.tilesN) * ${BN}u;
+  let zOuter = z / params.batchInner;
+  let zInner = z % params.batchInner;
+  let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
+  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
+  let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
+`;
+}
+/** A thread's accumulators: their names, declarations and the stores through storeRow. */
+function accumulators(TM, TN) {
+  const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3];
+  const comp = ['x', 'y', 'z', 'w'];
+  const acc = (i, j, r) => `acc${i}${j}${r}`;
+  let decl = '', store = '';
+  for (const i of bi) for (const j of bj) for (const r of four) decl += `  var ${acc(i, j, r)} = vec4<f32>(0.0);\n`;
+  for (const i of bi) for (const j of bj) for (const r of four) store += `  storeRow(baseC, mTile + ${i * 64 + r}u + lid.y * 4u, nTile + ${j * 64}u + lid.x * 4u, ${acc(i, j, r)});\n`;
+  return { bi, bj, four, comp, acc, decl, store };
+}
+
 export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
   const BM = 16 * TM, BN = 16 * TN;
   const QA = BM / 4, QB = BN / 4; // vec4 quads per k-row of each staged tile
   const slotsA = (TK * QA) / 256, slotsB = (TK * QB) / 256;
   if (!Number.isInteger(slotsA) || !Number.isInteger(slotsB)) throw new Error('TK * tile must be a multiple of 1024');
-  const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3];
-  const comp = ['x', 'y', 'z', 'w'];
-  const acc = (i, j, r) => `acc${i}${j}${r}`;
-  let decl = '', fma = '', store = '', loadsInit = '', loadsNext = '', stage = '';
-  for (const i of bi) for (const j of bj) for (const r of four) decl += `  var ${acc(i, j, r)} = vec4<f32>(0.0);\n`;
+  const { bi, bj, four, comp, acc, decl, store } = accumulators(TM, TN);
+  let fma = '', loadsInit = '', loadsNext = '', stage = '';
   for (const i of bi) fma += `      let a${i} = tileA[${db ? 'curA + ' : ''}k * ${QA}u + ${i * 16}u + lid.y];\n`;
   for (const j of bj) fma += `      let b${j} = tileB[${db ? 'curB + ' : ''}k * ${QB}u + ${j * 16}u + lid.x];\n`;
   for (const i of bi) for (const j of bj) for (const r of four) fma += `      ${acc(i, j, r)} = fma(vec4<f32>(a${i}.${comp[r]}), b${j}, ${acc(i, j, r)});\n`;
-  for (const i of bi) for (const j of bj) for (const r of four) store += `  storeRow(baseC, mTile + ${i * 64 + r}u + lid.y * 4u, nTile + ${j * 64}u + lid.x * 4u, ${acc(i, j, r)});\n`;
   for (let s = 0; s < slotsA; s++) {
     loadsInit += `  let sA${s} = slotA(lidx + ${s * 256}u, params.kFastA);\n  var nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, sA${s}.x);\n`;
     loadsNext += `      nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, k0 + sA${s}.x);\n`;
@@ -41,13 +92,7 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
 // (+ bias) exactly as shaders/matmul.wgsl computes it (same Params, strides, batching, summation
 // order), with ${BM}x${BN} output tiles: each of the 16x16 threads computes ${TM}x${TN} outputs as
 // ${TM / 4}x${TN / 4} blocks of 4x4 lying 64 rows / columns apart; K tiles of ${TK}${db ? ', staged double-buffered (one barrier per tile)' : ''}.
-struct Params {
-  M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
-  offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
-  batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+${PARAMS_STRUCT}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -92,36 +137,8 @@ fn loadB(base: u32, n0: u32, k: u32) -> vec4<f32> {
   }
   return v;
 }
-fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
-  if (m >= params.M) { return; }
-  let rowBase = baseC + m * params.ldc;
-  for (var j = 0u; j < 4u; j++) {
-    let n = n0 + j;
-    if (n >= params.N) { return; }
-    var x = params.alpha * v[j];
-    if (params.accumulate != 0u) { x += c[rowBase + n]; }
-    if (params.hasBias != 0u) { x += bias[n]; }
-    c[rowBase + n] = x;
-  }
-}
-
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
-  // folded 1-D list of (tileN, tileM, batch) triples, as in shaders/matmul.wgsl
-  let linear = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
-  let tilesPerMatrix = params.tilesN * params.tilesM;
-  let z = linear / tilesPerMatrix;
-  if (z >= params.batchCount) { return; }
-  let inMatrix = linear % tilesPerMatrix;
-  let mTile = (inMatrix / params.tilesN) * ${BM}u;
-  let nTile = (inMatrix % params.tilesN) * ${BN}u;
-  let zOuter = z / params.batchInner;
-  let zInner = z % params.batchInner;
-  let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
-  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
-  let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
-${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
+${STORE_ROW}
+${mainPreamble(BM, BN, true)}${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
 ${db ? doubleBuffered() : singleBuffered()}${store}}
 `;
   function singleBuffered() {
@@ -187,11 +204,8 @@ export function vec4MatmulWgsl({ TM, TN, TK }) {
   const KQ = TK / 4; // vec4s along k in one row of a k-contiguous tile
   const slotsA = (BM * KQ) / 256, slotsB = (BN * KQ) / 256;
   if (!Number.isInteger(slotsA) || !Number.isInteger(slotsB)) throw new Error('tile * TK must be a multiple of 1024');
-  const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3];
-  const comp = ['x', 'y', 'z', 'w'];
-  const acc = (i, j, r) => `acc${i}${j}${r}`;
-  let decl = '', body = '', store = '', loadsInit = '', loadsNext = '', stage = '';
-  for (const i of bi) for (const j of bj) for (const r of four) decl += `  var ${acc(i, j, r)} = vec4<f32>(0.0);\n`;
+  const { bi, bj, four, comp, acc, decl, store } = accumulators(TM, TN);
+  let body = '', loadsInit = '', loadsNext = '', stage = '';
   for (let k = 0; k < TK; k++) {
     body += `    {\n`;
     for (const i of bi) body += `      let a${i} = tileA[${k * QA + i * 16}u + lid.y];\n`;
@@ -199,7 +213,6 @@ export function vec4MatmulWgsl({ TM, TN, TK }) {
     for (const i of bi) for (const j of bj) for (const r of four) body += `      ${acc(i, j, r)} = fma(vec4<f32>(a${i}.${comp[r]}), b${j}, ${acc(i, j, r)});\n`;
     body += `    }\n`;
   }
-  for (const i of bi) for (const j of bj) for (const r of four) store += `  storeRow(baseC, mTile + ${i * 64 + r}u + lid.y * 4u, nTile + ${j * 64}u + lid.x * 4u, ${acc(i, j, r)});\n`;
   let loadsChecked = '';
   for (const [X, slots] of [['A', slotsA], ['B', slotsB]]) {
     for (let s = 0; s < slots; s++) {
@@ -251,13 +264,7 @@ fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
 // tiles, for vec4-aligned operands (kernels/matmul.ts vec4Aligned): A and B read as vec4s; each of
 // the 16x16 threads computes ${TM}x${TN} outputs as ${TM / 4}x${TN / 4} blocks of 4x4 lying 64 rows / columns
 // apart; K tiles of ${TK}, the next prefetched into registers, the inner loop unrolled.
-struct Params {
-  M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
-  offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
-  batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
-}
-// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
+${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
 @group(0) @binding(0) var<uniform> params: Params;
@@ -270,39 +277,11 @@ override K_FAST_B: bool = false;
 var<workgroup> tileA: array<vec4<f32>, ${TK * QA}>;
 var<workgroup> tileB: array<vec4<f32>, ${TK * QB}>;
 ${operand('A', 'm', 'M', 'mTile', QA, 'K_FAST_A', 'strideAm', 'strideAk', 'a')}${operand('B', 'n', 'N', 'nTile', QB, 'K_FAST_B', 'strideBn', 'strideBk', 'b')}
-fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
-  if (m >= params.M) { return; }
-  let rowBase = baseC + m * params.ldc;
-  for (var j = 0u; j < 4u; j++) {
-    let n = n0 + j;
-    if (n >= params.N) { return; }
-    var x = params.alpha * v[j];
-    if (params.accumulate != 0u) { x += c[rowBase + n]; }
-    if (params.hasBias != 0u) { x += bias[n]; }
-    c[rowBase + n] = x;
-  }
-}
-
+${STORE_ROW}
 var<private> mTile: u32;
 var<private> nTile: u32;
 
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
-  // folded 1-D list of (tileN, tileM, batch) triples, as in shaders/matmul.wgsl
-  let linear = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
-  let tilesPerMatrix = params.tilesN * params.tilesM;
-  let z = linear / tilesPerMatrix;
-  if (z >= params.batchCount) { return; }
-  let inMatrix = linear % tilesPerMatrix;
-  mTile = (inMatrix / params.tilesN) * ${BM}u;
-  nTile = (inMatrix % params.tilesN) * ${BN}u;
-  let zOuter = z / params.batchInner;
-  let zInner = z % params.batchInner;
-  let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
-  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
-  let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
-${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
+${mainPreamble(BM, BN, false)}${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
   // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches)
   let interior = mTile + ${BM}u <= params.M && nTile + ${BN}u <= params.N;
   for (var t = 0u; t < numKTiles; t++) {
