@@ -108,6 +108,67 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     return unzipped;
   }
 
+  /** Opens the app with the reviews file and the model folder, the text and label columns mapped. */
+  async function openReviews(modelDir: string, modelName: string): Promise<void> {
+    await page.goto(server.url);
+    await page.getByTestId('gpu-name').waitFor({ timeout: 60_000 });
+    await page.getByTestId('data-file-input').setInputFiles(csvPath);
+    await expect.poll(() => page.getByTestId('data-summary').textContent().catch(() => ''), { timeout: 30_000 }).toContain('40 rows');
+    await page.getByTestId('model-folder-input').setInputFiles(modelDir);
+    await expect.poll(() => page.getByTestId('model-name').textContent().catch(() => ''), { timeout: 60_000 }).toBe(modelName);
+    await page.getByTestId('map-text-column').selectOption('review');
+    await page.getByTestId('map-label-column').selectOption('sentiment');
+    await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('2 classes');
+  }
+
+  /** Two steps of 4 rows at lr 0.01, no warmup, an evaluation after every step. */
+  async function shortRunSettings(): Promise<void> {
+    await page.getByTestId('setting-learningRate').fill('0.01');
+    await page.getByTestId('setting-lengthUnit').selectOption('steps');
+    await page.getByTestId('setting-steps').fill('2');
+    await page.getByTestId('setting-batchSize').fill('4');
+    await page.getByTestId('setting-maxLength').fill('16');
+    // no warmup: the first step moves the weights (the best evaluation's weights, maybe step 1's, are the ones saved)
+    await page.getByTestId('setting-warmupRatio').fill('0');
+    await page.getByTestId('more-settings').locator('summary').click();
+    // an evaluation after step 1: step 2's report then counts the evaluation program's buffers too
+    await page.getByTestId('setting-evalEvery').fill('1');
+  }
+
+  /** The model in Node, to compute what the app should show. */
+  async function nodeClassifier(dir: string) {
+    const gpu = await createNodeGpu();
+    const hf = await loadHfModel(nodeModelFiles(dir));
+    const tok = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { name: hf.name });
+    const loaded = loadSequenceClassifier(gpu, hf, { numLabels: 2, random: seededRandom(0) });
+    return { gpu, tok, loaded };
+  }
+
+  /** The playground's label probabilities of adapter `name` on REVIEW equal the engine's in Node from its downloaded files, within 1e-4. */
+  async function expectPlaygroundMatchesEngine(engine: Awaited<ReturnType<typeof nodeClassifier>>, name: string, files: { config: string; weights: Uint8Array; head?: Uint8Array }): Promise<void> {
+    const labels = ['neg', 'pos']; // the ids' order: names sorted
+    const select = page.getByTestId('playground-adapter');
+    await expect.poll(() => select.locator('option').evaluateAll((els, n) => els.some((o) => o.textContent!.startsWith(`${n} `)), name), { timeout: 30_000 }).toBe(true);
+    const value = await select.locator('option').evaluateAll((els, n) => (els as HTMLOptionElement[]).find((o) => o.textContent!.startsWith(`${n} `))!.value, name);
+    await select.selectOption(value);
+    await page.getByTestId('playground-classify-text').fill(REVIEW);
+    await page.getByTestId('playground-classify-button').click();
+    const rows = page.getByTestId('playground-prob-row');
+    await expect.poll(() => rows.count(), { timeout: 60_000 }).toBe(2);
+    // (the table is this adapter's once its probabilities changed from the previous one's)
+    const read = async () => {
+      const m = new Map<string, number>();
+      for (let k = 0; k < 2; k++) m.set((await rows.nth(k).getAttribute('data-label'))!, Number(await rows.nth(k).getAttribute('data-probability')));
+      return m;
+    };
+    const want = await classifierProbabilities(engine.gpu, engine.loaded.model, { ...files, name }, engine.tok, engine.loaded.maxPositions, REVIEW);
+    await expect.poll(async () => Math.abs((await read()).get('neg')! - want.probabilities[0]), { message: `${name}: app vs engine`, timeout: 30_000 }).toBeLessThan(1e-4);
+    const shown = await read();
+    expect([...shown.keys()].sort()).toEqual(labels);
+    console.log(`${name} on "${REVIEW}": app ${labels.map((l) => shown.get(l)!.toFixed(6)).join(' / ')}, engine in Node ${want.probabilities.map((p) => p.toFixed(6)).join(' / ')}`);
+    want.probabilities.forEach((p, k) => expect(Math.abs(shown.get(labels[k])! - p), `${name}: label ${labels[k]}`).toBeLessThan(1e-4));
+  }
+
   const PEFT_FILES = ['adapter_config.json', 'adapter_model.safetensors'];
   const configOf = (files: Unzipped) => JSON.parse(strFromU8(files['adapter_config.json']));
   const tensorsOf = (files: Unzipped, name = files['adapter.safetensors'] ? 'adapter.safetensors' : 'adapter_model.safetensors') => parseSafetensors(files[name], name);
@@ -115,15 +176,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
   const layer = (l: number) => `base_model.model.distilbert.transformer.layer.${l}`;
 
   it('trains DoRA, IA3, prompt tuning and bottleneck adapters on DistilBERT, each downloaded in its own format', { timeout: 600_000 }, async () => {
-    await page.goto(server.url);
-    await page.getByTestId('gpu-name').waitFor({ timeout: 60_000 });
-    await page.getByTestId('data-file-input').setInputFiles(csvPath);
-    await expect.poll(() => page.getByTestId('data-summary').textContent().catch(() => ''), { timeout: 30_000 }).toContain('40 rows');
-    await page.getByTestId('model-folder-input').setInputFiles(DISTILBERT_DIR);
-    await expect.poll(() => page.getByTestId('model-name').textContent().catch(() => ''), { timeout: 60_000 }).toBe('tiny-distilbert');
-    await page.getByTestId('map-text-column').selectOption('review');
-    await page.getByTestId('map-label-column').selectOption('sentiment');
-    await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('2 classes');
+    await openReviews(DISTILBERT_DIR, 'tiny-distilbert');
 
     // The picker: every method but prefix tuning (refused on DistilBERT), each with its explanation and its count (+ the head).
     const cards = page.getByTestId('method-picker').locator('.method');
@@ -146,16 +199,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     expect(await page.getByTestId('method-prompt').textContent()).toMatch(/Prompt tuning.*virtual tokens/);
     expect(await page.getByTestId('method-bottleneck').textContent()).toMatch(/Bottleneck adapters.*AdapterHub/);
 
-    await page.getByTestId('setting-learningRate').fill('0.01');
-    await page.getByTestId('setting-lengthUnit').selectOption('steps');
-    await page.getByTestId('setting-steps').fill('2');
-    await page.getByTestId('setting-batchSize').fill('4');
-    await page.getByTestId('setting-maxLength').fill('16');
-    // no warmup: the first step moves the weights (the best evaluation's weights, maybe step 1's, are the ones saved)
-    await page.getByTestId('setting-warmupRatio').fill('0');
-    await page.getByTestId('more-settings').locator('summary').click();
-    // an evaluation after step 1: step 2's report then counts the evaluation program's buffers too
-    await page.getByTestId('setting-evalEvery').fill('1');
+    await shortRunSettings();
 
     // DoRA r=4 on the default targets; "All linear layers" is not offered (PEFT would wrap the head).
     await page.getByTestId('method-dora').click();
@@ -271,38 +315,12 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     // The playground's label probabilities for the bottleneck classifier (AdapterHub's head files)
     // and the prompt-tuned one (virtual tokens before the text) equal the engine's in Node from the
     // downloaded zips.
-    const gpu = await createNodeGpu();
-    const hf = await loadHfModel(nodeModelFiles(DISTILBERT_DIR));
-    const tok = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { name: hf.name });
-    const loaded = loadSequenceClassifier(gpu, hf, { numLabels: 2, random: seededRandom(0) });
+    const engine = await nodeClassifier(DISTILBERT_DIR);
     const select = page.getByTestId('playground-adapter');
     await expect.poll(() => select.locator('option').count(), { timeout: 30_000 }).toBe(4);
-    const labels = ['neg', 'pos']; // the ids' order: names sorted
-    const cases: [string, { config: string; weights: Uint8Array; head?: Uint8Array }][] = [
-      ['c-bottleneck', { config: strFromU8(bottleneck['adapter_config.json']), weights: bottleneck['adapter.safetensors'], head: bottleneck['model_head.safetensors'] }],
-      ['c-prompt', { config: strFromU8(prompt['adapter_config.json']), weights: prompt['adapter_model.safetensors'] }],
-    ];
-    for (const [name, files] of cases) {
-      const value = await select.locator('option').evaluateAll((els, n) => (els as HTMLOptionElement[]).find((o) => o.textContent!.startsWith(`${n} `))!.value, name);
-      await select.selectOption(value);
-      await page.getByTestId('playground-classify-text').fill(REVIEW);
-      await page.getByTestId('playground-classify-button').click();
-      const rows = page.getByTestId('playground-prob-row');
-      await expect.poll(() => rows.count(), { timeout: 60_000 }).toBe(2);
-      // (the table is this adapter's once its probabilities changed from the previous one's)
-      const read = async () => {
-        const m = new Map<string, number>();
-        for (let k = 0; k < 2; k++) m.set((await rows.nth(k).getAttribute('data-label'))!, Number(await rows.nth(k).getAttribute('data-probability')));
-        return m;
-      };
-      const want = await classifierProbabilities(gpu, loaded.model, { ...files, name }, tok, loaded.maxPositions, REVIEW);
-      await expect.poll(async () => Math.abs((await read()).get('neg')! - want.probabilities[0]), { message: `${name}: app vs engine`, timeout: 30_000 }).toBeLessThan(1e-4);
-      const shown = await read();
-      expect([...shown.keys()].sort()).toEqual(labels);
-      console.log(`${name} on "${REVIEW}": app ${labels.map((l) => shown.get(l)!.toFixed(6)).join(' / ')}, engine in Node ${want.probabilities.map((p) => p.toFixed(6)).join(' / ')}`);
-      want.probabilities.forEach((p, k) => expect(Math.abs(shown.get(labels[k])! - p), `${name}: label ${labels[k]}`).toBeLessThan(1e-4));
-    }
-    loaded.model.destroy();
+    await expectPlaygroundMatchesEngine(engine, 'c-bottleneck', { config: strFromU8(bottleneck['adapter_config.json']), weights: bottleneck['adapter.safetensors'], head: bottleneck['model_head.safetensors'] });
+    await expectPlaygroundMatchesEngine(engine, 'c-prompt', { config: strFromU8(prompt['adapter_config.json']), weights: prompt['adapter_model.safetensors'] });
+    engine.loaded.model.destroy();
     await page.getByTestId('section-playground').screenshot({ path: path.join(SCREENSHOTS, '52-classifier-bottleneck-playground.png') });
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
@@ -376,15 +394,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
   it('prefix tuning through a projection on BERT: PEFT PREFIX_TUNING zip with the head, the playground equal to the engine', { timeout: 300_000 }, async () => {
     const b = JSON.parse(fs.readFileSync(path.join(BERT_DIR, 'config.json'), 'utf8'));
     const BC: number = b.hidden_size, BL: number = b.num_hidden_layers, BH: number = b.num_attention_heads;
-    await page.goto(server.url);
-    await page.getByTestId('gpu-name').waitFor({ timeout: 60_000 });
-    await page.getByTestId('data-file-input').setInputFiles(csvPath);
-    await expect.poll(() => page.getByTestId('data-summary').textContent().catch(() => ''), { timeout: 30_000 }).toContain('40 rows');
-    await page.getByTestId('model-folder-input').setInputFiles(BERT_DIR);
-    await expect.poll(() => page.getByTestId('model-name').textContent().catch(() => ''), { timeout: 60_000 }).toBe('tiny-bert');
-    await page.getByTestId('map-text-column').selectOption('review');
-    await page.getByTestId('map-label-column').selectOption('sentiment');
-    await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('2 classes');
+    await openReviews(BERT_DIR, 'tiny-bert');
     // offered on BERT (DistilBERT refuses it, above), with its count and no reason
     expect(await page.getByTestId('method-prefix-reason').count()).toBe(0);
     expect(await page.getByTestId('method-prefix-count').textContent()).toMatch(/trainable \+ the head$/);
@@ -396,14 +406,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     const width = BL * 2 * BC;
     const head = 2 * BC + 2; // classifier for 2 labels (the pooler stays frozen)
     expect(await numberIn(page, 'trainable-params')).toBe(3 * BC + 16 * BC + 16 + width * 16 + width + head);
-    await page.getByTestId('setting-learningRate').fill('0.01');
-    await page.getByTestId('setting-lengthUnit').selectOption('steps');
-    await page.getByTestId('setting-steps').fill('2');
-    await page.getByTestId('setting-batchSize').fill('4');
-    await page.getByTestId('setting-maxLength').fill('16');
-    await page.getByTestId('setting-warmupRatio').fill('0');
-    await page.getByTestId('more-settings').locator('summary').click();
-    await page.getByTestId('setting-evalEvery').fill('1');
+    await shortRunSettings();
     await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '54-classifier-prefix-bert.png') });
     const prefix = await trainAndDownload('c-prefix', PEFT_FILES);
     expect(configOf(prefix)).toMatchObject({
@@ -413,27 +416,9 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     // PEFT saves the prefix the MLP makes (not the MLP), and the head under base_model.<module>
     expect(shapes(prefix)).toEqual({ prompt_embeddings: [3, width], 'base_model.classifier.weight': [2, BC], 'base_model.classifier.bias': [2] });
 
-    const gpu = await createNodeGpu();
-    const hf = await loadHfModel(nodeModelFiles(BERT_DIR));
-    const tok = loadTokenizer(hf.tokenizerJson!, hf.tokenizerConfig, { name: hf.name });
-    const loaded = loadSequenceClassifier(gpu, hf, { numLabels: 2, random: seededRandom(0) });
-    const want = await classifierProbabilities(gpu, loaded.model, { config: strFromU8(prefix['adapter_config.json']), weights: prefix['adapter_model.safetensors'], name: 'c-prefix' }, tok, loaded.maxPositions, REVIEW);
-    const select = page.getByTestId('playground-adapter');
-    await expect.poll(() => select.locator('option').evaluateAll((els) => els.some((o) => o.textContent!.startsWith('c-prefix '))), { timeout: 30_000 }).toBe(true);
-    const value = await select.locator('option').evaluateAll((els) => (els as HTMLOptionElement[]).find((o) => o.textContent!.startsWith('c-prefix '))!.value);
-    await select.selectOption(value);
-    await page.getByTestId('playground-classify-text').fill(REVIEW);
-    await page.getByTestId('playground-classify-button').click();
-    const rows = page.getByTestId('playground-prob-row');
-    await expect.poll(() => rows.count(), { timeout: 60_000 }).toBe(2);
-    const prob = async (label: string) => {
-      for (let k = 0; k < 2; k++) if ((await rows.nth(k).getAttribute('data-label')) === label) return Number(await rows.nth(k).getAttribute('data-probability'));
-      return NaN;
-    };
-    await expect.poll(async () => Math.abs((await prob('neg')) - want.probabilities[0]), { message: 'prefix: app vs engine', timeout: 30_000 }).toBeLessThan(1e-4);
-    expect(Math.abs((await prob('pos')) - want.probabilities[1])).toBeLessThan(1e-4);
-    console.log(`c-prefix on "${REVIEW}": app ${(await prob('neg')).toFixed(6)} / ${(await prob('pos')).toFixed(6)}, engine in Node ${want.probabilities.map((p) => p.toFixed(6)).join(' / ')}`);
-    loaded.model.destroy();
+    const engine = await nodeClassifier(BERT_DIR);
+    await expectPlaygroundMatchesEngine(engine, 'c-prefix', { config: strFromU8(prefix['adapter_config.json']), weights: prefix['adapter_model.safetensors'] });
+    engine.loaded.model.destroy();
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 });
