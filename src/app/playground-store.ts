@@ -5,7 +5,7 @@
 
 import { create } from 'zustand';
 import { workerClient } from './store';
-import { WorkerCommandError, type ClassifyResult, type GenerationSide, type GenerationStream, type PlaygroundInfo, type WorkerEvent } from '../worker/protocol';
+import { WorkerCommandError, type ClassifyResult, type GenerateParams, type GenerationSide, type GenerationStream, type PlaygroundInfo, type WorkerEvent } from '../worker/protocol';
 
 export type DecodingMode = 'greedy' | 'sample';
 
@@ -80,6 +80,15 @@ export const DEFAULT_PLAYGROUND: PlaygroundSettings = {
   compareBase: true,
 };
 
+/** The worker's generate request for these settings (greedy: temperature 0, no top-k / top-p cut). */
+function generateRequest(s: PlaygroundSettings, requestId: number, adapterId: string, prompt: string, compareBase: boolean): GenerateParams {
+  const greedy = s.mode === 'greedy';
+  return {
+    requestId, adapterId, prompt, useChatTemplate: s.useChatTemplate, maxNewTokens: s.maxNewTokens,
+    temperature: greedy ? 0 : s.temperature, topK: greedy ? 0 : s.topK, topP: greedy ? 1 : s.topP, seed: s.seed, compareBase,
+  };
+}
+
 const messageOf = (e: unknown): string => (e instanceof WorkerCommandError || e instanceof Error ? e.message : String(e));
 
 let nextRequestId = 1;
@@ -126,18 +135,7 @@ export const usePlayground = create<PlaygroundState>()((set, get) => {
           if (task === 'classification') {
             put(i, { adapterId, status: 'done', result: await client().call('classify', { adapterId, text: input }) });
           } else {
-            const result = await client().call('generate', {
-              requestId: nextRequestId++,
-              adapterId,
-              prompt: input,
-              useChatTemplate: s.useChatTemplate,
-              maxNewTokens: s.maxNewTokens,
-              temperature: s.mode === 'greedy' ? 0 : s.temperature,
-              topK: s.mode === 'greedy' ? 0 : s.topK,
-              topP: s.mode === 'greedy' ? 1 : s.topP,
-              seed: s.seed,
-              compareBase: false,
-            });
+            const result = await client().call('generate', generateRequest(s, nextRequestId++, adapterId, input, false));
             const out = result.sides.find((x) => x.side === 'adapter');
             put(i, { adapterId, status: 'done', text: out?.text ?? '', end: out?.end });
           }
@@ -173,18 +171,7 @@ export const usePlayground = create<PlaygroundState>()((set, get) => {
       const requestId = nextRequestId++;
       set({ generation: { status: 'running', requestId, promptTokens: null, sides: {} } });
       try {
-        const result = await client().call('generate', {
-          requestId,
-          adapterId,
-          prompt: s.prompt,
-          useChatTemplate: s.useChatTemplate,
-          maxNewTokens: s.maxNewTokens,
-          temperature: s.mode === 'greedy' ? 0 : s.temperature,
-          topK: s.mode === 'greedy' ? 0 : s.topK,
-          topP: s.mode === 'greedy' ? 1 : s.topP,
-          seed: s.seed,
-          compareBase: s.compareBase,
-        });
+        const result = await client().call('generate', generateRequest(s, requestId, adapterId, s.prompt, s.compareBase));
         const sides: Partial<Record<GenerationSide, GenerationStream>> = {};
         for (const side of result.sides) sides[side.side] = side;
         set({ generation: { status: 'done', requestId, promptTokens: result.promptTokens, sides } });
