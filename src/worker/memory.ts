@@ -304,7 +304,7 @@ function trainsEncoder(a: AdapterPlan | null, layers: number): boolean {
 /**
  * An encoder classifier's two programs with the method on it: prompt tuning runs T + n positions
  * and, training, takes the gradient through the embeddings' LayerNorm (demb); prefix tuning's P rows
- * would widen the attention scores and their gradient to P + S keys.
+ * widen the attention scores and their gradient to P + S keys.
  */
 export function encoderRunBuffers(d: EncoderDims, run: Pick<ClassifierRunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
   const a = run.adapter;
