@@ -1,15 +1,19 @@
 // Global gradient-norm clipping like torch.nn.utils.clip_grad_norm_, in two kernels:
-//   sum_of_squares:   out[outIndex] = sum x^2 over one gradient tensor (one partial per tensor)
+//   sum_of_squares:   out[outIndex + w] = sum x^2 over chunk w (CHUNK elements) of one gradient
+//                     tensor, one 256-thread workgroup per chunk (a tensor of n elements makes
+//                     ceil(n / CHUNK) partials, at least one)
 //   clip_coefficient: out[0] = sqrt(sum of the partials) (the global L2 norm);
 //                     out[1] = maxNorm > 0 ? min(1, maxNorm / (out[0] + 1e-6)) : 1 (the scale the
-//                     optimizer applies to every gradient).
-// Both run as one 256-thread workgroup (LoRA gradients are small; one pass, fixed summation order).
+//                     optimizer applies to every gradient), as one workgroup.
+// Fixed summation order (deterministic). One workgroup per tensor walking all of it was latency
+// bound: 38 us for a LoRA B gradient of 18,432 elements on the H100.
 struct Params { n: u32, outIndex: u32, maxNorm: f32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;  // a gradient, or the partials
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
+const CHUNK: u32 = 4096u;  // elements per sum_of_squares workgroup (16 per thread); kernels/grad-norm.ts SUM_OF_SQUARES_CHUNK
 var<workgroup> red: array<f32, WG>;
 
 fn workgroupSum(v: f32, lid: u32) -> f32 {
@@ -23,10 +27,11 @@ fn workgroupSum(v: f32, lid: u32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn sum_of_squares(@builtin(local_invocation_index) lid: u32) {
+fn sum_of_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
   var comp = 0.0;  // Kahan compensation
-  for (var i = lid; i < params.n; i += WG) {
+  let end = min(params.n, (wid.x + 1u) * CHUNK);
+  for (var i = wid.x * CHUNK + lid; i < end; i += WG) {
     let v = x[i];
     let y = v * v - comp;
     let t = s + y;
@@ -34,7 +39,7 @@ fn sum_of_squares(@builtin(local_invocation_index) lid: u32) {
     s = t;
   }
   let total = workgroupSum(s, lid);
-  if (lid == 0u) { out[params.outIndex] = total; }
+  if (lid == 0u) { out[params.outIndex + wid.x] = total; }
 }
 
 @compute @workgroup_size(WG)

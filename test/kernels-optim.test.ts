@@ -6,7 +6,7 @@ import type { Gpu } from '../src/engine/gpu/gpu';
 import { runOps, type Dispatch, type Op } from '../src/engine/gpu/dispatch';
 import { StepUniforms, type StepValues } from '../src/engine/kernels/step-uniforms';
 import { dropoutForward, dropoutBackward, dropoutThreshold } from '../src/engine/kernels/dropout';
-import { sumOfSquares, clipCoefficient } from '../src/engine/kernels/grad-norm';
+import { sumOfSquares, clipCoefficient, gradNormPartials, sumOfSquaresPartials, SUM_OF_SQUARES_CHUNK } from '../src/engine/kernels/grad-norm';
 import { adamwUpdate } from '../src/engine/kernels/adamw';
 import { run, bind, folded } from './helpers/kernel-check';
 
@@ -140,24 +140,34 @@ describe('dropout', () => {
 // ---------------------------------------------------------------- gradient norm
 
 describe('grad norm', () => {
-  it('sums squares per tensor and derives the clip coefficient like torch', async () => {
+  it('sums squares per 4096-element chunk of each tensor and derives the clip coefficient like torch', async () => {
     const gpu = await testGpu();
-    const sizes = [0, 1, 300, 70_000];
+    // empty, one element, under one chunk, exactly one chunk, one past it, many chunks with a short last one
+    const sizes = [0, 1, 300, 4096, 4097, 70_000];
     const grads = sizes.map((n, k) => randArray(Math.max(n, 1), 100 + k, 0.05));
     const tensors = grads.map((g, k) => gpu.tensorFrom(g, [g.length], `g${k}`));
-    const partials = gpu.tensorFrom(randArray(sizes.length, 105, 9), [sizes.length], 'partials');
+    const parts = sizes.map(sumOfSquaresPartials);
+    expect(parts).toEqual([1, 1, 1, 1, 2, 18]);
+    const count = gradNormPartials(sizes);
+    const starts = parts.map((_, k) => parts.slice(0, k).reduce((a, b) => a + b, 0));
+    // one more slot than needed, holding a sentinel that must stay
+    const partials = gpu.tensorFrom(randArray(count + 1, 105, 9).map((v, i) => (i === count ? 12345 : v)), [count + 1], 'partials');
     const clips = [0, 1e9, 0.5].map((_, k) => gpu.tensor([2], `clip${k}`));
     await run(gpu, [
-      ...tensors.map((x, k) => sumOfSquares(gpu, { x, n: sizes[k], out: partials, outIndex: k })),
-      ...[0, 1e9, 0.5].map((maxNorm, k) => clipCoefficient(gpu, { partials, count: sizes.length, maxNorm, out: clips[k] })),
+      ...tensors.map((x, k) => sumOfSquares(gpu, { x, n: sizes[k], out: partials, outIndex: starts[k] })),
+      ...[0, 1e9, 0.5].map((maxNorm, k) => clipCoefficient(gpu, { partials, count, maxNorm, out: clips[k] })),
     ]);
-    const want = sizes.map((n, k) => {
-      let s = 0;
-      for (let i = 0; i < n; i++) s += grads[k][i] ** 2;
-      return s;
+    const want: number[] = [];
+    sizes.forEach((n, k) => {
+      for (let w = 0; w < parts[k]; w++) {
+        let s = 0;
+        for (let i = w * SUM_OF_SQUARES_CHUNK; i < Math.min(n, (w + 1) * SUM_OF_SQUARES_CHUNK); i++) s += grads[k][i] ** 2;
+        want.push(s);
+      }
     });
-    expectClose(await gpu.read(partials), want, 1e-6, 'sum of squares');
-    const norm = Math.sqrt(want.reduce((a, b) => a + b, 0));
+    want.push(12345);
+    expectClose(await gpu.read(partials), want, 1e-6, 'sum of squares per chunk');
+    const norm = Math.sqrt(want.slice(0, count).reduce((a, b) => a + b, 0));
     expect(norm).toBeGreaterThan(0.5); // so that maxNorm = 0.5 clips
     expectClose(await gpu.read(clips[0]), [norm, 1], 1e-6, 'clip, maxNorm 0 (off)');
     expectClose(await gpu.read(clips[1]), [norm, 1], 1e-6, 'clip, maxNorm above the norm');
@@ -178,6 +188,10 @@ describe('grad norm', () => {
     const gpu = await testGpu();
     const x = gpu.tensor([10], 'x'), out = gpu.tensor([1], 'out');
     expect(() => sumOfSquares(gpu, { x, n: 10, out, outIndex: 1 })).toThrow(/out/);
+    // 5000 elements make two partials: index 9 of a 10-element out leaves no room for the second
+    const big = gpu.tensor([5000], 'big'), ten = gpu.tensor([10], 'ten');
+    expect(() => sumOfSquares(gpu, { x: big, n: 5000, out: ten, outIndex: 9 })).toThrow(/2 partials/);
+    expect(() => sumOfSquares(gpu, { x: big, n: 5000, out: ten, outIndex: 8 })).not.toThrow();
     expect(() => clipCoefficient(gpu, { partials: x, count: 10, maxNorm: 1, out })).toThrow(/2 elements/);
     expect(() => clipCoefficient(gpu, { partials: x, count: 11, maxNorm: 1, out: gpu.tensor([2], 'c') })).toThrow(/count=11/);
   });

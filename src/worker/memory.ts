@@ -11,6 +11,7 @@ import type { CausalLMModel } from '../engine/models/registry';
 import type { EncoderClassifier } from '../engine/models/encoder';
 import { allocatedBytesFor, type PlannedBuffer } from '../engine/models/program';
 import type { LinearModuleInfo } from '../engine/peft/lora';
+import { gradNormPartials } from '../engine/kernels/grad-norm';
 import type { MemoryEstimate } from './protocol';
 
 /** The adapter's tensors as each method makes them. */
@@ -63,30 +64,28 @@ function loraBuffers(rank: number, dropout: number, targeted: readonly LinearMod
   return out;
 }
 
-/** buildAdamW: one gradient-norm partial per tensor, and the [norm, coefficient] pair. */
-function optimizerBuffers(tensors: number): PlannedBuffer[] {
-  return [{ label: 'gradNorm.partials', elements: Math.max(1, tensors) }, { label: 'gradNorm.clip', elements: 2 }];
+/** buildAdamW: the gradient-norm partials of the trainable tensors (their `.grad` buffers), and the [norm, coefficient] pair. */
+function optimizerBuffers(trainable: readonly PlannedBuffer[]): PlannedBuffer[] {
+  const grads = trainable.filter((b) => b.label.endsWith('.grad')).map((b) => b.elements);
+  return [{ label: 'gradNorm.partials', elements: Math.max(1, gradNormPartials(grads)) }, { label: 'gradNorm.clip', elements: 2 }];
 }
 
 /** The adapter's buffers (parameters with gradients and moments, scratch for M rows) and the optimizer's. */
 export function adapterBuffers(run: RunShape): PlannedBuffer[] {
-  const { buffers, tensors } = methodBuffers(run.adapter, run.B * programPositions(run), { postLayerNorm: false });
-  return [...buffers, ...optimizerBuffers(tensors)];
+  const { buffers } = methodBuffers(run.adapter, run.B * programPositions(run), { postLayerNorm: false });
+  return [...buffers, ...optimizerBuffers(buffers)];
 }
 
 /**
- * The method's own buffers for programs of M rows (parameters with gradients and moments, scratch)
- * and its number of trainable tensors (the optimizer's norm partials). postLayerNorm: the blocks
+ * The method's own buffers for programs of M rows (parameters with gradients and moments, scratch). postLayerNorm: the blocks
  * normalize after the residual sum (the encoders), so Pfeiffer's adapter input goes through that
  * LayerNorm too (its output, mean and rstd).
  */
-function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean }): { buffers: PlannedBuffer[]; tensors: number } {
+function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean }): { buffers: PlannedBuffer[] } {
   const out: PlannedBuffer[] = [];
-  let tensors = 0;
   switch (a.kind) {
     case 'lora':
       out.push(...loraBuffers(a.rank, a.dropout, a.targeted, M));
-      tensors = 2 * a.targeted.length;
       break;
     case 'dora': {
       // LoRA's A and B, the magnitude m, and the weight norm n and g = m / n of each layer
@@ -98,7 +97,6 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
       const maxOut = a.targeted.reduce((s, t) => Math.max(s, t.outFeatures), 0);
       out.push({ label: 'dora.u', elements: M * a.rank }, { label: 'dora.du', elements: M * a.rank }, { label: 'dora.z', elements: M * maxOut }, { label: 'dora.t', elements: M * maxOut });
       if (a.dropout > 0) out.push({ label: 'dora.xd', elements: M * maxIn }, { label: 'dora.dxd', elements: M * maxIn });
-      tensors = 3 * a.targeted.length;
       break;
     }
     case 'bottleneck': {
@@ -116,7 +114,6 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
         { label: 'bottleneck.dz', elements: M * bn }, { label: 'bottleneck.dBranch', elements: M * C },
       );
       if (a.inputSum && opts.postLayerNorm) out.push({ label: 'bottleneck.ln.u', elements: M * C }, { label: 'bottleneck.ln.mean', elements: M }, { label: 'bottleneck.ln.rstd', elements: M });
-      tensors = 4 * a.layers * a.places;
       break;
     }
     case 'ia3': {
@@ -129,18 +126,15 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
       // Scratch shared by every site of one row count: x * l for feedforward sites, x W + b for the others.
       if (maxIn) out.push({ label: 'ia3.xs', elements: M * maxIn });
       if (maxOut) out.push({ label: 'ia3.ys', elements: M * maxOut });
-      tensors = a.targeted.length;
       break;
     }
     case 'prompt':
       out.push(...param('prompt_embeddings', a.virtualTokens * a.hidden));
-      tensors = 1;
       break;
     case 'prefix': {
       const n = a.virtualTokens, td = a.tokenDim, enc = a.encoderHiddenSize, w = a.width;
       if (!a.projection) {
         out.push(...param('prompt_embeddings', n * w));
-        tensors = 1;
       } else {
         out.push(
           ...param('prompt_encoder.embedding.weight', n * td),
@@ -154,12 +148,11 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
           { label: 'prefix.kv', elements: n * w },
           { label: 'prefix.dkv', elements: n * w },
         );
-        tensors = 5;
       }
       break;
     }
   }
-  return { buffers: out, tensors };
+  return { buffers: out };
 }
 
 /**
@@ -333,15 +326,13 @@ export function estimateClassifierTraining(
   const evalBuffers = run.hasValidation ? encoderRunBuffers(d, run, false) : [];
   const weights = model.weightBytes() - sum(headBuffers(model, model.K));
   const adapter: PlannedBuffer[] = [];
-  let tensors = 0;
   if (run.adapter) {
     // both programs have the same rows (B x (T + virtual tokens)): one set of method scratch
     const method = methodBuffers(run.adapter, run.B * programPositions({ T: run.T, adapter: run.adapter }), { postLayerNorm: true });
     adapter.push(...method.buffers);
-    tensors = method.tensors;
   }
   adapter.push(...headBuffers(model, run.K));
-  adapter.push(...optimizerBuffers(tensors + model.headParams.length));
+  adapter.push(...optimizerBuffers(adapter));
   return summarize(weights, trainBuffers, evalBuffers, adapter, device);
 }
 

@@ -3,13 +3,32 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 
-/** out[outIndex] = sum of x[i]^2 over i < n (one partial of the global gradient norm). */
+/** Elements per partial of sumOfSquares (CHUNK in shaders/grad_norm.wgsl). */
+export const SUM_OF_SQUARES_CHUNK = 4096;
+
+/** The partials sumOfSquares writes for a tensor of n elements: one per chunk, at least one. */
+export function sumOfSquaresPartials(n: number): number {
+  return Math.max(1, Math.ceil(n / SUM_OF_SQUARES_CHUNK));
+}
+
+/** The norm partials of gradients of these sizes (buildAdamW's partials buffer). */
+export function gradNormPartials(gradSizes: readonly number[]): number {
+  return gradSizes.reduce((s, n) => s + sumOfSquaresPartials(n), 0);
+}
+
+/**
+ * out[outIndex + w] = sum of x[i]^2 over chunk w of i < n, for w < sumOfSquaresPartials(n) (the
+ * partials of the global gradient norm; an empty tensor writes one 0).
+ */
 export function sumOfSquares(gpu: Gpu, a: { x: Tensor; n: number; out: Tensor; outIndex: number }): Dispatch {
   const what = `sumOfSquares(${a.x.label})`;
   if (!Number.isInteger(a.n) || a.n < 0) throw new Error(`${what}: n must be a non-negative integer (got ${a.n})`);
   if (!Number.isInteger(a.outIndex) || a.outIndex < 0) throw new Error(`${what}: outIndex must be a non-negative integer (got ${a.outIndex})`);
   if (a.x.dtype !== 'f32' || a.x.size < a.n) throw new Error(`${what}: x must be f32 with n=${a.n} elements (got ${a.x.dtype} ${a.x.size})`);
-  if (a.out.dtype !== 'f32' || a.out.size <= a.outIndex) throw new Error(`${what}: out must be f32 with more than ${a.outIndex} elements (got ${a.out.dtype} ${a.out.size})`);
+  const parts = sumOfSquaresPartials(a.n);
+  if (a.out.dtype !== 'f32' || a.out.size < a.outIndex + parts) {
+    throw new Error(`${what}: out must be f32 with at least outIndex + ${parts} partials = ${a.outIndex + parts} elements (got ${a.out.dtype} ${a.out.size})`);
+  }
   if (a.out.buffer === a.x.buffer) throw new Error(`${what}: out must not alias x`);
   return bindDispatch(gpu, {
     label: what,
@@ -17,7 +36,7 @@ export function sumOfSquares(gpu: Gpu, a: { x: Tensor; n: number; out: Tensor; o
     entryPoint: 'sum_of_squares',
     params: [a.n, a.outIndex, f32(0)],
     buffers: [a.x, a.out],
-    workgroups: [1],
+    workgroups: [parts],
   });
 }
 

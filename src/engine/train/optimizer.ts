@@ -1,12 +1,12 @@
 // AdamW over an adapter's parameters with global gradient-norm clipping, recorded once as ops:
-// per-tensor sums of squares -> clip coefficient -> AdamW update. The per-step values (learning
+// per-tensor sums of squares (one partial per 4096 elements) -> clip coefficient -> AdamW update. The per-step values (learning
 // rate, bias corrections) come from the StepUniforms buffer written before each submit.
 
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { adamwUpdate } from '../kernels/adamw';
-import { clipCoefficient, sumOfSquares } from '../kernels/grad-norm';
+import { clipCoefficient, gradNormPartials, sumOfSquares, sumOfSquaresPartials } from '../kernels/grad-norm';
 import type { StepUniforms } from '../kernels/step-uniforms';
 import type { TrainableParam } from '../peft/method';
 
@@ -22,11 +22,16 @@ export interface OptimizerOps {
 }
 
 export function buildAdamW(gpu: Gpu, params: readonly TrainableParam[], step: StepUniforms, maxGradNorm: number): OptimizerOps {
-  const partials = gpu.tensor([Math.max(1, params.length)], 'gradNorm.partials');
+  const count = gradNormPartials(params.map((p) => p.grad.size));
+  const partials = gpu.tensor([Math.max(1, count)], 'gradNorm.partials');
   const clip = gpu.tensor([2], 'gradNorm.clip');
   const update: Op[] = [];
-  params.forEach((p, i) => update.push(sumOfSquares(gpu, { x: p.grad, n: p.grad.size, out: partials, outIndex: i })));
-  update.push(clipCoefficient(gpu, { partials, count: params.length, maxNorm: maxGradNorm, out: clip }));
+  let at = 0;
+  for (const p of params) {
+    update.push(sumOfSquares(gpu, { x: p.grad, n: p.grad.size, out: partials, outIndex: at }));
+    at += sumOfSquaresPartials(p.grad.size);
+  }
+  update.push(clipCoefficient(gpu, { partials, count, maxNorm: maxGradNorm, out: clip }));
   for (const p of params) update.push(adamwUpdate(gpu, { param: p.value, grad: p.grad, m: p.m, v: p.v, n: p.value.size, step, clip }));
   const zeroGrads: Op[] = params.map((p) => ({ kind: 'clear', buffer: p.grad.buffer }));
   let freed = false;
