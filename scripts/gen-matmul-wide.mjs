@@ -2,7 +2,10 @@
 // batching of shaders/matmul.wgsl, for large outputs. 256 threads (16 x 16) per workgroup; each
 // thread computes TM x TN outputs as (TM/4) x (TN/4) blocks of 4x4 that lie 64 rows / columns apart,
 // so the staged tiles are read as conflict-free vec4s; K is walked in tiles of TK, the next tile
-// prefetched into registers while the current one is consumed.
+// prefetched into registers while the current one is consumed. Every kernel takes the
+// pipeline-overridable TRIANGLE of shaders/matmul.wgsl (causal attention's products, kernels/
+// matmul.ts MatmulArgs.triangle): the K tiles a workgroup walks, or whether it runs at all, cut to
+// the triangle that matters (TRIANGLE_DOC below).
 //   node scripts/gen-matmul-wide.mjs   → rewrites every variant in WIDE_VARIANTS
 export const WIDE_VARIANTS = [
   { name: 'matmul_wide_128x128', TM: 8, TN: 8, TK: 16 },
@@ -36,9 +39,32 @@ const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
   }
 }
 `;
-/** main()'s opening: the folded (tileN, tileM, batch) index, mTile / nTile (local lets, or the module-scope privates), the batch bases. */
-function mainPreamble(BM, BN, localTiles) {
-  const assign = localTiles ? 'let ' : '';
+// The override selecting a triangle, as in shaders/matmul.wgsl.
+const TRIANGLE_DOC = `// Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
+// 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
+// walks only the K tiles below m0 + BM; 2 upperA: op(A)[m][k] = 0 for k < m, it starts at the K
+// tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
+// (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
+override TRIANGLE: u32 = 0u;
+`;
+/**
+ * main()'s opening: the folded (tileN, tileM, batch) index, mTile / nTile (local lets, or the
+ * module-scope privates set from the local tileM / tileN), the batch bases, lowerC's exit and the
+ * K tiles [tBegin, tEnd) the workgroup walks (of numKTiles). Everything the exit and the loop
+ * bounds use is a local let, so uniformity analysis sees them uniform (a module-scope private is not).
+ */
+function mainPreamble(BM, BN, TK, localTiles) {
+  const tiles = localTiles
+    ? `  let mTile = (inMatrix / params.tilesN) * ${BM}u;
+  let nTile = (inMatrix % params.tilesN) * ${BN}u;
+  let tileM = mTile;
+  let tileN = nTile;
+`
+    : `  let tileM = (inMatrix / params.tilesN) * ${BM}u;
+  let tileN = (inMatrix % params.tilesN) * ${BN}u;
+  mTile = tileM;
+  nTile = tileN;
+`;
   return `@compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {
@@ -48,8 +74,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let z = linear / tilesPerMatrix;
   if (z >= params.batchCount) { return; }
   let inMatrix = linear % tilesPerMatrix;
-  ${assign}mTile = (inMatrix / params.tilesN) * ${BM}u;
-  ${assign}nTile = (inMatrix % params.tilesN) * ${BN}u;
+${tiles}  if (TRIANGLE == 3u && tileN > tileM + ${BM - 1}u) { return; } // wholly above the diagonal
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
+  let tBegin = select(0u, tileM / ${TK}u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + ${BM + TK - 1}u) / ${TK}u), TRIANGLE == 1u);
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
@@ -79,12 +108,12 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
   for (const j of bj) fma += `      let b${j} = tileB[${db ? 'curB + ' : ''}k * ${QB}u + ${j * 16}u + lid.x];\n`;
   for (const i of bi) for (const j of bj) for (const r of four) fma += `      ${acc(i, j, r)} = fma(vec4<f32>(a${i}.${comp[r]}), b${j}, ${acc(i, j, r)});\n`;
   for (let s = 0; s < slotsA; s++) {
-    loadsInit += `  let sA${s} = slotA(lidx + ${s * 256}u, params.kFastA);\n  var nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, sA${s}.x);\n`;
+    loadsInit += `  let sA${s} = slotA(lidx + ${s * 256}u, params.kFastA);\n  var nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, tBegin * ${TK}u + sA${s}.x);\n`;
     loadsNext += `      nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, k0 + sA${s}.x);\n`;
     stage += `    tileA[${db ? 'dstA + ' : ''}sA${s}.x * ${QA}u + sA${s}.y] = nA${s};\n`;
   }
   for (let s = 0; s < slotsB; s++) {
-    loadsInit += `  let sB${s} = slotB(lidx + ${s * 256}u, params.kFastB);\n  var nB${s} = loadB(baseB, nTile + sB${s}.y * 4u, sB${s}.x);\n`;
+    loadsInit += `  let sB${s} = slotB(lidx + ${s * 256}u, params.kFastB);\n  var nB${s} = loadB(baseB, nTile + sB${s}.y * 4u, tBegin * ${TK}u + sB${s}.x);\n`;
     loadsNext += `      nB${s} = loadB(baseB, nTile + sB${s}.y * 4u, k0 + sB${s}.x);\n`;
     stage += `    tileB[${db ? 'dstB + ' : ''}sB${s}.x * ${QB}u + sB${s}.y] = nB${s};\n`;
   }
@@ -92,7 +121,7 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
 // (+ bias) exactly as shaders/matmul.wgsl computes it (same Params, strides, batching, summation
 // order), with ${BM}x${BN} output tiles: each of the 16x16 threads computes ${TM}x${TN} outputs as
 // ${TM / 4}x${TN / 4} blocks of 4x4 lying 64 rows / columns apart; K tiles of ${TK}${db ? ', staged double-buffered (one barrier per tile)' : ''}.
-${PARAMS_STRUCT}@group(0) @binding(0) var<uniform> params: Params;
+${PARAMS_STRUCT}${TRIANGLE_DOC}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -138,14 +167,13 @@ fn loadB(base: u32, n0: u32, k: u32) -> vec4<f32> {
   return v;
 }
 ${STORE_ROW}
-${mainPreamble(BM, BN, true)}${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
-${db ? doubleBuffered() : singleBuffered()}${store}}
+${mainPreamble(BM, BN, TK, true)}${decl}${loadsInit}${db ? doubleBuffered() : singleBuffered()}${store}}
 `;
   function singleBuffered() {
-    return `  for (var t = 0u; t < numKTiles; t++) {
+    return `  for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
 ${stage}    workgroupBarrier();
-    if (t + 1u < numKTiles) {
+    if (t + 1u < tEnd) {
       let k0 = (t + 1u) * ${TK}u;
 ${loadsNext}    }
     for (var k = 0u; k < ${TK}u; k++) {
@@ -157,14 +185,14 @@ ${fma}    }
   // barrier per tile keeps a fast thread from overwriting a half a slow one still reads.
   function doubleBuffered() {
     return `  {
-    let dstA = 0u;
-    let dstB = 0u;
+    let dstA = (tBegin % 2u) * ${TK * QA}u;
+    let dstB = (tBegin % 2u) * ${TK * QB}u;
 ${stage}  }
   workgroupBarrier();
-  for (var t = 0u; t < numKTiles; t++) {
+  for (var t = tBegin; t < tEnd; t++) {
     let curA = (t % 2u) * ${TK * QA}u;
     let curB = (t % 2u) * ${TK * QB}u;
-    let more = t + 1u < numKTiles;
+    let more = t + 1u < tEnd;
     if (more) {
       let k0 = (t + 1u) * ${TK}u;
 ${loadsNext}    }
@@ -216,7 +244,7 @@ export function vec4MatmulWgsl({ TM, TN, TK }) {
   let loadsChecked = '';
   for (const [X, slots] of [['A', slotsA], ['B', slotsB]]) {
     for (let s = 0; s < slots; s++) {
-      loadsInit += `  let s${X}${s} = slot${X}(lidx + ${s * 256}u);\n  var n${X}${s} = load${X}(base${X}, s${X}${s}, 0u, true);\n`;
+      loadsInit += `  let s${X}${s} = slot${X}(lidx + ${s * 256}u);\n  var n${X}${s} = load${X}(base${X}, s${X}${s}, tBegin * ${TK}u, true);\n`;
       loadsNext += `        n${X}${s} = load${X}(base${X}, s${X}${s}, k0, false);\n`;
       loadsChecked += `        n${X}${s} = load${X}(base${X}, s${X}${s}, k0, true);\n`;
       stage += `    stage${X}(s${X}${s}, n${X}${s});\n`;
@@ -267,7 +295,7 @@ fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
 ${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
-@group(0) @binding(0) var<uniform> params: Params;
+${TRIANGLE_DOC}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -281,13 +309,13 @@ ${STORE_ROW}
 var<private> mTile: u32;
 var<private> nTile: u32;
 
-${mainPreamble(BM, BN, false)}${decl}${loadsInit}  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
-  // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches)
+${mainPreamble(BM, BN, TK, false)}${decl}${loadsInit}  // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches;
+  // TRIANGLE's K ranges start and end on K tiles, or at K, so this holds for them unchanged)
   let interior = mTile + ${BM}u <= params.M && nTile + ${BN}u <= params.N;
-  for (var t = 0u; t < numKTiles; t++) {
+  for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
 ${stage}    workgroupBarrier();
-    if (t + 1u < numKTiles) {
+    if (t + 1u < tEnd) {
       let k0 = (t + 1u) * ${TK}u;
       if (interior && k0 + ${TK}u <= params.K) {
 ${loadsNext}      } else {

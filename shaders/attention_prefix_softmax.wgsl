@@ -7,6 +7,10 @@
 // causal/padded attention: src/engine/kernels/attention-softmax.ts binds it that way.
 //   forward:  probs[z,i,c] = exp(scale*s_ic - max) / sum over allowed c; 0 where not allowed.
 //   backward: dscores = scale * P * (dP - sum_c P*dP)  (masked entries have P = 0, so give 0).
+//     When causal, real key j > i is not read at all (neither P nor dP) and gets an exact 0: the
+//     causal products leave dP's tiles above the diagonal unwritten (kernels/matmul.ts
+//     triangle 'lowerC'), and 0 * (stale NaN or Inf) would be NaN. The padding mask still goes
+//     through P = 0 (dP is computed there).
 // A 256-thread workgroup takes ROWS_PER_WG = 8 rows, 32 threads (LANES) per row: with one row per
 // workgroup the H100 ran this at a sixth of its memory bandwidth (24,576 tiny workgroups per GPT-2
 // layer). Rows are folded into the y dimension past 65535 workgroups. Every thread reaches every
@@ -67,6 +71,13 @@ fn rowCount() -> u32 {
 
 fn rowLength() -> u32 {
   return params.P + params.T;
+}
+
+// Columns of row (z, i) the backward reads: all P + T, or c < P + i + 1 when causal.
+fn causalLimit(row: u32) -> u32 {
+  let i = row % params.T;
+  if (params.causal != 0u) { return params.P + i + 1u; }
+  return rowLength();
 }
 
 // Allowed columns of row (z, i) are c < limit.
@@ -132,14 +143,19 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             @builtin(local_invocation_index) lid: u32) {
   let row = rowIndex(wid, nwg, lid);
   let lane = lid % LANES;
-  let n = select(0u, rowLength(), row < rowCount());
+  let valid = row < rowCount();
+  let n = select(0u, rowLength(), valid);
+  var limit = 0u;
+  if (valid) { limit = causalLimit(row); }
   let base = row * rowLength();
   var d = 0.0;
-  for (var c = lane; c < n; c += LANES) { d += probs[base + c] * dprobs[base + c]; }
+  for (var c = lane; c < limit; c += LANES) { d += probs[base + c] * dprobs[base + c]; }
   d = rowSum(d, lid);
   for (var c = lane; c < n; c += LANES) {
     let k = base + c;
-    out[k] = params.scale * probs[k] * (dprobs[k] - d);
+    var g = 0.0;
+    if (c < limit) { g = params.scale * probs[k] * (dprobs[k] - d); }
+    out[k] = g;
   }
 }
 
@@ -148,13 +164,18 @@ fn backward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) lid: u32) {
   let row = rowIndex(wid, nwg, lid);
   let lane = lid % LANES;
-  let n = select(0u, rowLength(), row < rowCount());
+  let valid = row < rowCount();
+  let n = select(0u, rowLength(), valid);
+  var limit = 0u;
+  if (valid) { limit = causalLimit(row); }
   let base = row * rowLength();
   var d = 0.0;
-  for (var c = lane; c < n; c += LANES) { d += probs[base + c] * out[base + c]; }
+  for (var c = lane; c < limit; c += LANES) { d += probs[base + c] * out[base + c]; }
   d = rowSum(d, lid);
   for (var c = lane; c < n; c += LANES) {
     let k = base + c;
-    out[k] = params.scale * probs[k] * (out[k] - d);
+    var g = 0.0;
+    if (c < limit) { g = params.scale * probs[k] * (out[k] - d); }
+    out[k] = g;
   }
 }

@@ -9,6 +9,16 @@
 // are issued into registers before the current tile is consumed, hiding their latency.
 //
 // Workgroup memory: 2 * 16 * 16 vec4 = 8 KiB.
+//
+// Causal attention's products (kernels/matmul.ts MatmulArgs.triangle) are this kernel with the
+// pipeline-overridable TRIANGLE set, the K range or the whole workgroup cut to the triangle that
+// matters (decided per workgroup, so uniform; TRIANGLE = 0, the default, is the plain product):
+//   1 lowerA: op(A)[m][k] = 0 for k > m (M == K): a tile of rows [m0, m0 + 64) walks only the K
+//     tiles below m0 + 64, so it reads A (and B) only at k < min(K, m0 + 64);
+//   2 upperA: op(A)[m][k] = 0 for k < m (M == K): it starts at the K tile holding m0 (m0 itself,
+//     64 being a multiple of TK), reading only k >= m0;
+//   3 lowerC: only C[m][n] with n <= m is wanted (M == N): a tile wholly above the diagonal
+//     (n0 > m0 + 63) returns without writing; the others compute and write their whole tile.
 
 struct Params {
   M: u32,
@@ -48,6 +58,8 @@ struct Params {
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
+// 0: full product; 1: lowerA; 2: upperA; 3: lowerC (see above).
+override TRIANGLE: u32 = 0u;
 
 // [k][quad]: element (k, 4*quad + i) of the tile is tileA[k * 16 + quad][i].
 var<workgroup> tileA: array<vec4<f32>, 256>;
@@ -116,6 +128,9 @@ fn main(
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
   let mTile = rowTile * TILE;
   let nTile = colTile * TILE;
+  if (TRIANGLE == 3u && nTile > mTile + TILE - 1u) {
+    return; // wholly above the diagonal (uniform across the workgroup)
+  }
 
   let slotA = slotOf(lidx, params.kFastA);
   let slotB = slotOf(lidx, params.kFastB);
@@ -129,15 +144,18 @@ fn main(
   var acc2 = vec4<f32>(0.0);
   var acc3 = vec4<f32>(0.0);
 
+  // the K tiles [tBegin, tEnd) this tile walks: all of them unless TRIANGLE cuts them
   let numKTiles = (params.K + TK - 1u) / TK;
-  var nextA = loadA(baseA, loadMA, slotA.x);
-  var nextB = loadB(baseB, loadNB, slotB.x);
-  for (var t = 0u; t < numKTiles; t++) {
+  let tBegin = select(0u, mTile / TK, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (mTile + TILE + TK - 1u) / TK), TRIANGLE == 1u);
+  var nextA = loadA(baseA, loadMA, tBegin * TK + slotA.x);
+  var nextB = loadB(baseB, loadNB, tBegin * TK + slotB.x);
+  for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
     tileA[storeA] = nextA;
     tileB[storeB] = nextB;
     workgroupBarrier();
-    if (t + 1u < numKTiles) {
+    if (t + 1u < tEnd) {
       let k0 = (t + 1u) * TK;
       nextA = loadA(baseA, loadMA, k0 + slotA.x);
       nextB = loadB(baseB, loadNB, k0 + slotB.x);

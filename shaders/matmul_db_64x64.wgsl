@@ -8,6 +8,12 @@ struct Params {
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
   kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
 }
+// Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
+// 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
+// walks only the K tiles below m0 + BM; 2 upperA: op(A)[m][k] = 0 for k < m, it starts at the K
+// tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
+// (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
+override TRIANGLE: u32 = 0u;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -77,6 +83,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let inMatrix = linear % tilesPerMatrix;
   let mTile = (inMatrix / params.tilesN) * 64u;
   let nTile = (inMatrix % params.tilesN) * 64u;
+  let tileM = mTile;
+  let tileN = nTile;
+  if (TRIANGLE == 3u && tileN > tileM + 63u) { return; } // wholly above the diagonal
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + 15u) / 16u;
+  let tBegin = select(0u, tileM / 16u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + 79u) / 16u), TRIANGLE == 1u);
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
@@ -87,21 +100,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc002 = vec4<f32>(0.0);
   var acc003 = vec4<f32>(0.0);
   let sA0 = slotA(lidx + 0u, params.kFastA);
-  var nA0 = loadA(baseA, mTile + sA0.y * 4u, sA0.x);
+  var nA0 = loadA(baseA, mTile + sA0.y * 4u, tBegin * 16u + sA0.x);
   let sB0 = slotB(lidx + 0u, params.kFastB);
-  var nB0 = loadB(baseB, nTile + sB0.y * 4u, sB0.x);
-  let numKTiles = (params.K + 15u) / 16u;
+  var nB0 = loadB(baseB, nTile + sB0.y * 4u, tBegin * 16u + sB0.x);
   {
-    let dstA = 0u;
-    let dstB = 0u;
+    let dstA = (tBegin % 2u) * 256u;
+    let dstB = (tBegin % 2u) * 256u;
     tileA[dstA + sA0.x * 16u + sA0.y] = nA0;
     tileB[dstB + sB0.x * 16u + sB0.y] = nB0;
   }
   workgroupBarrier();
-  for (var t = 0u; t < numKTiles; t++) {
+  for (var t = tBegin; t < tEnd; t++) {
     let curA = (t % 2u) * 256u;
     let curB = (t % 2u) * 256u;
-    let more = t + 1u < numKTiles;
+    let more = t + 1u < tEnd;
     if (more) {
       let k0 = (t + 1u) * 16u;
       nA0 = loadA(baseA, mTile + sA0.y * 4u, k0 + sA0.x);

@@ -12,6 +12,12 @@ struct Params {
 // A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
+// Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
+// 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
+// walks only the K tiles below m0 + BM; 2 upperA: op(A)[m][k] = 0 for k < m, it starts at the K
+// tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
+// (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
+override TRIANGLE: u32 = 0u;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
@@ -115,8 +121,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let z = linear / tilesPerMatrix;
   if (z >= params.batchCount) { return; }
   let inMatrix = linear % tilesPerMatrix;
-  mTile = (inMatrix / params.tilesN) * 128u;
-  nTile = (inMatrix % params.tilesN) * 128u;
+  let tileM = (inMatrix / params.tilesN) * 128u;
+  let tileN = (inMatrix % params.tilesN) * 128u;
+  mTile = tileM;
+  nTile = tileN;
+  if (TRIANGLE == 3u && tileN > tileM + 127u) { return; } // wholly above the diagonal
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + 15u) / 16u;
+  let tBegin = select(0u, tileM / 16u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + 143u) / 16u), TRIANGLE == 1u);
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
@@ -139,24 +152,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc112 = vec4<f32>(0.0);
   var acc113 = vec4<f32>(0.0);
   let sA0 = slotA(lidx + 0u);
-  var nA0 = loadA(baseA, sA0, 0u, true);
+  var nA0 = loadA(baseA, sA0, tBegin * 16u, true);
   let sA1 = slotA(lidx + 256u);
-  var nA1 = loadA(baseA, sA1, 0u, true);
+  var nA1 = loadA(baseA, sA1, tBegin * 16u, true);
   let sB0 = slotB(lidx + 0u);
-  var nB0 = loadB(baseB, sB0, 0u, true);
+  var nB0 = loadB(baseB, sB0, tBegin * 16u, true);
   let sB1 = slotB(lidx + 256u);
-  var nB1 = loadB(baseB, sB1, 0u, true);
-  let numKTiles = (params.K + 15u) / 16u;
-  // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches)
+  var nB1 = loadB(baseB, sB1, tBegin * 16u, true);
+  // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches;
+  // TRIANGLE's K ranges start and end on K tiles, or at K, so this holds for them unchanged)
   let interior = mTile + 128u <= params.M && nTile + 128u <= params.N;
-  for (var t = 0u; t < numKTiles; t++) {
+  for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
     stageA(sA0, nA0);
     stageA(sA1, nA1);
     stageB(sB0, nB0);
     stageB(sB1, nB1);
     workgroupBarrier();
-    if (t + 1u < numKTiles) {
+    if (t + 1u < tEnd) {
       let k0 = (t + 1u) * 16u;
       if (interior && k0 + 16u <= params.K) {
         nA0 = loadA(baseA, sA0, k0, false);

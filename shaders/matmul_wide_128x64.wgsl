@@ -8,6 +8,12 @@ struct Params {
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
   kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
 }
+// Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
+// 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
+// walks only the K tiles below m0 + BM; 2 upperA: op(A)[m][k] = 0 for k < m, it starts at the K
+// tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
+// (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
+override TRIANGLE: u32 = 0u;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -77,6 +83,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let inMatrix = linear % tilesPerMatrix;
   let mTile = (inMatrix / params.tilesN) * 128u;
   let nTile = (inMatrix % params.tilesN) * 64u;
+  let tileM = mTile;
+  let tileN = nTile;
+  if (TRIANGLE == 3u && tileN > tileM + 127u) { return; } // wholly above the diagonal
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + 15u) / 16u;
+  let tBegin = select(0u, tileM / 16u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + 143u) / 16u), TRIANGLE == 1u);
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
@@ -91,19 +104,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc102 = vec4<f32>(0.0);
   var acc103 = vec4<f32>(0.0);
   let sA0 = slotA(lidx + 0u, params.kFastA);
-  var nA0 = loadA(baseA, mTile + sA0.y * 4u, sA0.x);
+  var nA0 = loadA(baseA, mTile + sA0.y * 4u, tBegin * 16u + sA0.x);
   let sA1 = slotA(lidx + 256u, params.kFastA);
-  var nA1 = loadA(baseA, mTile + sA1.y * 4u, sA1.x);
+  var nA1 = loadA(baseA, mTile + sA1.y * 4u, tBegin * 16u + sA1.x);
   let sB0 = slotB(lidx + 0u, params.kFastB);
-  var nB0 = loadB(baseB, nTile + sB0.y * 4u, sB0.x);
-  let numKTiles = (params.K + 15u) / 16u;
-  for (var t = 0u; t < numKTiles; t++) {
+  var nB0 = loadB(baseB, nTile + sB0.y * 4u, tBegin * 16u + sB0.x);
+  for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
     tileA[sA0.x * 32u + sA0.y] = nA0;
     tileA[sA1.x * 32u + sA1.y] = nA1;
     tileB[sB0.x * 16u + sB0.y] = nB0;
     workgroupBarrier();
-    if (t + 1u < numKTiles) {
+    if (t + 1u < tEnd) {
       let k0 = (t + 1u) * 16u;
       nA0 = loadA(baseA, mTile + sA0.y * 4u, k0 + sA0.x);
       nA1 = loadA(baseA, mTile + sA1.y * 4u, k0 + sA1.x);

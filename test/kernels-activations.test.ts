@@ -8,6 +8,7 @@ import { embeddingForward } from '../src/engine/kernels/embedding';
 import { layerNormForward, layerNormBackward } from '../src/engine/kernels/layernorm';
 import { geluForward, geluBackward } from '../src/engine/kernels/gelu';
 import { attentionSoftmaxForward, attentionSoftmaxBackward } from '../src/engine/kernels/attention-softmax';
+import { attentionPrefixSoftmaxForward, attentionPrefixSoftmaxBackward } from '../src/engine/kernels/attention-prefix-softmax';
 import { run, bind, folded, numericGrad, dot } from './helpers/kernel-check';
 
 // ---------------------------------------------------------------- embedding
@@ -313,8 +314,8 @@ describe('attention softmax', () => {
     let ops = [
       await bind(gpu, () => attentionSoftmaxForward(gpu, { scores: tS, probs: tP, lengths: tLen, ...dims, causal })),
       await bind(gpu, () => attentionSoftmaxForward(gpu, { scores: tInPlace, probs: tInPlace, lengths: tLen, ...dims, causal })),
-      await bind(gpu, () => attentionSoftmaxBackward(gpu, { dprobs: tDp, probs: tP, dscores: tDs, ...dims })),
-      await bind(gpu, () => attentionSoftmaxBackward(gpu, { dprobs: tDpInPlace, probs: tP, dscores: tDpInPlace, ...dims })),
+      await bind(gpu, () => attentionSoftmaxBackward(gpu, { dprobs: tDp, probs: tP, dscores: tDs, ...dims, causal })),
+      await bind(gpu, () => attentionSoftmaxBackward(gpu, { dprobs: tDpInPlace, probs: tP, dscores: tDpInPlace, ...dims, causal })),
     ];
     if (fold) ops = ops.map((d) => folded(d, fold[0], fold[1]));
     await run(gpu, ops);
@@ -341,6 +342,71 @@ describe('attention softmax', () => {
   it('non-causal with padding, rows longer than the workgroup', async () => {
     await check(2, 1, 300, [300, 131], false, 62);
     await check(1, 1, 260, [257], true, 63);
+  });
+
+  // The causal products (kernels/matmul.ts triangle 'lowerC') leave the score and dP tiles wholly
+  // above the diagonal unwritten: whatever they held (NaN, Inf) must not reach P or dscores.
+  it('causal: never reads scores or dP above the diagonal (NaN / Inf there), writes exact zeros there', async () => {
+    const gpu = await testGpu();
+    for (const P of [0, 3]) {
+      const B = 2, H = 2, T = 45, Tk = P + T, rows = B * H * T, n = rows * Tk, scale = 0.3;
+      const what = `causal softmax with stale entries, P=${P}`;
+      const s = randArray(n, 70 + P, 5), dp = randArray(n, 71 + P);
+      const sStale = Float32Array.from(s), dpStale = Float32Array.from(dp), dpRef = Float32Array.from(dp);
+      const above = (r: number, c: number) => c >= P + (r % T) + 1; // real key j = c - P > query i
+      let stale = 0;
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < Tk; c++) {
+          if (!above(r, c)) continue;
+          const k = r * Tk + c;
+          sStale[k] = k % 2 ? NaN : Infinity;
+          dpStale[k] = k % 3 ? NaN : -Infinity;
+          dpRef[k] = 0;
+          stale++;
+        }
+      }
+      expect(stale).toBeGreaterThan(0);
+      const tLen = gpu.tensorFrom(Uint32Array.from([45, 30]), [B], 'lengths');
+      const tClean = gpu.tensorFrom(s, [B * H, T, Tk], 'scores clean');
+      const tStale = gpu.tensorFrom(sStale, [B * H, T, Tk], 'scores stale');
+      const tDp = gpu.tensorFrom(dpStale, [B * H, T, Tk], 'dP stale');
+      const tDs = gpu.tensor([B * H, T, Tk], 'dscores');
+      const tDpInPlace = gpu.tensorFrom(dpStale, [B * H, T, Tk], 'dP stale in place');
+      const tDpPlain = gpu.tensorFrom(dpStale, [B * H, T, Tk], 'dP stale, non-causal backward');
+      const dims = { B, H, T, scale };
+      const fwd = (t: typeof tClean) => (P
+        ? attentionPrefixSoftmaxForward(gpu, { scores: t, probs: t, lengths: tLen, ...dims, P, causal: true })
+        : attentionSoftmaxForward(gpu, { scores: t, probs: t, lengths: tLen, ...dims, causal: true }));
+      const bwd = (dprobs: typeof tClean, dscores: typeof tClean, causal: boolean) => (P
+        ? attentionPrefixSoftmaxBackward(gpu, { dprobs, probs: tStale, dscores, ...dims, P, causal })
+        : attentionSoftmaxBackward(gpu, { dprobs, probs: tStale, dscores, ...dims, causal }));
+      await run(gpu, [await bind(gpu, () => fwd(tClean)), await bind(gpu, () => fwd(tStale))]);
+      await run(gpu, [
+        await bind(gpu, () => bwd(tDp, tDs, true)),
+        await bind(gpu, () => bwd(tDpInPlace, tDpInPlace, true)),
+        await bind(gpu, () => bwd(tDpPlain, tDpPlain, false)),
+      ]);
+      // the same probabilities as from clean scores, bit for bit, and exact zeros above the diagonal
+      const probs = await gpu.read(tStale);
+      const clean = await gpu.read(tClean);
+      for (let k = 0; k < n; k++) {
+        if (!Object.is(probs[k], clean[k])) throw new Error(`${what}: P[${k}] = ${probs[k]}, ${clean[k]} from clean scores`);
+        if (above(Math.floor(k / Tk), k % Tk) && probs[k] !== 0) throw new Error(`${what}: masked P[${k}] = ${probs[k]}`);
+      }
+      // dscores as if dP were 0 there: finite everywhere, exactly 0 above the diagonal
+      const want = softmaxBackwardRef(dpRef, probs, rows, Tk, scale);
+      for (const [name, t] of [['dscores', tDs], ['dscores in place', tDpInPlace]] as const) {
+        const got = await gpu.read(t);
+        for (let k = 0; k < n; k++) {
+          if (!Number.isFinite(got[k])) throw new Error(`${what}: ${name}[${k}] = ${got[k]}`);
+          if (above(Math.floor(k / Tk), k % Tk) && got[k] !== 0) throw new Error(`${what}: ${name}[${k}] above the diagonal = ${got[k]}`);
+        }
+        expectClose(got, want, 1e-5, `${what} ${name}`, 1e-2);
+      }
+      // (the non-causal backward reads them all: 0 * NaN poisons whole rows, why causal must be passed)
+      expect((await gpu.read(tDpPlain)).some((v) => Number.isNaN(v))).toBe(true);
+      for (const t of [tLen, tClean, tStale, tDp, tDs, tDpInPlace, tDpPlain]) gpu.destroyTensor(t);
+    }
   });
 
   it('handles rows folded into the y dimension', async () => {

@@ -1,6 +1,10 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { randArray } from './helpers/gpu';
-import { matmul, matmulSplitK, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch } from '../src/engine/kernels/matmul';
+import { expectClose, randArray } from './helpers/gpu';
+import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
+import {
+  matmul, matmulSplitK, matmulVariant, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
+  MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
+} from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
@@ -565,5 +569,347 @@ describe('split-K matmul (K cut into slices summed afterwards)', () => {
     expect(() => matmulSplitK(gpu, args, 2, null)).toThrow(/needs a scratch of 32 elements/);
     expect(() => matmulSplitK(gpu, { ...args, c: t }, 2, t)).toThrow(/must not alias/);
     expect(matmulSplitK(gpu, args, 1, null).length).toBe(1);
+  });
+});
+
+// ---- Triangular products (causal attention: MatmulArgs.triangle) -------------------------------
+
+/** The shaders' TRIANGLE override for each triangle (as kernels/matmul.ts binds it). */
+const TRIANGLE_CODE: Record<MatmulTriangle, number> = { lowerA: 1, upperA: 2, lowerC: 3 };
+
+/** Whether op(A)[m][k] lies where the triangle promises a zero. */
+const promisedZero = (tri: MatmulTriangle, m: number, k: number): boolean => (tri === 'lowerA' ? k > m : tri === 'upperA' ? k < m : false);
+
+/**
+ * Whether a kernel with output tiles of `rows` rows never reads op(A)[m][k] under the triangle:
+ * with m0 = floor(m / rows) * rows its tile's first row (a multiple of the K tile, 16), lowerA
+ * walks only k < m0 + rows and upperA only k >= m0. Inside the diagonal block (m0 <= k < m0 + rows)
+ * a tile does read the promised zeros (whole K tiles are staged), so those must be real zeros; only
+ * the region whole row tiles away from the diagonal may hold garbage.
+ */
+const unread = (tri: MatmulTriangle, rows: number, m: number, k: number): boolean => {
+  const m0 = Math.floor(m / rows) * rows;
+  return tri === 'lowerA' ? k >= m0 + rows : k < m0;
+};
+
+/** Storage index of op(A)[m][k] in batch entry z. */
+function indexA(k: Case, z: number, m: number, kk: number): number {
+  const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+  const lda = k.lda ?? (k.transA ? k.M : k.K);
+  const off = (k.offsetA ?? 0) + Math.floor(z / batch.inner) * batch.strideA[0] + (z % batch.inner) * batch.strideA[1];
+  return off + (k.transA ? kk * lda + m : m * lda + kk);
+}
+
+/**
+ * Runs a triangular product on this kernel (rows x cols tiles; asserting that `pipeline` is the one
+ * bound) and compares the whole C buffer with the float64 reference:
+ * - lowerA / upperA: A random except the promised region, which is 0 where the kernel reads it
+ *   and NaN where it must not (unread()); the reference takes 0 throughout that region. Any NaN
+ *   read would poison C. Returns how many NaNs were planted.
+ * - lowerC: every tile not wholly above the diagonal must hold the full product (the diagonal's
+ *   tiles are computed whole), every tile wholly above must keep C's previous contents exactly
+ *   (also under accumulate and bias). Returns how many elements were left so.
+ */
+async function checkTriangle(
+  gpu: Gpu, tri: MatmulTriangle, k: Case, sizes: { a: number; b: number; c: number }, what: string,
+  tile: { rows: number; cols: number; pipeline: (k: Case) => GPUComputePipeline }, seed = 7,
+): Promise<number> {
+  const a = randArray(sizes.a, seed);
+  const aRef = Float32Array.from(a);
+  const b = randArray(sizes.b, seed + 1);
+  const c0 = randArray(sizes.c, seed + 2, 100); // C's previous contents: the "not written" sentinel
+  const batchCount = k.batch ? k.batch.outer * k.batch.inner : 1;
+  const ldc = k.ldc ?? k.N;
+  let special = 0;
+  if (tri !== 'lowerC') {
+    for (let z = 0; z < batchCount; z++) {
+      for (let m = 0; m < k.M; m++) {
+        for (let kk = 0; kk < k.K; kk++) {
+          if (!promisedZero(tri, m, kk)) continue;
+          const i = indexA(k, z, m, kk);
+          aRef[i] = 0;
+          a[i] = unread(tri, tile.rows, m, kk) ? NaN : 0;
+          if (Number.isNaN(a[i])) special++;
+        }
+      }
+    }
+  }
+  const ta = gpu.tensorFrom(a, [sizes.a], 'a');
+  const tb = gpu.tensorFrom(b, [sizes.b], 'b');
+  const tc = gpu.tensorFrom(c0, [sizes.c], 'c');
+  const tbias = k.bias ? gpu.tensorFrom(k.bias, [k.bias.length], 'bias') : undefined;
+  const op = matmul(gpu, { ...k, a: ta, b: tb, c: tc, bias: tbias, label: what, triangle: tri });
+  expect(op.kind === 'dispatch' && op.pipeline === tile.pipeline(k), `${what} runs the expected kernel`).toBe(true);
+  runOps(gpu, [op]);
+  const got = await gpu.read(tc);
+  const { want, scale } = reference(aRef, b, c0, k);
+  if (tri === 'lowerC') {
+    const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+    for (let z = 0; z < batchCount; z++) {
+      const offC = (k.offsetC ?? 0) + Math.floor(z / batch.inner) * batch.strideC[0] + (z % batch.inner) * batch.strideC[1];
+      for (let m = 0; m < k.M; m++) {
+        const m0 = Math.floor(m / tile.rows) * tile.rows;
+        for (let n = 0; n < k.N; n++) {
+          const n0 = Math.floor(n / tile.cols) * tile.cols;
+          if (n0 <= m0 + tile.rows - 1) continue;
+          const ci = offC + m * ldc + n;
+          want[ci] = c0[ci];
+          scale[ci] = 0; // bit-exact
+          special++;
+        }
+      }
+    }
+  }
+  expectMatmulClose(got, want, scale, 1e-5, what);
+  for (const t of [ta, tb, tc, tbias]) if (t) gpu.destroyTensor(t);
+  return special;
+}
+
+describe.each([
+  ['64x64', false], ['128x128', false], ['128x64', false], ['64x128', false], ['db64x64', false],
+  ['64x64', true], ['128x128', true], ['128x64', true], ['64x128', true],
+] as [MatmulVariant, boolean][])('triangular matmul, %s tile, vec4 %s', (variant, vec4) => {
+  beforeEach(async () => {
+    const gpu = await testGpu();
+    gpu.tuning.matmul = variant;
+    gpu.tuning.vec4Matmul = vec4;
+  });
+  afterEach(async () => {
+    Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
+  });
+  const { rows, cols } = MATMUL_VARIANTS[variant];
+  const tileOf = (gpu: Gpu, tri: MatmulTriangle) => ({
+    rows, cols,
+    pipeline: (k: Case) => vec4
+      ? gpu.pipeline(VEC4_MATMUL_VARIANTS[variant].code, 'x', 'main', { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0, TRIANGLE: TRIANGLE_CODE[tri] })
+      : gpu.pipeline(MATMUL_VARIANTS[variant].code, 'x', 'main', { TRIANGLE: TRIANGLE_CODE[tri] }),
+  });
+  // T not a multiple of any tile (and, scalar, of 4); vec4 needs the contiguous dimensions' multiples of 4
+  const Todd = vec4 ? 68 : 70;
+  const Nodd = vec4 ? 36 : 33;
+  // attention out of packed rows: B sequences, H heads of D, prefix tuning's Pre score columns
+  // before each row's T (the T part at offsetA / offsetC = Pre); T = 200: 3 64-tiles and 8 rows
+  const [B, H, D, Pre, T] = [2, 2, 8, 4, 200];
+  const C = H * D, Tk = Pre + T;
+  const qkvSize = B * T * 3 * C, attSize = B * H * T * Tk + 3, ctxSize = B * T * C;
+  const att = { strideA: [H * T * Tk, T * Tk] as [number, number] };
+
+  for (const tri of ['lowerA', 'upperA'] as const) {
+    it(`${tri}: skips the promised-zero half of op(A) (NaN there never read), any transpose, unaligned and aligned T`, async () => {
+      const gpu = await testGpu();
+      const tile = tileOf(gpu, tri);
+      let planted = 0;
+      for (const [transA, transB] of [[false, false], [true, false], [false, true]] as [boolean, boolean][]) {
+        const k: Case = { M: Todd, N: Nodd, K: Todd, transA, transB };
+        planted += await checkTriangle(gpu, tri, k, dense(Todd, Nodd, Todd), `${tri} tA=${transA} tB=${transB} ${Todd}x${Nodd}x${Todd}`, tile);
+      }
+      // K a whole number of tiles, alpha and bias
+      const k: Case = { M: 256, N: 64, K: 256, transA: tri === 'upperA', alpha: -0.75, bias: randArray(64, 5) };
+      planted += await checkTriangle(gpu, tri, k, dense(256, 64, 256), `${tri} 256x64x256`, tile);
+      expect(planted).toBeGreaterThan(0);
+    });
+  }
+
+  it('lowerA / upperA: attention\'s P V, dQ, dV and dK per (batch, head) out of packed rows, with accumulate', async () => {
+    const gpu = await testGpu();
+    let planted = 0;
+    // ctx (+)= P V: P [T, Tk] rows from column Pre, V from qkv's third block
+    planted += await checkTriangle(gpu, 'lowerA', {
+      M: T, N: D, K: T, offsetA: Pre, lda: Tk, offsetB: 2 * C, ldb: 3 * C, ldc: C, accumulate: true,
+      batch: { outer: B, inner: H, ...att, strideB: [T * 3 * C, D], strideC: [T * C, D] },
+    }, { a: attSize, b: qkvSize, c: ctxSize }, 'ctx += P V', tileOf(gpu, 'lowerA'));
+    // dQ = dS K
+    planted += await checkTriangle(gpu, 'lowerA', {
+      M: T, N: D, K: T, offsetA: Pre, lda: Tk, offsetB: C, ldb: 3 * C, ldc: 3 * C, alpha: 0.5,
+      batch: { outer: B, inner: H, ...att, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+    }, { a: attSize, b: qkvSize, c: qkvSize }, 'dQ = dS K', tileOf(gpu, 'lowerA'));
+    // dV = P^T dctx, into qkv's third block
+    planted += await checkTriangle(gpu, 'upperA', {
+      M: T, N: D, K: T, transA: true, offsetA: Pre, lda: Tk, ldb: C, offsetC: 2 * C, ldc: 3 * C,
+      batch: { outer: B, inner: H, ...att, strideB: [T * C, D], strideC: [T * 3 * C, D] },
+    }, { a: attSize, b: ctxSize, c: qkvSize }, 'dV = P^T dctx', tileOf(gpu, 'upperA'));
+    // dK (+)= dS^T Q
+    planted += await checkTriangle(gpu, 'upperA', {
+      M: T, N: D, K: T, transA: true, offsetA: Pre, lda: Tk, ldb: 3 * C, offsetC: C, ldc: 3 * C, accumulate: true, alpha: 2,
+      batch: { outer: B, inner: H, ...att, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+    }, { a: attSize, b: qkvSize, c: qkvSize }, 'dK += dS^T Q', tileOf(gpu, 'upperA'));
+    expect(planted).toBeGreaterThan(0);
+  });
+
+  it('lowerC: writes every tile touching the lower triangle in full and no tile wholly above it', async () => {
+    const gpu = await testGpu();
+    const tile = tileOf(gpu, 'lowerC');
+    let kept = 0;
+    for (const [transA, transB] of [[false, true], [true, false], [false, false]] as [boolean, boolean][]) {
+      const K = vec4 ? 20 : 19;
+      kept += await checkTriangle(gpu, 'lowerC', { M: Todd, N: Todd, K, transA, transB }, dense(Todd, Todd, K), `lowerC tA=${transA} tB=${transB} ${Todd}x${Todd}x${K}`, tile);
+    }
+    kept += await checkTriangle(gpu, 'lowerC', { M: 256, N: 256, K: 16, transB: true, accumulate: true, bias: randArray(256, 6) }, dense(256, 256, 16), 'lowerC 256x256x16 accumulate bias', tile);
+    // scores = Q K^T / sqrt(D) into the T part of [Tk]-wide rows; dP = dctx V^T
+    kept += await checkTriangle(gpu, 'lowerC', {
+      M: T, N: T, K: D, lda: 3 * C, offsetB: C, ldb: 3 * C, transB: true, offsetC: Pre, ldc: Tk, alpha: 1 / Math.sqrt(D),
+      batch: { outer: B, inner: H, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
+    }, { a: qkvSize, b: qkvSize, c: attSize }, 'scores = Q K^T', tile);
+    kept += await checkTriangle(gpu, 'lowerC', {
+      M: T, N: T, K: D, lda: C, offsetB: 2 * C, ldb: 3 * C, transB: true, offsetC: Pre, ldc: Tk,
+      batch: { outer: B, inner: H, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
+    }, { a: ctxSize, b: qkvSize, c: attSize }, 'dP = dctx V^T', tile);
+    expect(kept).toBeGreaterThan(0);
+  });
+});
+
+describe('triangular matmul: routing and arguments', () => {
+  afterEach(async () => {
+    Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
+  });
+
+  it('rejects a triangle on a non-square operand, and unknown triangles', async () => {
+    const gpu = await testGpu();
+    const a = gpu.tensor([6, 6], 'a'), b = gpu.tensor([6, 5], 'b'), c = gpu.tensor([6, 6], 'c');
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 5, K: 6, triangle: 'lowerA' })).not.toThrow();
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 5, K: 6, triangle: 'upperA' })).not.toThrow();
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 6, K: 5, triangle: 'lowerC' })).not.toThrow();
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 6, K: 5, triangle: 'lowerA' })).toThrow(/'lowerA' needs a square op\(A\) \(M == K\) \(got M = 6, N = 6, K = 5\)/);
+    expect(() => matmul(gpu, { a, b, c, M: 5, N: 5, K: 6, triangle: 'upperA' })).toThrow(/'upperA' needs a square op\(A\)/);
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 5, K: 6, triangle: 'lowerC' })).toThrow(/'lowerC' needs a square C \(M == N\)/);
+    expect(() => matmul(gpu, { a, b, c, M: 6, N: 5, K: 6, triangle: 'upper' as MatmulTriangle })).toThrow(/triangle must be/);
+  });
+
+  it('keeps a triangular product off the skinny kernel and out of split-K, still right', async () => {
+    const gpu = await testGpu();
+    // an 8 x 8 output over K = 200 is the skinny kernel's shape
+    expect(usesSkinnyMatmul(gpu, 8, 8, 200, 1, false)).toBe(true);
+    const t = (n: number, l: string) => gpu.tensor([n], l);
+    const op = matmul(gpu, { a: t(8 * 200, 'a'), b: t(200 * 8, 'b'), c: t(64, 'c'), M: 8, N: 8, K: 200, triangle: 'lowerC' });
+    const code = MATMUL_VARIANTS['64x64'].code;
+    const vec4Code = VEC4_MATMUL_VARIANTS['64x64'].code;
+    const tiled = [gpu.pipeline(code, 'x', 'main', { TRIANGLE: 3 }), gpu.pipeline(vec4Code, 'x', 'main', { K_FAST_A: 1, K_FAST_B: 0, TRIANGLE: 3 })];
+    expect(op.kind === 'dispatch' && tiled.includes(op.pipeline)).toBe(true);
+    await checkTriangle(gpu, 'lowerC', { M: 8, N: 8, K: 200 }, dense(8, 8, 200), 'lowerC on a skinny shape', { rows: 64, cols: 64, pipeline: () => tiled[1] });
+    // split-K: one plain triangular product whatever S (its k runs with m)
+    const [M, K, N] = [300, 300, 40];
+    const scratch = gpu.tensor([splitKScratchElements(M, N, 4)], 'scratch');
+    const ops = matmulSplitK(gpu, { a: t(M * K, 'a'), b: t(K * N, 'b'), c: t(M * N, 'c'), M, N, K, triangle: 'lowerA' }, 4, scratch);
+    expect(ops.length).toBe(1);
+    let planted = 0;
+    await check(gpu, { M, N, K }, dense(M, N, K), 'split-K, no triangle', 1e-5, 3, (args) => matmulSplitK(gpu, args, 4, scratch));
+    planted += await checkTriangle(gpu, 'lowerA', { M, N, K }, dense(M, N, K), 'split-K lowerA', {
+      rows: 64, cols: 64, pipeline: () => (ops[0] as { pipeline: GPUComputePipeline }).pipeline,
+    });
+    expect(planted).toBeGreaterThan(0);
+    gpu.destroyTensor(scratch);
+  });
+
+  it('never picks a tile edge of 128 over an output dimension of 64 or less', async () => {
+    const gpu = await testGpu();
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
+    // attention's P V / dQ / dV / dK in GPT-2: T = 1024 rows, N = D = 64, K = T, B * H = 96 products
+    for (const vec4 of [undefined, { transB: false }, { transB: true }]) {
+      const v = matmulVariant(gpu, 1024, 64, 1024, 96, vec4);
+      expect(v, JSON.stringify(vec4)).toBe('128x64');
+      expect(matmulVariant(gpu, 1024, 64, 1024, 4, vec4)).toBe('db64x64'); // 32 workgroups of 128x64: too few
+      // enough for 128x128 by count (3200), but half of it empty
+      expect(matmulVariant(gpu, 4096, 64, 1024, 100, vec4)).toBe('128x64');
+      // and the transposed shape: 64 rows
+      expect(matmulVariant(gpu, 64, 1024, 1024, 96, vec4)).toBe('64x128');
+      expect(matmulVariant(gpu, 64, 64, 1024, 1000, vec4)).toBe('db64x64');
+      expect(matmulVariant(gpu, 100, 64, 1024, 400, vec4)).toBe('128x64'); // 64 < M < 128: the 128-row tile is over half used
+    }
+    // wide outputs keep their choices
+    expect(matmulVariant(gpu, 2048, 2304, 768, 1)).toBe('128x64');
+    expect(matmulVariant(gpu, 2048, 2304, 768, 1, { transB: false })).toBe('64x128');
+    expect(matmulVariant(gpu, 4096, 4096, 4096, 1)).toBe('128x128');
+  });
+});
+
+// The causal attention chain as models/gpt2.ts binds it (packed qkv rows, per (batch, head)), its
+// score and dP buffers full of NaN beforehand (what stale tiles above the diagonal could hold):
+// the triangular products and the causal softmax must never read them.
+describe('causal attention out of triangular products', () => {
+  afterEach(async () => {
+    Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
+  });
+
+  it('matches a float64 attention forward and backward, never reading the stale half', { timeout: 600_000 }, async () => {
+    const gpu = await testGpu();
+    const [B, H, D, T] = [2, 2, 8, 150];
+    const C = H * D, scale = 1 / Math.sqrt(D);
+    const lengths = [T, 131];
+    const qkv = randArray(B * T * 3 * C, 80), dctx = randArray(B * T * C, 81);
+    // float64 reference
+    const ctxRef = new Float64Array(B * T * C), dqkvRef = new Float64Array(B * T * 3 * C);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const q = (i: number, d: number) => qkv[(b * T + i) * 3 * C + h * D + d];
+        const k = (j: number, d: number) => qkv[(b * T + j) * 3 * C + C + h * D + d];
+        const v = (j: number, d: number) => qkv[(b * T + j) * 3 * C + 2 * C + h * D + d];
+        const g = (i: number, d: number) => dctx[(b * T + i) * C + h * D + d];
+        for (let i = 0; i < T; i++) {
+          const lim = Math.min(i + 1, lengths[b]);
+          const s = Array.from({ length: lim }, (_, j) => { let x = 0; for (let d = 0; d < D; d++) x += q(i, d) * k(j, d); return scale * x; });
+          const mx = Math.max(...s);
+          const e = s.map((x) => Math.exp(x - mx));
+          const sum = e.reduce((x, y) => x + y, 0);
+          const p = e.map((x) => x / sum);
+          const dp = p.map((_, j) => { let x = 0; for (let d = 0; d < D; d++) x += g(i, d) * v(j, d); return x; });
+          const dot = p.reduce((acc, pj, j) => acc + pj * dp[j], 0);
+          for (let j = 0; j < lim; j++) {
+            const ds = scale * p[j] * (dp[j] - dot);
+            for (let d = 0; d < D; d++) {
+              ctxRef[(b * T + i) * C + h * D + d] += p[j] * v(j, d);
+              dqkvRef[(b * T + j) * 3 * C + 2 * C + h * D + d] += p[j] * g(i, d); // dV
+              dqkvRef[(b * T + i) * 3 * C + h * D + d] += ds * k(j, d); // dQ
+              dqkvRef[(b * T + j) * 3 * C + C + h * D + d] += ds * q(i, d); // dK
+            }
+          }
+        }
+      }
+    }
+    for (const [variant, vec4] of [['auto', true], ['auto', false], ['128x64', true], ['64x128', false]] as const) {
+      gpu.tuning.matmul = variant;
+      gpu.tuning.vec4Matmul = vec4;
+      const what = `causal attention, ${variant} vec4 ${vec4}`;
+      const nan = new Float32Array(B * H * T * T).fill(NaN);
+      const tQkv = gpu.tensorFrom(qkv, [B * T, 3 * C], 'qkv');
+      const tDctx = gpu.tensorFrom(dctx, [B * T, C], 'dctx');
+      const tAtt = gpu.tensorFrom(nan, [B * H, T, T], 'att');
+      const tDP = gpu.tensorFrom(nan, [B * H, T, T], 'dP');
+      const tCtx = gpu.tensorFrom(new Float32Array(B * T * C).fill(NaN), [B * T, C], 'ctx');
+      const tDqkv = gpu.tensorFrom(new Float32Array(B * T * 3 * C).fill(NaN), [B * T, 3 * C], 'dqkv');
+      const tLen = gpu.tensorFrom(Uint32Array.from(lengths), [B], 'lengths');
+      const qkvBatch = { outer: B, inner: H };
+      const attStride = { strideA: [H * T * T, T * T] as [number, number] };
+      runOps(gpu, [
+        matmul(gpu, {
+          triangle: 'lowerC', a: tQkv, lda: 3 * C, b: tQkv, offsetB: C, ldb: 3 * C, transB: true, c: tAtt, ldc: T, M: T, N: T, K: D,
+          batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+        }),
+        attentionSoftmaxForward(gpu, { scores: tAtt, probs: tAtt, lengths: tLen, B, H, T, scale, causal: true }),
+        matmul(gpu, {
+          triangle: 'lowerA', a: tAtt, lda: T, b: tQkv, offsetB: 2 * C, ldb: 3 * C, c: tCtx, ldc: C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * C, D] },
+        }),
+        matmul(gpu, {
+          triangle: 'lowerC', a: tDctx, lda: C, b: tQkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: tDP, ldc: T, M: T, N: T, K: D,
+          batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+        }),
+        matmul(gpu, {
+          triangle: 'upperA', a: tAtt, lda: T, transA: true, b: tDctx, ldb: C, c: tDqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * C, D], strideC: [T * 3 * C, D] },
+        }),
+        attentionSoftmaxBackward(gpu, { dprobs: tDP, probs: tAtt, dscores: tDP, B, H, T, scale, causal: true }),
+        matmul(gpu, {
+          triangle: 'lowerA', a: tDP, lda: T, b: tQkv, offsetB: C, ldb: 3 * C, c: tDqkv, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+        matmul(gpu, {
+          triangle: 'upperA', a: tDP, lda: T, transA: true, b: tQkv, ldb: 3 * C, c: tDqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+      ]);
+      expectClose(await gpu.read(tCtx), ctxRef, 1e-4, `${what}: ctx`);
+      expectClose(await gpu.read(tDqkv), dqkvRef, 1e-4, `${what}: dq, dk, dv`);
+      for (const t of [tQkv, tDctx, tAtt, tDP, tCtx, tDqkv, tLen]) gpu.destroyTensor(t);
+    }
   });
 });

@@ -37,6 +37,12 @@ export interface AttentionPrefixSoftmaxBackwardArgs {
   T: number;
   P: number;
   scale: number;
+  /**
+   * The forward's causal mask: real key j > query i is then not read (neither P nor dP) and
+   * its dscores is written 0, so dP may hold anything there (NaN included: the causal
+   * products do not write dP's tiles above the diagonal). Prefix columns are always read. Default false.
+   */
+  causal?: boolean;
 }
 
 function checkDims(what: string, B: number, H: number, T: number, P: number, scale: number): number {
@@ -72,7 +78,7 @@ export function attentionPrefixSoftmaxForward(gpu: Gpu, a: AttentionPrefixSoftma
   });
 }
 
-/** dscores = scale * P * (dP - rowsum(P * dP)) over rows of P+T columns. */
+/** dscores = scale * P * (dP - rowsum(P * dP)) over rows of P+T columns (0 above the diagonal when causal). */
 export function attentionPrefixSoftmaxBackward(gpu: Gpu, a: AttentionPrefixSoftmaxBackwardArgs): Dispatch {
   const what = `attentionPrefixSoftmaxBackward(${a.dscores.label})`;
   const n = checkDims(what, a.B, a.H, a.T, a.P, a.scale);
@@ -85,7 +91,7 @@ export function attentionPrefixSoftmaxBackward(gpu: Gpu, a: AttentionPrefixSoftm
     label: what,
     code,
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
-    params: [a.B, a.H, a.T, a.P, f32(a.scale), 0],
+    params: [a.B, a.H, a.T, a.P, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });

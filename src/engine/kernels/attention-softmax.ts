@@ -30,6 +30,12 @@ export interface AttentionSoftmaxBackwardArgs {
   H: number;
   T: number;
   scale: number;
+  /**
+   * The forward's causal mask: key j > query i is then not read (neither P nor dP) and
+   * its dscores is written 0, so dP may hold anything there (NaN included: the causal
+   * products do not write dP's tiles above the diagonal). Default false.
+   */
+  causal?: boolean;
 }
 
 function checkDims(what: string, B: number, H: number, T: number, scale: number): number {
@@ -65,7 +71,7 @@ export function attentionSoftmaxForward(gpu: Gpu, a: AttentionSoftmaxForwardArgs
   });
 }
 
-/** dscores = scale * P * (dP - rowsum(P * dP)). */
+/** dscores = scale * P * (dP - rowsum(P * dP)) (0 above the diagonal when causal). */
 export function attentionSoftmaxBackward(gpu: Gpu, a: AttentionSoftmaxBackwardArgs): Dispatch {
   const what = `attentionSoftmaxBackward(${a.dscores.label})`;
   const n = checkDims(what, a.B, a.H, a.T, a.scale);
@@ -78,7 +84,7 @@ export function attentionSoftmaxBackward(gpu: Gpu, a: AttentionSoftmaxBackwardAr
     label: what,
     code,
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
-    params: [a.B, a.H, a.T, 0, f32(a.scale), 0],
+    params: [a.B, a.H, a.T, 0, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
   });

@@ -52,7 +52,28 @@ export interface MatmulArgs {
   alpha?: number;
   accumulate?: boolean;
   bias?: Tensor; // length N
+  /**
+   * A triangular product (causal attention's), per batch entry, in the product's own (m, k, n)
+   * coordinates (offsets and strides as above). Work is cut per output tile (rows [m0, m0 + TM),
+   * columns [n0, n0 + TN) of the chosen kernel, TM and TN 64 or 128, K walked in tiles of 16):
+   * - 'lowerA' (M == K): the caller promises op(A)[m][k] == 0 for k > m. A tile walks K only over
+   *   k < min(K, m0 + TM): it never reads A or B at k >= m0 + TM, but does read (and needs to be
+   *   0, not garbage) op(A)[m][k] for m < k < m0 + TM inside its diagonal block.
+   * - 'upperA' (M == K): the promise is op(A)[m][k] == 0 for k < m. A tile walks K from
+   *   floor(m0 / 16) * 16 (= m0): never reads k < m0, does read m0 <= k < m inside its diagonal block.
+   * - 'lowerC' (M == N): only C[m][n] with n <= m is wanted. A tile wholly above the diagonal
+   *   (n0 > m0 + TM - 1) returns without writing (its C keeps whatever it held: accumulate and bias
+   *   are not applied there either); every other tile computes and writes its whole tile, so C
+   *   above the diagonal inside those tiles holds the full product's values.
+   * With lowerA / upperA (and the promise kept) all of C is the plain product's. Never takes the
+   * skinny kernel; matmulSplitK does not split a triangular product.
+   */
+  triangle?: MatmulTriangle;
 }
+
+export type MatmulTriangle = 'lowerA' | 'upperA' | 'lowerC';
+/** The shaders' TRIANGLE override for each (0, the default, is the plain product). */
+const TRIANGLE_CODE: Record<MatmulTriangle, number> = { lowerA: 1, upperA: 2, lowerC: 3 };
 
 /** Output tile edge of one workgroup of shaders/matmul.wgsl (must match TILE there). */
 export const MATMUL_TILE = 64;
@@ -105,7 +126,10 @@ export function vec4Aligned(p: {
  * the H100 (bench/matmul-shapes.ts) 128x128 wins from ~1000 workgroups (LM head, 4096^2), the
  * 128x64 / 64x128 halves from ~300 (GPT-2's c_attn and c_fc: +10-25%), and 64x64 below that (outputs
  * 768 or 576 wide at 2048 rows, and attention's products over 64-wide heads), double-buffered
- * when K is long enough for it to pay (+2-5%). gpu.tuning.matmul forces one.
+ * when K is long enough for it to pay (+2-5%). A tile edge of 128 is never taken for an output
+ * dimension of 64 or less (half its rows or columns would only be padding): attention's P V, dV,
+ * dQ and dK (N = D = 64, K = T, B stored [K, N]) went to vec4 64x128 and now go to 128x64 (or
+ * double-buffered 64x64 below its threshold); not yet measured on the H100. gpu.tuning.matmul forces one.
  */
 export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: number, vec4?: { transB: boolean }): MatmulVariant {
   const forced = gpu.tuning.matmul;
@@ -113,13 +137,17 @@ export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: 
   // with a short K (attention's head width) the larger tiles' longer start does not pay
   if (K < 256) return '64x64';
   const count = (v: MatmulVariant) => Math.ceil(M / MATMUL_VARIANTS[v].rows) * Math.ceil(N / MATMUL_VARIANTS[v].cols) * batch;
-  if (count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
+  // a 128 edge over an output dimension <= 64: the tile's other half is all padding
+  const fits = (v: MatmulVariant) => (MATMUL_VARIANTS[v].rows <= 64 || M > 64) && (MATMUL_VARIANTS[v].cols <= 64 || N > 64);
+  if (fits('128x128') && count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
   // scalar kernels: 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304,
   // 2048 x 3072). Vec4 kernels: 64x128 when B is stored [K, N] (staged as it lies; A, staged
   // transposed, is the smaller tile), 128x64 when B is stored [N, K]: GPT-2's c_attn forward 32.1 vs
   // 25.8 TFLOP/s, its mlp.c_proj dx 34.3 vs 31.7 (bench/matmul-shapes.ts on the H100)
-  const half: MatmulVariant = M < 128 || (vec4 && !vec4.transB) ? '64x128' : '128x64';
-  return count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : 'db64x64';
+  const preferred: MatmulVariant = M < 128 || (vec4 && !vec4.transB) ? '64x128' : '128x64';
+  const other: MatmulVariant = preferred === '64x128' ? '128x64' : '64x128';
+  const half = fits(preferred) ? preferred : fits(other) ? other : null;
+  return half && count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : 'db64x64';
 }
 
 /** Largest small dimension shaders/matmul_skinny.wgsl takes (MAX_S there). */
@@ -179,6 +207,13 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   }
   const alpha = args.alpha ?? 1;
   if (!Number.isFinite(alpha)) fail(`alpha must be finite (got ${alpha})`);
+  const triangle = args.triangle;
+  if (triangle !== undefined) {
+    if (!(triangle in TRIANGLE_CODE)) fail(`triangle must be 'lowerA', 'upperA' or 'lowerC' (got ${String(triangle)})`);
+    if (triangle === 'lowerC' ? M !== N : M !== K) {
+      fail(`triangle '${triangle}' needs a square ${triangle === 'lowerC' ? 'C (M == N)' : 'op(A) (M == K)'} (got M = ${M}, N = ${N}, K = ${K})`);
+    }
+  }
 
   const transA = args.transA ?? false;
   const transB = args.transB ?? false;
@@ -215,7 +250,8 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   const sAm = transA ? 1 : lda, sAk = transA ? lda : 1;
   const sBn = transB ? ldb : 1, sBk = transB ? 1 : ldb;
 
-  if (usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
+  // (the skinny kernel has no triangles: a triangular product takes the tiled kernels, whatever its shape)
+  if (!triangle && usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
     // C[rows, S] = A'[rows, K] B'[K, S]: as given when N is small, transposed (C^T = B^T A^T) when M is.
     const smallN = N <= SKINNY_MAX;
     const rows = smallN ? M : N;
@@ -259,12 +295,15 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     bias ? 1 : 0,
     f32(alpha),
   ];
+  // TRIANGLE only when set: the plain products keep their pipelines (and the pipeline cache's keys)
+  const tri: Record<string, number> = triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {};
   // Without a bias, `a` fills its binding (read-only twice is allowed; the shader never reads it).
   if (useVec4) {
-    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0 };
+    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...tri };
     return bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers: [a, b, c, bias ?? a], workgroups });
   }
-  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, params, buffers: [a, b, c, bias ?? a], workgroups });
+  const constants = triangle ? tri : undefined;
+  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers: [a, b, c, bias ?? a], workgroups });
 }
 
 // ---- Split-K ------------------------------------------------------------------------------------
@@ -301,10 +340,11 @@ export function splitKScratchElements(M: number, N: number, S: number): number {
 /**
  * C = alpha * op(A) @ op(B) (+ C) (+ bias) as S K-slices (see splitKFactor) into `scratch` (at
  * least splitKScratchElements(M, N, S) elements, not aliasing anything else), then their sum.
- * S = 1 is the plain product. Unbatched products only.
+ * S = 1 is the plain product. Unbatched products only. A triangular product (args.triangle: its
+ * k runs with m) is never split: it is the one plain matmul, whatever S.
  */
 export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Tensor | null): Op[] {
-  if (S <= 1) return [matmul(gpu, args)];
+  if (S <= 1 || args.triangle) return [matmul(gpu, args)];
   const { M, N, K } = args;
   const label = args.label ?? `matmul(${args.c.label})`;
   if (args.batch) throw new Error(`${label}: split-K takes unbatched products`);

@@ -406,9 +406,12 @@ export class Gpt2 {
         batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
       }));
     }
-    // scores = Q K^T per (batch, head), read straight out of the packed qkv rows
+    // scores = Q K^T per (batch, head), read straight out of the packed qkv rows. Causal: the
+    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
+    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
+    // P V only over the keys up to each row tile's last query
     ops.push(matmul(gpu, {
-      label: `${p}attn.scores`, a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
     if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
@@ -420,7 +423,7 @@ export class Gpt2 {
       }));
     }
     ops.push(matmul(gpu, {
-      label: `${p}attn.pv`, a: a.att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
+      label: `${p}attn.pv`, triangle: 'lowerA', a: a.att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * C, D] },
     }));
     // (a bottleneck adapter on the branch: c_proj's output goes to its own tensor, the adapter combines)
@@ -487,7 +490,8 @@ export class Gpt2 {
     // the batch one sequence at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
     const P = pre?.tokens ?? 0, Tk = P + T;
-    // dP = dctx V^T ; dV = P^T dctx
+    // dP = dctx V^T ; dV = P^T dctx (causal halves skipped as in the forward: dP's tiles above the
+    // diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
     if (pre) {
       ops.push(matmul(gpu, {
         label: `${p}attn.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, ldc: Tk, M: T, N: P, K: D,
@@ -495,11 +499,11 @@ export class Gpt2 {
       }));
     }
     ops.push(matmul(gpu, {
-      label: `${p}attn.dP`, a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dV`, a: a.att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dV`, triangle: 'upperA', a: a.att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * 3 * C, D] },
     }));
     if (pre) {
@@ -510,17 +514,17 @@ export class Gpt2 {
           batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
         }));
       }
-      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: 1 / Math.sqrt(D) }));
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
     } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D) }));
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
     }
     // dQ = dS K ; dK = dS^T Q
     ops.push(matmul(gpu, {
-      label: `${p}attn.dQ`, a: s.dP, offsetA: P, lda: Tk, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: s.dP, offsetA: P, lda: Tk, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dK`, a: s.dP, offsetA: P, lda: Tk, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dK`, triangle: 'upperA', a: s.dP, offsetA: P, lda: Tk, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
     if (pre) {

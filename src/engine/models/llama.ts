@@ -463,7 +463,10 @@ export class Llama {
     const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
     ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: H * D, heads: H }));
     ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: KV * D, heads: KV }));
-    // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding
+    // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding. The
+    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
+    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
+    // P V only over the keys up to each row tile's last query
     if (pre) {
       ops.push(...this.perGroup((j) => matmul(gpu, {
         label: `${p}attn.prefix_scores`, a: a.q, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
@@ -472,7 +475,7 @@ export class Llama {
       })));
     }
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.scores`, a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
       c: a.att, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
       batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
     })));
@@ -485,7 +488,7 @@ export class Llama {
       })));
     }
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.pv`, a: a.att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
+      label: `${p}attn.pv`, triangle: 'lowerA', a: a.att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
       batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
     })));
     // (a bottleneck adapter on the branch: o_proj's output goes to its own tensor, the adapter combines)
@@ -553,7 +556,8 @@ export class Llama {
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
     const P = pre?.tokens ?? 0, Tk = P + T;
     const batchPT = { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk] as [number, number] };
-    // dP = dctx V^T ; dV = sum over the group of P^T dctx
+    // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
+    // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
     if (pre) {
       ops.push(...this.perGroup((j) => matmul(gpu, {
         label: `${p}attn.prefix_dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
@@ -561,11 +565,11 @@ export class Llama {
       })));
     }
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
       batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
     })));
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dV`, a: a.att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      label: `${p}attn.dV`, triangle: 'upperA', a: a.att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
       batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
     if (pre) {
@@ -576,17 +580,17 @@ export class Llama {
           batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
         })));
       }
-      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: this.scale }));
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: this.scale, causal: true }));
     } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale }));
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale, causal: true }));
     }
     // dQ = dS K ; dK = sum over the group of dS^T Q
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dQ`, a: s.dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: s.dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
       batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
     })));
     ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dK`, a: s.dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      label: `${p}attn.dK`, triangle: 'upperA', a: s.dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
       batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
     if (pre) {
