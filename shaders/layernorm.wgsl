@@ -1,6 +1,10 @@
 // LayerNorm over the last dimension C, one 256-thread workgroup per row (rows folded into the y
-// dimension past 65535 workgroups). Biased variance like torch. Two passes over the row for the
-// variance (sum of squared deviations), which stays accurate when |mean| >> std.
+// dimension past 65535 workgroups). Each thread reads its columns (c = lid + 256 i) once into
+// registers (up to CACHED per thread: C <= 1024; longer rows re-read the rest), so the passes
+// after the first cost no memory traffic. Biased variance like torch. Two passes over the row for
+// the variance (sum of squared deviations), which stays accurate when |mean| >> std.
+// (8 rows per workgroup with 32 threads each ran at two thirds of this speed on the H100: a
+// quarter of the threads, each with eight times the loads in sequence.)
 //   forward:  out = (x - mean) * rstd * weight + bias, and saves mean, rstd per row.
 //   backward: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * weight,
 //             xhat = (x - mean) * rstd. Weight and bias are frozen: no gradients for them.
@@ -24,6 +28,7 @@ struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 const WG: u32 = 256u;
+const CACHED: u32 = 4u;
 var<workgroup> red: array<vec2<f32>, WG>;
 
 // Sum of v over the workgroup, returned to every thread. Must be called in uniform control flow.
@@ -47,17 +52,29 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
   if (row >= params.rows) { return; }
   let C = params.C;
   let base = row * C;
+  var xs: array<f32, CACHED>;
   var s = 0.0;
-  for (var c = lid; c < C; c += WG) { s += x[base + c]; }
+  for (var i = 0u; i < CACHED; i++) {
+    let c = lid + i * WG;
+    if (c < C) { xs[i] = x[base + c]; s += xs[i]; }
+  }
+  for (var c = lid + CACHED * WG; c < C; c += WG) { s += x[base + c]; }
   let mean = workgroupSum(vec2(s, 0.0), lid).x / f32(C);
   var q = 0.0;
-  for (var c = lid; c < C; c += WG) {
+  for (var i = 0u; i < CACHED; i++) {
+    if (lid + i * WG < C) { let d = xs[i] - mean; q += d * d; }
+  }
+  for (var c = lid + CACHED * WG; c < C; c += WG) {
     let d = x[base + c] - mean;
     q += d * d;
   }
   let variance = workgroupSum(vec2(q, 0.0), lid).x / f32(C);
   let rstd = 1.0 / sqrt(variance + params.eps);
-  for (var c = lid; c < C; c += WG) {
+  for (var i = 0u; i < CACHED; i++) {
+    let c = lid + i * WG;
+    if (c < C) { out[base + c] = (xs[i] - mean) * rstd * weight[c] + bias[c]; }
+  }
+  for (var c = lid + CACHED * WG; c < C; c += WG) {
     out[base + c] = (x[base + c] - mean) * rstd * weight[c] + bias[c];
   }
   if (lid == 0u) {
@@ -75,15 +92,33 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
   let base = row * C;
   let mean = bMean[row];
   let rstd = bRstd[row];
-  // Both row sums in one reduction: (sum g, sum g * xhat).
+  // g = dout * weight and xhat of the cached columns; both row sums in one reduction: (sum g, sum g * xhat).
+  var gs: array<f32, CACHED>;
+  var xh: array<f32, CACHED>;
   var acc = vec2(0.0, 0.0);
-  for (var c = lid; c < C; c += WG) {
+  for (var i = 0u; i < CACHED; i++) {
+    let c = lid + i * WG;
+    if (c < C) {
+      gs[i] = bDout[base + c] * bWeight[c];
+      xh[i] = (bX[base + c] - mean) * rstd;
+      acc += vec2(gs[i], gs[i] * xh[i]);
+    }
+  }
+  for (var c = lid + CACHED * WG; c < C; c += WG) {
     let g = bDout[base + c] * bWeight[c];
     let xhat = (bX[base + c] - mean) * rstd;
     acc += vec2(g, g * xhat);
   }
   let sums = workgroupSum(acc, lid) / f32(C);
-  for (var c = lid; c < C; c += WG) {
+  for (var i = 0u; i < CACHED; i++) {
+    let c = lid + i * WG;
+    if (c < C) {
+      var v = rstd * (gs[i] - sums.x - xh[i] * sums.y);
+      if (params.accumulate != 0u) { v += dx[base + c]; }
+      dx[base + c] = v;
+    }
+  }
+  for (var c = lid + CACHED * WG; c < C; c += WG) {
     let g = bDout[base + c] * bWeight[c];
     let xhat = (bX[base + c] - mean) * rstd;
     var v = rstd * (g - sums.x - xhat * sums.y);

@@ -172,6 +172,7 @@ describe('layerNorm', () => {
     await check(4, 256, 22);
     await check(3, 300, 23);
     await check(2, 768, 24, { constantRow: true });
+    await check(3, 1030, 27); // past the 1024 columns a thread caches: the rest re-read
   });
 
   it('stays accurate when |mean| >> std (two-pass variance)', async () => {
