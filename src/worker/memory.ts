@@ -12,6 +12,7 @@ import type { EncoderClassifier } from '../engine/models/encoder';
 import { allocatedBytesFor, type PlannedBuffer } from '../engine/models/program';
 import type { LinearModuleInfo } from '../engine/peft/lora';
 import { gradNormPartials } from '../engine/kernels/grad-norm';
+import { LORA_MAX_RANK } from '../engine/kernels/lora';
 import type { MemoryEstimate } from './protocol';
 
 /** The adapter's tensors as each method makes them. */
@@ -55,11 +56,15 @@ export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
 function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number): PlannedBuffer[] {
   const out: PlannedBuffer[] = [];
   for (const t of targeted) out.push(...param(`${t.module}.lora_A`, rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * rank));
-  // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set.
-  out.push({ label: 'lora.u', elements: M * rank }, { label: 'lora.du', elements: M * rank });
+  // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set:
+  // each site's u = dropout(x) A^T (kept for backward), and du, dropout(x) (backward's dA) and
+  // (ranks above LORA_MAX_RANK only) the masked product's scratch, shared by the sites.
+  for (const t of targeted) out.push({ label: `lora.u[${t.module}]`, elements: M * rank });
+  out.push({ label: 'lora.du', elements: M * rank });
   if (dropout > 0) {
     const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
-    out.push({ label: 'lora.xd', elements: M * maxIn }, { label: 'lora.dxd', elements: M * maxIn });
+    out.push({ label: 'lora.xd', elements: M * maxIn });
+    if (rank > LORA_MAX_RANK) out.push({ label: 'lora.dxd', elements: M * maxIn });
   }
   return out;
 }

@@ -62,7 +62,11 @@ export async function runLoraGoldenCase(gpu: Gpu, hf: HfModel, gc: GoldenCase, t
   expectClose(await gpu.read(program.logits!), tensors.getF32(`${gc.name}/logits`), 1e-4, 'logits', 1);
   const loss = (await gpu.read(program.lossSum))[0] / batch.validTargets;
   expect(Math.abs(loss - gc.loss) / gc.loss, `loss ${loss} vs ${gc.loss}`).toBeLessThan(1e-4);
-  for (const p of lora.params) expectClose(await gpu.read(p.grad), tensors.getF32(`${gc.name}/grad/${p.name}`), 1e-3, `grad ${p.name}`);
+  // gradients: 2e-3 (relative, floored at 1e-3 of the tensor's largest |gradient|). Summation order
+  // alone moves them by that much at the floor: the fused LoRA kernels (shaders/lora.wgsl) sum
+  // u = x A^T in another order than the skinny matmul did, and the worst element of the rslora
+  // case went from 4.9e-4 to 1.33e-3 (an absolute change of 9e-7 on gradients up to ~0.7).
+  for (const p of lora.params) expectClose(await gpu.read(p.grad), tensors.getF32(`${gc.name}/grad/${p.name}`), 2e-3, `grad ${p.name}`);
 
   // 5 AdamW steps on the same batch, from the same initial values
   init();

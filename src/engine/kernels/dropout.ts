@@ -1,9 +1,13 @@
-import code from '../../../shaders/dropout.wgsl?raw';
+import dropoutCode from '../../../shaders/dropout.wgsl?raw';
+import maskCode from '../../../shaders/dropout_mask.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
 import type { StepUniforms } from './step-uniforms';
+
+/** shaders/dropout.wgsl with the mask it shares (shaders/dropout_mask.wgsl) in front. */
+const code = maskCode + dropoutCode;
 
 /** Threshold on the 32-bit hash below which an element is dropped: round(p * 2^32). */
 export function dropoutThreshold(p: number): number {

@@ -2,15 +2,18 @@
 //   y = x W + b + scale * dropout(x) A^T B^T,   A: [r, in], B: [out, r],
 // scale = alpha / r (or alpha / sqrt(r) with rsLoRA), A kaiming-uniform(a=sqrt(5)), B zero.
 //
-// Forward keeps nothing per site: backward recomputes u = dropout(x) A^T (an [rows, r] product,
-// cheap next to the base layer) and regenerates the dropout mask from the step seed, so the only
-// buffers are scratch shared by all sites of a program.
+// Forward keeps u = dropout(x) A^T per site (an [rows, r] tensor: 64 KiB for GPT-2's 2048 rows at
+// r = 8) for backward; backward regenerates the dropout mask from the step seed (dropout(x) for
+// dA, and the mask on dx), so the rest is scratch shared by all sites of a program. Ranks up to 16
+// go through shaders/lora.wgsl (u, du, the up projection and the masked dx each one pass over
+// their large operand, the mask computed in place); larger ones through the matmul and the dropout kernel.
 
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
 import { dropoutBackward, dropoutForward } from '../kernels/dropout';
+import { LORA_MAX_RANK, loraExpand, loraProject } from '../kernels/lora';
 import type { StepUniforms } from '../kernels/step-uniforms';
 import type { LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
 
@@ -104,10 +107,10 @@ export function loraAdapterConfig(settings: LoraSettings, wrapped: readonly Line
 }
 
 interface Scratch {
-  u: Tensor;
   du: Tensor;
-  /** dropout(x), and the [rows, in] product before the dropout mask on the way back (p > 0 only) */
+  /** dropout(x) (p > 0 only) */
   xd: Tensor | null;
+  /** the [rows, in] product before the dropout mask on the way back (p > 0 and rank > LORA_MAX_RANK only) */
   dxd: Tensor | null;
 }
 
@@ -124,6 +127,8 @@ export class Lora implements PeftMethod {
   readonly scale: number;
   private readonly modules = new Map<string, LoraModule>();
   private readonly scratch = new Map<number, Scratch>();
+  /** u = dropout(x) A^T of each site, keyed by module and row count */
+  private readonly siteU = new Map<string, Tensor>();
   private readonly maxIn: number;
 
   /**
@@ -171,14 +176,28 @@ export class Lora implements PeftMethod {
       const r = this.settings.r;
       const p = this.settings.dropout > 0;
       s = {
-        u: this.gpu.tensor([rows, r], `lora.u[${rows}]`),
         du: this.gpu.tensor([rows, r], `lora.du[${rows}]`),
         xd: p ? this.gpu.tensor([rows, this.maxIn], `lora.xd[${rows}]`) : null,
-        dxd: p ? this.gpu.tensor([rows, this.maxIn], `lora.dxd[${rows}]`) : null,
+        dxd: p && !this.fused ? this.gpu.tensor([rows, this.maxIn], `lora.dxd[${rows}]`) : null,
       };
       this.scratch.set(rows, s);
     }
     return s;
+  }
+
+  /** Whether the rank-r products go through shaders/lora.wgsl (ranks up to LORA_MAX_RANK). */
+  private get fused(): boolean {
+    return this.settings.r <= LORA_MAX_RANK;
+  }
+
+  private uFor(site: LinearSite): Tensor {
+    const key = `${site.module}|${site.rows}`;
+    let u = this.siteU.get(key);
+    if (!u) {
+      u = this.gpu.tensor([site.rows, this.settings.r], `lora.u[${site.module}][${site.rows}]`);
+      this.siteU.set(key, u);
+    }
+    return u;
   }
 
   private module(site: LinearSite): LoraModule {
@@ -190,49 +209,55 @@ export class Lora implements PeftMethod {
     return m;
   }
 
-  /** Ops that put u = dropout(x) A^T into scratch (used by forward and, recomputed, by backward). */
-  private projectDown(site: LinearSite, m: LoraModule, s: Scratch): Op[] {
-    const ops: Op[] = [];
-    const { rows, inFeatures: K } = site;
-    const p = site.training ? this.settings.dropout : 0;
-    let x = site.x;
-    if (p > 0) {
-      ops.push(dropoutForward(this.gpu, { x: site.x, out: s.xd!, n: rows * K, p, step: this.step, salt: m.salt }));
-      x = s.xd!;
-    }
-    ops.push(matmul(this.gpu, { label: `${site.module}.lora_A`, a: x, b: m.A.value, c: s.u, M: rows, N: this.settings.r, K, transB: true }));
-    return ops;
+  /** dropout(x) into scratch when training with p > 0 (else x itself), and the ops that make it. */
+  private droppedInput(site: LinearSite, m: LoraModule, s: Scratch, p: number): { x: Tensor; ops: Op[] } {
+    if (p === 0) return { x: site.x, ops: [] };
+    return { x: s.xd!, ops: [dropoutForward(this.gpu, { x: site.x, out: s.xd!, n: site.rows * site.inFeatures, p, step: this.step, salt: m.salt })] };
   }
 
   linearForward(site: LinearSite): Op[] {
     const m = this.module(site);
     const s = this.scratchFor(site.rows);
-    return [
-      ...this.projectDown(site, m, s),
-      matmul(this.gpu, {
-        label: `${site.module}.lora_B`, a: s.u, b: m.B.value, c: site.y,
-        M: site.rows, N: site.outFeatures, K: this.settings.r, transB: true, alpha: this.scale, accumulate: true,
-      }),
-    ];
+    const u = this.uFor(site);
+    const { rows, inFeatures: K, outFeatures: N } = site;
+    const r = this.settings.r;
+    const p = site.training ? this.settings.dropout : 0;
+    const g = this.gpu;
+    if (this.fused) {
+      // u = dropout(x) A^T (kept for backward); y += scale * u B^T
+      return [
+        loraProject(g, { x: site.x, w: m.A.value, wLayout: 'r_cols', out: u, rows, cols: K, r, alpha: 1, step: this.step, dropout: p > 0 ? { p, salt: m.salt } : undefined }),
+        loraExpand(g, { u, w: m.B.value, wLayout: 'cols_r', out: site.y, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }),
+      ];
+    }
+    const { x, ops } = this.droppedInput(site, m, s, p);
+    ops.push(matmul(g, { label: `${site.module}.lora_A`, a: x, b: m.A.value, c: u, M: rows, N: r, K, transB: true }));
+    ops.push(matmul(g, { label: `${site.module}.lora_B`, a: u, b: m.B.value, c: site.y, M: rows, N, K: r, transB: true, alpha: this.scale, accumulate: true }));
+    return ops;
   }
 
   linearBackward(site: LinearSite, grad: LinearGrad): Op[] {
     const m = this.module(site);
     const s = this.scratchFor(site.rows);
+    const u = this.uFor(site);
     const { rows, inFeatures: K, outFeatures: N } = site;
     const r = this.settings.r;
     const g = this.gpu;
     const p = this.settings.dropout;
-    const ops: Op[] = [...this.projectDown(site, m, s)];
-    const x = p > 0 ? s.xd! : site.x;
-    // dB += scale * dy^T u
-    ops.push(matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: s.u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true }));
+    // dB += scale * dy^T u (u from the forward)
+    const ops: Op[] = [matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true })];
     // du = scale * dy B
-    ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
-    // dA += du^T dropout(x)
-    ops.push(matmul(g, { label: `${site.module}.dA`, a: s.du, b: x, c: m.A.grad, M: r, N: K, K: rows, transA: true, accumulate: true }));
+    if (this.fused) ops.push(loraProject(g, { x: grad.dy, w: m.B.value, wLayout: 'cols_r', out: s.du, rows, cols: N, r, alpha: this.scale, step: this.step }));
+    else ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
+    // dA += du^T dropout(x) (the forward's mask, regenerated)
+    const dropped = this.droppedInput(site, m, s, p);
+    ops.push(...dropped.ops);
+    ops.push(matmul(g, { label: `${site.module}.dA`, a: s.du, b: dropped.x, c: m.A.grad, M: r, N: K, K: rows, transA: true, accumulate: true }));
     if (grad.dx) {
-      if (p > 0) {
+      // dx += mask * (du A) / (1 - p)
+      if (this.fused) {
+        ops.push(loraExpand(g, { u: s.du, w: m.A.value, wLayout: 'r_cols', out: grad.dx, rows, cols: K, r, alpha: 1, accumulate: true, step: this.step, dropout: p > 0 ? { p, salt: m.salt } : undefined }));
+      } else if (p > 0) {
         ops.push(matmul(g, { label: `${site.module}.dxd`, a: s.du, b: m.A.value, c: s.dxd!, M: rows, N: K, K: r }));
         ops.push(dropoutBackward(g, { dout: s.dxd!, dx: grad.dx, n: rows * K, p, step: this.step, salt: m.salt, accumulate: true }));
       } else {
@@ -249,8 +274,10 @@ export class Lora implements PeftMethod {
   destroy(): void {
     for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
     this.params.length = 0;
-    for (const sc of this.scratch.values()) for (const t of [sc.u, sc.du, sc.xd, sc.dxd]) if (t) this.gpu.destroyTensor(t);
+    for (const sc of this.scratch.values()) for (const t of [sc.du, sc.xd, sc.dxd]) if (t) this.gpu.destroyTensor(t);
     this.scratch.clear();
+    for (const u of this.siteU.values()) this.gpu.destroyTensor(u);
+    this.siteU.clear();
   }
 
   adapterConfig(baseModel: string): Record<string, unknown> {

@@ -1,0 +1,120 @@
+// Wrappers of shaders/lora.wgsl: LoRA's rank-r products in one pass over their large operand,
+// with the dropout mask fused in. loraProject: u = alpha * mask(x) W (forward u = dropout(x) A^T,
+// backward du = scale * dy B). loraExpand: out (+)= alpha * mask(u W^T) (forward y += scale * u
+// B^T, backward dx += dropout'(du A)). Ranks up to LORA_MAX_RANK; peft/lora.ts uses the tiled
+// matmul above that.
+import loraCode from '../../../shaders/lora.wgsl?raw';
+import maskCode from '../../../shaders/dropout_mask.wgsl?raw';
+import type { Gpu } from '../gpu/gpu';
+import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+import { dropoutThreshold } from './dropout';
+import type { StepUniforms } from './step-uniforms';
+
+const code = maskCode + loraCode;
+
+/** Largest rank shaders/lora.wgsl takes (MAX_R there). */
+export const LORA_MAX_RANK = 16;
+/** Rows per workgroup of `up` (UP_ROWS) and `down` (DOWN_ROWS) there. */
+const UP_ROWS = 16;
+const DOWN_ROWS = 2;
+
+/**
+ * The rank-r factor W(c, j), c < cols, j < r: stored [r, cols] (LoRA's A, when cols are its input
+ * features) or [cols, r] (LoRA's B, when cols are its output features).
+ */
+export type RankFactorLayout = 'r_cols' | 'cols_r';
+
+interface RankProduct {
+  /** The large operand's rows, and its columns (K of x for loraProject, N of out for loraExpand). */
+  rows: number;
+  cols: number;
+  r: number;
+  w: Tensor;
+  wLayout: RankFactorLayout;
+  alpha: number;
+  step: StepUniforms;
+  /**
+   * The large operand's element (row, c) is kept with probability 1 - p and scaled by 1 / (1 - p),
+   * by the mask shaders/dropout.wgsl makes with this salt over a dense [rows, cols] tensor. Absent or p = 0: none.
+   */
+  dropout?: { p: number; salt: number };
+}
+
+export interface LoraProjectArgs extends RankProduct {
+  /** [rows, cols] with rows ldx apart (default cols). */
+  x: Tensor;
+  ldx?: number;
+  /** [rows, r], dense; overwritten. */
+  out: Tensor;
+}
+
+export interface LoraExpandArgs extends RankProduct {
+  /** [rows, r], dense. */
+  u: Tensor;
+  /** [rows, cols] with rows ldo apart (default cols). */
+  out: Tensor;
+  ldo?: number;
+  accumulate: boolean;
+}
+
+/** Checks the shared arguments; returns the uniform's values after rows, cols, ld. */
+function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Tensor, out: Tensor): { sW: [number, number]; threshold: number; dropScale: number; salt: number } {
+  const { rows, cols, r } = a;
+  for (const [k, v] of Object.entries({ rows, cols, r, ld })) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`${what}: ${k} must be a positive integer (got ${v})`);
+  }
+  if (r > LORA_MAX_RANK) throw new Error(`${what}: rank ${r} is above ${LORA_MAX_RANK}`);
+  if (ld < cols) throw new Error(`${what}: the row stride ${ld} must be at least cols = ${cols}`);
+  if (!Number.isFinite(a.alpha)) throw new Error(`${what}: alpha must be finite (got ${a.alpha})`);
+  const need = (name: string, t: Tensor, n: number) => {
+    if (t.dtype !== 'f32') throw new Error(`${what}: ${name} (${t.label}) must be f32 (got ${t.dtype})`);
+    if (t.size < n) throw new Error(`${what}: ${name} (${t.label}) has ${t.size} elements, need ${n}`);
+  };
+  need('the [rows, cols] operand', big, (rows - 1) * ld + cols);
+  need('the [rows, r] operand', small, rows * r);
+  need('w', a.w, cols * r);
+  if (out.buffer === a.w.buffer || (out === big ? small : big).buffer === out.buffer) throw new Error(`${what}: the output must not alias an input`);
+  const p = a.dropout?.p ?? 0;
+  if (!(p >= 0 && p < 1)) throw new Error(`${what}: dropout p must be in [0, 1) (got ${p})`);
+  const salt = a.dropout?.salt ?? 0;
+  if (!Number.isInteger(salt) || salt < 0 || salt > 0xffffffff) throw new Error(`${what}: salt must be a u32 (got ${salt})`);
+  if (p > 0 && rows * cols > 0xffffffff) throw new Error(`${what}: ${rows} x ${cols} elements overflow the mask's u32 index`);
+  const sW: [number, number] = a.wLayout === 'cols_r' ? [r, 1] : [1, cols];
+  return { sW, threshold: dropoutThreshold(p), dropScale: 1 / (1 - p), salt };
+}
+
+/** out[rows, r] = alpha * mask(x) W: one pass over x [rows, cols]. */
+export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
+  const what = `loraProject(${a.out.label})`;
+  const ld = a.ldx ?? a.cols;
+  const c = check(what, a, ld, a.x, a.out, a.out);
+  const blocks = Math.ceil(a.rows / DOWN_ROWS);
+  const max = gpu.info.limits.maxComputeWorkgroupsPerDimension;
+  const x = Math.min(blocks, max);
+  return bindDispatch(gpu, {
+    label: what,
+    code,
+    entryPoint: 'down',
+    constants: { R: a.r },
+    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale)],
+    buffers: [a.step.buffer, a.out, a.x, a.w],
+    workgroups: [x, Math.ceil(blocks / x)],
+  });
+}
+
+/** out[rows, cols] (+)= alpha * mask(u W^T): one pass over out, K = r. */
+export function loraExpand(gpu: Gpu, a: LoraExpandArgs): Dispatch {
+  const what = `loraExpand(${a.out.label})`;
+  const ld = a.ldo ?? a.cols;
+  const c = check(what, a, ld, a.out, a.u, a.out);
+  return bindDispatch(gpu, {
+    label: what,
+    code,
+    entryPoint: 'up',
+    constants: { R: a.r },
+    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], a.accumulate ? 1 : 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale)],
+    buffers: [a.step.buffer, a.out, a.u, a.w],
+    workgroups: [Math.ceil(a.cols / 256), Math.ceil(a.rows / UP_ROWS)],
+  });
+}

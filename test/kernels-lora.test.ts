@@ -1,0 +1,130 @@
+// LoRA's fused rank-r products (shaders/lora.wgsl) against float64 references: loraProject
+// (u = dropout(x) A^T, du = scale * dy B) and loraExpand (y += scale * u B^T, dx += dropout'(du A)),
+// with the dropout mask regenerated in JS (the dropout kernel's hash).
+import { describe, expect, it } from 'vitest';
+import { testGpu, randArray, expectClose } from './helpers/gpu';
+import { run, bind } from './helpers/kernel-check';
+import { StepUniforms } from '../src/engine/kernels/step-uniforms';
+import { loraExpand, loraProject, type RankFactorLayout } from '../src/engine/kernels/lora';
+import { keepMask } from './helpers/dora-bottleneck-reference';
+
+const stepValues = (seed: number) => ({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1, seed });
+const SEED = 777, SALT = 0x9e37 + 7919;
+
+const wAt = (w: Float32Array, layout: RankFactorLayout, c: number, j: number, cols: number, r: number) => (layout === 'cols_r' ? w[c * r + j] : w[j * cols + c]);
+const maskOf = (rows: number, cols: number, p: number) => (p > 0 ? keepMask(rows * cols, SEED, SALT, p) : null);
+
+function expectDropRate(mask: Uint8Array | null, p: number): void {
+  if (!mask) return;
+  const dropped = mask.reduce((s, m) => s + (1 - m), 0) / mask.length;
+  expect(Math.abs(dropped - p)).toBeLessThan(0.05);
+}
+
+describe('loraExpand', () => {
+  for (const { rows, cols, r, ld, layout, accumulate, p } of [
+    // GPT-2-like up projection (B [N, r]) accumulated into the base output
+    { rows: 37, cols: 300, r: 8, ld: 300, layout: 'cols_r', accumulate: true, p: 0 },
+    // rank 1 and 16 (the limit), a row stride wider than cols (its padding must stay), no accumulate
+    { rows: 16, cols: 256, r: 1, ld: 260, layout: 'cols_r', accumulate: false, p: 0 },
+    { rows: 50, cols: 70, r: 16, ld: 73, layout: 'cols_r', accumulate: true, p: 0 },
+    // the backward's dx += dropout'(du A) (A [r, K])
+    { rows: 33, cols: 520, r: 8, ld: 520, layout: 'r_cols', accumulate: true, p: 0.3 },
+    { rows: 17, cols: 96, r: 4, ld: 96, layout: 'r_cols', accumulate: false, p: 0.05 },
+    { rows: 20, cols: 64, r: 3, ld: 64, layout: 'r_cols', accumulate: true, p: 0 },
+  ] as const) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}`, async () => {
+      const gpu = await testGpu();
+      const step = new StepUniforms(gpu);
+      step.write(stepValues(SEED));
+      const u = randArray(rows * r, 1, 1), w = randArray(cols * r, 2, 1);
+      const prior = randArray((rows - 1) * ld + cols, 3, 1);
+      const tu = gpu.tensorFrom(u, [rows, r], 'u'), tw = gpu.tensorFrom(w, [cols * r], 'w');
+      const out = gpu.tensorFrom(prior, [prior.length], 'out');
+      const alpha = 1.75;
+      await run(gpu, [await bind(gpu, () => loraExpand(gpu, {
+        u: tu, w: tw, wLayout: layout, out, ldo: ld, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+      }))]);
+      const mask = maskOf(rows, cols, p);
+      expectDropRate(mask, p);
+      const want = Float64Array.from(prior);
+      for (let row = 0; row < rows; row++) {
+        for (let c = 0; c < cols; c++) {
+          let s = 0;
+          for (let j = 0; j < r; j++) s += u[row * r + j] * wAt(w, layout, c, j, cols, r);
+          let v = alpha * s;
+          if (mask) v = mask[row * cols + c] ? v / (1 - p) : 0;
+          want[row * ld + c] = (accumulate ? prior[row * ld + c] : 0) + v;
+        }
+      }
+      const got = await gpu.read(out);
+      expectClose(got, want, 1e-4, 'out');
+      // the padding between rows is untouched, bit for bit
+      for (let row = 0; row + 1 < rows; row++) for (let c = cols; c < ld; c++) expect(got[row * ld + c]).toBe(prior[row * ld + c]);
+    });
+  }
+});
+
+describe('loraProject', () => {
+  for (const { rows, cols, r, ld, layout, p } of [
+    // forward u = dropout(x) A^T: GPT-2-like widths, rows not a multiple of the 4-row block
+    { rows: 37, cols: 768, r: 8, ld: 768, layout: 'r_cols', p: 0.1 },
+    { rows: 9, cols: 300, r: 16, ld: 303, layout: 'r_cols', p: 0 },
+    // backward du = scale * dy B (B [N, r]); short rows (fewer columns than a lane sweep), rank 1 and 5
+    { rows: 21, cols: 2304, r: 5, ld: 2304, layout: 'cols_r', p: 0 },
+    // B's rows read as vec4s (r a multiple of 4)
+    { rows: 13, cols: 2304, r: 8, ld: 2304, layout: 'cols_r', p: 0 },
+    { rows: 5, cols: 301, r: 16, ld: 301, layout: 'cols_r', p: 0 },
+    { rows: 3, cols: 77, r: 4, ld: 80, layout: 'cols_r', p: 0.2 },
+    { rows: 6, cols: 40, r: 1, ld: 40, layout: 'cols_r', p: 0 },
+    { rows: 4, cols: 257, r: 12, ld: 260, layout: 'r_cols', p: 0.5 },
+  ] as const) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, p=${p}`, async () => {
+      const gpu = await testGpu();
+      const step = new StepUniforms(gpu);
+      step.write(stepValues(SEED));
+      const x = randArray((rows - 1) * ld + cols, 4, 1), w = randArray(cols * r, 5, 1);
+      const tx = gpu.tensorFrom(x, [x.length], 'x'), tw = gpu.tensorFrom(w, [cols * r], 'w');
+      const out = gpu.tensorFrom(randArray(rows * r, 6, 100), [rows, r], 'out'); // overwritten
+      const alpha = 0.625;
+      await run(gpu, [await bind(gpu, () => loraProject(gpu, {
+        x: tx, ldx: ld, w: tw, wLayout: layout, out, rows, cols, r, alpha, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+      }))]);
+      const mask = maskOf(rows, cols, p);
+      expectDropRate(mask, p);
+      const want = new Float64Array(rows * r);
+      for (let row = 0; row < rows; row++) {
+        for (let j = 0; j < r; j++) {
+          let s = 0;
+          for (let c = 0; c < cols; c++) {
+            const xv = mask ? (mask[row * cols + c] ? x[row * ld + c] / (1 - p) : 0) : x[row * ld + c];
+            s += xv * wAt(w, layout, c, j, cols, r);
+          }
+          want[row * r + j] = alpha * s;
+        }
+      }
+      expectClose(await gpu.read(out), want, 1e-4, 'u');
+    });
+  }
+});
+
+describe('LoRA products: argument checks', () => {
+  it('rejects bad arguments with the reason', async () => {
+    const gpu = await testGpu();
+    const step = new StepUniforms(gpu);
+    const u = gpu.tensor([4, 8], 'u'), w = gpu.tensor([16 * 8], 'w'), out = gpu.tensor([4 * 16], 'out');
+    const ok = { u, w, wLayout: 'cols_r' as const, out, rows: 4, cols: 16, r: 8, alpha: 1, accumulate: false, step };
+    expect(() => loraExpand(gpu, ok)).not.toThrow();
+    expect(() => loraExpand(gpu, { ...ok, r: 17, w: gpu.tensor([16 * 17], 'w17'), u: gpu.tensor([4 * 17], 'u17') })).toThrow(/rank 17/);
+    expect(() => loraExpand(gpu, { ...ok, rows: 5, out: gpu.tensor([5 * 16], 'out5') })).toThrow(/\(u\) has 32 elements, need 40/);
+    expect(() => loraExpand(gpu, { ...ok, ldo: 17 })).toThrow(/\(out\) has 64 elements, need 67/);
+    expect(() => loraExpand(gpu, { ...ok, ldo: 15 })).toThrow(/row stride 15/);
+    expect(() => loraExpand(gpu, { ...ok, rows: 1, cols: 4, out: u })).toThrow(/alias/);
+    expect(() => loraExpand(gpu, { ...ok, dropout: { p: 1, salt: 1 } })).toThrow(/\[0, 1\)/);
+    const x = gpu.tensor([4 * 16], 'x');
+    const proj = { x, w, wLayout: 'cols_r' as const, out: u, rows: 4, cols: 16, r: 8, alpha: 1, step };
+    expect(() => loraProject(gpu, proj)).not.toThrow();
+    expect(() => loraProject(gpu, { ...proj, out: x })).toThrow(/alias/);
+    expect(() => loraProject(gpu, { ...proj, cols: 17 })).toThrow(/\(x\) has 64 elements, need 68/);
+    expect(() => loraProject(gpu, { ...proj, rows: 0 })).toThrow(/rows must be a positive integer/);
+  });
+});
