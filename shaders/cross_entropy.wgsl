@@ -3,55 +3,131 @@
 // (rowOffset: the logits block's first row, when a batch's logits are made a block at a time)
 //   logits_r <- (softmax(logits_r) - onehot(t_r)) * gradScale[0]
 // A target < 0 (e.g. -100) is ignored: loss 0 and a zero gradient row. A target >= V is a bug
-// upstream: its loss is NaN so it cannot train silently.
-// One 256-thread workgroup per row (rows folded into y past 65535 workgroups). Pass 1 reads the row
-// once with an online max/sum-of-exp per thread (one exp per element), merged across the workgroup;
-// pass 2 writes the gradient. Each thread reads and writes only its own columns (c = lid + k*256).
+// upstream: its loss is NaN so it cannot train silently. The columns [V, ld) are never written.
+//
+// One workgroup of WG threads per row (WG an override constant, a power of two >= 8); a grid with
+// fewer workgroups than rows loops over rows `number of workgroups` apart (rows folded into y past
+// 65535 workgroups are the same loop). Memory-bound: the row is read twice and written once, so
+// the logits are bound as vec4s (16-byte loads and stores, 4 of them in flight per thread):
+//   - the row's elements [base, base + V), base = row * ld, split into the whole vec4s inside it,
+//     [qa, qb) in vec4 units, and at most 3 elements before (when ld % 4 != 0) and 3 after them
+//     (V % 4 != 0), read and written one component at a time by threads 0..5;
+//   - pass 1: per thread an online (max, sum of exp(x - max)) over its vec4s, one exp per element
+//     plus one per 16 elements for the rescaling, then merged across the workgroup in a tree;
+//   - pass 2: gradient over the same vec4s in descending order, so that the end of the row, read
+//     last in pass 1, is re-read first while it is most likely still in L2.
+// A thread reads and writes only its own vec4s/elements; the target's logit is read by thread 0
+// before the reduction's barriers, after which the row is overwritten.
 struct Params { rows: u32, V: u32, rowOffset: u32, ld: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> logits: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> gradScale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> losses: array<f32>;
 
-const WG: u32 = 256u;
+override WG: u32 = 256u;
 // Finite stand-in for -inf: exp(NEG_BIG - m) is 0 for any real m, and exp(NEG_BIG - NEG_BIG) = 1
 // times a zero sum stays 0 (a real -inf would give NaN there).
 const NEG_BIG: f32 = -3.0e38;
-var<workgroup> red: array<vec2<f32>, WG>;  // (max, sum of exp(x - max))
+const NONE: u32 = 0xffffffffu;
+const ABS: u32 = 0x7fffffffu;
+const INF_BITS: u32 = 0x7f800000u;  // |x| bits above it: a NaN
+var<workgroup> red: array<vec2<f32>, WG>;  // (max, sum of exp(x - max)); sum -1: a NaN was seen
 
+// A NaN logit is detected from its bits: max() may drop a NaN (NVIDIA does) and exp(NaN) need
+// not be NaN on every Vulkan driver (SwiftShader's is finite), so the arithmetic alone may lose it.
 fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
   let m = max(a.x, b.x);
-  return vec2(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
+  let s = a.y * exp(a.x - m) + b.y * exp(b.x - m);
+  return vec2(m, select(s, -1.0, min(a.y, b.y) < 0.0));
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= params.rows) { return; }
+fn max4(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
+fn sum4(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+
+fn loadElem(e: u32) -> f32 { return logits[e >> 2u][e & 3u]; }
+fn storeElem(e: u32, v: f32) { logits[e >> 2u][e & 3u] = v; }
+
+// Thread lid's element outside the whole vec4s (threads 0..2: before them, 3..5: after), or NONE.
+fn extraElem(lid: u32, base: u32, end: u32, qa: u32, qb: u32) -> u32 {
+  let headEnd = min(4u * qa, end);
+  if (lid < 3u) {
+    let e = base + lid;
+    if (e < headEnd) { return e; }
+  } else if (lid < 6u) {
+    let e = max(4u * qb, headEnd) + (lid - 3u);
+    if (e < end) { return e; }
+  }
+  return NONE;
+}
+
+// The gradient of 4 columns (vec4 q) from their logits x; onehot: the target's lane in vec4 tq.
+fn grad4(q: u32, x: vec4<f32>, rowMax: f32, invSum: f32, tq: u32, onehot: vec4<f32>, g: f32) {
+  var p = exp(x - vec4(rowMax)) * invSum;
+  if (q == tq) { p -= onehot; }
+  logits[q] = p * g;
+}
+
+fn crossEntropyRow(row: u32, lid: u32) {
   let V = params.V;
   let base = row * params.ld;
+  let end = base + V;
+  let qa = (base + 3u) / 4u;          // first whole vec4
+  let qb = max(end / 4u, qa);         // past the last one
+  let n = qb - qa;
+  let extra = extraElem(lid, base, end, qa, qb);
   let lossIndex = params.rowOffset + row;
   let tgt = targets[lossIndex];
 
   if (tgt < 0) {
-    for (var c = lid; c < V; c += WG) { logits[base + c] = 0.0; }
+    for (var q = qa + lid; q < qb; q += WG) { logits[q] = vec4(0.0); }
+    if (extra != NONE) { storeElem(extra, 0.0); }
     if (lid == 0u) { losses[lossIndex] = 0.0; }
     return;
   }
+  let t = u32(tgt);
+  let et = base + t;  // the target's element (when t < V)
+  var xt = 0.0;
+  if (lid == 0u && t < V) { xt = loadElem(et); }
 
+  // pass 1: online max / sum of exp, 4 vec4 loads in flight
   var m = NEG_BIG;
   var s = 0.0;
-  for (var c = lid; c < V; c += WG) {
-    let x = logits[base + c];
-    if (x > m) {
-      s = s * exp(m - x) + 1.0;
-      m = x;
-    } else {
-      s += exp(x - m);  // also propagates a NaN logit into the loss
-    }
+  var nan = vec4(0u);  // max of |x| bits
+  var i = lid;
+  for (; i + 3u * WG < n; i += 4u * WG) {
+    let q = qa + i;
+    let x0 = logits[q];
+    let x1 = logits[q + WG];
+    let x2 = logits[q + 2u * WG];
+    let x3 = logits[q + 3u * WG];
+    let b0 = bitcast<vec4<u32>>(x0) & vec4(ABS);
+    let b1 = bitcast<vec4<u32>>(x1) & vec4(ABS);
+    let b2 = bitcast<vec4<u32>>(x2) & vec4(ABS);
+    let b3 = bitcast<vec4<u32>>(x3) & vec4(ABS);
+    nan = max(nan, max(max(b0, b1), max(b2, b3)));
+    let mn = max(m, max(max(max4(x0), max4(x1)), max(max4(x2), max4(x3))));
+    let mv = vec4(mn);
+    let e = (exp(x0 - mv) + exp(x1 - mv)) + (exp(x2 - mv) + exp(x3 - mv));
+    s = s * exp(m - mn) + sum4(e);
+    m = mn;
   }
+  for (; i < n; i += WG) {
+    let x = logits[qa + i];
+    nan = max(nan, bitcast<vec4<u32>>(x) & vec4(ABS));
+    let mn = max(m, max4(x));
+    s = s * exp(m - mn) + sum4(exp(x - vec4(mn)));
+    m = mn;
+  }
+  if (extra != NONE) {
+    let x = loadElem(extra);
+    nan.x = max(nan.x, bitcast<u32>(x) & ABS);
+    let mn = max(m, x);
+    s = s * exp(m - mn) + exp(x - mn);
+    m = mn;
+  }
+
+  if (any(nan > vec4(INF_BITS))) { s = -1.0; }
   red[lid] = vec2(m, s);
   workgroupBarrier();
   for (var k = WG / 2u; k > 0u; k >>= 1u) {
@@ -59,21 +135,48 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
   }
   let total = red[0];
+  workgroupBarrier();  // everyone has read red[0] before the next row writes red
   let rowMax = total.x;
-  let invSum = 1.0 / total.y;
+  let sawNaN = total.y < 0.0;
+  let NaN = bitcast<f32>(0x7fc00000u | (V & 0u));  // a runtime NaN: a constant one is a WGSL error
+  let invSum = select(1.0 / total.y, NaN, sawNaN);  // a NaN logit: a NaN gradient row
 
-  let t = u32(tgt);
-  if (t >= V) {
-    if (lid == 0u) { losses[lossIndex] = bitcast<f32>(0x7fc00000u | (V & 0u)); } // a runtime NaN: a constant one is a WGSL error
-  } else if (t % WG == lid) {
-    // The thread that owns column t reads it before its own pass 2 overwrites it.
-    losses[lossIndex] = (rowMax - logits[base + t]) + log(total.y);
+  if (lid == 0u) {
+    losses[lossIndex] = select((rowMax - xt) + log(total.y), NaN, sawNaN || t >= V);
   }
 
+  // pass 2: the gradient, vec4s in descending order (qb - 1 - i), 4 loads in flight
   let g = gradScale[0];
-  for (var c = lid; c < V; c += WG) {
-    var p = exp(logits[base + c] - rowMax) * invSum;
-    if (c == t) { p -= 1.0; }
-    logits[base + c] = p * g;
+  let tq = select(NONE, et >> 2u, t < V);
+  let onehot = select(vec4(0.0), vec4(1.0), vec4(et & 3u) == vec4(0u, 1u, 2u, 3u));
+  i = lid;
+  for (; i + 3u * WG < n; i += 4u * WG) {
+    let q = qb - 1u - i;
+    let x0 = logits[q];
+    let x1 = logits[q - WG];
+    let x2 = logits[q - 2u * WG];
+    let x3 = logits[q - 3u * WG];
+    grad4(q, x0, rowMax, invSum, tq, onehot, g);
+    grad4(q - WG, x1, rowMax, invSum, tq, onehot, g);
+    grad4(q - 2u * WG, x2, rowMax, invSum, tq, onehot, g);
+    grad4(q - 3u * WG, x3, rowMax, invSum, tq, onehot, g);
+  }
+  for (; i < n; i += WG) {
+    let q = qb - 1u - i;
+    grad4(q, logits[q], rowMax, invSum, tq, onehot, g);
+  }
+  if (extra != NONE) {
+    var p = exp(loadElem(extra) - rowMax) * invSum;
+    if (extra == et && t < V) { p -= 1.0; }
+    storeElem(extra, p * g);
+  }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let stride = nwg.x * nwg.y;
+  for (var row = wid.x + wid.y * nwg.x; row < params.rows; row += stride) {
+    crossEntropyRow(row, lid);
   }
 }

@@ -4,6 +4,16 @@ import { bindDispatch, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
 
+/**
+ * Threads per row for long rows (capped at the device's workgroup limit; short rows get fewer:
+ * about one per 16 columns, at least 64). On the H100 (bench/probe/cross-entropy.ts, 2048 rows,
+ * fresh logits, ms per call): GPT-2 with ld 50,260: 256 threads 0.871, 512 0.870, 1024 1.085;
+ * dense 50,257: 0.873 / 0.870 / 1.088; SmolLM2's 49,152: 0.740 / 0.752 / 0.988; the kernel it
+ * replaced (one scalar load per thread per step) 1.60 / 1.60 / 1.46. Fewer rows in flight (1024
+ * threads, one or two rows per SM) did not make pass 2's re-read hit L2 more.
+ */
+export const CROSS_ENTROPY_THREADS = 256;
+
 export interface CrossEntropyArgs {
   /** [rows, V]; replaced in place by d(loss)/d(logits) * gradScale[0]. */
   logits: Tensor;
@@ -18,6 +28,22 @@ export interface CrossEntropyArgs {
   V: number;
   /** Elements from one row of logits to the next (default V); the columns past V are not touched. */
   ld?: number;
+  /**
+   * Threads per row: a power of two >= 8, at most the device's limit (default
+   * crossEntropyThreads(V, limit)). For tests and benchmarks.
+   */
+  threads?: number;
+  /** Workgroups (rows in flight), each looping over rows this far apart (default rows). For tests and benchmarks. */
+  workgroups?: number;
+}
+
+/** Largest power of two <= n. */
+const pow2Floor = (n: number): number => 2 ** Math.floor(Math.log2(n));
+
+/** Default threads per row: one per 16 columns (4 vec4s), a power of two in [64, min(CROSS_ENTROPY_THREADS, limit)]. */
+export function crossEntropyThreads(V: number, limit: number): number {
+  const most = pow2Floor(Math.min(CROSS_ENTROPY_THREADS, limit));
+  return Math.min(most, Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(V / 16))))));
 }
 
 /** Softmax cross-entropy per row: losses, and the logits gradient written over the logits. */
@@ -34,6 +60,10 @@ export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   if (a.logits.dtype !== 'f32' || a.logits.size < need) {
     throw new Error(`${what}: logits must be f32 with ${a.rows === 0 || ld === a.V ? `rows*V=${need}` : `(rows-1)*ld+V=${need}`} elements (got ${a.logits.dtype} ${a.logits.size})`);
   }
+  // The shader binds the logits as vec4s: the buffer's whole vec4s must cover every element.
+  if (4 * Math.floor(a.logits.buffer.size / 16) < need) {
+    throw new Error(`${what}: the logits buffer (${a.logits.buffer.size} bytes) must hold ${need} elements in whole 16-byte vec4s`);
+  }
   if (a.targets.dtype !== 'i32') throw new Error(`${what}: targets must be i32 (got ${a.targets.dtype})`);
   if (a.targets.size < rowOffset + a.rows) throw new Error(`${what}: targets has ${a.targets.size} elements, need rowOffset+rows=${rowOffset + a.rows}`);
   if (a.losses.dtype !== 'f32' || a.losses.size < rowOffset + a.rows) {
@@ -41,11 +71,19 @@ export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   }
   if (a.gradScale.dtype !== 'f32' || a.gradScale.size < 1) throw new Error(`${what}: gradScale must be a 1-element f32 tensor`);
   if (a.losses.buffer === a.logits.buffer) throw new Error(`${what}: losses must not alias logits`);
+  const limit = Math.min(gpu.info.limits.maxComputeInvocationsPerWorkgroup, gpu.device.limits.maxComputeWorkgroupSizeX);
+  const threads = a.threads ?? crossEntropyThreads(a.V, limit);
+  if (!Number.isInteger(threads) || threads < 8 || threads > limit || pow2Floor(threads) !== threads) {
+    throw new Error(`${what}: threads = ${threads} must be a power of two in [8, ${limit}]`);
+  }
+  const workgroups = a.workgroups ?? a.rows;
+  if (!Number.isInteger(workgroups) || workgroups < 1) throw new Error(`${what}: workgroups must be a positive integer (got ${workgroups})`);
   return bindDispatch(gpu, {
     label: what,
     code,
+    constants: { WG: threads },
     params: [a.rows, a.V, rowOffset, ld],
     buffers: [a.logits, a.targets, a.gradScale, a.losses],
-    workgroups: grid1d(a.rows, 1),
+    workgroups: grid1d(Math.min(a.rows, workgroups), 1),
   });
 }
