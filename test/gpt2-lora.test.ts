@@ -92,6 +92,31 @@ describe('GPT-2 + LoRA program', () => {
     }
   });
 
+  it("skips the lowest trainable layer's input gradient (c_attn's dx, ln_1's backward) unless prompt tuning needs it", async () => {
+    const gpu = await testGpu();
+    const model = Gpt2.load(gpu, dims, weightSource(randomGpt2Weights(dims, 4), dims), 'random-gpt2');
+    const step = new StepUniforms(gpu);
+    const labels = (targetModules: string[]) => {
+      const lora = new Lora(gpu, { r: 2, alpha: 4, dropout: 0, targetModules, useRslora: false }, model.linearModules(), step, rng(3));
+      const program = model.buildProgram(lora, { B, T, training: true, captureLogits: false });
+      const out = program.backward.flatMap((op) => (op.kind === 'dispatch' ? [op.label] : []));
+      program.destroy();
+      lora.destroy();
+      return out;
+    };
+    // LoRA on c_attn everywhere: layer 0 is the lowest; its c_attn still gets LoRA's gradients
+    const all = labels(['c_attn']);
+    expect(all.some((l) => l.startsWith('transformer.h.1.attn.c_attn.dx'))).toBe(true);
+    expect(all.some((l) => l.startsWith('transformer.h.0.attn.c_attn.dx'))).toBe(false);
+    expect(all.filter((l) => l.startsWith('layerNormBackward')).length).toBe(1 + 2 * dims.n_layer - 1);
+    expect(all.some((l) => l.includes('transformer.h.0.attn.c_attn.dB'))).toBe(true);
+    // LoRA on layer 1's MLP only: layer 1 is the lowest; nothing of layer 0 runs backward
+    const top = labels(['h.1.mlp.c_fc']);
+    expect(top.some((l) => l.startsWith('transformer.h.0.'))).toBe(false);
+    expect(top.some((l) => l.startsWith('transformer.h.1.attn.c_attn.dx'))).toBe(false);
+    expect(top.some((l) => l.startsWith('transformer.h.1.mlp.c_fc.dx'))).toBe(true);
+  });
+
   it('an untargeted model gives the same logits as the base model', async () => {
     const gpu = await testGpu();
     const w = randomGpt2Weights(dims, 2);

@@ -70,16 +70,17 @@ export function linearForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tenso
 /**
  * dx (+)= dy W^T (in x's terms) and the adapter's gradients and part of dx. `bias` is the layer's
  * bias (null: none): methods that scale the layer's output recompute it in backward, and refuse
- * callers that leave it out (undefined).
+ * callers that leave it out (undefined). dx null: nothing below needs it (the lowest trainable
+ * layer's input projections), so only the adapter's gradients are made.
  */
-export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean, peft: PeftMethod | null, bias?: Tensor | null): Op[] {
+export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor | null, accumulate: boolean, peft: PeftMethod | null, bias?: Tensor | null): Op[] {
   const base = frozenLinear(gpu, site, W, bias, accumulate);
   const targeted = peft?.targetsLinear(site.module) ?? false;
   if (targeted && peft!.replacesLinear) return peft!.linearBackward(site, { dy, dx }, base);
-  const ops: Op[] = frozenProduct(gpu, site, {
+  const ops: Op[] = dx ? frozenProduct(gpu, site, {
     label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
     M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate,
-  });
+  }) : [];
   if (targeted) ops.push(...peft!.linearBackward(site, { dy, dx }, base));
   return ops;
 }

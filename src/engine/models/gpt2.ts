@@ -261,7 +261,8 @@ export class Gpt2 {
         dres: dres!, dln: dln!,
         dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, P + T], 'dP'),
       };
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], scratch, peft, B, T));
+      // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], scratch, peft, B, T, l > lowest || nv > 0));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -380,7 +381,7 @@ export class Gpt2 {
     return linearForward(this.gpu, site, W, bias, accumulate, peft);
   }
 
-  private linearBack(site: LinearSite, W: Tensor, bias: Tensor, dy: Tensor, dx: Tensor, peft: PeftMethod | null): Op[] {
+  private linearBack(site: LinearSite, W: Tensor, bias: Tensor, dy: Tensor, dx: Tensor | null, peft: PeftMethod | null): Op[] {
     return linearBackward(this.gpu, site, W, dy, dx, false, peft, bias);
   }
 
@@ -451,13 +452,14 @@ export class Gpt2 {
   }
 
   /**
-   * On entry s.dres holds dLoss/d(output of layer l); on exit dLoss/d(input of layer l).
-   * The mirror image of layerForward, bottom to top read upwards.
+   * On entry s.dres holds dLoss/d(output of layer l); on exit dLoss/d(input of layer l), when
+   * inputGrad (otherwise only the adapter's gradients are made: c_attn's dx and ln_1's backward
+   * are skipped). The mirror image of layerForward, bottom to top read upwards.
    */
   private layerBackward(
     l: number, x: Tensor, xOut: Tensor, a: LayerActs,
     s: { dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor; dP: Tensor },
-    peft: PeftMethod | null, B: number, T: number,
+    peft: PeftMethod | null, B: number, T: number, inputGrad: boolean,
   ): Op[] {
     const { gpu, C, H, D, F } = this;
     const M = B * T;
@@ -540,8 +542,8 @@ export class Gpt2 {
         }));
       }
     }
-    ops.push(...this.linearBack(this.site(true, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, s.dln, peft));
-    ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
+    ops.push(...this.linearBack(this.site(true, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, inputGrad ? s.dln : null, peft));
+    if (inputGrad) ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }
 }

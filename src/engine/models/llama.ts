@@ -294,7 +294,8 @@ export class Llama {
         dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, P + T], 'dP'),
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
       };
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], s, peft, B, T));
+      // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], s, peft, B, T, l > lowest || nv > 0));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -522,7 +523,8 @@ export class Llama {
   }
 
   /** On entry s.dres = dLoss/d(output of layer l); on exit dLoss/d(input of layer l). */
-  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number): Op[] {
+  /** As GPT-2's: inputGrad false makes only the adapter's gradients at the input projections (no q/k/v dx, no input norm backward). */
+  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number, inputGrad: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
     const G = H / KV;
@@ -616,10 +618,11 @@ export class Llama {
       dq = s.dqPre!;
       dk = s.dkPre!;
     }
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, s.dxn, false, peft, w.qBias));
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, s.dxn, true, peft, w.kBias));
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, s.dxn, true, peft, w.vBias));
-    ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
+    const dxn = inputGrad ? s.dxn : null;
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, dxn, false, peft, w.qBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, dxn, true, peft, w.kBias));
+    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, dxn, true, peft, w.vBias));
+    if (inputGrad) ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }
 }
