@@ -62,7 +62,9 @@ export interface KernelTuning {
    * Split-K (kernels/matmul.ts splitKFactor) for products with K >= splitKMinK whose 128x128 tiling
    * makes fewer than splitKWorkgroups tiles (splitKLongWorkgroups when K >= splitKLongK), into
    * enough slices for about that many, at most splitKMaxSlices (1: never), each at least
-   * splitKMinSlice long.
+   * splitKMinSlice long. splitKMaxSlices 32 on the H100 (bench/sweep-tuning.sh): the LM head's
+   * backward over 384-row logits blocks (18 tiles, K = 50,257) 5.03 -> 4.61 ms per GPT-2 step with
+   * its sum (16: 5.03, 24: 4.82, 48: 4.95, 64: 4.82), for 14 MB more split-K scratch.
    */
   splitKMinK: number;
   splitKWorkgroups: number;
@@ -73,7 +75,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 16, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
 };
 
 export class GpuError extends Error {
