@@ -5,7 +5,8 @@
 // prefetched into registers while the current one is consumed. Every kernel takes the
 // pipeline-overridable TRIANGLE of shaders/matmul.wgsl (causal attention's products, kernels/
 // matmul.ts MatmulArgs.triangle): the K tiles a workgroup walks, or whether it runs at all, cut to
-// the triangle that matters (TRIANGLE_DOC below).
+// the triangle that matters (TRIANGLE_DOC below); and its GELU_A / GELU_GRAD (GPT-2's MLP with its
+// GELU fused in, kernels/matmul.ts MatmulArgs.geluA / geluGradOf: GELU_DOC below).
 //   node scripts/gen-matmul-wide.mjs   → rewrites every variant in WIDE_VARIANTS
 export const WIDE_VARIANTS = [
   { name: 'matmul_wide_128x128', TM: 8, TN: 8, TK: 16 },
@@ -23,7 +24,7 @@ const PARAMS_STRUCT = `struct Params {
   M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
   offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32,
 }
 `;
 const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
@@ -35,6 +36,7 @@ const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
     var x = params.alpha * v[j];
     if (params.accumulate != 0u) { x += c[rowBase + n]; }
     if (params.hasBias != 0u) { x += bias[n]; }
+    if (GELU_GRAD) { x *= geluTanhGrad(pre[params.offPre + m * params.ldPre + n]); }
     c[rowBase + n] = x;
   }
 }
@@ -46,6 +48,45 @@ const TRIANGLE_DOC = `// Causal products (kernels/matmul.ts MatmulArgs.triangle)
 // tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
 // (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
 override TRIANGLE: u32 = 0u;
+`;
+// The fused GELU of shaders/matmul.wgsl: the overrides and shaders/gelu.wgsl's functions (renamed;
+// the same expressions, so the fused products round as the separate kernels do: test/
+// matmul-gelu.test.ts compares the text). opA is what a staged vec4 of A becomes.
+const GELU_DOC = `// GPT-2's GELU (tanh form) fused in (false, the default, leaves it out): GELU_A: op(A) = gelu(stored
+// A), applied as A is staged (gelu(0) = 0 keeps the padding zero); GELU_GRAD: the finished value
+// (alpha * sum (+ C) (+ bias)) times gelu'(pre[offPre + m * ldPre + n]) (unbatched products only).
+override GELU_A: bool = false;
+override GELU_GRAD: bool = false;
+const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const GELU_K: f32 = 0.044715;
+const GELU_U_MAX: f32 = 40.0;
+
+fn geluU(v: f32) -> f32 {
+  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
+}
+
+fn geluTanh(v: f32) -> f32 {
+  let u = clamp(geluU(v), -GELU_U_MAX, GELU_U_MAX);
+  return v / (1.0 + exp(-2.0 * u));
+}
+
+fn geluTanhGrad(v: f32) -> f32 {
+  let uRaw = geluU(v);
+  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
+  let s = 1.0 / (1.0 + exp(-2.0 * u));
+  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
+  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
+  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
+}
+
+fn opA(v: vec4<f32>) -> vec4<f32> {
+  if (GELU_A) { return vec4<f32>(geluTanh(v.x), geluTanh(v.y), geluTanh(v.z), geluTanh(v.w)); }
+  return v;
+}
+
+`;
+const PRE_BINDING = `// GELU_GRAD's pre-activations: bound to \`a\` by the wrapper when GELU_GRAD is off (then never read).
+@group(0) @binding(5) var<storage, read> pre: array<f32>;
 `;
 /**
  * main()'s opening: the folded (tileN, tileM, batch) index, mTile / nTile (local lets, or the
@@ -110,7 +151,7 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
   for (let s = 0; s < slotsA; s++) {
     loadsInit += `  let sA${s} = slotA(lidx + ${s * 256}u, params.kFastA);\n  var nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, tBegin * ${TK}u + sA${s}.x);\n`;
     loadsNext += `      nA${s} = loadA(baseA, mTile + sA${s}.y * 4u, k0 + sA${s}.x);\n`;
-    stage += `    tileA[${db ? 'dstA + ' : ''}sA${s}.x * ${QA}u + sA${s}.y] = nA${s};\n`;
+    stage += `    tileA[${db ? 'dstA + ' : ''}sA${s}.x * ${QA}u + sA${s}.y] = opA(nA${s});\n`;
   }
   for (let s = 0; s < slotsB; s++) {
     loadsInit += `  let sB${s} = slotB(lidx + ${s * 256}u, params.kFastB);\n  var nB${s} = loadB(baseB, nTile + sB${s}.y * 4u, tBegin * ${TK}u + sB${s}.x);\n`;
@@ -121,12 +162,12 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
 // (+ bias) exactly as shaders/matmul.wgsl computes it (same Params, strides, batching, summation
 // order), with ${BM}x${BN} output tiles: each of the 16x16 threads computes ${TM}x${TN} outputs as
 // ${TM / 4}x${TN / 4} blocks of 4x4 lying 64 rows / columns apart; K tiles of ${TK}${db ? ', staged double-buffered (one barrier per tile)' : ''}.
-${PARAMS_STRUCT}${TRIANGLE_DOC}@group(0) @binding(0) var<uniform> params: Params;
+${PARAMS_STRUCT}${TRIANGLE_DOC}${GELU_DOC}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-
+${PRE_BINDING}
 // [k][quad]: element (k, 4 * quad + i) of a staged tile is tile[k * quads + quad][i].
 var<workgroup> tileA: array<vec4<f32>, ${(db ? 2 : 1) * TK * QA}>;
 var<workgroup> tileB: array<vec4<f32>, ${(db ? 2 : 1) * TK * QB}>;
@@ -247,7 +288,7 @@ export function vec4MatmulWgsl({ TM, TN, TK }) {
       loadsInit += `  let s${X}${s} = slot${X}(lidx + ${s * 256}u);\n  var n${X}${s} = load${X}(base${X}, s${X}${s}, tBegin * ${TK}u, true);\n`;
       loadsNext += `        n${X}${s} = load${X}(base${X}, s${X}${s}, k0, false);\n`;
       loadsChecked += `        n${X}${s} = load${X}(base${X}, s${X}${s}, k0, true);\n`;
-      stage += `    stage${X}(s${X}${s}, n${X}${s});\n`;
+      stage += X === 'A' ? `    stageA(sA${s}, opA(nA${s}));\n` : `    stageB(sB${s}, nB${s});\n`;
     }
   }
   // per operand X (A: rows m, M, tile mTile; B: rows n, N, tile nTile), contiguous along k or along its rows
@@ -295,12 +336,12 @@ fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
 ${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
-${TRIANGLE_DOC}@group(0) @binding(0) var<uniform> params: Params;
+${TRIANGLE_DOC}${GELU_DOC}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-
+${PRE_BINDING}
 // [k][quad]: element (k, 4 * quad + i) of a staged tile is tile[k * ${QA} + quad][i] (A; B: * ${QB}).
 var<workgroup> tileA: array<vec4<f32>, ${TK * QA}>;
 var<workgroup> tileB: array<vec4<f32>, ${TK * QB}>;

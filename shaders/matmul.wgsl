@@ -19,6 +19,13 @@
 //     64 being a multiple of TK), reading only k >= m0;
 //   3 lowerC: only C[m][n] with n <= m is wanted (M == N): a tile wholly above the diagonal
 //     (n0 > m0 + 63) returns without writing; the others compute and write their whole tile.
+//
+// GPT-2's MLP fuses its GELU (tanh form, shaders/gelu.wgsl) into its products through two more
+// overrides (kernels/matmul.ts MatmulArgs.geluA / geluGradOf; false, the default, leaves them out):
+//   GELU_A: op(A) is gelu(stored A), applied to each element as it is staged into workgroup memory
+//     (gelu(0) = 0, so the zero padding outside the matrix stays zero);
+//   GELU_GRAD: the finished value (alpha * sum (+ C) (+ bias)) is multiplied by gelu'(pre[m][n]),
+//     pre read at offPre + m * ldPre + n (unbatched products only).
 
 struct Params {
   M: u32,
@@ -47,6 +54,8 @@ struct Params {
   accumulate: u32,
   hasBias: u32,
   alpha: f32,
+  offPre: u32,       // GELU_GRAD's pre-activation: element offset ...
+  ldPre: u32,        // ... and row stride
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -55,11 +64,48 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 // Bound to `a` by the wrapper when there is no bias (then never read).
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+// GELU_GRAD's pre-activations; bound to `a` when GELU_GRAD is off (then never read).
+@group(0) @binding(5) var<storage, read> pre: array<f32>;
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 // 0: full product; 1: lowerA; 2: upperA; 3: lowerC (see above).
 override TRIANGLE: u32 = 0u;
+override GELU_A: bool = false;
+override GELU_GRAD: bool = false;
+
+// GELU, tanh form: shaders/gelu.wgsl's uOf / gelu / geluGrad with its constants, renamed (the
+// expressions are the same, so the fused products round as the separate kernels do; test/
+// matmul-gelu.test.ts compares the text).
+const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const GELU_K: f32 = 0.044715;
+const GELU_U_MAX: f32 = 40.0;
+
+fn geluU(v: f32) -> f32 {
+  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
+}
+
+fn geluTanh(v: f32) -> f32 {
+  let u = clamp(geluU(v), -GELU_U_MAX, GELU_U_MAX);
+  return v / (1.0 + exp(-2.0 * u));
+}
+
+fn geluTanhGrad(v: f32) -> f32 {
+  let uRaw = geluU(v);
+  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
+  let s = 1.0 / (1.0 + exp(-2.0 * u));
+  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
+  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
+  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
+}
+
+// A staged vec4 of A as the product reads it: gelu of each element under GELU_A.
+fn opA(v: vec4<f32>) -> vec4<f32> {
+  if (GELU_A) {
+    return vec4<f32>(geluTanh(v.x), geluTanh(v.y), geluTanh(v.z), geluTanh(v.w));
+  }
+  return v;
+}
 
 // [k][quad]: element (k, 4*quad + i) of the tile is tileA[k * 16 + quad][i].
 var<workgroup> tileA: array<vec4<f32>, 256>;
@@ -152,7 +198,7 @@ fn main(
   var nextB = loadB(baseB, loadNB, tBegin * TK + slotB.x);
   for (var t = tBegin; t < tEnd; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
-    tileA[storeA] = nextA;
+    tileA[storeA] = opA(nextA);
     tileB[storeB] = nextB;
     workgroupBarrier();
     if (t + 1u < tEnd) {
@@ -189,6 +235,9 @@ fn main(
       }
       if (params.hasBias != 0u) {
         v += bias[n];
+      }
+      if (GELU_GRAD) {
+        v *= geluTanhGrad(pre[params.offPre + m * params.ldPre + n]);
       }
       c[rowBase + n] = v;
     }

@@ -6,7 +6,7 @@ struct Params {
   M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
   offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32,
 }
 // Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
 // 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
@@ -14,11 +14,45 @@ struct Params {
 // tile holding m0; 3 lowerC: only C[m][n] with n <= m wanted, a tile wholly above the diagonal
 // (n0 > m0 + BM - 1) returns without writing, the others write their whole tile.
 override TRIANGLE: u32 = 0u;
+// GPT-2's GELU (tanh form) fused in (false, the default, leaves it out): GELU_A: op(A) = gelu(stored
+// A), applied as A is staged (gelu(0) = 0 keeps the padding zero); GELU_GRAD: the finished value
+// (alpha * sum (+ C) (+ bias)) times gelu'(pre[offPre + m * ldPre + n]) (unbatched products only).
+override GELU_A: bool = false;
+override GELU_GRAD: bool = false;
+const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+const GELU_K: f32 = 0.044715;
+const GELU_U_MAX: f32 = 40.0;
+
+fn geluU(v: f32) -> f32 {
+  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
+}
+
+fn geluTanh(v: f32) -> f32 {
+  let u = clamp(geluU(v), -GELU_U_MAX, GELU_U_MAX);
+  return v / (1.0 + exp(-2.0 * u));
+}
+
+fn geluTanhGrad(v: f32) -> f32 {
+  let uRaw = geluU(v);
+  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
+  let s = 1.0 / (1.0 + exp(-2.0 * u));
+  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
+  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
+  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
+}
+
+fn opA(v: vec4<f32>) -> vec4<f32> {
+  if (GELU_A) { return vec4<f32>(geluTanh(v.x), geluTanh(v.y), geluTanh(v.z), geluTanh(v.w)); }
+  return v;
+}
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+// GELU_GRAD's pre-activations: bound to `a` by the wrapper when GELU_GRAD is off (then never read).
+@group(0) @binding(5) var<storage, read> pre: array<f32>;
 
 // [k][quad]: element (k, 4 * quad + i) of a staged tile is tile[k * quads + quad][i].
 var<workgroup> tileA: array<vec4<f32>, 512>;
@@ -68,6 +102,7 @@ fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
     var x = params.alpha * v[j];
     if (params.accumulate != 0u) { x += c[rowBase + n]; }
     if (params.hasBias != 0u) { x += bias[n]; }
+    if (GELU_GRAD) { x *= geluTanhGrad(pre[params.offPre + m * params.ldPre + n]); }
     c[rowBase + n] = x;
   }
 }
@@ -106,7 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   {
     let dstA = (tBegin % 2u) * 256u;
     let dstB = (tBegin % 2u) * 256u;
-    tileA[dstA + sA0.x * 16u + sA0.y] = nA0;
+    tileA[dstA + sA0.x * 16u + sA0.y] = opA(nA0);
     tileB[dstB + sB0.x * 16u + sB0.y] = nB0;
   }
   workgroupBarrier();
@@ -130,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (more) {
       let dstA = 256u - curA;
       let dstB = 256u - curB;
-    tileA[dstA + sA0.x * 16u + sA0.y] = nA0;
+    tileA[dstA + sA0.x * 16u + sA0.y] = opA(nA0);
     tileB[dstB + sB0.x * 16u + sB0.y] = nB0;
     }
     workgroupBarrier();

@@ -39,6 +39,12 @@ export interface KernelTuning {
   /** Vec4-aligned operands go to the vec4 variant of the chosen tiling (kernels/matmul.ts vec4Aligned). */
   vec4Matmul: boolean;
   /**
+   * GPT-2's MLP forward reads gelu(fc) in mlp.c_proj's product (kernels/matmul.ts geluA) instead
+   * of a GELU kernel writing g first (where the method leaves mlp.c_proj alone; the backward's
+   * gelu' is fused either way).
+   */
+  geluPrologue: boolean;
+  /**
    * The LM head's logits are made this many MiB of rows at a time (at most one binding; models/program.ts
    * lmHeadChunkBytes). 80 on the H100 (bench/run-step-bench.sh --tuning lmHeadChunkMiB=C): SmolLM2's
    * peak 3.36 GiB at 256 (2 blocks of 1365 rows) falls to 3.15, under PyTorch's smallest (3.17).
@@ -75,7 +81,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
 };
 
 export class GpuError extends Error {

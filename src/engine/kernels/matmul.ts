@@ -69,6 +69,28 @@ export interface MatmulArgs {
    * skinny kernel; matmulSplitK does not split a triangular product.
    */
   triangle?: MatmulTriangle;
+  /**
+   * op(A) is GELU's tanh form (shaders/gelu.wgsl, GPT-2's "gelu_new") of stored A, elementwise,
+   * applied as A is staged into workgroup memory: GPT-2's mlp.c_proj reads its pre-activations
+   * straight, with no GELU kernel nor activation buffer. The tiled kernels only (a shape that would
+   * take the skinny kernel takes them instead); split-K applies it per slice.
+   */
+  geluA?: 'tanh';
+  /**
+   * The finished value times GELU's derivative (tanh form, as shaders/gelu.wgsl's backward) at
+   * pre[offset + m * ld + n] (ld default N, offset 0): C[m][n] = (alpha * op(A) op(B)[m][n] (+ C)
+   * (+ bias[n])) * gelu'(pre[m][n]), so GPT-2's mlp.c_proj.dx writes d(pre-activation) straight.
+   * Unbatched products only; pre must not alias C. The tiled kernels only (as geluA); split-K
+   * applies it once, on the sum (shaders/matmul_splitk_reduce.wgsl).
+   */
+  geluGradOf?: MatmulGeluGrad;
+}
+
+/** MatmulArgs.geluGradOf: where the pre-activations lie. */
+export interface MatmulGeluGrad {
+  pre: Tensor;
+  ld?: number;
+  offset?: number;
 }
 
 export type MatmulTriangle = 'lowerA' | 'upperA' | 'lowerC';
@@ -186,7 +208,32 @@ function foldGrid(count: number, maxPerDim: number): [number, number, number] {
   return [x, y, z];
 }
 
-/** Binds C = alpha * op(A) @ op(B) (+ C) (+ bias). Throws if any index would leave its buffer. */
+/**
+ * Checks MatmulArgs.geluA / geluGradOf for an M x N product: the overrides their kernels take
+ * (none without them, so the plain products keep their pipelines) and the epilogue's uniforms.
+ */
+function geluOptions(args: MatmulArgs, M: number, N: number, batchCount: number, fail: (msg: string) => never): { constants: Record<string, number>; pre: Tensor | null; offPre: number; ldPre: number } {
+  const constants: Record<string, number> = {};
+  if (args.geluA !== undefined) {
+    if (args.geluA !== 'tanh') fail(`geluA must be 'tanh' (got ${String(args.geluA)})`);
+    constants.GELU_A = 1;
+  }
+  const g = args.geluGradOf;
+  if (!g) return { constants, pre: null, offPre: 0, ldPre: 0 };
+  const { pre } = g;
+  const ldPre = g.ld ?? N, offPre = g.offset ?? 0;
+  if (pre.dtype !== 'f32') fail(`geluGradOf.pre (${pre.label}) is ${pre.dtype}, expected f32`);
+  if (pre.buffer === args.c.buffer) fail('geluGradOf.pre must not alias c');
+  if (batchCount !== 1) fail('geluGradOf takes unbatched products');
+  if (!Number.isInteger(ldPre) || ldPre < N || ldPre >= U32_LIMIT) fail(`geluGradOf.ld = ${ldPre} must be an integer >= N = ${N}`);
+  if (!Number.isInteger(offPre) || offPre < 0 || offPre >= U32_LIMIT) fail(`geluGradOf.offset = ${offPre} must be a non-negative integer`);
+  const last = offPre + (M - 1) * ldPre + (N - 1);
+  if (last >= pre.size) fail(`geluGradOf.pre (${pre.label}, ${pre.size} elements) would be read at index ${last}`);
+  constants.GELU_GRAD = 1;
+  return { constants, pre, offPre, ldPre };
+}
+
+/** Binds C = alpha * op(A) @ op(B) (+ C) (+ bias) (* gelu'(pre)). Throws if any index would leave its buffer. */
 export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   const { a, b, c, M, N, K, bias } = args;
   const label = args.label ?? `matmul(${c.label})`;
@@ -245,13 +292,15 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   check('a', a, lastIndex(offA, batch.strideA, rowsA, colsA, lda));
   check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb));
   check('c', c, lastIndex(offC, batch.strideC, M, N, ldc));
+  const gelu = geluOptions(args, M, N, batchCount, fail);
+  const fused = Object.keys(gelu.constants).length > 0;
 
   // Element steps of A(m, k), B(k, n) and C(m, n) along each index.
   const sAm = transA ? 1 : lda, sAk = transA ? lda : 1;
   const sBn = transB ? ldb : 1, sBk = transB ? 1 : ldb;
 
-  // (the skinny kernel has no triangles: a triangular product takes the tiled kernels, whatever its shape)
-  if (!triangle && usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
+  // (the skinny kernel has no triangles nor fused GELU: those take the tiled kernels, whatever the shape)
+  if (!triangle && !fused && usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
     // C[rows, S] = A'[rows, K] B'[K, S]: as given when N is small, transposed (C^T = B^T A^T) when M is.
     const smallN = N <= SKINNY_MAX;
     const rows = smallN ? M : N;
@@ -294,16 +343,18 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     args.accumulate ? 1 : 0,
     bias ? 1 : 0,
     f32(alpha),
+    gelu.offPre, gelu.ldPre,
   ];
-  // TRIANGLE only when set: the plain products keep their pipelines (and the pipeline cache's keys)
-  const tri: Record<string, number> = triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {};
-  // Without a bias, `a` fills its binding (read-only twice is allowed; the shader never reads it).
+  // TRIANGLE, GELU_A and GELU_GRAD only when set: the plain products keep their pipelines (and the pipeline cache's keys)
+  const tri: Record<string, number> = { ...(triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {}), ...gelu.constants };
+  // Without a bias (or pre-activations), `a` fills its binding (read-only twice is allowed; the shader never reads it).
+  const buffers = [a, b, c, bias ?? a, gelu.pre ?? a];
   if (useVec4) {
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...tri };
-    return bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers: [a, b, c, bias ?? a], workgroups });
+    return bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers, workgroups });
   }
-  const constants = triangle ? tri : undefined;
-  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers: [a, b, c, bias ?? a], workgroups });
+  const constants = triangle || fused ? tri : undefined;
+  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers, workgroups });
 }
 
 // ---- Split-K ------------------------------------------------------------------------------------
@@ -341,7 +392,8 @@ export function splitKScratchElements(M: number, N: number, S: number): number {
  * C = alpha * op(A) @ op(B) (+ C) (+ bias) as S K-slices (see splitKFactor) into `scratch` (at
  * least splitKScratchElements(M, N, S) elements, not aliasing anything else), then their sum.
  * S = 1 is the plain product. Unbatched products only. A triangular product (args.triangle: its
- * k runs with m) is never split: it is the one plain matmul, whatever S.
+ * k runs with m) is never split: it is the one plain matmul, whatever S. geluA applies in every
+ * slice; geluGradOf once, on the sum (the reduce kernel).
  */
 export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Tensor | null): Op[] {
   if (S <= 1 || args.triangle) return [matmul(gpu, args)];
@@ -364,7 +416,13 @@ export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Ten
   const full = S;
   const rest = K - full * Ks;
   const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0;
-  const part = { a: args.a, b: args.b, transA, transB, lda, ldb, c: scratch, M, N, ldc: N };
+  const fail = (msg: string): never => {
+    throw new Error(`${label}: ${msg}`);
+  };
+  const gelu = geluOptions(args, M, N, 1, fail);
+  if (gelu.pre?.buffer === scratch.buffer) fail('the split-K scratch must not alias geluGradOf.pre');
+  // the slices get the prologue (op(A) is gelu(A) in each); the epilogue waits for the sum
+  const part = { a: args.a, b: args.b, transA, transB, lda, ldb, c: scratch, M, N, ldc: N, geluA: args.geluA };
   const ops: Op[] = [
     matmul(gpu, {
       ...part, label: `${label}[splitK ${S}]`, K: Ks, offsetA: offA, offsetB: offB,
@@ -380,8 +438,9 @@ export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Ten
   if (offC + (M - 1) * ldc + N - 1 >= args.c.size) throw new Error(`${label}: c (${args.c.label}) is too small`);
   ops.push(bindDispatch(gpu, {
     label: `${label}[splitK sum]`, code: codeSplitKReduce,
-    params: [M, N, S, offC, ldc, args.accumulate ? 1 : 0, args.bias ? 1 : 0, f32(alpha)],
-    buffers: [scratch, args.bias ?? scratch, args.c], workgroups: grid1d(M * N),
+    constants: gelu.pre ? { GELU_GRAD: 1 } : undefined,
+    params: [M, N, S, offC, ldc, args.accumulate ? 1 : 0, args.bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre],
+    buffers: [scratch, args.bias ?? scratch, args.c, gelu.pre ?? scratch], workgroups: grid1d(M * N),
   }));
   return ops;
 }

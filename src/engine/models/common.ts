@@ -46,7 +46,7 @@ function frozenLinear(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null
 }
 
 /** The frozen layer's own product, split over K when it pays and the site has the scratch for it. */
-function frozenProduct(gpu: Gpu, site: LinearSite, args: MatmulArgs): Op[] {
+export function frozenProduct(gpu: Gpu, site: LinearSite, args: MatmulArgs): Op[] {
   const S = site.splitKScratch ? splitKFactor(gpu, args.M, args.N, args.K) : 1;
   return matmulSplitK(gpu, args, S, site.splitKScratch ?? null);
 }

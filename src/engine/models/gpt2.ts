@@ -15,7 +15,7 @@ import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/at
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { LinearSite, PeftMethod } from '../peft/method';
-import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAddPositions, kvAppend } from '../kernels/kv-cache';
@@ -54,7 +54,11 @@ interface LayerActs {
   x2: Tensor; // residual after attention
   ln2: Tensor; mean2: Tensor; rstd2: Tensor;
   fc: Tensor; // [M, 4C] before GELU
-  g: Tensor; // [M, 4C] after GELU
+  /**
+   * [M, 4C] after GELU, one buffer every layer shares: only layers whose MLP is not fused
+   * (Gpt2.mlpFused) write it, in forward, and again in backward for their method's gradients.
+   */
+  g: Tensor;
 }
 
 const PREFIXES = ['transformer.'];
@@ -154,11 +158,13 @@ export class Gpt2 {
     ];
     const residuals = training ? L + 1 : 2;
     for (let i = 0; i < residuals; i++) out.push({ label: `x${i}`, elements: M * C });
+    // GELU's output, shared by the layers (whatever the method: mlpFused), so the plan holds for any
+    out.push({ label: 'g', elements: M * F });
     const keep = training ? L : 1;
     for (let i = 0; i < keep; i++) {
       const per: [string, number][] = [
         ['ln1', M * C], ['mean1', M], ['rstd1', M], ['qkv', 3 * M * C], ['att', B * H * T * T], ['ctx', M * C], ['x2', M * C],
-        ['ln2', M * C], ['mean2', M], ['rstd2', M], ['fc', M * F], ['g', M * F],
+        ['ln2', M * C], ['mean2', M], ['rstd2', M], ['fc', M * F],
       ];
       for (const [name, elements] of per) out.push({ label: `h${i}.${name}`, elements });
     }
@@ -230,13 +236,14 @@ export class Gpt2 {
     // Without backward only the current layer's activations are needed, so they are shared.
     const keep = training ? L : 1;
     const xs = Array.from({ length: training ? L + 1 : 2 }, (_, i) => t([M, C], `x${i}`));
+    const g = t([M, F], 'g');
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
       ln1: t([M, C], `h${i}.ln1`), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
       qkv: t([M, 3 * C], `h${i}.qkv`), att: t([B * H, T, P + T], `h${i}.att`), ctx: t([M, C], `h${i}.ctx`),
       x2: t([M, C], `h${i}.x2`),
       ln2: t([M, C], `h${i}.ln2`), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
-      fc: t([M, F], `h${i}.fc`), g: t([M, F], `h${i}.g`),
+      fc: t([M, F], `h${i}.fc`), g,
     }));
     const lnf = t([M, C], 'lnf'), meanf = t([M], 'meanf'), rstdf = t([M], 'rstdf');
 
@@ -385,6 +392,32 @@ export class Gpt2 {
     return linearBackward(this.gpu, site, W, dy, dx, false, peft, bias);
   }
 
+  /**
+   * Whether layer l's GELU is fused into mlp.c_proj (kernels/matmul.ts geluA in its forward,
+   * geluGradOf in its dx): when nothing reads gelu(fc) itself, i.e. the method leaves mlp.c_proj
+   * alone (LoRA, DoRA and IA3 there read its input, IA3's feedforward scaling included). A
+   * bottleneck adapter on the 'output' branch reads c_proj's output and the residual, not g.
+   * GPT-2's activations are all the tanh form (SUPPORTED_ACTIVATIONS), the one the kernels fuse.
+   */
+  private mlpFused(l: number, peft: PeftMethod | null): boolean {
+    return !(peft?.targetsLinear(`transformer.h.${l}.mlp.c_proj`) ?? false);
+  }
+
+  /** Whether layer l's forward reads gelu(fc) inside mlp.c_proj (the prologue; tuning.geluPrologue) rather than through the GELU kernel into g. */
+  private geluInProjection(l: number, peft: PeftMethod | null): boolean {
+    return this.gpu.tuning.geluPrologue && this.mlpFused(l, peft);
+  }
+
+  /** mlp.c_proj's forward, y (+)= gelu(fc) W + b: straight from a.fc when fused, else from a.g through the method's hooks. */
+  private mlpProjForward(training: boolean, l: number, a: LayerActs, y: Tensor, rows: number, accumulate: boolean, peft: PeftMethod | null): Op[] {
+    const { C, F } = this;
+    const w = this.layers[l];
+    const module = `transformer.h.${l}.mlp.c_proj`;
+    if (!this.geluInProjection(l, peft)) return this.linear(this.site(training, module, l, F, C, a.g, y, rows), w.mprojW, w.mprojB, accumulate, peft);
+    const site = this.site(training, module, l, F, C, a.fc, y, rows);
+    return frozenProduct(this.gpu, site, { label: module, a: a.fc, b: w.mprojW, c: y, bias: w.mprojB, M: rows, N: C, K: F, accumulate, geluA: 'tanh' });
+  }
+
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, D, F } = this;
     const M = B * T;
@@ -439,14 +472,14 @@ export class Gpt2 {
     // MLP block: xOut = x2 + c_proj(gelu(c_fc(ln_2(x2))))
     ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
     ops.push(...this.linear(this.site(training, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
-    ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
+    if (!this.geluInProjection(l, peft)) ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
     const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     if (mlpBranch) {
-      ops.push(...this.linear(this.site(training, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, M), w.mprojW, w.mprojB, false, peft));
+      ops.push(...this.mlpProjForward(training, l, a, mlpBranch.branch, M, false, peft));
       ops.push(...peft!.branchForward!(mlpBranch));
     } else {
       ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
-      ops.push(...this.linear(this.site(training, `${p}mlp.c_proj`, l, F, C, a.g, xOut, M), w.mprojW, w.mprojB, true, peft));
+      ops.push(...this.mlpProjForward(training, l, a, xOut, M, true, peft));
     }
     return ops;
   }
@@ -475,8 +508,17 @@ export class Gpt2 {
       ops.push(...r.ops);
       dy = r.dBranch;
     }
-    ops.push(...this.linearBack(this.site(true, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch?.branch ?? xOut, M), w.mprojW, w.mprojB, dy, s.dg, peft));
-    ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
+    if (this.mlpFused(l, peft)) {
+      // d(fc) = (dy W^T) * gelu'(fc) in the one product (its epilogue): linearBackward's frozen
+      // product, which is all of it for a site the method does not target
+      const site = this.site(true, `${p}mlp.c_proj`, l, F, C, a.fc, mlpBranch?.branch ?? xOut, M);
+      ops.push(...frozenProduct(this.gpu, site, { label: `${site.module}.dx`, a: dy, b: w.mprojW, transB: true, c: s.dg, M, N: F, K: C, geluGradOf: { pre: a.fc } }));
+    } else {
+      // the shared g holds the last layer's: this layer's again, for the method's gradients
+      ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
+      ops.push(...this.linearBack(this.site(true, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch?.branch ?? xOut, M), w.mprojW, w.mprojB, dy, s.dg, peft));
+      ops.push(geluBackward(gpu, { dout: s.dg, x: a.fc, dx: s.dg, n: M * F }));
+    }
     ops.push(...this.linearBack(this.site(true, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, s.dg, s.dln, peft));
     ops.push(layerNormBackward(gpu, { dout: s.dln, x: a.x2, weight: w.ln2w, mean: a.mean2, rstd: a.rstd2, dx: s.dres, rows: M, C, accumulate: true }));
     // attention block
