@@ -234,8 +234,8 @@ describe('crossEntropy', () => {
       expect(() => crossEntropy(gpu, { ...base, threads })).toThrow(/threads = \d+ must be a power of two/);
     }
     expect(() => crossEntropy(gpu, { ...base, workgroups: 0 })).toThrow(/workgroups/);
-    // default threads per row: ~1 per 16 columns, a power of two in [64, min(256, the device's limit)]
-    expect([crossEntropyThreads(50257, 1024), crossEntropyThreads(50257, 128), crossEntropyThreads(1000, 1024), crossEntropyThreads(2, 1024), crossEntropyThreads(2100, 1024)]).toEqual([256, 128, 64, 64, 256]);
+    // default threads per row: ~1 per 16 columns, a power of two in [64, min(1024, the device's limit)]
+    expect([crossEntropyThreads(50257, 1024), crossEntropyThreads(50257, 256), crossEntropyThreads(1000, 1024), crossEntropyThreads(2, 1024), crossEntropyThreads(4097, 1024)]).toEqual([1024, 256, 64, 64, 512]);
   });
 });
 

@@ -6,13 +6,14 @@ import { grid1d } from './grid';
 
 /**
  * Threads per row for long rows (capped at the device's workgroup limit; short rows get fewer:
- * about one per 16 columns, at least 64). On the H100 (bench/probe/cross-entropy.ts, 2048 rows,
- * fresh logits, ms per call): GPT-2 with ld 50,260: 256 threads 0.871, 512 0.870, 1024 1.085;
- * dense 50,257: 0.873 / 0.870 / 1.088; SmolLM2's 49,152: 0.740 / 0.752 / 0.988; the kernel it
- * replaced (one scalar load per thread per step) 1.60 / 1.60 / 1.46. Fewer rows in flight (1024
- * threads, one or two rows per SM) did not make pass 2's re-read hit L2 more.
+ * about one per 16 columns, at least 64). On the H100, in GPT-2's training step (the logits block
+ * just written by the LM head, partly in L2; step-bench per-kernel times, twice each): 1024
+ * threads 0.431 ms per step, 512 0.472, 256 0.510; the kernel it replaced 1.29. On fresh logits
+ * (bench/probe/cross-entropy.ts, 2048 rows) fewer threads win instead: GPT-2 1024 1.085 ms, 256
+ * 0.871; SmolLM2 0.988 / 0.740; the old kernel 1.60 / 1.46. The step is what runs: 1024, which
+ * keeps one or two whole rows per SM in flight, so pass 2 re-reads from L2.
  */
-export const CROSS_ENTROPY_THREADS = 256;
+export const CROSS_ENTROPY_THREADS = 1024;
 
 export interface CrossEntropyArgs {
   /** [rows, V]; replaced in place by d(loss)/d(logits) * gradScale[0]. */
