@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { randArray, rng } from './helpers/gpu';
+import { randArray, rng, testGpu } from './helpers/gpu';
 import {
   matmul, matmulSplitK, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
   MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
@@ -21,17 +21,6 @@ import { Gpt2, type Gpt2Dims } from '../src/engine/models/gpt2';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 
-// As in test/matmul.test.ts: keep webgpu's `GPU` object reachable (Dawn aborts once it is collected).
-let held: { navigatorGpu: GPU; gpu: Promise<Gpu> } | null = null;
-async function testGpu(): Promise<Gpu> {
-  if (!held) {
-    const webgpu = (await import('webgpu')) as unknown as { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
-    Object.assign(globalThis, webgpu.globals);
-    const navigatorGpu = webgpu.create([]);
-    held = { navigatorGpu, gpu: Gpu.create({ gpu: navigatorGpu }) };
-  }
-  return held.gpu;
-}
 
 // GELU, tanh form, and its derivative, in float64 (transformers' gelu_new).
 const SQ = Math.sqrt(2 / Math.PI), GK = 0.044715;

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { expectClose, randArray } from './helpers/gpu';
+import { expectClose, randArray, testGpu } from './helpers/gpu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
 import {
   matmul, matmulSplitK, matmulVariant, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
@@ -9,21 +9,6 @@ import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
 
-// Workaround: createNodeGpu (behind helpers' testGpu) drops its reference to the `GPU` object
-// from webgpu's create(); once V8 collects it, Dawn frees its instance and the next event poll
-// aborts the process ("futex facility returned an unexpected error code"). These tests allocate
-// enough to trigger GC, so they make their device here and keep the `GPU` object reachable.
-// Switch back to testGpu() once node-gpu.ts holds on to it.
-let held: { navigatorGpu: GPU; gpu: Promise<Gpu> } | null = null;
-async function testGpu(): Promise<Gpu> {
-  if (!held) {
-    const webgpu = (await import('webgpu')) as unknown as { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
-    Object.assign(globalThis, webgpu.globals);
-    const navigatorGpu = webgpu.create([]);
-    held = { navigatorGpu, gpu: Gpu.create({ gpu: navigatorGpu }) };
-  }
-  return held.gpu;
-}
 
 // Host-side description of one matmul: the same fields as MatmulArgs with plain arrays.
 interface Case {
