@@ -74,30 +74,7 @@ override TRIANGLE: u32 = 0u;
 override GELU_A: bool = false;
 override GELU_GRAD: bool = false;
 
-// GELU, tanh form: shaders/gelu.wgsl's uOf / gelu / geluGrad with its constants, renamed (the
-// expressions are the same, so the fused products round as the separate kernels do; test/
-// matmul-gelu.test.ts compares the text).
-const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-const GELU_K: f32 = 0.044715;
-const GELU_U_MAX: f32 = 40.0;
-
-fn geluU(v: f32) -> f32 {
-  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
-}
-
-fn geluTanh(v: f32) -> f32 {
-  let u = clamp(geluU(v), -GELU_U_MAX, GELU_U_MAX);
-  return v / (1.0 + exp(-2.0 * u));
-}
-
-fn geluTanhGrad(v: f32) -> f32 {
-  let uRaw = geluU(v);
-  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
-  let s = 1.0 / (1.0 + exp(-2.0 * u));
-  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
-  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
-  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
-}
+// geluTanh / geluTanhGrad: shaders/gelu_tanh.wgsl, put in front of this file by kernels/matmul.ts.
 
 // A staged vec4 of A as the product reads it: gelu of each element under GELU_A.
 fn opA(v: vec4<f32>) -> vec4<f32> {

@@ -2,7 +2,7 @@
 // computed S partial products of K-slices into `parts` [S, M, N] (dense); this sums them per
 // output element and applies what the whole product would have: C = alpha * sum (+ C) (+ bias[n]),
 // then under GELU_GRAD (kernels/matmul.ts MatmulArgs.geluGradOf; false, the default, leaves it out)
-// times gelu'(pre[offPre + m * ldPre + n]), GELU's tanh form as shaders/gelu.wgsl computes it.
+// times gelu'(pre[offPre + m * ldPre + n]), GELU's tanh form (shaders/gelu_tanh.wgsl).
 // One thread per output element, threads along n, so the S reads of a thread are M*N apart and
 // neighbouring threads read neighbouring addresses.
 struct Params {
@@ -26,24 +26,7 @@ struct Params {
 
 override GELU_GRAD: bool = false;
 
-// shaders/gelu.wgsl's uOf and geluGrad with its constants, renamed (test/matmul-gelu.test.ts
-// compares the text).
-const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-const GELU_K: f32 = 0.044715;
-const GELU_U_MAX: f32 = 40.0;
-
-fn geluU(v: f32) -> f32 {
-  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
-}
-
-fn geluTanhGrad(v: f32) -> f32 {
-  let uRaw = geluU(v);
-  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
-  let s = 1.0 / (1.0 + exp(-2.0 * u));
-  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
-  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
-  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
-}
+// geluTanhGrad: shaders/gelu_tanh.wgsl, put in front of this file by kernels/matmul.ts.
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

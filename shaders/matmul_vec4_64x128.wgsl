@@ -21,29 +21,9 @@ override TRIANGLE: u32 = 0u;
 // GPT-2's GELU (tanh form) fused in (false, the default, leaves it out): GELU_A: op(A) = gelu(stored
 // A), applied as A is staged (gelu(0) = 0 keeps the padding zero); GELU_GRAD: the finished value
 // (alpha * sum (+ C) (+ bias)) times gelu'(pre[offPre + m * ldPre + n]) (unbatched products only).
+// geluTanh / geluTanhGrad: shaders/gelu_tanh.wgsl, put in front of this file by kernels/matmul.ts.
 override GELU_A: bool = false;
 override GELU_GRAD: bool = false;
-const GELU_SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-const GELU_K: f32 = 0.044715;
-const GELU_U_MAX: f32 = 40.0;
-
-fn geluU(v: f32) -> f32 {
-  return GELU_SQRT_2_OVER_PI * (v + GELU_K * v * v * v);
-}
-
-fn geluTanh(v: f32) -> f32 {
-  let u = clamp(geluU(v), -GELU_U_MAX, GELU_U_MAX);
-  return v / (1.0 + exp(-2.0 * u));
-}
-
-fn geluTanhGrad(v: f32) -> f32 {
-  let uRaw = geluU(v);
-  let u = clamp(uRaw, -GELU_U_MAX, GELU_U_MAX);
-  let s = 1.0 / (1.0 + exp(-2.0 * u));
-  let sNeg = 1.0 / (1.0 + exp(2.0 * u));  // 1 - s without cancellation
-  let du = GELU_SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * v * v);
-  return s + select(0.0, 2.0 * v * s * sNeg * du, abs(uRaw) < GELU_U_MAX);
-}
 
 fn opA(v: vec4<f32>) -> vec4<f32> {
   if (GELU_A) { return vec4<f32>(geluTanh(v.x), geluTanh(v.y), geluTanh(v.z), geluTanh(v.w)); }

@@ -1,4 +1,5 @@
-import tanhCode from '../../../shaders/gelu.wgsl?raw';
+import tanhKernels from '../../../shaders/gelu.wgsl?raw';
+import geluTanhCode from '../../../shaders/gelu_tanh.wgsl?raw';
 import erfCode from '../../../shaders/gelu_erf.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, type Dispatch } from '../gpu/dispatch';
@@ -7,7 +8,8 @@ import { grid1d } from './grid';
 
 /** 'tanh': GPT-2's approximation (transformers "gelu_new"); 'erf': the exact GELU of BERT/DistilBERT ("gelu"). */
 export type GeluForm = 'tanh' | 'erf';
-const CODE: Record<GeluForm, string> = { tanh: tanhCode, erf: erfCode };
+// the tanh form's kernels with its definition (shaders/gelu_tanh.wgsl, shared with the fused matmuls) in front
+const CODE: Record<GeluForm, string> = { tanh: geluTanhCode + tanhKernels, erf: erfCode };
 
 function check(what: string, n: number, named: Record<string, Tensor>): void {
   if (!Number.isInteger(n) || n < 0) throw new Error(`${what}: n must be a non-negative integer (got ${n})`);

@@ -2,21 +2,36 @@
 // backward, LoRA, attention scores and attention-times-values, the LM head. See
 // shaders/matmul.wgsl for the tiling.
 
-import code64 from '../../../shaders/matmul.wgsl?raw';
-import code128x128 from '../../../shaders/matmul_wide_128x128.wgsl?raw';
-import code128x64 from '../../../shaders/matmul_wide_128x64.wgsl?raw';
-import code64x128 from '../../../shaders/matmul_wide_64x128.wgsl?raw';
-import codeDb64x64 from '../../../shaders/matmul_db_64x64.wgsl?raw';
-import codeVec128x128 from '../../../shaders/matmul_vec4_128x128.wgsl?raw';
-import codeVec128x64 from '../../../shaders/matmul_vec4_128x64.wgsl?raw';
-import codeVec64x128 from '../../../shaders/matmul_vec4_64x128.wgsl?raw';
-import codeVec64x64 from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
+import geluTanhCode from '../../../shaders/gelu_tanh.wgsl?raw';
+import matmulCode from '../../../shaders/matmul.wgsl?raw';
+import code128x128Kernel from '../../../shaders/matmul_wide_128x128.wgsl?raw';
+import code128x64Kernel from '../../../shaders/matmul_wide_128x64.wgsl?raw';
+import code64x128Kernel from '../../../shaders/matmul_wide_64x128.wgsl?raw';
+import codeDb64x64Kernel from '../../../shaders/matmul_db_64x64.wgsl?raw';
+import codeVec128x128Kernel from '../../../shaders/matmul_vec4_128x128.wgsl?raw';
+import codeVec128x64Kernel from '../../../shaders/matmul_vec4_128x64.wgsl?raw';
+import codeVec64x128Kernel from '../../../shaders/matmul_vec4_64x128.wgsl?raw';
+import codeVec64x64Kernel from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
-import codeSplitKReduce from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
+import codeSplitKReduceKernel from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
 import { grid1d } from './grid';
 import type { Tensor } from '../gpu/tensor';
+
+// Every matmul shader fuses GPT-2's GELU on request (geluA / geluGradOf): the tanh form's one
+// definition (shaders/gelu_tanh.wgsl, also the separate GELU kernels') goes in front of each.
+const withGelu = (kernel: string): string => geluTanhCode + kernel;
+const code64 = withGelu(matmulCode);
+const code128x128 = withGelu(code128x128Kernel);
+const code128x64 = withGelu(code128x64Kernel);
+const code64x128 = withGelu(code64x128Kernel);
+const codeDb64x64 = withGelu(codeDb64x64Kernel);
+const codeVec128x128 = withGelu(codeVec128x128Kernel);
+const codeVec128x64 = withGelu(codeVec128x64Kernel);
+const codeVec64x128 = withGelu(codeVec64x128Kernel);
+const codeVec64x64 = withGelu(codeVec64x64Kernel);
+const codeSplitKReduce = withGelu(codeSplitKReduceKernel);
 
 export interface MatmulBatch {
   outer: number;
@@ -70,14 +85,14 @@ export interface MatmulArgs {
    */
   triangle?: MatmulTriangle;
   /**
-   * op(A) is GELU's tanh form (shaders/gelu.wgsl, GPT-2's "gelu_new") of stored A, elementwise,
+   * op(A) is GELU's tanh form (shaders/gelu_tanh.wgsl, GPT-2's "gelu_new") of stored A, elementwise,
    * applied as A is staged into workgroup memory: GPT-2's mlp.c_proj reads its pre-activations
    * straight, with no GELU kernel nor activation buffer. The tiled kernels only (a shape that would
    * take the skinny kernel takes them instead); split-K applies it per slice.
    */
   geluA?: 'tanh';
   /**
-   * The finished value times GELU's derivative (tanh form, as shaders/gelu.wgsl's backward) at
+   * The finished value times GELU's derivative (tanh form, shaders/gelu_tanh.wgsl) at
    * pre[offset + m * ld + n] (ld default N, offset 0): C[m][n] = (alpha * op(A) op(B)[m][n] (+ C)
    * (+ bias[n])) * gelu'(pre[m][n]), so GPT-2's mlp.c_proj.dx writes d(pre-activation) straight.
    * Unbatched products only; pre must not alias C. The tiled kernels only (as geluA); split-K
