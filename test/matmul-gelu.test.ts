@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { randArray, rng, testGpu } from './helpers/gpu';
+import { expectMatmulClose, matmulReference, type MatmulCase } from './helpers/matmul-reference';
 import {
   matmul, matmulSplitK, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
   MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
@@ -30,13 +31,7 @@ function geluGradRef(x: number): number {
   return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQ * (1 + 3 * GK * x * x);
 }
 
-interface Case {
-  M: number; N: number; K: number;
-  transA?: boolean; transB?: boolean;
-  lda?: number; ldb?: number; ldc?: number;
-  offsetA?: number; offsetB?: number; offsetC?: number;
-  batch?: MatmulBatch;
-  alpha?: number; accumulate?: boolean; bias?: Float32Array;
+interface Case extends MatmulCase {
   geluA?: boolean;
   /** the epilogue's pre-activations at offset + m * ld + n of a buffer of `size` elements */
   pre?: { ld?: number; offset?: number; size: number };
@@ -48,56 +43,14 @@ interface Case {
  * the epilogue (gelu' crosses zero near x = -0.75, where its own f32 error dominates).
  */
 function reference(a: Float32Array, b: Float32Array, c0: Float32Array, pre: Float32Array | null, k: Case): { want: Float64Array; scale: Float64Array } {
-  const { M, N, K } = k;
-  const lda = k.lda ?? (k.transA ? M : K), ldb = k.ldb ?? (k.transB ? K : N), ldc = k.ldc ?? N;
-  const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
-  const alpha = k.alpha ?? 1;
-  const want = Float64Array.from(c0);
-  const scale = Float64Array.from(c0, Math.abs);
-  const opA = k.geluA ? (v: number) => geluRef(v) : (v: number) => v;
-  for (let z = 0; z < batch.outer * batch.inner; z++) {
-    const zo = Math.floor(z / batch.inner), zi = z % batch.inner;
-    const offA = (k.offsetA ?? 0) + zo * batch.strideA[0] + zi * batch.strideA[1];
-    const offB = (k.offsetB ?? 0) + zo * batch.strideB[0] + zi * batch.strideB[1];
-    const offC = (k.offsetC ?? 0) + zo * batch.strideC[0] + zi * batch.strideC[1];
-    for (let m = 0; m < M; m++) {
-      for (let n = 0; n < N; n++) {
-        let s = 0, mag = 0;
-        for (let kk = 0; kk < K; kk++) {
-          const av = opA(a[offA + (k.transA ? kk * lda + m : m * lda + kk)]);
-          const bv = b[offB + (k.transB ? n * ldb + kk : kk * ldb + n)];
-          s += av * bv;
-          mag += Math.abs(av * bv);
-        }
-        const ci = offC + m * ldc + n;
-        const prev = k.accumulate ? c0[ci] : 0;
-        const bias = k.bias ? k.bias[n] : 0;
-        let v = alpha * s + prev + bias;
-        let sc = Math.abs(alpha) * mag + Math.abs(prev) + Math.abs(bias);
-        if (pre && k.pre) {
-          const g = geluGradRef(pre[(k.pre.offset ?? 0) + m * (k.pre.ld ?? N) + n]);
-          v *= g;
-          sc *= Math.abs(g) + 0.05;
-        }
-        want[ci] = v;
-        scale[ci] = sc;
-      }
-    }
-  }
-  return { want, scale };
-}
-
-function expectMatmulClose(got: Float32Array, want: Float64Array, scale: Float64Array, tol: number, what: string): void {
-  let worst = 0, at = -1;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i] - want[i]) / Math.max(scale[i], 1e-30);
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-      if (Number.isNaN(e)) break;
-    }
-  }
-  if (!(worst <= tol)) throw new Error(`${what}: error ${worst.toExponential(3)} of the term scale > ${tol} at index ${at} (got ${got[at]}, want ${want[at]})`);
+  const p = pre && k.pre ? { pre, ld: k.pre.ld ?? k.N, offset: k.pre.offset ?? 0 } : null;
+  return matmulReference(a, b, c0, k, {
+    opA: k.geluA ? geluRef : undefined,
+    epilogue: p ? (m, n) => {
+      const g = geluGradRef(p.pre[p.offset + m * p.ld + n]);
+      return { factor: g, scaleFactor: Math.abs(g) + 0.05 };
+    } : undefined,
+  });
 }
 
 /**

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { expectClose, randArray, testGpu } from './helpers/gpu';
+import { expectMatmulClose, matmulReference, type MatmulCase } from './helpers/matmul-reference';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
 import {
   matmul, matmulSplitK, matmulVariant, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
@@ -10,84 +11,7 @@ import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
 
 
-// Host-side description of one matmul: the same fields as MatmulArgs with plain arrays.
-interface Case {
-  M: number;
-  N: number;
-  K: number;
-  transA?: boolean;
-  transB?: boolean;
-  lda?: number;
-  ldb?: number;
-  ldc?: number;
-  offsetA?: number;
-  offsetB?: number;
-  offsetC?: number;
-  batch?: MatmulBatch;
-  alpha?: number;
-  accumulate?: boolean;
-  bias?: Float32Array;
-}
-
-/**
- * Float64 reference straight from the spec: the whole C buffer after the op, starting from its
- * previous contents `c0` (so elements the kernel must not touch are checked too), and for each
- * element the sum of the magnitudes of the terms that make it up, the scale its f32 rounding
- * error is proportional to.
- */
-function reference(a: Float32Array, b: Float32Array, c0: Float32Array, k: Case): { want: Float64Array; scale: Float64Array } {
-  const { M, N, K } = k;
-  const lda = k.lda ?? (k.transA ? M : K);
-  const ldb = k.ldb ?? (k.transB ? K : N);
-  const ldc = k.ldc ?? N;
-  const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
-  const alpha = k.alpha ?? 1;
-  const want = Float64Array.from(c0);
-  const scale = Float64Array.from(c0, Math.abs);
-  for (let z = 0; z < batch.outer * batch.inner; z++) {
-    const zo = Math.floor(z / batch.inner), zi = z % batch.inner;
-    const offA = (k.offsetA ?? 0) + zo * batch.strideA[0] + zi * batch.strideA[1];
-    const offB = (k.offsetB ?? 0) + zo * batch.strideB[0] + zi * batch.strideB[1];
-    const offC = (k.offsetC ?? 0) + zo * batch.strideC[0] + zi * batch.strideC[1];
-    for (let m = 0; m < M; m++) {
-      for (let n = 0; n < N; n++) {
-        let s = 0, mag = 0;
-        for (let kk = 0; kk < K; kk++) {
-          const av = a[offA + (k.transA ? kk * lda + m : m * lda + kk)];
-          const bv = b[offB + (k.transB ? n * ldb + kk : kk * ldb + n)];
-          s += av * bv;
-          mag += Math.abs(av * bv);
-        }
-        const ci = offC + m * ldc + n;
-        const prev = k.accumulate ? c0[ci] : 0;
-        const bias = k.bias ? k.bias[n] : 0;
-        want[ci] = alpha * s + prev + bias;
-        scale[ci] = Math.abs(alpha) * mag + Math.abs(prev) + Math.abs(bias);
-      }
-    }
-  }
-  return { want, scale };
-}
-
-/**
- * Each element must be within tol of the reference relative to its own term-magnitude scale
- * (f32 summation error grows with the terms, not with the possibly cancelled result). A single
- * wrong or missing term of K = 256 is ~1e-3 of the scale, far above tol.
- */
-function expectMatmulClose(got: Float32Array, want: Float64Array, scale: Float64Array, tol: number, what: string): void {
-  let worst = 0, at = -1;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i] - want[i]) / Math.max(scale[i], 1e-30);
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-      if (Number.isNaN(e)) break;
-    }
-  }
-  if (!(worst <= tol)) {
-    throw new Error(`${what}: error ${worst.toExponential(3)} of the term scale > ${tol} at index ${at} (got ${got[at]}, want ${want[at]})`);
-  }
-}
+type Case = MatmulCase;
 
 /** Runs one case on the GPU with buffers of the given sizes (random contents) and compares. */
 async function check(
@@ -104,7 +28,7 @@ async function check(
   const args: MatmulArgs = { ...k, a: ta, b: tb, c: tc, bias: tbias, label: what };
   runOps(gpu, opsOf(args));
   const got = await gpu.read(tc);
-  const { want, scale } = reference(a, b, c0, k);
+  const { want, scale } = matmulReference(a, b, c0, k);
   expectMatmulClose(got, want, scale, tol, what);
   for (const t of [ta, tb, tc, tbias]) if (t) gpu.destroyTensor(t);
 }
@@ -627,7 +551,7 @@ async function checkTriangle(
   expect(op.kind === 'dispatch' && op.pipeline === tile.pipeline(k), `${what} runs the expected kernel`).toBe(true);
   runOps(gpu, [op]);
   const got = await gpu.read(tc);
-  const { want, scale } = reference(aRef, b, c0, k);
+  const { want, scale } = matmulReference(aRef, b, c0, k);
   if (tri === 'lowerC') {
     const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
     for (let z = 0; z < batchCount; z++) {
