@@ -17,6 +17,14 @@
 // barrier (threads past the last row work on an empty row), as WGSL requires.
 // The *_inplace entry points serve probs == scores and dscores == dprobs (WebGPU forbids binding
 // one buffer twice when one binding is writable); each thread touches only its own columns.
+// Two variants (kernels/subgroups.ts) of the row max/sum over a row's LANES threads: through
+// workgroup memory, log2(LANES) barrier rounds each; or, where the device has subgroups (and
+// shaders/subgroup_reduce.wgsl found the usual layout in this workgroup), a butterfly of
+// subgroupShuffleXor over the row's lanes in one subgroup: no barrier when a subgroup holds whole
+// rows (subgroup size >= LANES: NVIDIA, AMD), else the butterfly over each subgroup then one
+// barrier to combine the row's LANES / subgroup-size partials through workgroup memory. Each
+// butterfly step adds a + b on one lane and b + a on its partner, so every lane of a row ends with
+// the same bits.
 struct Params { B: u32, H: u32, T: u32, P: u32, scale: f32, causal: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;  // probs (forward) or dscores (backward)
@@ -60,6 +68,45 @@ fn rowSum(v: f32, lid: u32) -> f32 {
   return r;
 }
 
+// The row max / sum through subgroups when sg (subgroupBlock) is not 0, else rowMax / rowSum.
+// Partials of rows split over several subgroups (sg < LANES) go to red[at + lid / sg], at most
+// WG / 4 of them: the forward's max and sum use different ranges, so no barrier between them.
+// #if subgroups
+fn rowMaxSg(v: f32, lid: u32, sg: u32, at: u32) -> f32 {
+  if (sg == 0u) { return rowMax(v, lid); }
+  var r = v;
+  for (var k = min(sg, LANES) / 2u; k > 0u; k >>= 1u) { r = max(r, subgroupShuffleXor(r, k)); }
+  if (sg >= LANES) { return r; }
+  if (lid % sg == 0u) { red[at + lid / sg] = r; }
+  workgroupBarrier();
+  let first = at + (lid / LANES) * (LANES / sg);
+  var m = red[first];
+  for (var k = 1u; k < LANES / sg; k++) { m = max(m, red[first + k]); }
+  return m;
+}
+
+fn rowSumSg(v: f32, lid: u32, sg: u32, at: u32) -> f32 {
+  if (sg == 0u) { return rowSum(v, lid); }
+  var r = v;
+  for (var k = min(sg, LANES) / 2u; k > 0u; k >>= 1u) { r += subgroupShuffleXor(r, k); }
+  if (sg >= LANES) { return r; }
+  if (lid % sg == 0u) { red[at + lid / sg] = r; }
+  workgroupBarrier();
+  let first = at + (lid / LANES) * (LANES / sg);
+  var s = red[first];
+  for (var k = 1u; k < LANES / sg; k++) { s += red[first + k]; }
+  return s;
+}
+// #else
+fn rowMaxSg(v: f32, lid: u32, sg: u32, at: u32) -> f32 {
+  return rowMax(v, lid);
+}
+
+fn rowSumSg(v: f32, lid: u32, sg: u32, at: u32) -> f32 {
+  return rowSum(v, lid);
+}
+// #endif
+
 // This thread's row: ROWS_PER_WG rows per workgroup, LANES threads each.
 fn rowIndex(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
   return (wid.x + wid.y * nwg.x) * ROWS_PER_WG + lid / LANES;
@@ -92,7 +139,15 @@ fn allowedLimit(row: u32) -> u32 {
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+           @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
            @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let row = rowIndex(wid, nwg, lid);
   let valid = row < rowCount();
   let lane = lid % LANES;
@@ -102,10 +157,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
   if (valid) { limit = allowedLimit(row); }
   var m = NEG_BIG;
   for (var c = lane; c < limit; c += LANES) { m = max(m, params.scale * scores[base + c]); }
-  m = rowMax(m, lid);
+  m = rowMaxSg(m, lid, sg, 0u);
   var s = 0.0;
   for (var c = lane; c < limit; c += LANES) { s += exp(params.scale * scores[base + c] - m); }
-  s = rowSum(s, lid);
+  s = rowSumSg(s, lid, sg, WG / 4u);
   let inv = select(0.0, 1.0 / s, limit > 0u);
   for (var c = lane; c < n; c += LANES) {
     var p = 0.0;
@@ -116,7 +171,15 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 @compute @workgroup_size(WG)
 fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+                   @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
                    @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let row = rowIndex(wid, nwg, lid);
   let valid = row < rowCount();
   let lane = lid % LANES;
@@ -126,10 +189,10 @@ fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
   if (valid) { limit = allowedLimit(row); }
   var m = NEG_BIG;
   for (var c = lane; c < limit; c += LANES) { m = max(m, params.scale * out[base + c]); }
-  m = rowMax(m, lid);
+  m = rowMaxSg(m, lid, sg, 0u);
   var s = 0.0;
   for (var c = lane; c < limit; c += LANES) { s += exp(params.scale * out[base + c] - m); }
-  s = rowSum(s, lid);
+  s = rowSumSg(s, lid, sg, WG / 4u);
   let inv = select(0.0, 1.0 / s, limit > 0u);
   for (var c = lane; c < n; c += LANES) {
     var p = 0.0;
@@ -140,7 +203,15 @@ fn forward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+            @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
             @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let row = rowIndex(wid, nwg, lid);
   let lane = lid % LANES;
   let valid = row < rowCount();
@@ -150,7 +221,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
   let base = row * rowLength();
   var d = 0.0;
   for (var c = lane; c < limit; c += LANES) { d += probs[base + c] * dprobs[base + c]; }
-  d = rowSum(d, lid);
+  d = rowSumSg(d, lid, sg, 0u);
   for (var c = lane; c < n; c += LANES) {
     let k = base + c;
     var g = 0.0;
@@ -161,7 +232,15 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 
 @compute @workgroup_size(WG)
 fn backward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+                    @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
                     @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let row = rowIndex(wid, nwg, lid);
   let lane = lid % LANES;
   let valid = row < rowCount();
@@ -171,7 +250,7 @@ fn backward_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
   let base = row * rowLength();
   var d = 0.0;
   for (var c = lane; c < limit; c += LANES) { d += probs[base + c] * out[base + c]; }
-  d = rowSum(d, lid);
+  d = rowSumSg(d, lid, sg, 0u);
   for (var c = lane; c < n; c += LANES) {
     let k = base + c;
     var g = 0.0;

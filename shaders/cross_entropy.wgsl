@@ -18,6 +18,12 @@
 //     last in pass 1, is re-read first while it is most likely still in L2.
 // A thread reads and writes only its own vec4s/elements; the target's logit is read by thread 0
 // before the reduction's barriers, after which the row is overwritten.
+// Two variants (kernels/subgroups.ts) of the pass-1 merge across the workgroup: a tree through
+// workgroup memory (log2(WG) barrier rounds, then one more before red is reused); or, where the
+// device has subgroups (and shaders/subgroup_reduce.wgsl found the usual layout in this
+// workgroup), each subgroup merges its lanes with subgroupMax / subgroupAdd, one slot per subgroup,
+// one barrier, and every subgroup merges the slots. Consecutive rows of a workgroup use two
+// different slot ranges, so the next row needs no barrier before writing its own.
 struct Params { rows: u32, V: u32, rowOffset: u32, ld: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<vec4<f32>>;
@@ -41,6 +47,45 @@ fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
   let s = a.y * exp(a.x - m) + b.y * exp(b.x - m);
   return vec2(m, select(s, -1.0, min(a.y, b.y) < 0.0));
 }
+
+// The merge of v over the workgroup, returned to every thread; a barrier at the end, so red can be
+// written again. Must be called in uniform control flow.
+fn workgroupMerge(v: vec2<f32>, lid: u32) -> vec2<f32> {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] = merge(red[lid], red[lid + k]); }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  workgroupBarrier();  // everyone has read red[0] before the next row writes red
+  return total;
+}
+
+// The same through subgroups when sg (subgroupBlock) is not 0, with the subgroups' partials in
+// red[at + lid / sg] (at most WG / 4 of them); else workgroupMerge.
+// #if subgroups
+fn subgroupMerge(v: vec2<f32>) -> vec2<f32> {
+  let m = subgroupMax(v.x);
+  let s = subgroupAdd(v.y * exp(v.x - m));
+  return vec2(m, select(s, -1.0, subgroupAny(v.y < 0.0)));
+}
+
+fn rowMerge(v: vec2<f32>, lid: u32, sg: u32, at: u32) -> vec2<f32> {
+  if (sg == 0u) { return workgroupMerge(v, lid); }
+  let part = subgroupMerge(v);
+  let lane = lid % sg;
+  if (lane == 0u) { red[at + lid / sg] = part; }
+  workgroupBarrier();
+  var acc = vec2(NEG_BIG, 0.0);
+  for (var k = lane; k < WG / sg; k += sg) { acc = merge(acc, red[at + k]); }
+  return subgroupMerge(acc);
+}
+// #else
+fn rowMerge(v: vec2<f32>, lid: u32, sg: u32, at: u32) -> vec2<f32> {
+  return workgroupMerge(v, lid);
+}
+// #endif
 
 fn max4(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
 fn sum4(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
@@ -68,7 +113,7 @@ fn grad4(q: u32, x: vec4<f32>, rowMax: f32, invSum: f32, tq: u32, onehot: vec4<f
   logits[q] = p * g;
 }
 
-fn crossEntropyRow(row: u32, lid: u32) {
+fn crossEntropyRow(row: u32, lid: u32, sg: u32, at: u32) {
   let V = params.V;
   let base = row * params.ld;
   let end = base + V;
@@ -128,14 +173,7 @@ fn crossEntropyRow(row: u32, lid: u32) {
   }
 
   if (any(nan > vec4(INF_BITS))) { s = -1.0; }
-  red[lid] = vec2(m, s);
-  workgroupBarrier();
-  for (var k = WG / 2u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] = merge(red[lid], red[lid + k]); }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();  // everyone has read red[0] before the next row writes red
+  let total = rowMerge(vec2(m, s), lid, sg, at);
   let rowMax = total.x;
   let sawNaN = total.y < 0.0;
   let NaN = bitcast<f32>(0x7fc00000u | (V & 0u));  // a runtime NaN: a constant one is a WGSL error
@@ -174,9 +212,19 @@ fn crossEntropyRow(row: u32, lid: u32) {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+        @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
         @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let stride = nwg.x * nwg.y;
+  var at = 0u;  // this row's subgroup slots: red[0 ..] and red[WG / 4 ..] in turn
   for (var row = wid.x + wid.y * nwg.x; row < params.rows; row += stride) {
-    crossEntropyRow(row, lid);
+    crossEntropyRow(row, lid, sg, at);
+    at = WG / 4u - at;
   }
 }

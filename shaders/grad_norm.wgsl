@@ -7,6 +7,10 @@
 //                     optimizer applies to every gradient), as one workgroup.
 // Fixed summation order (deterministic). One workgroup per tensor walking all of it was latency
 // bound: 38 us for a LoRA B gradient of 18,432 elements on the H100.
+// Two variants (kernels/subgroups.ts) of the workgroup sum: a tree through workgroup memory
+// (log2(WG) barrier rounds), or, where the device has subgroups (and shaders/subgroup_reduce.wgsl
+// found the usual layout in this workgroup), subgroupAdd per subgroup, one slot per subgroup, one
+// barrier, and every subgroup sums the slots. Either order is fixed for a given device and shader.
 struct Params { n: u32, outIndex: u32, maxNorm: f32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;  // a gradient, or the partials
@@ -26,8 +30,35 @@ fn workgroupSum(v: f32, lid: u32) -> f32 {
   return red[0];
 }
 
+// The workgroup sum through subgroups when sg (subgroupBlock) is not 0, else workgroupSum.
+// #if subgroups
+fn totalSum(v: f32, lid: u32, sg: u32) -> f32 {
+  if (sg == 0u) { return workgroupSum(v, lid); }
+  let part = subgroupAdd(v);
+  let lane = lid % sg;
+  if (lane == 0u) { red[lid / sg] = part; }
+  workgroupBarrier();
+  var acc = 0.0;
+  for (var k = lane; k < WG / sg; k += sg) { acc += red[k]; }
+  return subgroupAdd(acc);
+}
+// #else
+fn totalSum(v: f32, lid: u32, sg: u32) -> f32 {
+  return workgroupSum(v, lid);
+}
+// #endif
+
 @compute @workgroup_size(WG)
-fn sum_of_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn sum_of_squares(@builtin(workgroup_id) wid: vec3<u32>,
+// #if subgroups
+                  @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
+                  @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   var s = 0.0;
   var comp = 0.0;  // Kahan compensation
   let end = min(params.n, (wid.x + 1u) * CHUNK);
@@ -38,15 +69,24 @@ fn sum_of_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     comp = (t - s) - y;
     s = t;
   }
-  let total = workgroupSum(s, lid);
+  let total = totalSum(s, lid, sg);
   if (lid == 0u) { out[params.outIndex + wid.x] = total; }
 }
 
 @compute @workgroup_size(WG)
-fn clip_coefficient(@builtin(local_invocation_index) lid: u32) {
+fn clip_coefficient(
+// #if subgroups
+                    @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
+                    @builtin(local_invocation_index) lid: u32) {
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   var s = 0.0;
   for (var i = lid; i < params.n; i += WG) { s += x[i]; }
-  let total = workgroupSum(s, lid);
+  let total = totalSum(s, lid, sg);
   if (lid == 0u) {
     let norm = sqrt(total);
     out[0] = norm;

@@ -8,6 +8,12 @@
 //   forward:  out = (x - mean) * rstd * weight + bias, and saves mean, rstd per row.
 //   backward: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * weight,
 //             xhat = (x - mean) * rstd. Weight and bias are frozen: no gradients for them.
+// Two variants (kernels/subgroups.ts): the row sums go through workgroup memory in a tree
+// (log2(WG) barrier rounds), or, where the device has subgroups, through subgroupAdd: each subgroup
+// sums its lanes, one lane per subgroup puts that in a slot of `red`, one barrier, and every
+// subgroup sums the slots (shaders/subgroup_reduce.wgsl checks the layout this needs, per workgroup,
+// and falls back to the tree where it does not hold). The forward's two sums use different slots,
+// so no barrier between them.
 struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -45,11 +51,39 @@ fn workgroupSum(v: vec2<f32>, lid: u32) -> vec2<f32> {
   return total;
 }
 
+// Sum of v over the workgroup, returned to every thread: through subgroups when sg (subgroupBlock)
+// is not 0, else workgroupSum. Subgroup slots at red[at ..], at most WG / 4 of them.
+// Must be called in uniform control flow.
+// #if subgroups
+fn rowSum(v: vec2<f32>, lid: u32, sg: u32, at: u32) -> vec2<f32> {
+  if (sg == 0u) { return workgroupSum(v, lid); }
+  let part = subgroupAdd(v);
+  let lane = lid % sg;
+  if (lane == 0u) { red[at + lid / sg] = part; }
+  workgroupBarrier();
+  var acc = vec2(0.0);
+  for (var k = lane; k < WG / sg; k += sg) { acc += red[at + k]; }
+  return subgroupAdd(acc);
+}
+// #else
+fn rowSum(v: vec2<f32>, lid: u32, sg: u32, at: u32) -> vec2<f32> {
+  return workgroupSum(v, lid);
+}
+// #endif
+
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+           @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
            @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= params.rows) { return; }
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let C = params.C;
   let base = row * C;
   var xs: array<f32, CACHED>;
@@ -59,7 +93,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (c < C) { xs[i] = x[base + c]; s += xs[i]; }
   }
   for (var c = lid + CACHED * WG; c < C; c += WG) { s += x[base + c]; }
-  let mean = workgroupSum(vec2(s, 0.0), lid).x / f32(C);
+  let mean = rowSum(vec2(s, 0.0), lid, sg, 0u).x / f32(C);
   var q = 0.0;
   for (var i = 0u; i < CACHED; i++) {
     if (lid + i * WG < C) { let d = xs[i] - mean; q += d * d; }
@@ -68,7 +102,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let d = x[base + c] - mean;
     q += d * d;
   }
-  let variance = workgroupSum(vec2(q, 0.0), lid).x / f32(C);
+  let variance = rowSum(vec2(q, 0.0), lid, sg, WG / 2u).x / f32(C);
   let rstd = 1.0 / sqrt(variance + params.eps);
   for (var i = 0u; i < CACHED; i++) {
     let c = lid + i * WG;
@@ -85,9 +119,17 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+            @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
             @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= params.rows) { return; }
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let C = params.C;
   let base = row * C;
   let mean = bMean[row];
@@ -109,7 +151,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let xhat = (bX[base + c] - mean) * rstd;
     acc += vec2(g, g * xhat);
   }
-  let sums = workgroupSum(acc, lid) / f32(C);
+  let sums = rowSum(acc, lid, sg, 0u) / f32(C);
   for (var i = 0u; i < CACHED; i++) {
     let c = lid + i * WG;
     if (c < C) {

@@ -5,6 +5,10 @@
 //   forward:  r = 1 / sqrt(mean(x^2) + eps),  out = weight * (x * r); saves r per row.
 //   backward: dx (+)= r * (g - xhat * mean(g * xhat)),  g = dout * weight,  xhat = x * r.
 //             (d/dx_k of w_c x_c r = r w_k [c == k] - w_c x_c r^3 x_k / C.) The weight is frozen.
+// Two variants (kernels/subgroups.ts): the row sum goes through workgroup memory in a tree, or,
+// where the device has subgroups, through subgroupAdd: per subgroup, one slot of `red` per
+// subgroup, one barrier, every subgroup sums the slots (shaders/subgroup_reduce.wgsl checks the
+// layout per workgroup and falls back to the tree where it does not hold).
 struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -35,11 +39,38 @@ fn workgroupSum(v: f32, lid: u32) -> f32 {
   return red[0];
 }
 
+// Sum of v over the workgroup, returned to every thread: through subgroups when sg (subgroupBlock)
+// is not 0, else workgroupSum. Must be called in uniform control flow, once per kernel.
+// #if subgroups
+fn rowSum(v: f32, lid: u32, sg: u32) -> f32 {
+  if (sg == 0u) { return workgroupSum(v, lid); }
+  let part = subgroupAdd(v);
+  let lane = lid % sg;
+  if (lane == 0u) { red[lid / sg] = part; }
+  workgroupBarrier();
+  var acc = 0.0;
+  for (var k = lane; k < WG / sg; k += sg) { acc += red[k]; }
+  return subgroupAdd(acc);
+}
+// #else
+fn rowSum(v: f32, lid: u32, sg: u32) -> f32 {
+  return workgroupSum(v, lid);
+}
+// #endif
+
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+           @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
            @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= params.rows) { return; }
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let C = params.C;
   let base = row * C;
   var q = 0.0;
@@ -47,7 +78,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let v = x[base + c];
     q += v * v;
   }
-  let rstd = 1.0 / sqrt(workgroupSum(q, lid) / f32(C) + params.eps);
+  let rstd = 1.0 / sqrt(rowSum(q, lid, sg) / f32(C) + params.eps);
   for (var c = lid; c < C; c += WG) {
     // transformers: weight * (hidden_states * rsqrt(variance + eps)), in this order.
     out[base + c] = weight[c] * (x[base + c] * rstd);
@@ -57,9 +88,17 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+            @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
             @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x;
   if (row >= params.rows) { return; }
+// #if subgroups
+  let sg = subgroupBlock(lid, sgSize, sgId, WG);
+// #else
+  let sg = 0u;
+// #endif
   let C = params.C;
   let base = row * C;
   let rstd = bRstd[row];
@@ -67,7 +106,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
   for (var c = lid; c < C; c += WG) {
     acc += bDout[base + c] * bWeight[c] * (bX[base + c] * rstd);
   }
-  let m = workgroupSum(acc, lid) / f32(C);
+  let m = rowSum(acc, lid, sg) / f32(C);
   for (var c = lid; c < C; c += WG) {
     let g = bDout[base + c] * bWeight[c];
     let xhat = bX[base + c] * rstd;

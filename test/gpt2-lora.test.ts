@@ -59,7 +59,9 @@ describe('GPT-2 + LoRA program', () => {
       runOps(gpu, [...lora.params.map((p) => ({ kind: 'clear' as const, buffer: p.grad.buffer })), { kind: 'clear', buffer: program.lossSum.buffer }, ...program.forward, ...program.backward]);
 
       const want = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T);
-      if (captureLogits) expectClose(await gpu.read(program.logits!), want.logits, 1e-4, 'logits');
+      // (relative to 1% of the largest logit at the least: a logit near 0 carries the float32
+      // rounding of the whole sum, 3e-7 here, and the subgroup reductions' order moves it)
+      if (captureLogits) expectClose(await gpu.read(program.logits!), want.logits, 1e-4, 'logits', 1e-2);
       else expect(program.logits).toBeNull();
       const loss = (await gpu.read(program.lossSum))[0] / validTargets;
       expect(Math.abs(loss - want.loss) / want.loss).toBeLessThan(1e-5);

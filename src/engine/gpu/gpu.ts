@@ -78,10 +78,17 @@ export interface KernelTuning {
   splitKLongWorkgroups: number;
   splitKMaxSlices: number;
   splitKMinSlice: number;
+  /**
+   * Row reductions (norms, softmax, cross-entropy, gradient norm) use subgroup operations where
+   * the device has the `subgroups` feature (Gpu.hasSubgroups); off, or without it: workgroup
+   * memory and barriers only.
+   */
+  subgroups: boolean;
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  subgroups: true,
 };
 
 export class GpuError extends Error {

@@ -6,6 +6,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { reductionShader } from './subgroups';
 
 /** Score rows per workgroup of shaders/attention_prefix_softmax.wgsl (ROWS_PER_WG there). */
 export const SOFTMAX_ROWS_PER_WORKGROUP = 8;
@@ -68,10 +69,12 @@ export function attentionPrefixSoftmaxForward(gpu: Gpu, a: AttentionPrefixSoftma
   if (a.lengths.size < a.B) throw new Error(`${what}: lengths has ${a.lengths.size} elements, need B=${a.B}`);
   if (a.lengths.buffer === a.probs.buffer) throw new Error(`${what}: probs must not alias lengths`);
   const inPlace = a.probs.buffer === a.scores.buffer;
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
+    constants: shader.constants,
     params: [a.B, a.H, a.T, a.P, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.probs, a.lengths] : [a.probs, a.lengths, a.scores],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
@@ -87,10 +90,12 @@ export function attentionPrefixSoftmaxBackward(gpu: Gpu, a: AttentionPrefixSoftm
   checkF32(what, 'dscores', a.dscores, n);
   if (a.dscores.buffer === a.probs.buffer) throw new Error(`${what}: dscores must not be the probs tensor`);
   const inPlace = a.dscores.buffer === a.dprobs.buffer;
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
+    constants: shader.constants,
     params: [a.B, a.H, a.T, a.P, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),

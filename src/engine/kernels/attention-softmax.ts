@@ -4,6 +4,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { reductionShader } from './subgroups';
 import { SOFTMAX_ROWS_PER_WORKGROUP } from './attention-prefix-softmax';
 
 export interface AttentionSoftmaxForwardArgs {
@@ -61,10 +62,12 @@ export function attentionSoftmaxForward(gpu: Gpu, a: AttentionSoftmaxForwardArgs
   if (a.lengths.size < a.B) throw new Error(`${what}: lengths has ${a.lengths.size} elements, need B=${a.B}`);
   if (a.lengths.buffer === a.probs.buffer) throw new Error(`${what}: probs must not alias lengths`);
   const inPlace = a.probs.buffer === a.scores.buffer;
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: inPlace ? 'forward_inplace' : 'forward',
+    constants: shader.constants,
     params: [a.B, a.H, a.T, 0, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.probs, a.lengths] : [a.probs, a.lengths, a.scores],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),
@@ -80,10 +83,12 @@ export function attentionSoftmaxBackward(gpu: Gpu, a: AttentionSoftmaxBackwardAr
   checkF32(what, 'dscores', a.dscores, n);
   if (a.dscores.buffer === a.probs.buffer) throw new Error(`${what}: dscores must not be the probs tensor`);
   const inPlace = a.dscores.buffer === a.dprobs.buffer;
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: inPlace ? 'backward_inplace' : 'backward',
+    constants: shader.constants,
     params: [a.B, a.H, a.T, 0, f32(a.scale), a.causal ? 1 : 0],
     buffers: inPlace ? [a.dscores, a.probs] : [a.dscores, a.probs, a.dprobs],
     workgroups: grid1d(a.B * a.H * a.T, SOFTMAX_ROWS_PER_WORKGROUP),

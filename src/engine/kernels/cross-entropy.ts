@@ -3,6 +3,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { reductionShader } from './subgroups';
 
 /**
  * Threads per row for long rows (capped at the device's workgroup limit; short rows get fewer:
@@ -11,7 +12,9 @@ import { grid1d } from './grid';
  * threads 0.431 ms per step, 512 0.472, 256 0.510; the kernel it replaced 1.29. On fresh logits
  * (bench/probe/cross-entropy.ts, 2048 rows) fewer threads win instead: GPT-2 1024 1.085 ms, 256
  * 0.871; SmolLM2 0.988 / 0.740; the old kernel 1.60 / 1.46. The step is what runs: 1024, which
- * keeps one or two whole rows per SM in flight, so pass 2 re-reads from L2.
+ * keeps one or two whole rows per SM in flight, so pass 2 re-reads from L2. (Measured with the
+ * workgroup-memory merge, 11 barriers a row at 1024 threads; the subgroup variant has 3 at any
+ * count, which may move the best count: not re-measured.)
  */
 export const CROSS_ENTROPY_THREADS = 1024;
 
@@ -47,7 +50,10 @@ export function crossEntropyThreads(V: number, limit: number): number {
   return Math.min(most, Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(1, Math.ceil(V / 16))))));
 }
 
-/** Softmax cross-entropy per row: losses, and the logits gradient written over the logits. */
+/**
+ * Softmax cross-entropy per row: losses, and the logits gradient written over the logits. The row's
+ * (max, sum of exp) merge uses subgroup operations where the device has them (kernels/subgroups.ts).
+ */
 export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   const what = `crossEntropy(${a.logits.label})`;
   const rowOffset = a.rowOffset ?? 0;
@@ -79,10 +85,11 @@ export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   }
   const workgroups = a.workgroups ?? a.rows;
   if (!Number.isInteger(workgroups) || workgroups < 1) throw new Error(`${what}: workgroups must be a positive integer (got ${workgroups})`);
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
-    constants: { WG: threads },
+    code: shader.code,
+    constants: { WG: threads, ...shader.constants },
     params: [a.rows, a.V, rowOffset, ld],
     buffers: [a.logits, a.targets, a.gradScale, a.losses],
     workgroups: grid1d(Math.min(a.rows, workgroups), 1),

@@ -2,6 +2,7 @@ import code from '../../../shaders/grad_norm.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
+import { reductionShader } from './subgroups';
 
 /** Elements per partial of sumOfSquares (CHUNK in shaders/grad_norm.wgsl). */
 export const SUM_OF_SQUARES_CHUNK = 4096;
@@ -30,10 +31,12 @@ export function sumOfSquares(gpu: Gpu, a: { x: Tensor; n: number; out: Tensor; o
     throw new Error(`${what}: out must be f32 with at least outIndex + ${parts} partials = ${a.outIndex + parts} elements (got ${a.out.dtype} ${a.out.size})`);
   }
   if (a.out.buffer === a.x.buffer) throw new Error(`${what}: out must not alias x`);
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'sum_of_squares',
+    constants: shader.constants,
     params: [a.n, a.outIndex, f32(0)],
     buffers: [a.x, a.out],
     workgroups: [parts],
@@ -53,10 +56,12 @@ export function clipCoefficient(gpu: Gpu, a: { partials: Tensor; count: number; 
   }
   if (a.out.dtype !== 'f32' || a.out.size < 2) throw new Error(`${what}: out must be f32 with 2 elements (got ${a.out.dtype} ${a.out.size})`);
   if (a.out.buffer === a.partials.buffer) throw new Error(`${what}: out must not alias partials`);
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'clip_coefficient',
+    constants: shader.constants,
     params: [a.count, 0, f32(a.maxNorm)],
     buffers: [a.partials, a.out],
     workgroups: [1],

@@ -3,6 +3,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { reductionShader } from './subgroups';
 
 export interface LayerNormForwardArgs {
   x: Tensor; // [rows, C]
@@ -39,7 +40,10 @@ function checkSize(what: string, name: string, t: Tensor, n: number): void {
   if (t.size < n) throw new Error(`${what}: ${name} has ${t.size} elements, need ${n}`);
 }
 
-/** Per-row LayerNorm (biased variance, like torch); one workgroup per row. */
+/**
+ * Per-row LayerNorm (biased variance, like torch); one workgroup per row. The row sums use
+ * subgroup operations where the device has them (kernels/subgroups.ts reductionVariant).
+ */
 export function layerNormForward(gpu: Gpu, a: LayerNormForwardArgs): Dispatch {
   const what = `layerNormForward(${a.out.label})`;
   checkDims(what, a.rows, a.C);
@@ -55,10 +59,12 @@ export function layerNormForward(gpu: Gpu, a: LayerNormForwardArgs): Dispatch {
   if (new Set(outs).size !== 3 || outs.some((b) => b === a.x.buffer || b === a.weight.buffer || b === a.bias.buffer)) {
     throw new Error(`${what}: out, mean and rstd must be distinct buffers, none of them an input`);
   }
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'forward',
+    constants: shader.constants,
     params: [a.rows, a.C, f32(a.eps), 0],
     buffers: [a.x, a.weight, a.bias, a.out, a.mean, a.rstd],
     workgroups: grid1d(a.rows, 1),
@@ -80,10 +86,12 @@ export function layerNormBackward(gpu: Gpu, a: LayerNormBackwardArgs): Dispatch 
     // WebGPU rejects one buffer bound both writable and read-only in a dispatch.
     throw new Error(`${what}: dx must not alias an input`);
   }
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'backward',
+    constants: shader.constants,
     params: [a.rows, a.C, f32(0), a.accumulate ? 1 : 0],
     buffers: [a.dout, a.x, a.weight, a.mean, a.rstd, a.dx],
     workgroups: grid1d(a.rows, 1),

@@ -3,6 +3,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { reductionShader } from './subgroups';
 
 export interface RmsNormForwardArgs {
   x: Tensor; // [rows, C], dense
@@ -41,7 +42,8 @@ const workgroupSize = (C: number): number => (C <= 128 ? 64 : 256);
 
 /**
  * LlamaRMSNorm in f32, per dense row of C: out = weight * (x * rsqrt(mean(x^2) + eps)).
- * One workgroup per row. Also serves Qwen3's per-head q_norm/k_norm (rows = B*T*heads, C = head_dim).
+ * One workgroup per row; the row sum uses subgroup operations where the device has them
+ * (kernels/subgroups.ts reductionVariant). Also serves Qwen3's per-head q_norm/k_norm (rows = B*T*heads, C = head_dim).
  */
 export function rmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Dispatch {
   const what = `rmsNormForward(${a.out.label})`;
@@ -55,11 +57,12 @@ export function rmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Dispatch {
   if (a.out.buffer === a.rstd.buffer || [a.out, a.rstd].some((t) => t.buffer === a.x.buffer || t.buffer === a.weight.buffer)) {
     throw new Error(`${what}: out and rstd must be distinct buffers, neither of them an input`);
   }
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'forward',
-    constants: { WG: workgroupSize(a.C) },
+    constants: { WG: workgroupSize(a.C), ...shader.constants },
     params: [a.rows, a.C, f32(a.eps), 0],
     buffers: [a.x, a.weight, a.out, a.rstd],
     workgroups: grid1d(a.rows, 1),
@@ -80,11 +83,12 @@ export function rmsNormBackward(gpu: Gpu, a: RmsNormBackwardArgs): Dispatch {
     // WebGPU rejects one buffer bound both writable and read-only in a dispatch.
     throw new Error(`${what}: dx must not alias an input`);
   }
+  const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
-    code,
+    code: shader.code,
     entryPoint: 'backward',
-    constants: { WG: workgroupSize(a.C) },
+    constants: { WG: workgroupSize(a.C), ...shader.constants },
     params: [a.rows, a.C, f32(0), a.accumulate ? 1 : 0],
     buffers: [a.dout, a.x, a.weight, a.rstd, a.dx],
     workgroups: grid1d(a.rows, 1),
