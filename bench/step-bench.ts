@@ -23,7 +23,7 @@ const { values: a } = parseArgs({
     model: { type: 'string' }, targets: { type: 'string' }, rank: { type: 'string' },
     batch: { type: 'string' }, seq: { type: 'string' }, steps: { type: 'string' },
     'profile-steps': { type: 'string' }, json: { type: 'string' }, matmul: { type: 'string' }, 'wide-min': { type: 'string' },
-    // any KernelTuning numbers, e.g. --tuning splitKMaxSlices=8,splitKWorkgroups=500
+    // any KernelTuning values, e.g. --tuning splitKMaxSlices=8,flashAttention=true
     tuning: { type: 'string' },
   },
 });
@@ -39,7 +39,8 @@ const gpu = await createNodeGpu({
     matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}),
     ...Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
       const [k, v] = kv.split('=');
-      return [k, Number(v)];
+      // booleans as true/false (or 1/0), numbers, other words as they are (flashAttention=auto)
+      return [k, v === 'true' || v === 'false' ? v === 'true' : Number.isFinite(Number(v)) ? Number(v) : v];
     })),
   },
 });

@@ -96,15 +96,19 @@ describe('memory estimates equal what the engine allocates', async () => {
         { B: 1, T: 5, training: true, headRowsPerChunk: 5 },
         { B: 4, T: 9, training: false, captureLogits: true, headRowsPerChunk: 7 },
       ];
-      // the first and fifth again with split-K forced on the linear layers and the LM head's backward (the scratch is planned too)
+      // the first and fifth again with split-K forced on the linear layers and the LM head's backward
+      // (the scratch is planned too), then with flash attention (log-sum-exp rows instead of T x T scores)
       const splitK = { splitKMinK: 16, splitKMinSlice: 8, splitKMaxSlices: 3 };
-      for (const [i, opts] of [...cases, cases[0], cases[4]].entries()) {
+      const flash = { flashAttention: true };
+      for (const [i, opts] of [...cases, cases[0], cases[4], cases[0], cases[1]].entries()) {
         const forced = i >= cases.length;
-        if (forced) Object.assign(gpu.tuning, splitK);
+        const flashed = i >= cases.length + 2;
+        if (forced) Object.assign(gpu.tuning, flashed ? flash : splitK);
         const before = gpu.allocatedBytes;
         const { result: program, sizes } = recordBuffers(gpu, () => model.buildProgram(null, opts));
-        const what = `${name} ${JSON.stringify(opts)}${forced ? ' split-K' : ''}`;
-        if (forced && opts.training) expect(model.programBuffers(opts).some((b) => b.label === 'splitK'), what).toBe(true);
+        const what = `${name} ${JSON.stringify(opts)}${forced ? (flashed ? ' flash attention' : ' split-K') : ''}`;
+        if (forced && !flashed && opts.training) expect(model.programBuffers(opts).some((b) => b.label === 'splitK'), what).toBe(true);
+        if (flashed) expect(model.programBuffers(opts).some((b) => b.label.endsWith('.att')), what).toBe(false);
         expect(gpu.allocatedBytes - before, what).toBe(model.estimateProgramBytes(opts));
         // buffer for buffer, not only the sum
         expect(sorted(sizes), what).toEqual(sorted(model.programBuffers(opts).map((b) => allocatedBytesFor(b.elements))));
@@ -260,15 +264,24 @@ describe('memory estimates equal what the engine allocates', async () => {
     expect(small.largestBuffer).toBeLessThan(small.bufferLimit);
     // 4096 rows of 64 tokens: the attention scores and the logits block are the big ones.
     const big: RunShape = { B: 4096, T: 64, adapter: { kind: 'lora', rank: 4, dropout: 0, targeted }, hasValidation: true };
+    gpu.tuning.flashAttention = true;
     const onCpu = estimateTraining(model, big, { ...limits, isFallbackAdapter: true });
     const onGpu = estimateTraining(model, big, { ...limits, isFallbackAdapter: false });
     expect(onCpu.total).toBeGreaterThan(SOFTWARE_RENDERER_WARN_BYTES);
     expect(onCpu.warning).toMatch(/GB on a software renderer/);
     expect(onGpu.warning).toBeNull();
-    expect(onCpu.largestBufferLabel).toBe('l0.att');
-    const heads = models.get('tiny-llama')!.config.raw.num_attention_heads as number;
-    expect(onCpu.largestBuffer).toBe(4096 * heads * 64 * 64 * 4);
-    expect(onCpu.largestBuffer).toBeGreaterThan(onCpu.bufferLimit);
+    // with flash attention no T x T buffer: the MLP's rows are the largest
+    expect(onCpu.largestBufferLabel).toBe('l0.gate');
+    const { intermediate_size: I, num_attention_heads: heads } = models.get('tiny-llama')!.config.raw as Record<string, number>;
+    expect(onCpu.largestBuffer).toBe(4096 * 64 * I * 4);
+    expect(onCpu.largestBuffer).toBeLessThan(onCpu.bufferLimit);
+    // with the T x T attention the scores are, over the binding limit
+    gpu.tuning.flashAttention = false;
+    const tt = estimateTraining(model, big, { ...limits, isFallbackAdapter: false });
+    gpu.tuning.flashAttention = DEFAULT_KERNEL_TUNING.flashAttention;
+    expect(tt.largestBufferLabel).toBe('l0.att');
+    expect(tt.largestBuffer).toBe(4096 * heads * 64 * 64 * 4);
+    expect(tt.largestBuffer).toBeGreaterThan(tt.bufferLimit);
     model.destroy();
   });
 });

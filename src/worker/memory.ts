@@ -163,18 +163,15 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
 /**
  * The buffers a causal LM's buildProgram(method, {B, T}) allocates: prompt tuning runs T + n
  * positions; prefix tuning's P rows widen the attention scores (and their gradient) to P + T keys
- * and need rotary tables up to T + P positions.
+ * (the model plans those) and need rotary tables up to T + P positions.
  */
 export function causalProgramBuffers(model: Pick<CausalLMModel, 'programBuffers'>, run: Pick<RunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
   const S = programPositions(run);
   const P = run.adapter.kind === 'prefix' ? run.adapter.virtualTokens : 0;
-  const buffers = model.programBuffers({ B: run.B, T: S, training });
+  const buffers = model.programBuffers({ B: run.B, T: S, training }, P);
   if (P === 0) return buffers;
   const rope = model.programBuffers({ B: 1, T: S + P, training: false }).filter((b) => b.label.startsWith('rope.'));
-  const widened = buffers
-    .filter((b) => !b.label.startsWith('rope.'))
-    .map((b) => (b.label.endsWith('.att') || b.label === 'dP' ? { ...b, elements: (b.elements / S) * (S + P) } : b));
-  return [...rope, ...widened];
+  return [...rope, ...buffers.filter((b) => !b.label.startsWith('rope.'))];
 }
 
 const sum = (buffers: readonly PlannedBuffer[]) => buffers.reduce((s, b) => s + allocatedBytesFor(b.elements), 0);

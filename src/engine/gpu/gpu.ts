@@ -79,6 +79,20 @@ export interface KernelTuning {
   splitKMaxSlices: number;
   splitKMinSlice: number;
   /**
+   * Causal self-attention (without prefix tuning) as fused kernels with an online softmax
+   * (kernels/flash-attention.ts): no [B, H, T, T] scores or probabilities in memory; the backward
+   * recomputes them from the saved log-sum-exp. false: scores, softmax and products as separate
+   * kernels, each layer's T x T probabilities kept for the backward. 'auto': flash attention where
+   * one layer's T x T probabilities would take more than flashAttentionMinScoresMiB or than one
+   * storage binding holds (kernels/flash-attention.ts useFlashAttention). On the H100 at 8 x 256
+   * (bench/probe/flash-attention.ts, bench/sweep-tuning.sh) flash attention's forward is faster
+   * (GPT-2 1.05 vs 1.43 ms per step) but its backward slower (6.4 vs 2.5 ms: it does seven block
+   * products to the separate kernels' four), so it pays in memory only: GPT-2 1.52 vs 1.82 GiB and
+   * 39.8 vs 35.9 ms per step; at 2 x 1024, 1.52 vs 2.74 GiB and 53.5 vs 42.6 ms.
+   */
+  flashAttention: boolean | 'auto';
+  flashAttentionMinScoresMiB: number;
+  /**
    * Row reductions (norms, softmax, cross-entropy, gradient norm) use subgroup operations where
    * the device has the `subgroups` feature (Gpu.hasSubgroups); off, or without it: workgroup
    * memory and barriers only.
@@ -88,7 +102,7 @@ export interface KernelTuning {
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
-  subgroups: true,
+  flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true,
 };
 
 export class GpuError extends Error {

@@ -13,8 +13,9 @@ import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
+import { flashAttentionBackward, flashAttentionForward, flashAttentionSupported, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
 import type { LinearModuleInfo } from '../peft/lora';
-import type { LinearSite, PeftMethod } from '../peft/method';
+import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
@@ -49,7 +50,10 @@ interface Gpt2LayerWeights {
 interface LayerActs {
   ln1: Tensor; mean1: Tensor; rstd1: Tensor;
   qkv: Tensor; // [M, 3C]
-  att: Tensor; // [B*H, T, T] scores, then probabilities
+  /** [B*H, T, P+T] scores, then probabilities; null with flash attention (Gpt2.flash) */
+  att: Tensor | null;
+  /** [B*H*T] each score row's log-sum-exp, for flash attention's backward; null without it */
+  lse: Tensor | null;
   ctx: Tensor; // [M, C] attention output before c_proj
   x2: Tensor; // residual after attention
   ln2: Tensor; mean2: Tensor; rstd2: Tensor;
@@ -59,6 +63,15 @@ interface LayerActs {
    * (Gpt2.mlpFused) write it, in forward, and again in backward for their method's gradients.
    */
   g: Tensor;
+}
+
+/** Gradient buffers every layer's backward shares. */
+interface BackwardScratch {
+  dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor;
+  /** [B*H, T, P+T] the probabilities' gradient, then the scores' (T x T path) */
+  dP: Tensor | null;
+  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward) */
+  delta: Tensor | null;
 }
 
 const PREFIXES = ['transformer.'];
@@ -147,10 +160,12 @@ export class Gpt2 {
    * adapter's own scratch is the adapter's: see Lora). Keep in step with buildProgram:
    * test/memory-estimate.test.ts checks the two allocate the same bytes.
    */
-  programBuffers(opts: ProgramOptions): PlannedBuffer[] {
+  programBuffers(opts: ProgramOptions, prefixTokens = 0): PlannedBuffer[] {
     const { C, L, H, F, V } = this;
     const { B, T, training } = opts;
     const M = B * T;
+    const flash = this.flash(prefixTokens, B, T);
+    const scores = B * H * T * (prefixTokens + T);
     const out: PlannedBuffer[] = [
       { label: 'tokens', elements: M },
       { label: 'targets', elements: M },
@@ -163,7 +178,7 @@ export class Gpt2 {
     const keep = training ? L : 1;
     for (let i = 0; i < keep; i++) {
       const per: [string, number][] = [
-        ['ln1', M * C], ['mean1', M], ['rstd1', M], ['qkv', 3 * M * C], ['att', B * H * T * T], ['ctx', M * C], ['x2', M * C],
+        ['ln1', M * C], ['mean1', M], ['rstd1', M], ['qkv', 3 * M * C], flash ? ['lse', B * H * T] : ['att', scores], ['ctx', M * C], ['x2', M * C],
         ['ln2', M * C], ['mean2', M], ['rstd2', M], ['fc', M * F],
       ];
       for (const [name, elements] of per) out.push({ label: `h${i}.${name}`, elements });
@@ -174,14 +189,26 @@ export class Gpt2 {
     const splitK = programSplitKElements(this.gpu, M, this.linearModules(), this.lmHead, opts);
     if (splitK > 0) out.push({ label: 'splitK', elements: splitK });
     if (training) {
-      out.push({ label: 'dqkv', elements: 3 * M * C }, { label: 'dctx', elements: M * C }, { label: 'dg', elements: M * F }, { label: 'dP', elements: B * H * T * T });
+      out.push({ label: 'dqkv', elements: 3 * M * C }, { label: 'dctx', elements: M * C }, { label: 'dg', elements: M * F });
+      out.push(flash ? { label: 'delta', elements: B * H * T } : { label: 'dP', elements: scores });
     }
     return out;
   }
 
   /** Bytes buildProgram(peft, opts) allocates on the GPU (Gpu.buffer's 16-byte rounding included). */
-  estimateProgramBytes(opts: ProgramOptions): number {
-    return plannedBytes(this.programBuffers(opts));
+  estimateProgramBytes(opts: ProgramOptions, prefixTokens = 0): number {
+    return plannedBytes(this.programBuffers(opts, prefixTokens));
+  }
+
+  /**
+   * Whether the causal self-attention runs as flash attention (kernels/flash-attention.ts: no
+   * T x T matrices kept) rather than as score, softmax and value products: tuning.flashAttention,
+   * a head size the kernel takes on this device, and no prefix tuning (its always-visible rows
+   * go through the products).
+   */
+  private flash(prefixTokens: number, B: number, T: number): boolean {
+    // (dk and dv are column ranges of the one dqkv buffer: one binding)
+    return prefixTokens === 0 && useFlashAttention(this.gpu, B, this.H, T) && flashAttentionSupported(this.gpu, this.D, { separateDkDv: false });
   }
 
   /** Every weight tensor on the GPU (the tied head once). */
@@ -223,6 +250,7 @@ export class Gpt2 {
       throw new ProgramError(`sequence length ${opts.T}${nv + P ? ` plus ${nv + P} virtual tokens` : ''} is longer than the model's n_positions (${this.dims.n_positions})`);
     }
     const M = B * T;
+    const flash = this.flash(P, B, T);
     const pool = new TensorPool(gpu);
     // split-K scratch for this program's layers (site() hands it out while the program is built)
     const splitKElements = programSplitKElements(gpu, M, this.linearModules(), this.lmHead, opts);
@@ -240,7 +268,8 @@ export class Gpt2 {
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
       ln1: t([M, C], `h${i}.ln1`), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
-      qkv: t([M, 3 * C], `h${i}.qkv`), att: t([B * H, T, P + T], `h${i}.att`), ctx: t([M, C], `h${i}.ctx`),
+      qkv: t([M, 3 * C], `h${i}.qkv`), ...(flash ? { att: null, lse: t([B * H * T], `h${i}.lse`) } : { att: t([B * H, T, P + T], `h${i}.att`), lse: null }),
+      ctx: t([M, C], `h${i}.ctx`),
       x2: t([M, C], `h${i}.x2`),
       ln2: t([M, C], `h${i}.ln2`), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
       fc: t([M, F], `h${i}.fc`), g,
@@ -266,10 +295,11 @@ export class Gpt2 {
       const lowest = peft ? this.lowestTrainableLayer(peft) : L;
       const scratch = {
         dres: dres!, dln: dln!,
-        dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'), dP: t([B * H, T, P + T], 'dP'),
+        dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'),
+        ...(flash ? { dP: null, delta: t([B * H * T], 'delta') } : { dP: t([B * H, T, P + T], 'dP'), delta: null }),
       };
       // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], scratch, peft, B, T, l > lowest || nv > 0));
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], lengths, scratch, peft, B, T, l > lowest || nv > 0));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -307,9 +337,10 @@ export class Gpt2 {
     const t = pool.t.bind(pool);
     const tokens = t([T], 'tokens', 'u32');
     const xs = [t([T, C], 'x0'), t([T, C], 'x1')];
+    const scores = t([T * H, cache.capacity], 'scores');
     const a: LayerActs = {
       ln1: t([T, C], 'ln1'), mean1: t([T], 'mean1'), rstd1: t([T], 'rstd1'), qkv: t([T, 3 * C], 'qkv'),
-      att: t([T * H, cache.capacity], 'scores'), ctx: t([T, C], 'ctx'), x2: t([T, C], 'x2'),
+      att: scores, lse: null, ctx: t([T, C], 'ctx'), x2: t([T, C], 'x2'),
       ln2: t([T, C], 'ln2'), mean2: t([T], 'mean2'), rstd2: t([T], 'rstd2'), fc: t([T, F], 'fc'), g: t([T, F], 'g'),
     };
     const lnf = t([T, C], 'lnf'), meanf = t([T], 'meanf'), rstdf = t([T], 'rstdf');
@@ -333,7 +364,7 @@ export class Gpt2 {
       const kv = { state, src: a.qkv, srcStride: 3 * C, rows: T, width: C, capacity: cache.capacity };
       forward.push(kvAppend(gpu, { ...kv, srcOffset: C, cache: cache.k[l] }), kvAppend(gpu, { ...kv, srcOffset: 2 * C, cache: cache.v[l] }));
       forward.push(kvAttention(gpu, {
-        state, q: a.qkv, qStride: 3 * C, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores: a.att, out: a.ctx, outStride: C,
+        state, q: a.qkv, qStride: 3 * C, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores, out: a.ctx, outStride: C,
         rows: T, H, kvHeads: H, D, capacity: cache.capacity, scale: 1 / Math.sqrt(D),
       }));
       const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
@@ -419,13 +450,12 @@ export class Gpt2 {
   }
 
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
-    const { gpu, C, H, D, F } = this;
+    const { gpu, C, F } = this;
     const M = B * T;
     const w = this.layers[l];
     const p = `transformer.h.${l}.`;
     const eps = this.dims.layer_norm_epsilon;
     const bytes = M * C * 4;
-    const qkvBatch = { outer: B, inner: H };
     const ops: Op[] = [];
     // attention block: x2 = x + c_proj(attn(c_attn(ln_1(x))))
     ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
@@ -434,32 +464,14 @@ export class Gpt2 {
     // values read from the method's [P, ld] tensor, shared by the whole batch.
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
     const P = pre?.tokens ?? 0, Tk = P + T;
-    if (pre) {
-      ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_scores`, a: a.qkv, lda: 3 * C, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true, c: a.att, ldc: Tk, M: T, N: P, K: D,
-        batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+    if (a.lse) {
+      // flash attention: q, k, v read from the packed qkv rows, the context written straight to ctx
+      ops.push(...flashAttentionForward(gpu, {
+        ...this.attentionShape(B, T, lengths, a.qkv), out: a.ctx, ldo: C, lse: a.lse,
       }));
+    } else {
+      ops.push(...this.attentionForward(a.att!, a, lengths, pre, B, T, P, Tk, p));
     }
-    // scores = Q K^T per (batch, head), read straight out of the packed qkv rows. Causal: the
-    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
-    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
-    // P V only over the keys up to each row tile's last query
-    ops.push(matmul(gpu, {
-      label: `${p}attn.scores`, triangle: 'lowerC', a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: a.att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
-      batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
-    }));
-    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
-    else ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
-    if (pre) {
-      ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_pv`, a: a.att, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, ldc: C, M: T, N: D, K: P,
-        batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * C, D] },
-      }));
-    }
-    ops.push(matmul(gpu, {
-      label: `${p}attn.pv`, triangle: 'lowerA', a: a.att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
-      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * C, D] },
-    }));
     // (a bottleneck adapter on the branch: c_proj's output goes to its own tensor, the adapter combines)
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
@@ -484,21 +496,63 @@ export class Gpt2 {
     return ops;
   }
 
+  /** The T x T path of layerForward's attention: scores, masked softmax and P V (prefix rows first when P > 0). */
+  private attentionForward(att: Tensor, a: LayerActs, lengths: Tensor, pre: AttentionPrefix | null, B: number, T: number, P: number, Tk: number, p: string): Op[] {
+    const { gpu, C, H, D } = this;
+    const qkvBatch = { outer: B, inner: H };
+    const ops: Op[] = [];
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_scores`, a: a.qkv, lda: 3 * C, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true, c: att, ldc: Tk, M: T, N: P, K: D,
+        batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
+    }
+    // scores = Q K^T per (batch, head), read straight out of the packed qkv rows. Causal: the
+    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
+    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
+    // P V only over the keys up to each row tile's last query
+    ops.push(matmul(gpu, {
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.qkv, lda: 3 * C, b: a.qkv, offsetB: C, ldb: 3 * C, transB: true, c: att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { ...qkvBatch, strideA: [T * 3 * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
+    }));
+    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
+    else ops.push(attentionSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+    if (pre) {
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_pv`, a: att, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, ldc: C, M: T, N: D, K: P,
+        batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * C, D] },
+      }));
+    }
+    ops.push(matmul(gpu, {
+      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: P, lda: Tk, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, c: a.ctx, ldc: C, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * C, D] },
+    }));
+    return ops;
+  }
+
+  /** The shape flash attention sees: causal over the packed qkv rows (q, k, v at columns 0, C, 2C of each row). */
+  private attentionShape(B: number, T: number, lengths: Tensor, qkv: Tensor): FlashAttentionShape {
+    const { C, H, D } = this;
+    return {
+      B, T, H, kvHeads: H, D, scale: 1 / Math.sqrt(D), causal: true, lengths,
+      q: qkv, offsetQ: 0, ldq: 3 * C, k: qkv, offsetK: C, ldk: 3 * C, v: qkv, offsetV: 2 * C, ldv: 3 * C,
+    };
+  }
+
   /**
    * On entry s.dres holds dLoss/d(output of layer l); on exit dLoss/d(input of layer l), when
    * inputGrad (otherwise only the adapter's gradients are made: c_attn's dx and ln_1's backward
    * are skipped). The mirror image of layerForward, bottom to top read upwards.
    */
   private layerBackward(
-    l: number, x: Tensor, xOut: Tensor, a: LayerActs,
-    s: { dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor; dP: Tensor },
+    l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor,
+    s: BackwardScratch,
     peft: PeftMethod | null, B: number, T: number, inputGrad: boolean,
   ): Op[] {
-    const { gpu, C, H, D, F } = this;
+    const { gpu, C, F } = this;
     const M = B * T;
     const w = this.layers[l];
     const p = `transformer.h.${l}.`;
-    const qkvBatch = { outer: B, inner: H };
     const ops: Op[] = [];
     // MLP block (the residual passes dres through unchanged, unless a bottleneck adapter combines them)
     const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
@@ -530,62 +584,79 @@ export class Gpt2 {
       dy = r.dBranch;
     }
     ops.push(...this.linearBack(this.site(true, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.projW, w.projB, dy, s.dctx, peft));
+    if (a.lse) {
+      // flash attention: the scores and probabilities again from q, k and the saved log-sum-exp;
+      // dq, dk, dv straight into their columns of dqkv
+      ops.push(...flashAttentionBackward(gpu, {
+        ...this.attentionShape(B, T, lengths, a.qkv), out: a.ctx, ldo: C, lse: a.lse, dout: s.dctx, lddo: C, delta: s.delta!,
+        dq: s.dqkv, offsetDQ: 0, lddq: 3 * C, dk: s.dqkv, offsetDK: C, lddk: 3 * C, dv: s.dqkv, offsetDV: 2 * C, lddv: 3 * C,
+      }));
+    } else {
+      ops.push(...this.attentionBackward(a.att!, s.dP!, a, s, peft?.prefixTokens ? peft.attentionPrefix!(l) : null, B, T, p));
+    }
+    ops.push(...this.linearBack(this.site(true, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, inputGrad ? s.dln : null, peft));
+    if (inputGrad) ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
+    return ops;
+  }
+
+  /** The T x T path of layerBackward's attention (the mirror of attentionForward): dq, dk, dv into s.dqkv, the prefix rows' gradients into the method's. */
+  private attentionBackward(att: Tensor, dP: Tensor, a: LayerActs, s: BackwardScratch, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
+    const { gpu, C, H, D } = this;
+    const qkvBatch = { outer: B, inner: H };
+    const ops: Op[] = [];
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence at a time (a batched accumulate into shared rows would race)
-    const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
     const P = pre?.tokens ?? 0, Tk = P + T;
     // dP = dctx V^T ; dV = P^T dctx (causal halves skipped as in the forward: dP's tiles above the
     // diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
     if (pre) {
       ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, ldc: Tk, M: T, N: P, K: D,
+        label: `${p}attn.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, ldc: Tk, M: T, N: P, K: D,
         batch: { ...qkvBatch, strideA: [T * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
       }));
     }
     ops.push(matmul(gpu, {
-      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: s.dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dV`, triangle: 'upperA', a: a.att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * C, D], strideC: [T * 3 * C, D] },
     }));
     if (pre) {
       for (let b = 0; b < B; b++) {
         ops.push(matmul(gpu, {
-          label: `${p}attn.prefix_dV`, a: a.att, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * C, ldb: C,
+          label: `${p}attn.prefix_dV`, a: att, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * C, ldb: C,
           c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
           batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
         }));
       }
-      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
     } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
     }
     // dQ = dS K ; dK = dS^T Q
     ops.push(matmul(gpu, {
-      label: `${p}attn.dQ`, triangle: 'lowerA', a: s.dP, offsetA: P, lda: Tk, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: P, lda: Tk, b: a.qkv, offsetB: C, ldb: 3 * C, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dK`, triangle: 'upperA', a: s.dP, offsetA: P, lda: Tk, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: P, lda: Tk, transA: true, b: a.qkv, ldb: 3 * C, c: s.dqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
       batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
     }));
     if (pre) {
       ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_dQ`, a: s.dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: P, accumulate: true,
+        label: `${p}attn.prefix_dQ`, a: dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dqkv, ldc: 3 * C, M: T, N: D, K: P, accumulate: true,
         batch: { ...qkvBatch, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * 3 * C, D] },
       }));
       for (let b = 0; b < B; b++) {
         ops.push(matmul(gpu, {
-          label: `${p}attn.prefix_dK`, a: s.dP, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: a.qkv, offsetB: b * T * 3 * C, ldb: 3 * C,
+          label: `${p}attn.prefix_dK`, a: dP, offsetA: b * H * T * Tk, lda: Tk, transA: true, b: a.qkv, offsetB: b * T * 3 * C, ldb: 3 * C,
           c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
           batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
         }));
       }
     }
-    ops.push(...this.linearBack(this.site(true, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, s.dqkv, inputGrad ? s.dln : null, peft));
-    if (inputGrad) ops.push(layerNormBackward(gpu, { dout: s.dln, x, weight: w.ln1w, mean: a.mean1, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }
 }

@@ -15,8 +15,9 @@ import { ropeBackward, ropeForward } from '../kernels/rope';
 import { swigluBackward, swigluForward } from '../kernels/swiglu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
+import { flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
 import type { LinearModuleInfo } from '../peft/lora';
-import type { LinearSite, PeftMethod } from '../peft/method';
+import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
 import { TensorPool, branchSite, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
@@ -39,7 +40,10 @@ interface LayerActs {
   xn: Tensor; rstd1: Tensor; // input RMSNorm
   qPre: Tensor | null; rstdQ: Tensor | null; kPre: Tensor | null; rstdK: Tensor | null; // Qwen3 q/k norm inputs
   q: Tensor; k: Tensor; v: Tensor; // q, k after RoPE
-  att: Tensor; // [B*H, T, T] probabilities
+  /** [B*H, T, P+T] probabilities; null with flash attention (Llama.flash) */
+  att: Tensor | null;
+  /** [B*H*T] each score row's log-sum-exp, for flash attention's backward; null without it */
+  lse: Tensor | null;
   ctx: Tensor; // [M, H*D]
   x2: Tensor;
   xn2: Tensor; rstd2: Tensor;
@@ -150,10 +154,12 @@ export class Llama {
    * the program's own. The adapter's scratch is the adapter's (see Lora). Keep in step with
    * buildProgram: test/memory-estimate.test.ts checks the two allocate the same bytes.
    */
-  programBuffers(opts: ProgramOptions): PlannedBuffer[] {
+  programBuffers(opts: ProgramOptions, prefixTokens = 0): PlannedBuffer[] {
     const { C, L, H, KV, D, I, V } = this;
     const { B, T, training } = opts;
     const M = B * T;
+    const flash = this.flash(prefixTokens, B, T);
+    const scores = B * H * T * (prefixTokens + T);
     const qk = this.config.qk_norm;
     const out: PlannedBuffer[] = [];
     if (T > this.rope.maxPositions) {
@@ -169,7 +175,7 @@ export class Llama {
         ['xn', M * C, true], ['rstd1', M, true],
         ['qPre', M * H * D, qk], ['rstdQ', M * H, qk], ['kPre', M * KV * D, qk], ['rstdK', M * KV, qk],
         ['q', M * H * D, true], ['k', M * KV * D, true], ['v', M * KV * D, true],
-        ['att', B * H * T * T, true], ['ctx', M * H * D, true],
+        ['att', scores, !flash], ['lse', B * H * T, flash], ['ctx', M * H * D, true],
         ['x2', M * C, true], ['xn2', M * C, true], ['rstd2', M, true],
         ['gate', M * I, true], ['up', M * I, true], ['h', M * I, true],
       ];
@@ -184,7 +190,8 @@ export class Llama {
       const per: [string, number, boolean][] = [
         ['dq', M * H * D, true], ['dk', M * KV * D, true], ['dv', M * KV * D, true],
         ['dqPre', M * H * D, qk], ['dkPre', M * KV * D, qk],
-        ['dctx', M * H * D, true], ['dP', B * H * T * T, true],
+        ['dctx', M * H * D, true], ['dP', scores, !flash], ['delta', B * H * T, flash],
+        ['dkvScratch', flashAttentionScratchElements(B, T, H, D), flash && this.flashScratch()],
         ['dh', M * I, true], ['dgate', M * I, true], ['dup', M * I, true],
       ];
       for (const [label, elements, made] of per) if (made) out.push({ label, elements });
@@ -193,8 +200,37 @@ export class Llama {
   }
 
   /** Bytes buildProgram(peft, opts) allocates on the GPU (Gpu.buffer's 16-byte rounding included). */
-  estimateProgramBytes(opts: ProgramOptions): number {
-    return plannedBytes(this.programBuffers(opts));
+  estimateProgramBytes(opts: ProgramOptions, prefixTokens = 0): number {
+    return plannedBytes(this.programBuffers(opts, prefixTokens));
+  }
+
+  /**
+   * Whether the causal self-attention runs as flash attention (kernels/flash-attention.ts: no
+   * T x T matrices kept, grouped-query heads in one dispatch) rather than as score, softmax and
+   * value products: tuning.flashAttention, a head size the kernel takes on this device, and no
+   * prefix tuning (its always-visible rows go through the products).
+   */
+  private flash(prefixTokens: number, B: number, T: number): boolean {
+    return prefixTokens === 0 && useFlashAttention(this.gpu, B, this.H, T) && flashAttentionSupported(this.gpu, this.D, { separateDkDv: !this.flashScratch() });
+  }
+
+  /**
+   * Flash attention's backward gets per-query-head dK/dV partial sums (2 M H D floats) with
+   * grouped-query heads: a workgroup per query head instead of one walking its whole group
+   * (SmolLM2: 3 heads per group, 192 workgroups otherwise); and where separate dk, dv would need a
+   * ninth storage binding the device lacks.
+   */
+  private flashScratch(): boolean {
+    return this.KV < this.H || this.gpu.info.limits.maxStorageBuffersPerShaderStage < 9;
+  }
+
+  /** The shape flash attention sees: causal, q [M, H*D] after RoPE, k and v [M, KV*D]. */
+  private attentionShape(B: number, T: number, lengths: Tensor, a: LayerActs): FlashAttentionShape {
+    const { H, KV, D } = this;
+    return {
+      B, T, H, kvHeads: KV, D, scale: this.scale, causal: true, lengths,
+      q: a.q, ldq: H * D, k: a.k, ldk: KV * D, v: a.v, ldv: KV * D,
+    };
   }
 
   /** Every weight tensor on the GPU (the tied head once) and the rotary tables. */
@@ -243,6 +279,7 @@ export class Llama {
       throw new ProgramError(`prefix tuning as PEFT defines it needs head_dim = hidden_size / num_attention_heads (PEFT sizes the prefix from hidden_size); this model has head_dim ${D}, hidden_size ${C}, ${H} heads`);
     }
     const M = B * T;
+    const flash = this.flash(P, B, T);
     if (T + P > this.rope.maxPositions) {
       // (the old tables stay alive: programs built before still bind them)
       this.rope = this.makeRope(this.config.max_position_embeddings);
@@ -264,7 +301,7 @@ export class Llama {
       qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
       kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
       q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
-      att: t([B * H, T, P + T], `l${i}.att`), ctx: t([M, H * D], `l${i}.ctx`),
+      ...(flash ? { att: null, lse: t([B * H * T], `l${i}.lse`) } : { att: t([B * H, T, P + T], `l${i}.att`), lse: null }), ctx: t([M, H * D], `l${i}.ctx`),
       x2: t([M, C], `l${i}.x2`), xn2: t([M, C], `l${i}.xn2`), rstd2: t([M], `l${i}.rstd2`),
       gate: t([M, I], `l${i}.gate`), up: t([M, I], `l${i}.up`), h: t([M, I], `l${i}.h`),
     }));
@@ -291,11 +328,13 @@ export class Llama {
         dres: dres!, dxn: dxn!,
         dq: t([M, H * D], 'dq'), dk: t([M, KV * D], 'dk'), dv: t([M, KV * D], 'dv'),
         dqPre: qk ? t([M, H * D], 'dqPre') : null, dkPre: qk ? t([M, KV * D], 'dkPre') : null,
-        dctx: t([M, H * D], 'dctx'), dP: t([B * H, T, P + T], 'dP'),
+        dctx: t([M, H * D], 'dctx'),
+        ...(flash ? { dP: null, delta: t([B * H * T], 'delta') } : { dP: t([B * H, T, P + T], 'dP'), delta: null }),
+        dkvScratch: flash && this.flashScratch() ? t([flashAttentionScratchElements(B, T, H, D)], 'dkvScratch') : null,
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
       };
       // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], s, peft, B, T, l > lowest || nv > 0));
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], lengths, s, peft, B, T, l > lowest || nv > 0));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -340,12 +379,13 @@ export class Llama {
     const tokens = t([T], 'tokens', 'u32');
     const qk = this.config.qk_norm;
     const xs = [t([T, C], 'x0'), t([T, C], 'x1')];
+    const scores = t([T * H, cache.capacity], 'scores');
     const a: LayerActs = {
       xn: t([T, C], 'xn'), rstd1: t([T], 'rstd1'),
       qPre: qk ? t([T, H * D], 'qPre') : null, rstdQ: qk ? t([T * H], 'rstdQ') : null,
       kPre: qk ? t([T, KV * D], 'kPre') : null, rstdK: qk ? t([T * KV], 'rstdK') : null,
       q: t([T, H * D], 'q'), k: t([T, KV * D], 'k'), v: t([T, KV * D], 'v'),
-      att: t([T * H, cache.capacity], 'scores'), ctx: t([T, H * D], 'ctx'),
+      att: scores, lse: null, ctx: t([T, H * D], 'ctx'),
       x2: t([T, C], 'x2'), xn2: t([T, C], 'xn2'), rstd2: t([T], 'rstd2'),
       gate: t([T, I], 'gate'), up: t([T, I], 'up'), h: t([T, I], 'h'),
     };
@@ -378,7 +418,7 @@ export class Llama {
       const kv = { state, srcStride: KV * D, srcOffset: 0, rows: T, width: KV * D, capacity: cache.capacity };
       forward.push(kvAppend(gpu, { ...kv, src: a.k, cache: cache.k[l] }), kvAppend(gpu, { ...kv, src: a.v, cache: cache.v[l] }));
       forward.push(kvAttention(gpu, {
-        state, q: a.q, qStride: H * D, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores: a.att, out: a.ctx, outStride: H * D,
+        state, q: a.q, qStride: H * D, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores, out: a.ctx, outStride: H * D,
         rows: T, H, kvHeads: KV, D, capacity: cache.capacity, scale: this.scale,
       }));
       const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
@@ -440,7 +480,6 @@ export class Llama {
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
-    const G = H / KV;
     const w = this.layers[l];
     const p = `model.layers.${l}.`;
     const eps = this.config.rms_norm_eps;
@@ -460,38 +499,16 @@ export class Llama {
     // keys in every score row ([P | T] = Tk columns), read from the method's [P, ld] tensor and
     // shared by the batch; the tokens' rotary positions start at P.
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
-    const P = pre?.tokens ?? 0, Tk = P + T;
+    const P = pre?.tokens ?? 0;
     const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
     ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: H * D, heads: H }));
     ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: KV * D, heads: KV }));
-    // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding. The
-    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
-    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
-    // P V only over the keys up to each row tile's last query
-    if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_scores`, a: a.q, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
-        c: a.att, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
-        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
-      })));
+    if (a.lse) {
+      // flash attention: every query head of a group reads its key/value head in the one dispatch
+      ops.push(...flashAttentionForward(gpu, { ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse }));
+    } else {
+      ops.push(...this.attentionForward(a.att!, a, lengths, pre, B, T, p));
     }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
-      c: a.att, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
-    })));
-    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, P, scale: this.scale, causal: true }));
-    else ops.push(attentionSoftmaxForward(gpu, { scores: a.att, probs: a.att, lengths, B, H, T, scale: this.scale, causal: true }));
-    if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_pv`, a: a.att, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: P,
-        batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [0, D], strideC: [T * H * D, G * D] },
-      })));
-    }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.pv`, triangle: 'lowerA', a: a.att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
-      batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
-    })));
     // (a bottleneck adapter on the branch: o_proj's output goes to its own tensor, the adapter combines)
     const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
@@ -517,6 +534,105 @@ export class Llama {
     return ops;
   }
 
+  /** The T x T path of layerForward's attention: scores, masked softmax and P V, one dispatch per query head of a group (prefix rows first when P > 0). */
+  private attentionForward(att: Tensor, a: LayerActs, lengths: Tensor, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
+    const { gpu, H, KV, D } = this;
+    const G = H / KV;
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    const ops: Op[] = [];
+    // scores = Q K^T for each (batch, head); P = softmax(scale * scores) causal + padding. The
+    // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
+    // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
+    // P V only over the keys up to each row tile's last query
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_scores`, a: a.q, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
+        c: att, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
+      })));
+    }
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
+      c: att, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
+    })));
+    if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, P, scale: this.scale, causal: true }));
+    else ops.push(attentionSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, scale: this.scale, causal: true }));
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_pv`, a: att, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: P,
+        batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [0, D], strideC: [T * H * D, G * D] },
+      })));
+    }
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
+    })));
+    return ops;
+  }
+
+  /** The T x T path of layerBackward's attention (the mirror of attentionForward): dq, dk, dv into s, the prefix rows' gradients into the method's. */
+  private attentionBackward(att: Tensor, dP: Tensor, a: LayerActs, s: Scratch, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
+    const { gpu, H, KV, D } = this;
+    const G = H / KV;
+    const ops: Op[] = [];
+    // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
+    // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
+    const P = pre?.tokens ?? 0, Tk = P + T;
+    const batchPT = { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk] as [number, number] };
+    // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
+    // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
+      })));
+    }
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
+    })));
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    })));
+    if (pre) {
+      for (let b = 0; b < B; b++) {
+        ops.push(...this.perGroup((j) => matmul(gpu, {
+          label: `${p}attn.prefix_dV`, a: att, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * H * D + j * D, ldb: H * D,
+          c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
+        })));
+      }
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, P, scale: this.scale, causal: true }));
+    } else {
+      ops.push(attentionSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, scale: this.scale, causal: true }));
+    }
+    // dQ = dS K ; dK = sum over the group of dS^T Q
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
+      batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
+    })));
+    ops.push(...this.perGroup((j) => matmul(gpu, {
+      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
+      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    })));
+    if (pre) {
+      ops.push(...this.perGroup((j) => matmul(gpu, {
+        label: `${p}attn.prefix_dQ`, a: dP, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: P, accumulate: true,
+        batch: { ...batchPT, strideB: [0, D], strideC: [T * H * D, G * D] },
+      })));
+      for (let b = 0; b < B; b++) {
+        ops.push(...this.perGroup((j) => matmul(gpu, {
+          label: `${p}attn.prefix_dK`, a: dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * H * D + j * D, ldb: H * D,
+          c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
+          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
+        })));
+      }
+    }
+    return ops;
+  }
+
   /** Softmax scale 1/sqrt(D) (YaRN's attention factor is folded into the cos/sin tables, as in transformers). */
   private get scale(): number {
     return 1 / Math.sqrt(this.D);
@@ -524,10 +640,9 @@ export class Llama {
 
   /** On entry s.dres = dLoss/d(output of layer l); on exit dLoss/d(input of layer l). */
   /** As GPT-2's: inputGrad false makes only the adapter's gradients at the input projections (no q/k/v dx, no input norm backward). */
-  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, s: Scratch, peft: PeftMethod | null, B: number, T: number, inputGrad: boolean): Op[] {
+  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, s: Scratch, peft: PeftMethod | null, B: number, T: number, inputGrad: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
-    const G = H / KV;
     const w = this.layers[l];
     const p = `model.layers.${l}.`;
     const ops: Op[] = [];
@@ -553,60 +668,17 @@ export class Llama {
       dy = r.dBranch;
     }
     ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch?.branch ?? a.x2, M), w.o, dy, s.dctx, false, peft, w.oBias));
-    // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
-    // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
-    const P = pre?.tokens ?? 0, Tk = P + T;
-    const batchPT = { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk] as [number, number] };
-    // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
-    // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
-    if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: s.dP, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
-        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
-      })));
-    }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: s.dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
-    })));
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dV`, triangle: 'upperA', a: a.att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
-      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
-    })));
-    if (pre) {
-      for (let b = 0; b < B; b++) {
-        ops.push(...this.perGroup((j) => matmul(gpu, {
-          label: `${p}attn.prefix_dV`, a: a.att, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: s.dctx, offsetB: b * T * H * D + j * D, ldb: H * D,
-          c: pre.grad, offsetC: pre.valueOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
-          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
-        })));
-      }
-      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, P, scale: this.scale, causal: true }));
+    const P = pre?.tokens ?? 0;
+    if (a.lse) {
+      // flash attention: the scores and probabilities again from q, k and the saved log-sum-exp;
+      // dk, dv summed over each group's query heads inside the kernel
+      ops.push(...flashAttentionBackward(gpu, {
+        ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse, dout: s.dctx, lddo: H * D, delta: s.delta!,
+        dq: s.dq, lddq: H * D, dk: s.dk, lddk: KV * D, dv: s.dv, lddv: KV * D, ...(s.dkvScratch ? { dkvScratch: s.dkvScratch } : {}),
+      }));
     } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: s.dP, probs: a.att, dscores: s.dP, B, H, T, scale: this.scale, causal: true }));
-    }
-    // dQ = dS K ; dK = sum over the group of dS^T Q
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dQ`, triangle: 'lowerA', a: s.dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
-      batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
-    })));
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dK`, triangle: 'upperA', a: s.dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
-      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
-    })));
-    if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_dQ`, a: s.dP, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: P, accumulate: true,
-        batch: { ...batchPT, strideB: [0, D], strideC: [T * H * D, G * D] },
-      })));
-      for (let b = 0; b < B; b++) {
-        ops.push(...this.perGroup((j) => matmul(gpu, {
-          label: `${p}attn.prefix_dK`, a: s.dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * H * D + j * D, ldb: H * D,
-          c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
-          batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
-        })));
-      }
+      ops.push(...this.attentionBackward(a.att!, s.dP!, a, s, pre, B, T, p));
     }
     const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
     ops.push(ropeBackward(gpu, { ...rope, x: s.dq, rowStride: H * D, heads: H }));
@@ -630,6 +702,12 @@ export class Llama {
 interface Scratch {
   dres: Tensor; dxn: Tensor;
   dq: Tensor; dk: Tensor; dv: Tensor; dqPre: Tensor | null; dkPre: Tensor | null;
-  dctx: Tensor; dP: Tensor;
+  dctx: Tensor;
+  /** [B*H, T, P+T] the probabilities' gradient, then the scores' (T x T path) */
+  dP: Tensor | null;
+  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward) */
+  delta: Tensor | null;
+  /** flash attention's per-query-head dK/dV partial sums (Llama.flashScratch) */
+  dkvScratch: Tensor | null;
   dh: Tensor; dgate: Tensor; dup: Tensor;
 }

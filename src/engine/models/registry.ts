@@ -14,10 +14,14 @@ import type { KvDecodable } from '../infer/kv-program';
 export interface CausalLMModel extends CausalLM, KvDecodable {
   linearModules(): LinearModuleInfo[];
   parameterCount(): number;
-  /** The buffers buildProgram(peft, opts) allocates (the adapter's scratch not included). */
-  programBuffers(opts: ProgramOptions): PlannedBuffer[];
+  /**
+   * The buffers buildProgram(peft, opts) allocates (the adapter's scratch not included), for a
+   * method with prefixTokens key/value rows (prefix tuning; they widen the attention's scores and
+   * keep it off flash attention).
+   */
+  programBuffers(opts: ProgramOptions, prefixTokens?: number): PlannedBuffer[];
   /** Exact GPU bytes buildProgram(peft, opts) allocates (16-byte rounding of Gpu.buffer included). */
-  estimateProgramBytes(opts: ProgramOptions): number;
+  estimateProgramBytes(opts: ProgramOptions, prefixTokens?: number): number;
   /** GPU bytes the frozen weights (and any tables kept with them) take now. */
   weightBytes(): number;
   /** Frees the weights; programs built from the model must be destroyed first. */
