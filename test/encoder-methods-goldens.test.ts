@@ -2,7 +2,7 @@
 // bottleneck adapters on the tiny DistilBERT and BERT classifiers against PyTorch + PEFT (values
 // recorded by scripts/goldens/make_encoder_methods_goldens.py on the GPU machine in float64;
 // bottleneck adapters against its PyTorch reference of AdapterHub's placement): logits and loss
-// within 1e-4, gradients of every trained tensor (method and head) within 1e-3, 5 AdamW steps
+// within 1e-4, gradients of every trained tensor (method and head) within 2e-3 (helpers/seqcls-goldens.ts says why), 5 AdamW steps
 // (clipping included) with the weights after them within 1e-3; the export under PEFT's (or
 // AdapterHub's) names and config; the adapters PEFT itself saved load into the engine with PEFT's
 // logits. (That PEFT loads the engine's exports with the engine's logits was checked on the same

@@ -55,7 +55,10 @@ export async function checkSeqClsGoldenRun(
   expectClose(await gpu.read(program.logits), t.getF32(`${gc.name}/logits`), 1e-4, 'logits', 1);
   const loss = (await gpu.read(program.lossSum))[0] / batch.B;
   expect(Math.abs(loss - gc.loss) / gc.loss, `loss ${loss} vs ${gc.loss}`).toBeLessThan(1e-4);
-  for (const p of adapter.params) expectClose(await gpu.read(p.grad), t.getF32(`${gc.name}/grad/${p.name}`), 1e-3, `grad ${p.name}`);
+  // gradients: 2e-3 relative, floored at 1e-3 of the tensor's largest (as test/helpers/lora-goldens.ts):
+  // the subgroup LayerNorm's summation order alone moved bert-dora-rslora's worst element (4e-4 of
+  // its tensor's largest gradient) by 2.5e-8, 1.3e-3 at the floor; with tuning.subgroups off it passes 1e-3
+  for (const p of adapter.params) expectClose(await gpu.read(p.grad), t.getF32(`${gc.name}/grad/${p.name}`), 2e-3, `grad ${p.name}`);
 
   init();
   const o = gc.optimizer;
