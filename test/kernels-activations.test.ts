@@ -1,6 +1,7 @@
 // Embedding, LayerNorm, GELU and attention softmax kernels against float64 references, and the
 // references' backward formulas against central finite differences of their forward in f64.
 import { describe, expect, it } from 'vitest';
+import { lnBackwardRef, lnForwardRef } from './helpers/norm-reference';
 import { testGpu, randArray, expectClose, f64 } from './helpers/gpu';
 import type { Gpu } from '../src/engine/gpu/gpu';
 import { runOps, type Dispatch, type Op } from '../src/engine/gpu/dispatch';
@@ -86,41 +87,6 @@ describe('embeddingForward', () => {
 });
 
 // ---------------------------------------------------------------- layernorm
-
-function lnForwardRef(x: ArrayLike<number>, w: ArrayLike<number>, b: ArrayLike<number>, rows: number, C: number, eps: number) {
-  const out = new Float64Array(rows * C), mean = new Float64Array(rows), rstd = new Float64Array(rows);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let c = 0; c < C; c++) s += x[r * C + c];
-    const mu = s / C;
-    let q = 0;
-    for (let c = 0; c < C; c++) q += (x[r * C + c] - mu) ** 2;
-    const rs = 1 / Math.sqrt(q / C + eps);
-    mean[r] = mu;
-    rstd[r] = rs;
-    for (let c = 0; c < C; c++) out[r * C + c] = (x[r * C + c] - mu) * rs * w[c] + b[c];
-  }
-  return { out, mean, rstd };
-}
-
-function lnBackwardRef(dout: ArrayLike<number>, x: ArrayLike<number>, w: ArrayLike<number>, rows: number, C: number, eps: number): Float64Array {
-  const { mean, rstd } = lnForwardRef(x, w, new Float64Array(C), rows, C, eps);
-  const dx = new Float64Array(rows * C);
-  for (let r = 0; r < rows; r++) {
-    let sg = 0, sgx = 0;
-    for (let c = 0; c < C; c++) {
-      const g = dout[r * C + c] * w[c];
-      sg += g;
-      sgx += g * (x[r * C + c] - mean[r]) * rstd[r];
-    }
-    for (let c = 0; c < C; c++) {
-      const g = dout[r * C + c] * w[c];
-      const xhat = (x[r * C + c] - mean[r]) * rstd[r];
-      dx[r * C + c] = rstd[r] * (g - sg / C - xhat * (sgx / C));
-    }
-  }
-  return dx;
-}
 
 describe('layerNorm', () => {
   const eps = 1e-5;

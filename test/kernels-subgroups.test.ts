@@ -8,6 +8,7 @@
 //   'workgroup'          tuning.subgroups off: the plain shader;
 // and only the last where it has none (the others are skipped, with a message).
 import { describe, expect, it } from 'vitest';
+import { lnBackwardRef, lnForwardRef } from './helpers/norm-reference';
 import lnCode from '../shaders/layernorm.wgsl?raw';
 import rmsCode from '../shaders/rmsnorm.wgsl?raw';
 import softmaxCode from '../shaders/attention_prefix_softmax.wgsl?raw';
@@ -148,33 +149,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 // ---------------------------------------------------------------- layernorm
 
-function lnRef(x: ArrayLike<number>, w: ArrayLike<number>, b: ArrayLike<number>, dout: ArrayLike<number>, rows: number, C: number, eps: number) {
-  const out = new Float64Array(rows * C), mean = new Float64Array(rows), rstd = new Float64Array(rows), dx = new Float64Array(rows * C);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let c = 0; c < C; c++) s += x[r * C + c];
-    const mu = s / C;
-    let q = 0;
-    for (let c = 0; c < C; c++) q += (x[r * C + c] - mu) ** 2;
-    const rs = 1 / Math.sqrt(q / C + eps);
-    mean[r] = mu;
-    rstd[r] = rs;
-    let sg = 0, sgx = 0;
-    for (let c = 0; c < C; c++) {
-      const xhat = (x[r * C + c] - mu) * rs;
-      out[r * C + c] = xhat * w[c] + b[c];
-      const g = dout[r * C + c] * w[c];
-      sg += g;
-      sgx += g * xhat;
-    }
-    for (let c = 0; c < C; c++) {
-      const xhat = (x[r * C + c] - mu) * rs;
-      dx[r * C + c] = rs * (dout[r * C + c] * w[c] - sg / C - xhat * (sgx / C));
-    }
-  }
-  return { out, mean, rstd, dx };
-}
-
 describe('layerNorm, subgroups vs workgroup memory', () => {
   const eps = 1e-5;
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) nearly cancels for very short rows (C = 3:
@@ -196,7 +170,7 @@ describe('layerNorm, subgroups vs workgroup memory', () => {
     ];
     if (fold) ops = ops.map((d) => ({ ...d, workgroups: [fold[0], fold[1], 1] as [number, number, number] }));
     await run(gpu, ops);
-    const ref = lnRef(x, w, b, dout, rows, C, eps);
+    const ref = { ...lnForwardRef(x, w, b, rows, C, eps), dx: lnBackwardRef(dout, x, w, rows, C, eps) };
     const what = `layernorm [${v}] rows=${rows} C=${C}`;
     expectClose(await gpu.read(out), ref.out, 1e-5, `${what} out`, 1e-2);
     expectClose(await gpu.read(mean), ref.mean, 1e-5, `${what} mean`, 1e-2);
