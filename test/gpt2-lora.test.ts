@@ -3,7 +3,7 @@
 // and the logits are split into several blocks to exercise the over-the-binding-limit paths.
 import { describe, expect, it } from 'vitest';
 import { testGpu, rng, expectClose } from './helpers/gpu';
-import { gpt2Reference, randomGpt2Weights, weightSource, type LoraRef } from './helpers/gpt2-reference';
+import { gpt2Reference, loraFiniteDifferences, randomGpt2Weights, setRandomLoraValues, weightSource, type LoraRef } from './helpers/gpt2-reference';
 import { Gpt2, type Gpt2Dims } from '../src/engine/models/gpt2';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
@@ -38,16 +38,7 @@ describe('GPT-2 + LoRA program', () => {
     expect(lora.params.length).toBe(2 * 4 * dims.n_layer);
     // Non-zero B (PEFT starts it at zero, which would make A's gradient vanish).
     const ref: LoraRef = { modules: new Map(), r: 3, scale: 2 };
-    const r = rng(11);
-    const values = new Map<string, Float64Array>();
-    for (const p of lora.params) {
-      const v = Float64Array.from(Float32Array.from({ length: p.value.size }, () => (r() * 2 - 1) * 0.4));
-      gpu.write(p.value, Float32Array.from(v));
-      values.set(p.name, v);
-    }
-    for (const mod of lora.targetedModules) {
-      ref.modules.set(mod, { A: values.get(`base_model.model.${mod}.lora_A.weight`)!, B: values.get(`base_model.model.${mod}.lora_B.weight`)! });
-    }
+    const values = setRandomLoraValues(gpu, lora, ref, 11);
 
     const { tokens, targets, validTargets } = makeInputs();
     // captured logits are dense; a training program's logits blocks have rows padded to a multiple of
@@ -67,21 +58,10 @@ describe('GPT-2 + LoRA program', () => {
       expect(Math.abs(loss - want.loss) / want.loss).toBeLessThan(1e-5);
 
       // Finite differences of the float64 loss, a few entries of every LoRA tensor.
-      const h = 1e-5;
+      const fds = loraFiniteDifferences(values, () => gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss);
       for (const p of lora.params) {
         const grad = await gpu.read(p.grad);
-        const v = values.get(p.name)!;
-        const idx = [0, v.length - 1, Math.floor(v.length / 3), Math.floor((2 * v.length) / 3)];
-        const fd: number[] = [];
-        for (const i of idx) {
-          const old = v[i];
-          v[i] = old + h;
-          const lp = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
-          v[i] = old - h;
-          const lm = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
-          v[i] = old;
-          fd.push((lp - lm) / (2 * h));
-        }
+        const { idx, fd } = fds.get(p.name)!;
         const got = idx.map((i) => grad[i]);
         // relative to the tensor's largest gradient: entries near 0 have no meaningful relative error
         const scale = Math.max(...Array.from(grad, Math.abs));

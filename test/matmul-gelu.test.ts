@@ -17,7 +17,7 @@ import {
 import { geluBackward, geluForward } from '../src/engine/kernels/gelu';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING, Gpu, type KernelTuning } from '../src/engine/gpu/gpu';
-import { gpt2Reference, randomGpt2Weights, weightSource, type LoraRef } from './helpers/gpt2-reference';
+import { gpt2Reference, loraFiniteDifferences, randomGpt2Weights, setRandomLoraValues, weightSource, type LoraRef } from './helpers/gpt2-reference';
 import { Gpt2, type Gpt2Dims } from '../src/engine/models/gpt2';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
@@ -346,33 +346,11 @@ describe('GPT-2 with the GELU fused into mlp.c_proj where the method leaves it a
       step.write({ lr: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1, seed: 1 });
       const lora = new Lora(gpu, { r: 2, alpha: 4, dropout: 0, targetModules: c.targets, useRslora: false }, model.linearModules(), step, rng(3));
       const ref: LoraRef = { modules: new Map(), r: 2, scale: 2 };
-      const r = rng(11);
-      const values = new Map<string, Float64Array>();
-      for (const p of lora.params) {
-        const v = Float64Array.from(Float32Array.from({ length: p.value.size }, () => (r() * 2 - 1) * 0.4));
-        gpu.write(p.value, Float32Array.from(v));
-        values.set(p.name, v);
-      }
-      for (const mod of lora.targetedModules) ref.modules.set(mod, { A: values.get(`base_model.model.${mod}.lora_A.weight`)!, B: values.get(`base_model.model.${mod}.lora_B.weight`)! });
+      const values = setRandomLoraValues(gpu, lora, ref, 11);
       const { tokens, targets, validTargets } = inputs();
       const want = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T);
       // finite differences of the float64 loss at a few entries of every LoRA tensor
-      const h = 1e-5;
-      const fds = new Map<string, { idx: number[]; fd: number[] }>();
-      for (const p of lora.params) {
-        const v = values.get(p.name)!;
-        const idx = [0, v.length - 1, Math.floor(v.length / 3), Math.floor((2 * v.length) / 3)];
-        const fd = idx.map((i) => {
-          const old = v[i];
-          v[i] = old + h;
-          const lp = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
-          v[i] = old - h;
-          const lm = gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss;
-          v[i] = old;
-          return (lp - lm) / (2 * h);
-        });
-        fds.set(p.name, { idx, fd });
-      }
+      const fds = loraFiniteDifferences(values, () => gpt2Reference(w, dims, ref, tokens, targets, lengths, B, T).loss);
       for (const [name, tuning] of TUNINGS) {
         Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, tuning);
         const program = model.buildProgram(lora, { B, T, training: true, captureLogits: true });

@@ -2,6 +2,8 @@
 // logits and loss directly, and LoRA gradients by central finite differences in float64.
 
 import type { Gpt2Dims } from '../../src/engine/models/gpt2';
+import type { Gpu } from '../../src/engine/gpu/gpu';
+import type { Lora } from '../../src/engine/peft/lora';
 import { rng } from './gpu';
 
 export type Weights = Map<string, Float64Array>;
@@ -180,4 +182,45 @@ export function weightSource(w: Weights, d: Gpt2Dims) {
     tensorInfo: (n: string) => ({ shape: shapes.get(n)!, dtype: 'F32' }),
     getF32: (n: string) => Float32Array.from(w.get(n)!),
   };
+}
+
+/**
+ * Gives every LoRA tensor uniform values in (-0.4, 0.4) (B too: PEFT's zero B would make A's
+ * gradient vanish), float32-exact, on the GPU and in ref.modules; returns them by parameter name
+ * (the float64 arrays ref reads, for loraFiniteDifferences to perturb).
+ */
+export function setRandomLoraValues(gpu: Gpu, lora: Lora, ref: LoraRef, seed: number): Map<string, Float64Array> {
+  const r = rng(seed);
+  const values = new Map<string, Float64Array>();
+  for (const p of lora.params) {
+    const v = Float64Array.from(Float32Array.from({ length: p.value.size }, () => (r() * 2 - 1) * 0.4));
+    gpu.write(p.value, Float32Array.from(v));
+    values.set(p.name, v);
+  }
+  for (const mod of lora.targetedModules) {
+    ref.modules.set(mod, { A: values.get(`base_model.model.${mod}.lora_A.weight`)!, B: values.get(`base_model.model.${mod}.lora_B.weight`)! });
+  }
+  return values;
+}
+
+/**
+ * Central finite differences (step h) of loss() at entries 0, the last, 1/3 and 2/3 of every tensor
+ * in values, each perturbed in place and restored.
+ */
+export function loraFiniteDifferences(values: Map<string, Float64Array>, loss: () => number, h = 1e-5): Map<string, { idx: number[]; fd: number[] }> {
+  const out = new Map<string, { idx: number[]; fd: number[] }>();
+  for (const [name, v] of values) {
+    const idx = [0, v.length - 1, Math.floor(v.length / 3), Math.floor((2 * v.length) / 3)];
+    const fd = idx.map((i) => {
+      const old = v[i];
+      v[i] = old + h;
+      const lp = loss();
+      v[i] = old - h;
+      const lm = loss();
+      v[i] = old;
+      return (lp - lm) / (2 * h);
+    });
+    out.set(name, { idx, fd });
+  }
+  return out;
 }
