@@ -12,6 +12,9 @@ struct Params {
 // A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
+// false: the caller promises M and N multiples of the output tile and K a multiple of the K tile,
+// so no load is checked (kernels/matmul.ts sets it; the checks' mere presence slowed the K loop).
+override CHECKED: bool = true;
 // Causal products (kernels/matmul.ts MatmulArgs.triangle), decided per workgroup (uniform):
 // 0 full product (the default); 1 lowerA: op(A)[m][k] = 0 for k > m, a tile of rows [m0, m0 + BM)
 // walks only the K tiles below m0 + BM; 2 upperA: op(A)[m][k] = 0 for k < m, it starts at the K
@@ -159,11 +162,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc102 = vec4<f32>(0.0);
   var acc103 = vec4<f32>(0.0);
   let sA0 = slotA(lidx + 0u);
-  var nA0 = loadA(baseA, sA0, tBegin * 16u, true);
+  var nA0 = loadA(baseA, sA0, tBegin * 16u, CHECKED);
   let sA1 = slotA(lidx + 256u);
-  var nA1 = loadA(baseA, sA1, tBegin * 16u, true);
+  var nA1 = loadA(baseA, sA1, tBegin * 16u, CHECKED);
   let sB0 = slotB(lidx + 0u);
-  var nB0 = loadB(baseB, sB0, tBegin * 16u, true);
+  var nB0 = loadB(baseB, sB0, tBegin * 16u, CHECKED);
   // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches;
   // TRIANGLE's K ranges start and end on K tiles, or at K, so this holds for them unchanged)
   let interior = mTile + 128u <= params.M && nTile + 64u <= params.N;
@@ -175,7 +178,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     if (t + 1u < tEnd) {
       let k0 = (t + 1u) * 16u;
-      if (interior && k0 + 16u <= params.K) {
+      if (!CHECKED || (interior && k0 + 16u <= params.K)) {
         nA0 = loadA(baseA, sA0, k0, false);
         nA1 = loadA(baseA, sA1, k0, false);
         nB0 = loadB(baseB, sB0, k0, false);

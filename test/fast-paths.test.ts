@@ -63,7 +63,7 @@ async function train(tuning: Partial<KernelTuning>, run: RunModel = GPT2): Promi
 }
 
 describe('fast kernel paths train the same adapter as the plain path', () => {
-  it('128x64 / 128x128 tiles, vec4 kernels, the skinny kernel and split-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
+  it('128x64 / 128x128 tiles, vec4 kernels, the skinny kernel, split-K and stream-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
     const plain = await train({ matmul: '64x64', vec4Matmul: false, skinnyMatmul: false, splitKMaxSlices: 1 });
     expect(plain.losses[29]).toBeLessThan(plain.losses[0] - 0.5); // it trains
     for (const fast of [
@@ -72,6 +72,8 @@ describe('fast kernel paths train the same adapter as the plain path', () => {
       { matmul: '128x128', vec4Matmul: true, skinnyMatmul: true, skinnyMatmulMinK: 16 },
       // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80), vec4 slices
       { matmul: 'db64x64', vec4Matmul: true, skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },
+      // stream-K on every frozen linear product and the LM head's forward and backward, over 7 workgroups
+      { matmul: 'auto', vec4Matmul: true, skinnyMatmul: true, streamKMinK: 16, streamKWholeTiles: false, streamKWorkgroups: 7, streamKMinIters: 1 },
     ] as const) {
       const got = await train(fast);
       for (let i = 0; i < 30; i++) expect(Math.abs(got.losses[i] - plain.losses[i]), `${fast.matmul} step ${i + 1}`).toBeLessThan(1e-4 * Math.abs(plain.losses[i]));

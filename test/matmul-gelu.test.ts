@@ -9,10 +9,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { randArray, rng, testGpu } from './helpers/gpu';
-import { expectMatmulClose, matmulReference, type MatmulCase } from './helpers/matmul-reference';
+import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import {
-  matmul, matmulSplitK, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
-  MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
+  matmul, matmulSplitK, matmulStreamK, splitKScratchElements, streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned,
+  MATMUL_VARIANTS, STREAMK_KERNELS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
 } from '../src/engine/kernels/matmul';
 import { geluBackward, geluForward } from '../src/engine/kernels/gelu';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
@@ -98,7 +98,7 @@ const VARIANTS: MatmulVariant[] = ['64x64', '128x128', '128x64', '64x128', 'db64
 
 /** The pipeline a fused product should run: the variant's vec4 or scalar kernel with its overrides. */
 function expectedPipeline(gpu: Gpu, tile: MatmulVariant, vec4: boolean, k: Case, fused: Record<string, number>): GPUComputePipeline {
-  if (vec4) return gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, 'want', 'main', { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0, ...fused });
+  if (vec4) return gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, 'want', 'main', { ...vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols), ...fused });
   return gpu.pipeline(MATMUL_VARIANTS[tile].code, 'want', 'main', fused);
 }
 
@@ -222,6 +222,25 @@ describe('fused GELU: routing, split-K, refusals', () => {
     }
   });
 
+  it('stream-K: the prologue in every piece, the epilogue once per tile (whole or fixed up), with alpha, accumulate, bias, strides', async () => {
+    const gpu = await testGpu();
+    // over 7 workgroups, so tiles are whole in some and split in others; 36 and 136 wide: edge tiles
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, { streamKWorkgroups: 7, streamKMinK: 1, streamKMinIters: 1, streamKWholeTiles: false });
+    for (const [M, N, K] of [[40, 36, 996], [256, 136, 400]] as [number, number, number][]) {
+      const plan = streamKPlan(gpu, M, N, K)!;
+      const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
+      const bias = randArray(N, 4);
+      const streamK = (args: MatmulArgs) => matmulStreamK(gpu, args, plan, scratch);
+      await check(gpu, { M, N, K, geluA: true, bias, accumulate: true }, { a: M * K, b: K * N, c: M * N }, `streamK gelu(A) B ${M}x${N}x${K}`, 2e-5, 3, streamK);
+      const ldc = N + 3, pre = { ld: N + 2, offset: 5, size: 5 + M * (N + 2) };
+      for (const v of [{ accumulate: true }, { alpha: -2, bias }]) {
+        await check(gpu, { M, N, K, transB: true, ldc, pre, ...v }, { a: M * K, b: K * N, c: M * ldc }, `streamK A B^T * gelu'(pre) ${M}x${N}x${K} ${Object.keys(v).join(',')}`, 2e-5, 5, streamK);
+      }
+      await check(gpu, { M, N, K, geluA: true, pre: { size: M * N }, bias }, { a: M * K, b: K * N, c: M * N }, `streamK both ${M}x${N}x${K}`, 2e-5, 6, streamK);
+      gpu.destroyTensor(scratch);
+    }
+  });
+
   it('refuses a batched or aliasing epilogue, a short pre, a bad ld and unknown forms', async () => {
     const gpu = await testGpu();
     const t = (n: number, l: string) => gpu.tensor([n], l);
@@ -294,12 +313,12 @@ describe('the fused GELU is shaders/gelu.wgsl\'s', () => {
   // wrappers put it in front of the separate GELU kernels and of every matmul kernel the router picks
   const ownDefinition = /\bfn (geluU|geluTanh|geluTanhGrad|uOf|gelu|geluGrad)\(|\bconst (GELU_)?(SQRT_2_OVER_PI|K|U_MAX):/;
   it.each(['gelu.wgsl', 'matmul.wgsl', ...Object.keys(MATMUL_VARIANTS).filter((v) => v !== '64x64').map((v) => (v === 'db64x64' ? 'matmul_db_64x64.wgsl' : `matmul_wide_${v}.wgsl`)),
-    ...['128x128', '128x64', '64x128', '64x64'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_splitk_reduce.wgsl'])('%s', (file) => {
+    ...['128x128', '128x64', '64x128', '64x64'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_streamk_128x128.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl'])('%s', (file) => {
     const src = read(file);
     expect(src, `${file} defines GELU itself`).not.toMatch(ownDefinition);
     expect(src.includes('geluTanh'), `${file} uses the shared GELU`).toBe(true);
-    const codes = [...Object.values(MATMUL_VARIANTS).map((v) => v.code), ...Object.values(VEC4_MATMUL_VARIANTS).map((v) => v.code)];
-    if (file !== 'gelu.wgsl' && file !== 'matmul_splitk_reduce.wgsl') expect(codes).toContain(geluTanh + src);
+    const codes = [...Object.values(MATMUL_VARIANTS), ...Object.values(VEC4_MATMUL_VARIANTS), ...Object.values(STREAMK_KERNELS)].map((v) => v.code);
+    if (!['gelu.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl'].includes(file)) expect(codes).toContain(geluTanh + src);
   });
 });
 
@@ -334,6 +353,8 @@ describe('GPT-2 with the GELU fused into mlp.c_proj where the method leaves it a
     ['vec4 128x64', { matmul: '128x64', vec4Matmul: true }],
     // c_proj's forward (K = 64) in 3 slices with gelu(A) in each, its dx (K = 16) in 2 with gelu' on the sum
     ['split-K', { matmul: 'db64x64', splitKMinK: 16, splitKMinSlice: 8, splitKMaxSlices: 3 }],
+    // every product that can (the MLP's with gelu(A) and gelu', the LM head's) cut over 5 workgroups
+    ['stream-K', { streamKMinK: 16, streamKWholeTiles: false, streamKWorkgroups: 5, streamKMinIters: 1 }],
     // the forward through the GELU kernel into g, only the backward's gelu' fused
     ['no prologue', { geluPrologue: false }],
   ];

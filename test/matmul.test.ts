@@ -1,10 +1,10 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { expectClose, randArray, testGpu } from './helpers/gpu';
-import { expectMatmulClose, matmulReference, type MatmulCase } from './helpers/matmul-reference';
+import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
 import {
-  matmul, matmulSplitK, matmulVariant, matmulWorkgroups, splitKFactor, splitKScratchElements, usesSkinnyMatmul, vec4Aligned,
-  MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
+  matmul, matmulSplitK, matmulStreamK, matmulVariant, matmulWithScratch, matmulWorkgroups, productScratchElements, splitKFactor, splitKScratchElements,
+  streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
 } from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
@@ -273,7 +273,7 @@ describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul ke
   async function checkVec4(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string): Promise<void> {
     const t = gpu.tensor([4], 't');
     const op = matmul(gpu, { ...k, a: gpu.tensor([sizes.a], 'a'), b: gpu.tensor([sizes.b], 'b'), c: gpu.tensor([sizes.c], 'c'), bias: k.bias ? gpu.tensor([k.N], 'bias') : undefined });
-    const want = gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, what, 'main', { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0 });
+    const want = gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, what, 'main', vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols));
     expect(op.kind === 'dispatch' && op.pipeline === want, `${what} runs the vec4 kernel`).toBe(true);
     gpu.destroyTensor(t);
     await check(gpu, k, sizes, what);
@@ -481,6 +481,138 @@ describe('split-K matmul (K cut into slices summed afterwards)', () => {
   });
 });
 
+// ---- Stream-K (kernels/matmul.ts streamKPlan / matmulStreamK) ------------------------------------
+
+describe('stream-K matmul (tiles x K iterations cut evenly over workgroups, split tiles fixed up)', () => {
+  /** Tuning that cuts even tiny products, over `groups` workgroups. */
+  const cutInto = (gpu: Gpu, groups: number) =>
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, { streamKWorkgroups: groups, streamKMinK: 1, streamKMinIters: 1, streamKMaxTiles: 1e9, streamKWholeTiles: false });
+  afterEach(async () => {
+    Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
+  });
+
+  it('matches the reference for every transpose, edge tiles, K tails, strides, offsets, alpha, accumulate and bias, over 1 to many workgroups', async () => {
+    const gpu = await testGpu();
+    const bias = Float32Array.from({ length: 300 }, (_, i) => (i % 7) - 3);
+    // (M, N, K): one tile; edge tiles on both sides with a K tail (K % 16 = 4); whole tiles (unchecked loads); a thin one
+    for (const [M, N, K] of [[36, 20, 100], [132, 136, 52], [512, 256, 48], [4, 260, 16]] as [number, number, number][]) {
+      for (const groups of [1, 3, 7, 40]) {
+        cutInto(gpu, groups);
+        const plan = streamKPlan(gpu, M, N, K)!;
+        expect(plan.groups).toBeLessThanOrEqual(groups);
+        for (const [transA, transB] of TRANSPOSES) {
+          const rowsA = transA ? K : M, colsA = transA ? M : K;
+          const rowsB = transB ? N : K, colsB = transB ? K : N;
+          const lda = colsA + 4, ldb = colsB + 8, ldc = N + 3;
+          const offsetA = 8, offsetB = 4, offsetC = 5;
+          const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
+          const v = [{}, { alpha: 0.5, accumulate: true }, { alpha: -2, bias: bias.subarray(0, N) }][(groups + Number(transA) + 2 * Number(transB)) % 3];
+          const what = `streamK G=${plan.groups} ipw=${plan.itersPerGroup} ${M}x${N}x${K} tA=${transA} tB=${transB} ${Object.keys(v).join(',')}`;
+          // a scratch of exactly the size asked for, filled with NaN: a piece read that was never written shows
+          const scratch = gpu.tensorFrom(new Float32Array(streamKScratchElements(plan)).fill(NaN), [streamKScratchElements(plan)], 'streamK scratch');
+          await check(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, what, 1e-5, 3, (args) => {
+            const ops = matmulStreamK(gpu, args, plan, scratch);
+            expect(ops.map((o) => o.kind === 'dispatch' && o.label)).toEqual([`${what}[streamK]`, ...(plan.splitsTiles ? [`${what}[streamK fixup]`] : [])]);
+            return ops;
+          });
+          gpu.destroyTensor(scratch);
+        }
+      }
+    }
+  });
+
+  it('cuts ranges that start and end inside tiles, and tiles shared by three or more workgroups', async () => {
+    const gpu = await testGpu();
+    // 2 x 2 tiles of K = 160 (10 K tiles each): 40 iterations over 7 workgroups of 6 (every range
+    // but the first starts inside a tile), and over 13 of 4 (a tile split three ways)
+    for (const [groups, ipw] of [[7, 6], [13, 4]]) {
+      cutInto(gpu, groups);
+      const plan = streamKPlan(gpu, 256, 256, 160)!;
+      expect([plan.tile, plan.kTiles, plan.itersPerGroup, plan.splitsTiles]).toEqual(['128x128', 10, ipw, true]);
+      const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
+      await check(gpu, { M: 256, N: 256, K: 160, alpha: 1.5, accumulate: true }, dense(256, 256, 160), `streamK ipw=${ipw}`, 1e-5, 9, (args) => matmulStreamK(gpu, args, plan, scratch));
+      gpu.destroyTensor(scratch);
+    }
+    // over 3 workgroups: an even cut (14) would split tiles, 2 whole tiles each (20) is 43% longer
+    // than it; with a slack of 50% the whole tiles win and no fix-up runs
+    cutInto(gpu, 3);
+    expect(streamKPlan(gpu, 256, 256, 160)).toMatchObject({ itersPerGroup: 14, splitsTiles: true });
+    gpu.tuning.streamKWholeTileSlack = 0.5;
+    const plan = streamKPlan(gpu, 256, 256, 160)!;
+    expect(plan).toMatchObject({ groups: 2, itersPerGroup: 20, splitsTiles: false });
+    const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
+    await check(gpu, { M: 256, N: 256, K: 160, bias: Float32Array.from({ length: 256 }, (_, i) => i / 256) }, dense(256, 256, 160), 'streamK whole tiles', 1e-5, 10, (args) => {
+      const ops = matmulStreamK(gpu, args, plan, scratch);
+      expect(ops.length).toBe(1);
+      return ops;
+    });
+    gpu.destroyTensor(scratch);
+  });
+
+  it('takes a K that is not a multiple of 4 as stream-K over its first 4 * floor(K / 4) terms and the plain kernels for the rest (the LM head\'s backward)', async () => {
+    const gpu = await testGpu();
+    cutInto(gpu, 5);
+    const [M, N, K] = [136, 132, 203];
+    const bias = Float32Array.from({ length: N }, (_, i) => (i % 5) - 2);
+    const scratch = gpu.tensor([productScratchElements(gpu, M, N, K)], 'scratch');
+    for (const [transA, transB] of TRANSPOSES) {
+      const rowsA = transA ? K : M, colsA = transA ? M : K;
+      const rowsB = transB ? N : K, colsB = transB ? K : N;
+      const lda = 4 * Math.ceil(colsA / 4) + 4, ldb = 4 * Math.ceil(colsB / 4), ldc = N + 1;
+      const what = `streamK + rest tA=${transA} tB=${transB}`;
+      await check(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA: 4, offsetB: 8, alpha: 0.75, accumulate: true, bias }, { a: 4 + rowsA * lda, b: 8 + rowsB * ldb, c: M * ldc }, what, 1e-5, 11, (args) => {
+        const ops = matmulWithScratch(gpu, args, scratch);
+        expect(ops.map((o) => o.kind === 'dispatch' && o.label)).toEqual([`${what}[streamK]`, `${what}[streamK fixup]`, `${what}[streamK rest]`]);
+        return ops;
+      });
+    }
+    gpu.destroyTensor(scratch);
+  });
+
+  it('plans only products with few tiles and a long enough K; matmulWithScratch takes stream-K only for vec4-aligned operands with the scratch for it', async () => {
+    const gpu = await testGpu();
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
+    // GPT-2 at 8 x 256: c_fc 384 tiles of 48 K tiles over 132 workgroups: 3 whole tiles each (144
+    // iterations, 3% more than an even 140), on 128 workgroups, no fix-up
+    expect(streamKPlan(gpu, 2048, 3072, 768)).toEqual({ tile: '128x128', tilesM: 16, tilesN: 24, kTiles: 48, groups: 128, itersPerGroup: 144, splitsTiles: false });
+    expect(streamKPlan(gpu, 2048, 2304, 768)).toMatchObject({ itersPerGroup: 105, splitsTiles: true }); // c_attn: 288 tiles, whole would be 37% longer
+    expect(streamKPlan(gpu, 2048, 768, 3072)).toMatchObject({ itersPerGroup: 140, splitsTiles: true }); // c_fc dx: 96 tiles of 192
+    expect(streamKPlan(gpu, 384, 768, 50256)!.itersPerGroup).toBe(429); // the LM head's backward block: 18 tiles of 3141
+    expect(streamKPlan(gpu, 384, 50257, 768)).toBeNull(); // its forward: edge tiles (streamKWholeTiles)
+    expect(streamKPlan(gpu, 384, 50304, 768)).toMatchObject({ groups: 131, itersPerGroup: 9 * 48, splitsTiles: false }); // 1179 whole tiles, 9 each
+    expect(streamKPlan(gpu, 8192, 8192, 768)).toBeNull(); // 4096 tiles: many full waves (streamKMaxTiles)
+    expect(streamKPlan(gpu, 2048, 576, 1536)).toBeNull(); // SmolLM2's down_proj: 4.5 tiles wide (streamKWholeTiles)
+    expect(streamKPlan(gpu, 2048, 768, 512)).toBeNull(); // K below streamKMinK
+    gpu.tuning.streamKMinK = 256;
+    expect(streamKPlan(gpu, 2048, 128, 256)!.itersPerGroup).toBe(8); // at least streamKMinIters each
+    gpu.tuning.streamKMinK = DEFAULT_KERNEL_TUNING.streamKMinK;
+    gpu.tuning.matmul = '64x64';
+    expect(streamKPlan(gpu, 2048, 3072, 768)).toBeNull(); // a forced kernel
+    gpu.tuning.matmul = 'auto';
+    gpu.tuning.streamK = false;
+    expect(streamKPlan(gpu, 2048, 3072, 768)).toBeNull();
+    cutInto(gpu, 5);
+    const [M, N, K] = [64, 64, 40];
+    const plan = streamKPlan(gpu, M, N, K)!;
+    expect(productScratchElements(gpu, M, N, K)).toBe(streamKScratchElements(plan));
+    const t = (n: number, l: string) => gpu.tensor([n], l);
+    const scratch = t(streamKScratchElements(plan), 'scratch');
+    const labels = (ops: Op[]) => ops.map((o) => o.kind === 'dispatch' && o.label);
+    const a = t(M * 44, 'a'), b = t(K * N, 'b'), c = t(M * N, 'c');
+    expect(labels(matmulWithScratch(gpu, { a, b, c, M, N, K, label: 'p' }, scratch))).toEqual(['p[streamK]', 'p[streamK fixup]']);
+    // A's rows 41 apart: not vec4-aligned, the plain kernel
+    expect(labels(matmulWithScratch(gpu, { a, b, c, M, N, K, lda: 41, label: 'p' }, scratch))).toEqual(['p']);
+    // a scratch too small, or none: the plain kernel
+    expect(labels(matmulWithScratch(gpu, { a, b, c, M, N, K, label: 'p' }, t(100, 'small')))).toEqual(['p']);
+    expect(labels(matmulWithScratch(gpu, { a, b, c, M, N, K, label: 'p' }, null))).toEqual(['p']);
+    // refusals of matmulStreamK itself
+    expect(() => matmulStreamK(gpu, { a, b, c, M, N, K }, plan, t(100, 'small'))).toThrow(/needs a scratch of/);
+    expect(() => matmulStreamK(gpu, { a, b, c: scratch, M, N, K }, plan, scratch)).toThrow(/must not alias/);
+    expect(() => matmulStreamK(gpu, { a: t(M * 80, 'a80'), b: t(80 * N, 'b80'), c, M, N, K: 80 }, plan, scratch)).toThrow(/another shape/);
+    expect(() => matmulStreamK(gpu, { a, b, c, M, N, K, lda: 41 }, plan, scratch)).toThrow(/vec4-aligned/);
+  });
+});
+
 // ---- Triangular products (causal attention: MatmulArgs.triangle) -------------------------------
 
 /** The shaders' TRIANGLE override for each triangle (as kernels/matmul.ts binds it). */
@@ -590,7 +722,7 @@ describe.each([
   const tileOf = (gpu: Gpu, tri: MatmulTriangle) => ({
     rows, cols,
     pipeline: (k: Case) => vec4
-      ? gpu.pipeline(VEC4_MATMUL_VARIANTS[variant].code, 'x', 'main', { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0, TRIANGLE: TRIANGLE_CODE[tri] })
+      ? gpu.pipeline(VEC4_MATMUL_VARIANTS[variant].code, 'x', 'main', { ...vec4Constants(k, rows, cols), TRIANGLE: TRIANGLE_CODE[tri] })
       : gpu.pipeline(MATMUL_VARIANTS[variant].code, 'x', 'main', { TRIANGLE: TRIANGLE_CODE[tri] }),
   });
   // T not a multiple of any tile (and, scalar, of 4); vec4 needs the contiguous dimensions' multiples of 4

@@ -6,8 +6,12 @@
 //   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-variants.mjs --shape=N (one shape per process)
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
-import engine128 from '../../shaders/matmul_vec4_128x128.wgsl?raw';
-import engine128x64 from '../../shaders/matmul_vec4_128x64.wgsl?raw';
+import geluTanh from '../../shaders/gelu_tanh.wgsl?raw';
+import engine128Kernel from '../../shaders/matmul_vec4_128x128.wgsl?raw';
+import engine128x64Kernel from '../../shaders/matmul_vec4_128x64.wgsl?raw';
+
+// the engine's kernels call geluTanh (kernels/matmul.ts puts its definition in front of each)
+const engine128 = geluTanh + engine128Kernel, engine128x64 = geluTanh + engine128x64Kernel;
 
 const small = process.argv.includes('--small');
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
@@ -181,7 +185,7 @@ for (const [what, M, N, K, transB] of SHAPES) {
     if (err) { console.log(v.name, 'ERROR', err.message.slice(0, 400)); line.push(`${v.name} err`); continue; }
     const u = device.createBuffer({ size: Math.ceil(params.byteLength / 16) * 16, usage: GPUBufferUsage.UNIFORM | CD });
     device.queue.writeBuffer(u, 0, params);
-    const entries = [u, bufA, bufB, bufC, ...(v.engine && code.includes('bias[') ? [bufA] : [])];
+    const entries = [u, bufA, bufB, bufC, ...(v.engine && code.includes('bias[') ? [bufA] : []), ...(v.engine && code.includes('pre[') ? [bufA] : [])];
     const bg = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: entries.map((buffer, binding) => ({ binding, resource: { buffer } })) });
     const qs = device.createQuerySet({ type: 'timestamp', count: 2 });
     const qb = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | CS });

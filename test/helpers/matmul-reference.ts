@@ -81,3 +81,13 @@ export function expectMatmulClose(got: Float32Array, want: Float64Array, scale: 
     throw new Error(`${what}: error ${worst.toExponential(3)} of the term scale > ${tol} at index ${at} (got ${got[at]}, want ${want[at]})`);
   }
 }
+
+/**
+ * The overrides kernels/matmul.ts gives a vec4 kernel with rows x cols output tiles for this case:
+ * the operands' layouts, and CHECKED off (no load checked) when the output is whole tiles and K
+ * whole K tiles of 16.
+ */
+export function vec4Constants(k: Pick<MatmulCase, 'M' | 'N' | 'K' | 'transA' | 'transB'>, rows: number, cols: number): Record<string, number> {
+  const whole = k.M % rows === 0 && k.N % cols === 0 && k.K % 16 === 0;
+  return { K_FAST_A: k.transA ? 0 : 1, K_FAST_B: k.transB ? 1 : 0, ...(whole ? { CHECKED: 0 } : {}) };
+}

@@ -79,6 +79,30 @@ export interface KernelTuning {
   splitKMaxSlices: number;
   splitKMinSlice: number;
   /**
+   * Stream-K (kernels/matmul.ts streamKPlan, matmulStreamK) for unbatched vec4-aligned products
+   * with K >= streamKMinK whose 128x128 tiling makes fewer than streamKMaxTiles tiles (and, with
+   * streamKWholeTiles, covers the output exactly): the tiles x K-tiles iterations cut into about
+   * streamKWorkgroups equal ranges (at least streamKMinIters each), one per workgroup, so the GPU's
+   * last wave is never short; then a fix-up pass sums the tiles split between workgroups. Takes
+   * those products from split-K and the plain kernels. streamKWorkgroups: one per SM. On the H100
+   * (bench/sweep-tuning.sh, GPT-2 ms per step): 132 workgroups 33.1-33.4, 264: 34.4, without
+   * stream-K 36.1-36.7 (with the first fix-up pass, one workgroup per tile: 132 34.7, 100 37.7,
+   * 198 38.9). SmolLM2's 576-wide outputs (4.5 tiles: edge tiles, checked loads) were 1.3 ms slower
+   * through it: hence streamKWholeTiles.
+   */
+  streamK: boolean;
+  streamKWorkgroups: number;
+  streamKMaxTiles: number;
+  streamKMinK: number;
+  streamKMinIters: number;
+  streamKWholeTiles: boolean;
+  /**
+   * Whole tiles per workgroup instead of an even cut when that makes the busiest workgroup at most
+   * this fraction longer (no tile split, no fix-up pass): GPT-2's c_fc (384 tiles, 3 per workgroup
+   * on 132: +3%) and the LM head's forward blocks (1179 tiles: +0.8%).
+   */
+  streamKWholeTileSlack: number;
+  /**
    * Causal self-attention (without prefix tuning) as fused kernels with an online softmax
    * (kernels/flash-attention.ts): no [B, H, T, T] scores or probabilities in memory; the backward
    * recomputes them from the saved log-sum-exp. false: scores, softmax and products as separate
@@ -102,6 +126,7 @@ export interface KernelTuning {
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true,
 };
 

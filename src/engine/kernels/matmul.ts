@@ -13,6 +13,8 @@ import codeVec128x64Kernel from '../../../shaders/matmul_vec4_128x64.wgsl?raw';
 import codeVec64x128Kernel from '../../../shaders/matmul_vec4_64x128.wgsl?raw';
 import codeVec64x64Kernel from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
+import codeStreamK128x128Kernel from '../../../shaders/matmul_streamk_128x128.wgsl?raw';
+import codeStreamKFixupKernel from '../../../shaders/matmul_streamk_fixup.wgsl?raw';
 import codeSplitKReduceKernel from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
@@ -32,6 +34,7 @@ const codeVec128x64 = withGelu(codeVec128x64Kernel);
 const codeVec64x128 = withGelu(codeVec64x128Kernel);
 const codeVec64x64 = withGelu(codeVec64x64Kernel);
 const codeSplitKReduce = withGelu(codeSplitKReduceKernel);
+const codeStreamKFixup = withGelu(codeStreamKFixupKernel);
 
 export interface MatmulBatch {
   outer: number;
@@ -225,6 +228,15 @@ function foldGrid(count: number, maxPerDim: number): [number, number, number] {
 }
 
 /**
+ * The vec4 kernels' CHECKED override: off (no load checked) when the output is whole tiles and K
+ * whole K tiles of 16, so no load can leave the matrix; only then, so other shapes keep their
+ * pipelines. Its checks slowed the K loop by a quarter even where never taken (scripts/gen-matmul-wide.mjs).
+ */
+function uncheckedLoads(M: number, N: number, K: number, rows: number, cols: number): Record<string, number> {
+  return M % rows === 0 && N % cols === 0 && K % 16 === 0 ? { CHECKED: 0 } : {};
+}
+
+/**
  * Checks MatmulArgs.geluA / geluGradOf for an M x N product: the overrides their kernels take
  * (none without them, so the plain products keep their pipelines) and the epilogue's uniforms.
  */
@@ -251,6 +263,11 @@ function geluOptions(args: MatmulArgs, M: number, N: number, batchCount: number,
 
 /** Binds C = alpha * op(A) @ op(B) (+ C) (+ bias) (* gelu'(pre)). Throws if any index would leave its buffer. */
 export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
+  return bindMatmul(gpu, args, null)[0] as Dispatch;
+}
+
+/** matmul's checks and bindings; with `streamK`, the stream-K pair (matmulStreamK) instead of one dispatch. */
+function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; scratch: Tensor } | null): Op[] {
   const { a, b, c, M, N, K, bias } = args;
   const label = args.label ?? `matmul(${c.label})`;
   const fail = (msg: string): never => {
@@ -331,10 +348,35 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
     if (![4, 8, 16].includes(ROWS)) fail(`skinny rows per workgroup must be 4, 8 or 16 (got ${ROWS})`);
     const blocks = Math.ceil(rows / ROWS);
     const params = [rows, K, p.offA, p.offB, offC, p.sArow, p.sAk, p.sBk, p.sBs, p.sCrow, p.sCs, rowFast ? 1 : 0, args.accumulate ? 1 : 0, f32(alpha)];
-    return bindDispatch(gpu, { label, code: codeSkinny, constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) });
+    return [bindDispatch(gpu, { label, code: codeSkinny, constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) })];
   }
 
   const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda, ldb, offA, offB, batch });
+  if (streamK) {
+    const { plan, scratch } = streamK;
+    if (batchCount !== 1 || triangle || !aligned) fail('stream-K takes unbatched, vec4-aligned products without a triangle');
+    const kernel = STREAMK_KERNELS[plan.tile];
+    if (plan.tilesM !== Math.ceil(M / kernel.rows) || plan.tilesN !== Math.ceil(N / kernel.cols) || plan.kTiles !== Math.ceil(K / kernel.kTile)) fail('the stream-K plan is for another shape');
+    if (scratch.size < streamKScratchElements(plan)) fail(`stream-K over ${plan.groups} workgroups needs a scratch of ${streamKScratchElements(plan)} elements`);
+    if ([a, b, c, bias, gelu.pre].some((t) => t?.buffer === scratch.buffer)) fail('the stream-K scratch must not alias an operand');
+    const params = [
+      M, N, K, plan.tilesN, plan.tilesM, 1, 1, offA, offB, offC, sAm, sAk, sBn, sBk, ldc, 0, 0, 0, 0, 0, 0,
+      transA ? 0 : 1, transB ? 1 : 0, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre,
+      plan.groups, plan.itersPerGroup, plan.kTiles,
+    ];
+    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, kernel.rows, kernel.cols), ...gelu.constants };
+    const maxDim = maxDimOf(gpu);
+    const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: kernel.code, constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
+    if (!plan.splitsTiles) return [product];
+    return [
+      product,
+      bindDispatch(gpu, {
+        label: `${label}[streamK fixup]`, code: codeStreamKFixup, constants: { TILE_M: kernel.rows, TILE_N: kernel.cols, ...(gelu.pre ? { GELU_GRAD: 1 } : {}) },
+        params: [M, N, plan.tilesN, plan.tilesM * plan.tilesN, plan.kTiles, plan.itersPerGroup, offC, ldc, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre],
+        buffers: [scratch, bias ?? scratch, c, gelu.pre ?? scratch], workgroups: foldGrid(plan.tilesM * plan.tilesN * ((kernel.rows * kernel.cols) / 1024), maxDim),
+      }),
+    ];
+  }
   const variant = matmulVariant(gpu, M, N, K, batchCount, aligned ? { transB } : undefined);
   const { rows, cols } = MATMUL_VARIANTS[variant];
   const vec4 = VEC4_MATMUL_VARIANTS[variant];
@@ -366,11 +408,135 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   // Without a bias (or pre-activations), `a` fills its binding (read-only twice is allowed; the shader never reads it).
   const buffers = [a, b, c, bias ?? a, gelu.pre ?? a];
   if (useVec4) {
-    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...tri };
-    return bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers, workgroups });
+    const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, rows, cols), ...tri };
+    return [bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers, workgroups })];
   }
   const constants = triangle || fused ? tri : undefined;
-  return bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers, workgroups });
+  return [bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers, workgroups })];
+}
+
+// ---- Stream-K -----------------------------------------------------------------------------------
+// A 2048-row product makes 96-384 output tiles of 128x128, a few per SM of a large GPU (the H100
+// has 132): whole tiles per workgroup leave SMs idle at the end, or need smaller tiles (less work
+// per staged element) or split-K (a batched product into slices, then their sum). Stream-K gives
+// each of one workgroup per SM an equal share of all the tiles' K iterations
+// (shaders/matmul_streamk_128x128.wgsl, 128x128 tiles whatever the shape); the tiles split between
+// workgroups are summed by a second pass (shaders/matmul_streamk_fixup.wgsl) from a scratch of two
+// tiles per workgroup. GPT-2's step on the H100: 36.1-36.7 ms without it, 33.1-33.4 with it
+// (bench/sweep-tuning.sh; gpu.ts KernelTuning.streamK).
+
+/**
+ * The stream-K kernel (scripts/gen-matmul-wide.mjs STREAMK_VARIANTS): output tile, K tile, WGSL
+ * and workgroup memory in bytes (K tiles of tile/4 + 1 vec4s per operand). 256x128 tiles were
+ * slower (ibid.).
+ */
+export const STREAMK_KERNELS = {
+  '128x128': { rows: 128, cols: 128, kTile: 16, code: withGelu(codeStreamK128x128Kernel), sharedBytes: 16 * (33 + 33) * 16 },
+} as const;
+export type StreamKTile = keyof typeof STREAMK_KERNELS;
+
+/** How a stream-K product is cut: `groups` workgroups, `itersPerGroup` K-tile iterations each. */
+export interface StreamKPlan {
+  tile: StreamKTile;
+  tilesM: number;
+  tilesN: number;
+  /** K tiles per output tile. */
+  kTiles: number;
+  groups: number;
+  itersPerGroup: number;
+  /** Whether some tile is split between workgroups (itersPerGroup not whole tiles): the fix-up pass runs. */
+  splitsTiles: boolean;
+}
+
+/**
+ * The stream-K cut of an unbatched M x N x K product, or null where the plain or split-K kernels
+ * take it: stream-K off or a kernel forced (tuning.matmul), K below tuning.streamKMinK, edge tiles
+ * under tuning.streamKWholeTiles, or at least tuning.streamKMaxTiles tiles (enough waves that the
+ * last one's idling costs little). Whether the operands are vec4-aligned is the caller's to check
+ * (matmulWithScratch).
+ */
+export function streamKPlan(gpu: Gpu, M: number, N: number, K: number): StreamKPlan | null {
+  const t = gpu.tuning;
+  if (!t.streamK || !t.vec4Matmul || t.matmul !== 'auto' || K < t.streamKMinK) return null;
+  const tile: StreamKTile = '128x128', kernel = STREAMK_KERNELS[tile];
+  if (kernel.sharedBytes > gpu.info.limits.maxComputeWorkgroupStorageSize) return null;
+  if (t.streamKWholeTiles && (M % kernel.rows !== 0 || N % kernel.cols !== 0)) return null;
+  const tilesM = Math.ceil(M / kernel.rows), tilesN = Math.ceil(N / kernel.cols);
+  if (tilesM * tilesN >= t.streamKMaxTiles) return null;
+  const kTiles = Math.ceil(K / kernel.kTile);
+  const tiles = tilesM * tilesN, total = tiles * kTiles, G = Math.max(1, t.streamKWorkgroups);
+  let itersPerGroup = Math.max(Math.ceil(total / G), Math.min(kTiles, t.streamKMinIters));
+  // whole tiles per workgroup when that makes the busiest workgroup at most streamKWholeTileSlack
+  // longer: no tile is split, so no pieces and no fix-up pass
+  const wholeTiles = Math.ceil(tiles / G) * kTiles;
+  if (wholeTiles <= itersPerGroup * (1 + t.streamKWholeTileSlack)) itersPerGroup = Math.max(itersPerGroup, wholeTiles);
+  const groups = Math.ceil(total / itersPerGroup);
+  if (groups * 2 * kernel.rows * kernel.cols >= U32_LIMIT / 4) return null;
+  return { tile, tilesM, tilesN, kTiles, groups, itersPerGroup, splitsTiles: itersPerGroup % kTiles !== 0 };
+}
+
+/** Elements of the scratch a stream-K product needs: two output tiles per workgroup. */
+export function streamKScratchElements(plan: StreamKPlan): number {
+  const kernel = STREAMK_KERNELS[plan.tile];
+  return 2 * plan.groups * kernel.rows * kernel.cols;
+}
+
+/**
+ * C = alpha * op(A) @ op(B) (+ C) (+ bias) (* gelu'(pre)) by stream-K as `plan` cuts it (two
+ * dispatches: the product, then the fix-up of split tiles), `scratch` holding at least
+ * streamKScratchElements(plan) elements and aliasing nothing else. Unbatched, vec4-aligned
+ * (vec4Aligned), no triangle.
+ */
+export function matmulStreamK(gpu: Gpu, args: MatmulArgs, plan: StreamKPlan, scratch: Tensor): Op[] {
+  return bindMatmul(gpu, args, { plan, scratch });
+}
+
+/** Whether args' operands are vec4-aligned as laid out (vec4Aligned with matmul's defaults), over their first K terms. */
+function argsVec4Aligned(args: MatmulArgs, K = args.K): boolean {
+  const transA = args.transA ?? false, transB = args.transB ?? false;
+  const lda = args.lda ?? (transA ? args.M : args.K), ldb = args.ldb ?? (transB ? args.K : args.N);
+  const batch = args.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+  return vec4Aligned({ M: args.M, N: args.N, K, transA, transB, lda, ldb, offA: args.offsetA ?? 0, offB: args.offsetB ?? 0, batch });
+}
+
+/**
+ * Elements of scratch a product through matmulWithScratch may need: its split-K slices or its
+ * stream-K tiles, whichever is larger (which one runs depends on the operands' alignment).
+ */
+export function productScratchElements(gpu: Gpu, M: number, N: number, K: number): number {
+  const plan = streamKPlan(gpu, M, N, K - (K % 4));
+  return Math.max(splitKScratchElements(M, N, splitKFactor(gpu, M, N, K)), plan ? streamKScratchElements(plan) : 0);
+}
+
+/**
+ * A product with a scratch tensor at hand (a program's; null: none): stream-K where streamKPlan
+ * cuts it, the operands are vec4-aligned and the scratch holds the plan's tiles, else split-K where
+ * splitKFactor splits it and the scratch holds the slices, else the plain kernels (also for
+ * batched and triangular products). A K that is not a multiple of 4 in operands aligned otherwise
+ * (the LM head's backward over GPT-2's 50,257 padded logits) takes stream-K over its first
+ * 4 * floor(K / 4) terms and the plain kernels for the rest, added in (not under geluGradOf, whose
+ * factor applies to the whole sum). A scratch of productScratchElements(M, N, K) always suffices.
+ */
+export function matmulWithScratch(gpu: Gpu, args: MatmulArgs, scratch: Tensor | null): Op[] {
+  if (!scratch || args.batch || args.triangle) return [matmul(gpu, args)];
+  const { M, N, K } = args;
+  const rest = K % 4, K4 = K - rest;
+  const plan = K4 > 0 ? streamKPlan(gpu, M, N, K4) : null;
+  if (plan && scratch.size >= streamKScratchElements(plan) && argsVec4Aligned(args, K4) && (rest === 0 || !args.geluGradOf)) {
+    if (rest === 0) return matmulStreamK(gpu, args, plan, scratch);
+    const transA = args.transA ?? false, transB = args.transB ?? false;
+    const lda = args.lda ?? (transA ? M : K), ldb = args.ldb ?? (transB ? K : N);
+    const label = args.label ?? `matmul(${args.c.label})`;
+    return [
+      ...matmulStreamK(gpu, { ...args, label, K: K4, lda, ldb }, plan, scratch),
+      matmul(gpu, {
+        ...args, label: `${label}[streamK rest]`, K: rest, lda, ldb, bias: undefined, accumulate: true,
+        offsetA: (args.offsetA ?? 0) + K4 * (transA ? lda : 1), offsetB: (args.offsetB ?? 0) + K4 * (transB ? 1 : ldb),
+      }),
+    ];
+  }
+  const S = splitKFactor(gpu, M, N, K);
+  return matmulSplitK(gpu, args, scratch.size >= splitKScratchElements(M, N, S) ? S : 1, scratch);
 }
 
 // ---- Split-K ------------------------------------------------------------------------------------

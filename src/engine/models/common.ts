@@ -4,7 +4,7 @@
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
-import { matmul, matmulSplitK, splitKFactor, type MatmulArgs } from '../kernels/matmul';
+import { matmul, matmulWithScratch, type MatmulArgs } from '../kernels/matmul';
 import { lmHeadChunkBytes, lmHeadRows, logitsRowStride } from './program';
 import { crossEntropy } from '../kernels/cross-entropy';
 import { reduceSum } from '../kernels/reduce-sum';
@@ -45,10 +45,9 @@ function frozenLinear(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null
   };
 }
 
-/** The frozen layer's own product, split over K when it pays and the site has the scratch for it. */
+/** The frozen layer's own product: stream-K or split over K when it pays and the site has the scratch for it. */
 export function frozenProduct(gpu: Gpu, site: LinearSite, args: MatmulArgs): Op[] {
-  const S = site.splitKScratch ? splitKFactor(gpu, args.M, args.N, args.K) : 1;
-  return matmulSplitK(gpu, args, S, site.splitKScratch ?? null);
+  return matmulWithScratch(gpu, args, site.splitKScratch ?? null);
 }
 
 /**
@@ -153,13 +152,13 @@ export function lmHeadAndLoss(
   const chunk = pool.t([headRows, ld], 'logitsChunk');
   const logits = a.captureLogits ? pool.t([(M / S) * (S - skip), V], 'logits') : null;
   // dHidden = dlogits W_head sums over the vocabulary (K = tens of thousands) into few outputs:
-  // split-K, into the program's scratch (programSplitKElements sized it)
+  // split-K or stream-K, into the program's scratch (programSplitKElements sized it)
   const splitKScratch = a.splitKScratch ?? null;
   const ops: Op[] = [];
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
     for (const ch of a.head.chunks) {
-      ops.push(matmul(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: ld, M: n, N: ch.rows, K: C }));
+      ops.push(...matmulWithScratch(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: ld, M: n, N: ch.rows, K: C }, splitKScratch));
     }
     if (logits) {
       // the captured rows of [r0, r0 + n), one copy per run of consecutive real rows (ld = V here)
@@ -178,7 +177,7 @@ export function lmHeadAndLoss(
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {
         const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 };
-        ops.push(...matmulSplitK(gpu, args, splitKFactor(gpu, n, C, ch.rows), splitKScratch));
+        ops.push(...matmulWithScratch(gpu, args, splitKScratch));
       });
     }
   }

@@ -4,7 +4,7 @@
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
-import { splitKFactor, splitKScratchElements } from '../kernels/matmul';
+import { productScratchElements } from '../kernels/matmul';
 import type { RowChunks } from './weights';
 
 /** A padded batch ready for the GPU (src/data/batches.ts makes these). */
@@ -166,23 +166,24 @@ export function logitsRowStride(V: number, opts: Pick<ProgramOptions, 'captureLo
 }
 
 /**
- * Elements of the split-K scratch of the LM head's backward (dHidden = dlogits W_head, K = the
- * vocabulary rows of each weight chunk): the largest over its products, 0 when none splits.
+ * Elements of the split-K / stream-K scratch of the LM head's products in training (logits =
+ * hidden W_head^T, and dHidden = dlogits W_head with K = the vocabulary rows of each weight chunk):
+ * the largest over them (kernels/matmul.ts productScratchElements), 0 when none needs one.
  */
 export function lmHeadSplitKElements(gpu: Gpu, M: number, headRows: number, head: Pick<RowChunks, 'cols' | 'chunks'>): number {
   let most = 0;
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
-    for (const ch of head.chunks) most = Math.max(most, splitKScratchElements(n, head.cols, splitKFactor(gpu, n, head.cols, ch.rows)));
+    for (const ch of head.chunks) most = Math.max(most, productScratchElements(gpu, n, head.cols, ch.rows), productScratchElements(gpu, n, ch.rows, head.cols));
   }
   return most;
 }
 
 /**
- * Elements of a causal LM program's split-K scratch (kernels/matmul.ts matmulSplitK), one tensor
- * shared by all its split products since they run one after another: the frozen linear layers'
- * products at M rows (forward y = x W, and in training dx = dy W^T) and the LM head's backward.
- * 0 when nothing splits.
+ * Elements of a causal LM program's split-K / stream-K scratch (kernels/matmul.ts
+ * matmulWithScratch), one tensor shared by all its products since they run one after another: the
+ * frozen linear layers' products at M rows (forward y = x W, and in training dx = dy W^T) and, in
+ * training, the LM head's. 0 when nothing needs it.
  */
 export function programSplitKElements(
   gpu: Gpu, M: number, linears: readonly { inFeatures: number; outFeatures: number }[], head: Pick<RowChunks, 'rows' | 'cols' | 'chunks'>,
@@ -190,7 +191,7 @@ export function programSplitKElements(
 ): number {
   let most = 0;
   const product = (N: number, K: number) => {
-    most = Math.max(most, splitKScratchElements(M, N, splitKFactor(gpu, M, N, K)));
+    most = Math.max(most, productScratchElements(gpu, M, N, K));
   };
   for (const l of linears) {
     product(l.outFeatures, l.inFeatures);
