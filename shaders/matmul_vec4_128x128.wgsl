@@ -126,6 +126,17 @@ fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
     c[rowBase + n] = x;
   }
 }
+fn cRow(i: u32) -> vec4<f32> { return vec4<f32>(c[i], c[i + 1u], c[i + 2u], c[i + 3u]); }
+fn storeRow4(i: u32, v: vec4<f32>) {
+  c[i] = v.x;
+  c[i + 1u] = v.y;
+  c[i + 2u] = v.z;
+  c[i + 3u] = v.w;
+}
+fn geluGradRow(m: u32, n0: u32) -> vec4<f32> {
+  let p = params.offPre + m * params.ldPre + n0;
+  return vec4<f32>(geluTanhGrad(pre[p]), geluTanhGrad(pre[p + 1u]), geluTanhGrad(pre[p + 2u]), geluTanhGrad(pre[p + 3u]));
+}
 
 var<private> mTile: u32;
 var<private> nTile: u32;
@@ -554,20 +565,123 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       acc113 = fma(vec4<f32>(a1.w), b1, acc113);
     }
   }
-  storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc000);
-  storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc001);
-  storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc002);
-  storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc003);
-  storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc010);
-  storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc011);
-  storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc012);
-  storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc013);
-  storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc100);
-  storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc101);
-  storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc102);
-  storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc103);
-  storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc110);
-  storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc111);
-  storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc112);
-  storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc113);
+  if (GELU_GRAD && !CHECKED) {
+    {
+      let m0 = mTile + 0u + lid.y * 4u;
+      let n0 = nTile + 0u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      var c0 = vec4<f32>(0.0);
+      var c1 = vec4<f32>(0.0);
+      var c2 = vec4<f32>(0.0);
+      var c3 = vec4<f32>(0.0);
+      if (params.accumulate != 0u) {
+        c0 = cRow(i0 + 0u * params.ldc);
+        c1 = cRow(i0 + 1u * params.ldc);
+        c2 = cRow(i0 + 2u * params.ldc);
+        c3 = cRow(i0 + 3u * params.ldc);
+      }
+      var bn = vec4<f32>(0.0);
+      if (params.hasBias != 0u) { bn = vec4<f32>(bias[n0], bias[n0 + 1u], bias[n0 + 2u], bias[n0 + 3u]); }
+      let g0 = geluGradRow(m0 + 0u, n0);
+      let g1 = geluGradRow(m0 + 1u, n0);
+      let g2 = geluGradRow(m0 + 2u, n0);
+      let g3 = geluGradRow(m0 + 3u, n0);
+      storeRow4(i0 + 0u * params.ldc, ((params.alpha * acc000 + c0) + bn) * g0);
+      storeRow4(i0 + 1u * params.ldc, ((params.alpha * acc001 + c1) + bn) * g1);
+      storeRow4(i0 + 2u * params.ldc, ((params.alpha * acc002 + c2) + bn) * g2);
+      storeRow4(i0 + 3u * params.ldc, ((params.alpha * acc003 + c3) + bn) * g3);
+    }
+    {
+      let m0 = mTile + 0u + lid.y * 4u;
+      let n0 = nTile + 64u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      var c0 = vec4<f32>(0.0);
+      var c1 = vec4<f32>(0.0);
+      var c2 = vec4<f32>(0.0);
+      var c3 = vec4<f32>(0.0);
+      if (params.accumulate != 0u) {
+        c0 = cRow(i0 + 0u * params.ldc);
+        c1 = cRow(i0 + 1u * params.ldc);
+        c2 = cRow(i0 + 2u * params.ldc);
+        c3 = cRow(i0 + 3u * params.ldc);
+      }
+      var bn = vec4<f32>(0.0);
+      if (params.hasBias != 0u) { bn = vec4<f32>(bias[n0], bias[n0 + 1u], bias[n0 + 2u], bias[n0 + 3u]); }
+      let g0 = geluGradRow(m0 + 0u, n0);
+      let g1 = geluGradRow(m0 + 1u, n0);
+      let g2 = geluGradRow(m0 + 2u, n0);
+      let g3 = geluGradRow(m0 + 3u, n0);
+      storeRow4(i0 + 0u * params.ldc, ((params.alpha * acc010 + c0) + bn) * g0);
+      storeRow4(i0 + 1u * params.ldc, ((params.alpha * acc011 + c1) + bn) * g1);
+      storeRow4(i0 + 2u * params.ldc, ((params.alpha * acc012 + c2) + bn) * g2);
+      storeRow4(i0 + 3u * params.ldc, ((params.alpha * acc013 + c3) + bn) * g3);
+    }
+    {
+      let m0 = mTile + 64u + lid.y * 4u;
+      let n0 = nTile + 0u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      var c0 = vec4<f32>(0.0);
+      var c1 = vec4<f32>(0.0);
+      var c2 = vec4<f32>(0.0);
+      var c3 = vec4<f32>(0.0);
+      if (params.accumulate != 0u) {
+        c0 = cRow(i0 + 0u * params.ldc);
+        c1 = cRow(i0 + 1u * params.ldc);
+        c2 = cRow(i0 + 2u * params.ldc);
+        c3 = cRow(i0 + 3u * params.ldc);
+      }
+      var bn = vec4<f32>(0.0);
+      if (params.hasBias != 0u) { bn = vec4<f32>(bias[n0], bias[n0 + 1u], bias[n0 + 2u], bias[n0 + 3u]); }
+      let g0 = geluGradRow(m0 + 0u, n0);
+      let g1 = geluGradRow(m0 + 1u, n0);
+      let g2 = geluGradRow(m0 + 2u, n0);
+      let g3 = geluGradRow(m0 + 3u, n0);
+      storeRow4(i0 + 0u * params.ldc, ((params.alpha * acc100 + c0) + bn) * g0);
+      storeRow4(i0 + 1u * params.ldc, ((params.alpha * acc101 + c1) + bn) * g1);
+      storeRow4(i0 + 2u * params.ldc, ((params.alpha * acc102 + c2) + bn) * g2);
+      storeRow4(i0 + 3u * params.ldc, ((params.alpha * acc103 + c3) + bn) * g3);
+    }
+    {
+      let m0 = mTile + 64u + lid.y * 4u;
+      let n0 = nTile + 64u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      var c0 = vec4<f32>(0.0);
+      var c1 = vec4<f32>(0.0);
+      var c2 = vec4<f32>(0.0);
+      var c3 = vec4<f32>(0.0);
+      if (params.accumulate != 0u) {
+        c0 = cRow(i0 + 0u * params.ldc);
+        c1 = cRow(i0 + 1u * params.ldc);
+        c2 = cRow(i0 + 2u * params.ldc);
+        c3 = cRow(i0 + 3u * params.ldc);
+      }
+      var bn = vec4<f32>(0.0);
+      if (params.hasBias != 0u) { bn = vec4<f32>(bias[n0], bias[n0 + 1u], bias[n0 + 2u], bias[n0 + 3u]); }
+      let g0 = geluGradRow(m0 + 0u, n0);
+      let g1 = geluGradRow(m0 + 1u, n0);
+      let g2 = geluGradRow(m0 + 2u, n0);
+      let g3 = geluGradRow(m0 + 3u, n0);
+      storeRow4(i0 + 0u * params.ldc, ((params.alpha * acc110 + c0) + bn) * g0);
+      storeRow4(i0 + 1u * params.ldc, ((params.alpha * acc111 + c1) + bn) * g1);
+      storeRow4(i0 + 2u * params.ldc, ((params.alpha * acc112 + c2) + bn) * g2);
+      storeRow4(i0 + 3u * params.ldc, ((params.alpha * acc113 + c3) + bn) * g3);
+    }
+  } else {
+    storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc000);
+    storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc001);
+    storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc002);
+    storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc003);
+    storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc010);
+    storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc011);
+    storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc012);
+    storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc013);
+    storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc100);
+    storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc101);
+    storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc102);
+    storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc103);
+    storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc110);
+    storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc111);
+    storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc112);
+    storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 64u + lid.x * 4u, acc113);
+  }
 }

@@ -157,7 +157,8 @@ describe.each(VARIANTS.flatMap((tile) => [[tile, false], [tile, true]] as const)
   // mlp.c_proj.dx: dfc [M, F] = (dy [M, C] W^T, W stored [F, C]) * gelu'(fc [M, F])
   it('epilogue: mlp.c_proj.dx shapes (dy [M, C], W [F, C] read transposed), alpha / accumulate / bias, every transpose', async () => {
     const gpu = await setup();
-    for (const [M, N, K] of [[67, 72, 36], [130, 136, 20], [67, 71, 35], [3, 5, 7]] as [number, number, number][]) {
+    // (256, 128, 32): whole tiles of every kernel, the vec4 kernels' unchecked loads and batched gelu' epilogue
+    for (const [M, N, K] of [[67, 72, 36], [130, 136, 20], [67, 71, 35], [3, 5, 7], [256, 128, 32]] as [number, number, number][]) {
       const bias = randArray(N, 5, 1);
       for (const v of [{}, { alpha: 0.25 }, { accumulate: true }, { bias }, { alpha: -1.5, accumulate: true, bias }]) {
         await checkHere(gpu, { M, N, K, transB: true, pre: { size: M * N }, ...v }, { a: M * K, b: N * K, c: M * N }, `(dy W^T) * gelu'(pre) ${M}x${N}x${K} ${Object.keys(v).join(',')}`);
@@ -177,6 +178,9 @@ describe.each(VARIANTS.flatMap((tile) => [[tile, false], [tile, true]] as const)
     for (const transB of [false, true]) {
       await checkHere(gpu, { M, N, K, transB, ldc, offsetC, pre, alpha: 0.5, accumulate: true }, { a: M * K, b: K * N, c: offsetC + M * ldc + 4 }, `strided pre tB=${transB}`);
     }
+    // the same on whole tiles (the vec4 kernels' batched gelu' epilogue)
+    const whole = { M: 128, N: 128, K: 48 }, wpre = { ld: 128 + 9, offset: 11, size: 11 + 128 * (128 + 9) + 3 };
+    await checkHere(gpu, { ...whole, transB: true, ldc: 128 + 5, offsetC, pre: wpre, alpha: 0.5, accumulate: true, bias: randArray(128, 8) }, { a: 128 * 48, b: 48 * 128, c: offsetC + 128 * (128 + 5) + 4 }, 'strided pre, whole tiles');
     await checkHere(gpu, { M, N, K, geluA: true, pre: { size: M * N }, bias: randArray(N, 3) }, { a: M * K, b: K * N, c: M * N }, 'gelu(A) B * gelu\'(pre)');
   });
 });
@@ -224,9 +228,10 @@ describe('fused GELU: routing, split-K, refusals', () => {
 
   it('stream-K: the prologue in every piece, the epilogue once per tile (whole or fixed up), with alpha, accumulate, bias, strides', async () => {
     const gpu = await testGpu();
-    // over 7 workgroups, so tiles are whole in some and split in others; 36 and 136 wide: edge tiles
+    // over 7 workgroups, so tiles are whole in some and split in others; 36 and 136 wide: edge tiles;
+    // 256 x 128 over K = 400: whole tiles (unchecked loads, the batched gelu' epilogue)
     Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, { streamKWorkgroups: 7, streamKMinK: 1, streamKMinIters: 1, streamKWholeTiles: false });
-    for (const [M, N, K] of [[40, 36, 996], [256, 136, 400]] as [number, number, number][]) {
+    for (const [M, N, K] of [[40, 36, 996], [256, 136, 400], [256, 128, 400]] as [number, number, number][]) {
       const plan = streamKPlan(gpu, M, N, K)!;
       const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
       const bias = randArray(N, 4);
