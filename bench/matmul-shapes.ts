@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
-import { matmul, matmulSplitK, matmulVariant, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
+import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
 
 const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' } } });
@@ -74,6 +74,27 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     profiler.destroy();
   }
   gpu.tuning.matmul = 'auto';
+  // what a model's product runs with its program's scratch (stream-K / split-K where they apply), both passes
+  if (!skinny) {
+    const scratch = gpu.tensor([Math.max(1, productScratchElements(gpu, M, N, K))], 'scratch');
+    const ops1 = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'scratch' }, scratch);
+    const kind = ops1.some((o) => o.kind === 'dispatch' && o.label.includes('[streamK')) ? 'streamK' : ops1.length > 1 ? 'splitK' : 'plain';
+    const profiler = new KernelProfiler(gpu);
+    const ops: Op[] = Array.from({ length: reps }, () => ops1).flat();
+    for (let warm = 0; warm < 2; warm++) {
+      const enc = gpu.device.createCommandEncoder();
+      profiler.encode(enc, ops);
+      gpu.device.queue.submit([enc.finish()]);
+      await profiler.collect();
+      if (warm === 0) profiler.reset();
+    }
+    const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
+    const tflops = (2 * M * N * K) / ms / 1e9;
+    rows.push({ what, M, N, K, transA, transB, kernel: `with scratch (${kind})`, ms, tflops });
+    line.push(`with scratch (${kind}) ${tflops.toFixed(1)}`);
+    profiler.destroy();
+    gpu.destroyTensor(scratch);
+  }
   gpu.tuning.skinnyRows = DEFAULT_KERNEL_TUNING.skinnyRows;
   gpu.tuning.skinnyRowsRowFast = DEFAULT_KERNEL_TUNING.skinnyRowsRowFast;
   console.log(`${what.padEnd(22)} ${M}x${N}x${K}${transA ? ' tA' : ''}${transB ? ' tB' : ''}: ${line.join(' | ')} TFLOP/s`);
