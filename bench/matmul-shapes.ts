@@ -45,6 +45,22 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   ['smollm2 lora du', 2048, 8, 576, false, false],
   ['smollm2 lora dA', 8, 576, 2048, true, false],
 ];
+/** Mean GPU ms of one pass over `once` (timestamp queries per dispatch, summed), over `reps` passes after a warm-up. */
+async function timeOps(once: Op[]): Promise<number> {
+  const profiler = new KernelProfiler(gpu);
+  const ops: Op[] = Array.from({ length: reps }, () => once).flat();
+  for (let warm = 0; warm < 2; warm++) {
+    const enc = gpu.device.createCommandEncoder();
+    profiler.encode(enc, ops);
+    gpu.device.queue.submit([enc.finish()]);
+    await profiler.collect();
+    if (warm === 0) profiler.reset();
+  }
+  const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
+  profiler.destroy();
+  return ms;
+}
+
 const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
 const rows: Record<string, unknown>[] = [];
 for (const [what, M, N, K, transA, transB] of SHAPES) {
@@ -57,21 +73,10 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     else gpu.tuning.matmul = v as KernelTuning['matmul'];
     const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda: transA ? M : K, ldb: transB ? K : N, offA: 0, offB: 0, batch: { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } });
     const label = `${v === 'auto' ? `auto(${matmulVariant(gpu, M, N, K, 1, aligned ? { transB } : undefined)})` : v}${aligned ? ' vec4' : ''}`;
-    const op = matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label });
-    const profiler = new KernelProfiler(gpu);
-    const ops: Op[] = Array.from({ length: reps }, () => op);
-    for (let warm = 0; warm < 2; warm++) {
-      const enc = gpu.device.createCommandEncoder();
-      profiler.encode(enc, ops);
-      gpu.device.queue.submit([enc.finish()]);
-      await profiler.collect();
-      if (warm === 0) profiler.reset();
-    }
-    const ms = profiler.table()[0].totalMs / reps;
+    const ms = await timeOps([matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label })]);
     const tflops = (2 * M * N * K) / ms / 1e9;
     rows.push({ what, M, N, K, transA, transB, kernel: label, ms, tflops });
     line.push(`${label} ${tflops.toFixed(1)}`);
-    profiler.destroy();
   }
   gpu.tuning.matmul = 'auto';
   // what a model's product runs with its program's scratch (stream-K / split-K where they apply), both passes
@@ -79,20 +84,10 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     const scratch = gpu.tensor([Math.max(1, productScratchElements(gpu, M, N, K))], 'scratch');
     const ops1 = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'scratch' }, scratch);
     const kind = ops1.some((o) => o.kind === 'dispatch' && o.label.includes('[streamK')) ? 'streamK' : ops1.length > 1 ? 'splitK' : 'plain';
-    const profiler = new KernelProfiler(gpu);
-    const ops: Op[] = Array.from({ length: reps }, () => ops1).flat();
-    for (let warm = 0; warm < 2; warm++) {
-      const enc = gpu.device.createCommandEncoder();
-      profiler.encode(enc, ops);
-      gpu.device.queue.submit([enc.finish()]);
-      await profiler.collect();
-      if (warm === 0) profiler.reset();
-    }
-    const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
+    const ms = await timeOps(ops1);
     const tflops = (2 * M * N * K) / ms / 1e9;
     rows.push({ what, M, N, K, transA, transB, kernel: `with scratch (${kind})`, ms, tflops });
     line.push(`with scratch (${kind}) ${tflops.toFixed(1)}`);
-    profiler.destroy();
     gpu.destroyTensor(scratch);
   }
   gpu.tuning.skinnyRows = DEFAULT_KERNEL_TUNING.skinnyRows;
@@ -110,21 +105,10 @@ if (a['split-k']) {
     const line: string[] = [];
     for (const S of [1, 2, 3, 4, 6, 8, 12, 16]) {
       if (K / S < 128) continue;
-      const ops1 = matmulSplitK(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: `S${S}` }, S, scratch);
-      const profiler = new KernelProfiler(gpu);
-      const ops: Op[] = Array.from({ length: reps }, () => ops1).flat();
-      for (let warm = 0; warm < 2; warm++) {
-        const enc = gpu.device.createCommandEncoder();
-        profiler.encode(enc, ops);
-        gpu.device.queue.submit([enc.finish()]);
-        await profiler.collect();
-        if (warm === 0) profiler.reset();
-      }
-      const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
+      const ms = await timeOps(matmulSplitK(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: `S${S}` }, S, scratch));
       const tflops = (2 * M * N * K) / ms / 1e9;
       rows.push({ what, M, N, K, transA, transB, kernel: `splitK ${S}`, ms, tflops });
       line.push(`S=${S} ${tflops.toFixed(1)}`);
-      profiler.destroy();
     }
     console.log(`split-K ${what.padEnd(22)} ${M}x${N}x${K}: ${line.join(' | ')} TFLOP/s`);
     for (const t of [A, B, C, scratch]) gpu.destroyTensor(t);
