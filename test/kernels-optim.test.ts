@@ -6,7 +6,8 @@ import type { Gpu } from '../src/engine/gpu/gpu';
 import { runOps, type Dispatch, type Op } from '../src/engine/gpu/dispatch';
 import { StepUniforms, type StepValues } from '../src/engine/kernels/step-uniforms';
 import { dropoutForward, dropoutBackward, dropoutThreshold } from '../src/engine/kernels/dropout';
-import { sumOfSquares, clipCoefficient, gradNormPartials, sumOfSquaresPartials, SUM_OF_SQUARES_CHUNK } from '../src/engine/kernels/grad-norm';
+import { sumOfSquares, clipCoefficient, gradNormPartials, sumOfSquaresPartials } from '../src/engine/kernels/grad-norm';
+import { chunkSumsOfSquares } from './helpers/norm-reference';
 import { adamwUpdate } from '../src/engine/kernels/adamw';
 import { run, bind, folded } from './helpers/kernel-check';
 
@@ -157,14 +158,7 @@ describe('grad norm', () => {
       ...tensors.map((x, k) => sumOfSquares(gpu, { x, n: sizes[k], out: partials, outIndex: starts[k] })),
       ...[0, 1e9, 0.5].map((maxNorm, k) => clipCoefficient(gpu, { partials, count, maxNorm, out: clips[k] })),
     ]);
-    const want: number[] = [];
-    sizes.forEach((n, k) => {
-      for (let w = 0; w < parts[k]; w++) {
-        let s = 0;
-        for (let i = w * SUM_OF_SQUARES_CHUNK; i < Math.min(n, (w + 1) * SUM_OF_SQUARES_CHUNK); i++) s += grads[k][i] ** 2;
-        want.push(s);
-      }
-    });
+    const want = chunkSumsOfSquares(grads, sizes);
     want.push(12345);
     expectClose(await gpu.read(partials), want, 1e-6, 'sum of squares per chunk');
     const norm = Math.sqrt(want.slice(0, count).reduce((a, b) => a + b, 0));

@@ -8,7 +8,7 @@
 //   'workgroup'          tuning.subgroups off: the plain shader;
 // and only the last where it has none (the others are skipped, with a message).
 import { describe, expect, it } from 'vitest';
-import { lnBackwardRef, lnForwardRef } from './helpers/norm-reference';
+import { chunkSumsOfSquares, lnBackwardRef, lnForwardRef } from './helpers/norm-reference';
 import lnCode from '../shaders/layernorm.wgsl?raw';
 import rmsCode from '../shaders/rmsnorm.wgsl?raw';
 import softmaxCode from '../shaders/attention_prefix_softmax.wgsl?raw';
@@ -24,7 +24,7 @@ import { rmsNormForward, rmsNormBackward } from '../src/engine/kernels/rmsnorm';
 import { attentionSoftmaxForward, attentionSoftmaxBackward } from '../src/engine/kernels/attention-softmax';
 import { attentionPrefixSoftmaxForward, attentionPrefixSoftmaxBackward } from '../src/engine/kernels/attention-prefix-softmax';
 import { crossEntropy, crossEntropyThreads } from '../src/engine/kernels/cross-entropy';
-import { sumOfSquares, sumOfSquaresPartials, clipCoefficient, SUM_OF_SQUARES_CHUNK } from '../src/engine/kernels/grad-norm';
+import { sumOfSquares, sumOfSquaresPartials, clipCoefficient } from '../src/engine/kernels/grad-norm';
 
 const gpu = await testGpu();
 const HAS_SUBGROUPS = gpu.hasSubgroups;
@@ -402,14 +402,7 @@ describe('grad norm, subgroups vs workgroup memory', () => {
       at += parts[k];
     }
     await run(gpu, ops);
-    const want: number[] = [];
-    sizes.forEach((n, k) => {
-      for (let w = 0; w < parts[k]; w++) {
-        let s = 0;
-        for (let i = w * SUM_OF_SQUARES_CHUNK; i < Math.min(n, (w + 1) * SUM_OF_SQUARES_CHUNK); i++) s += grads[k][i] ** 2;
-        want.push(s);
-      }
-    });
+    const want = chunkSumsOfSquares(grads, sizes);
     expectClose(await gpu.read(partials), want, 1e-6, `sum of squares [${v}]`);
 
     const many = randArray(300, 610, 1).map(Math.abs);
