@@ -5,7 +5,8 @@
 // the variance (sum of squared deviations), which stays accurate when |mean| >> std.
 // (8 rows per workgroup with 32 threads each ran at two thirds of this speed on the H100: a
 // quarter of the threads, each with eight times the loads in sequence.)
-//   forward:  out = (x - mean) * rstd * weight + bias, and saves mean, rstd per row.
+//   forward:  out = (x - mean) * rstd * weight + bias, and saves mean, rstd per row;
+//             forward_copy also copies x to xCopy.
 //   backward: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dout * weight,
 //             xhat = (x - mean) * rstd. Weight and bias are frozen: no gradients for them.
 // Two variants (kernels/subgroups.ts): the row sums go through workgroup memory in a tree
@@ -24,6 +25,7 @@ struct Params { rows: u32, C: u32, eps: f32, accumulate: u32 }
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> meanOut: array<f32>;
 @group(0) @binding(6) var<storage, read_write> rstdOut: array<f32>;
+@group(0) @binding(7) var<storage, read_write> xCopy: array<f32>; // forward_copy only
 
 // backward bindings (an entry point may reuse binding numbers of variables it does not touch)
 @group(0) @binding(1) var<storage, read> bDout: array<f32>;
@@ -71,19 +73,8 @@ fn rowSum(v: vec2<f32>, lid: u32, sg: u32, at: u32) -> vec2<f32> {
 }
 // #endif
 
-@compute @workgroup_size(WG)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-// #if subgroups
-           @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
-// #endif
-           @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= params.rows) { return; }
-// #if subgroups
-  let sg = subgroupBlock(lid, sgSize, sgId, WG);
-// #else
-  let sg = 0u;
-// #endif
+// The forward of one row (every thread of the workgroup, uniform control flow).
+fn normalizeRow(row: u32, lid: u32, sg: u32) {
   let C = params.C;
   let base = row * C;
   var xs: array<f32, CACHED>;
@@ -115,6 +106,40 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     meanOut[row] = mean;
     rstdOut[row] = rstd;
   }
+}
+
+@compute @workgroup_size(WG)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+           @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
+           @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+// #if subgroups
+  normalizeRow(row, lid, subgroupBlock(lid, sgSize, sgId, WG));
+// #else
+  normalizeRow(row, lid, 0u);
+// #endif
+}
+
+// forward, and the row copied to xCopy: the residual stream carried on to the buffer the next
+// product accumulates into (kernels/layernorm.ts copyTo), in place of a copy pass.
+@compute @workgroup_size(WG)
+fn forward_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+// #if subgroups
+                @builtin(subgroup_size) sgSize: u32, @builtin(subgroup_invocation_id) sgId: u32,
+// #endif
+                @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+// #if subgroups
+  normalizeRow(row, lid, subgroupBlock(lid, sgSize, sgId, WG));
+// #else
+  normalizeRow(row, lid, 0u);
+// #endif
+  let base = row * params.C;
+  for (var c = lid; c < params.C; c += WG) { xCopy[base + c] = x[base + c]; }
 }
 
 @compute @workgroup_size(WG)

@@ -116,11 +116,20 @@ describe('layerNorm', () => {
     const tdout = gpu.tensorFrom(dout, [rows, C], 'dout');
     const dx = gpu.tensorFrom(randArray(rows * C, seed + 5, 50), [rows, C], 'dx');
     const dxAcc = gpu.tensorFrom(prior, [rows, C], 'dxAcc');
+    // the same forward carrying x on to copyTo (garbage before, 5 sentinels past rows x C)
+    const copyInit = randArray(rows * C + 5, seed + 6, 50);
+    const copy = gpu.tensorFrom(copyInit, [rows * C + 5], 'copy');
+    const out2 = gpu.tensor([rows, C], 'out2'), mean2 = gpu.tensor([rows], 'mean2'), rstd2 = gpu.tensor([rows], 'rstd2');
     let fwd = await bind(gpu, () => layerNormForward(gpu, { x: tx, weight: tw, bias: tb, out, mean, rstd, rows, C, eps }));
+    let fwdCopy = await bind(gpu, () => layerNormForward(gpu, { x: tx, weight: tw, bias: tb, out: out2, mean: mean2, rstd: rstd2, rows, C, eps, copyTo: copy }));
     let bwd = await bind(gpu, () => layerNormBackward(gpu, { dout: tdout, x: tx, weight: tw, mean, rstd, dx, rows, C, accumulate: false }));
     let bwdAcc = await bind(gpu, () => layerNormBackward(gpu, { dout: tdout, x: tx, weight: tw, mean, rstd, dx: dxAcc, rows, C, accumulate: true }));
-    if (opts.fold) [fwd, bwd, bwdAcc] = [fwd, bwd, bwdAcc].map((d) => folded(d, opts.fold![0], opts.fold![1]));
-    await run(gpu, [fwd, bwd, bwdAcc]);
+    if (opts.fold) [fwd, fwdCopy, bwd, bwdAcc] = [fwd, fwdCopy, bwd, bwdAcc].map((d) => folded(d, opts.fold![0], opts.fold![1]));
+    await run(gpu, [fwd, fwdCopy, bwd, bwdAcc]);
+    expect(Array.from(await gpu.read(out2)), 'copyTo: out as without it').toEqual(Array.from(await gpu.read(out)));
+    expect(Array.from(await gpu.read(mean2)), 'copyTo: mean as without it').toEqual(Array.from(await gpu.read(mean)));
+    expect(Array.from(await gpu.read(rstd2)), 'copyTo: rstd as without it').toEqual(Array.from(await gpu.read(rstd)));
+    expect(Array.from(await gpu.read(copy)), 'copyTo: x, then the untouched sentinels').toEqual([...x, ...copyInit.slice(rows * C)]);
     const ref = lnForwardRef(x, w, b, rows, C, eps);
     const tol = opts.tol ?? 1e-5;
     const what = `layernorm rows=${rows} C=${C}`;
@@ -159,6 +168,9 @@ describe('layerNorm', () => {
     const out = gpu.tensor([2, 8], 'out'), mean = gpu.tensor([2], 'mean'), rstd = gpu.tensor([2], 'rstd');
     expect(() => layerNormForward(gpu, { x, weight: w, bias: b, out, mean, rstd, rows: 3, C: 8, eps })).toThrow(/x has 16 elements/);
     expect(() => layerNormForward(gpu, { x, weight: w, bias: b, out: x, mean, rstd, rows: 2, C: 8, eps })).toThrow(/distinct/);
+    expect(() => layerNormForward(gpu, { x, weight: w, bias: b, out, mean, rstd, rows: 2, C: 8, eps, copyTo: out })).toThrow(/distinct/);
+    expect(() => layerNormForward(gpu, { x, weight: w, bias: b, out, mean, rstd, rows: 2, C: 8, eps, copyTo: x })).toThrow(/distinct/);
+    expect(() => layerNormForward(gpu, { x, weight: w, bias: b, out, mean, rstd, rows: 2, C: 8, eps, copyTo: gpu.tensor([15], 'short') })).toThrow(/copyTo has 15 elements/);
     expect(() => layerNormBackward(gpu, { dout: x, x, weight: w, mean, rstd, dx: x, rows: 2, C: 8, accumulate: false })).toThrow(/alias/);
   });
 });

@@ -65,13 +65,21 @@ describe('rmsNorm', () => {
     const tdout = gpu.tensorFrom(dout, [rows, C], 'dout');
     const dx = gpu.tensorFrom(randArray(rows * C, seed + 5, 50), [rows, C], 'dx');
     const dxAcc = gpu.tensorFrom(prior, [rows, C], 'dxAcc');
+    // the same forward carrying x on to copyTo (garbage before, 5 sentinels past rows x C)
+    const copyInit = randArray(rows * C + 5, seed + 6, 50);
+    const copy = gpu.tensorFrom(copyInit, [rows * C + 5], 'copy');
+    const out2 = gpu.tensor([rows, C], 'out2'), rstd2 = gpu.tensor([rows], 'rstd2');
     let ops = [
       await bind(gpu, () => rmsNormForward(gpu, { x: tx, weight: tw, out, rstd, rows, C, eps })),
+      await bind(gpu, () => rmsNormForward(gpu, { x: tx, weight: tw, out: out2, rstd: rstd2, rows, C, eps, copyTo: copy })),
       await bind(gpu, () => rmsNormBackward(gpu, { dout: tdout, x: tx, weight: tw, rstd, dx, rows, C, accumulate: false })),
       await bind(gpu, () => rmsNormBackward(gpu, { dout: tdout, x: tx, weight: tw, rstd, dx: dxAcc, rows, C, accumulate: true })),
     ];
     if (opts.fold) ops = ops.map((d) => folded(d, opts.fold![0], opts.fold![1]));
     await run(gpu, ops);
+    expect(Array.from(await gpu.read(out2)), 'copyTo: out as without it').toEqual(Array.from(await gpu.read(out)));
+    expect(Array.from(await gpu.read(rstd2)), 'copyTo: rstd as without it').toEqual(Array.from(await gpu.read(rstd)));
+    expect(Array.from(await gpu.read(copy)), 'copyTo: x, then the untouched sentinels').toEqual([...x, ...copyInit.slice(rows * C)]);
     const ref = rmsForwardRef(x, w, rows, C, eps);
     const what = `rmsnorm rows=${rows} C=${C} eps=${eps}`;
     // A product of f32 terms and one rstd per row: a few ulps per element, no cancellation.
@@ -118,6 +126,9 @@ describe('rmsNorm', () => {
     expect(() => rmsNormForward(gpu, { ...ok, rows: 3 })).toThrow(/x has 16 elements, need 24/);
     expect(() => rmsNormForward(gpu, { ...ok, C: 9, rows: 1 })).toThrow(/weight has 8 elements/);
     expect(() => rmsNormForward(gpu, { ...ok, out: x })).toThrow(/distinct/);
+    expect(() => rmsNormForward(gpu, { ...ok, copyTo: rstd })).toThrow(/copyTo has 2 elements, need 16/);
+    expect(() => rmsNormForward(gpu, { ...ok, copyTo: out })).toThrow(/distinct/);
+    expect(() => rmsNormForward(gpu, { ...ok, copyTo: x })).toThrow(/distinct/);
     expect(() => rmsNormForward(gpu, { ...ok, eps: 0 })).toThrow(/eps/);
     expect(() => rmsNormForward(gpu, { ...ok, rstd: gpu.tensor([1], 'short') })).toThrow(/rstd has 1 elements/);
     const bwd = { dout: out, x, weight: w, rstd, dx: gpu.tensor([2, 8], 'dx'), rows: 2, C: 8, accumulate: false };

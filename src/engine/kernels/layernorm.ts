@@ -15,6 +15,11 @@ export interface LayerNormForwardArgs {
   rows: number;
   C: number;
   eps: number;
+  /**
+   * Also copy x here ([rows, C]): the residual stream carried on to the buffer the next product
+   * accumulates into, in the norm's pass instead of a copy of its own.
+   */
+  copyTo?: Tensor;
 }
 
 export interface LayerNormBackwardArgs {
@@ -55,18 +60,19 @@ export function layerNormForward(gpu: Gpu, a: LayerNormForwardArgs): Dispatch {
   checkSize(what, 'bias', a.bias, a.C);
   checkSize(what, 'mean', a.mean, a.rows);
   checkSize(what, 'rstd', a.rstd, a.rows);
-  const outs = [a.out.buffer, a.mean.buffer, a.rstd.buffer];
-  if (new Set(outs).size !== 3 || outs.some((b) => b === a.x.buffer || b === a.weight.buffer || b === a.bias.buffer)) {
-    throw new Error(`${what}: out, mean and rstd must be distinct buffers, none of them an input`);
+  if (a.copyTo) checkSize(what, 'copyTo', a.copyTo, n);
+  const outs = [a.out.buffer, a.mean.buffer, a.rstd.buffer, ...(a.copyTo ? [a.copyTo.buffer] : [])];
+  if (new Set(outs).size !== outs.length || outs.some((b) => b === a.x.buffer || b === a.weight.buffer || b === a.bias.buffer)) {
+    throw new Error(`${what}: out, mean, rstd${a.copyTo ? ' and copyTo' : ''} must be distinct buffers, none of them an input`);
   }
   const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
     code: shader.code,
-    entryPoint: 'forward',
+    entryPoint: a.copyTo ? 'forward_copy' : 'forward',
     constants: shader.constants,
     params: [a.rows, a.C, f32(a.eps), 0],
-    buffers: [a.x, a.weight, a.bias, a.out, a.mean, a.rstd],
+    buffers: [a.x, a.weight, a.bias, a.out, a.mean, a.rstd, ...(a.copyTo ? [a.copyTo] : [])],
     workgroups: grid1d(a.rows, 1),
   });
 }

@@ -13,6 +13,11 @@ export interface RmsNormForwardArgs {
   rows: number;
   C: number;
   eps: number;
+  /**
+   * Also copy x here ([rows, C]): the residual stream carried on to the buffer the next product
+   * accumulates into, in the norm's pass instead of a copy of its own.
+   */
+  copyTo?: Tensor;
 }
 
 export interface RmsNormBackwardArgs {
@@ -54,17 +59,19 @@ export function rmsNormForward(gpu: Gpu, a: RmsNormForwardArgs): Dispatch {
   checkSize(what, 'out', a.out, n);
   checkSize(what, 'weight', a.weight, a.C);
   checkSize(what, 'rstd', a.rstd, a.rows);
-  if (a.out.buffer === a.rstd.buffer || [a.out, a.rstd].some((t) => t.buffer === a.x.buffer || t.buffer === a.weight.buffer)) {
-    throw new Error(`${what}: out and rstd must be distinct buffers, neither of them an input`);
+  if (a.copyTo) checkSize(what, 'copyTo', a.copyTo, n);
+  const outs = [a.out, a.rstd, ...(a.copyTo ? [a.copyTo] : [])].map((t) => t.buffer);
+  if (new Set(outs).size !== outs.length || outs.some((b) => b === a.x.buffer || b === a.weight.buffer)) {
+    throw new Error(`${what}: out, rstd${a.copyTo ? ' and copyTo' : ''} must be distinct buffers, none of them an input`);
   }
   const shader = reductionShader(gpu, code);
   return bindDispatch(gpu, {
     label: what,
     code: shader.code,
-    entryPoint: 'forward',
+    entryPoint: a.copyTo ? 'forward_copy' : 'forward',
     constants: { WG: workgroupSize(a.C), ...shader.constants },
     params: [a.rows, a.C, f32(a.eps), 0],
-    buffers: [a.x, a.weight, a.out, a.rstd],
+    buffers: [a.x, a.weight, a.out, a.rstd, ...(a.copyTo ? [a.copyTo] : [])],
     workgroups: grid1d(a.rows, 1),
   });
 }

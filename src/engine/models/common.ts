@@ -184,7 +184,3 @@ export function lmHeadAndLoss(
   ops.push(reduceSum(gpu, { x: losses, n: M, out: lossSum, outIndex: 0, accumulate: true }));
   return { ops, losses, lossSum, gradScale, logits };
 }
-
-export function copyOp(src: Tensor, dst: Tensor): Op {
-  return { kind: 'copy', src: src.buffer, srcOffset: 0, dst: dst.buffer, dstOffset: 0, size: Math.min(src.bytes, dst.bytes) };
-}

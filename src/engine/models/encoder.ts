@@ -33,6 +33,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
+import { copyOp } from '../kernels/copy';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
 import { activationBackward, activationForward, type HeadActivation } from '../kernels/relu-tanh';
@@ -600,7 +601,7 @@ export class EncoderClassifier {
       ops.push(...lin(n.o, C, C, a.ctx, attnBranch.branch, w.o, w.ob, false));
       ops.push(...peft!.branchForward!(attnBranch));
     } else {
-      ops.push({ kind: 'copy', src: h.buffer, srcOffset: 0, dst: a.a.buffer, dstOffset: 0, size: M * C * 4 });
+      ops.push(copyOp(gpu, h, a.a, M * C));
       ops.push(...lin(n.o, C, C, a.ctx, a.a, w.o, w.ob, true));
     }
     ops.push(layerNormForward(gpu, { x: a.a, weight: w.ln1w, bias: w.ln1b, out: a.h1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
@@ -612,7 +613,7 @@ export class EncoderClassifier {
       ops.push(...lin(n.ffnOut, F, C, a.g, ffnBranch.branch, w.f2, w.f2b, false));
       ops.push(...peft!.branchForward!(ffnBranch));
     } else {
-      ops.push({ kind: 'copy', src: a.h1.buffer, srcOffset: 0, dst: a.o.buffer, dstOffset: 0, size: M * C * 4 });
+      ops.push(copyOp(gpu, a.h1, a.o, M * C));
       ops.push(...lin(n.ffnOut, F, C, a.g, a.o, w.f2, w.f2b, true));
     }
     ops.push(layerNormForward(gpu, { x: a.o, weight: w.ln2w, bias: w.ln2b, out: hOut, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));

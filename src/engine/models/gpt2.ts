@@ -359,7 +359,11 @@ export class Gpt2 {
       const x = xs[l % 2], xOut = xs[(l + 1) % 2];
       const w = this.layers[l];
       const p = `transformer.h.${l}.`;
-      forward.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: T, C, eps }));
+      // (without a branch adapter, each norm also carries the residual stream on to the buffer
+      // the block's output projection accumulates into)
+      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
+      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
+      forward.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: T, C, eps, copyTo: attnBranch ? undefined : a.x2 }));
       forward.push(...this.linear(this.site(false, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, T), w.attnW, w.attnB, false, peft));
       const kv = { state, src: a.qkv, srcStride: 3 * C, rows: T, width: C, capacity: cache.capacity };
       forward.push(kvAppend(gpu, { ...kv, srcOffset: C, cache: cache.k[l] }), kvAppend(gpu, { ...kv, srcOffset: 2 * C, cache: cache.v[l] }));
@@ -367,23 +371,19 @@ export class Gpt2 {
         state, q: a.qkv, qStride: 3 * C, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores, out: a.ctx, outStride: C,
         rows: T, H, kvHeads: H, D, capacity: cache.capacity, scale: 1 / Math.sqrt(D),
       }));
-      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
       if (attnBranch) {
         forward.push(...this.linear(this.site(false, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, T), w.projW, w.projB, false, peft));
         forward.push(...peft!.branchForward!(attnBranch));
       } else {
-        forward.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: T * C * 4 });
         forward.push(...this.linear(this.site(false, `${p}attn.c_proj`, l, C, C, a.ctx, a.x2, T), w.projW, w.projB, true, peft));
       }
-      forward.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: T, C, eps }));
+      forward.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: T, C, eps, copyTo: mlpBranch ? undefined : xOut }));
       forward.push(...this.linear(this.site(false, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, T), w.fcW, w.fcB, false, peft));
       forward.push(geluForward(gpu, { x: a.fc, out: a.g, n: T * F }));
-      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
       if (mlpBranch) {
         forward.push(...this.linear(this.site(false, `${p}mlp.c_proj`, l, F, C, a.g, mlpBranch.branch, T), w.mprojW, w.mprojB, false, peft));
         forward.push(...peft!.branchForward!(mlpBranch));
       } else {
-        forward.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: T * C * 4 });
         forward.push(...this.linear(this.site(false, `${p}mlp.c_proj`, l, F, C, a.g, xOut, T), w.mprojW, w.mprojB, true, peft));
       }
     }
@@ -455,10 +455,14 @@ export class Gpt2 {
     const w = this.layers[l];
     const p = `transformer.h.${l}.`;
     const eps = this.dims.layer_norm_epsilon;
-    const bytes = M * C * 4;
     const ops: Op[] = [];
+    // (a bottleneck adapter on a branch: the projection's output goes to its own tensor, the adapter
+    // combines; without one, each norm also carries the residual stream on to the buffer the
+    // block's output projection accumulates into)
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     // attention block: x2 = x + c_proj(attn(c_attn(ln_1(x))))
-    ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps }));
+    ops.push(layerNormForward(gpu, { x, weight: w.ln1w, bias: w.ln1b, out: a.ln1, mean: a.mean1, rstd: a.rstd1, rows: M, C, eps, copyTo: attnBranch ? undefined : a.x2 }));
     ops.push(...this.linear(this.site(training, `${p}attn.c_attn`, l, C, 3 * C, a.ln1, a.qkv, M), w.attnW, w.attnB, false, peft));
     // Prefix tuning: each score row is [P prefix keys | T keys] (Tk columns), the prefix keys and
     // values read from the method's [P, ld] tensor, shared by the whole batch.
@@ -472,25 +476,20 @@ export class Gpt2 {
     } else {
       ops.push(...this.attentionForward(a.att!, a, lengths, pre, B, T, P, Tk, p));
     }
-    // (a bottleneck adapter on the branch: c_proj's output goes to its own tensor, the adapter combines)
-    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
       ops.push(...this.linear(this.site(training, `${p}attn.c_proj`, l, C, C, a.ctx, attnBranch.branch, M), w.projW, w.projB, false, peft));
       ops.push(...peft!.branchForward!(attnBranch));
     } else {
-      ops.push({ kind: 'copy', src: x.buffer, srcOffset: 0, dst: a.x2.buffer, dstOffset: 0, size: bytes });
       ops.push(...this.linear(this.site(training, `${p}attn.c_proj`, l, C, C, a.ctx, a.x2, M), w.projW, w.projB, true, peft));
     }
     // MLP block: xOut = x2 + c_proj(gelu(c_fc(ln_2(x2))))
-    ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps }));
+    ops.push(layerNormForward(gpu, { x: a.x2, weight: w.ln2w, bias: w.ln2b, out: a.ln2, mean: a.mean2, rstd: a.rstd2, rows: M, C, eps, copyTo: mlpBranch ? undefined : xOut }));
     ops.push(...this.linear(this.site(training, `${p}mlp.c_fc`, l, C, F, a.ln2, a.fc, M), w.fcW, w.fcB, false, peft));
     if (!this.geluInProjection(l, peft)) ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));
-    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     if (mlpBranch) {
       ops.push(...this.mlpProjForward(training, l, a, mlpBranch.branch, M, false, peft));
       ops.push(...peft!.branchForward!(mlpBranch));
     } else {
-      ops.push({ kind: 'copy', src: a.x2.buffer, srcOffset: 0, dst: xOut.buffer, dstOffset: 0, size: bytes });
       ops.push(...this.mlpProjForward(training, l, a, xOut, M, true, peft));
     }
     return ops;

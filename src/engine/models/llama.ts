@@ -19,7 +19,7 @@ import { flashAttentionBackward, flashAttentionForward, flashAttentionScratchEle
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
-import { TensorPool, branchSite, copyOp, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
@@ -404,7 +404,11 @@ export class Llama {
       const x = xs[l % 2], xOut = xs[(l + 1) % 2];
       const w = this.layers[l];
       const p = `model.layers.${l}.`;
-      forward.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: T, C, eps }));
+      // (without a branch adapter, each norm also carries the residual stream on to the buffer
+      // the block's output projection accumulates into)
+      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
+      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
+      forward.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: T, C, eps, copyTo: attnBranch ? undefined : a.x2 }));
       const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
       forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, T), w.q, w.qBias, false, peft));
       forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, T), w.k, w.kBias, false, peft));
@@ -421,24 +425,20 @@ export class Llama {
         state, q: a.q, qStride: H * D, qOffset: 0, kCache: cache.k[l], vCache: cache.v[l], scores, out: a.ctx, outStride: H * D,
         rows: T, H, kvHeads: KV, D, capacity: cache.capacity, scale: this.scale,
       }));
-      const attnBranch = branchSite(peft, l, 'attention', T, C, x, a.x2);
       if (attnBranch) {
         forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, T), w.o, w.oBias, false, peft));
         forward.push(...peft!.branchForward!(attnBranch));
       } else {
-        forward.push(copyOp(x, a.x2));
         forward.push(...linearForward(gpu, this.site(false, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, T), w.o, w.oBias, true, peft));
       }
-      forward.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: T, C, eps }));
+      forward.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: T, C, eps, copyTo: mlpBranch ? undefined : xOut }));
       forward.push(...linearForward(gpu, this.site(false, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, T), w.gate, w.gateBias, false, peft));
       forward.push(...linearForward(gpu, this.site(false, `${p}mlp.up_proj`, l, C, I, a.xn2, a.up, T), w.up, w.upBias, false, peft));
       forward.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: T, F: I }));
-      const mlpBranch = branchSite(peft, l, 'output', T, C, a.x2, xOut);
       if (mlpBranch) {
         forward.push(...linearForward(gpu, this.site(false, `${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, T), w.down, w.downBias, false, peft));
         forward.push(...peft!.branchForward!(mlpBranch));
       } else {
-        forward.push(copyOp(a.x2, xOut));
         forward.push(...linearForward(gpu, this.site(false, `${p}mlp.down_proj`, l, I, C, a.h, xOut, T), w.down, w.downBias, true, peft));
       }
     }
@@ -484,8 +484,13 @@ export class Llama {
     const p = `model.layers.${l}.`;
     const eps = this.config.rms_norm_eps;
     const ops: Op[] = [];
+    // (a bottleneck adapter on a branch: the projection's output goes to its own tensor, the adapter
+    // combines; without one, each norm also carries the residual stream on to the buffer the
+    // block's output projection accumulates into)
+    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
+    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     // attention block: x2 = x + o_proj(attn(rope(q), rope(k), v))
-    ops.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: M, C, eps }));
+    ops.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: M, C, eps, copyTo: attnBranch ? undefined : a.x2 }));
     const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
     ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
     ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
@@ -509,26 +514,21 @@ export class Llama {
     } else {
       ops.push(...this.attentionForward(a.att!, a, lengths, pre, B, T, p));
     }
-    // (a bottleneck adapter on the branch: o_proj's output goes to its own tensor, the adapter combines)
-    const attnBranch = branchSite(peft, l, 'attention', M, C, x, a.x2);
     if (attnBranch) {
       ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, M), w.o, w.oBias, false, peft));
       ops.push(...peft!.branchForward!(attnBranch));
     } else {
-      ops.push(copyOp(x, a.x2));
       ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, a.x2, M), w.o, w.oBias, true, peft));
     }
     // MLP block: xOut = x2 + down(silu(gate(xn2)) * up(xn2))
-    ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps }));
+    ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps, copyTo: mlpBranch ? undefined : xOut }));
     ops.push(...linearForward(gpu, this.site(training, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
     ops.push(...linearForward(gpu, this.site(training, `${p}mlp.up_proj`, l, C, I, a.xn2, a.up, M), w.up, w.upBias, false, peft));
     ops.push(swigluForward(gpu, { gate: a.gate, up: a.up, out: a.h, rows: M, F: I }));
-    const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     if (mlpBranch) {
       ops.push(...linearForward(gpu, this.site(training, `${p}mlp.down_proj`, l, I, C, a.h, mlpBranch.branch, M), w.down, w.downBias, false, peft));
       ops.push(...peft!.branchForward!(mlpBranch));
     } else {
-      ops.push(copyOp(a.x2, xOut));
       ops.push(...linearForward(gpu, this.site(training, `${p}mlp.down_proj`, l, I, C, a.h, xOut, M), w.down, w.downBias, true, peft));
     }
     return ops;

@@ -37,6 +37,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
+import { copyOp } from '../kernels/copy';
 import { add } from '../kernels/add';
 import { columnSum } from '../kernels/column-sum';
 import { activationBackward, activationForward } from '../kernels/relu-tanh';
@@ -301,7 +302,7 @@ export class BottleneckAdapters implements PeftMethod {
     ops.push(columnSum(g, { x: s.dz, out: m.downBias.grad, rows, N: bn, accumulate: true }));
     // du = d + dz Wd: the branch's gradient (Houlsby), or the sum's, which is also the residual's (Pfeiffer)
     if (u === site.branch) {
-      ops.push({ kind: 'copy', src: dOut.buffer, srcOffset: 0, dst: s.dBranch.buffer, dstOffset: 0, size: rows * C * 4 });
+      ops.push(copyOp(g, dOut, s.dBranch, rows * C));
       ops.push(matmul(g, { label: `${m.down.name}.dx`, a: s.dz, b: m.down.value, c: s.dBranch, M: rows, N: C, K: bn, accumulate: true }));
       return { ops, dBranch: s.dBranch };
     }
