@@ -954,3 +954,20 @@ describe('causal attention out of triangular products', () => {
     }
   });
 });
+
+describe('generated matmul shaders', () => {
+  it('are what scripts/gen-matmul-wide.mjs makes (edit the generator, then run it)', async () => {
+    const fs = await import('node:fs');
+    const path = await import('node:path');
+    const generator: string = path.join(__dirname, '..', 'scripts', 'gen-matmul-wide.mjs');
+    const gen = await import(generator);
+    const read = (name: string) => fs.readFileSync(path.join(__dirname, '..', 'shaders', `${name}.wgsl`), 'utf8');
+    const made: [string, string][] = [
+      ...gen.WIDE_VARIANTS.map((v: { name: string }) => [v.name, gen.wideMatmulWgsl(v)]),
+      ...gen.VEC4_VARIANTS.map((v: { name: string }) => [v.name, gen.vec4MatmulWgsl(v)]),
+      ...gen.STREAMK_VARIANTS.map((v: { name: string }) => [v.name, gen.vec4MatmulWgsl({ ...v, streamK: true })]),
+    ];
+    expect(made.length).toBe(9);
+    for (const [name, code] of made) expect(read(name), name).toBe(code);
+  });
+});
