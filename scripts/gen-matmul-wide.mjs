@@ -24,7 +24,7 @@ const PARAMS_STRUCT = `struct Params {
   M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
   offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32, groupB: u32,
 }
 `;
 const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
@@ -144,7 +144,7 @@ ${tiles}  if (TRIANGLE == 3u && tileN > tileM + ${BM - 1}u) { return; } // wholl
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
-  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
+  let baseB = params.offB + zOuter * params.batchB0 + (zInner / params.groupB) * params.batchB1;
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
 `;
 }
@@ -427,7 +427,7 @@ function streamKWgsl({ TM, TN, TK, BM, BN, bindings, staging, decl, loadsInit, k
 // workgroup covers whole is stored as the plain kernel stores it; a part of a tile goes unscaled to
 // parts[slot] (${BM}x${BN} floats, row-major; slot 2g: the first piece of workgroup g's range,
 // 2g + 1: its last), summed by shaders/matmul_streamk_fixup.wgsl (kernels/matmul.ts matmulStreamK).
-${PARAMS_STRUCT.replace('offPre: u32, ldPre: u32,\n', 'offPre: u32, ldPre: u32,\n  groups: u32, itersPerGroup: u32, kTiles: u32,\n')}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
+${PARAMS_STRUCT.replace('ldPre: u32, groupB: u32,\n', 'ldPre: u32, groupB: u32,\n  groups: u32, itersPerGroup: u32, kTiles: u32,\n')}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
 ${CHECKED_DOC}${GELU_DOC}${bindings}@group(0) @binding(6) var<storage, read_write> parts: array<vec4<f32>>;

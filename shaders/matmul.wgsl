@@ -56,6 +56,7 @@ struct Params {
   alpha: f32,
   offPre: u32,       // GELU_GRAD's pre-activation: element offset ...
   ldPre: u32,        // ... and row stride
+  groupB: u32,       // B's inner batch index is the inner index / groupB (grouped-query heads)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -147,7 +148,7 @@ fn main(
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
-  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
+  let baseB = params.offB + zOuter * params.batchB0 + (zInner / params.groupB) * params.batchB1;
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
   let mTile = rowTile * TILE;
   let nTile = colTile * TILE;

@@ -9,7 +9,7 @@ struct Params {
   M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
   offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32, groupB: u32,
   groups: u32, itersPerGroup: u32, kTiles: u32,
 }
 // A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].

@@ -7,7 +7,7 @@ struct Params {
   M: u32, N: u32, K: u32, tilesN: u32, tilesM: u32, batchCount: u32, batchInner: u32,
   offA: u32, offB: u32, offC: u32, strideAm: u32, strideAk: u32, strideBn: u32, strideBk: u32, ldc: u32,
   batchA0: u32, batchA1: u32, batchB0: u32, batchB1: u32, batchC0: u32, batchC1: u32,
-  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32,
+  kFastA: u32, kFastB: u32, accumulate: u32, hasBias: u32, alpha: f32, offPre: u32, ldPre: u32, groupB: u32,
 }
 // A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
@@ -162,7 +162,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
-  let baseB = params.offB + zOuter * params.batchB0 + zInner * params.batchB1;
+  let baseB = params.offB + zOuter * params.batchB0 + (zInner / params.groupB) * params.batchB1;
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
   var acc000 = vec4<f32>(0.0);
   var acc001 = vec4<f32>(0.0);

@@ -13,7 +13,7 @@ import type { Gpu } from '../src/engine/gpu/gpu';
 import type { Dispatch } from '../src/engine/gpu/dispatch';
 import type { Tensor } from '../src/engine/gpu/tensor';
 import {
-  flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, flashAttentionTiles, FLASH_EMPTY_LSE,
+  flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, flashAttentionTiles, FLASH_EMPTY_LSE, groupedHeadSum,
   type FlashAttentionShape, type FlashTile,
 } from '../src/engine/kernels/flash-attention';
 
@@ -460,5 +460,34 @@ describe('flash attention support and arguments', () => {
     const separate = { ...bwd, dk: f(rows * kvHeads * D, 'dk'), offsetDK: 0, lddk: kvHeads * D, dv: f(rows * kvHeads * D, 'dv'), offsetDV: 0, lddv: kvHeads * D };
     expect(() => flashAttentionBackward(withEightBindings(gpu), separate)).toThrow(/needs 9 storage buffers per stage, this device allows 8/);
     expect(() => flashAttentionBackward(withEightBindings(gpu), { ...separate, dkvScratch: scratch })).not.toThrow();
+  });
+});
+
+describe('groupedHeadSum (per-query-head dK / dV summed over each key/value head\'s group)', () => {
+  it('sums each group\'s heads into a strided, offset output and leaves the rest; refuses what does not fit', async () => {
+    const gpu = await testGpu();
+    const [rows, H, KV, D] = [7, 6, 2, 5];
+    const G = H / KV, W = KV * D, ldOut = W + 3, offPart = 4, offOut = 2;
+    const part = randArray(offPart + rows * H * D, 41), out0 = randArray(offOut + rows * ldOut + 1, 42);
+    const tPart = gpu.tensorFrom(part, [part.length], 'part'), tOut = gpu.tensorFrom(out0, [out0.length], 'out');
+    await run(gpu, [groupedHeadSum(gpu, { label: 'sum', part: tPart, offPart, out: tOut, offOut, ldOut, rows, H, kvHeads: KV, D })]);
+    const want = Float64Array.from(out0);
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < KV; g++) {
+        for (let d = 0; d < D; d++) {
+          let s = 0;
+          for (let j = 0; j < G; j++) s += part[offPart + r * H * D + (g * G + j) * D + d];
+          want[offOut + r * ldOut + g * D + d] = s;
+        }
+      }
+    }
+    const got = await gpu.read(tOut);
+    for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i]), `element ${i}`).toBeLessThan(1e-6 * (1 + Math.abs(want[i])));
+    const ok = { label: 'sum', part: tPart, offPart, out: tOut, offOut, ldOut, rows, H, kvHeads: KV, D };
+    expect(() => groupedHeadSum(gpu, { ...ok, kvHeads: 4 })).toThrow(/kvHeads dividing H/);
+    expect(() => groupedHeadSum(gpu, { ...ok, ldOut: W - 1 })).toThrow(/ldOut = 9 must be at least kvHeads \* D = 10/);
+    expect(() => groupedHeadSum(gpu, { ...ok, rows: 8 })).toThrow(/part \(part\) has 214 elements, need 244/);
+    expect(() => groupedHeadSum(gpu, { ...ok, offOut: 7 })).toThrow(/out \(out\) has 94 elements, need 95/);
+    expect(() => groupedHeadSum(gpu, { ...ok, out: tPart })).toThrow(/must not alias/);
   });
 });

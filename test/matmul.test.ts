@@ -109,6 +109,19 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
   it('computes attention scores and attention-times-values straight out of a packed qkv buffer', async () => {
     const gpu = await testGpu();
     gpu.tuning.matmul = tile;
+    // grouped-query heads: 4 query heads over 2 key heads, scores for every head in one product
+    {
+      const [B, T, H, KV, hd] = [2, 21, 4, 2, 8];
+      await check(
+        gpu,
+        {
+          M: T, N: T, K: hd, transB: true, lda: H * hd, ldb: KV * hd, alpha: 0.5,
+          batch: { outer: B, inner: H, groupB: H / KV, strideA: [T * H * hd, hd], strideB: [T * KV * hd, hd], strideC: [H * T * T, T * T] },
+        },
+        { a: B * T * H * hd, b: B * T * KV * hd, c: B * H * T * T },
+        'grouped-query scores',
+      );
+    }
     const [B, T, H, hd] = [2, 37, 3, 8];
     const C = H * hd;
     const qkvSize = B * T * 3 * C;
@@ -176,6 +189,17 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
       { a: 6 * M * K, b: N * K, c: 6 * M * N },
       'broadcast B',
     );
+    // groupB: 6 inner entries over 2 B's (3 each, as grouped-query heads over their key/value head),
+    // and 5 over 3 (the last group short)
+    for (const [inner, groupB] of [[6, 3], [5, 2]]) {
+      const groups = Math.ceil(inner / groupB);
+      await check(
+        gpu,
+        { M, N, K, transB: true, batch: { outer: 2, inner, groupB, strideA: [inner * M * K, M * K], strideB: [groups * N * K + 3, N * K], strideC: [inner * M * N, M * N] } },
+        { a: 2 * inner * M * K, b: 2 * (groups * N * K + 3), c: 2 * inner * M * N },
+        `groupB ${inner}/${groupB}`,
+      );
+    }
   });
 
   it('is right on a larger problem that spans many workgroups', async () => {
@@ -251,7 +275,11 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
       [{ batch: { outer: 2, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [30, 0] } }, /c \(c, 30 elements\) would be read\/written at index 59/],
       [{ batch: { outer: 1, inner: 0, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } }, /batch outer\/inner/],
       [{ batch: { outer: 1, inner: 2, strideA: [0, -4], strideB: [0, 0], strideC: [0, 0] } }, /batch.strideA/],
+      [{ batch: { outer: 1, inner: 2, groupB: 0, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } }, /batch.groupB must be a positive integer/],
+      // B's last group is inner entry 2 / 2 = 1: 20 elements past offset 0 do not hold it; with groupB 3 they do
+      [{ batch: { outer: 1, inner: 3, groupB: 2, strideA: [0, 0], strideB: [0, 20], strideC: [0, 0] } }, /b \(b, 20 elements\) would be read\/written at index 39/],
     ];
+    expect(() => matmul(gpu, { ...ok, batch: { outer: 1, inner: 3, groupB: 3, strideA: [0, 0], strideB: [0, 20], strideC: [0, 0] } })).not.toThrow();
     for (const [patch, re] of bad) {
       expect(() => matmul(gpu, { ...ok, ...patch }), JSON.stringify(patch)).toThrow(re);
     }
@@ -319,6 +347,19 @@ describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul ke
       const mA = M * K + 4, mB = K * N + 8, mC = M * N + 9;
       const batch: MatmulBatch = { outer: 3, inner: 2, strideA: [2 * mA + 8, mA], strideB: [2 * mB + 4, mB], strideC: [2 * mC + 5, mC] };
       await checkVec4(gpu, { M, N, K, transA, transB, batch }, { a: 3 * batch.strideA[0], b: 3 * batch.strideB[0], c: 3 * batch.strideC[0] }, `vec4 batched tA=${transA} tB=${transB}`);
+    }
+    // grouped-query heads: 4 query heads over 2 key heads, scores for every head in one product
+    {
+      const [B, T, H, KV, hd] = [2, 21, 4, 2, 8];
+      await checkVec4(
+        gpu,
+        {
+          M: T, N: T, K: hd, transB: true, lda: H * hd, ldb: KV * hd, alpha: 0.5,
+          batch: { outer: B, inner: H, groupB: H / KV, strideA: [T * H * hd, hd], strideB: [T * KV * hd, hd], strideC: [H * T * T, T * T] },
+        },
+        { a: B * T * H * hd, b: B * T * KV * hd, c: B * H * T * T },
+        'vec4 grouped-query scores',
+      );
     }
     const [B, T, H, hd] = [2, 37, 3, 8];
     const C = H * hd;

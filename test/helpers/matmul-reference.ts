@@ -33,7 +33,7 @@ export function matmulReference(
   for (let z = 0; z < batch.outer * batch.inner; z++) {
     const zo = Math.floor(z / batch.inner), zi = z % batch.inner;
     const offA = (k.offsetA ?? 0) + zo * batch.strideA[0] + zi * batch.strideA[1];
-    const offB = (k.offsetB ?? 0) + zo * batch.strideB[0] + zi * batch.strideB[1];
+    const offB = (k.offsetB ?? 0) + zo * batch.strideB[0] + Math.floor(zi / (batch.groupB ?? 1)) * batch.strideB[1];
     const offC = (k.offsetC ?? 0) + zo * batch.strideC[0] + zi * batch.strideC[1];
     for (let m = 0; m < M; m++) {
       for (let n = 0; n < N; n++) {

@@ -410,14 +410,9 @@ export function flashAttentionBackward(gpu: Gpu, a: FlashAttentionBackwardArgs):
       buffers: [a.lengths, a.lse, a.delta, a.q, a.k, a.v, a.dout, scratch!],
       workgroups: foldGrid(gpu, a.B * a.H * nKB, what),
     }));
-    const W = a.kvHeads * a.D, n = a.B * a.T * W;
     for (const [name, x, offPart] of [['dk', dK, 0], ['dv', dV, half]] as const) {
-      dkdvOps.push(bindDispatch(gpu, {
-        label: `${what}[${name} group sum]`,
-        code: reduceCode,
-        params: [n, W, a.D, G, offPart, x.off, x.ld],
-        buffers: [scratch!, x.t],
-        workgroups: grid1d(n),
+      dkdvOps.push(groupedHeadSum(gpu, {
+        label: `${what}[${name} group sum]`, part: scratch!, offPart, out: x.t, offOut: x.off, ldOut: x.ld, rows: a.B * a.T, H: a.H, kvHeads: a.kvHeads, D: a.D,
       }));
     }
   } else {
@@ -439,4 +434,26 @@ export function flashAttentionBackward(gpu: Gpu, a: FlashAttentionBackwardArgs):
     workgroups: foldGrid(gpu, a.B * a.H * nQB, what),
   });
   return [prep, ...dkdvOps, dq];
+}
+
+/**
+ * out[offOut + r*ldOut + g*D + d] = the sum over the G = H / kvHeads query heads h of group g of
+ * part[offPart + r*H*D + h*D + d], for rows r < rows, g < kvHeads, d < D (written, not
+ * accumulated; shaders/flash_attention_backward_reduce.wgsl): the grouped-query sum of dK or dV
+ * made per query head (flash attention's split dK/dV kernel, the T x T path's batched products).
+ */
+export function groupedHeadSum(gpu: Gpu, a: {
+  label: string; part: Tensor; offPart?: number; out: Tensor; offOut?: number; ldOut: number; rows: number; H: number; kvHeads: number; D: number;
+}): Dispatch {
+  const offPart = a.offPart ?? 0, offOut = a.offOut ?? 0;
+  const G = a.H / a.kvHeads, W = a.kvHeads * a.D, n = a.rows * W;
+  const fail = (msg: string): never => {
+    throw new Error(`${a.label}: ${msg}`);
+  };
+  if (![a.rows, a.H, a.kvHeads, a.D].every((v) => Number.isInteger(v) && v > 0) || !Number.isInteger(G)) fail(`rows, H, kvHeads, D must be positive integers with kvHeads dividing H (got ${a.rows}, ${a.H}, ${a.kvHeads}, ${a.D})`);
+  if (a.ldOut < W) fail(`ldOut = ${a.ldOut} must be at least kvHeads * D = ${W}`);
+  if (offPart + a.rows * a.H * a.D > a.part.size) fail(`part (${a.part.label}) has ${a.part.size} elements, need ${offPart + a.rows * a.H * a.D}`);
+  if (offOut + (a.rows - 1) * a.ldOut + W > a.out.size) fail(`out (${a.out.label}) has ${a.out.size} elements, need ${offOut + (a.rows - 1) * a.ldOut + W}`);
+  if (a.part.buffer === a.out.buffer) fail('out must not alias part');
+  return bindDispatch(gpu, { label: a.label, code: reduceCode, params: [n, W, a.D, G, offPart, offOut, a.ldOut], buffers: [a.part, a.out], workgroups: grid1d(n) });
 }

@@ -42,6 +42,12 @@ export interface MatmulBatch {
   strideA: [number, number];
   strideB: [number, number];
   strideC: [number, number];
+  /**
+   * B's inner index is floor(inner index / groupB) (default 1: the inner index itself), so groupB
+   * consecutive inner entries share one B: grouped-query attention's query heads over their key /
+   * value head, every head of a layer in one dispatch.
+   */
+  groupB?: number;
 }
 
 export interface MatmulArgs {
@@ -314,16 +320,18 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   for (const [name, s] of [['strideA', batch.strideA], ['strideB', batch.strideB], ['strideC', batch.strideC]] as const) {
     if (s.length !== 2 || !isIndex(s[0]) || !isIndex(s[1])) fail(`batch.${name} = [${s}] must be two non-negative integers`);
   }
+  const groupB = batch.groupB ?? 1;
+  if (!isCount(groupB) || groupB >= U32_LIMIT) fail(`batch.groupB must be a positive integer (got ${groupB})`);
   const batchCount = batch.outer * batch.inner;
 
-  // Largest element index each operand touches, over all batch entries.
-  const lastIndex = (off: number, s: [number, number], rows: number, cols: number, ld: number) =>
-    off + (batch.outer - 1) * s[0] + (batch.inner - 1) * s[1] + (rows - 1) * ld + (cols - 1);
+  // Largest element index each operand touches, over all batch entries (the last inner index of B: its group's).
+  const lastIndex = (off: number, s: [number, number], rows: number, cols: number, ld: number, lastInner = batch.inner - 1) =>
+    off + (batch.outer - 1) * s[0] + lastInner * s[1] + (rows - 1) * ld + (cols - 1);
   const check = (name: string, t: Tensor, last: number) => {
     if (last >= t.size) fail(`${name} (${t.label}, ${t.size} elements) would be read/written at index ${last}`);
   };
   check('a', a, lastIndex(offA, batch.strideA, rowsA, colsA, lda));
-  check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb));
+  check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb, Math.floor((batch.inner - 1) / groupB)));
   check('c', c, lastIndex(offC, batch.strideC, M, N, ldc));
   const gelu = geluOptions(args, M, N, batchCount, fail);
   const fused = Object.keys(gelu.constants).length > 0;
@@ -361,7 +369,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     if ([a, b, c, bias, gelu.pre].some((t) => t?.buffer === scratch.buffer)) fail('the stream-K scratch must not alias an operand');
     const params = [
       M, N, K, plan.tilesN, plan.tilesM, 1, 1, offA, offB, offC, sAm, sAk, sBn, sBk, ldc, 0, 0, 0, 0, 0, 0,
-      transA ? 0 : 1, transB ? 1 : 0, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre,
+      transA ? 0 : 1, transB ? 1 : 0, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre, 1,
       plan.groups, plan.itersPerGroup, plan.kTiles,
     ];
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, kernel.rows, kernel.cols), ...gelu.constants };
@@ -402,6 +410,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     bias ? 1 : 0,
     f32(alpha),
     gelu.offPre, gelu.ldPre,
+    groupB,
   ];
   // TRIANGLE, GELU_A and GELU_GRAD only when set: the plain products keep their pipelines (and the pipeline cache's keys)
   const tri: Record<string, number> = { ...(triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {}), ...gelu.constants };

@@ -15,7 +15,7 @@ import { ropeBackward, ropeForward } from '../kernels/rope';
 import { swigluBackward, swigluForward } from '../kernels/swiglu';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
-import { flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
+import { flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, groupedHeadSum, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
@@ -192,6 +192,7 @@ export class Llama {
         ['dqPre', M * H * D, qk], ['dkPre', M * KV * D, qk],
         ['dctx', M * H * D, true], ['dP', scores, !flash], ['delta', B * H * T, flash],
         ['dkvScratch', flashAttentionScratchElements(B, T, H, D), flash && this.flashScratch()],
+        ['headGrads', M * H * D, !flash && KV < H],
         ['dh', M * I, true], ['dgate', M * I, true], ['dup', M * I, true],
       ];
       for (const [label, elements, made] of per) if (made) out.push({ label, elements });
@@ -331,6 +332,7 @@ export class Llama {
         dctx: t([M, H * D], 'dctx'),
         ...(flash ? { dP: null, delta: t([B * H * T], 'delta') } : { dP: t([B * H, T, P + T], 'dP'), delta: null }),
         dkvScratch: flash && this.flashScratch() ? t([flashAttentionScratchElements(B, T, H, D)], 'dkvScratch') : null,
+        headGrads: !flash && KV < H ? t([M, H * D], 'headGrads') : null,
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
       };
       // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
@@ -471,10 +473,30 @@ export class Llama {
     return { module, layer, inFeatures: inF, outFeatures: outF, rows, x, y, weightLayout: 'out_in', training, splitKScratch: this.splitKScratch };
   }
 
-  /** Attention matmuls for grouped-query heads: head h = g*G + j reads KV head g. One dispatch per j. */
+  /**
+   * The attention products that sum over a group's query heads into one key/value head's gradient
+   * (dK, dV and the prefix's): head h = g*G + j reads KV head g, one dispatch per j (each j
+   * accumulating into what j - 1 left; one dispatch for all would race). The others take every
+   * head at once (kernels/matmul.ts MatmulBatch.groupB).
+   */
   private perGroup(fn: (j: number) => Op): Op[] {
     const G = this.H / this.KV;
     return Array.from({ length: G }, (_, j) => fn(j));
+  }
+
+  /**
+   * dK or dV of the T x T path into `out` [M, KV*D]: with s.headGrads (grouped-query heads), one
+   * product for every (batch, query head) into it, [M, H*D], then each group's sum
+   * (groupedHeadSum); without (one query head per key/value head), straight into out.
+   * product(c, ldc, j, perHead) makes the product for group member j (perHead: for every head).
+   */
+  private headsIntoGroups(s: Scratch, name: string, p: string, out: Tensor, product: (c: Tensor, ldc: number, j: number, perHead: boolean) => Op): Op[] {
+    const { H, KV, D } = this;
+    if (!s.headGrads) return this.perGroup((j) => product(out, KV * D, j, false));
+    return [
+      product(s.headGrads, H * D, 0, true),
+      groupedHeadSum(this.gpu, { label: `${p}attn.${name}[group sum]`, part: s.headGrads, out, ldOut: KV * D, rows: s.headGrads.shape[0], H, kvHeads: KV, D }),
+    ];
   }
 
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
@@ -544,30 +566,31 @@ export class Llama {
     // products skip the masked half (kernels/matmul.ts triangle): scores only below the diagonal
     // (tiles wholly above it stay stale; the softmax never reads them and writes P = 0 there),
     // P V only over the keys up to each row tile's last query
+    // (every (batch, query head) in one product, head h reading key/value head h / G: groupB)
     if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_scores`, a: a.q, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
-        c: att, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
-        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
-      })));
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_scores`, a: a.q, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
+        c: att, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
     }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, offsetA: j * D, lda: H * D, b: a.k, ldb: KV * D, transB: true,
-      c: att, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
-    })));
+    ops.push(matmul(gpu, {
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, lda: H * D, b: a.k, ldb: KV * D, transB: true,
+      c: att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
+    }));
     if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, P, scale: this.scale, causal: true }));
     else ops.push(attentionSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, scale: this.scale, causal: true }));
     if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_pv`, a: att, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: P,
-        batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [0, D], strideC: [T * H * D, G * D] },
-      })));
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_pv`, a: att, lda: Tk, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, c: a.ctx, ldc: H * D, M: T, N: D, K: P,
+        batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * H * D, D] },
+      }));
     }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: j * T * Tk + P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, offsetC: j * D, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
-      batch: { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
-    })));
+    ops.push(matmul(gpu, {
+      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, D] },
+    }));
     return ops;
   }
 
@@ -583,18 +606,18 @@ export class Llama {
     // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
     // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
     if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_dP`, a: s.dctx, offsetA: j * D, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, offsetC: j * T * Tk, ldc: Tk, M: T, N: P, K: D,
-        batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [0, D], strideC: [H * T * Tk, G * T * Tk] },
-      })));
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_dP`, a: s.dctx, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, ldc: Tk, M: T, N: P, K: D,
+        batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+      }));
     }
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, offsetA: j * D, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: j * T * Tk + P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: KV, strideA: [T * H * D, G * D], strideB: [T * KV * D, D], strideC: [H * T * Tk, G * T * Tk] },
-    })));
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c: s.dv, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
-      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
+    }));
+    ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, (c, ldc, j, perHead) => matmul(gpu, {
+      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c, ldc, M: T, N: D, K: T, accumulate: j > 0,
+      batch: perHead ? { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] } : { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
     if (pre) {
       for (let b = 0; b < B; b++) {
@@ -609,19 +632,19 @@ export class Llama {
       ops.push(attentionSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, scale: this.scale, causal: true }));
     }
     // dQ = dS K ; dK = sum over the group of dS^T Q
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: j * T * Tk + P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: T,
-      batch: { ...batchPT, strideB: [T * KV * D, D], strideC: [T * H * D, G * D] },
-    })));
-    ops.push(...this.perGroup((j) => matmul(gpu, {
-      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c: s.dk, ldc: KV * D, M: T, N: D, K: T, accumulate: j > 0,
-      batch: { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    ops.push(matmul(gpu, {
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, ldc: H * D, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, D] },
+    }));
+    ops.push(...this.headsIntoGroups(s, 'dK', p, s.dk, (c, ldc, j, perHead) => matmul(gpu, {
+      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c, ldc, M: T, N: D, K: T, accumulate: j > 0,
+      batch: perHead ? { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] } : { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
     })));
     if (pre) {
-      ops.push(...this.perGroup((j) => matmul(gpu, {
-        label: `${p}attn.prefix_dQ`, a: dP, offsetA: j * T * Tk, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, offsetC: j * D, ldc: H * D, M: T, N: D, K: P, accumulate: true,
-        batch: { ...batchPT, strideB: [0, D], strideC: [T * H * D, G * D] },
-      })));
+      ops.push(matmul(gpu, {
+        label: `${p}attn.prefix_dQ`, a: dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, ldc: H * D, M: T, N: D, K: P, accumulate: true,
+        batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * H * D, D] },
+      }));
       for (let b = 0; b < B; b++) {
         ops.push(...this.perGroup((j) => matmul(gpu, {
           label: `${p}attn.prefix_dK`, a: dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * H * D + j * D, ldb: H * D,
@@ -709,5 +732,7 @@ interface Scratch {
   delta: Tensor | null;
   /** flash attention's per-query-head dK/dV partial sums (Llama.flashScratch) */
   dkvScratch: Tensor | null;
+  /** The T x T path's per-query-head dK and dV before their group sums, [M, H*D] (grouped-query heads only). */
+  headGrads: Tensor | null;
   dh: Tensor; dgate: Tensor; dup: Tensor;
 }
