@@ -46,6 +46,17 @@ const SHAPES: [number, number, number][] = [
   [1, 200, 33],
   [77, 1, 40],
 ];
+/** Grouped-query attention's scores: 4 query heads over 2 key heads, every (sequence, head) in one product (MatmulBatch.groupB). */
+const GQA_SCORES: { k: Case; sizes: { a: number; b: number; c: number } } = (() => {
+  const [B, T, H, KV, hd] = [2, 21, 4, 2, 8];
+  return {
+    k: {
+      M: T, N: T, K: hd, transB: true, lda: H * hd, ldb: KV * hd, alpha: 0.5,
+      batch: { outer: B, inner: H, groupB: H / KV, strideA: [T * H * hd, hd], strideB: [T * KV * hd, hd], strideC: [H * T * T, T * T] },
+    },
+    sizes: { a: B * T * H * hd, b: B * T * KV * hd, c: B * H * T * T },
+  };
+})();
 const TRANSPOSES: [boolean, boolean][] = [
   [false, false],
   [true, false],
@@ -109,19 +120,7 @@ describe.each(['64x64', '128x128', '128x64', '64x128', 'db64x64'] as const)('mat
   it('computes attention scores and attention-times-values straight out of a packed qkv buffer', async () => {
     const gpu = await testGpu();
     gpu.tuning.matmul = tile;
-    // grouped-query heads: 4 query heads over 2 key heads, scores for every head in one product
-    {
-      const [B, T, H, KV, hd] = [2, 21, 4, 2, 8];
-      await check(
-        gpu,
-        {
-          M: T, N: T, K: hd, transB: true, lda: H * hd, ldb: KV * hd, alpha: 0.5,
-          batch: { outer: B, inner: H, groupB: H / KV, strideA: [T * H * hd, hd], strideB: [T * KV * hd, hd], strideC: [H * T * T, T * T] },
-        },
-        { a: B * T * H * hd, b: B * T * KV * hd, c: B * H * T * T },
-        'grouped-query scores',
-      );
-    }
+    await check(gpu, GQA_SCORES.k, GQA_SCORES.sizes, 'grouped-query scores');
     const [B, T, H, hd] = [2, 37, 3, 8];
     const C = H * hd;
     const qkvSize = B * T * 3 * C;
@@ -348,19 +347,7 @@ describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul ke
       const batch: MatmulBatch = { outer: 3, inner: 2, strideA: [2 * mA + 8, mA], strideB: [2 * mB + 4, mB], strideC: [2 * mC + 5, mC] };
       await checkVec4(gpu, { M, N, K, transA, transB, batch }, { a: 3 * batch.strideA[0], b: 3 * batch.strideB[0], c: 3 * batch.strideC[0] }, `vec4 batched tA=${transA} tB=${transB}`);
     }
-    // grouped-query heads: 4 query heads over 2 key heads, scores for every head in one product
-    {
-      const [B, T, H, KV, hd] = [2, 21, 4, 2, 8];
-      await checkVec4(
-        gpu,
-        {
-          M: T, N: T, K: hd, transB: true, lda: H * hd, ldb: KV * hd, alpha: 0.5,
-          batch: { outer: B, inner: H, groupB: H / KV, strideA: [T * H * hd, hd], strideB: [T * KV * hd, hd], strideC: [H * T * T, T * T] },
-        },
-        { a: B * T * H * hd, b: B * T * KV * hd, c: B * H * T * T },
-        'vec4 grouped-query scores',
-      );
-    }
+    await checkVec4(gpu, GQA_SCORES.k, GQA_SCORES.sizes, 'vec4 grouped-query scores');
     const [B, T, H, hd] = [2, 37, 3, 8];
     const C = H * hd;
     const qkvSize = B * T * 3 * C;

@@ -474,10 +474,10 @@ export class Llama {
   }
 
   /**
-   * The attention products that sum over a group's query heads into one key/value head's gradient
-   * (dK, dV and the prefix's): head h = g*G + j reads KV head g, one dispatch per j (each j
-   * accumulating into what j - 1 left; one dispatch for all would race). The others take every
-   * head at once (kernels/matmul.ts MatmulBatch.groupB).
+   * The prefix's dK and dV (summed over the batch and a group's query heads into the prefix's
+   * rows): head h = g*G + j reads KV head g, one dispatch per j, each accumulating into what j - 1
+   * left (one dispatch for all would race). The other attention products take every head at once
+   * (kernels/matmul.ts MatmulBatch.groupB; headsIntoGroups).
    */
   private perGroup(fn: (j: number) => Op): Op[] {
     const G = this.H / this.KV;
@@ -485,16 +485,15 @@ export class Llama {
   }
 
   /**
-   * dK or dV of the T x T path into `out` [M, KV*D]: with s.headGrads (grouped-query heads), one
-   * product for every (batch, query head) into it, [M, H*D], then each group's sum
-   * (groupedHeadSum); without (one query head per key/value head), straight into out.
-   * product(c, ldc, j, perHead) makes the product for group member j (perHead: for every head).
+   * dK or dV of the T x T path into `out` [M, KV*D]: product(c) makes it for every (sequence, query
+   * head) into c [M, H*D]. With one query head per key/value head that is out itself; with
+   * grouped-query heads it is s.headGrads, then each group's sum (groupedHeadSum) goes to out.
    */
-  private headsIntoGroups(s: Scratch, name: string, p: string, out: Tensor, product: (c: Tensor, ldc: number, j: number, perHead: boolean) => Op): Op[] {
+  private headsIntoGroups(s: Scratch, name: string, p: string, out: Tensor, product: (c: Tensor) => Op): Op[] {
     const { H, KV, D } = this;
-    if (!s.headGrads) return this.perGroup((j) => product(out, KV * D, j, false));
+    if (!s.headGrads) return [product(out)];
     return [
-      product(s.headGrads, H * D, 0, true),
+      product(s.headGrads),
       groupedHeadSum(this.gpu, { label: `${p}attn.${name}[group sum]`, part: s.headGrads, out, ldOut: KV * D, rows: s.headGrads.shape[0], H, kvHeads: KV, D }),
     ];
   }
@@ -602,7 +601,6 @@ export class Llama {
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
     const P = pre?.tokens ?? 0, Tk = P + T;
-    const batchPT = { outer: B, inner: KV, strideA: [H * T * Tk, G * T * Tk] as [number, number] };
     // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
     // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
     if (pre) {
@@ -615,9 +613,9 @@ export class Llama {
       label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
     }));
-    ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, (c, ldc, j, perHead) => matmul(gpu, {
-      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: s.dctx, offsetB: j * D, ldb: H * D, c, ldc, M: T, N: D, K: T, accumulate: j > 0,
-      batch: perHead ? { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] } : { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, (c) => matmul(gpu, {
+      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: H * D, c, ldc: H * D, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] },
     })));
     if (pre) {
       for (let b = 0; b < B; b++) {
@@ -636,9 +634,9 @@ export class Llama {
       label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, ldc: H * D, M: T, N: D, K: T,
       batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, D] },
     }));
-    ops.push(...this.headsIntoGroups(s, 'dK', p, s.dk, (c, ldc, j, perHead) => matmul(gpu, {
-      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: j * T * Tk + P, lda: Tk, transA: true, b: a.q, offsetB: j * D, ldb: H * D, c, ldc, M: T, N: D, K: T, accumulate: j > 0,
-      batch: perHead ? { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] } : { ...batchPT, strideB: [T * H * D, G * D], strideC: [T * KV * D, D] },
+    ops.push(...this.headsIntoGroups(s, 'dK', p, s.dk, (c) => matmul(gpu, {
+      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: P, lda: Tk, transA: true, b: a.q, ldb: H * D, c, ldc: H * D, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] },
     })));
     if (pre) {
       ops.push(matmul(gpu, {
