@@ -52,4 +52,22 @@ describe('training', () => {
     expect(evals.every(Number.isFinite)).toBe(true);
     trainer.destroy();
   });
+
+  it('stops with the GPU\'s own message when the device refuses a step, not with stale numbers', { timeout: 600_000 }, async () => {
+    const gpu = await testGpu();
+    const model = Gpt2.load(gpu, dims, weightSource(randomGpt2Weights(dims, 5), dims), 'random-gpt2');
+    const step = new StepUniforms(gpu);
+    const lora = new Lora(gpu, { r: 4, alpha: 8, dropout: 0, targetModules: ['c_attn'], useRslora: false }, model.linearModules(), step, rng(1));
+    const trainer = new Trainer(gpu, model, lora, memorizable(8, 12, 3), [], {
+      ...DEFAULT_TRAIN_CONFIG, batchSize: 4, gradAccumSteps: 1, totalSteps: 6, seqLen: 12, evalEvery: 0,
+    }, 0, step);
+    const reports: StepReport[] = [];
+    await trainer.run({ onStep: (r) => reports.push(r), shouldStop: () => trainer.step >= 2 });
+    expect(reports.length).toBe(2);
+    // a buffer the recorded step uses, destroyed under it: every later submit is a validation error
+    lora.params[0].grad.buffer.destroy();
+    await expect(trainer.run({ onStep: (r) => reports.push(r) })).rejects.toThrow(/GPU error in step 3: .*destroyed/i);
+    expect(reports.length).toBe(2);
+    expect(() => gpu.checkErrors()).not.toThrow(); // reported once, then cleared
+  });
 });

@@ -150,6 +150,9 @@ export class ClassifierTrainer {
           step, totalSteps: c.totalSteps, epoch, loss, lr: res.lr, gradNorm, tokens: res.tokens,
           tokensPerSecond: tokensDone / (elapsedMs / 1000), elapsedMs, etaMs: (elapsedMs / done) * (c.totalSteps - step),
         });
+      }).catch((e: unknown) => {
+        // a GPU error (the step's readback checks): the run stops with it, after the steps in flight
+        failure ??= e;
       }));
       if (pending.length >= this.inFlight) await pending.shift();
       if (failure) throw failure;

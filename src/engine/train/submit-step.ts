@@ -3,7 +3,7 @@
 // optimizer after the last, and the loss sum + gradient norm copied into a small staging buffer
 // that is read back asynchronously (the caller decides how many steps may run ahead).
 
-import type { Gpu } from '../gpu/gpu';
+import { GpuError, type Gpu } from '../gpu/gpu';
 import { encodeOps, type Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import type { StepUniforms } from '../kernels/step-uniforms';
@@ -29,8 +29,10 @@ export function mixSeed(seed: number, n: number): number {
 
 /**
  * Submits optimizer step `step` (0-based) over `batches` (its micro-batches) and resolves to the
- * mean loss per counted target and the gradient norm before clipping. `stagingPool` holds reusable
- * 8-byte MAP_READ buffers; a buffer goes back to it once read.
+ * mean loss per counted target and the gradient norm before clipping, or rejects with a GpuError:
+ * the step's own validation error (an error scope around its submits), or any other the device
+ * reported by then (Gpu.checkErrors). `stagingPool` holds reusable 8-byte MAP_READ
+ * buffers; a buffer goes back to it once read.
  */
 export function submitOptimizerStep<Batch>(a: {
   gpu: Gpu; program: StepProgram<Batch>; batches: Batch[]; validTargets: number; lr: number; step: number;
@@ -40,6 +42,8 @@ export function submitOptimizerStep<Batch>(a: {
   const scale = new Float32Array([1 / Math.max(1, a.validTargets)]);
   const staging = a.stagingPool.pop() ?? gpu.device.createBuffer({ size: 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'step-stats' });
   const last = batches.length - 1;
+  // the step's own validation errors (a refused submit leaves the readback below stale)
+  gpu.device.pushErrorScope('validation');
   batches.forEach((batch, j) => {
     p.write(batch);
     gpu.write(p.gradScale, scale);
@@ -60,10 +64,13 @@ export function submitOptimizerStep<Batch>(a: {
     }
     gpu.device.queue.submit([enc.finish()]);
   });
-  return staging.mapAsync(GPUMapMode.READ).then(() => {
+  const invalid = gpu.device.popErrorScope();
+  return Promise.all([staging.mapAsync(GPUMapMode.READ), invalid]).then(([, error]) => {
     const v = new Float32Array(staging.getMappedRange().slice(0));
     staging.unmap();
     a.stagingPool.push(staging);
+    if (error) throw new GpuError(`GPU error in step ${a.step + 1}: ${error.message.trim()}`);
+    gpu.checkErrors(); // anything else reported meanwhile, or a lost device
     return { loss: v[0] / Math.max(1, a.validTargets), gradNorm: v[1] };
   });
 }

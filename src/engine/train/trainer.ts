@@ -223,6 +223,9 @@ export class Trainer {
           tokensPerSecond: tokensDone / (elapsedMs / 1000), elapsedMs,
           etaMs: (elapsedMs / done) * (c.totalSteps - step),
         });
+      }).catch((e: unknown) => {
+        // a GPU error (the step's readback checks): the run stops with it, after the steps in flight
+        failure ??= e;
       });
       pending.push(report);
       if (pending.length >= this.inFlight) await pending.shift();
