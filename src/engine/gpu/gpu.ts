@@ -126,8 +126,9 @@ export interface KernelTuning {
    * Whole-vec4 buffer copies inside a program (BERT's residual stream before a product accumulates
    * into it; bottleneck adapters' gradients) as a compute dispatch (kernels/copy.ts) rather than
    * copyBufferToBuffer, which ends the compute pass around it. (GPT-2 and Llama carry their residual
-   * stream in the norm's pass instead: kernels/layernorm.ts, kernels/rmsnorm.ts copyTo.) On the
-   * H100 the dispatch made GPT-2's step 0.2 ms and SmolLM2's 0.7 ms shorter than the buffer copies.
+   * stream in the norm's pass instead: kernels/layernorm.ts, kernels/rmsnorm.ts copyTo.) When their
+   * residual copies were still copies, the dispatch made GPT-2's step 0.2 ms and SmolLM2's 0.7 ms
+   * shorter than buffer copies on the H100.
    */
   copyKernel: boolean;
 }
