@@ -360,6 +360,25 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   }
 
   const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda, ldb, offA, offB, batch });
+  // The Params of the tiled kernels (shaders/matmul.wgsl; the generated ones, stream-K's with its
+  // cut appended) for a grid of tilesN x tilesM output tiles.
+  const tiledParams = (tilesN: number, tilesM: number) => [
+    M, N, K, tilesN, tilesM, batchCount, batch.inner,
+    offA, offB, offC,
+    sAm, sAk, // A(m, k) steps along m, k
+    sBn, sBk, // B(k, n) steps along n, k
+    ldc,
+    batch.strideA[0], batch.strideA[1],
+    batch.strideB[0], batch.strideB[1],
+    batch.strideC[0], batch.strideC[1],
+    transA ? 0 : 1, // A contiguous along k
+    transB ? 1 : 0, // B contiguous along k
+    args.accumulate ? 1 : 0,
+    bias ? 1 : 0,
+    f32(alpha),
+    gelu.offPre, gelu.ldPre,
+    groupB,
+  ];
   if (streamK) {
     const { plan, scratch } = streamK;
     if (batchCount !== 1 || triangle || !aligned) fail('stream-K takes unbatched, vec4-aligned products without a triangle');
@@ -367,11 +386,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     if (plan.tilesM !== Math.ceil(M / kernel.rows) || plan.tilesN !== Math.ceil(N / kernel.cols) || plan.kTiles !== Math.ceil(K / kernel.kTile)) fail('the stream-K plan is for another shape');
     if (scratch.size < streamKScratchElements(plan)) fail(`stream-K over ${plan.groups} workgroups needs a scratch of ${streamKScratchElements(plan)} elements`);
     if ([a, b, c, bias, gelu.pre].some((t) => t?.buffer === scratch.buffer)) fail('the stream-K scratch must not alias an operand');
-    const params = [
-      M, N, K, plan.tilesN, plan.tilesM, 1, 1, offA, offB, offC, sAm, sAk, sBn, sBk, ldc, 0, 0, 0, 0, 0, 0,
-      transA ? 0 : 1, transB ? 1 : 0, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre, 1,
-      plan.groups, plan.itersPerGroup, plan.kTiles,
-    ];
+    const params = [...tiledParams(plan.tilesN, plan.tilesM), plan.groups, plan.itersPerGroup, plan.kTiles];
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, kernel.rows, kernel.cols), ...gelu.constants };
     const maxDim = maxDimOf(gpu);
     const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: kernel.code, constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
@@ -395,23 +410,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   const workgroups = matmulWorkgroups(tilesN, tilesM, batchCount, maxDim);
   if (workgroups[0] * workgroups[1] * workgroups[2] >= U32_LIMIT) fail('too many workgroups for a u32 index');
 
-  const params = [
-    M, N, K, tilesN, tilesM, batchCount, batch.inner,
-    offA, offB, offC,
-    sAm, sAk, // A(m, k) steps along m, k
-    sBn, sBk, // B(k, n) steps along n, k
-    ldc,
-    batch.strideA[0], batch.strideA[1],
-    batch.strideB[0], batch.strideB[1],
-    batch.strideC[0], batch.strideC[1],
-    transA ? 0 : 1, // A contiguous along k
-    transB ? 1 : 0, // B contiguous along k
-    args.accumulate ? 1 : 0,
-    bias ? 1 : 0,
-    f32(alpha),
-    gelu.offPre, gelu.ldPre,
-    groupB,
-  ];
+  const params = tiledParams(tilesN, tilesM);
   // TRIANGLE, GELU_A and GELU_GRAD only when set: the plain products keep their pipelines (and the pipeline cache's keys)
   const tri: Record<string, number> = { ...(triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {}), ...gelu.constants };
   // Without a bias (or pre-activations), `a` fills its binding (read-only twice is allowed; the shader never reads it).
