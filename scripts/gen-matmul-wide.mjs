@@ -97,6 +97,55 @@ fn opA(v: vec4<f32>) -> vec4<f32> {
 }
 
 `;
+// Attention's softmax backward fused into dP's product (kernels/matmul.ts MatmulArgs.softmaxGradOf):
+// the override and the epilogue's helpers. `pre` holds P laid out as C, `bias` the row terms.
+const SOFTMAX_DOC = `// SOFTMAX_GRAD (false, the default, leaves it out): the softmax backward of attention fused into
+// dP's product: C[m][n] = alpha * P[m][n] * (sum - delta[m]), with P = pre at C's own index and
+// delta = bias[z * M + m] (batch entry z; the bias binding, the product has no bias then). With
+// TRIANGLE 3 (lowerC) a tile wholly above the diagonal writes zeros there instead of returning (P
+// is 0 there, and the causal products that read dS next may read such a tile inside their diagonal
+// blocks).
+override SOFTMAX_GRAD: bool = false;
+
+`;
+// Its epilogue reads each 4 x 4 block's P and delta before any store (reads between stores stay in
+// order: the buffers may alias), checked against M and N.
+const SOFTMAX_GRAD_HELPERS = `// P[m][n0 .. n0 + 3] at C's index i, zero outside C.
+fn probsRow(i: u32, m: u32, n0: u32) -> vec4<f32> {
+  var p = vec4<f32>(0.0);
+  if (m < params.M) {
+    for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { p[j] = pre[i + j]; } }
+  }
+  return p;
+}
+// delta[at + m0 .. at + m0 + 3] (SOFTMAX_GRAD's row terms), zero past M.
+fn rowTerms4(at: u32, m0: u32) -> vec4<f32> {
+  var d = vec4<f32>(0.0);
+  for (var r = 0u; r < 4u; r++) { if (m0 + r < params.M) { d[r] = bias[at + m0 + r]; } }
+  return d;
+}
+fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {
+  if (m >= params.M) { return; }
+  for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { c[i + j] = x[j]; } }
+}
+`;
+/** SOFTMAX_GRAD's stores of a thread's TM x TN outputs (`zero`: the zeros of a tile above the diagonal), block by block. */
+function softmaxGradStore(TM, TN, acc, zero) {
+  const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3], comp = ['x', 'y', 'z', 'w'];
+  let x = '';
+  for (const i of bi) for (const j of bj) {
+    x += `  {\n    let m0 = mTile + ${i * 64}u + lid.y * 4u;\n    let n0 = nTile + ${j * 64}u + lid.x * 4u;\n    let i0 = baseC + m0 * params.ldc + n0;\n`;
+    if (zero) {
+      for (const r of four) x += `    storeRowChecked(i0 + ${r}u * params.ldc, m0 + ${r}u, n0, vec4<f32>(0.0));\n`;
+    } else {
+      for (const r of four) x += `    let p${r} = probsRow(i0 + ${r}u * params.ldc, m0 + ${r}u, n0);\n`;
+      x += `    let d = rowTerms4(z * params.M, m0);\n`;
+      for (const r of four) x += `    storeRowChecked(i0 + ${r}u * params.ldc, m0 + ${r}u, n0, params.alpha * p${r} * (${acc(i, j, r)} - vec4<f32>(d.${comp[r]})));\n`;
+    }
+    x += `  }\n`;
+  }
+  return x;
+}
 // The vec4 kernels' load checks: with both the checked and the unchecked loads in the K loop
 // (taken by a uniform branch) the kernel ran GPT-2's c_fc forward at 30.6 TFLOP/s on the H100, with
 // only the unchecked ones at 39.9 (bench/probe/matmul-variants.ts, 'E 128x128 nocheck'), though
@@ -115,7 +164,7 @@ const PRE_BINDING = `// GELU_GRAD's pre-activations: bound to \`a\` by the wrapp
  * K tiles [tBegin, tEnd) the workgroup walks (of numKTiles). Everything the exit and the loop
  * bounds use is a local let, so uniformity analysis sees them uniform (a module-scope private is not).
  */
-function mainPreamble(BM, BN, TK, localTiles) {
+function mainPreamble(BM, BN, TK, localTiles, zeroTile) {
   const tiles = localTiles
     ? `  let mTile = (inMatrix / params.tilesN) * ${BM}u;
   let nTile = (inMatrix % params.tilesN) * ${BN}u;
@@ -136,16 +185,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let z = linear / tilesPerMatrix;
   if (z >= params.batchCount) { return; }
   let inMatrix = linear % tilesPerMatrix;
-${tiles}  if (TRIANGLE == 3u && tileN > tileM + ${BM - 1}u) { return; } // wholly above the diagonal
-  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
-  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
-  let tBegin = select(0u, tileM / ${TK}u, TRIANGLE == 2u);
-  let tEnd = select(numKTiles, min(numKTiles, (tileM + ${BM + TK - 1}u) / ${TK}u), TRIANGLE == 1u);
-  let zOuter = z / params.batchInner;
+${tiles}  let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
   let baseB = params.offB + zOuter * params.batchB0 + (zInner / params.groupB) * params.batchB1;
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
+  if (TRIANGLE == 3u && tileN > tileM + ${BM - 1}u) { // wholly above the diagonal
+    if (SOFTMAX_GRAD) {
+${zeroTile.replace(/^(?=.)/gm, '    ')}    }
+    return;
+  }
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + ${TK - 1}u) / ${TK}u;
+  let tBegin = select(0u, tileM / ${TK}u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + ${BM + TK - 1}u) / ${TK}u), TRIANGLE == 1u);
 `;
 }
 /** A thread's accumulators: their names, declarations and the stores through storeRow. */
@@ -183,7 +236,7 @@ export function wideMatmulWgsl({ TM, TN, TK, db = false }) {
 // (+ bias) exactly as shaders/matmul.wgsl computes it (same Params, strides, batching, summation
 // order), with ${BM}x${BN} output tiles: each of the 16x16 threads computes ${TM}x${TN} outputs as
 // ${TM / 4}x${TN / 4} blocks of 4x4 lying 64 rows / columns apart; K tiles of ${TK}${db ? ', staged double-buffered (one barrier per tile)' : ''}.
-${PARAMS_STRUCT}${TRIANGLE_DOC}${GELU_DOC}@group(0) @binding(0) var<uniform> params: Params;
+${PARAMS_STRUCT}${TRIANGLE_DOC}${GELU_DOC}${SOFTMAX_DOC}@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -228,8 +281,11 @@ fn loadB(base: u32, n0: u32, k: u32) -> vec4<f32> {
   }
   return v;
 }
-${STORE_ROW}
-${mainPreamble(BM, BN, TK, true)}${decl}${loadsInit}${db ? doubleBuffered() : singleBuffered()}${store}}
+${STORE_ROW}${SOFTMAX_GRAD_HELPERS}
+${mainPreamble(BM, BN, TK, true, softmaxGradStore(TM, TN, acc, true))}${decl}${loadsInit}${db ? doubleBuffered() : singleBuffered()}  if (SOFTMAX_GRAD) {
+${softmaxGradStore(TM, TN, acc, false).replace(/^(?=.)/gm, '  ')}  } else {
+${store.replace(/^(?=.)/gm, '  ')}  }
+}
 `;
   function singleBuffered() {
     return `  for (var t = tBegin; t < tEnd; t++) {
@@ -395,10 +451,11 @@ ${body}  }
 ${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B stored [N, K] rather than [K, N].
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
-${CHECKED_DOC}${TRIANGLE_DOC}${GELU_DOC}${bindings}
-${staging}
-${mainPreamble(BM, BN, TK, false)}${decl}${loadsInit}${kLoop}  if (GELU_GRAD && !CHECKED) {
-${geluGradWholeTileStore(TM, TN, acc).replace(/^/gm, '  ').replace(/^ +$/gm, '')}  } else {
+${CHECKED_DOC}${TRIANGLE_DOC}${GELU_DOC}${SOFTMAX_DOC}${bindings}
+${staging}${SOFTMAX_GRAD_HELPERS}
+${mainPreamble(BM, BN, TK, false, softmaxGradStore(TM, TN, acc, true))}${decl}${loadsInit}${kLoop}  if (GELU_GRAD && !CHECKED) {
+${geluGradWholeTileStore(TM, TN, acc).replace(/^/gm, '  ').replace(/^ +$/gm, '')}  } else if (SOFTMAX_GRAD) {
+${softmaxGradStore(TM, TN, acc, false).replace(/^(?=.)/gm, '  ')}  } else {
 ${store.replace(/^/gm, '  ').replace(/^ +$/gm, '')}  }
 }
 `;

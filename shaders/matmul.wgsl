@@ -26,6 +26,11 @@
 //     (gelu(0) = 0, so the zero padding outside the matrix stays zero);
 //   GELU_GRAD: the finished value (alpha * sum (+ C) (+ bias)) is multiplied by gelu'(pre[m][n]),
 //     pre read at offPre + m * ldPre + n (unbatched products only).
+//
+// Attention's softmax backward fuses into the product of dP through SOFTMAX_GRAD (kernels/matmul.ts
+// MatmulArgs.softmaxGradOf): C[m][n] = alpha * P[m][n] * (sum - delta[m]), P = pre at C's own index,
+// delta = bias[z * M + m] for batch entry z (no bias then). Under lowerC a tile wholly above the
+// diagonal writes zeros there (P is 0 there) instead of returning.
 
 struct Params {
   M: u32,
@@ -63,9 +68,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-// Bound to `a` by the wrapper when there is no bias (then never read).
+// Bound to `a` by the wrapper when there is no bias (then never read); SOFTMAX_GRAD's delta.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-// GELU_GRAD's pre-activations; bound to `a` when GELU_GRAD is off (then never read).
+// GELU_GRAD's pre-activations, SOFTMAX_GRAD's P; bound to `a` when neither is on (then never read).
 @group(0) @binding(5) var<storage, read> pre: array<f32>;
 
 const TILE: u32 = 64u;
@@ -74,6 +79,7 @@ const TK: u32 = 16u;
 override TRIANGLE: u32 = 0u;
 override GELU_A: bool = false;
 override GELU_GRAD: bool = false;
+override SOFTMAX_GRAD: bool = false;
 
 // geluTanh / geluTanhGrad: shaders/gelu_tanh.wgsl, put in front of this file by kernels/matmul.ts.
 
@@ -153,7 +159,17 @@ fn main(
   let mTile = rowTile * TILE;
   let nTile = colTile * TILE;
   if (TRIANGLE == 3u && nTile > mTile + TILE - 1u) {
-    return; // wholly above the diagonal (uniform across the workgroup)
+    // wholly above the diagonal (uniform across the workgroup)
+    if (SOFTMAX_GRAD) {
+      for (var i = 0u; i < 4u; i++) {
+        let m = mTile + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+          let n = nTile + lid.x * 4u + j;
+          if (m < params.M && n < params.N) { c[baseC + m * params.ldc + n] = 0.0; }
+        }
+      }
+    }
+    return;
   }
 
   let slotA = slotOf(lidx, params.kFastA);
@@ -206,6 +222,10 @@ fn main(
       let n = n0 + j;
       if (n >= params.N) {
         break;
+      }
+      if (SOFTMAX_GRAD) {
+        c[rowBase + n] = params.alpha * pre[rowBase + n] * (acc[i][j] - bias[z * params.M + m]);
+        continue;
       }
       var v = params.alpha * acc[i][j];
       if (params.accumulate != 0u) {

@@ -26,6 +26,14 @@ fn opA(v: vec4<f32>) -> vec4<f32> {
   return v;
 }
 
+// SOFTMAX_GRAD (false, the default, leaves it out): the softmax backward of attention fused into
+// dP's product: C[m][n] = alpha * P[m][n] * (sum - delta[m]), with P = pre at C's own index and
+// delta = bias[z * M + m] (batch entry z; the bias binding, the product has no bias then). With
+// TRIANGLE 3 (lowerC) a tile wholly above the diagonal writes zeros there instead of returning (P
+// is 0 there, and the causal products that read dS next may read such a tile inside their diagonal
+// blocks).
+override SOFTMAX_GRAD: bool = false;
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -86,6 +94,24 @@ fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
     c[rowBase + n] = x;
   }
 }
+// P[m][n0 .. n0 + 3] at C's index i, zero outside C.
+fn probsRow(i: u32, m: u32, n0: u32) -> vec4<f32> {
+  var p = vec4<f32>(0.0);
+  if (m < params.M) {
+    for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { p[j] = pre[i + j]; } }
+  }
+  return p;
+}
+// delta[at + m0 .. at + m0 + 3] (SOFTMAX_GRAD's row terms), zero past M.
+fn rowTerms4(at: u32, m0: u32) -> vec4<f32> {
+  var d = vec4<f32>(0.0);
+  for (var r = 0u; r < 4u; r++) { if (m0 + r < params.M) { d[r] = bias[at + m0 + r]; } }
+  return d;
+}
+fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {
+  if (m >= params.M) { return; }
+  for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { c[i + j] = x[j]; } }
+}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -100,16 +126,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let nTile = (inMatrix % params.tilesN) * 64u;
   let tileM = mTile;
   let tileN = nTile;
-  if (TRIANGLE == 3u && tileN > tileM + 127u) { return; } // wholly above the diagonal
-  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
-  let numKTiles = (params.K + 15u) / 16u;
-  let tBegin = select(0u, tileM / 16u, TRIANGLE == 2u);
-  let tEnd = select(numKTiles, min(numKTiles, (tileM + 143u) / 16u), TRIANGLE == 1u);
   let zOuter = z / params.batchInner;
   let zInner = z % params.batchInner;
   let baseA = params.offA + zOuter * params.batchA0 + zInner * params.batchA1;
   let baseB = params.offB + zOuter * params.batchB0 + (zInner / params.groupB) * params.batchB1;
   let baseC = params.offC + zOuter * params.batchC0 + zInner * params.batchC1;
+  if (TRIANGLE == 3u && tileN > tileM + 127u) { // wholly above the diagonal
+    if (SOFTMAX_GRAD) {
+      {
+        let m0 = mTile + 0u + lid.y * 4u;
+        let n0 = nTile + 0u + lid.x * 4u;
+        let i0 = baseC + m0 * params.ldc + n0;
+        storeRowChecked(i0 + 0u * params.ldc, m0 + 0u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 1u * params.ldc, m0 + 1u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 2u * params.ldc, m0 + 2u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 3u * params.ldc, m0 + 3u, n0, vec4<f32>(0.0));
+      }
+      {
+        let m0 = mTile + 64u + lid.y * 4u;
+        let n0 = nTile + 0u + lid.x * 4u;
+        let i0 = baseC + m0 * params.ldc + n0;
+        storeRowChecked(i0 + 0u * params.ldc, m0 + 0u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 1u * params.ldc, m0 + 1u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 2u * params.ldc, m0 + 2u, n0, vec4<f32>(0.0));
+        storeRowChecked(i0 + 3u * params.ldc, m0 + 3u, n0, vec4<f32>(0.0));
+      }
+    }
+    return;
+  }
+  // the K tiles [tBegin, tEnd) this workgroup walks: all of them unless TRIANGLE cuts them
+  let numKTiles = (params.K + 15u) / 16u;
+  let tBegin = select(0u, tileM / 16u, TRIANGLE == 2u);
+  let tEnd = select(numKTiles, min(numKTiles, (tileM + 143u) / 16u), TRIANGLE == 1u);
   var acc000 = vec4<f32>(0.0);
   var acc001 = vec4<f32>(0.0);
   var acc002 = vec4<f32>(0.0);
@@ -150,12 +198,43 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       acc103 = fma(vec4<f32>(a1.w), b0, acc103);
     }
   }
-  storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc000);
-  storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc001);
-  storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc002);
-  storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc003);
-  storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc100);
-  storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc101);
-  storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc102);
-  storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc103);
+  if (SOFTMAX_GRAD) {
+    {
+      let m0 = mTile + 0u + lid.y * 4u;
+      let n0 = nTile + 0u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      let p0 = probsRow(i0 + 0u * params.ldc, m0 + 0u, n0);
+      let p1 = probsRow(i0 + 1u * params.ldc, m0 + 1u, n0);
+      let p2 = probsRow(i0 + 2u * params.ldc, m0 + 2u, n0);
+      let p3 = probsRow(i0 + 3u * params.ldc, m0 + 3u, n0);
+      let d = rowTerms4(z * params.M, m0);
+      storeRowChecked(i0 + 0u * params.ldc, m0 + 0u, n0, params.alpha * p0 * (acc000 - vec4<f32>(d.x)));
+      storeRowChecked(i0 + 1u * params.ldc, m0 + 1u, n0, params.alpha * p1 * (acc001 - vec4<f32>(d.y)));
+      storeRowChecked(i0 + 2u * params.ldc, m0 + 2u, n0, params.alpha * p2 * (acc002 - vec4<f32>(d.z)));
+      storeRowChecked(i0 + 3u * params.ldc, m0 + 3u, n0, params.alpha * p3 * (acc003 - vec4<f32>(d.w)));
+    }
+    {
+      let m0 = mTile + 64u + lid.y * 4u;
+      let n0 = nTile + 0u + lid.x * 4u;
+      let i0 = baseC + m0 * params.ldc + n0;
+      let p0 = probsRow(i0 + 0u * params.ldc, m0 + 0u, n0);
+      let p1 = probsRow(i0 + 1u * params.ldc, m0 + 1u, n0);
+      let p2 = probsRow(i0 + 2u * params.ldc, m0 + 2u, n0);
+      let p3 = probsRow(i0 + 3u * params.ldc, m0 + 3u, n0);
+      let d = rowTerms4(z * params.M, m0);
+      storeRowChecked(i0 + 0u * params.ldc, m0 + 0u, n0, params.alpha * p0 * (acc100 - vec4<f32>(d.x)));
+      storeRowChecked(i0 + 1u * params.ldc, m0 + 1u, n0, params.alpha * p1 * (acc101 - vec4<f32>(d.y)));
+      storeRowChecked(i0 + 2u * params.ldc, m0 + 2u, n0, params.alpha * p2 * (acc102 - vec4<f32>(d.z)));
+      storeRowChecked(i0 + 3u * params.ldc, m0 + 3u, n0, params.alpha * p3 * (acc103 - vec4<f32>(d.w)));
+    }
+  } else {
+    storeRow(baseC, mTile + 0u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc000);
+    storeRow(baseC, mTile + 1u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc001);
+    storeRow(baseC, mTile + 2u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc002);
+    storeRow(baseC, mTile + 3u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc003);
+    storeRow(baseC, mTile + 64u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc100);
+    storeRow(baseC, mTile + 65u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc101);
+    storeRow(baseC, mTile + 66u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc102);
+    storeRow(baseC, mTile + 67u + lid.y * 4u, nTile + 0u + lid.x * 4u, acc103);
+  }
 }

@@ -2,6 +2,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { expectClose, randArray, testGpu } from './helpers/gpu';
 import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
+import { attentionRowDelta } from '../src/engine/kernels/flash-attention';
+import rowDeltaCode from '../shaders/flash_attention_backward.wgsl?raw';
 import {
   matmul, matmulSplitK, matmulStreamK, matmulVariant, matmulWithScratch, matmulWorkgroups, productScratchElements, splitKFactor, splitKScratchElements,
   streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
@@ -825,6 +827,63 @@ describe.each([
     }, { a: ctxSize, b: qkvSize, c: attSize }, 'dP = dctx V^T', tile);
     expect(kept).toBeGreaterThan(0);
   });
+
+  it('softmaxGradOf: C = alpha * P * (A B - delta[z, m]), lowerC writing zeros over the tiles wholly above the diagonal', async () => {
+    const gpu = await testGpu();
+    const K = vec4 ? 20 : 19;
+    const cases: { tri?: MatmulTriangle; k: Case; sizes: { a: number; b: number; c: number }; what: string }[] = [
+      // attention's dP = dctx V^T out of packed rows into the T part of [Tk]-wide rows, every (batch, head)
+      {
+        tri: 'lowerC', what: 'dS = scale * P * (dctx V^T - delta)', sizes: { a: ctxSize, b: qkvSize, c: attSize },
+        k: {
+          M: T, N: T, K: D, lda: C, offsetB: 2 * C, ldb: 3 * C, transB: true, offsetC: Pre, ldc: Tk, alpha: 1 / Math.sqrt(D),
+          batch: { outer: B, inner: H, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
+        },
+      },
+      { tri: 'lowerC', what: `lowerC ${Todd}x${Todd}x${K}`, sizes: dense(Todd, Todd, K), k: { M: Todd, N: Todd, K, transB: true, alpha: -0.5 } },
+      { what: `no triangle ${Todd}x${Nodd}x${K}`, sizes: dense(Todd, Nodd, K), k: { M: Todd, N: Nodd, K, alpha: 2 } },
+    ];
+    let zeroed = 0;
+    for (const { tri, k, sizes, what } of cases) {
+      const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+      const batchCount = batch.outer * batch.inner, ldc = k.ldc ?? k.N;
+      const a = randArray(sizes.a, 31), b = randArray(sizes.b, 32), probs = randArray(sizes.c, 33), delta = randArray(batchCount * k.M, 34);
+      const c0 = new Float32Array(sizes.c).fill(NaN);
+      const ta = gpu.tensorFrom(a, [sizes.a], 'a'), tb = gpu.tensorFrom(b, [sizes.b], 'b'), tc = gpu.tensorFrom(c0, [sizes.c], 'c');
+      const tp = gpu.tensorFrom(probs, [sizes.c], 'probs'), td = gpu.tensorFrom(delta, [delta.length], 'delta');
+      const op = matmul(gpu, { ...k, bias: undefined, a: ta, b: tb, c: tc, triangle: tri, softmaxGradOf: { probs: tp, rowTerms: td }, label: what });
+      const kernel = vec4 ? VEC4_MATMUL_VARIANTS[variant].code : MATMUL_VARIANTS[variant].code;
+      const constants = { ...(vec4 ? vec4Constants(k, rows, cols) : {}), ...(tri ? { TRIANGLE: TRIANGLE_CODE[tri] } : {}), SOFTMAX_GRAD: 1 };
+      expect(op.kind === 'dispatch' && op.pipeline === gpu.pipeline(kernel, 'x', 'main', constants), `${what} runs the expected kernel`).toBe(true);
+      runOps(gpu, [op]);
+      const got = await gpu.read(tc);
+      const product = matmulReference(a, b, new Float32Array(sizes.c), { ...k, alpha: 1 });
+      const want = Float64Array.from(c0), scale = new Float64Array(sizes.c);
+      for (let z = 0; z < batchCount; z++) {
+        const offC = (k.offsetC ?? 0) + Math.floor(z / batch.inner) * batch.strideC[0] + (z % batch.inner) * batch.strideC[1];
+        for (let m = 0; m < k.M; m++) {
+          for (let n = 0; n < k.N; n++) {
+            const i = offC + m * ldc + n;
+            const above = tri === 'lowerC' && Math.floor(n / cols) * cols > Math.floor(m / rows) * rows + rows - 1;
+            if (above) {
+              want[i] = 0;
+              zeroed++;
+            } else {
+              const f = (k.alpha ?? 1) * probs[i];
+              want[i] = f * (product.want[i] - delta[z * k.M + m]);
+              scale[i] = Math.abs(f) * (product.scale[i] + Math.abs(delta[z * k.M + m]));
+            }
+          }
+        }
+      }
+      // NaN outside C stays NaN; the zeros above the diagonal are exact
+      for (let i = 0; i < sizes.c; i++) if (Number.isNaN(want[i])) expect(Number.isNaN(got[i]), `${what}: index ${i} outside C untouched`).toBe(true);
+      const inside = (x: ArrayLike<number>) => Float64Array.from(x, (v, i) => (Number.isNaN(want[i]) ? 0 : v));
+      expectMatmulClose(Float32Array.from(inside(got)), inside(want), scale, 1e-5, what);
+      for (const t of [ta, tb, tc, tp, td]) gpu.destroyTensor(t);
+    }
+    expect(zeroed).toBeGreaterThan(0);
+  });
 });
 
 describe('triangular matmul: routing and arguments', () => {
@@ -894,6 +953,84 @@ describe('triangular matmul: routing and arguments', () => {
 // The causal attention chain as models/gpt2.ts binds it (packed qkv rows, per (batch, head)), its
 // score and dP buffers full of NaN beforehand (what stale tiles above the diagonal could hold):
 // the triangular products and the causal softmax must never read them.
+describe('softmaxGradOf: routing and arguments', () => {
+  it('keeps the fused softmax backward off the skinny kernel, split-K and stream-K, and refuses what it cannot take', async () => {
+    const gpu = await testGpu();
+    // 300 x 8 x 200 would take the skinny kernel; with softmaxGradOf it is the one tiled product, whatever the scratch
+    const [M, N, K] = [300, 8, 200];
+    const a = gpu.tensorFrom(randArray(M * K, 41), [M, K], 'a'), b = gpu.tensorFrom(randArray(K * N, 42), [K, N], 'b');
+    const c = gpu.tensor([M, N], 'c'), probs = gpu.tensorFrom(randArray(M * N, 43), [M, N], 'probs'), rowTerms = gpu.tensorFrom(randArray(M, 44), [M], 'delta');
+    const scratch = gpu.tensor([1 << 20], 'scratch');
+    expect(usesSkinnyMatmul(gpu, M, N, K, 1, false)).toBe(true);
+    const args: MatmulArgs = { a, b, c, M, N, K, softmaxGradOf: { probs, rowTerms } };
+    for (const ops of [matmulWithScratch(gpu, args, scratch), matmulSplitK(gpu, args, 4, scratch), [matmul(gpu, args)]]) {
+      expect(ops).toHaveLength(1);
+      expect(ops[0].kind === 'dispatch' && ops[0].label).toBe('matmul(c)');
+    }
+    runOps(gpu, [matmul(gpu, args)]);
+    const got = await gpu.read(c);
+    const [ha, hb, hp, hd] = await Promise.all([a, b, probs, rowTerms].map((t) => gpu.read(t)));
+    const product = matmulReference(ha, hb, new Float32Array(M * N), { M, N, K });
+    const want = product.want.map((v, i) => hp[i] * (v - hd[Math.floor(i / N)]));
+    const scale = product.scale.map((v, i) => Math.abs(hp[i]) * (v + Math.abs(hd[Math.floor(i / N)])));
+    expectMatmulClose(got, want, scale, 1e-5, 'skinny shape through the fused softmax backward');
+
+    const refuse = (extra: Partial<MatmulArgs>, pattern: RegExp) => expect(() => matmul(gpu, { ...args, ...extra })).toThrow(pattern);
+    refuse({ accumulate: true }, /softmaxGradOf takes no accumulate, bias or GELU/);
+    refuse({ bias: gpu.tensor([N], 'bias') }, /softmaxGradOf takes no accumulate, bias or GELU/);
+    refuse({ geluA: 'tanh' }, /softmaxGradOf takes no accumulate, bias or GELU/);
+    refuse({ softmaxGradOf: { probs: c, rowTerms } }, /softmaxGradOf.probs must not alias c/);
+    refuse({ softmaxGradOf: { probs, rowTerms: c } }, /softmaxGradOf.rowTerms must not alias c/);
+    refuse({ softmaxGradOf: { probs: gpu.tensor([M * N - 1], 'short'), rowTerms } }, /softmaxGradOf.probs \(short, 2399 elements\) would be read at index 2399/);
+    refuse({ softmaxGradOf: { probs, rowTerms: gpu.tensor([M - 1], 'few') } }, /softmaxGradOf.rowTerms \(few\) has 299 elements, need batch \* M = 300/);
+    refuse({ softmaxGradOf: { probs: gpu.tensor([M * N], 'ints', 'u32'), rowTerms } }, /softmaxGradOf.probs \(ints\) is u32, expected f32/);
+    const plan = streamKPlan(gpu, 256, 256, 4096)!;
+    const sk = [gpu.tensor([256 * 4096], 'A'), gpu.tensor([4096 * 256], 'B'), gpu.tensor([256 * 256], 'C'), gpu.tensor([256 * 256], 'P'), gpu.tensor([256], 'd'), gpu.tensor([streamKScratchElements(plan)], 'parts')];
+    const [A, Bm, Cm, P, d, parts] = sk;
+    expect(() => matmulStreamK(gpu, { a: A, b: Bm, c: Cm, M: 256, N: 256, K: 4096 }, plan, parts)).not.toThrow();
+    expect(() => matmulStreamK(gpu, { a: A, b: Bm, c: Cm, M: 256, N: 256, K: 4096, softmaxGradOf: { probs: P, rowTerms: d } }, plan, parts)).toThrow(/without a triangle or softmaxGradOf/);
+    for (const t of [a, b, c, probs, rowTerms, scratch, ...sk]) gpu.destroyTensor(t);
+  });
+
+  it('attentionRowDelta: rowsum(dout * out) per (sequence, head, position) out of strided rows, both kernels, and its refusals', async () => {
+    const gpu = await testGpu();
+    // [D, out's offset, out's row stride]: unaligned (a thread per row), aligned (D / 4 threads per
+    // row, vec4s; 3 lanes leave one thread of each workgroup idle), and many rows over several workgroups
+    for (const [B, T, H, D, off, ld] of [[2, 5, 3, 8, 2, 26], [2, 5, 3, 8, 4, 28], [3, 7, 2, 12, 8, 24], [2, 150, 4, 64, 0, 256]]) {
+      const out = randArray(off + B * T * ld, 51), dout = randArray(B * T * H * D, 52);
+      const tOut = gpu.tensorFrom(out, [out.length], 'out'), tDout = gpu.tensorFrom(dout, [dout.length], 'dout');
+      const tDelta = gpu.tensorFrom(new Float32Array(B * H * T + 1).fill(NaN), [B * H * T + 1], 'delta');
+      const args = { B, T, H, D, out: tOut, offsetO: off, ldo: ld, dout: tDout, lddo: H * D, delta: tDelta };
+      const op = attentionRowDelta(gpu, args);
+      const vec4 = off % 4 === 0 && ld % 4 === 0;
+      const pipeline = gpu.pipeline(rowDeltaCode, 'x', vec4 ? 'main_vec4' : 'main', vec4 ? { LANES: D / 4 } : undefined);
+      expect(op.pipeline === pipeline, `D ${D} offset ${off} ld ${ld}: the ${vec4 ? 'vec4' : 'scalar'} kernel`).toBe(true);
+      runOps(gpu, [op]);
+      const got = await gpu.read(tDelta);
+      const want = new Float64Array(B * H * T), scale = new Float64Array(B * H * T);
+      for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let t = 0; t < T; t++) {
+        let x = 0, size = 0;
+        for (let d = 0; d < D; d++) {
+          const term = out[off + (b * T + t) * ld + h * D + d] * dout[(b * T + t) * H * D + h * D + d];
+          x += term;
+          size += Math.abs(term);
+        }
+        want[(b * H + h) * T + t] = x;
+        scale[(b * H + h) * T + t] = size;
+      }
+      expectMatmulClose(got.subarray(0, B * H * T), want, scale, 1e-6, `delta, D ${D} offset ${off} ld ${ld}`);
+      expect(Number.isNaN(got[B * H * T])).toBe(true);
+      if (D === 8 && off === 2) {
+        expect(() => attentionRowDelta(gpu, { ...args, D: 6, ldo: 18, lddo: 18 })).toThrow(/D must be a multiple of 4 \(got 6\)/);
+        expect(() => attentionRowDelta(gpu, { ...args, ldo: 20 })).toThrow(/row stride of out must be an integer >= 24/);
+        expect(() => attentionRowDelta(gpu, { ...args, delta: tDout })).toThrow(/delta must not share a buffer with dout/);
+        expect(() => attentionRowDelta(gpu, { ...args, T: 6 })).toThrow(/out \(out, \d+ elements\) would be accessed at index/);
+      }
+      for (const t of [tOut, tDout, tDelta]) gpu.destroyTensor(t);
+    }
+  });
+});
+
 describe('causal attention out of triangular products', () => {
   afterEach(async () => {
     Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
@@ -978,7 +1115,36 @@ describe('causal attention out of triangular products', () => {
       ]);
       expectClose(await gpu.read(tCtx), ctxRef, 1e-4, `${what}: ctx`);
       expectClose(await gpu.read(tDqkv), dqkvRef, 1e-4, `${what}: dq, dk, dv`);
-      for (const t of [tQkv, tDctx, tAtt, tDP, tCtx, tDqkv, tLen]) gpu.destroyTensor(t);
+
+      // the softmax backward fused into dP's product (softmaxGradOf, with delta = rowsum(dctx * ctx)),
+      // dP on 64x64 tiles and dQ / dK on this case's: with 128-row tiles these read dS tiles wholly
+      // above the diagonal inside their diagonal blocks, which the fused product must have zeroed
+      const tDelta = gpu.tensorFrom(new Float32Array(B * H * T).fill(NaN), [B * H * T], 'delta');
+      const tDS = gpu.tensorFrom(nan, [B * H, T, T], 'dS');
+      const tDqk = gpu.tensorFrom(new Float32Array(B * T * 3 * C).fill(NaN), [B * T, 3 * C], 'dqk');
+      gpu.tuning.matmul = '64x64';
+      const dS = matmul(gpu, {
+        triangle: 'lowerC', a: tDctx, lda: C, b: tQkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: tDS, ldc: T, M: T, N: T, K: D, alpha: scale,
+        softmaxGradOf: { probs: tAtt, rowTerms: tDelta },
+        batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * T, T * T] },
+      });
+      gpu.tuning.matmul = variant;
+      runOps(gpu, [
+        attentionRowDelta(gpu, { B, T, H, D, out: tCtx, ldo: C, dout: tDctx, lddo: C, delta: tDelta }),
+        dS,
+        matmul(gpu, {
+          triangle: 'lowerA', a: tDS, lda: T, b: tQkv, offsetB: C, ldb: 3 * C, c: tDqk, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+        matmul(gpu, {
+          triangle: 'upperA', a: tDS, lda: T, transA: true, b: tQkv, ldb: 3 * C, c: tDqk, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+      ]);
+      const dqk = await gpu.read(tDqk), ref = Float64Array.from(dqkvRef);
+      for (let r = 0; r < B * T; r++) for (let c = 2 * C; c < 3 * C; c++) ref[r * 3 * C + c] = dqk[r * 3 * C + c] = 0; // dV: not computed here
+      expectClose(dqk, ref, 1e-4, `${what}: dq, dk through the fused softmax backward`);
+      for (const t of [tQkv, tDctx, tAtt, tDP, tCtx, tDqkv, tLen, tDelta, tDS, tDqk]) gpu.destroyTensor(t);
     }
   });
 });

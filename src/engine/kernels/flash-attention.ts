@@ -341,6 +341,62 @@ export function flashAttentionForward(gpu: Gpu, a: FlashAttentionForwardArgs): D
 }
 
 /**
+ * The pre-pass (shaders/flash_attention_backward.wgsl): `main_vec4`, D / 4 threads per row reading
+ * vec4s, where every offset and row stride is a multiple of 4 (D is); `main`, a thread per row, otherwise.
+ */
+function bindRowDelta(gpu: Gpu, label: string, a: { B: number; H: number; T: number; D: number; out: Tensor; dout: Tensor; delta: Tensor }, o: Operand, dO: Operand): Dispatch {
+  const n = a.B * a.H * a.T;
+  const params = [n, a.H, a.T, a.D, o.off, o.ld, dO.off, dO.ld];
+  const buffers = [a.out, a.dout, a.delta];
+  const lanes = a.D / 4;
+  if ([o.off, o.ld, dO.off, dO.ld].every((v) => v % 4 === 0) && lanes <= 32) {
+    return bindDispatch(gpu, { label, code: prepCode, entryPoint: 'main_vec4', constants: { LANES: lanes }, params, buffers, workgroups: grid1d(n, Math.floor(256 / lanes)) });
+  }
+  return bindDispatch(gpu, { label, code: prepCode, params, buffers, workgroups: grid1d(n) });
+}
+
+/** attentionRowDelta's operands: out and dout laid out as flash attention's (rows b*T + t, head h at columns h*D). */
+export interface AttentionRowDeltaArgs {
+  B: number;
+  T: number;
+  H: number;
+  D: number;
+  out: Tensor;
+  offsetO?: number;
+  ldo: number;
+  dout: Tensor;
+  offsetDO?: number;
+  lddo: number;
+  /** f32 [>= B*H*T], written: delta[(b*H + h)*T + t]. */
+  delta: Tensor;
+}
+
+/**
+ * delta[(b*H + h)*T + t] = sum_d dout[b, t, h, d] * out[b, t, h, d]: rowsum(P * dP) of the softmax
+ * backward (P V = out, dP = dout V^T), from the attention's output instead of its T x T matrices.
+ * Flash attention's backward pre-pass (shaders/flash_attention_backward.wgsl), which the T x T path
+ * also runs for the softmax backward fused into dP's product (kernels/matmul.ts softmaxGradOf).
+ */
+export function attentionRowDelta(gpu: Gpu, a: AttentionRowDeltaArgs): Dispatch {
+  const what = `attentionRowDelta(${a.delta.label})`;
+  const fail: Fail = (msg) => {
+    throw new Error(`${what}: ${msg}`);
+  };
+  for (const [name, x] of [['B', a.B], ['T', a.T], ['H', a.H], ['D', a.D]] as const) {
+    if (!Number.isInteger(x) || x < 1) fail(`${name} must be a positive integer (got ${x})`);
+  }
+  if (a.D % 4 !== 0) fail(`D must be a multiple of 4 (got ${a.D})`);
+  const n = a.B * a.H * a.T;
+  if (n >= U32_LIMIT) fail('B*H*T does not fit a u32');
+  const rows = a.B * a.T;
+  const o = operand(fail, rows, 'out', a.out, a.offsetO, a.ldo, a.H * a.D);
+  const dO = operand(fail, rows, 'dout', a.dout, a.offsetDO, a.lddo, a.H * a.D);
+  checkRowStats(fail, 'delta', a.delta, n);
+  checkWritten(fail, { name: 'delta', t: a.delta }, [o, dO]);
+  return bindRowDelta(gpu, what, a, o, dO);
+}
+
+/**
  * Binds the backward: delta (pre-pass), then dk and dv (with a dkvScratch and grouped-query heads:
  * per-head partial sums and two group sums), then dq. Three (or five) dispatches, to run in this
  * order after the forward that wrote out and lse.
@@ -390,13 +446,7 @@ export function flashAttentionBackward(gpu: Gpu, a: FlashAttentionBackwardArgs):
   const scaleLog2 = f32(a.scale * Math.LOG2E);
   const causal = a.causal ? 1 : 0;
 
-  const prep = bindDispatch(gpu, {
-    label: `${what}[delta]`,
-    code: prepCode,
-    params: [n, a.H, a.T, a.D, o.off, o.ld, dO.off, dO.ld],
-    buffers: [a.out, a.dout, a.delta],
-    workgroups: grid1d(n),
-  });
+  const prep = bindRowDelta(gpu, `${what}[delta]`, a, o, dO);
 
   const nKB = Math.ceil(a.T / (4 * tkv.TR));
   const dkdvOps: Dispatch[] = [];

@@ -108,6 +108,25 @@ export interface MatmulArgs {
    * applies it once, on the sum (shaders/matmul_splitk_reduce.wgsl).
    */
   geluGradOf?: MatmulGeluGrad;
+  /**
+   * Attention's softmax backward fused into the product of dP = dO V^T:
+   * C[m][n] = alpha * probs[m][n] * ((op(A) op(B))[m][n] - rowTerms[z * M + m]) for batch entry z,
+   * so with rowTerms = rowsum(dO * O) per (batch entry, query row) (flash-attention.ts
+   * attentionRowDelta) and alpha the softmax's scale, C is dS = scale * P * (dP - rowsum(P * dP))
+   * straight, with no dP pass. probs is read at C's own indices (the same offset, row stride and
+   * batch strides as c); it must not alias c. Under triangle 'lowerC' the tiles wholly above the
+   * diagonal are written 0 (the caller's probs are 0 there, causal) rather than left as they were,
+   * so the lowerA / upperA products that read dS next find zeros inside their diagonal blocks
+   * whatever their tiles. No accumulate, bias or GELU with it; the tiled kernels only (never the
+   * skinny kernel, split-K or stream-K: matmulWithScratch and matmulSplitK run it as one matmul).
+   */
+  softmaxGradOf?: MatmulSoftmaxGrad;
+}
+
+/** MatmulArgs.softmaxGradOf: the forward's probabilities and the row terms. */
+export interface MatmulSoftmaxGrad {
+  probs: Tensor;
+  rowTerms: Tensor;
 }
 
 /** MatmulArgs.geluGradOf: where the pre-activations lie. */
@@ -267,6 +286,24 @@ function geluOptions(args: MatmulArgs, M: number, N: number, batchCount: number,
   return { constants, pre, offPre, ldPre };
 }
 
+/**
+ * Checks MatmulArgs.softmaxGradOf: the override (none without it) and the tensors to bind in the
+ * bias and pre slots. `lastC` is the largest index of C (and so of probs) the product touches.
+ */
+function softmaxGradOptions(args: MatmulArgs, M: number, batchCount: number, lastC: number, fail: (msg: string) => never): { constants: Record<string, number>; probs: Tensor; rowTerms: Tensor } | null {
+  const g = args.softmaxGradOf;
+  if (!g) return null;
+  const { probs, rowTerms } = g;
+  if (args.accumulate || args.bias || args.geluA !== undefined || args.geluGradOf) fail('softmaxGradOf takes no accumulate, bias or GELU');
+  for (const [name, t] of [['probs', probs], ['rowTerms', rowTerms]] as const) {
+    if (t.dtype !== 'f32') fail(`softmaxGradOf.${name} (${t.label}) is ${t.dtype}, expected f32`);
+    if (t.buffer === args.c.buffer) fail(`softmaxGradOf.${name} must not alias c`);
+  }
+  if (lastC >= probs.size) fail(`softmaxGradOf.probs (${probs.label}, ${probs.size} elements) would be read at index ${lastC}`);
+  if (batchCount * M > rowTerms.size) fail(`softmaxGradOf.rowTerms (${rowTerms.label}) has ${rowTerms.size} elements, need batch * M = ${batchCount * M}`);
+  return { constants: { SOFTMAX_GRAD: 1 }, probs, rowTerms };
+}
+
 /** Binds C = alpha * op(A) @ op(B) (+ C) (+ bias) (* gelu'(pre)). Throws if any index would leave its buffer. */
 export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   return bindMatmul(gpu, args, null)[0] as Dispatch;
@@ -334,13 +371,14 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   check('b', b, lastIndex(offB, batch.strideB, rowsB, colsB, ldb, Math.floor((batch.inner - 1) / groupB)));
   check('c', c, lastIndex(offC, batch.strideC, M, N, ldc));
   const gelu = geluOptions(args, M, N, batchCount, fail);
-  const fused = Object.keys(gelu.constants).length > 0;
+  const softmaxGrad = softmaxGradOptions(args, M, batchCount, lastIndex(offC, batch.strideC, M, N, ldc), fail);
+  const fused = Object.keys(gelu.constants).length > 0 || softmaxGrad !== null;
 
   // Element steps of A(m, k), B(k, n) and C(m, n) along each index.
   const sAm = transA ? 1 : lda, sAk = transA ? lda : 1;
   const sBn = transB ? ldb : 1, sBk = transB ? 1 : ldb;
 
-  // (the skinny kernel has no triangles nor fused GELU: those take the tiled kernels, whatever the shape)
+  // (the skinny kernel has no triangles nor fused GELU or softmax: those take the tiled kernels, whatever the shape)
   if (!triangle && !fused && usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
     // C[rows, S] = A'[rows, K] B'[K, S]: as given when N is small, transposed (C^T = B^T A^T) when M is.
     const smallN = N <= SKINNY_MAX;
@@ -381,7 +419,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   ];
   if (streamK) {
     const { plan, scratch } = streamK;
-    if (batchCount !== 1 || triangle || !aligned) fail('stream-K takes unbatched, vec4-aligned products without a triangle');
+    if (batchCount !== 1 || triangle || !aligned || softmaxGrad) fail('stream-K takes unbatched, vec4-aligned products without a triangle or softmaxGradOf');
     const kernel = STREAMK_KERNELS[plan.tile];
     if (plan.tilesM !== Math.ceil(M / kernel.rows) || plan.tilesN !== Math.ceil(N / kernel.cols) || plan.kTiles !== Math.ceil(K / kernel.kTile)) fail('the stream-K plan is for another shape');
     if (scratch.size < streamKScratchElements(plan)) fail(`stream-K over ${plan.groups} workgroups needs a scratch of ${streamKScratchElements(plan)} elements`);
@@ -411,10 +449,11 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   if (workgroups[0] * workgroups[1] * workgroups[2] >= U32_LIMIT) fail('too many workgroups for a u32 index');
 
   const params = tiledParams(tilesN, tilesM);
-  // TRIANGLE, GELU_A and GELU_GRAD only when set: the plain products keep their pipelines (and the pipeline cache's keys)
-  const tri: Record<string, number> = { ...(triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {}), ...gelu.constants };
+  // TRIANGLE, GELU_A, GELU_GRAD and SOFTMAX_GRAD only when set: the plain products keep their pipelines (and the pipeline cache's keys)
+  const tri: Record<string, number> = { ...(triangle ? { TRIANGLE: TRIANGLE_CODE[triangle] } : {}), ...gelu.constants, ...softmaxGrad?.constants };
   // Without a bias (or pre-activations), `a` fills its binding (read-only twice is allowed; the shader never reads it).
-  const buffers = [a, b, c, bias ?? a, gelu.pre ?? a];
+  // softmaxGradOf's row terms take the bias slot and its probabilities the pre slot.
+  const buffers = softmaxGrad ? [a, b, c, softmaxGrad.rowTerms, softmaxGrad.probs] : [a, b, c, bias ?? a, gelu.pre ?? a];
   if (useVec4) {
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, rows, cols), ...tri };
     return [bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers, workgroups })];
@@ -526,7 +565,7 @@ export function productScratchElements(gpu: Gpu, M: number, N: number, K: number
  * factor applies to the whole sum). A scratch of productScratchElements(M, N, K) always suffices.
  */
 export function matmulWithScratch(gpu: Gpu, args: MatmulArgs, scratch: Tensor | null): Op[] {
-  if (!scratch || args.batch || args.triangle) return [matmul(gpu, args)];
+  if (!scratch || args.batch || args.triangle || args.softmaxGradOf) return [matmul(gpu, args)];
   const { M, N, K } = args;
   const rest = K % 4, K4 = K - rest;
   const plan = K4 > 0 ? streamKPlan(gpu, M, N, K4) : null;
@@ -586,7 +625,7 @@ export function splitKScratchElements(M: number, N: number, S: number): number {
  * slice; geluGradOf once, on the sum (the reduce kernel).
  */
 export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Tensor | null): Op[] {
-  if (S <= 1 || args.triangle) return [matmul(gpu, args)];
+  if (S <= 1 || args.triangle || args.softmaxGradOf) return [matmul(gpu, args)];
   const { M, N, K } = args;
   const label = args.label ?? `matmul(${args.c.label})`;
   if (args.batch) throw new Error(`${label}: split-K takes unbatched products`);

@@ -11,9 +11,9 @@ import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import { geluBackward, geluForward } from '../kernels/gelu';
-import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { attentionSoftmaxForward } from '../kernels/attention-softmax';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
-import { flashAttentionBackward, flashAttentionForward, flashAttentionSupported, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
+import { attentionRowDelta, flashAttentionBackward, flashAttentionForward, flashAttentionSupported, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
@@ -70,8 +70,8 @@ interface BackwardScratch {
   dres: Tensor; dln: Tensor; dqkv: Tensor; dctx: Tensor; dg: Tensor;
   /** [B*H, T, P+T] the probabilities' gradient, then the scores' (T x T path) */
   dP: Tensor | null;
-  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward) */
-  delta: Tensor | null;
+  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward; the T x T path's fused softmax backward) */
+  delta: Tensor;
 }
 
 const PREFIXES = ['transformer.'];
@@ -190,7 +190,10 @@ export class Gpt2 {
     if (splitK > 0) out.push({ label: 'splitK', elements: splitK });
     if (training) {
       out.push({ label: 'dqkv', elements: 3 * M * C }, { label: 'dctx', elements: M * C }, { label: 'dg', elements: M * F });
-      out.push(flash ? { label: 'delta', elements: B * H * T } : { label: 'dP', elements: scores });
+      // delta: rowsum(dctx * ctx) per score row, for flash attention's backward and for the T x T
+      // path's softmax backward fused into dP's product
+      if (!flash) out.push({ label: 'dP', elements: scores });
+      out.push({ label: 'delta', elements: B * H * T });
     }
     return out;
   }
@@ -296,7 +299,7 @@ export class Gpt2 {
       const scratch = {
         dres: dres!, dln: dln!,
         dqkv: t([M, 3 * C], 'dqkv'), dctx: t([M, C], 'dctx'), dg: t([M, F], 'dg'),
-        ...(flash ? { dP: null, delta: t([B * H * T], 'delta') } : { dP: t([B * H, T, P + T], 'dP'), delta: null }),
+        dP: flash ? null : t([B * H, T, P + T], 'dP'), delta: t([B * H * T], 'delta'),
       };
       // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
       for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], lengths, scratch, peft, B, T, l > lowest || nv > 0));
@@ -587,7 +590,7 @@ export class Gpt2 {
       // flash attention: the scores and probabilities again from q, k and the saved log-sum-exp;
       // dq, dk, dv straight into their columns of dqkv
       ops.push(...flashAttentionBackward(gpu, {
-        ...this.attentionShape(B, T, lengths, a.qkv), out: a.ctx, ldo: C, lse: a.lse, dout: s.dctx, lddo: C, delta: s.delta!,
+        ...this.attentionShape(B, T, lengths, a.qkv), out: a.ctx, ldo: C, lse: a.lse, dout: s.dctx, lddo: C, delta: s.delta,
         dq: s.dqkv, offsetDQ: 0, lddq: 3 * C, dk: s.dqkv, offsetDK: C, lddk: 3 * C, dv: s.dqkv, offsetDV: 2 * C, lddv: 3 * C,
       }));
     } else {
@@ -606,17 +609,23 @@ export class Gpt2 {
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence at a time (a batched accumulate into shared rows would race)
     const P = pre?.tokens ?? 0, Tk = P + T;
-    // dP = dctx V^T ; dV = P^T dctx (causal halves skipped as in the forward: dP's tiles above the
-    // diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
+    // dP = dctx V^T ; dV = P^T dctx (causal halves skipped as in the forward). With prefix rows
+    // dP's tiles above the diagonal stay stale: the causal softmax backward neither reads them nor
+    // leaves them nonzero. Without, the softmax backward is dP's epilogue (matmul softmaxGradOf):
+    // dS = scale * P * (dP - delta), delta = rowsum(dctx * ctx) = rowsum(P * dP), and the tiles
+    // above the diagonal are written 0.
     if (pre) {
       ops.push(matmul(gpu, {
         label: `${p}attn.prefix_dP`, a: s.dctx, lda: C, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, ldc: Tk, M: T, N: P, K: D,
         batch: { ...qkvBatch, strideA: [T * C, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
       }));
     }
+    const scale = 1 / Math.sqrt(D);
+    if (!pre) ops.push(attentionRowDelta(gpu, { B, T, H, D, out: a.ctx, ldo: C, dout: s.dctx, lddo: C, delta: s.delta }));
     ops.push(matmul(gpu, {
       label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: C, b: a.qkv, offsetB: 2 * C, ldb: 3 * C, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { ...qkvBatch, strideA: [T * C, D], strideB: [T * 3 * C, D], strideC: [H * T * Tk, T * Tk] },
+      ...(pre ? {} : { alpha: scale, softmaxGradOf: { probs: att, rowTerms: s.delta } }),
     }));
     ops.push(matmul(gpu, {
       label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: C, c: s.dqkv, offsetC: 2 * C, ldc: 3 * C, M: T, N: D, K: T,
@@ -630,9 +639,7 @@ export class Gpt2 {
           batch: { outer: 1, inner: H, strideA: [0, T * Tk], strideB: [0, D], strideC: [0, D] },
         }));
       }
-      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, P, scale: 1 / Math.sqrt(D), causal: true }));
-    } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, scale: 1 / Math.sqrt(D), causal: true }));
+      ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, P, scale, causal: true }));
     }
     // dQ = dS K ; dK = dS^T Q
     ops.push(matmul(gpu, {

@@ -13,9 +13,9 @@ import { matmul } from '../kernels/matmul';
 import { rmsNormBackward, rmsNormForward } from '../kernels/rmsnorm';
 import { ropeBackward, ropeForward } from '../kernels/rope';
 import { swigluBackward, swigluForward } from '../kernels/swiglu';
-import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../kernels/attention-softmax';
+import { attentionSoftmaxForward } from '../kernels/attention-softmax';
 import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '../kernels/attention-prefix-softmax';
-import { flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, groupedHeadSum, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
+import { attentionRowDelta, flashAttentionBackward, flashAttentionForward, flashAttentionScratchElements, flashAttentionSupported, groupedHeadSum, useFlashAttention, type FlashAttentionShape } from '../kernels/flash-attention';
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
@@ -190,7 +190,7 @@ export class Llama {
       const per: [string, number, boolean][] = [
         ['dq', M * H * D, true], ['dk', M * KV * D, true], ['dv', M * KV * D, true],
         ['dqPre', M * H * D, qk], ['dkPre', M * KV * D, qk],
-        ['dctx', M * H * D, true], ['dP', scores, !flash], ['delta', B * H * T, flash],
+        ['dctx', M * H * D, true], ['dP', scores, !flash], ['delta', B * H * T, true],
         ['dkvScratch', flashAttentionScratchElements(B, T, H, D), flash && this.flashScratch()],
         ['headGrads', M * H * D, !flash && KV < H],
         ['dh', M * I, true], ['dgate', M * I, true], ['dup', M * I, true],
@@ -330,7 +330,7 @@ export class Llama {
         dq: t([M, H * D], 'dq'), dk: t([M, KV * D], 'dk'), dv: t([M, KV * D], 'dv'),
         dqPre: qk ? t([M, H * D], 'dqPre') : null, dkPre: qk ? t([M, KV * D], 'dkPre') : null,
         dctx: t([M, H * D], 'dctx'),
-        ...(flash ? { dP: null, delta: t([B * H * T], 'delta') } : { dP: t([B * H, T, P + T], 'dP'), delta: null }),
+        dP: flash ? null : t([B * H, T, P + T], 'dP'), delta: t([B * H * T], 'delta'),
         dkvScratch: flash && this.flashScratch() ? t([flashAttentionScratchElements(B, T, H, D)], 'dkvScratch') : null,
         headGrads: !flash && KV < H ? t([M, H * D], 'headGrads') : null,
         dh: t([M, I], 'dh'), dgate: t([M, I], 'dgate'), dup: t([M, I], 'dup'),
@@ -601,17 +601,22 @@ export class Llama {
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
     // the batch one sequence (and query group) at a time (a batched accumulate into shared rows would race)
     const P = pre?.tokens ?? 0, Tk = P + T;
-    // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward:
-    // dP's tiles above the diagonal stay stale, the causal softmax backward neither reads them nor leaves them nonzero)
+    // dP = dctx V^T ; dV = sum over the group of P^T dctx (causal halves skipped as in the forward).
+    // With prefix rows dP's tiles above the diagonal stay stale: the causal softmax backward neither
+    // reads them nor leaves them nonzero. Without, the softmax backward is dP's epilogue (matmul
+    // softmaxGradOf): dS = scale * P * (dP - delta), delta = rowsum(dctx * ctx) = rowsum(P * dP),
+    // and the tiles above the diagonal are written 0.
     if (pre) {
       ops.push(matmul(gpu, {
         label: `${p}attn.prefix_dP`, a: s.dctx, lda: H * D, b: pre.value, offsetB: pre.valueOffset, ldb: pre.ld, transB: true, c: dP, ldc: Tk, M: T, N: P, K: D,
         batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
       }));
     }
+    if (!pre) ops.push(attentionRowDelta(gpu, { B, T, H, D, out: a.ctx, ldo: H * D, dout: s.dctx, lddo: H * D, delta: s.delta }));
     ops.push(matmul(gpu, {
       label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
       batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
+      ...(pre ? {} : { alpha: this.scale, softmaxGradOf: { probs: att, rowTerms: s.delta } }),
     }));
     ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, (c) => matmul(gpu, {
       label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: H * D, c, ldc: H * D, M: T, N: D, K: T,
@@ -626,8 +631,6 @@ export class Llama {
         })));
       }
       ops.push(attentionPrefixSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, P, scale: this.scale, causal: true }));
-    } else {
-      ops.push(attentionSoftmaxBackward(gpu, { dprobs: dP, probs: att, dscores: dP, B, H, T, scale: this.scale, causal: true }));
     }
     // dQ = dS K ; dK = sum over the group of dS^T Q
     ops.push(matmul(gpu, {
@@ -695,7 +698,7 @@ export class Llama {
       // flash attention: the scores and probabilities again from q, k and the saved log-sum-exp;
       // dk, dv summed over each group's query heads inside the kernel
       ops.push(...flashAttentionBackward(gpu, {
-        ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse, dout: s.dctx, lddo: H * D, delta: s.delta!,
+        ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse, dout: s.dctx, lddo: H * D, delta: s.delta,
         dq: s.dq, lddq: H * D, dk: s.dk, lddk: KV * D, dv: s.dv, lddv: KV * D, ...(s.dkvScratch ? { dkvScratch: s.dkvScratch } : {}),
       }));
     } else {
@@ -726,8 +729,8 @@ interface Scratch {
   dctx: Tensor;
   /** [B*H, T, P+T] the probabilities' gradient, then the scores' (T x T path) */
   dP: Tensor | null;
-  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward) */
-  delta: Tensor | null;
+  /** [B*H*T] rowsum(dctx * ctx) per head (flash attention's backward; the T x T path's fused softmax backward) */
+  delta: Tensor;
   /** flash attention's per-query-head dK/dV partial sums (Llama.flashScratch) */
   dkvScratch: Tensor | null;
   /** The T x T path's per-query-head dK and dV before their group sums, [M, H*D] (grouped-query heads only). */
