@@ -9,6 +9,7 @@ import {
   streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
 } from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
+import type { Tensor } from '../src/engine/gpu/tensor';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { Gpu } from '../src/engine/gpu/gpu';
 
@@ -1085,6 +1086,17 @@ describe('causal attention out of triangular products', () => {
       const tLen = gpu.tensorFrom(Uint32Array.from(lengths), [B], 'lengths');
       const qkvBatch = { outer: B, inner: H };
       const attStride = { strideA: [H * T * T, T * T] as [number, number] };
+      // dQ = dS K and dK = dS^T Q, from dS [B*H, T, T] into the q and k columns of `out`'s packed rows
+      const dQdK = (dS: Tensor, out: Tensor): Op[] => [
+        matmul(gpu, {
+          triangle: 'lowerA', a: dS, lda: T, b: tQkv, offsetB: C, ldb: 3 * C, c: out, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+        matmul(gpu, {
+          triangle: 'upperA', a: dS, lda: T, transA: true, b: tQkv, ldb: 3 * C, c: out, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
+          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
+        }),
+      ];
       runOps(gpu, [
         matmul(gpu, {
           triangle: 'lowerC', a: tQkv, lda: 3 * C, b: tQkv, offsetB: C, ldb: 3 * C, transB: true, c: tAtt, ldc: T, M: T, N: T, K: D,
@@ -1104,14 +1116,7 @@ describe('causal attention out of triangular products', () => {
           batch: { ...qkvBatch, ...attStride, strideB: [T * C, D], strideC: [T * 3 * C, D] },
         }),
         attentionSoftmaxBackward(gpu, { dprobs: tDP, probs: tAtt, dscores: tDP, B, H, T, scale, causal: true }),
-        matmul(gpu, {
-          triangle: 'lowerA', a: tDP, lda: T, b: tQkv, offsetB: C, ldb: 3 * C, c: tDqkv, ldc: 3 * C, M: T, N: D, K: T,
-          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
-        }),
-        matmul(gpu, {
-          triangle: 'upperA', a: tDP, lda: T, transA: true, b: tQkv, ldb: 3 * C, c: tDqkv, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
-          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
-        }),
+        ...dQdK(tDP, tDqkv),
       ]);
       expectClose(await gpu.read(tCtx), ctxRef, 1e-4, `${what}: ctx`);
       expectClose(await gpu.read(tDqkv), dqkvRef, 1e-4, `${what}: dq, dk, dv`);
@@ -1132,14 +1137,7 @@ describe('causal attention out of triangular products', () => {
       runOps(gpu, [
         attentionRowDelta(gpu, { B, T, H, D, out: tCtx, ldo: C, dout: tDctx, lddo: C, delta: tDelta }),
         dS,
-        matmul(gpu, {
-          triangle: 'lowerA', a: tDS, lda: T, b: tQkv, offsetB: C, ldb: 3 * C, c: tDqk, ldc: 3 * C, M: T, N: D, K: T,
-          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
-        }),
-        matmul(gpu, {
-          triangle: 'upperA', a: tDS, lda: T, transA: true, b: tQkv, ldb: 3 * C, c: tDqk, offsetC: C, ldc: 3 * C, M: T, N: D, K: T,
-          batch: { ...qkvBatch, ...attStride, strideB: [T * 3 * C, D], strideC: [T * 3 * C, D] },
-        }),
+        ...dQdK(tDS, tDqk),
       ]);
       const dqk = await gpu.read(tDqk), ref = Float64Array.from(dqkvRef);
       for (let r = 0; r < B * T; r++) for (let c = 2 * C; c < 3 * C; c++) ref[r * 3 * C + c] = dqk[r * 3 * C + c] = 0; // dV: not computed here
