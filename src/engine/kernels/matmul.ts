@@ -87,8 +87,9 @@ export interface MatmulArgs {
    *   floor(m0 / 16) * 16 (= m0): never reads k < m0, does read m0 <= k < m inside its diagonal block.
    * - 'lowerC' (M == N): only C[m][n] with n <= m is wanted. A tile wholly above the diagonal
    *   (n0 > m0 + TM - 1) returns without writing (its C keeps whatever it held: accumulate and bias
-   *   are not applied there either); every other tile computes and writes its whole tile, so C
-   *   above the diagonal inside those tiles holds the full product's values.
+   *   are not applied there either; under softmaxGradOf it writes zeros there instead); every other
+   *   tile computes and writes its whole tile, so C above the diagonal inside those tiles holds the
+   *   full product's values.
    * With lowerA / upperA (and the promise kept) all of C is the plain product's. Never takes the
    * skinny kernel; matmulSplitK does not split a triangular product.
    */
