@@ -672,6 +672,16 @@ function indexA(k: Case, z: number, m: number, kk: number): number {
   return off + (k.transA ? kk * lda + m : m * lda + kk);
 }
 
+/** Storage index of C[m][n] in batch entry z. */
+function indexC(k: Case, z: number, m: number, n: number): number {
+  const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
+  return (k.offsetC ?? 0) + Math.floor(z / batch.inner) * batch.strideC[0] + (z % batch.inner) * batch.strideC[1] + m * (k.ldc ?? k.N) + n;
+}
+
+/** Whether C[m][n] lies in an output tile (rows x cols) wholly above the diagonal: one lowerC skips. */
+const inTileAboveDiagonal = (rows: number, cols: number, m: number, n: number): boolean =>
+  Math.floor(n / cols) * cols > Math.floor(m / rows) * rows + rows - 1;
+
 /**
  * Runs a triangular product on this kernel (rows x cols tiles; asserting that `pipeline` is the one
  * bound) and compares the whole C buffer with the float64 reference:
@@ -691,7 +701,6 @@ async function checkTriangle(
   const b = randArray(sizes.b, seed + 1);
   const c0 = randArray(sizes.c, seed + 2, 100); // C's previous contents: the "not written" sentinel
   const batchCount = k.batch ? k.batch.outer * k.batch.inner : 1;
-  const ldc = k.ldc ?? k.N;
   let special = 0;
   if (tri !== 'lowerC') {
     for (let z = 0; z < batchCount; z++) {
@@ -716,15 +725,11 @@ async function checkTriangle(
   const got = await gpu.read(tc);
   const { want, scale } = matmulReference(aRef, b, c0, k);
   if (tri === 'lowerC') {
-    const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
     for (let z = 0; z < batchCount; z++) {
-      const offC = (k.offsetC ?? 0) + Math.floor(z / batch.inner) * batch.strideC[0] + (z % batch.inner) * batch.strideC[1];
       for (let m = 0; m < k.M; m++) {
-        const m0 = Math.floor(m / tile.rows) * tile.rows;
         for (let n = 0; n < k.N; n++) {
-          const n0 = Math.floor(n / tile.cols) * tile.cols;
-          if (n0 <= m0 + tile.rows - 1) continue;
-          const ci = offC + m * ldc + n;
+          if (!inTileAboveDiagonal(tile.rows, tile.cols, m, n)) continue;
+          const ci = indexC(k, z, m, n);
           want[ci] = c0[ci];
           scale[ci] = 0; // bit-exact
           special++;
@@ -847,7 +852,7 @@ describe.each([
     let zeroed = 0;
     for (const { tri, k, sizes, what } of cases) {
       const batch = k.batch ?? { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] };
-      const batchCount = batch.outer * batch.inner, ldc = k.ldc ?? k.N;
+      const batchCount = batch.outer * batch.inner;
       const a = randArray(sizes.a, 31), b = randArray(sizes.b, 32), probs = randArray(sizes.c, 33), delta = randArray(batchCount * k.M, 34);
       const c0 = new Float32Array(sizes.c).fill(NaN);
       const ta = gpu.tensorFrom(a, [sizes.a], 'a'), tb = gpu.tensorFrom(b, [sizes.b], 'b'), tc = gpu.tensorFrom(c0, [sizes.c], 'c');
@@ -861,12 +866,10 @@ describe.each([
       const product = matmulReference(a, b, new Float32Array(sizes.c), { ...k, alpha: 1 });
       const want = Float64Array.from(c0), scale = new Float64Array(sizes.c);
       for (let z = 0; z < batchCount; z++) {
-        const offC = (k.offsetC ?? 0) + Math.floor(z / batch.inner) * batch.strideC[0] + (z % batch.inner) * batch.strideC[1];
         for (let m = 0; m < k.M; m++) {
           for (let n = 0; n < k.N; n++) {
-            const i = offC + m * ldc + n;
-            const above = tri === 'lowerC' && Math.floor(n / cols) * cols > Math.floor(m / rows) * rows + rows - 1;
-            if (above) {
+            const i = indexC(k, z, m, n);
+            if (tri === 'lowerC' && inTileAboveDiagonal(rows, cols, m, n)) {
               want[i] = 0;
               zeroed++;
             } else {
