@@ -12,7 +12,8 @@
 // c_attn: lora_B 42 us, du 50 us per layer), and dropout needed a [rows, K] scratch and a kernel
 // of its own each way.
 
-struct Params { rows: u32, cols: u32, ld: u32, sW0: u32, sW1: u32, accumulate: u32, alpha: f32, salt: u32, threshold: u32, dropScale: f32 }
+// chunkRows: `grad`'s rows per chunk (0 for the others).
+struct Params { rows: u32, cols: u32, ld: u32, sW0: u32, sW1: u32, accumulate: u32, alpha: f32, salt: u32, threshold: u32, dropScale: f32, chunkRows: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -129,6 +130,123 @@ fn down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let r = block * DOWN_ROWS + lid / 8u;
       let j = j0 + lid % 8u;
       if (r < params.rows && j < R) { out[r * R + j] = params.alpha * t; }
+    }
+    workgroupBarrier();
+  }
+}
+
+// ---- grad: the factor's gradient in two passes. This first pass sums chunks of rows:
+//   parts[chunk * cols * R + c * sW0 + j * sW1] = sum_{row in chunk} mask(row * cols + c) src[row * ld + c] * small[row * R + j]
+// (dA's chunks: src = x with the forward's mask, small = du; dB's: src = dy, small = u); the
+// split-K sum (shaders/matmul_splitk_reduce.wgsl) then adds the chunks into the gradient. Chunks,
+// not one workgroup per column block: 2048 rows by 768 columns would make six workgroups.
+//
+// A workgroup takes GRAD_COLS columns by `chunkRows` rows. Lane l of row slice s keeps columns
+// 4l .. 4l + 3 of the block (one 16-byte load per row when ALIGNED: ld and cols multiples of 4)
+// for rows s, s + 8, s + 16, ... of the chunk, four rows' loads in flight; the small operand's row
+// is the same for every lane of a slice (a broadcast from cache). The sums are sixteen named vec4
+// registers, a<column i><group g> over j = 4g .. 4g + 3: a 64-entry array indexed in loops ran
+// at a third of the memory bandwidth on the H100 (NVIDIA's compiler kept it in local memory).
+// The slices are then added in workgroup memory, one group of four j at a time.
+const GRAD_LANES: u32 = 32u;
+const GRAD_SLICES: u32 = 8u;
+const GRAD_COLS: u32 = 128u;  // GRAD_LANES x 4
+override ALIGNED: bool = false;
+@group(0) @binding(3) var<storage, read> srcVec: array<vec4<f32>>;  // `src` read as vec4s (grad's binding)
+var<workgroup> gradSlices: array<vec4<f32>, 1024>;  // [slice][column of the block] over four j: 16 KiB
+
+// columns c .. c + 3 of src's row (0 past cols)
+fn gradLoad(row: u32, c: u32) -> vec4<f32> {
+  if (ALIGNED) {
+    if (c < params.cols) { return srcVec[(row * params.ld + c) / 4u]; }
+    return vec4<f32>(0.0);
+  }
+  var v = vec4<f32>(0.0);
+  for (var i = 0u; i < 4u; i++) {
+    if (c + i < params.cols) {
+      let k = row * params.ld + c + i;
+      v[i] = srcVec[k >> 2u][k & 3u];
+    }
+  }
+  return v;
+}
+
+fn gradMasked(v: vec4<f32>, key: u32, row: u32, c: u32) -> vec4<f32> {
+  if (params.threshold == 0u) { return v; }
+  var m = v * params.dropScale;
+  for (var i = 0u; i < 4u; i++) {
+    if (!dropoutKeep(key, params.threshold, row * params.cols + c + i)) { m[i] = 0.0; }
+  }
+  return m;
+}
+
+// small[row, 4g .. 4g + 3] (0 past R)
+fn gradSmall(row: u32, g: u32) -> vec4<f32> {
+  if (R % 4u == 0u) { return w[row * (R / 4u) + g]; }
+  var v = vec4<f32>(0.0);
+  for (var jj = 0u; jj < 4u; jj++) {
+    if (4u * g + jj < R) { v[jj] = wAt(row * R + 4u * g + jj); }
+  }
+  return v;
+}
+
+@compute @workgroup_size(256)
+fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let slice = lid / GRAD_LANES;
+  let lane = lid % GRAD_LANES;
+  let c = wid.x * GRAD_COLS + 4u * lane;
+  let start = wid.y * params.chunkRows;
+  let end = min(params.rows, start + params.chunkRows);
+  let key = dropoutKey(step.seed, params.salt);
+  var a00 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a20 = vec4<f32>(0.0); var a30 = vec4<f32>(0.0);
+  var a01 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0);
+  var a02 = vec4<f32>(0.0); var a12 = vec4<f32>(0.0); var a22 = vec4<f32>(0.0); var a32 = vec4<f32>(0.0);
+  var a03 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0); var a23 = vec4<f32>(0.0); var a33 = vec4<f32>(0.0);
+  for (var row0 = start + slice; row0 < end; row0 += 4u * GRAD_SLICES) {
+    // four rows' loads first (0 past the chunk), then their sums
+    var x: array<vec4<f32>, 4>;
+    for (var t = 0u; t < 4u; t++) {
+      let row = row0 + t * GRAD_SLICES;
+      x[t] = select(vec4<f32>(0.0), gradMasked(gradLoad(row, c), key, row, c), row < end);
+    }
+    for (var t = 0u; t < 4u; t++) {
+      let row = min(row0 + t * GRAD_SLICES, params.rows - 1u);  // past the chunk x is 0: any row of small will do
+      let xt = x[t];
+      let s0 = gradSmall(row, 0u);
+      a00 = fma(vec4<f32>(xt.x), s0, a00); a10 = fma(vec4<f32>(xt.y), s0, a10); a20 = fma(vec4<f32>(xt.z), s0, a20); a30 = fma(vec4<f32>(xt.w), s0, a30);
+      if (R > 4u) {
+        let s1 = gradSmall(row, 1u);
+        a01 = fma(vec4<f32>(xt.x), s1, a01); a11 = fma(vec4<f32>(xt.y), s1, a11); a21 = fma(vec4<f32>(xt.z), s1, a21); a31 = fma(vec4<f32>(xt.w), s1, a31);
+      }
+      if (R > 8u) {
+        let s2 = gradSmall(row, 2u);
+        a02 = fma(vec4<f32>(xt.x), s2, a02); a12 = fma(vec4<f32>(xt.y), s2, a12); a22 = fma(vec4<f32>(xt.z), s2, a22); a32 = fma(vec4<f32>(xt.w), s2, a32);
+      }
+      if (R > 12u) {
+        let s3 = gradSmall(row, 3u);
+        a03 = fma(vec4<f32>(xt.x), s3, a03); a13 = fma(vec4<f32>(xt.y), s3, a13); a23 = fma(vec4<f32>(xt.z), s3, a23); a33 = fma(vec4<f32>(xt.w), s3, a33);
+      }
+    }
+  }
+  let partBase = wid.y * params.cols * R;
+  let at = slice * GRAD_COLS + 4u * lane;
+  for (var g = 0u; 4u * g < R; g++) {
+    if (g == 0u) { gradSlices[at] = a00; gradSlices[at + 1u] = a10; gradSlices[at + 2u] = a20; gradSlices[at + 3u] = a30; }
+    else if (g == 1u) { gradSlices[at] = a01; gradSlices[at + 1u] = a11; gradSlices[at + 2u] = a21; gradSlices[at + 3u] = a31; }
+    else if (g == 2u) { gradSlices[at] = a02; gradSlices[at + 1u] = a12; gradSlices[at + 2u] = a22; gradSlices[at + 3u] = a32; }
+    else { gradSlices[at] = a03; gradSlices[at + 1u] = a13; gradSlices[at + 2u] = a23; gradSlices[at + 3u] = a33; }
+    workgroupBarrier();
+    // column lid of the block: its eight slices, four j at once
+    if (lid < GRAD_COLS) {
+      var sum = vec4<f32>(0.0);
+      for (var sl = 0u; sl < GRAD_SLICES; sl++) { sum += gradSlices[sl * GRAD_COLS + lid]; }
+      let col = wid.x * GRAD_COLS + lid;
+      if (col < params.cols) {
+        for (var jj = 0u; jj < 4u; jj++) {
+          let j = 4u * g + jj;
+          if (j < R) { out[partBase + col * params.sW0 + j * params.sW1] = sum[jj]; }
+        }
+      }
     }
     workgroupBarrier();
   }

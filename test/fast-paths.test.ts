@@ -1,6 +1,7 @@
 // The speed paths against the plain one over a whole training run: the 128-row/column matmul tiles,
-// the vec4 kernels, the skinny kernel (LoRA's rank-sized products) and split-K (frozen products with a long K) must
-// train the same adapter as the plain 64x64 kernel does; flash attention and the subgroup reductions
+// the vec4 kernels, the skinny kernel (LoRA's rank-sized products), LoRA's chunked weight gradients
+// (kernels/lora.ts loraWeightGrad, dropout mask in place) and split-K (frozen products with a long K) must
+// train the same adapter as the plain 64x64 kernel (dA and dB through it, over dropout(x)) does; flash attention and the subgroup reductions
 // the same as the T x T attention and the workgroup-memory reductions (GPT-2, and a Llama with
 // grouped-query heads). Shapes here are tiny, so the choices are forced through gpu.tuning.
 import path from 'node:path';
@@ -64,11 +65,13 @@ async function train(tuning: Partial<KernelTuning>, run: RunModel = GPT2): Promi
 
 describe('fast kernel paths train the same adapter as the plain path', () => {
   it('128x64 / 128x128 tiles, vec4 kernels, the skinny kernel, split-K and stream-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
-    const plain = await train({ matmul: '64x64', vec4Matmul: false, skinnyMatmul: false, splitKMaxSlices: 1 });
+    const plain = await train({ matmul: '64x64', vec4Matmul: false, skinnyMatmul: false, splitKMaxSlices: 1, loraGradWorkgroups: 0 });
     expect(plain.losses[29]).toBeLessThan(plain.losses[0] - 0.5); // it trains
     for (const fast of [
-      { matmul: '128x64', vec4Matmul: false, skinnyMatmul: true, skinnyMatmulMinK: 1 },
+      // LoRA's dA and dB through the skinny kernel too
+      { matmul: '128x64', vec4Matmul: false, skinnyMatmul: true, skinnyMatmulMinK: 1, loraGradWorkgroups: 0 },
       // the vec4 kernels wherever the operands are aligned (every linear layer and the LM head here)
+      // (and LoRA's dA and dB as chunked sums, the default)
       { matmul: '128x128', vec4Matmul: true, skinnyMatmul: true, skinnyMatmulMinK: 16 },
       // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80), vec4 slices
       { matmul: 'db64x64', vec4Matmul: true, skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },

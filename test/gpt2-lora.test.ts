@@ -91,7 +91,7 @@ describe('GPT-2 + LoRA program', () => {
     expect(all.some((l) => l.startsWith('transformer.h.1.attn.c_attn.dx'))).toBe(true);
     expect(all.some((l) => l.startsWith('transformer.h.0.attn.c_attn.dx'))).toBe(false);
     expect(all.filter((l) => l.startsWith('layerNormBackward')).length).toBe(1 + 2 * dims.n_layer - 1);
-    expect(all.some((l) => l.includes('transformer.h.0.attn.c_attn.dB'))).toBe(true);
+    expect(all.some((l) => l.includes('transformer.h.0.attn.c_attn.lora_B.weight.grad'))).toBe(true);
     // LoRA on layer 1's MLP only: layer 1 is the lowest; nothing of layer 0 runs backward
     const top = labels(['h.1.mlp.c_fc']);
     expect(top.some((l) => l.startsWith('transformer.h.0.'))).toBe(false);

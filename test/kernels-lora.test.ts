@@ -1,11 +1,12 @@
 // LoRA's fused rank-r products (shaders/lora.wgsl) against float64 references: loraProject
-// (u = dropout(x) A^T, du = scale * dy B) and loraExpand (y += scale * u B^T, dx += dropout'(du A)),
-// with the dropout mask regenerated in JS (the dropout kernel's hash).
+// (u = dropout(x) A^T, du = scale * dy B), loraExpand (y += scale * u B^T, dx += dropout'(du A))
+// and loraWeightGrad (dA += du^T dropout(x), dB += scale * dy^T u), with the dropout mask
+// regenerated in JS (the dropout kernel's hash).
 import { describe, expect, it } from 'vitest';
 import { testGpu, randArray, expectClose } from './helpers/gpu';
 import { run, bind } from './helpers/kernel-check';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-import { loraExpand, loraProject, type RankFactorLayout } from '../src/engine/kernels/lora';
+import { loraExpand, loraProject, loraWeightGrad, loraWeightGradChunks, loraWeightGradScratch, type RankFactorLayout } from '../src/engine/kernels/lora';
 import { keepMask } from './helpers/dora-bottleneck-reference';
 
 const stepValues = (seed: number) => ({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1, seed });
@@ -107,6 +108,64 @@ describe('loraProject', () => {
   }
 });
 
+describe('loraWeightGrad', () => {
+  // workgroups: tuning.loraGradWorkgroups, which sets the rows per chunk (1: one chunk of all rows; 4000: chunks of 32 rows).
+  // ld and cols multiples of 4 take the vec4 loads (ALIGNED), the others scalar ones.
+  for (const { rows, cols, r, ld, layout, accumulate, p, workgroups } of [
+    // dB = scale * dy^T u (B [N, r]): GPT-2-like width, several chunks, accumulated
+    { rows: 37, cols: 2304, r: 8, ld: 2304, layout: 'cols_r', accumulate: true, p: 0, workgroups: 264 },
+    // dA += du^T dropout(x) (A [r, K]): the forward's mask regenerated in the kernel
+    { rows: 70, cols: 520, r: 8, ld: 520, layout: 'r_cols', accumulate: true, p: 0.3, workgroups: 264 },
+    // one chunk of all rows; rank 16 (the limit), a row stride wider than cols, no accumulate
+    { rows: 45, cols: 130, r: 16, ld: 133, layout: 'r_cols', accumulate: false, p: 0.05, workgroups: 1 },
+    // chunks of 8 rows with a short last one; ranks not a multiple of 4 (the scalar reads of small)
+    { rows: 29, cols: 77, r: 3, ld: 80, layout: 'cols_r', accumulate: true, p: 0, workgroups: 4000 },
+    { rows: 17, cols: 256, r: 1, ld: 256, layout: 'r_cols', accumulate: true, p: 0.5, workgroups: 4000 },
+    { rows: 9, cols: 300, r: 12, ld: 300, layout: 'cols_r', accumulate: false, p: 0, workgroups: 264 },
+    // vec4 loads with a rank not a multiple of 4, a wider row stride, three chunks (the last short), the mask
+    { rows: 70, cols: 64, r: 3, ld: 68, layout: 'r_cols', accumulate: true, p: 0.2, workgroups: 4000 },
+  ] as const) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}, ${workgroups} workgroups`, async () => {
+      const gpu = await testGpu();
+      const saved = gpu.tuning.loraGradWorkgroups;
+      gpu.tuning.loraGradWorkgroups = workgroups;
+      try {
+        const step = new StepUniforms(gpu);
+        step.write(stepValues(SEED));
+        const big = randArray((rows - 1) * ld + cols, 7, 1), small = randArray(rows * r, 8, 1), prior = randArray(cols * r, 9, 1);
+        const tBig = gpu.tensorFrom(big, [big.length], 'big'), tSmall = gpu.tensorFrom(small, [rows, r], 'small');
+        const grad = gpu.tensorFrom(prior, [cols * r], 'grad');
+        const { chunks } = loraWeightGradChunks(workgroups, rows, cols);
+        if (workgroups === 1) expect(chunks).toBe(1);
+        if (workgroups === 4000) expect(chunks).toBe(Math.ceil(rows / 32));
+        const partsSize = loraWeightGradScratch(workgroups, rows, cols, r);
+        const parts = gpu.tensorFrom(randArray(partsSize, 10, 100), [partsSize], 'parts');
+        const alpha = 1.25;
+        await run(gpu, await bind(gpu, () => loraWeightGrad(gpu, {
+          big: tBig, ld, small: tSmall, w: grad, wLayout: layout, parts, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+        })));
+        const mask = maskOf(rows, cols, p);
+        expectDropRate(mask, p);
+        const want = new Float64Array(cols * r);
+        for (let c = 0; c < cols; c++) {
+          for (let j = 0; j < r; j++) {
+            let s = 0;
+            for (let row = 0; row < rows; row++) {
+              const xv = mask ? (mask[row * cols + c] ? big[row * ld + c] / (1 - p) : 0) : big[row * ld + c];
+              s += xv * small[row * r + j];
+            }
+            const at = layout === 'cols_r' ? c * r + j : j * cols + c;
+            want[at] = (accumulate ? prior[at] : 0) + alpha * s;
+          }
+        }
+        expectClose(await gpu.read(grad), want, 1e-4, 'grad');
+      } finally {
+        gpu.tuning.loraGradWorkgroups = saved;
+      }
+    });
+  }
+});
+
 describe('LoRA products: argument checks', () => {
   it('rejects bad arguments with the reason', async () => {
     const gpu = await testGpu();
@@ -126,5 +185,19 @@ describe('LoRA products: argument checks', () => {
     expect(() => loraProject(gpu, { ...proj, out: x })).toThrow(/alias/);
     expect(() => loraProject(gpu, { ...proj, cols: 17 })).toThrow(/\(x\) has 64 elements, need 68/);
     expect(() => loraProject(gpu, { ...proj, rows: 0 })).toThrow(/rows must be a positive integer/);
+    const gradW = gpu.tensor([16 * 8], 'gradW'), parts = gpu.tensor([loraWeightGradScratch(gpu.tuning.loraGradWorkgroups, 4, 16, 8)], 'parts');
+    const wg = { big: x, small: u, w: gradW, wLayout: 'r_cols' as const, parts, rows: 4, cols: 16, r: 8, alpha: 1, accumulate: true, step };
+    expect(() => loraWeightGrad(gpu, wg)).not.toThrow();
+    expect(() => loraWeightGrad(gpu, { ...wg, big: gradW })).toThrow(/the output must not alias/);
+    expect(() => loraWeightGrad(gpu, { ...wg, parts: gradW })).toThrow(/parts must not alias/);
+    expect(() => loraWeightGrad(gpu, { ...wg, parts: gpu.tensor([8], 'short') })).toThrow(/parts \(short\) has 8 elements, need 128/);
+    expect(() => loraWeightGrad(gpu, { ...wg, rows: 5 })).toThrow(/operand \(x\) has 64 elements, need 80/);
+    const saved = gpu.tuning.loraGradWorkgroups;
+    gpu.tuning.loraGradWorkgroups = 0;
+    try {
+      expect(() => loraWeightGrad(gpu, wg)).toThrow(/loraGradWorkgroups is 0/);
+    } finally {
+      gpu.tuning.loraGradWorkgroups = saved;
+    }
   });
 });

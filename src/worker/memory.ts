@@ -12,12 +12,14 @@ import type { EncoderClassifier } from '../engine/models/encoder';
 import { allocatedBytesFor, type PlannedBuffer } from '../engine/models/program';
 import type { LinearModuleInfo } from '../engine/peft/lora';
 import { gradNormPartials } from '../engine/kernels/grad-norm';
-import { LORA_MAX_RANK } from '../engine/kernels/lora';
+import { LORA_MAX_RANK, loraWeightGradScratch } from '../engine/kernels/lora';
+import { DEFAULT_KERNEL_TUNING } from '../engine/gpu/gpu';
 import type { MemoryEstimate } from './protocol';
 
 /** The adapter's tensors as each method makes them. */
 export type AdapterPlan =
-  | { kind: 'lora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
+  /** gradWorkgroups: the running GPU's tuning.loraGradWorkgroups (absent: the default tuning's), which sizes dA's and dB's chunk scratch. */
+  | { kind: 'lora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[]; gradWorkgroups?: number }
   | { kind: 'dora'; rank: number; dropout: number; targeted: readonly LinearModuleInfo[] }
   /** inputSum: the adapter reads residual + branch (Pfeiffer, AdapterHub's original_ln_before), which a post-LN encoder then normalizes. */
   | { kind: 'bottleneck'; hidden: number; layers: number; size: number; places: number; inputSum: boolean }
@@ -53,19 +55,23 @@ export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
   return run.T + (run.adapter.kind === 'prompt' ? run.adapter.virtualTokens : 0);
 }
 
-function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number): PlannedBuffer[] {
+function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number, gradWorkgroups: number): PlannedBuffer[] {
   const out: PlannedBuffer[] = [];
   for (const t of targeted) out.push(...param(`${t.module}.lora_A`, rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * rank));
   // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set:
-  // each site's u = dropout(x) A^T (kept for backward), and du, dropout(x) (backward's dA) and
-  // (ranks above LORA_MAX_RANK only) the masked product's scratch, shared by the sites.
+  // each site's u = dropout(x) A^T (kept for backward), and, shared by the sites, du, dA's and
+  // dB's row-chunk sums (ranks up to LORA_MAX_RANK, unless tuned off) or else dropout(x) for dA,
+  // and (ranks above LORA_MAX_RANK only) the masked product's scratch.
   for (const t of targeted) out.push({ label: `lora.u[${t.module}]`, elements: M * rank });
   out.push({ label: 'lora.du', elements: M * rank });
-  if (dropout > 0) {
-    const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
-    out.push({ label: 'lora.xd', elements: M * maxIn });
-    if (rank > LORA_MAX_RANK) out.push({ label: 'lora.dxd', elements: M * maxIn });
+  const chunked = rank <= LORA_MAX_RANK && gradWorkgroups > 0;
+  const maxIn = targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
+  if (dropout > 0 && !chunked) out.push({ label: 'lora.xd', elements: M * maxIn });
+  if (chunked) {
+    const parts = targeted.reduce((s, t) => Math.max(s, loraWeightGradScratch(gradWorkgroups, M, t.inFeatures, rank), loraWeightGradScratch(gradWorkgroups, M, t.outFeatures, rank)), 0);
+    out.push({ label: 'lora.gradParts', elements: parts });
   }
+  if (dropout > 0 && rank > LORA_MAX_RANK) out.push({ label: 'lora.dxd', elements: M * maxIn });
   return out;
 }
 
@@ -90,7 +96,7 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
   const out: PlannedBuffer[] = [];
   switch (a.kind) {
     case 'lora':
-      out.push(...loraBuffers(a.rank, a.dropout, a.targeted, M));
+      out.push(...loraBuffers(a.rank, a.dropout, a.targeted, M, a.gradWorkgroups ?? DEFAULT_KERNEL_TUNING.loraGradWorkgroups));
       break;
     case 'dora': {
       // LoRA's A and B, the magnitude m, and the weight norm n and g = m / n of each layer

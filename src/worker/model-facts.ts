@@ -3,7 +3,7 @@
 // targets), which methods the engine refuses for it and why (found by building each method's
 // smallest program), and the tensors a chosen method will make (for the memory estimate).
 
-import type { Gpu } from '../engine/gpu/gpu';
+import type { Gpu, KernelTuning } from '../engine/gpu/gpu';
 import type { HfConfig } from '../io/hf-config';
 import type { LoadedModel, LoadedSequenceClassifier } from '../engine/models/registry';
 import { createPeftMethod, defaultIa3Settings, peftModelInfo, prefixDims, type PeftModelInfo } from '../engine/peft/factory';
@@ -165,11 +165,13 @@ export function targetedLinears(linears: readonly LinearModuleInfo[], targets: r
 }
 
 /** The tensors the chosen method will make on this model, for the memory estimate. */
-export function adapterPlan(s: TrainSettings, facts: PeftFacts, linears: readonly LinearModuleInfo[]): AdapterPlan {
+/** tuning: the running GPU's (Gpu.tuning), for what sizes a method's scratch; absent, the defaults. */
+export function adapterPlan(s: TrainSettings, facts: PeftFacts, linears: readonly LinearModuleInfo[], tuning?: Pick<KernelTuning, 'loraGradWorkgroups'>): AdapterPlan {
   switch (s.method) {
     case 'lora':
+      return { kind: 'lora', rank: s.rank, dropout: s.dropout, targeted: targetedLinears(linears, s.targetModules), gradWorkgroups: tuning?.loraGradWorkgroups };
     case 'dora':
-      return { kind: s.method, rank: s.rank, dropout: s.dropout, targeted: targetedLinears(linears, s.targetModules) };
+      return { kind: 'dora', rank: s.rank, dropout: s.dropout, targeted: targetedLinears(linears, s.targetModules) };
     case 'bottleneck':
       return {
         kind: 'bottleneck',

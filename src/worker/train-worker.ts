@@ -669,7 +669,7 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
     const seqLen = Math.min(sequenceLengthFor(examples, settings.maxLength), m.summary.maxPositions - extra);
     const { stepsPerEpoch, totalSteps, warmupSteps } = lengthOf(train.length);
     const facts = m.summary.peft;
-    const plan = adapterPlan(settings, facts, m.loaded.model.linearModules());
+    const plan = adapterPlan(settings, facts, m.loaded.model.linearModules(), g.tuning);
     if ((plan.kind === 'lora' || plan.kind === 'dora') && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
     if (plan.kind === 'ia3' && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.ia3Targets.join(', ')}] match no layer of ${m.summary.name}.`, 'ia3Targets');
     const trainable = descriptor.trainableParams(settings, facts);
@@ -719,7 +719,7 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
   const seqLen = Math.min(classificationSequenceLength(examples, settings.maxLength), m.summary.maxPositions - descriptor.extraPositions(settings));
   const { stepsPerEpoch, totalSteps, warmupSteps } = lengthOf(train.length);
   const facts = m.summary.peft;
-  const plan = adapterPlan(settings, facts, m.loaded.model.linearModules());
+  const plan = adapterPlan(settings, facts, m.loaded.model.linearModules(), g.tuning);
   if ((plan.kind === 'lora' || plan.kind === 'dora') && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.targetModules.join(', ')}] match no layer of ${m.summary.name}.`, 'targetModules');
   if (plan.kind === 'ia3' && plan.targeted.length === 0) throw new InputError(`The target modules [${settings.ia3Targets.join(', ')}] match no layer of ${m.summary.name}.`, 'ia3Targets');
   const head = m.summary.classifier!;

@@ -12,7 +12,7 @@ export async function run(gpu: Gpu, ops: Op[]): Promise<void> {
 }
 
 /** Binds inside a validation scope too (pipeline creation errors show up there). */
-export async function bind(gpu: Gpu, make: () => Dispatch): Promise<Dispatch> {
+export async function bind<T extends Dispatch | Op[]>(gpu: Gpu, make: () => T): Promise<T> {
   gpu.device.pushErrorScope('validation');
   const d = make();
   const err = await gpu.device.popErrorScope();

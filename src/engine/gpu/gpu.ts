@@ -131,12 +131,23 @@ export interface KernelTuning {
    * shorter than buffer copies on the H100.
    */
   copyKernel: boolean;
+  /**
+   * LoRA's dA and dB (ranks up to 16) as kernels/lora.ts loraWeightGrad: chunks of rows summed
+   * into partials by about this many workgroups, then the split-K sum; dA regenerates the
+   * forward's dropout mask in place, so no dropout(x) pass. 0: both through the skinny matmul,
+   * dA over a dropout(x) scratch. On the H100 (bench/probe/lora-grad.ts, one site alone; GPT-2's
+   * c_attn: dB 18.2 -> 14.8 us, dA with its dropout pass 25.9 -> 10.9; SmolLM2's q_proj 16.1 ->
+   * 10.2 and 24.7 -> 10.8; bench/sweep-tuning.sh ms per step: GPT-2 32.19 / 32.35 against 32.62 /
+   * 32.94 with 0, SmolLM2 56.08 / 56.23 against 57.70 / 57.68; 264: 32.62, 56.19).
+   */
+  loraGradWorkgroups: number;
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
+  loraGradWorkgroups: 132,
 };
 
 export class GpuError extends Error {

@@ -1,14 +1,16 @@
 // Wrappers of shaders/lora.wgsl: LoRA's rank-r products in one pass over their large operand,
 // with the dropout mask fused in. loraProject: u = alpha * mask(x) W (forward u = dropout(x) A^T,
 // backward du = scale * dy B). loraExpand: out (+)= alpha * mask(u W^T) (forward y += scale * u
-// B^T, backward dx += dropout'(du A)). Ranks up to LORA_MAX_RANK; peft/lora.ts uses the tiled
-// matmul above that.
+// B^T, backward dx += dropout'(du A)). loraWeightGrad: G (+)= alpha * mask(big)^T small over
+// chunks of rows, then their sum (dA += du^T dropout(x), dB += scale * dy^T u). Ranks up to
+// LORA_MAX_RANK; peft/lora.ts uses the tiled matmul above that.
 import loraCode from '../../../shaders/lora.wgsl?raw';
 import maskCode from '../../../shaders/dropout_mask.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
-import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
+import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { dropoutThreshold } from './dropout';
+import { sumSlices } from './matmul';
 import type { StepUniforms } from './step-uniforms';
 
 const code = maskCode + loraCode;
@@ -18,6 +20,9 @@ export const LORA_MAX_RANK = 16;
 /** Rows per workgroup of `up` (UP_ROWS) and `down` (DOWN_ROWS) there. */
 const UP_ROWS = 16;
 const DOWN_ROWS = 2;
+/** Columns per workgroup of `grad` (GRAD_COLS) and its row slices (GRAD_SLICES). */
+const GRAD_COLS = 128;
+const GRAD_SLICES = 8;
 
 /**
  * The rank-r factor W(c, j), c < cols, j < r: stored [r, cols] (LoRA's A, when cols are its input
@@ -58,8 +63,8 @@ export interface LoraExpandArgs extends RankProduct {
   accumulate: boolean;
 }
 
-/** Checks the shared arguments; returns the uniform's values after rows, cols, ld. */
-function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Tensor, out: Tensor): { sW: [number, number]; threshold: number; dropScale: number; salt: number } {
+/** Checks the shared arguments (`out` names which operand is written); returns the uniform's values after rows, cols, ld. */
+function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Tensor, out: 'big' | 'small' | 'w'): { sW: [number, number]; threshold: number; dropScale: number; salt: number } {
   const { rows, cols, r } = a;
   for (const [k, v] of Object.entries({ rows, cols, r, ld })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${what}: ${k} must be a positive integer (got ${v})`);
@@ -74,7 +79,9 @@ function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Ten
   need('the [rows, cols] operand', big, (rows - 1) * ld + cols);
   need('the [rows, r] operand', small, rows * r);
   need('w', a.w, cols * r);
-  if (out.buffer === a.w.buffer || (out === big ? small : big).buffer === out.buffer) throw new Error(`${what}: the output must not alias an input`);
+  const operands = { big, small, w: a.w };
+  const written = operands[out];
+  if (Object.entries(operands).some(([role, t]) => role !== out && t.buffer === written.buffer)) throw new Error(`${what}: the output must not alias an input`);
   const p = a.dropout?.p ?? 0;
   if (!(p >= 0 && p < 1)) throw new Error(`${what}: dropout p must be in [0, 1) (got ${p})`);
   const salt = a.dropout?.salt ?? 0;
@@ -88,7 +95,7 @@ function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Ten
 export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
   const what = `loraProject(${a.out.label})`;
   const ld = a.ldx ?? a.cols;
-  const c = check(what, a, ld, a.x, a.out, a.out);
+  const c = check(what, a, ld, a.x, a.out, 'small');
   const blocks = Math.ceil(a.rows / DOWN_ROWS);
   const max = gpu.info.limits.maxComputeWorkgroupsPerDimension;
   const x = Math.min(blocks, max);
@@ -107,7 +114,7 @@ export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
 export function loraExpand(gpu: Gpu, a: LoraExpandArgs): Dispatch {
   const what = `loraExpand(${a.out.label})`;
   const ld = a.ldo ?? a.cols;
-  const c = check(what, a, ld, a.out, a.u, a.out);
+  const c = check(what, a, ld, a.out, a.u, 'big');
   return bindDispatch(gpu, {
     label: what,
     code,
@@ -117,4 +124,66 @@ export function loraExpand(gpu: Gpu, a: LoraExpandArgs): Dispatch {
     buffers: [a.step.buffer, a.out, a.u, a.w],
     workgroups: [Math.ceil(a.cols / 256), Math.ceil(a.rows / UP_ROWS)],
   });
+}
+
+export interface LoraWeightGradArgs extends RankProduct {
+  /** [rows, cols] with rows ld apart (default cols): dy for dB, x for dA (with the forward's dropout). */
+  big: Tensor;
+  ld?: number;
+  /** [rows, r], dense: u for dB, du for dA. */
+  small: Tensor;
+  /** The chunks' partial sums, at least loraWeightGradScratch(gpu, rows, cols, r) elements; aliases nothing else. */
+  parts: Tensor;
+  /** w (the gradient, stored as wLayout says) += its product (else =). */
+  accumulate: boolean;
+}
+
+/** Rows per chunk of loraWeightGrad (a multiple of 4 x GRAD_SLICES) and the chunk count, for about `workgroups` (tuning.loraGradWorkgroups) workgroups. */
+export function loraWeightGradChunks(workgroups: number, rows: number, cols: number): { chunkRows: number; chunks: number } {
+  const blocks = Math.ceil(cols / GRAD_COLS);
+  const wanted = Math.max(1, Math.ceil(workgroups / blocks));
+  // a multiple of the rows a workgroup takes per step (grad4: four per slice)
+  const step = 4 * GRAD_SLICES;
+  const chunkRows = Math.max(step, Math.ceil(Math.ceil(rows / wanted) / step) * step);
+  return { chunkRows, chunks: Math.ceil(rows / chunkRows) };
+}
+
+/** Elements of loraWeightGrad's `parts` for this shape under tuning.loraGradWorkgroups = workgroups. */
+export function loraWeightGradScratch(workgroups: number, rows: number, cols: number, r: number): number {
+  return loraWeightGradChunks(workgroups, rows, cols).chunks * cols * r;
+}
+
+/**
+ * W(c, j) (+)= alpha * sum_row mask(big[row, c]) small[row, j], W stored in `w` as wLayout says:
+ * LoRA's dA (big = x with the forward's dropout mask, small = du, 'r_cols') and dB (big = dy,
+ * small = u, alpha = scale, 'cols_r'). Two dispatches: `grad` sums chunks of rows into `parts`,
+ * then the split-K sum adds the chunks. Needs tuning.loraGradWorkgroups > 0.
+ */
+export function loraWeightGrad(gpu: Gpu, a: LoraWeightGradArgs): Op[] {
+  const what = `loraWeightGrad(${a.w.label})`;
+  const ld = a.ld ?? a.cols;
+  if (!(gpu.tuning.loraGradWorkgroups > 0)) throw new Error(`${what}: tuning.loraGradWorkgroups is ${gpu.tuning.loraGradWorkgroups}; the chunked kernel is off`);
+  const c = check(what, a, ld, a.big, a.small, 'w');
+  const { rows, cols, r } = a;
+  const { chunkRows, chunks } = loraWeightGradChunks(gpu.tuning.loraGradWorkgroups, rows, cols);
+  if (a.parts.size < chunks * cols * r) throw new Error(`${what}: parts (${a.parts.label}) has ${a.parts.size} elements, need ${chunks * cols * r}`);
+  if ([a.big, a.small, a.w].some((t) => t.buffer === a.parts.buffer)) throw new Error(`${what}: parts must not alias an operand`);
+  if (chunks > gpu.info.limits.maxComputeWorkgroupsPerDimension) throw new Error(`${what}: ${chunks} row chunks are over the grid limit`);
+  const [sW0, sW1] = c.sW;
+  return [
+    bindDispatch(gpu, {
+      label: `${what}[chunks]`,
+      code,
+      entryPoint: 'grad',
+      // one vec4 load per row and thread where every row starts on a 16-byte boundary and holds whole vec4s
+      constants: { R: r, ALIGNED: ld % 4 === 0 && cols % 4 === 0 ? 1 : 0 },
+      params: [rows, cols, ld, sW0, sW1, 0, f32(1), c.salt, c.threshold, f32(c.dropScale), chunkRows],
+      buffers: [a.step.buffer, a.parts, a.big, a.small],
+      workgroups: [Math.ceil(cols / GRAD_COLS), chunks],
+    }),
+    // the chunks are [chunks, cols * r] in w's own layout: an M x N = (cols, r) or (r, cols) sum
+    a.wLayout === 'cols_r'
+      ? sumSlices(gpu, { label: `${what}[sum]`, parts: a.parts, S: chunks, M: cols, N: r, c: a.w, offC: 0, ldc: r, alpha: a.alpha, accumulate: a.accumulate })
+      : sumSlices(gpu, { label: `${what}[sum]`, parts: a.parts, S: chunks, M: r, N: cols, c: a.w, offC: 0, ldc: cols, alpha: a.alpha, accumulate: a.accumulate }),
+  ];
 }

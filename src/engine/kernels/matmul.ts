@@ -665,12 +665,44 @@ export function matmulSplitK(gpu: Gpu, args: MatmulArgs, S: number, scratch: Ten
   }
   const alpha = args.alpha ?? 1;
   const ldc = args.ldc ?? N, offC = args.offsetC ?? 0;
-  if (offC + (M - 1) * ldc + N - 1 >= args.c.size) throw new Error(`${label}: c (${args.c.label}) is too small`);
-  ops.push(bindDispatch(gpu, {
-    label: `${label}[splitK sum]`, code: codeSplitKReduce,
-    constants: gelu.pre ? { GELU_GRAD: 1 } : undefined,
-    params: [M, N, S, offC, ldc, args.accumulate ? 1 : 0, args.bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre],
-    buffers: [scratch, args.bias ?? scratch, args.c, gelu.pre ?? scratch], workgroups: grid1d(M * N),
+  ops.push(sumSlices(gpu, {
+    label: `${label}[splitK sum]`, parts: scratch, S, M, N, c: args.c, offC, ldc, alpha, accumulate: args.accumulate ?? false,
+    bias: args.bias, geluGradPre: gelu.pre ? { pre: gelu.pre, offPre: gelu.offPre, ldPre: gelu.ldPre } : undefined,
   }));
   return ops;
+}
+
+export interface SumSlicesArgs {
+  label: string;
+  /** [S, M, N], dense; must not alias c, bias or pre. */
+  parts: Tensor;
+  S: number;
+  M: number;
+  N: number;
+  c: Tensor;
+  offC: number;
+  ldc: number;
+  alpha: number;
+  accumulate: boolean;
+  bias?: Tensor;
+  /** times gelu'(pre[offPre + m * ldPre + n]) after the bias (GELU's tanh form) */
+  geluGradPre?: { pre: Tensor; offPre: number; ldPre: number };
+}
+
+/**
+ * C[offC + m * ldc + n] = alpha * sum_s parts[s, m, n] (+ C) (+ bias[n]) (* gelu'(pre)): split-K's
+ * second half, also LoRA's weight gradients' (kernels/lora.ts loraWeightGrad) sum over row chunks.
+ */
+export function sumSlices(gpu: Gpu, a: SumSlicesArgs): Dispatch {
+  const { M, N, S } = a;
+  if (a.parts.size < S * M * N) throw new Error(`${a.label}: the slices (${a.parts.label}) have ${a.parts.size} elements, need ${S * M * N}`);
+  if (a.offC + (M - 1) * a.ldc + N - 1 >= a.c.size) throw new Error(`${a.label}: c (${a.c.label}) is too small`);
+  if ([a.c, a.bias, a.geluGradPre?.pre].some((t) => t?.buffer === a.parts.buffer)) throw new Error(`${a.label}: the slices must not alias c, bias or pre`);
+  const g = a.geluGradPre;
+  return bindDispatch(gpu, {
+    label: a.label, code: codeSplitKReduce,
+    constants: g ? { GELU_GRAD: 1 } : undefined,
+    params: [M, N, S, a.offC, a.ldc, a.accumulate ? 1 : 0, a.bias ? 1 : 0, f32(a.alpha), g?.offPre ?? 0, g?.ldPre ?? 0],
+    buffers: [a.parts, a.bias ?? a.parts, a.c, g?.pre ?? a.parts], workgroups: grid1d(M * N),
+  });
 }

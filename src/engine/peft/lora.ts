@@ -6,14 +6,15 @@
 // r = 8) for backward; backward regenerates the dropout mask from the step seed (dropout(x) for
 // dA, and the mask on dx), so the rest is scratch shared by all sites of a program. Ranks up to 16
 // go through shaders/lora.wgsl (u, du, the up projection and the masked dx each one pass over
-// their large operand, the mask computed in place); larger ones through the matmul and the dropout kernel.
+// their large operand, the mask computed in place; dA and dB as sums over chunks of rows, dA's
+// mask again in place); larger ones through the matmul and the dropout kernel.
 
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { matmul } from '../kernels/matmul';
 import { dropoutBackward, dropoutForward } from '../kernels/dropout';
-import { LORA_MAX_RANK, loraExpand, loraProject } from '../kernels/lora';
+import { LORA_MAX_RANK, loraExpand, loraProject, loraWeightGrad, loraWeightGradScratch } from '../kernels/lora';
 import type { StepUniforms } from '../kernels/step-uniforms';
 import type { LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
 
@@ -108,8 +109,10 @@ export function loraAdapterConfig(settings: LoraSettings, wrapped: readonly Line
 
 interface Scratch {
   du: Tensor;
-  /** dropout(x) (p > 0 only) */
+  /** dropout(x) (p > 0, dA through the matmul only) */
   xd: Tensor | null;
+  /** loraWeightGrad's row-chunk sums (dA and dB through it only) */
+  gradParts: Tensor | null;
   /** the [rows, in] product before the dropout mask on the way back (p > 0 and rank > LORA_MAX_RANK only) */
   dxd: Tensor | null;
 }
@@ -130,6 +133,7 @@ export class Lora implements PeftMethod {
   /** u = dropout(x) A^T of each site, keyed by module and row count */
   private readonly siteU = new Map<string, Tensor>();
   private readonly maxIn: number;
+  private readonly targeted: readonly LinearModuleInfo[];
 
   /**
    * @param linears every linear module of the model that LoRA could target
@@ -151,6 +155,7 @@ export class Lora implements PeftMethod {
       this.modules.set(info.module, { info, A, B, salt: 0x9e37 + i * 7919 });
     });
     this.maxIn = Math.max(...targeted.map((l) => l.inFeatures));
+    this.targeted = targeted;
   }
 
   private param(name: string, shape: number[], init: Float32Array | null): TrainableParam {
@@ -175,9 +180,12 @@ export class Lora implements PeftMethod {
     if (!s) {
       const r = this.settings.r;
       const p = this.settings.dropout > 0;
+      const chunked = this.chunkedGrads;
+      const parts = chunked ? Math.max(...this.targeted.flatMap((l) => [l.inFeatures, l.outFeatures].map((cols) => loraWeightGradScratch(this.gpu.tuning.loraGradWorkgroups, rows, cols, r)))) : 0;
       s = {
         du: this.gpu.tensor([rows, r], `lora.du[${rows}]`),
-        xd: p ? this.gpu.tensor([rows, this.maxIn], `lora.xd[${rows}]`) : null,
+        xd: p && !chunked ? this.gpu.tensor([rows, this.maxIn], `lora.xd[${rows}]`) : null,
+        gradParts: chunked ? this.gpu.tensor([parts], `lora.gradParts[${rows}]`) : null,
         dxd: p && !this.fused ? this.gpu.tensor([rows, this.maxIn], `lora.dxd[${rows}]`) : null,
       };
       this.scratch.set(rows, s);
@@ -188,6 +196,11 @@ export class Lora implements PeftMethod {
   /** Whether the rank-r products go through shaders/lora.wgsl (ranks up to LORA_MAX_RANK). */
   private get fused(): boolean {
     return this.settings.r <= LORA_MAX_RANK;
+  }
+
+  /** Whether dA and dB go through loraWeightGrad (fused ranks, unless tuning.loraGradWorkgroups turns it off). */
+  private get chunkedGrads(): boolean {
+    return this.fused && this.gpu.tuning.loraGradWorkgroups > 0;
   }
 
   private uFor(site: LinearSite): Tensor {
@@ -244,15 +257,24 @@ export class Lora implements PeftMethod {
     const r = this.settings.r;
     const g = this.gpu;
     const p = this.settings.dropout;
+    const ops: Op[] = [];
     // dB += scale * dy^T u (u from the forward)
-    const ops: Op[] = [matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true })];
+    if (this.chunkedGrads) {
+      ops.push(...loraWeightGrad(g, { big: grad.dy, small: u, w: m.B.grad, wLayout: 'cols_r', parts: s.gradParts!, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }));
+    } else {
+      ops.push(matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true }));
+    }
     // du = scale * dy B
     if (this.fused) ops.push(loraProject(g, { x: grad.dy, w: m.B.value, wLayout: 'cols_r', out: s.du, rows, cols: N, r, alpha: this.scale, step: this.step }));
     else ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
     // dA += du^T dropout(x) (the forward's mask, regenerated)
-    const dropped = this.droppedInput(site, m, s, p);
-    ops.push(...dropped.ops);
-    ops.push(matmul(g, { label: `${site.module}.dA`, a: s.du, b: dropped.x, c: m.A.grad, M: r, N: K, K: rows, transA: true, accumulate: true }));
+    if (this.chunkedGrads) {
+      ops.push(...loraWeightGrad(g, { big: site.x, small: s.du, w: m.A.grad, wLayout: 'r_cols', parts: s.gradParts!, rows, cols: K, r, alpha: 1, accumulate: true, step: this.step, dropout: p > 0 ? { p, salt: m.salt } : undefined }));
+    } else {
+      const dropped = this.droppedInput(site, m, s, p);
+      ops.push(...dropped.ops);
+      ops.push(matmul(g, { label: `${site.module}.dA`, a: s.du, b: dropped.x, c: m.A.grad, M: r, N: K, K: rows, transA: true, accumulate: true }));
+    }
     if (grad.dx) {
       // dx += mask * (du A) / (1 - p)
       if (this.fused) {
@@ -274,7 +296,7 @@ export class Lora implements PeftMethod {
   destroy(): void {
     for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
     this.params.length = 0;
-    for (const sc of this.scratch.values()) for (const t of [sc.du, sc.xd, sc.dxd]) if (t) this.gpu.destroyTensor(t);
+    for (const sc of this.scratch.values()) for (const t of [sc.du, sc.xd, sc.gradParts, sc.dxd]) if (t) this.gpu.destroyTensor(t);
     this.scratch.clear();
     for (const u of this.siteU.values()) this.gpu.destroyTensor(u);
     this.siteU.clear();
