@@ -1,8 +1,8 @@
 // Probe: LoRA's backward pieces at the benchmark models' shapes, each timed alone (timestamp queries
 // around one compute pass of --reps back-to-back repetitions, best of 3): dB and dA through the
 // skinny matmul (with the dropout(x) pass dA needs there) against kernels/lora.ts loraWeightGrad
-// (its chunk pass and its sum, apart and together) under several tuning.loraGradWorkgroups; du
-// (loraProject) and dx (loraExpand) for scale.
+// (its chunk pass and its sum, apart and together) under several tuning.loraGradWorkgroups; the
+// forward's u and y and the backward's du (loraProject, loraExpand) and dx for scale.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/probe/lora-grad.ts
 //                VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node bench/dist/lora-grad.mjs --rows 64 --reps 2
 //   GPU machine: bash .gpu/boot.sh node bench/dist/lora-grad.mjs [--reps 50] [--workgroups 132,264,528]
@@ -96,6 +96,10 @@ for (const { name, K, N } of SHAPES) {
     results.push({ shape: name, what: `grad ${wg}`, dB: [bc, bs, bb], dA: [ac, as, ab] });
     gpu.destroyTensor(parts);
   }
+  const y = gpu.tensor([ROWS, N], 'y');
+  row('u = dropout(x) A^T loraProject (mask)', await time([loraProject(gpu, { x, w: A, wLayout: 'r_cols', out: duOut, rows: ROWS, cols: K, r, alpha: 1, step, dropout: { p, salt } })]));
+  row('y += scale u B^T loraExpand', await time([loraExpand(gpu, { u, w: B, wLayout: 'cols_r', out: y, rows: ROWS, cols: N, r, alpha: scale, accumulate: true, step })]));
+  gpu.destroyTensor(y);
   row('du loraProject', await time([loraProject(gpu, { x: dy, w: B, wLayout: 'cols_r', out: duOut, rows: ROWS, cols: N, r, alpha: scale, step })]));
   row('dx loraExpand (mask)', await time([loraExpand(gpu, { u: du, w: A, wLayout: 'r_cols', out: dx, rows: ROWS, cols: K, r, alpha: 1, accumulate: true, step, dropout: { p, salt } })]));
   row('x -> dropout(x) alone', await time([dropoutForward(gpu, { x, out: xd, n: ROWS * K, p, step, salt })]));
