@@ -14,6 +14,7 @@ import type { LinearModuleInfo } from '../engine/peft/lora';
 import { gradNormPartials } from '../engine/kernels/grad-norm';
 import { LORA_MAX_RANK, loraWeightGradScratch } from '../engine/kernels/lora';
 import { DEFAULT_KERNEL_TUNING } from '../engine/gpu/gpu';
+import { arenaLayout } from '../engine/gpu/arena';
 import type { MemoryEstimate } from './protocol';
 
 /** The adapter's tensors as each method makes them. */
@@ -57,7 +58,9 @@ export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
 
 function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number, gradWorkgroups: number): PlannedBuffer[] {
   const out: PlannedBuffer[] = [];
-  for (const t of targeted) out.push(...param(`${t.module}.lora_A`, rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * rank));
+  // A and B of every module as views into shared buffers (gpu/arena.ts), one set each for the values, gradients and moments
+  const sizes = targeted.flatMap((t) => [rank * t.inFeatures, t.outFeatures * rank]);
+  arenaLayout(sizes).buffers.forEach((b, i) => out.push(...param(`lora.arena[${i}]`, b.elements)));
   // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set:
   // each site's u = dropout(x) A^T (kept for backward), and, shared by the sites, du, dA's and
   // dB's row-chunk sums (ranks up to LORA_MAX_RANK, unless tuned off) or else dropout(x) for dA,
@@ -75,7 +78,7 @@ function loraBuffers(rank: number, dropout: number, targeted: readonly LinearMod
   return out;
 }
 
-/** buildAdamW: the gradient-norm partials of the trainable tensors (their `.grad` buffers), and the [norm, coefficient] pair. */
+/** buildAdamW: the gradient-norm partials of the trainable tensors (their `.grad` buffers; a shared buffer of them, LoRA's, counts as one), and the [norm, coefficient] pair. */
 function optimizerBuffers(trainable: readonly PlannedBuffer[]): PlannedBuffer[] {
   const grads = trainable.filter((b) => b.label.endsWith('.grad')).map((b) => b.elements);
   return [{ label: 'gradNorm.partials', elements: Math.max(1, gradNormPartials(grads)) }, { label: 'gradNorm.clip', elements: 2 }];

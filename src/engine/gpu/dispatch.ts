@@ -86,8 +86,9 @@ export function bindDispatch(gpu: Gpu, spec: DispatchSpec): Dispatch {
     entries.push({ binding: binding++, resource: { buffer: ub } });
   }
   for (const b of spec.buffers) {
-    const buffer = b instanceof Tensor ? b.buffer : b;
-    entries.push({ binding: binding++, resource: { buffer } });
+    // a view binds its own range, rounded up to whole vec4s (its slot has room: gpu/arena.ts)
+    const resource = b instanceof Tensor ? (b.isView ? { buffer: b.buffer, offset: b.byteOffset, size: Math.ceil(b.bytes / 16) * 16 } : { buffer: b.buffer }) : { buffer: b };
+    entries.push({ binding: binding++, resource });
   }
   const bindGroup = gpu.device.createBindGroup({ label: spec.label, layout: pipeline.getBindGroupLayout(0), entries });
   const max = gpu.info.limits.maxComputeWorkgroupsPerDimension;

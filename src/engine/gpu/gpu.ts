@@ -332,7 +332,8 @@ export class Gpu {
 
   write(t: Tensor | GPUBuffer, data: ArrayBufferView, byteOffset = 0): void {
     const buffer = t instanceof Tensor ? t.buffer : t;
-    this.device.queue.writeBuffer(buffer, byteOffset, data.buffer, data.byteOffset, data.byteLength);
+    if (t instanceof Tensor && t.isView && byteOffset + data.byteLength > t.bytes) throw new GpuError(`${t.label}: ${data.byteLength} bytes at ${byteOffset} overrun this ${t.bytes}-byte view`);
+    this.device.queue.writeBuffer(buffer, byteOffset + (t instanceof Tensor ? t.byteOffset : 0), data.buffer, data.byteOffset, data.byteLength);
   }
 
   /** Reads a tensor back (waits for the GPU). For tests, reports and export; never inside a step. */
@@ -340,7 +341,7 @@ export class Gpu {
   async read(t: Tensor, as: 'i32'): Promise<Int32Array>;
   async read(t: Tensor, as: 'u32'): Promise<Uint32Array>;
   async read(t: Tensor, as?: 'i32' | 'u32'): Promise<Float32Array | Int32Array | Uint32Array> {
-    const bytes = await this.readBytes(t.buffer, t.bytes);
+    const bytes = await this.readBytes(t.buffer, t.bytes, t.byteOffset);
     if (as === 'i32') return new Int32Array(bytes);
     if (as === 'u32') return new Uint32Array(bytes);
     return new Float32Array(bytes);
@@ -361,6 +362,7 @@ export class Gpu {
   }
 
   destroyTensor(t: Tensor): void {
+    if (t.isView) throw new GpuError(`${t.label} is a view into a shared buffer: destroy that buffer's whole tensor (gpu/arena.ts)`);
     this.allocatedBytes -= t.buffer.size;
     t.buffer.destroy();
   }

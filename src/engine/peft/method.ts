@@ -38,6 +38,20 @@ export interface TrainableParam {
   grad: Tensor;
   m: Tensor;
   v: Tensor;
+  /** The shared buffers value, grad, m and v are views into (gpu/arena.ts), when they are. */
+  arena?: ParamArena;
+}
+
+/**
+ * Buffers holding `count` parameters' values, gradients and AdamW moments as views at the same
+ * offsets in each (gaps zero): the optimizer clears, norms and updates each as one tensor.
+ */
+export interface ParamArena {
+  value: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  count: number;
 }
 
 /**

@@ -1,6 +1,9 @@
 // AdamW over an adapter's parameters with global gradient-norm clipping, recorded once as ops:
-// per-tensor sums of squares (one partial per 4096 elements) -> clip coefficient -> AdamW update. The per-step values (learning
-// rate, bias corrections) come from the StepUniforms buffer written before each submit.
+// sums of squares (one partial per 4096 elements) -> clip coefficient -> AdamW update. Parameters
+// kept in shared buffers (TrainableParam.arena: LoRA's) are cleared, normed and updated one buffer
+// at a time (the gaps between them are zero and stay zero); the others one tensor at a time. The
+// per-step values (learning rate, bias corrections) come from the StepUniforms buffer written
+// before each submit.
 
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
@@ -8,7 +11,7 @@ import type { Tensor } from '../gpu/tensor';
 import { adamwUpdate } from '../kernels/adamw';
 import { clipCoefficient, gradNormPartials, sumOfSquares, sumOfSquaresPartials } from '../kernels/grad-norm';
 import type { StepUniforms } from '../kernels/step-uniforms';
-import type { TrainableParam } from '../peft/method';
+import type { ParamArena, TrainableParam } from '../peft/method';
 
 export interface OptimizerOps {
   /** [2]: total gradient norm before clipping, and the coefficient applied. */
@@ -21,19 +24,31 @@ export interface OptimizerOps {
   destroy(): void;
 }
 
+/** What the optimizer updates as one tensor: a shared buffer of parameters, or one parameter. */
+type Unit = Pick<ParamArena, 'value' | 'grad' | 'm' | 'v'>;
+
+/** The arenas whose every parameter is in `params` (each once), then the parameters outside them. */
+export function optimizerUnits(params: readonly TrainableParam[]): Unit[] {
+  const inArena = new Map<ParamArena, number>();
+  for (const p of params) if (p.arena) inArena.set(p.arena, (inArena.get(p.arena) ?? 0) + 1);
+  const whole = new Set([...inArena].filter(([a, n]) => n === a.count).map(([a]) => a));
+  return [...whole, ...params.filter((p) => !p.arena || !whole.has(p.arena))];
+}
+
 export function buildAdamW(gpu: Gpu, params: readonly TrainableParam[], step: StepUniforms, maxGradNorm: number): OptimizerOps {
-  const count = gradNormPartials(params.map((p) => p.grad.size));
+  const units = optimizerUnits(params);
+  const count = gradNormPartials(units.map((u) => u.grad.size));
   const partials = gpu.tensor([Math.max(1, count)], 'gradNorm.partials');
   const clip = gpu.tensor([2], 'gradNorm.clip');
   const update: Op[] = [];
   let at = 0;
-  for (const p of params) {
-    update.push(sumOfSquares(gpu, { x: p.grad, n: p.grad.size, out: partials, outIndex: at }));
-    at += sumOfSquaresPartials(p.grad.size);
+  for (const u of units) {
+    update.push(sumOfSquares(gpu, { x: u.grad, n: u.grad.size, out: partials, outIndex: at }));
+    at += sumOfSquaresPartials(u.grad.size);
   }
   update.push(clipCoefficient(gpu, { partials, count, maxNorm: maxGradNorm, out: clip }));
-  for (const p of params) update.push(adamwUpdate(gpu, { param: p.value, grad: p.grad, m: p.m, v: p.v, n: p.value.size, step, clip }));
-  const zeroGrads: Op[] = params.map((p) => ({ kind: 'clear', buffer: p.grad.buffer }));
+  for (const u of units) update.push(adamwUpdate(gpu, { param: u.value, grad: u.grad, m: u.m, v: u.v, n: u.value.size, step, clip }));
+  const zeroGrads: Op[] = units.map((u) => (u.grad.isView ? { kind: 'clear', buffer: u.grad.buffer, offset: u.grad.byteOffset, size: Math.ceil(u.grad.bytes / 16) * 16 } : { kind: 'clear', buffer: u.grad.buffer }));
   let freed = false;
   return {
     clip,
