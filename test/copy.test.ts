@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { testGpu, randArray } from './helpers/gpu';
 import { copyOp } from '../src/engine/kernels/copy';
+import { makeArenas } from '../src/engine/gpu/arena';
 import { run } from './helpers/kernel-check';
 
 describe('copy kernel', () => {
@@ -40,5 +41,31 @@ describe('copy kernel', () => {
     expect(() => copyOp(gpu, a, b, 9)).toThrow(/9 elements do not fit/);
     expect(() => copyOp(gpu, a, b, 2.5)).toThrow(/do not fit/);
     expect(() => copyOp(gpu, a, a)).toThrow(/one buffer/);
+  });
+
+  it('copies between views of shared buffers (gpu/arena.ts) within their ranges, dispatched or as a buffer copy', async () => {
+    const gpu = await testGpu();
+    const saved = gpu.tuning.copyKernel;
+    try {
+      for (const kernel of [true, false]) {
+        gpu.tuning.copyKernel = kernel;
+        const from = makeArenas(gpu, 'from', [{ shape: [8], label: 'a' }, { shape: [8], label: 'c' }]);
+        const to = makeArenas(gpu, 'to', [{ shape: [12], label: 'b' }, { shape: [8], label: 'd' }]);
+        const c = randArray(8, 6);
+        gpu.write(from.views[1], c);
+        const op = copyOp(gpu, from.views[1], to.views[1]);
+        expect(op.kind).toBe(kernel ? 'dispatch' : 'copy');
+        await run(gpu, [op]);
+        const whole = await gpu.read(to.arenas[0].whole);
+        expect(Array.from(whole.subarray(64, 72))).toEqual(Array.from(c));
+        expect(whole.subarray(0, 64).every((x) => x === 0)).toBe(true);
+        expect(whole.subarray(72).every((x) => x === 0)).toBe(true);
+        // views of one buffer: refused (WebGPU's usage scope is the whole buffer)
+        expect(() => copyOp(gpu, from.views[0], from.views[1])).toThrow(/one buffer/);
+        for (const t of [from.arenas[0].whole, to.arenas[0].whole]) gpu.destroyTensor(t);
+      }
+    } finally {
+      gpu.tuning.copyKernel = saved;
+    }
   });
 });

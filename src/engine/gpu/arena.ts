@@ -3,7 +3,9 @@
 // of one per tensor (train/optimizer.ts). Each view starts on a 256-byte boundary (WebGPU's largest
 // minStorageBufferOffsetAlignment) and its slot is a whole number of 64 elements, so a kernel
 // binding it may read it as vec4s; the gaps stay zero. A buffer holds at most ARENA_MAX_BYTES
-// (WebGPU's default storage binding limit) unless one tensor alone is larger.
+// (WebGPU's default storage binding limit) unless one tensor alone is larger. WebGPU tracks a
+// buffer's usage as a whole: one dispatch must not bind two views of one buffer where either is
+// written (LoRA's kernels read A and B from one buffer and write their gradients into another).
 
 import type { Gpu } from './gpu';
 import { Tensor, shapeSize } from './tensor';
