@@ -51,6 +51,11 @@ function param(label: string, elements: number): PlannedBuffer[] {
   return ['', '.grad', '.m', '.v'].map((part) => ({ label: `${label}${part}`, elements }));
 }
 
+/** Trainable tensors of these sizes made together (peft/params.ts): each shared buffer once per kind. */
+function arenaParams(label: string, sizes: readonly number[]): PlannedBuffer[] {
+  return arenaLayout(sizes).buffers.flatMap((b, i) => param(`${label}.arena[${i}]`, b.elements));
+}
+
 /** Positions a program runs per row: prompt tuning's virtual tokens come first. */
 export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
   return run.T + (run.adapter.kind === 'prompt' ? run.adapter.virtualTokens : 0);
@@ -58,9 +63,8 @@ export function programPositions(run: Pick<RunShape, 'T' | 'adapter'>): number {
 
 function loraBuffers(rank: number, dropout: number, targeted: readonly LinearModuleInfo[], M: number, gradWorkgroups: number): PlannedBuffer[] {
   const out: PlannedBuffer[] = [];
-  // A and B of every module as views into shared buffers (gpu/arena.ts), one set each for the values, gradients and moments
-  const sizes = targeted.flatMap((t) => [rank * t.inFeatures, t.outFeatures * rank]);
-  arenaLayout(sizes).buffers.forEach((b, i) => out.push(...param(`lora.arena[${i}]`, b.elements)));
+  // A and B of every module as views into shared buffers (peft/params.ts)
+  out.push(...arenaParams('lora', targeted.flatMap((t) => [rank * t.inFeatures, t.outFeatures * rank])));
   // Lora's scratch: both programs (training and evaluation) have the same M rows, so one set:
   // each site's u = dropout(x) A^T (kept for backward), and, shared by the sites, du, dA's and
   // dB's row-chunk sums (ranks up to LORA_MAX_RANK, unless tuned off) or else dropout(x) for dA,
@@ -103,10 +107,8 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
       break;
     case 'dora': {
       // LoRA's A and B, the magnitude m, and the weight norm n and g = m / n of each layer
-      for (const t of a.targeted) {
-        out.push(...param(`${t.module}.lora_A`, a.rank * t.inFeatures), ...param(`${t.module}.lora_B`, t.outFeatures * a.rank), ...param(`${t.module}.lora_magnitude_vector`, t.outFeatures));
-        out.push({ label: `${t.module}.dora_norm`, elements: t.outFeatures }, { label: `${t.module}.dora_g`, elements: t.outFeatures });
-      }
+      out.push(...arenaParams('dora', a.targeted.flatMap((t) => [a.rank * t.inFeatures, t.outFeatures * a.rank, t.outFeatures])));
+      for (const t of a.targeted) out.push({ label: `${t.module}.dora_norm`, elements: t.outFeatures }, { label: `${t.module}.dora_g`, elements: t.outFeatures });
       const maxIn = a.targeted.reduce((s, t) => Math.max(s, t.inFeatures), 0);
       const maxOut = a.targeted.reduce((s, t) => Math.max(s, t.outFeatures), 0);
       out.push({ label: 'dora.u', elements: M * a.rank }, { label: 'dora.du', elements: M * a.rank }, { label: 'dora.z', elements: M * maxOut }, { label: 'dora.t', elements: M * maxOut });
@@ -115,13 +117,11 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
     }
     case 'bottleneck': {
       const C = a.hidden, bn = a.size;
+      // every adapter's down, its bias, up and its bias, as views into shared buffers (peft/params.ts)
+      out.push(...arenaParams('bottleneck', Array.from({ length: a.layers * a.places }, () => [bn * C, bn, C * bn, C]).flat()));
       for (let l = 0; l < a.layers; l++) {
-        for (let p = 0; p < a.places; p++) {
-          const name = `l${l}.${p}`;
-          out.push(...param(`${name}.adapter_down.weight`, bn * C), ...param(`${name}.adapter_down.bias`, bn), ...param(`${name}.adapter_up.weight`, C * bn), ...param(`${name}.adapter_up.bias`, C));
-          // the branch output the layer writes for the adapter (both programs have M rows: one each)
-          out.push({ label: `bottleneck.branch[${name}]`, elements: M * C });
-        }
+        // the branch output the layer writes for the adapter (both programs have M rows: one each)
+        for (let p = 0; p < a.places; p++) out.push({ label: `bottleneck.branch[l${l}.${p}]`, elements: M * C });
       }
       out.push(
         { label: 'bottleneck.v', elements: M * C }, { label: 'bottleneck.z', elements: M * bn }, { label: 'bottleneck.act', elements: M * bn },
@@ -132,8 +132,9 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
     }
     case 'ia3': {
       let maxIn = 0, maxOut = 0;
+      // the vectors as views into shared buffers (peft/params.ts)
+      out.push(...arenaParams('ia3', a.targeted.map((t) => (t.feedforward ? t.info.inFeatures : t.info.outFeatures))));
       for (const t of a.targeted) {
-        out.push(...param(`${t.info.module}.ia3_l`, t.feedforward ? t.info.inFeatures : t.info.outFeatures));
         if (t.feedforward) maxIn = Math.max(maxIn, t.info.inFeatures);
         else maxOut = Math.max(maxOut, t.info.outFeatures);
       }

@@ -45,6 +45,7 @@ import { geluBackward, geluForward } from '../kernels/gelu';
 import { siluBackward, siluForward } from '../kernels/silu';
 import { layerNormBackward, layerNormForward } from '../kernels/layernorm';
 import type { BranchLocation, BranchSite, PeftMethod, TrainableParam } from './method';
+import { destroyParams, makeParams, type ParamSet } from './params';
 import { normalValues } from './prompt-tuning';
 
 export type BottleneckType = 'houlsby' | 'pfeiffer';
@@ -121,7 +122,9 @@ export class BottleneckAdapters implements PeftMethod {
   readonly exportFormat = 'adapterhub' as const;
   /** Python floats in BnConfig (Adapter checks isinstance(scaling, float); a JSON 1 loads as an int). */
   readonly configFloatKeys = ['scaling', 'dropout', 'stochastic_depth'] as const;
-  readonly params: TrainableParam[] = [];
+  readonly params: TrainableParam[];
+  /** Every adapter's weights and biases, their gradients and moments, in shared buffers (peft/params.ts). */
+  private readonly paramSet: ParamSet;
   /** The bottleneck width: floor(hidden / reduction_factor), at least 1. */
   readonly size: number;
   private readonly modules = new Map<string, AdapterModule>();
@@ -143,34 +146,29 @@ export class BottleneckAdapters implements PeftMethod {
     // AdapterHub: down_sample = int(hidden_size // reduction_factor), raised to 1 if smaller
     this.size = Math.max(1, Math.floor(dims.hidden / rf));
     const C = dims.hidden, bn = this.size;
-    for (let l = 0; l < dims.layers; l++) {
-      for (const location of this.locations()) {
-        const holder = dims.adapterModule?.(l, location) ?? `${dims.layersPath}.${l}`;
-        const p = `${holder}.${location === 'attention' ? 'attention_adapters' : 'output_adapters'}.adapters.${name}`;
-        const normal = (n: number): Float32Array => Float32Array.from(normalValues(n, random), (v) => v * 0.02);
-        this.modules.set(key(l, location), {
-          layer: l, location,
-          down: this.param(`${p}.adapter_down.0.weight`, [bn, C], normal(bn * C)),
-          downBias: this.param(`${p}.adapter_down.0.bias`, [bn], null),
-          up: this.param(`${p}.adapter_up.weight`, [C, bn], normal(C * bn)),
-          upBias: this.param(`${p}.adapter_up.bias`, [C], null),
-        });
-      }
-    }
+    // down, its bias, up, its bias of every (layer, location), in that order (weights drawn in that order too)
+    const normal = (n: number): Float32Array => Float32Array.from(normalValues(n, random), (v) => v * 0.02);
+    const places = Array.from({ length: dims.layers }, (_, l) => this.locations().map((location) => ({ l, location }))).flat();
+    this.paramSet = makeParams(gpu, 'bottleneck', places.flatMap(({ l, location }) => {
+      const holder = dims.adapterModule?.(l, location) ?? `${dims.layersPath}.${l}`;
+      const p = `${holder}.${location === 'attention' ? 'attention_adapters' : 'output_adapters'}.adapters.${name}`;
+      return [
+        { name: `${p}.adapter_down.0.weight`, shape: [bn, C], init: normal(bn * C) },
+        { name: `${p}.adapter_down.0.bias`, shape: [bn] },
+        { name: `${p}.adapter_up.weight`, shape: [C, bn], init: normal(C * bn) },
+        { name: `${p}.adapter_up.bias`, shape: [C] },
+      ];
+    }));
+    this.params = this.paramSet.params;
+    places.forEach(({ l, location }, i) => {
+      const [down, downBias, up, upBias] = this.params.slice(4 * i, 4 * i + 4);
+      this.modules.set(key(l, location), { layer: l, location, down, downBias, up, upBias });
+    });
   }
 
   /** Where the adapters sit: Houlsby after both sub-blocks, Pfeiffer after the MLP only. */
   locations(): BranchLocation[] {
     return BOTTLENECK_PRESETS[this.settings.type].mhAdapter ? ['attention', 'output'] : ['output'];
-  }
-
-  private param(name: string, shape: number[], init: Float32Array | null): TrainableParam {
-    const g = this.gpu;
-    const value = g.tensor(shape, name);
-    if (init) g.write(value, init);
-    const p: TrainableParam = { name, shape, value, grad: g.tensor(shape, `${name}.grad`), m: g.tensor(shape, `${name}.m`), v: g.tensor(shape, `${name}.v`) };
-    this.params.push(p);
-    return p;
   }
 
   targetsLinear(): boolean {
@@ -318,8 +316,7 @@ export class BottleneckAdapters implements PeftMethod {
   }
 
   destroy(): void {
-    for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
-    this.params.length = 0;
+    destroyParams(this.gpu, this.paramSet);
     for (const t of this.branches.values()) this.gpu.destroyTensor(t);
     this.branches.clear();
     for (const sc of this.scratch.values()) for (const t of [sc.v, sc.z, sc.act, sc.dz, sc.dBranch, sc.ln?.u, sc.ln?.mean, sc.ln?.rstd]) if (t) this.gpu.destroyTensor(t);

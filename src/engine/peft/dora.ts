@@ -33,6 +33,7 @@ import { columnDotDiv, doraWeightNorm, scaleShiftColumns } from '../kernels/dora
 import { scaleColumns } from '../kernels/peft-ops';
 import type { StepUniforms } from '../kernels/step-uniforms';
 import type { FrozenLinear, LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
+import { destroyParams, makeParams, type ParamSet } from './params';
 import { LoraError, loraAInit, loraAdapterConfig, loraScale, loraTargets, type LinearModuleInfo, type LoraSettings } from './lora';
 
 interface DoraModule {
@@ -60,8 +61,10 @@ interface Scratch {
 export class Dora implements PeftMethod {
   readonly kind = 'dora' as const;
   readonly replacesLinear = true;
-  readonly params: TrainableParam[] = [];
+  readonly params: TrainableParam[];
   readonly scale: number;
+  /** A, B and m of every module, their gradients and moments, in shared buffers (peft/params.ts). */
+  private readonly paramSet: ParamSet;
   private readonly modules = new Map<string, DoraModule>();
   private readonly scratch = new Map<number, Scratch>();
   private readonly owned: Tensor[] = [];
@@ -83,20 +86,30 @@ export class Dora implements PeftMethod {
     this.scale = loraScale(settings, 'DoRA');
     const targeted = loraTargets(settings, linears, 'DoRA');
     const { r } = settings;
+    for (const info of targeted) {
+      if (!info.weight) throw new LoraError(`DoRA on ${info.module}: the model did not give the layer's weight (DoRA's magnitude starts as its norm)`);
+    }
+    // A (drawn module by module), B = 0 and m (set from W's norm below) of every module, in that order
+    this.paramSet = makeParams(gpu, 'dora', targeted.flatMap((info) => {
+      const base = `base_model.model.${info.module}`;
+      return [
+        { name: `${base}.lora_A.weight`, shape: [r, info.inFeatures], init: loraAInit(r, info.inFeatures, random) },
+        { name: `${base}.lora_B.weight`, shape: [info.outFeatures, r] },
+        { name: `${base}.lora_magnitude_vector`, shape: [info.outFeatures] },
+      ];
+    }));
+    this.params = this.paramSet.params;
     const init: Op[] = [];
     targeted.forEach((info, i) => {
-      if (!info.weight) throw new LoraError(`DoRA on ${info.module}: the model did not give the layer's weight (DoRA's magnitude starts as its norm)`);
       const base = `base_model.model.${info.module}`;
-      const A = this.param(`${base}.lora_A.weight`, [r, info.inFeatures], loraAInit(r, info.inFeatures, random));
-      const B = this.param(`${base}.lora_B.weight`, [info.outFeatures, r], null);
-      const m = this.param(`${base}.lora_magnitude_vector`, [info.outFeatures], null);
+      const [A, B, m] = this.params.slice(3 * i, 3 * i + 3);
       const norm = this.own(gpu.tensor([info.outFeatures], `${base}.dora_norm`));
       const g = this.own(gpu.tensor([info.outFeatures], `${base}.dora_g`));
       const mod: DoraModule = { info, A, B, m, norm, g, salt: 0x9e37 + i * 7919 };
       this.modules.set(info.module, mod);
       // PEFT's init: m = ||W + s B A|| with B = 0, i.e. the norm of W
-      init.push(this.normOp(mod, info.weight, info.weightLayout));
-      init.push({ kind: 'copy', src: norm.buffer, srcOffset: 0, dst: m.value.buffer, dstOffset: 0, size: info.outFeatures * 4 });
+      init.push(this.normOp(mod, info.weight!, info.weightLayout));
+      init.push({ kind: 'copy', src: norm.buffer, srcOffset: 0, dst: m.value.buffer, dstOffset: m.value.byteOffset, size: info.outFeatures * 4 });
     });
     runOps(gpu, init, 'dora init');
     this.maxIn = Math.max(...targeted.map((l) => l.inFeatures));
@@ -106,15 +119,6 @@ export class Dora implements PeftMethod {
   private own(t: Tensor): Tensor {
     this.owned.push(t);
     return t;
-  }
-
-  private param(name: string, shape: number[], init: Float32Array | null): TrainableParam {
-    const g = this.gpu;
-    const value = g.tensor(shape, name);
-    if (init) g.write(value, init);
-    const p: TrainableParam = { name, shape, value, grad: g.tensor(shape, `${name}.grad`), m: g.tensor(shape, `${name}.m`), v: g.tensor(shape, `${name}.v`) };
-    this.params.push(p);
-    return p;
   }
 
   get targetedModules(): string[] {
@@ -229,8 +233,7 @@ export class Dora implements PeftMethod {
   }
 
   destroy(): void {
-    for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
-    this.params.length = 0;
+    destroyParams(this.gpu, this.paramSet);
     for (const t of this.owned) this.gpu.destroyTensor(t);
     this.owned.length = 0;
     for (const sc of this.scratch.values()) for (const t of [sc.u, sc.du, sc.z, sc.t, sc.xd, sc.dxd]) if (t) this.gpu.destroyTensor(t);

@@ -21,6 +21,7 @@ import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { columnDot, scaleColumns } from '../kernels/peft-ops';
 import type { FrozenLinear, LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
+import { destroyParams, makeParams, type ParamSet } from './params';
 import { moduleMatches, type LinearModuleInfo } from './lora';
 
 export interface Ia3Settings {
@@ -73,7 +74,9 @@ interface Scratch {
 export class Ia3 implements PeftMethod {
   readonly kind = 'ia3' as const;
   readonly replacesLinear = true;
-  readonly params: TrainableParam[] = [];
+  readonly params: TrainableParam[];
+  /** The vectors, their gradients and moments, in shared buffers (peft/params.ts). */
+  private readonly paramSet: ParamSet;
   private readonly modules = new Map<string, Ia3Module>();
   private readonly scratch = new Map<number, Scratch>();
   private readonly maxIn: number;
@@ -94,27 +97,22 @@ export class Ia3 implements PeftMethod {
       const names = [...new Set(linears.map((l) => l.module.split('.').slice(-2).join('.')))].join(', ');
       throw new Ia3Error(`IA3 target modules [${targetModules.join(', ')}] match no layer of this model; its linear layers are: ${names}`);
     }
+    // PEFT: is_feedforward = any(key.endswith(target_key) for target_key in feedforward_modules)
+    const feedforward = targeted.map((info) => feedforwardModules.some((f) => info.module.endsWith(f)));
+    // PEFT: init_ia3_weights -> ones
+    this.paramSet = makeParams(gpu, 'ia3', targeted.map((info, i) => {
+      const shape = feedforward[i] ? [1, info.inFeatures] : [info.outFeatures, 1];
+      return { name: `base_model.model.${info.module}.ia3_l`, shape, init: new Float32Array(shape[0] * shape[1]).fill(1) };
+    }));
+    this.params = this.paramSet.params;
     let maxIn = 0, maxOut = 0;
-    for (const info of targeted) {
-      // PEFT: is_feedforward = any(key.endswith(target_key) for target_key in feedforward_modules)
-      const feedforward = feedforwardModules.some((f) => info.module.endsWith(f));
-      const shape = feedforward ? [1, info.inFeatures] : [info.outFeatures, 1];
-      const l = this.param(`base_model.model.${info.module}.ia3_l`, shape);
-      this.modules.set(info.module, { info, feedforward, l });
-      if (feedforward) maxIn = Math.max(maxIn, info.inFeatures);
+    targeted.forEach((info, i) => {
+      this.modules.set(info.module, { info, feedforward: feedforward[i], l: this.params[i] });
+      if (feedforward[i]) maxIn = Math.max(maxIn, info.inFeatures);
       else maxOut = Math.max(maxOut, info.outFeatures);
-    }
+    });
     this.maxIn = maxIn;
     this.maxOut = maxOut;
-  }
-
-  private param(name: string, shape: number[]): TrainableParam {
-    const g = this.gpu;
-    const value = g.tensor(shape, name);
-    g.write(value, new Float32Array(shape[0] * shape[1]).fill(1)); // PEFT: init_ia3_weights -> ones
-    const p: TrainableParam = { name, shape, value, grad: g.tensor(shape, `${name}.grad`), m: g.tensor(shape, `${name}.m`), v: g.tensor(shape, `${name}.v`) };
-    this.params.push(p);
-    return p;
   }
 
   get targetedModules(): string[] {
@@ -194,8 +192,7 @@ export class Ia3 implements PeftMethod {
   }
 
   destroy(): void {
-    for (const p of this.params) for (const t of [p.value, p.grad, p.m, p.v]) this.gpu.destroyTensor(t);
-    this.params.length = 0;
+    destroyParams(this.gpu, this.paramSet);
     for (const sc of this.scratch.values()) for (const t of [sc.xs, sc.ys]) if (t) this.gpu.destroyTensor(t);
     this.scratch.clear();
   }

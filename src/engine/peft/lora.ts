@@ -16,8 +16,8 @@ import { matmul } from '../kernels/matmul';
 import { dropoutBackward, dropoutForward } from '../kernels/dropout';
 import { LORA_MAX_RANK, loraExpand, loraProject, loraWeightGrad, loraWeightGradScratch } from '../kernels/lora';
 import type { StepUniforms } from '../kernels/step-uniforms';
-import type { LinearGrad, LinearSite, ParamArena, PeftMethod, TrainableParam } from './method';
-import { makeArenas } from '../gpu/arena';
+import type { LinearGrad, LinearSite, PeftMethod, TrainableParam } from './method';
+import { destroyParams, makeParams, type ParamSet } from './params';
 
 export interface LoraSettings {
   r: number;
@@ -127,7 +127,7 @@ interface LoraModule {
 
 export class Lora implements PeftMethod {
   readonly kind = 'lora' as const;
-  readonly params: TrainableParam[] = [];
+  readonly params: TrainableParam[];
   readonly scale: number;
   private readonly modules = new Map<string, LoraModule>();
   private readonly scratch = new Map<number, Scratch>();
@@ -135,8 +135,8 @@ export class Lora implements PeftMethod {
   private readonly siteU = new Map<string, Tensor>();
   private readonly maxIn: number;
   private readonly targeted: readonly LinearModuleInfo[];
-  /** The shared buffers of the parameters, gradients and moments (gpu/arena.ts). */
-  private readonly arenas: ParamArena[];
+  /** The parameters, gradients and moments, in shared buffers (peft/params.ts). */
+  private readonly paramSet: ParamSet;
 
   /**
    * @param linears every linear module of the model that LoRA could target
@@ -151,27 +151,16 @@ export class Lora implements PeftMethod {
   ) {
     this.scale = loraScale(settings);
     const targeted = loraTargets(settings, linears, 'LoRA');
-    // A and B of every module, in that order, as views into shared buffers
-    const specs = targeted.flatMap((info) => {
+    // A and B of every module, in that order (A's init drawn module by module), B zero
+    this.paramSet = makeParams(gpu, 'lora', targeted.flatMap((info) => {
       const base = `base_model.model.${info.module}`;
       return [
-        { name: `${base}.lora_A.weight`, shape: [settings.r, info.inFeatures] },
+        { name: `${base}.lora_A.weight`, shape: [settings.r, info.inFeatures], init: loraAInit(settings.r, info.inFeatures, random) },
         { name: `${base}.lora_B.weight`, shape: [info.outFeatures, settings.r] },
       ];
-    });
-    const kinds = (['value', 'grad', 'm', 'v'] as const).map((k) =>
-      makeArenas(gpu, `lora.${k}s`, specs.map((s) => ({ shape: s.shape, label: k === 'value' ? s.name : `${s.name}.${k}` }))),
-    );
-    const [values, grads, ms, vs] = kinds;
-    this.arenas = values.arenas.map((a, i) => ({ value: a.whole, grad: grads.arenas[i].whole, m: ms.arenas[i].whole, v: vs.arenas[i].whole, count: a.views.length }));
-    const arenaOf = new Map<number, ParamArena>();
-    values.arenas.forEach((a, i) => a.views.forEach((v) => arenaOf.set(v.index, this.arenas[i])));
-    specs.forEach((s, j) => this.params.push({ name: s.name, shape: s.shape, value: values.views[j], grad: grads.views[j], m: ms.views[j], v: vs.views[j], arena: arenaOf.get(j) }));
-    targeted.forEach((info, i) => {
-      const A = this.params[2 * i], B = this.params[2 * i + 1];
-      this.gpu.write(A.value, loraAInit(settings.r, info.inFeatures, random));
-      this.modules.set(info.module, { info, A, B, salt: 0x9e37 + i * 7919 });
-    });
+    }));
+    this.params = this.paramSet.params;
+    targeted.forEach((info, i) => this.modules.set(info.module, { info, A: this.params[2 * i], B: this.params[2 * i + 1], salt: 0x9e37 + i * 7919 }));
     this.maxIn = Math.max(...targeted.map((l) => l.inFeatures));
     this.targeted = targeted;
   }
@@ -303,9 +292,7 @@ export class Lora implements PeftMethod {
    * seen. Programs and optimizers built over this adapter must not run afterwards.
    */
   destroy(): void {
-    for (const a of this.arenas) for (const t of [a.value, a.grad, a.m, a.v]) this.gpu.destroyTensor(t);
-    this.arenas.length = 0;
-    this.params.length = 0;
+    destroyParams(this.gpu, this.paramSet);
     for (const sc of this.scratch.values()) for (const t of [sc.du, sc.xd, sc.gradParts, sc.dxd]) if (t) this.gpu.destroyTensor(t);
     this.scratch.clear();
     for (const u of this.siteU.values()) this.gpu.destroyTensor(u);
