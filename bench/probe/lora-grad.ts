@@ -9,6 +9,7 @@
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
+import { passTimer } from './pass-timer';
 import { encodeOps } from '../../src/engine/gpu/dispatch';
 import { matmul } from '../../src/engine/kernels/matmul';
 import { dropoutForward } from '../../src/engine/kernels/dropout';
@@ -33,34 +34,9 @@ const rand = (n: number, seed: number) => {
   return x;
 };
 
-const qs = device.createQuerySet({ type: 'timestamp', count: 2 });
-const qb = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-const qr = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-
+const timer = passTimer(device);
 /** Best of 3 of REPS repetitions of the ops in one pass, in microseconds per repetition. */
-async function time(ops): Promise<number> {
-  let best = Infinity;
-  for (let trial = 0; trial < 3; trial++) {
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
-    for (let r = 0; r < REPS; r++) {
-      for (const op of ops) {
-        pass.setPipeline(op.pipeline);
-        pass.setBindGroup(0, op.bindGroup);
-        pass.dispatchWorkgroups(...op.workgroups);
-      }
-    }
-    pass.end();
-    enc.resolveQuerySet(qs, 0, 2, qb, 0);
-    enc.copyBufferToBuffer(qb, 0, qr, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await qr.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(qr.getMappedRange().slice(0));
-    qr.unmap();
-    best = Math.min(best, Number(t[1] - t[0]) / 1e3 / REPS);
-  }
-  return best;
-}
+const time = (ops) => timer(ops, REPS);
 
 const SHAPES = [
   { name: 'gpt2 c_attn', K: 768, N: 2304 },

@@ -8,6 +8,7 @@
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
+import { passTimer } from './pass-timer';
 import { layerNormBackward, layerNormForward } from '../../src/engine/kernels/layernorm';
 import { rmsNormBackward, rmsNormForward } from '../../src/engine/kernels/rmsnorm';
 
@@ -18,30 +19,8 @@ const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_q
 const device = gpu.device;
 device.onuncapturederror = (e) => console.error('uncaptured', e.error?.message);
 console.log(`${gpu.info.vendor} ${gpu.info.description} | rows ${ROWS} reps ${REPS} | subgroups ${gpu.hasSubgroups}`);
-const qs = device.createQuerySet({ type: 'timestamp', count: 2 });
-const qb = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-const qr = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-async function time(op): Promise<number> {
-  let best = Infinity;
-  for (let trial = 0; trial < 3; trial++) {
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
-    for (let r = 0; r < REPS; r++) {
-      pass.setPipeline(op.pipeline);
-      pass.setBindGroup(0, op.bindGroup);
-      pass.dispatchWorkgroups(...op.workgroups);
-    }
-    pass.end();
-    enc.resolveQuerySet(qs, 0, 2, qb, 0);
-    enc.copyBufferToBuffer(qb, 0, qr, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await qr.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(qr.getMappedRange().slice(0));
-    qr.unmap();
-    best = Math.min(best, Number(t[1] - t[0]) / 1e3 / REPS);
-  }
-  return best;
-}
+const timer = passTimer(device);
+const time = (op) => timer([op], REPS);
 const rand = (n: number, seed: number) => {
   let s = seed >>> 0;
   const x = new Float32Array(n);
