@@ -132,7 +132,7 @@ export interface LoraWeightGradArgs extends RankProduct {
   ld?: number;
   /** [rows, r], dense: u for dB, du for dA. */
   small: Tensor;
-  /** The chunks' partial sums, at least loraWeightGradScratch(gpu, rows, cols, r) elements; aliases nothing else. */
+  /** The chunks' partial sums, at least loraWeightGradScratch(tuning.loraGradWorkgroups, rows, cols, r) elements; aliases nothing else. */
   parts: Tensor;
   /** w (the gradient, stored as wLayout says) += its product (else =). */
   accumulate: boolean;
@@ -142,7 +142,7 @@ export interface LoraWeightGradArgs extends RankProduct {
 export function loraWeightGradChunks(workgroups: number, rows: number, cols: number): { chunkRows: number; chunks: number } {
   const blocks = Math.ceil(cols / GRAD_COLS);
   const wanted = Math.max(1, Math.ceil(workgroups / blocks));
-  // a multiple of the rows a workgroup takes per step (grad4: four per slice)
+  // a multiple of the rows a workgroup takes at a time (four per row slice)
   const step = 4 * GRAD_SLICES;
   const chunkRows = Math.max(step, Math.ceil(Math.ceil(rows / wanted) / step) * step);
   return { chunkRows, chunks: Math.ceil(rows / chunkRows) };

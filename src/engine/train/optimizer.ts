@@ -1,6 +1,6 @@
 // AdamW over an adapter's parameters with global gradient-norm clipping, recorded once as ops:
 // sums of squares (one partial per 4096 elements) -> clip coefficient -> AdamW update. Parameters
-// kept in shared buffers (TrainableParam.arena: LoRA's) are cleared, normed and updated one buffer
+// kept in shared buffers (TrainableParam.arena: peft/params.ts) are cleared, normed and updated one buffer
 // at a time (the gaps between them are zero and stay zero); the others one tensor at a time. The
 // per-step values (learning rate, bias corrections) come from the StepUniforms buffer written
 // before each submit.
