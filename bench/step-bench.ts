@@ -81,6 +81,9 @@ const windows: Record<string, number> = {};
 if (steps >= 20) windows[`steps 10-${early}`] = window(10, early);
 if (steps >= 100) windows[`steps ${steps - 50}-${steps}`] = window(steps - 50, steps);
 const overall = window(Math.min(5, steps - 1), steps);
+// every 50-step window from step 10 on: whether a difference between the two above is drift or noise
+const every50: number[] = [];
+for (let from = 10; from + 50 <= steps; from += 50) every50.push(window(from, from + 50));
 for (const [k, ms] of Object.entries(windows)) console.log(`${k}: ${ms.toFixed(2)} ms/step, ${Math.round((B * T) / ms * 1000).toLocaleString('en-US')} tok/s`);
 console.log(`step time: ${overall.toFixed(2)} ms/step (loss ${lastLoss.toFixed(4)}); gpu memory: ${fmtBytes(gpu.allocatedBytes)}`);
 
@@ -107,7 +110,7 @@ for (const r of table.slice(0, 40)) {
 }
 if (a.json) {
   fs.writeFileSync(a.json, JSON.stringify({
-    model: a.model, tuning: gpu.tuning, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows,
+    model: a.model, tuning: gpu.tuning, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows, every50,
     tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes,
     kernels: table.map((r) => ({ kernel: r.kernel, msPerStep: r.totalMs / profileSteps, perStep: r.count / profileSteps })),
   }, null, 1));
