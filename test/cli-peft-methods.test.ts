@@ -47,7 +47,9 @@ describe('npm run train --method ia3 | prompt | prefix', () => {
     return st.getF32('logits');
   }
 
-  it('trains each method and writes PEFT\'s files; the logits CLI loads them', async () => {
+  // Seven CLI processes (the base logits, three trainings, three logits runs): 64-73 s alone here, past
+  // the default 120 s in a full run on two cores (seen once), hence its own limit.
+  it('trains each method and writes PEFT\'s files; the logits CLI loads them', { timeout: 300_000 }, async () => {
     const base = await logitsOf('tiny-gpt2', null);
     const cases: [string, string[], (cfg: Record<string, unknown>, st: ReturnType<typeof parseSafetensors>) => void][] = [
       ['ia3', ['--method', 'ia3'], (cfg, st) => {
