@@ -36,7 +36,8 @@ describe('npm run train', () => {
     fs.writeFileSync(path.join(dir, 'data.csv'), rows.join('\n') + '\n');
   });
 
-  it('trains LoRA on the tiny GPT-2 and writes the PEFT files, model card and trainer state', async () => {
+  // CLI processes: 72 s in a full run on two cores
+  it('trains LoRA on the tiny GPT-2 and writes the PEFT files, model card and trainer state', { timeout: 300_000 }, async () => {
     const out = path.join(dir, 'adapter');
     const r = await train([
       '--model', model, '--data', path.join(dir, 'data.csv'), '--out', out, '--method', 'lora',
