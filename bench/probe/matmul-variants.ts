@@ -6,6 +6,7 @@
 //   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-variants.mjs --shape=N (one shape per process)
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
+import { passTimer } from './pass-timer';
 import geluTanh from '../../shaders/gelu_tanh.wgsl?raw';
 import engine128Kernel from '../../shaders/matmul_vec4_128x128.wgsl?raw';
 import engine128x64Kernel from '../../shaders/matmul_vec4_128x64.wgsl?raw';
@@ -17,6 +18,7 @@ const small = process.argv.includes('--small');
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7);
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...(process.argv.includes('--no-robust') ? ['enable-dawn-features=disable_robustness'] : [])] });
 const device = gpu.device;
+const timer = passTimer(device);
 device.onuncapturederror = (e) => console.error('uncaptured', e.error?.message);
 
 /**
@@ -167,10 +169,11 @@ for (const [what, M, N, K, transB] of SHAPES) {
       code = v.edit ? v.edit(v.engine) : v.engine;
       if (v.edit && code === v.engine) throw new Error(`${v.name}: the edit changed nothing`);
       constants = { K_FAST_A: 1, K_FAST_B: transB ? 1 : 0 };
-      const u = new Uint32Array(28);
-      // M N K tilesN tilesM batchCount batchInner offA offB offC sAm sAk sBn sBk ldc b* x6 kFastA kFastB acc bias alpha
+      const u = new Uint32Array(29);
+      // M N K tilesN tilesM batchCount batchInner offA offB offC sAm sAk sBn sBk ldc b* x6 kFastA kFastB acc bias alpha offPre ldPre groupB
       u.set([M, N, K, N / BN, M / BM, 1, 1, 0, 0, 0, K, 1, transB ? K : 1, transB ? 1 : N, N, 0, 0, 0, 0, 0, 0, 1, transB ? 1 : 0, 0, 0]);
       new Float32Array(u.buffer)[25] = 1;
+      u[28] = 1; // groupB: B's batch index is the product's own
       params = u.buffer;
     } else {
       const k = kernel({ ...v, transB });
@@ -187,25 +190,8 @@ for (const [what, M, N, K, transB] of SHAPES) {
     device.queue.writeBuffer(u, 0, params);
     const entries = [u, bufA, bufB, bufC, ...(v.engine && code.includes('bias[') ? [bufA] : []), ...(v.engine && code.includes('pre[') ? [bufA] : [])];
     const bg = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: entries.map((buffer, binding) => ({ binding, resource: { buffer } })) });
-    const qs = device.createQuerySet({ type: 'timestamp', count: 2 });
-    const qb = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | CS });
-    const qr = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | CD });
-    let best = Infinity;
-    for (let trial = 0; trial < 3; trial++) {
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bg);
-      for (let r = 0; r < reps; r++) pass.dispatchWorkgroups(N / BN, M / BM);
-      pass.end();
-      enc.resolveQuerySet(qs, 0, 2, qb, 0);
-      enc.copyBufferToBuffer(qb, 0, qr, 0, 16);
-      device.queue.submit([enc.finish()]);
-      await qr.mapAsync(GPUMapMode.READ);
-      const t = new BigUint64Array(qr.getMappedRange().slice(0));
-      qr.unmap();
-      best = Math.min(best, Number(t[1] - t[0]) / 1e6 / reps);
-    }
+    // ms per product: one pass of `reps` dispatches, best of 3 (bench/probe/pass-timer.ts)
+    const best = (await timer([{ kind: 'dispatch', label: v.name, pipeline, bindGroup: bg, workgroups: [N / BN, M / BM, 1] }], reps)) / 1e3;
     // check a sample of outputs
     const enc = device.createCommandEncoder();
     enc.copyBufferToBuffer(bufC, 0, read, 0, M * N * 4);
