@@ -122,6 +122,45 @@ describe('memory estimates equal what the engine allocates', async () => {
     });
   }
 
+  const dims = (m: CausalLMModel) => m as unknown as { C: number; I: number };
+  // A layer's input to products no method acts on is not kept per layer (the frozen product's
+  // backward needs W alone): one buffer serves every layer, in the plan and in buildProgram alike.
+  const sharing: { name: (typeof NAMES)[number]; targets: string[]; perLayer: string[]; shared: string[]; width: (m: CausalLMModel) => number }[] = [
+    { name: 'tiny-llama', targets: ['q_proj', 'v_proj'], perLayer: ['xn'], shared: ['xn2', 'h'], width: (m) => dims(m).C + dims(m).I },
+    { name: 'tiny-llama', targets: ['gate_proj'], perLayer: ['xn2'], shared: ['xn', 'h'], width: (m) => dims(m).C + dims(m).I },
+    { name: 'tiny-llama', targets: ['all-linear'], perLayer: ['xn', 'xn2', 'h'], shared: [], width: () => 0 },
+    { name: 'tiny-gpt2', targets: ['c_attn'], perLayer: ['ln1'], shared: ['ln2'], width: (m) => dims(m).C },
+    { name: 'tiny-gpt2', targets: ['mlp.c_proj'], perLayer: [], shared: ['ln1', 'ln2'], width: (m) => 2 * dims(m).C },
+  ];
+  for (const c of sharing) {
+    it(`${c.name}, LoRA on ${c.targets.join('+')}: layers keep ${c.perLayer.join(', ') || 'no input'} each and share ${c.shared.join(', ') || 'nothing'}; plan and program agree`, () => {
+      const { model } = loadCausalLM(gpu, models.get(c.name)!);
+      const L = model.linearModules().length / (c.name === 'tiny-gpt2' ? 4 : 7);
+      const step = new StepUniforms(gpu);
+      const lora = new Lora(gpu, { r: 2, alpha: 4, dropout: 0, targetModules: c.targets, useRslora: false }, model.linearModules(), step, rng(1));
+      const opts = { B: 2, T: 8, training: true, keepsInput: (m: string) => lora.targetsLinear(m) };
+      const labels = model.programBuffers(opts).map((b) => b.label);
+      const prefix = c.name === 'tiny-gpt2' ? 'h' : 'l';
+      for (const name of c.perLayer) for (let i = 0; i < L; i++) expect(labels, `${prefix}${i}.${name}`).toContain(`${prefix}${i}.${name}`);
+      for (const name of c.shared) {
+        expect(labels.filter((l) => l === name || l.endsWith(`.${name}`)), name).toEqual([name]);
+      }
+      // what sharing saves: L - 1 copies of each shared input
+      const all = model.estimateProgramBytes({ B: 2, T: 8, training: true });
+      const M = 2 * 8;
+      expect(all - model.estimateProgramBytes(opts)).toBe((L - 1) * M * c.width(model) * 4);
+      // buildProgram allocates the plan's buffers (with the method itself, as the worker's runs
+      // below check, the method's site scratch comes on top)
+      const before = gpu.allocatedBytes;
+      const { result: program, sizes } = recordBuffers(gpu, () => model.buildProgram(null, opts));
+      expect(gpu.allocatedBytes - before).toBe(model.estimateProgramBytes(opts));
+      expect(sorted(sizes)).toEqual(sorted(model.programBuffers(opts).map((b) => allocatedBytesFor(b.elements))));
+      program.destroy();
+      lora.destroy();
+      model.destroy();
+    });
+  }
+
   const runs: { name: (typeof NAMES)[number]; rank: number; dropout: number; targets: string[]; validation: boolean }[] = [
     { name: 'tiny-gpt2', rank: 4, dropout: 0, targets: ['c_attn'], validation: true },
     { name: 'tiny-gpt2', rank: 8, dropout: 0.1, targets: ['c_attn', 'mlp.c_proj'], validation: false },

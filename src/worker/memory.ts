@@ -170,6 +170,12 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
   return { buffers: out };
 }
 
+/** The linear modules whose inputs the method's backward reads (ProgramOptions.keepsInput): those it acts on. */
+function readsInputs(a: AdapterPlan): (module: string) => boolean {
+  const modules = new Set(a.kind === 'lora' || a.kind === 'dora' ? a.targeted.map((t) => t.module) : a.kind === 'ia3' ? a.targeted.map((t) => t.info.module) : []);
+  return (module) => modules.has(module);
+}
+
 /**
  * The buffers a causal LM's buildProgram(method, {B, T}) allocates: prompt tuning runs T + n
  * positions; prefix tuning's P rows widen the attention scores (and their gradient) to P + T keys
@@ -178,7 +184,7 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
 export function causalProgramBuffers(model: Pick<CausalLMModel, 'programBuffers'>, run: Pick<RunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
   const S = programPositions(run);
   const P = run.adapter.kind === 'prefix' ? run.adapter.virtualTokens : 0;
-  const buffers = model.programBuffers({ B: run.B, T: S, training }, P);
+  const buffers = model.programBuffers({ B: run.B, T: S, training, keepsInput: readsInputs(run.adapter) }, P);
   if (P === 0) return buffers;
   const rope = model.programBuffers({ B: 1, T: S + P, training: false }).filter((b) => b.label.startsWith('rope.'));
   return [...rope, ...buffers.filter((b) => !b.label.startsWith('rope.'))];

@@ -18,7 +18,7 @@ import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, inputKeeper, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAddPositions, kvAppend } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
 import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
@@ -47,6 +47,17 @@ interface Gpt2LayerWeights {
 }
 
 /** Per-layer activations kept for backward. */
+/**
+ * The layer activations that are only the input of linear modules (names within a layer): a
+ * training program keeps them per layer only where a method acts on one of those modules (its
+ * gradients read x; the frozen products' backward needs W alone). The attention output (ctx) is
+ * not among them: the softmax backward's row terms read it; nor is fc (GELU's derivative).
+ */
+const LAYER_INPUT_READERS: Readonly<Record<string, readonly string[]>> = {
+  ln1: ['attn.c_attn'],
+  ln2: ['mlp.c_fc'],
+};
+
 interface LayerActs {
   ln1: Tensor; mean1: Tensor; rstd1: Tensor;
   qkv: Tensor; // [M, 3C]
@@ -176,12 +187,21 @@ export class Gpt2 {
     // GELU's output, shared by the layers (whatever the method: mlpFused), so the plan holds for any
     out.push({ label: 'g', elements: M * F });
     const keep = training ? L : 1;
+    const keepsInput = opts.keepsInput ?? (() => true);
+    const shared = new Set<string>();
     for (let i = 0; i < keep; i++) {
       const per: [string, number][] = [
         ['ln1', M * C], ['mean1', M], ['rstd1', M], ['qkv', 3 * M * C], flash ? ['lse', B * H * T] : ['att', scores], ['ctx', M * C], ['x2', M * C],
         ['ln2', M * C], ['mean2', M], ['rstd2', M], ['fc', M * F],
       ];
-      for (const [name, elements] of per) out.push({ label: `h${i}.${name}`, elements });
+      for (const [name, elements] of per) {
+        const readers = LAYER_INPUT_READERS[name];
+        if (!training || !readers || readers.some((m) => keepsInput(`transformer.h.${i}.${m}`))) out.push({ label: `h${i}.${name}`, elements });
+        else if (!shared.has(name)) {
+          shared.add(name);
+          out.push({ label: name, elements });
+        }
+      }
     }
     out.push({ label: 'lnf', elements: M * C }, { label: 'meanf', elements: M }, { label: 'rstdf', elements: M });
     if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dln', elements: M * C });
@@ -269,12 +289,21 @@ export class Gpt2 {
     const xs = Array.from({ length: training ? L + 1 : 2 }, (_, i) => t([M, C], `x${i}`));
     const g = t([M, F], 'g');
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
+    // a layer's input to products no method reads in backward: one buffer for every layer
+    const keepsInput = inputKeeper(peft, opts);
+    const sharedInputs = new Map<string, Tensor>();
+    const input = (i: number, name: string, shape: number[]): Tensor => {
+      if (!training || LAYER_INPUT_READERS[name].some((m) => keepsInput(`transformer.h.${i}.${m}`))) return t(shape, `h${i}.${name}`);
+      let shared = sharedInputs.get(name);
+      if (!shared) sharedInputs.set(name, (shared = t(shape, name)));
+      return shared;
+    };
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
-      ln1: t([M, C], `h${i}.ln1`), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
+      ln1: input(i, 'ln1', [M, C]), mean1: t([M], `h${i}.mean1`), rstd1: t([M], `h${i}.rstd1`),
       qkv: t([M, 3 * C], `h${i}.qkv`), ...(flash ? { att: null, lse: t([B * H * T], `h${i}.lse`) } : { att: t([B * H, T, P + T], `h${i}.att`), lse: null }),
       ctx: t([M, C], `h${i}.ctx`),
       x2: t([M, C], `h${i}.x2`),
-      ln2: t([M, C], `h${i}.ln2`), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
+      ln2: input(i, 'ln2', [M, C]), mean2: t([M], `h${i}.mean2`), rstd2: t([M], `h${i}.rstd2`),
       fc: t([M, F], `h${i}.fc`), g,
     }));
     const lnf = t([M, C], 'lnf'), meanf = t([M], 'meanf'), rstdf = t([M], 'rstdf');

@@ -22,7 +22,7 @@ import type { LlamaConfig } from '../../io/hf-config';
 import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, inputKeeper, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAppend, kvRope } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
 import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
@@ -51,6 +51,18 @@ interface LayerActs {
 }
 
 const SUPPORTED_ACT = new Set(['silu', 'swish']);
+
+/**
+ * The layer activations that are only the input of linear modules (names within a layer): a
+ * training program keeps them per layer only where a method acts on one of those modules (its
+ * gradients read x; the frozen products' backward needs W alone). The attention output (ctx) is
+ * not among them: the softmax backward's row terms read it.
+ */
+const LAYER_INPUT_READERS: Readonly<Record<string, readonly string[]>> = {
+  xn: ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
+  xn2: ['mlp.gate_proj', 'mlp.up_proj'],
+  h: ['mlp.down_proj'],
+};
 
 export class Llama {
   readonly C: number;
@@ -170,6 +182,8 @@ export class Llama {
     const residuals = training ? L + 1 : 2;
     for (let i = 0; i < residuals; i++) out.push({ label: `x${i}`, elements: M * C });
     const keep = training ? L : 1;
+    const keepsInput = opts.keepsInput ?? (() => true);
+    const shared = new Set<string>();
     for (let i = 0; i < keep; i++) {
       const per: [string, number, boolean][] = [
         ['xn', M * C, true], ['rstd1', M, true],
@@ -179,7 +193,15 @@ export class Llama {
         ['x2', M * C, true], ['xn2', M * C, true], ['rstd2', M, true],
         ['gate', M * I, true], ['up', M * I, true], ['h', M * I, true],
       ];
-      for (const [name, elements, made] of per) if (made) out.push({ label: `l${i}.${name}`, elements });
+      for (const [name, elements, made] of per) {
+        if (!made) continue;
+        const readers = LAYER_INPUT_READERS[name];
+        if (!training || !readers || readers.some((m) => keepsInput(`model.layers.${i}.${m}`))) out.push({ label: `l${i}.${name}`, elements });
+        else if (!shared.has(name)) {
+          shared.add(name);
+          out.push({ label: name, elements });
+        }
+      }
     }
     out.push({ label: 'xf', elements: M * C }, { label: 'rstdf', elements: M });
     if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dxn', elements: M * C });
@@ -297,14 +319,23 @@ export class Llama {
     const keep = training ? L : 1;
     const xs = Array.from({ length: training ? L + 1 : 2 }, (_, i) => t([M, C], `x${i}`));
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
+    // a layer's input to products no method reads in backward: one buffer for every layer
+    const keepsInput = inputKeeper(peft, opts);
+    const sharedInputs = new Map<string, Tensor>();
+    const input = (i: number, name: keyof typeof LAYER_INPUT_READERS, shape: number[]): Tensor => {
+      if (!training || LAYER_INPUT_READERS[name].some((m) => keepsInput(`model.layers.${i}.${m}`))) return t(shape, `l${i}.${name}`);
+      let shared = sharedInputs.get(name);
+      if (!shared) sharedInputs.set(name, (shared = t(shape, name)));
+      return shared;
+    };
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => ({
-      xn: t([M, C], `l${i}.xn`), rstd1: t([M], `l${i}.rstd1`),
+      xn: input(i, 'xn', [M, C]), rstd1: t([M], `l${i}.rstd1`),
       qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
       kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
       q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
       ...(flash ? { att: null, lse: t([B * H * T], `l${i}.lse`) } : { att: t([B * H, T, P + T], `l${i}.att`), lse: null }), ctx: t([M, H * D], `l${i}.ctx`),
-      x2: t([M, C], `l${i}.x2`), xn2: t([M, C], `l${i}.xn2`), rstd2: t([M], `l${i}.rstd2`),
-      gate: t([M, I], `l${i}.gate`), up: t([M, I], `l${i}.up`), h: t([M, I], `l${i}.h`),
+      x2: t([M, C], `l${i}.x2`), xn2: input(i, 'xn2', [M, C]), rstd2: t([M], `l${i}.rstd2`),
+      gate: t([M, I], `l${i}.gate`), up: t([M, I], `l${i}.up`), h: input(i, 'h', [M, I]),
     }));
     const xf = t([M, C], 'xf'), rstdf = t([M], 'rstdf');
 

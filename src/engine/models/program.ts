@@ -33,8 +33,20 @@ export interface ProgramOptions {
   training: boolean;
   /** Also copy the logits of every position into `logits` (tests and small evaluations). */
   captureLogits?: boolean;
-  /** Rows of logits made at once (default: as many as fit 256 MiB and one binding). */
+  /** Rows of logits made at once (default: as many as fit gpu.tuning.lmHeadChunkMiB and one binding). */
   headRowsPerChunk?: number;
+  /**
+   * Training: the linear modules whose input each layer keeps for the backward (those a method
+   * acts on: its gradients read x). Elsewhere the frozen product's backward needs only W, so one
+   * buffer serves every layer. Absent: buildProgram asks the method (targetsLinear), and without
+   * a method, like programBuffers, keeps every input.
+   */
+  keepsInput?: (module: string) => boolean;
+}
+
+/** ProgramOptions.keepsInput as buildProgram applies it for `peft` (null: no method). */
+export function inputKeeper(peft: { targetsLinear(module: string): boolean } | null, opts: Pick<ProgramOptions, 'keepsInput'>): (module: string) => boolean {
+  return opts.keepsInput ?? (peft ? (m) => peft.targetsLinear(m) : () => true);
 }
 
 export interface Program {
