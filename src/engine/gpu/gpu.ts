@@ -46,8 +46,12 @@ export interface KernelTuning {
   geluPrologue: boolean;
   /**
    * The LM head's logits are made this many MiB of rows at a time (at most one binding; models/program.ts
-   * lmHeadChunkBytes). 80 on the H100 (bench/run-step-bench.sh --tuning lmHeadChunkMiB=C): SmolLM2's
-   * peak 3.36 GiB at 256 (2 blocks of 1365 rows) falls to 3.15, under PyTorch's smallest (3.17).
+   * lmHeadChunkBytes). 512: the benchmarks' 8 x 256 batch in one block (GPT-2 412 MB, SmolLM2 403 MB).
+   * On the H100 (bench/sweep-tuning.sh, 40 steps, two runs each) against 80 MiB (6 blocks of 384 rows):
+   * SmolLM2 53.31 / 53.62 ms against 54.59 / 54.61 (its LM head's split-K backward 3.69 -> 2.93 ms),
+   * peak 2.69 -> 3.03 GiB; GPT-2 31.63 / 31.61 against 31.97 / 32.12, 1.75 -> 2.10 GiB. Both stay
+   * under PyTorch's smallest peak (3.17 and 3.24 GiB) since the layers share the inputs no method
+   * reads (ProgramOptions.keepsInput).
    */
   lmHeadChunkMiB: number;
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
@@ -144,7 +148,7 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 80, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
   loraGradWorkgroups: 132,
