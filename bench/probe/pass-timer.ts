@@ -1,5 +1,5 @@
-// The probes' timer (bench/probe/lora-grad.ts, norms.ts): bound dispatches repeated back to back in
-// one compute pass, timestamp queries at its two ends (Dawn's timestamp quantization off: pass
+// The probes' timer (bench/probe/lora-grad.ts, norms.ts, dispatch-cost.ts, subgroup-matrix-i8.ts):
+// bound dispatches repeated back to back in one compute pass, timestamp queries at its two ends (Dawn's timestamp quantization off: pass
 // dawnFlags ['disable-dawn-features=timestamp_quantization'] to createNodeGpu).
 import type { Dispatch } from '../../src/engine/gpu/dispatch';
 

@@ -16,6 +16,7 @@
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { parseArgs } from 'node:util';
 import { create, globals } from 'webgpu';
+import { passTimer } from './pass-timer';
 
 // --type u8 / i8; --tn 16 / 8 (the right matrix's N); --tiles 'RMxRNxSGMxSGN,...'
 const { values: opt } = parseArgs({ options: { type: { type: 'string' }, tn: { type: 'string' }, tiles: { type: 'string' }, wg: { type: 'boolean' }, wgstride: { type: 'string' } } });
@@ -102,9 +103,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var i = lidx; i < ${16 * TN}u; i += 32u) { c[(m0 + i / ${TN}u) * params.N + n0 + i % ${TN}u] = tc[i]; }
 }`;
 
-const qs = device.createQuerySet({ type: 'timestamp', count: 2 });
-const qb = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-const qr = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+const timer = passTimer(device);
 const storage = (data: Int32Array | number) => {
   const size = typeof data === 'number' ? data : data.byteLength;
   const buf = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
@@ -148,26 +147,6 @@ function setup(pipeline, M: number, N: number, K: number, seed: number) {
   const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [params, a, b, c].map((buffer, binding) => ({ binding, resource: { buffer } })) });
   return { A, B, c, bindGroup };
 }
-async function time(pipeline, bindGroup, groups: [number, number], reps: number) {
-  let best = Infinity;
-  for (let trial = 0; trial < 3; trial++) {
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
-    for (let r = 0; r < reps; r++) pass.dispatchWorkgroups(groups[0], groups[1]);
-    pass.end();
-    enc.resolveQuerySet(qs, 0, 2, qb, 0);
-    enc.copyBufferToBuffer(qb, 0, qr, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await qr.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(qr.getMappedRange().slice(0));
-    qr.unmap();
-    best = Math.min(best, Number(t[1] - t[0]) / 1e3 / reps);
-  }
-  return best;
-}
-
 let style: 'flag' | 'template' | null = null;
 const results = [];
 for (const [RM, RN, SGM, SGN] of (opt.tiles ?? '1x1x1x1,2x2x1x1,2x4x1x1,4x4x1x1,2x2x2x2,4x4x2x2').split(',').map((t) => t.split('x').map(Number))) {
@@ -206,7 +185,7 @@ for (const [RM, RN, SGM, SGN] of (opt.tiles ?? '1x1x1x1,2x2x1x1,2x4x1x1,4x4x1x1,
   }
   for (const S of [2048, 4096, 8192]) {
     const { bindGroup } = setup(built, S, S, S, 3);
-    const us = await time(built, bindGroup, [S / tileN, S / tileM], S >= 8192 ? 3 : 10);
+    const us = await timer([{ kind: 'dispatch', label: 'i8 product', pipeline: built, bindGroup, workgroups: [S / tileN, S / tileM, 1] }], S >= 8192 ? 3 : 10);
     const tops = (2 * S ** 3) / (us * 1e6);
     results.push({ RM, RN, SGM, SGN, S, us, tops });
     console.log(`  ${S}^3: ${us.toFixed(1)} us, ${tops.toFixed(0)} TOPS`);
