@@ -1,6 +1,7 @@
 // The probes' timer (bench/probe/lora-grad.ts, norms.ts, dispatch-cost.ts, subgroup-matrix-i8.ts):
-// bound dispatches repeated back to back in one compute pass, timestamp queries at its two ends (Dawn's timestamp quantization off: pass
-// dawnFlags ['disable-dawn-features=timestamp_quantization'] to createNodeGpu).
+// bound dispatches repeated back to back in one compute pass, timestamp queries at its two ends
+// (Dawn's timestamp quantization off: pass dawnFlags ['disable-dawn-features=timestamp_quantization']
+// to createNodeGpu).
 import type { Dispatch } from '../../src/engine/gpu/dispatch';
 
 /** A timer over `device`: best of `trials` passes of `reps` repetitions of `ops`, in microseconds per repetition. */
