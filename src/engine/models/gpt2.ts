@@ -46,7 +46,6 @@ interface Gpt2LayerWeights {
   mprojW: Tensor; mprojB: Tensor; // [4C, C], [C]
 }
 
-/** Per-layer activations kept for backward. */
 /**
  * The layer activations that are only the input of linear modules (names within a layer): a
  * training program keeps them per layer only where a method acts on one of those modules (its
@@ -58,6 +57,7 @@ const LAYER_INPUT_READERS: Readonly<Record<string, readonly string[]>> = {
   ln2: ['mlp.c_fc'],
 };
 
+/** Per-layer activations kept for backward. */
 interface LayerActs {
   ln1: Tensor; mean1: Tensor; rstd1: Tensor;
   qkv: Tensor; // [M, 3C]
