@@ -1,7 +1,8 @@
 // Matmul throughput at the shapes of the benchmark models (GPT-2 124M, SmolLM2-135M at 8 x 256
 // tokens), for every tiled kernel variant and the automatic choice, timed with timestamp queries.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/matmul-shapes.ts
-//   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b]
+//   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS]
+//   (--only: the shapes whose name contains WORDS)
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -10,7 +11,7 @@ import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra] });
 const reps = Number(a.reps ?? 10);
@@ -34,6 +35,9 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   ['smollm2 down fwd', 2048, 576, 1536, false, true],
   ['smollm2 gate/up dx', 2048, 576, 1536, false, false],
   ['smollm2 down dx', 2048, 1536, 576, false, false],
+  // gate and up as one product ([W_gate; W_up] stacked): N = 2I forward, K = 2I for dx
+  ['smollm2 gate+up fwd', 2048, 3072, 576, false, true],
+  ['smollm2 gate+up dx', 2048, 576, 3072, false, false],
   ['attn scores, one head', 256, 256, 64, false, true],
   ['lora u = x A^T (r=8)', 2048, 8, 768, false, true],
   ['lora du = dy B (r=8)', 2048, 8, 2304, false, false],
@@ -45,6 +49,7 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   ['smollm2 lora du', 2048, 8, 576, false, false],
   ['smollm2 lora dA', 8, 576, 2048, true, false],
 ];
+if (a.only) SHAPES.splice(0, SHAPES.length, ...SHAPES.filter(([what]) => what.includes(a.only!)));
 /** Mean GPU ms of one pass over `once` (timestamp queries per dispatch, summed), over `reps` passes after a warm-up. */
 async function timeOps(once: Op[]): Promise<number> {
   const profiler = new KernelProfiler(gpu);

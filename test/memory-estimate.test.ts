@@ -125,12 +125,14 @@ describe('memory estimates equal what the engine allocates', async () => {
   const dims = (m: CausalLMModel) => m as unknown as { C: number; I: number };
   // A layer's input to products no method acts on is not kept per layer (the frozen product's
   // backward needs W alone): one buffer serves every layer, in the plan and in buildProgram alike.
-  const sharing: { name: (typeof NAMES)[number]; targets: string[]; perLayer: string[]; shared: string[]; width: (m: CausalLMModel) => number }[] = [
-    { name: 'tiny-llama', targets: ['q_proj', 'v_proj'], perLayer: ['xn'], shared: ['xn2', 'h'], width: (m) => dims(m).C + dims(m).I },
-    { name: 'tiny-llama', targets: ['gate_proj'], perLayer: ['xn2'], shared: ['xn', 'h'], width: (m) => dims(m).C + dims(m).I },
-    { name: 'tiny-llama', targets: ['all-linear'], perLayer: ['xn', 'xn2', 'h'], shared: [], width: () => 0 },
-    { name: 'tiny-gpt2', targets: ['c_attn'], perLayer: ['ln1'], shared: ['ln2'], width: (m) => dims(m).C },
-    { name: 'tiny-gpt2', targets: ['mlp.c_proj'], perLayer: [], shared: ['ln1', 'ln2'], width: (m) => 2 * dims(m).C },
+  // fused: Llama's gate_proj and up_proj run as one product (neither acted on), their gradients
+  // going in place into the packed activations (no dgate / dup scratch)
+  const sharing: { name: (typeof NAMES)[number]; targets: string[]; perLayer: string[]; shared: string[]; width: (m: CausalLMModel) => number; fused: boolean }[] = [
+    { name: 'tiny-llama', targets: ['q_proj', 'v_proj'], perLayer: ['xn'], shared: ['xn2', 'h'], width: (m) => dims(m).C + dims(m).I, fused: true },
+    { name: 'tiny-llama', targets: ['gate_proj'], perLayer: ['xn2'], shared: ['xn', 'h'], width: (m) => dims(m).C + dims(m).I, fused: false },
+    { name: 'tiny-llama', targets: ['all-linear'], perLayer: ['xn', 'xn2', 'h'], shared: [], width: () => 0, fused: false },
+    { name: 'tiny-gpt2', targets: ['c_attn'], perLayer: ['ln1'], shared: ['ln2'], width: (m) => dims(m).C, fused: false },
+    { name: 'tiny-gpt2', targets: ['mlp.c_proj'], perLayer: [], shared: ['ln1', 'ln2'], width: (m) => 2 * dims(m).C, fused: false },
   ];
   for (const c of sharing) {
     it(`${c.name}, LoRA on ${c.targets.join('+')}: layers keep ${c.perLayer.join(', ') || 'no input'} each and share ${c.shared.join(', ') || 'nothing'}; plan and program agree`, () => {
@@ -138,17 +140,26 @@ describe('memory estimates equal what the engine allocates', async () => {
       const L = model.linearModules().length / (c.name === 'tiny-gpt2' ? 4 : 7);
       const step = new StepUniforms(gpu);
       const lora = new Lora(gpu, { r: 2, alpha: 4, dropout: 0, targetModules: c.targets, useRslora: false }, model.linearModules(), step, rng(1));
-      const opts = { B: 2, T: 8, training: true, keepsInput: (m: string) => lora.targetsLinear(m) };
+      const opts = { B: 2, T: 8, training: true, methodActsOn: (m: string) => lora.targetsLinear(m) };
       const labels = model.programBuffers(opts).map((b) => b.label);
       const prefix = c.name === 'tiny-gpt2' ? 'h' : 'l';
       for (const name of c.perLayer) for (let i = 0; i < L; i++) expect(labels, `${prefix}${i}.${name}`).toContain(`${prefix}${i}.${name}`);
       for (const name of c.shared) {
         expect(labels.filter((l) => l === name || l.endsWith(`.${name}`)), name).toEqual([name]);
       }
-      // what sharing saves: L - 1 copies of each shared input
-      const all = model.estimateProgramBytes({ B: 2, T: 8, training: true });
+      // what sharing saves against a method acting on every module: L - 1 copies of each shared input (and the fused MLP's dgate / dup)
+      const all = model.estimateProgramBytes({ B: 2, T: 8, training: true, methodActsOn: () => true });
       const M = 2 * 8;
-      expect(all - model.estimateProgramBytes(opts)).toBe((L - 1) * M * c.width(model) * 4);
+      expect(all - model.estimateProgramBytes(opts)).toBe(((L - 1) * c.width(model) + (c.fused ? 2 * dims(model).I : 0)) * M * 4);
+      expect(labels.includes('l0.gu'), 'gate and up as one product').toBe(c.fused);
+      if (c.fused) {
+        // rows whose packed [M, 2I] activations would pass one binding keep gate and up apart
+        const rows = Math.ceil(gpu.maxBindingBytes / (2 * dims(model).I * 4)) + 1;
+        const big = model.programBuffers({ B: rows, T: 1, training: true, methodActsOn: opts.methodActsOn }).map((b) => b.label);
+        expect(big).toContain('l0.gate');
+        expect(big).not.toContain('l0.gu');
+      }
+      expect(labels.includes('dgate'), 'dgate scratch').toBe(c.name === 'tiny-llama' && !c.fused);
       // buildProgram allocates the plan's buffers (with the method itself, as the worker's runs
       // below check, the method's site scratch comes on top)
       const before = gpu.allocatedBytes;
@@ -296,7 +307,10 @@ describe('memory estimates equal what the engine allocates', async () => {
 
   it('names the largest buffer, and warns above 2 GiB only on a software renderer', () => {
     const { model } = loadCausalLM(gpu, models.get('tiny-llama')!);
-    const targeted = model.linearModules().filter((l) => moduleMatches(l.module, ['q_proj']));
+    // up_proj acted on: gate and up stay two [M, I] products (one packed [M, 2I] buffer otherwise);
+    // logits blocks of 64 MiB, under the MLP's rows
+    const targeted = model.linearModules().filter((l) => moduleMatches(l.module, ['q_proj', 'up_proj']));
+    gpu.tuning.lmHeadChunkMiB = 64;
     const limits = { maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27 };
     const small = estimateTraining(model, { B: 2, T: 16, adapter: { kind: 'lora', rank: 4, dropout: 0, targeted }, hasValidation: false }, { ...limits, isFallbackAdapter: true });
     expect(small.bufferLimit).toBe(2 ** 27);
@@ -318,6 +332,7 @@ describe('memory estimates equal what the engine allocates', async () => {
     gpu.tuning.flashAttention = false;
     const tt = estimateTraining(model, big, { ...limits, isFallbackAdapter: false });
     gpu.tuning.flashAttention = DEFAULT_KERNEL_TUNING.flashAttention;
+    gpu.tuning.lmHeadChunkMiB = DEFAULT_KERNEL_TUNING.lmHeadChunkMiB;
     expect(tt.largestBufferLabel).toBe('l0.att');
     expect(tt.largestBuffer).toBe(4096 * heads * 64 * 64 * 4);
     expect(tt.largestBuffer).toBeGreaterThan(tt.bufferLimit);

@@ -170,8 +170,8 @@ function methodBuffers(a: AdapterPlan, M: number, opts: { postLayerNorm: boolean
   return { buffers: out };
 }
 
-/** The linear modules whose inputs the method's backward reads (ProgramOptions.keepsInput): those it acts on. */
-function readsInputs(a: AdapterPlan): (module: string) => boolean {
+/** The linear modules the method acts on (ProgramOptions.methodActsOn). */
+function actedOn(a: AdapterPlan): (module: string) => boolean {
   const modules = new Set(a.kind === 'lora' || a.kind === 'dora' ? a.targeted.map((t) => t.module) : a.kind === 'ia3' ? a.targeted.map((t) => t.info.module) : []);
   return (module) => modules.has(module);
 }
@@ -184,7 +184,7 @@ function readsInputs(a: AdapterPlan): (module: string) => boolean {
 export function causalProgramBuffers(model: Pick<CausalLMModel, 'programBuffers'>, run: Pick<RunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
   const S = programPositions(run);
   const P = run.adapter.kind === 'prefix' ? run.adapter.virtualTokens : 0;
-  const buffers = model.programBuffers({ B: run.B, T: S, training, keepsInput: readsInputs(run.adapter) }, P);
+  const buffers = model.programBuffers({ B: run.B, T: S, training, methodActsOn: actedOn(run.adapter) }, P);
   if (P === 0) return buffers;
   const rope = model.programBuffers({ B: 1, T: S + P, training: false }).filter((b) => b.label.startsWith('rope.'));
   return [...rope, ...buffers.filter((b) => !b.label.startsWith('rope.'))];

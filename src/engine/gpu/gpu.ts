@@ -51,7 +51,7 @@ export interface KernelTuning {
    * SmolLM2 53.31 / 53.62 ms against 54.59 / 54.61 (its LM head's split-K backward 3.69 -> 2.93 ms),
    * peak 2.69 -> 3.03 GiB; GPT-2 31.63 / 31.61 against 31.97 / 32.12, 1.75 -> 2.10 GiB. Both stay
    * under PyTorch's smallest peak (3.17 and 3.24 GiB) since the layers share the inputs no method
-   * reads (ProgramOptions.keepsInput).
+   * reads (ProgramOptions.methodActsOn).
    */
   lmHeadChunkMiB: number;
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */

@@ -18,7 +18,7 @@ import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, inputKeeper, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, methodModules, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAddPositions, kvAppend } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
 import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
@@ -187,7 +187,7 @@ export class Gpt2 {
     // GELU's output, shared by the layers (whatever the method: mlpFused), so the plan holds for any
     out.push({ label: 'g', elements: M * F });
     const keep = training ? L : 1;
-    const keepsInput = opts.keepsInput ?? (() => true);
+    const actsOn = opts.methodActsOn ?? (() => false);
     const shared = new Set<string>();
     for (let i = 0; i < keep; i++) {
       const per: [string, number][] = [
@@ -196,7 +196,7 @@ export class Gpt2 {
       ];
       for (const [name, elements] of per) {
         const readers = LAYER_INPUT_READERS[name];
-        if (!training || !readers || readers.some((m) => keepsInput(`transformer.h.${i}.${m}`))) out.push({ label: `h${i}.${name}`, elements });
+        if (!training || !readers || readers.some((m) => actsOn(`transformer.h.${i}.${m}`))) out.push({ label: `h${i}.${name}`, elements });
         else if (!shared.has(name)) {
           shared.add(name);
           out.push({ label: name, elements });
@@ -290,10 +290,10 @@ export class Gpt2 {
     const g = t([M, F], 'g');
     const xAt = (l: number): Tensor => (training ? xs[l] : xs[l % 2]);
     // a layer's input to products no method reads in backward: one buffer for every layer
-    const keepsInput = inputKeeper(peft, opts);
+    const actsOn = methodModules(peft, opts);
     const sharedInputs = new Map<string, Tensor>();
     const input = (i: number, name: string, shape: number[]): Tensor => {
-      if (!training || LAYER_INPUT_READERS[name].some((m) => keepsInput(`transformer.h.${i}.${m}`))) return t(shape, `h${i}.${name}`);
+      if (!training || LAYER_INPUT_READERS[name].some((m) => actsOn(`transformer.h.${i}.${m}`))) return t(shape, `h${i}.${name}`);
       let shared = sharedInputs.get(name);
       if (!shared) sharedInputs.set(name, (shared = t(shape, name)));
       return shared;

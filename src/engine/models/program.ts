@@ -36,17 +36,17 @@ export interface ProgramOptions {
   /** Rows of logits made at once (default: as many as fit gpu.tuning.lmHeadChunkMiB and one binding). */
   headRowsPerChunk?: number;
   /**
-   * Training: the linear modules whose input each layer keeps for the backward (those a method
-   * acts on: its gradients read x). Elsewhere the frozen product's backward needs only W, so one
-   * buffer serves every layer. Absent: buildProgram asks the method (targetsLinear), and without
-   * a method, like programBuffers, keeps every input.
+   * The linear modules the program's method acts on (absent: those of the method buildProgram is
+   * given, none without one). Elsewhere a layer's product is frozen: a training program keeps its
+   * input only where a method reads it (one buffer serves every layer otherwise), and Llama runs
+   * gate_proj and up_proj as one product where neither is acted on.
    */
-  keepsInput?: (module: string) => boolean;
+  methodActsOn?: (module: string) => boolean;
 }
 
-/** ProgramOptions.keepsInput as buildProgram applies it for `peft` (null: no method). */
-export function inputKeeper(peft: { targetsLinear(module: string): boolean } | null, opts: Pick<ProgramOptions, 'keepsInput'>): (module: string) => boolean {
-  return opts.keepsInput ?? (peft ? (m) => peft.targetsLinear(m) : () => true);
+/** ProgramOptions.methodActsOn as buildProgram applies it for `peft` (null: no method). */
+export function methodModules(peft: { targetsLinear(module: string): boolean } | null, opts: Pick<ProgramOptions, 'methodActsOn'>): (module: string) => boolean {
+  return opts.methodActsOn ?? (peft ? (m) => peft.targetsLinear(m) : () => false);
 }
 
 export interface Program {

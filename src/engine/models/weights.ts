@@ -67,6 +67,11 @@ export class WeightLoader {
     return this.gpu.tensorFrom(data, shape, name);
   }
 
+  /** Uploads one tensor into `dst` (a view of a larger buffer, say), checking its shape. */
+  loadInto(name: string, shape: readonly number[], dst: Tensor): void {
+    this.gpu.write(dst, this.read(name, shape));
+  }
+
   /** Uploads a [rows, cols] matrix split into row blocks that each fit one binding. */
   loadRowChunks(name: string, rows: number, cols: number, maxChunkBytes = this.gpu.maxBindingBytes): RowChunks {
     const data = this.read(name, [rows, cols]);
