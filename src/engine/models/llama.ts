@@ -355,13 +355,13 @@ export class Llama {
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => {
       const gu = fused ? t([M, 2 * I], `l${i}.gu`) : null;
       return {
-      xn: input(i, 'xn', [M, C]), rstd1: t([M], `l${i}.rstd1`),
-      qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
-      kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
-      q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
-      ...(flash ? { att: null, lse: t([B * H * T], `l${i}.lse`) } : { att: t([B * H, T, P + T], `l${i}.att`), lse: null }), ctx: t([M, H * D], `l${i}.ctx`),
-      x2: t([M, C], `l${i}.x2`), xn2: input(i, 'xn2', [M, C]), rstd2: t([M], `l${i}.rstd2`),
-      gate: gu ?? t([M, I], `l${i}.gate`), up: gu ?? t([M, I], `l${i}.up`), h: input(i, 'h', [M, I]), gu,
+        xn: input(i, 'xn', [M, C]), rstd1: t([M], `l${i}.rstd1`),
+        qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
+        kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
+        q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
+        ...(flash ? { att: null, lse: t([B * H * T], `l${i}.lse`) } : { att: t([B * H, T, P + T], `l${i}.att`), lse: null }), ctx: t([M, H * D], `l${i}.ctx`),
+        x2: t([M, C], `l${i}.x2`), xn2: input(i, 'xn2', [M, C]), rstd2: t([M], `l${i}.rstd2`),
+        gate: gu ?? t([M, I], `l${i}.gate`), up: gu ?? t([M, I], `l${i}.up`), h: input(i, 'h', [M, I]), gu,
       };
     });
     const xf = t([M, C], 'xf'), rstdf = t([M], 'rstdf');
