@@ -2,7 +2,7 @@
 // (issue #8): the search, and the refusal on a real model's memory estimate.
 
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { testGpu } from './helpers/gpu';
 import { DEFAULT_KERNEL_TUNING } from '../src/engine/gpu/gpu';
 import { nodeModelFiles } from '../src/io/model-files-node';
@@ -34,6 +34,11 @@ describe('bufferLimitRefusal on a real model', async () => {
   const gpu = await testGpu();
   const hf = await loadHfModel(nodeModelFiles(path.join(__dirname, 'fixtures', 'tiny-llama')));
   const device = { maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27, isFallbackAdapter: false };
+  // The engine plans against its own GPU's binding limit too (the LM head's logits block, the fused
+  // gate/up rows), as the worker does with the device it estimates for: give the engine this
+  // made-up device's 128 MiB while these cases run (SwiftShader allows more).
+  beforeEach(() => { Object.defineProperty(gpu, 'maxBindingBytes', { value: 2 ** 27, configurable: true }); });
+  afterEach(() => { delete (gpu as { maxBindingBytes?: number }).maxBindingBytes; });
 
   it('names the largest batch at this length and the longest length at this batch, both of which fit', () => {
     // the T x T attention path: its scores are the buffer that outgrows the limit first
