@@ -29,7 +29,7 @@ for i, t in enumerate(sys.argv[1:], 1):
 if not runs: sys.exit(0)
 for t, d in runs:
     print(f'{d["msPerStep"]:7.2f} ms/step  {d["gpuBytes"] / 2**30:.2f} GiB  {t}')
-names = [k['kernel'] for k in runs[0][1]['kernels']]
+names = list(dict.fromkeys(k['kernel'] for _, d in runs for k in d['kernels']))  # every run's kernels, the first run's order first
 print('per-kernel ms/step (rows that move by >= 0.05 ms between tunings):')
 print(' | '.join(f'{t[:28]:>28}' for t, _ in runs))
 for n in names:
