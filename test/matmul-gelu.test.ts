@@ -12,7 +12,7 @@ import { randArray, rng, testGpu } from './helpers/gpu';
 import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import {
   matmul, matmulSplitK, matmulStreamK, splitKScratchElements, streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned,
-  MATMUL_VARIANTS, STREAMK_KERNELS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
+  MATMUL_VARIANTS, STREAMK_FIXUP_KERNELS, STREAMK_KERNELS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
 } from '../src/engine/kernels/matmul';
 import { geluBackward, geluForward } from '../src/engine/kernels/gelu';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
@@ -242,6 +242,14 @@ describe('fused GELU: routing, split-K, refusals', () => {
         await check(gpu, { M, N, K, transB: true, ldc, pre, ...v }, { a: M * K, b: K * N, c: M * ldc }, `streamK A B^T * gelu'(pre) ${M}x${N}x${K} ${Object.keys(v).join(',')}`, 2e-5, 5, streamK);
       }
       await check(gpu, { M, N, K, geluA: true, pre: { size: M * N }, bias }, { a: M * K, b: K * N, c: M * N }, `streamK both ${M}x${N}x${K}`, 2e-5, 6, streamK);
+      // C and pre in rows of whole vec4s, with their own strides and offsets: the vec4 fix-up (shaders/matmul_streamk_fixup_vec4.wgsl)
+      const pre4 = { ld: N + 4, offset: 8, size: 8 + M * (N + 4) };
+      await check(gpu, { M, N, K, transB: true, ldc: N + 8, offsetC: 4, pre: pre4, alpha: 0.5, accumulate: true, bias }, { a: M * K, b: K * N, c: 4 + M * (N + 8) }, `streamK vec4 fix-up * gelu'(pre) ${M}x${N}x${K}`, 2e-5, 7, (args) => {
+        const ops = streamK(args);
+        const vec4Fixup = gpu.pipeline(STREAMK_FIXUP_KERNELS.vec4, 'fixup', 'main', { TILE_M: 128, TILE_N: 128, GELU_GRAD: 1 });
+        if (plan.splitsTiles) expect(ops[1].kind === 'dispatch' && ops[1].pipeline === vec4Fixup, 'the vec4 fix-up with GELU_GRAD').toBe(true);
+        return ops;
+      });
       gpu.destroyTensor(scratch);
     }
   });
@@ -318,12 +326,12 @@ describe('the fused GELU is shaders/gelu.wgsl\'s', () => {
   // wrappers put it in front of the separate GELU kernels and of every matmul kernel the router picks
   const ownDefinition = /\bfn (geluU|geluTanh|geluTanhGrad|uOf|gelu|geluGrad)\(|\bconst (GELU_)?(SQRT_2_OVER_PI|K|U_MAX):/;
   it.each(['gelu.wgsl', 'matmul.wgsl', ...Object.keys(MATMUL_VARIANTS).filter((v) => v !== '64x64').map((v) => (v === 'db64x64' ? 'matmul_db_64x64.wgsl' : `matmul_wide_${v}.wgsl`)),
-    ...['128x128', '128x64', '64x128', '64x64'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_streamk_128x128.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl'])('%s', (file) => {
+    ...['128x128', '128x64', '64x128', '64x64'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_streamk_128x128.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'])('%s', (file) => {
     const src = read(file);
     expect(src, `${file} defines GELU itself`).not.toMatch(ownDefinition);
     expect(src.includes('geluTanh'), `${file} uses the shared GELU`).toBe(true);
     const codes = [...Object.values(MATMUL_VARIANTS), ...Object.values(VEC4_MATMUL_VARIANTS), ...Object.values(STREAMK_KERNELS)].map((v) => v.code);
-    if (!['gelu.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl'].includes(file)) expect(codes).toContain(geluTanh + src);
+    if (!['gelu.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'].includes(file)) expect(codes).toContain(geluTanh + src);
   });
 });
 

@@ -6,7 +6,7 @@ import { attentionRowDelta } from '../src/engine/kernels/flash-attention';
 import rowDeltaCode from '../shaders/flash_attention_backward.wgsl?raw';
 import {
   matmul, matmulSplitK, matmulStreamK, matmulVariant, matmulWithScratch, matmulWorkgroups, productScratchElements, splitKFactor, splitKScratchElements,
-  streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
+  streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS, STREAMK_FIXUP_KERNELS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulTriangle, type MatmulVariant,
 } from '../src/engine/kernels/matmul';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import type { Tensor } from '../src/engine/gpu/tensor';
@@ -578,6 +578,30 @@ describe('stream-K matmul (tiles x K iterations cut evenly over workgroups, spli
       return ops;
     });
     gpu.destroyTensor(scratch);
+  });
+
+  it('fixes split tiles up with C as vec4s where N, ldc and offC are multiples of 4, as scalars otherwise or with streamKVec4Fixup off', async () => {
+    const gpu = await testGpu();
+    const [M, N, K] = [256, 256, 160];
+    const bias = Float32Array.from({ length: N }, (_, i) => (i % 9) - 4);
+    const fixup = (code: string) => gpu.pipeline(code, 'fixup', 'main', { TILE_M: 128, TILE_N: 128 });
+    // [ldc, offsetC, vec4 fix-up tuning, the form expected]
+    for (const [ldc, offsetC, vec4Fixup, form] of [[N, 0, true, 'vec4'], [N + 4, 8, true, 'vec4'], [N + 3, 8, true, 'scalar'], [N + 4, 6, true, 'scalar'], [N + 4, 8, false, 'scalar']] as const) {
+      cutInto(gpu, 7);
+      gpu.tuning.streamKVec4Fixup = vec4Fixup;
+      const plan = streamKPlan(gpu, M, N, K)!;
+      expect(plan.splitsTiles).toBe(true);
+      const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
+      for (const v of [{ alpha: 1.5, accumulate: true }, { alpha: -0.5, bias }, { accumulate: true, bias }]) {
+        const what = `fixup ldc=${ldc} offC=${offsetC} tuning=${vec4Fixup} ${Object.keys(v).join(',')}`;
+        await check(gpu, { M, N, K, ldc, offsetC, ...v }, { a: M * K, b: K * N, c: offsetC + M * ldc }, what, 1e-5, 12, (args) => {
+          const ops = matmulStreamK(gpu, args, plan, scratch);
+          expect(ops[1].kind === 'dispatch' && ops[1].pipeline === fixup(STREAMK_FIXUP_KERNELS[form]), `${what}: the ${form} fix-up`).toBe(true);
+          return ops;
+        });
+      }
+      gpu.destroyTensor(scratch);
+    }
   });
 
   it('takes a K that is not a multiple of 4 as stream-K over its first 4 * floor(K / 4) terms and the plain kernels for the rest (the LM head\'s backward)', async () => {

@@ -107,6 +107,14 @@ export interface KernelTuning {
    */
   streamKWholeTileSlack: number;
   /**
+   * The fix-up pass reads and writes C (and GELU_GRAD's pre) as vec4s where N, ldc and offC (and
+   * ldPre, offPre) are multiples of 4 (shaders/matmul_streamk_fixup_vec4.wgsl); false: always the
+   * scalar kernel. On the H100 (bench/sweep-tuning.sh, GPT-2, 40 steps, two runs each) GPT-2's six
+   * fix-ups a layer went 1.44 -> 1.05 ms per step (timestamp queries; 21 -> 13-16 us each), the
+   * step 31.48 / 31.47 -> 31.70 / 31.12 ms (within run-to-run noise).
+   */
+  streamKVec4Fixup: boolean;
+  /**
    * Causal self-attention (without prefix tuning) as fused kernels with an online softmax
    * (kernels/flash-attention.ts): no [B, H, T, T] scores or probabilities in memory; the backward
    * recomputes them from the saved log-sum-exp. false: scores, softmax and products as separate
@@ -149,7 +157,7 @@ export interface KernelTuning {
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
-  streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05,
+  streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
   loraGradWorkgroups: 132,
 };

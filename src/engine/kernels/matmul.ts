@@ -15,6 +15,7 @@ import codeVec64x64Kernel from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import codeStreamK128x128Kernel from '../../../shaders/matmul_streamk_128x128.wgsl?raw';
 import codeStreamKFixupKernel from '../../../shaders/matmul_streamk_fixup.wgsl?raw';
+import codeStreamKFixupVec4Kernel from '../../../shaders/matmul_streamk_fixup_vec4.wgsl?raw';
 import codeSplitKReduceKernel from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
@@ -35,6 +36,9 @@ const codeVec64x128 = withGelu(codeVec64x128Kernel);
 const codeVec64x64 = withGelu(codeVec64x64Kernel);
 const codeSplitKReduce = withGelu(codeSplitKReduceKernel);
 const codeStreamKFixup = withGelu(codeStreamKFixupKernel);
+const codeStreamKFixupVec4 = withGelu(codeStreamKFixupVec4Kernel);
+/** The stream-K fix-up's two forms: C as scalars, and as vec4s (rows of whole vec4s; tuning.streamKVec4Fixup). */
+export const STREAMK_FIXUP_KERNELS = { scalar: codeStreamKFixup, vec4: codeStreamKFixupVec4 } as const;
 
 export interface MatmulBatch {
   outer: number;
@@ -430,10 +434,13 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     const maxDim = maxDimOf(gpu);
     const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: kernel.code, constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
     if (!plan.splitsTiles) return [product];
+    // C's rows whole vec4s (and pre's, under GELU_GRAD): the fix-up's vec4 form
+    const four = (...v: number[]) => v.every((x) => x % 4 === 0);
+    const fixupVec4 = gpu.tuning.streamKVec4Fixup && four(N, ldc, offC) && (!gelu.pre || four(gelu.ldPre, gelu.offPre));
     return [
       product,
       bindDispatch(gpu, {
-        label: `${label}[streamK fixup]`, code: codeStreamKFixup, constants: { TILE_M: kernel.rows, TILE_N: kernel.cols, ...(gelu.pre ? { GELU_GRAD: 1 } : {}) },
+        label: `${label}[streamK fixup]`, code: fixupVec4 ? codeStreamKFixupVec4 : codeStreamKFixup, constants: { TILE_M: kernel.rows, TILE_N: kernel.cols, ...(gelu.pre ? { GELU_GRAD: 1 } : {}) },
         params: [M, N, plan.tilesN, plan.tilesM * plan.tilesN, plan.kTiles, plan.itersPerGroup, offC, ldc, args.accumulate ? 1 : 0, bias ? 1 : 0, f32(alpha), gelu.offPre, gelu.ldPre],
         buffers: [scratch, bias ?? scratch, c, gelu.pre ?? scratch], workgroups: foldGrid(plan.tilesM * plan.tilesN * ((kernel.rows * kernel.cols) / 1024), maxDim),
       }),
