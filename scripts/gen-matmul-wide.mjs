@@ -41,6 +41,19 @@ const STORE_ROW = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
   }
 }
 `;
+// storeRow for a C of vec4s (the _c4 kernels: N, ldc, offC and C's batch strides multiples of 4,
+// so a thread's 4 consecutive outputs are one vec4 of C, wholly inside C or wholly outside): one
+// load and one store where storeRow makes four, in storeRow's order of operations.
+const STORE_ROW_C4 = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
+  if (m >= params.M || n0 >= params.N) { return; }
+  let at = (baseC + m * params.ldc + n0) >> 2u;
+  var x = params.alpha * v;
+  if (params.accumulate != 0u) { x += c[at]; }
+  if (params.hasBias != 0u) { x += vec4<f32>(bias[n0], bias[n0 + 1u], bias[n0 + 2u], bias[n0 + 3u]); }
+  if (GELU_GRAD) { x *= geluGradRow(m, n0); }
+  c[at] = x;
+}
+`;
 // The vec4 kernels' epilogue under GELU_GRAD for whole tiles (CHECKED false: no bounds to check).
 // storeRow reads gelu'(pre) one element at a time between its stores, which the compiler keeps in
 // order (the buffers may alias): a memory round trip per element, half a millisecond per GPT-2
@@ -59,6 +72,12 @@ fn geluGradRow(m: u32, n0: u32) -> vec4<f32> {
   return vec4<f32>(geluTanhGrad(pre[p]), geluTanhGrad(pre[p + 1u]), geluTanhGrad(pre[p + 2u]), geluTanhGrad(pre[p + 3u]));
 }
 `;
+/** The helpers above and SOFTMAX_GRAD's store for a C of vec4s (the _c4 kernels, STORE_ROW_C4): i is a multiple of 4. */
+const toC4 = (helpers) => helpers
+  .replace('fn cRow(i: u32) -> vec4<f32> { return vec4<f32>(c[i], c[i + 1u], c[i + 2u], c[i + 3u]); }', 'fn cRow(i: u32) -> vec4<f32> { return c[i >> 2u]; }')
+  .replace('fn storeRow4(i: u32, v: vec4<f32>) {\n  c[i] = v.x;\n  c[i + 1u] = v.y;\n  c[i + 2u] = v.z;\n  c[i + 3u] = v.w;\n}', 'fn storeRow4(i: u32, v: vec4<f32>) {\n  c[i >> 2u] = v;\n}')
+  .replace('fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {\n  if (m >= params.M) { return; }\n  for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { c[i + j] = x[j]; } }\n}',
+    'fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {\n  if (m < params.M && n0 < params.N) { c[i >> 2u] = x; }\n}');
 function geluGradWholeTileStore(TM, TN, acc) {
   const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3];
   let x = '';
@@ -345,13 +364,22 @@ export const VEC4_VARIANTS = [
 ];
 
 /**
+ * The vec4 tilings that also come with C bound as vec4s (name_c4: STORE_ROW_C4), for a C whose
+ * rows are whole vec4s: those with 4 outputs a row per thread (TN = 4). On the H100 (bench/sweep-tuning.sh)
+ * the C4 forms made the 64x64 and 128x64 products faster (attention's scores and dP 25-32%) and the
+ * TN = 8 ones slower (SmolLM2's down_proj.dx in 64x128 tiles 3.54 -> 4.49 ms per step, stream-K's
+ * 128x128 products 2-12%), though those barely store through it: their K loops compiled differently.
+ */
+export const VEC4_C4_VARIANTS = VEC4_VARIANTS.filter((v) => v.TN === 4);
+
+/**
  * Stream-K (streamKWgsl below): the 128x128 vec4 tiling. (256x128 with 16x8 outputs per thread and
  * K tiles of 8, 47 TFLOP/s at 4096^3 in bench/probe/matmul-variants.ts's specialized form, made
  * GPT-2's step 44.8 ms against 37.0 as a stream-K kernel with the engine's Params: dropped.)
  */
 export const STREAMK_VARIANTS = [{ name: 'matmul_streamk_128x128', TM: 8, TN: 8, TK: 16 }];
 
-export function vec4MatmulWgsl({ TM, TN, TK, streamK = false }) {
+export function vec4MatmulWgsl({ TM, TN, TK, streamK = false, c4 = false }) {
   const BM = 16 * TM, BN = 16 * TN;
   const QA = BM / 4 + 1, QB = BN / 4 + 1; // vec4s per k-row of each staged tile (one of padding)
   const KQ = TK / 4; // vec4s along k in one row of a k-contiguous tile
@@ -416,14 +444,14 @@ fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
   const bindings = `@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<${c4 ? 'vec4<f32>' : 'f32'}>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 ${PRE_BINDING}`;
   const staging = `// [k][quad]: element (k, 4 * quad + i) of a staged tile is tile[k * ${QA} + quad][i] (A; B: * ${QB}).
 var<workgroup> tileA: array<vec4<f32>, ${TK * QA}>;
 var<workgroup> tileB: array<vec4<f32>, ${TK * QB}>;
 ${operand('A', 'm', 'M', 'mTile', QA, 'K_FAST_A', 'strideAm', 'strideAk', 'a')}${operand('B', 'n', 'N', 'nTile', QB, 'K_FAST_B', 'strideBn', 'strideBk', 'b')}
-${STORE_ROW}${GELU_GRAD_HELPERS}
+${c4 ? STORE_ROW_C4 + toC4(GELU_GRAD_HELPERS) : STORE_ROW + GELU_GRAD_HELPERS}
 var<private> mTile: u32;
 var<private> nTile: u32;
 `;
@@ -452,7 +480,7 @@ ${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B st
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
 ${CHECKED_DOC}${TRIANGLE_DOC}${GELU_DOC}${SOFTMAX_DOC}${bindings}
-${staging}${SOFTMAX_GRAD_HELPERS}
+${staging}${c4 ? toC4(SOFTMAX_GRAD_HELPERS) : SOFTMAX_GRAD_HELPERS}
 ${mainPreamble(BM, BN, TK, false, softmaxGradStore(TM, TN, acc, true))}${decl}${loadsInit}${kLoop}  if (GELU_GRAD && !CHECKED) {
 ${geluGradWholeTileStore(TM, TN, acc).replace(/^/gm, '  ').replace(/^ +$/gm, '')}  } else if (SOFTMAX_GRAD) {
 ${softmaxGradStore(TM, TN, acc, false).replace(/^(?=.)/gm, '  ')}  } else {
@@ -527,5 +555,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const fs = await import('node:fs');
   for (const v of WIDE_VARIANTS) fs.writeFileSync(new URL(`../shaders/${v.name}.wgsl`, import.meta.url), wideMatmulWgsl(v));
   for (const v of VEC4_VARIANTS) fs.writeFileSync(new URL(`../shaders/${v.name}.wgsl`, import.meta.url), vec4MatmulWgsl(v));
+  for (const v of VEC4_C4_VARIANTS) fs.writeFileSync(new URL(`../shaders/${v.name}_c4.wgsl`, import.meta.url), vec4MatmulWgsl({ ...v, c4: true }));
   for (const v of STREAMK_VARIANTS) fs.writeFileSync(new URL(`../shaders/${v.name}.wgsl`, import.meta.url), vec4MatmulWgsl({ ...v, streamK: true }));
 }

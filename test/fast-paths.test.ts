@@ -64,7 +64,7 @@ async function train(tuning: Partial<KernelTuning>, run: RunModel = GPT2): Promi
 }
 
 describe('fast kernel paths train the same adapter as the plain path', () => {
-  it('128x64 / 128x128 tiles, vec4 kernels, the skinny kernel, split-K and stream-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
+  it('128x64 / 128x128 tiles, vec4 kernels (C as vec4s too), the skinny kernel, split-K and stream-K vs scalar 64x64 tiles only, 30 AdamW steps', { timeout: 900_000 }, async () => {
     const plain = await train({ matmul: '64x64', vec4Matmul: false, skinnyMatmul: false, splitKMaxSlices: 1, loraGradWorkgroups: 0 });
     expect(plain.losses[29]).toBeLessThan(plain.losses[0] - 0.5); // it trains
     for (const fast of [
@@ -73,6 +73,8 @@ describe('fast kernel paths train the same adapter as the plain path', () => {
       // the vec4 kernels wherever the operands are aligned (every linear layer and the LM head here)
       // (and LoRA's dA and dB as chunked sums, the default)
       { matmul: '128x128', vec4Matmul: true, skinnyMatmul: true, skinnyMatmulMinK: 16 },
+      // the 128x64 vec4 kernel's C4 form (C read and written as vec4s) wherever C's rows are whole vec4s
+      { matmul: '128x64', vec4Matmul: true, vec4C: true, skinnyMatmul: false },
       // split-K on every frozen linear product (K = 64 or 256) and the LM head's backward (K = 80), vec4 slices
       { matmul: 'db64x64', vec4Matmul: true, skinnyMatmul: false, splitKMinK: 64, splitKMinSlice: 20, splitKMaxSlices: 3 },
       // stream-K on every frozen linear product and the LM head's forward and backward, over 7 workgroups

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { randArray, rng, testGpu } from './helpers/gpu';
-import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
+import { expectMatmulClose, matmulReference, vec4Code, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import {
   matmul, matmulSplitK, matmulStreamK, splitKScratchElements, streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned,
   MATMUL_VARIANTS, STREAMK_FIXUP_KERNELS, STREAMK_KERNELS, VEC4_MATMUL_VARIANTS, type MatmulArgs, type MatmulBatch, type MatmulVariant,
@@ -98,7 +98,7 @@ const VARIANTS: MatmulVariant[] = ['64x64', '128x128', '128x64', '64x128', 'db64
 
 /** The pipeline a fused product should run: the variant's vec4 or scalar kernel with its overrides. */
 function expectedPipeline(gpu: Gpu, tile: MatmulVariant, vec4: boolean, k: Case, fused: Record<string, number>): GPUComputePipeline {
-  if (vec4) return gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, 'want', 'main', { ...vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols), ...fused });
+  if (vec4) return gpu.pipeline(vec4Code(VEC4_MATMUL_VARIANTS[tile], k), 'want', 'main', { ...vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols), ...fused });
   return gpu.pipeline(MATMUL_VARIANTS[tile].code, 'want', 'main', fused);
 }
 
@@ -326,11 +326,11 @@ describe('the fused GELU is shaders/gelu.wgsl\'s', () => {
   // wrappers put it in front of the separate GELU kernels and of every matmul kernel the router picks
   const ownDefinition = /\bfn (geluU|geluTanh|geluTanhGrad|uOf|gelu|geluGrad)\(|\bconst (GELU_)?(SQRT_2_OVER_PI|K|U_MAX):/;
   it.each(['gelu.wgsl', 'matmul.wgsl', ...Object.keys(MATMUL_VARIANTS).filter((v) => v !== '64x64').map((v) => (v === 'db64x64' ? 'matmul_db_64x64.wgsl' : `matmul_wide_${v}.wgsl`)),
-    ...['128x128', '128x64', '64x128', '64x64'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_streamk_128x128.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'])('%s', (file) => {
+    ...['128x128', '128x64', '64x128', '64x64', '128x64_c4', '64x64_c4'].map((v) => `matmul_vec4_${v}.wgsl`), 'matmul_streamk_128x128.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'])('%s', (file) => {
     const src = read(file);
     expect(src, `${file} defines GELU itself`).not.toMatch(ownDefinition);
     expect(src.includes('geluTanh'), `${file} uses the shared GELU`).toBe(true);
-    const codes = [...Object.values(MATMUL_VARIANTS), ...Object.values(VEC4_MATMUL_VARIANTS), ...Object.values(STREAMK_KERNELS)].map((v) => v.code);
+    const codes = [...Object.values(MATMUL_VARIANTS), ...Object.values(STREAMK_KERNELS)].map((v) => v.code).concat(Object.values(VEC4_MATMUL_VARIANTS).flatMap((v) => [v.code, v.codeC4 ?? v.code]));
     if (!['gelu.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'].includes(file)) expect(codes).toContain(geluTanh + src);
   });
 });

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { expectClose, randArray, testGpu } from './helpers/gpu';
-import { expectMatmulClose, matmulReference, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
+import { expectMatmulClose, matmulReference, vec4Code, vec4Constants, type MatmulCase } from './helpers/matmul-reference';
 import { attentionSoftmaxBackward, attentionSoftmaxForward } from '../src/engine/kernels/attention-softmax';
 import { attentionRowDelta } from '../src/engine/kernels/flash-attention';
 import rowDeltaCode from '../shaders/flash_attention_backward.wgsl?raw';
@@ -303,7 +303,7 @@ describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul ke
   async function checkVec4(gpu: Gpu, k: Case, sizes: { a: number; b: number; c: number }, what: string): Promise<void> {
     const t = gpu.tensor([4], 't');
     const op = matmul(gpu, { ...k, a: gpu.tensor([sizes.a], 'a'), b: gpu.tensor([sizes.b], 'b'), c: gpu.tensor([sizes.c], 'c'), bias: k.bias ? gpu.tensor([k.N], 'bias') : undefined });
-    const want = gpu.pipeline(VEC4_MATMUL_VARIANTS[tile].code, what, 'main', vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols));
+    const want = gpu.pipeline(vec4Code(VEC4_MATMUL_VARIANTS[tile], k), what, 'main', vec4Constants(k, MATMUL_VARIANTS[tile].rows, MATMUL_VARIANTS[tile].cols));
     expect(op.kind === 'dispatch' && op.pipeline === want, `${what} runs the vec4 kernel`).toBe(true);
     gpu.destroyTensor(t);
     await check(gpu, k, sizes, what);
@@ -325,18 +325,21 @@ describe.each(['64x64', '128x128', '128x64', '64x128'] as const)('vec4 matmul ke
     await checkVec4(gpu, { M: 256, N: 256, K: 256 }, dense(256, 256, 256), 'vec4 256^3');
   });
 
-  it('applies alpha, accumulate and bias with aligned leading dimensions and offsets, C at any layout', async () => {
+  it('applies alpha, accumulate and bias with aligned leading dimensions and offsets, C at any layout (as vec4s where its rows are whole vec4s)', async () => {
     const gpu = await testGpu();
     const [M, N, K] = [72, 68, 28];
     const bias = randArray(N, 99, 3);
-    for (const [transA, transB] of TRANSPOSES) {
-      const rowsA = transA ? K : M, colsA = transA ? M : K;
-      const rowsB = transB ? N : K, colsB = transB ? K : N;
-      const lda = colsA + 8, ldb = colsB + 4, ldc = N + 7;
-      const offsetA = 12, offsetB = 4, offsetC = 13;
-      const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
-      for (const v of [{ alpha: 0.75, accumulate: true }, { bias }, { alpha: -2, accumulate: true, bias }]) {
-        await checkVec4(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, `vec4 strided tA=${transA} tB=${transB} ${Object.keys(v).join(',')}`);
+    // [ldc, offsetC]: C's rows not whole vec4s (the plain form), and whole vec4s (the C4 form where the tile has one)
+    for (const [ldcPad, offsetC] of [[7, 13], [4, 8]]) {
+      for (const [transA, transB] of TRANSPOSES) {
+        const rowsA = transA ? K : M, colsA = transA ? M : K;
+        const rowsB = transB ? N : K, colsB = transB ? K : N;
+        const lda = colsA + 8, ldb = colsB + 4, ldc = N + ldcPad;
+        const offsetA = 12, offsetB = 4;
+        const sizes = { a: offsetA + rowsA * lda, b: offsetB + rowsB * ldb, c: offsetC + M * ldc + 2 };
+        for (const v of [{ alpha: 0.75, accumulate: true }, { bias }, { alpha: -2, accumulate: true, bias }]) {
+          await checkVec4(gpu, { M, N, K, transA, transB, lda, ldb, ldc, offsetA, offsetB, offsetC, ...v }, sizes, `vec4 strided ldc=${ldc} offC=${offsetC} tA=${transA} tB=${transB} ${Object.keys(v).join(',')}`);
+        }
       }
     }
   });
@@ -484,7 +487,7 @@ describe('split-K matmul (K cut into slices summed afterwards)', () => {
     const ops = matmulSplitK(gpu, { a: t(M * lda, 'a'), b: t(K * N, 'b'), c: t(M * N, 'c'), M, N, K, lda }, S, scratch);
     // the slices (196 long) as one batched vec4 product, the rest (19 terms) plain, the sum
     const first = ops[0];
-    const vec4Codes = new Set(Object.values(VEC4_MATMUL_VARIANTS).map((v) => v.code));
+    const vec4Codes = new Set(Object.values(VEC4_MATMUL_VARIANTS).flatMap((v) => [v.code, v.codeC4 ?? v.code]));
     expect(first.kind === 'dispatch' && first.label).toBe('matmul(c)[splitK 5]');
     expect(vec4Codes.size).toBeGreaterThan(0);
     const vec4Pipelines = [...vec4Codes].map((code) => gpu.pipeline(code, 'x', 'main', { K_FAST_A: 1, K_FAST_B: 0 }));
@@ -782,7 +785,7 @@ describe.each([
   const tileOf = (gpu: Gpu, tri: MatmulTriangle) => ({
     rows, cols,
     pipeline: (k: Case) => vec4
-      ? gpu.pipeline(VEC4_MATMUL_VARIANTS[variant].code, 'x', 'main', { ...vec4Constants(k, rows, cols), TRIANGLE: TRIANGLE_CODE[tri] })
+      ? gpu.pipeline(vec4Code(VEC4_MATMUL_VARIANTS[variant], k), 'x', 'main', { ...vec4Constants(k, rows, cols), TRIANGLE: TRIANGLE_CODE[tri] })
       : gpu.pipeline(MATMUL_VARIANTS[variant].code, 'x', 'main', { TRIANGLE: TRIANGLE_CODE[tri] }),
   });
   // T not a multiple of any tile (and, scalar, of 4); vec4 needs the contiguous dimensions' multiples of 4
@@ -882,7 +885,7 @@ describe.each([
       const ta = gpu.tensorFrom(a, [sizes.a], 'a'), tb = gpu.tensorFrom(b, [sizes.b], 'b'), tc = gpu.tensorFrom(c0, [sizes.c], 'c');
       const tp = gpu.tensorFrom(probs, [sizes.c], 'probs'), td = gpu.tensorFrom(delta, [delta.length], 'delta');
       const op = matmul(gpu, { ...k, bias: undefined, a: ta, b: tb, c: tc, triangle: tri, softmaxGradOf: { probs: tp, rowTerms: td }, label: what });
-      const kernel = vec4 ? VEC4_MATMUL_VARIANTS[variant].code : MATMUL_VARIANTS[variant].code;
+      const kernel = vec4 ? vec4Code(VEC4_MATMUL_VARIANTS[variant], k) : MATMUL_VARIANTS[variant].code;
       const constants = { ...(vec4 ? vec4Constants(k, rows, cols) : {}), ...(tri ? { TRIANGLE: TRIANGLE_CODE[tri] } : {}), SOFTMAX_GRAD: 1 };
       expect(op.kind === 'dispatch' && op.pipeline === gpu.pipeline(kernel, 'x', 'main', constants), `${what} runs the expected kernel`).toBe(true);
       runOps(gpu, [op]);
@@ -938,8 +941,8 @@ describe('triangular matmul: routing and arguments', () => {
     const t = (n: number, l: string) => gpu.tensor([n], l);
     const op = matmul(gpu, { a: t(8 * 200, 'a'), b: t(200 * 8, 'b'), c: t(64, 'c'), M: 8, N: 8, K: 200, triangle: 'lowerC' });
     const code = MATMUL_VARIANTS['64x64'].code;
-    const vec4Code = VEC4_MATMUL_VARIANTS['64x64'].code;
-    const tiled = [gpu.pipeline(code, 'x', 'main', { TRIANGLE: 3 }), gpu.pipeline(vec4Code, 'x', 'main', { K_FAST_A: 1, K_FAST_B: 0, TRIANGLE: 3 })];
+    const vec4Kernel = vec4Code(VEC4_MATMUL_VARIANTS['64x64'], { N: 8 });
+    const tiled = [gpu.pipeline(code, 'x', 'main', { TRIANGLE: 3 }), gpu.pipeline(vec4Kernel, 'x', 'main', { K_FAST_A: 1, K_FAST_B: 0, TRIANGLE: 3 })];
     expect(op.kind === 'dispatch' && tiled.includes(op.pipeline)).toBe(true);
     await checkTriangle(gpu, 'lowerC', { M: 8, N: 8, K: 200 }, dense(8, 8, 200), 'lowerC on a skinny shape', { rows: 64, cols: 64, pipeline: () => tiled[1] });
     // split-K: one plain triangular product whatever S (its k runs with m)
@@ -1184,9 +1187,10 @@ describe('generated matmul shaders', () => {
     const made: [string, string][] = [
       ...gen.WIDE_VARIANTS.map((v: { name: string }) => [v.name, gen.wideMatmulWgsl(v)]),
       ...gen.VEC4_VARIANTS.map((v: { name: string }) => [v.name, gen.vec4MatmulWgsl(v)]),
+      ...gen.VEC4_C4_VARIANTS.map((v: { name: string }) => [`${v.name}_c4`, gen.vec4MatmulWgsl({ ...v, c4: true })]),
       ...gen.STREAMK_VARIANTS.map((v: { name: string }) => [v.name, gen.vec4MatmulWgsl({ ...v, streamK: true })]),
     ];
-    expect(made.length).toBe(9);
+    expect(made.length).toBe(11);
     for (const [name, code] of made) expect(read(name), name).toBe(code);
   });
 });

@@ -83,6 +83,17 @@ export function expectMatmulClose(got: Float32Array, want: Float64Array, scale: 
 }
 
 /**
+ * The WGSL kernels/matmul.ts binds for a vec4 variant (VEC4_MATMUL_VARIANTS) and this case under
+ * the default tuning (vec4C on): its C4 form where it has one and C's rows are whole vec4s (N, ldc,
+ * offsetC and C's batch strides multiples of 4: kernels/matmul.ts cInVec4s), else the plain form.
+ */
+export function vec4Code(variant: { code: string; codeC4: string | null }, k: Pick<MatmulCase, 'N' | 'ldc' | 'offsetC' | 'batch'>): string {
+  const strideC = k.batch?.strideC ?? [0, 0];
+  const c4 = [k.N, k.ldc ?? k.N, k.offsetC ?? 0, ...strideC].every((x) => x % 4 === 0);
+  return c4 && variant.codeC4 !== null ? variant.codeC4 : variant.code;
+}
+
+/**
  * The overrides kernels/matmul.ts gives a vec4 kernel with rows x cols output tiles for this case:
  * the operands' layouts, and CHECKED off (no load checked) when the output is whole tiles and K
  * whole K tiles of 16.

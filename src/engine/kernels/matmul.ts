@@ -12,6 +12,8 @@ import codeVec128x128Kernel from '../../../shaders/matmul_vec4_128x128.wgsl?raw'
 import codeVec128x64Kernel from '../../../shaders/matmul_vec4_128x64.wgsl?raw';
 import codeVec64x128Kernel from '../../../shaders/matmul_vec4_64x128.wgsl?raw';
 import codeVec64x64Kernel from '../../../shaders/matmul_vec4_64x64.wgsl?raw';
+import codeVec128x64C4Kernel from '../../../shaders/matmul_vec4_128x64_c4.wgsl?raw';
+import codeVec64x64C4Kernel from '../../../shaders/matmul_vec4_64x64_c4.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import codeStreamK128x128Kernel from '../../../shaders/matmul_streamk_128x128.wgsl?raw';
 import codeStreamKFixupKernel from '../../../shaders/matmul_streamk_fixup.wgsl?raw';
@@ -164,17 +166,31 @@ export type MatmulVariant = keyof typeof MATMUL_VARIANTS;
  * padded staging (scripts/gen-matmul-wide.mjs VEC4_VARIANTS); with their workgroup memory in bytes.
  * The double-buffered 64x64 maps to the plain one.
  */
-export const VEC4_MATMUL_VARIANTS: Record<MatmulVariant, { code: string; sharedBytes: number }> = {
-  '128x128': vec4Variant(codeVec128x128, 128, 128),
-  '128x64': vec4Variant(codeVec128x64, 128, 64),
-  '64x128': vec4Variant(codeVec64x128, 64, 128),
-  '64x64': vec4Variant(codeVec64x64, 64, 64),
-  'db64x64': vec4Variant(codeVec64x64, 64, 64),
+export const VEC4_MATMUL_VARIANTS: Record<MatmulVariant, { code: string; codeC4: string | null; sharedBytes: number }> = {
+  '128x128': vec4Variant(codeVec128x128, null, 128, 128),
+  '128x64': vec4Variant(codeVec128x64, codeVec128x64C4Kernel, 128, 64),
+  '64x128': vec4Variant(codeVec64x128, null, 64, 128),
+  '64x64': vec4Variant(codeVec64x64, codeVec64x64C4Kernel, 64, 64),
+  'db64x64': vec4Variant(codeVec64x64, codeVec64x64C4Kernel, 64, 64),
 };
 
-/** Its workgroup memory: K tiles of 16 rows of rows/4 + 1 and cols/4 + 1 vec4s (one of padding each). */
-function vec4Variant(code: string, rows: number, cols: number): { code: string; sharedBytes: number } {
-  return { code, sharedBytes: 16 * (rows / 4 + 1 + cols / 4 + 1) * 16 };
+/**
+ * Its workgroup memory: K tiles of 16 rows of rows/4 + 1 and cols/4 + 1 vec4s (one of padding
+ * each). codeC4: the same kernel with C bound as vec4s (scripts/gen-matmul-wide.mjs STORE_ROW_C4,
+ * VEC4_C4_VARIANTS: the tilings with 4 outputs a row per thread), for a C whose rows are whole
+ * vec4s (cInVec4s); null for the others, where it was slower.
+ */
+function vec4Variant(code: string, c4Kernel: string | null, rows: number, cols: number): { code: string; codeC4: string | null; sharedBytes: number } {
+  return { code, codeC4: c4Kernel === null ? null : withGelu(c4Kernel), sharedBytes: 16 * (rows / 4 + 1 + cols / 4 + 1) * 16 };
+}
+
+/**
+ * Whether a vec4 kernel with a C4 form takes C as vec4s (tuning.vec4C): N, ldc,
+ * offC and C's batch strides multiples of 4, so each thread's 4 consecutive outputs are one vec4
+ * of C, wholly inside C's columns or wholly past them.
+ */
+export function cInVec4s(gpu: Gpu, N: number, ldc: number, offC: number, strideC: readonly number[]): boolean {
+  return gpu.tuning.vec4C && [N, ldc, offC, ...strideC].every((x) => x % 4 === 0);
 }
 
 /**
@@ -464,7 +480,8 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   const buffers = softmaxGrad ? [a, b, c, softmaxGrad.rowTerms, softmaxGrad.probs] : [a, b, c, bias ?? a, gelu.pre ?? a];
   if (useVec4) {
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, rows, cols), ...tri };
-    return [bindDispatch(gpu, { label, code: vec4.code, constants, params, buffers, workgroups })];
+    const code = vec4.codeC4 !== null && cInVec4s(gpu, N, ldc, offC, batch.strideC) ? vec4.codeC4 : vec4.code;
+    return [bindDispatch(gpu, { label, code, constants, params, buffers, workgroups })];
   }
   const constants = triangle || fused ? tri : undefined;
   return [bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers, workgroups })];
