@@ -18,6 +18,7 @@ import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import codeStreamK128x128Kernel from '../../../shaders/matmul_streamk_128x128.wgsl?raw';
 import codeStreamKFixupKernel from '../../../shaders/matmul_streamk_fixup.wgsl?raw';
 import codeStreamKFixupVec4Kernel from '../../../shaders/matmul_streamk_fixup_vec4.wgsl?raw';
+import codeStreamKFixupCommon from '../../../shaders/matmul_streamk_fixup_common.wgsl?raw';
 import codeSplitKReduceKernel from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
@@ -37,8 +38,9 @@ const codeVec128x64 = withGelu(codeVec128x64Kernel);
 const codeVec64x128 = withGelu(codeVec64x128Kernel);
 const codeVec64x64 = withGelu(codeVec64x64Kernel);
 const codeSplitKReduce = withGelu(codeSplitKReduceKernel);
-const codeStreamKFixup = withGelu(codeStreamKFixupKernel);
-const codeStreamKFixupVec4 = withGelu(codeStreamKFixupVec4Kernel);
+// the fix-up's two forms share shaders/matmul_streamk_fixup_common.wgsl (Params, overrides, which vec4 a thread sums)
+const codeStreamKFixup = withGelu(codeStreamKFixupCommon + codeStreamKFixupKernel);
+const codeStreamKFixupVec4 = withGelu(codeStreamKFixupCommon + codeStreamKFixupVec4Kernel);
 /** The stream-K fix-up's two forms: C as scalars, and as vec4s (rows of whole vec4s; tuning.streamKVec4Fixup). */
 export const STREAMK_FIXUP_KERNELS = { scalar: codeStreamKFixup, vec4: codeStreamKFixupVec4 } as const;
 
