@@ -60,24 +60,25 @@ const STORE_ROW_C4 = `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
 // step in mlp.c_proj.dx on the H100. Here each block of 4 x 4 outputs issues its reads before it
 // computes and stores, in storeRow's order of operations (alpha * sum, + C, + bias, * gelu'). Only
 // under GELU_GRAD: every epilogue batched this way made the other products 0.1-0.4 ms slower.
-const GELU_GRAD_HELPERS = `fn cRow(i: u32) -> vec4<f32> { return vec4<f32>(c[i], c[i + 1u], c[i + 2u], c[i + 3u]); }
+// c4: C bound as vec4s (the _c4 kernels, STORE_ROW_C4; i is then a multiple of 4).
+const geluGradHelpers = (c4) => (c4
+  ? `fn cRow(i: u32) -> vec4<f32> { return c[i >> 2u]; }
+fn storeRow4(i: u32, v: vec4<f32>) {
+  c[i >> 2u] = v;
+}
+`
+  : `fn cRow(i: u32) -> vec4<f32> { return vec4<f32>(c[i], c[i + 1u], c[i + 2u], c[i + 3u]); }
 fn storeRow4(i: u32, v: vec4<f32>) {
   c[i] = v.x;
   c[i + 1u] = v.y;
   c[i + 2u] = v.z;
   c[i + 3u] = v.w;
 }
-fn geluGradRow(m: u32, n0: u32) -> vec4<f32> {
+`) + `fn geluGradRow(m: u32, n0: u32) -> vec4<f32> {
   let p = params.offPre + m * params.ldPre + n0;
   return vec4<f32>(geluTanhGrad(pre[p]), geluTanhGrad(pre[p + 1u]), geluTanhGrad(pre[p + 2u]), geluTanhGrad(pre[p + 3u]));
 }
 `;
-/** The helpers above and SOFTMAX_GRAD's store for a C of vec4s (the _c4 kernels, STORE_ROW_C4): i is a multiple of 4. */
-const toC4 = (helpers) => helpers
-  .replace('fn cRow(i: u32) -> vec4<f32> { return vec4<f32>(c[i], c[i + 1u], c[i + 2u], c[i + 3u]); }', 'fn cRow(i: u32) -> vec4<f32> { return c[i >> 2u]; }')
-  .replace('fn storeRow4(i: u32, v: vec4<f32>) {\n  c[i] = v.x;\n  c[i + 1u] = v.y;\n  c[i + 2u] = v.z;\n  c[i + 3u] = v.w;\n}', 'fn storeRow4(i: u32, v: vec4<f32>) {\n  c[i >> 2u] = v;\n}')
-  .replace('fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {\n  if (m >= params.M) { return; }\n  for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { c[i + j] = x[j]; } }\n}',
-    'fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {\n  if (m < params.M && n0 < params.N) { c[i >> 2u] = x; }\n}');
 function geluGradWholeTileStore(TM, TN, acc) {
   const bi = [...Array(TM / 4).keys()], bj = [...Array(TN / 4).keys()], four = [0, 1, 2, 3];
   let x = '';
@@ -128,8 +129,8 @@ override SOFTMAX_GRAD: bool = false;
 
 `;
 // Its epilogue reads each 4 x 4 block's P and delta before any store (reads between stores stay in
-// order: the buffers may alias), checked against M and N.
-const SOFTMAX_GRAD_HELPERS = `// P[m][n0 .. n0 + 3] at C's index i, zero outside C.
+// order: the buffers may alias), checked against M and N. c4: C bound as vec4s (i a multiple of 4).
+const softmaxGradHelpers = (c4) => `// P[m][n0 .. n0 + 3] at C's index i, zero outside C.
 fn probsRow(i: u32, m: u32, n0: u32) -> vec4<f32> {
   var p = vec4<f32>(0.0);
   if (m < params.M) {
@@ -143,10 +144,14 @@ fn rowTerms4(at: u32, m0: u32) -> vec4<f32> {
   for (var r = 0u; r < 4u; r++) { if (m0 + r < params.M) { d[r] = bias[at + m0 + r]; } }
   return d;
 }
-fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {
+${c4
+  ? `fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {
+  if (m < params.M && n0 < params.N) { c[i >> 2u] = x; }
+}`
+  : `fn storeRowChecked(i: u32, m: u32, n0: u32, x: vec4<f32>) {
   if (m >= params.M) { return; }
   for (var j = 0u; j < 4u; j++) { if (n0 + j < params.N) { c[i + j] = x[j]; } }
-}
+}`}
 `;
 /** SOFTMAX_GRAD's stores of a thread's TM x TN outputs (`zero`: the zeros of a tile above the diagonal), block by block. */
 function softmaxGradStore(TM, TN, acc, zero) {
@@ -300,7 +305,7 @@ fn loadB(base: u32, n0: u32, k: u32) -> vec4<f32> {
   }
   return v;
 }
-${STORE_ROW}${SOFTMAX_GRAD_HELPERS}
+${STORE_ROW}${softmaxGradHelpers(false)}
 ${mainPreamble(BM, BN, TK, true, softmaxGradStore(TM, TN, acc, true))}${decl}${loadsInit}${db ? doubleBuffered() : singleBuffered()}  if (SOFTMAX_GRAD) {
 ${softmaxGradStore(TM, TN, acc, false).replace(/^(?=.)/gm, '  ')}  } else {
 ${store.replace(/^(?=.)/gm, '  ')}  }
@@ -451,7 +456,7 @@ ${PRE_BINDING}`;
 var<workgroup> tileA: array<vec4<f32>, ${TK * QA}>;
 var<workgroup> tileB: array<vec4<f32>, ${TK * QB}>;
 ${operand('A', 'm', 'M', 'mTile', QA, 'K_FAST_A', 'strideAm', 'strideAk', 'a')}${operand('B', 'n', 'N', 'nTile', QB, 'K_FAST_B', 'strideBn', 'strideBk', 'b')}
-${c4 ? STORE_ROW_C4 + toC4(GELU_GRAD_HELPERS) : STORE_ROW + GELU_GRAD_HELPERS}
+${c4 ? STORE_ROW_C4 : STORE_ROW}${geluGradHelpers(c4)}
 var<private> mTile: u32;
 var<private> nTile: u32;
 `;
@@ -480,7 +485,7 @@ ${PARAMS_STRUCT}// A stored [M, K] (contiguous along k) rather than [K, M]; B st
 override K_FAST_A: bool = true;
 override K_FAST_B: bool = false;
 ${CHECKED_DOC}${TRIANGLE_DOC}${GELU_DOC}${SOFTMAX_DOC}${bindings}
-${staging}${c4 ? toC4(SOFTMAX_GRAD_HELPERS) : SOFTMAX_GRAD_HELPERS}
+${staging}${softmaxGradHelpers(c4)}
 ${mainPreamble(BM, BN, TK, false, softmaxGradStore(TM, TN, acc, true))}${decl}${loadsInit}${kLoop}  if (GELU_GRAD && !CHECKED) {
 ${geluGradWholeTileStore(TM, TN, acc).replace(/^/gm, '  ').replace(/^ +$/gm, '')}  } else if (SOFTMAX_GRAD) {
 ${softmaxGradStore(TM, TN, acc, false).replace(/^(?=.)/gm, '  ')}  } else {

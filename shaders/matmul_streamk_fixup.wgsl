@@ -8,23 +8,19 @@
 // GELU_GRAD times gelu'(pre[offPre + m * ldPre + n]) (shaders/gelu_tanh.wgsl, put in front of this
 // file by kernels/matmul.ts). A tile one workgroup covered is left as it is. C is read and written
 // as scalars; shaders/matmul_streamk_fixup_vec4.wgsl is the form for rows of whole vec4s.
-@group(0) @binding(1) var<storage, read> parts: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 // GELU_GRAD's pre-activations: bound to `bias` by the wrapper when GELU_GRAD is off (then never read).
 @group(0) @binding(4) var<storage, read> pre: array<f32>;
 
-// Params, the overrides and fixupVec4: shaders/matmul_streamk_fixup_common.wgsl, put in front of this file.
+// Params, `parts`, the overrides, fixupVec4 and splitTileSum: shaders/matmul_streamk_fixup_common.wgsl,
+// put in front of this file.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lidx: u32) {
   let f = fixupVec4(wid, nwg, lidx);
   if (!f.split) { return; }
-  let tileVec4s = TILE_M * TILE_N / 4u;
-  var sum = parts[f.first * tileVec4s + f.q];
-  for (var g = f.g0 + 1u; g <= f.g1; g++) {
-    sum += parts[2u * g * tileVec4s + f.q];
-  }
+  let sum = splitTileSum(f);
   if (f.m >= params.M) { return; }
   let rowBase = params.offC + f.m * params.ldc;
   for (var j = 0u; j < 4u; j++) {

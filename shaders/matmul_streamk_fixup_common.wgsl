@@ -1,6 +1,6 @@
 // What the stream-K fix-up's two forms share (shaders/matmul_streamk_fixup.wgsl, C as scalars;
-// shaders/matmul_streamk_fixup_vec4.wgsl, C as vec4s): their Params, overrides and which vec4 of
-// which split tile a thread sums. kernels/matmul.ts puts this file (after shaders/gelu_tanh.wgsl)
+// shaders/matmul_streamk_fixup_vec4.wgsl, C as vec4s): their Params, the pieces' binding, the
+// overrides, which vec4 of which split tile a thread sums, and that sum. kernels/matmul.ts puts this file (after shaders/gelu_tanh.wgsl)
 // in front of each.
 struct Params {
   M: u32,
@@ -18,6 +18,8 @@ struct Params {
   ldPre: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
+// the pieces of split tiles, TILE_M x TILE_N floats each, as vec4s (the product kernel's scratch)
+@group(0) @binding(1) var<storage, read> parts: array<vec4<f32>>;
 
 override GELU_GRAD: bool = false;
 
@@ -59,4 +61,14 @@ fn fixupVec4(wid: vec3<u32>, nwg: vec3<u32>, lidx: u32) -> FixupVec4 {
   f.m = (tile / params.tilesN) * TILE_M + f.q / rowVec4s;
   f.n0 = (tile % params.tilesN) * TILE_N + (f.q % rowVec4s) * 4u;
   return f;
+}
+
+// The thread's vec4 of its split tile: the pieces added in order of k.
+fn splitTileSum(f: FixupVec4) -> vec4<f32> {
+  let tileVec4s = TILE_M * TILE_N / 4u;
+  var sum = parts[f.first * tileVec4s + f.q];
+  for (var g = f.g0 + 1u; g <= f.g1; g++) {
+    sum += parts[2u * g * tileVec4s + f.q];
+  }
+  return sum;
 }

@@ -3,13 +3,13 @@
 // offPre too): the same sums in the same order and the same epilogue, but C (and pre) read and
 // written as vec4s, one per thread, where the scalar kernel makes four strided accesses of each.
 // geluTanhGrad: shaders/gelu_tanh.wgsl, put in front of this file (with the common part) by kernels/matmul.ts.
-@group(0) @binding(1) var<storage, read> parts: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 // GELU_GRAD's pre-activations: bound to `bias` by the wrapper when GELU_GRAD is off (then never read).
 @group(0) @binding(4) var<storage, read> pre: array<vec4<f32>>;
 
-// Params, the overrides and fixupVec4: shaders/matmul_streamk_fixup_common.wgsl, put in front of this file.
+// Params, `parts`, the overrides, fixupVec4 and splitTileSum: shaders/matmul_streamk_fixup_common.wgsl,
+// put in front of this file.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lidx: u32) {
@@ -22,11 +22,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (params.accumulate != 0u) { prev = c[at]; }
   var bn = vec4<f32>(0.0);
   if (params.hasBias != 0u) { bn = vec4<f32>(bias[f.n0], bias[f.n0 + 1u], bias[f.n0 + 2u], bias[f.n0 + 3u]); }
-  let tileVec4s = TILE_M * TILE_N / 4u;
-  var sum = parts[f.first * tileVec4s + f.q];
-  for (var g = f.g0 + 1u; g <= f.g1; g++) {
-    sum += parts[2u * g * tileVec4s + f.q];
-  }
+  let sum = splitTileSum(f);
   var x = params.alpha * sum + prev + bn;
   if (GELU_GRAD) {
     let p = pre[(params.offPre + f.m * params.ldPre + f.n0) / 4u];

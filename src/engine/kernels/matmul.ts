@@ -192,8 +192,11 @@ function vec4Variant(code: string, c4Kernel: string | null, rows: number, cols: 
  * of C, wholly inside C's columns or wholly past them.
  */
 export function cInVec4s(gpu: Gpu, N: number, ldc: number, offC: number, strideC: readonly number[]): boolean {
-  return gpu.tuning.vec4C && [N, ldc, offC, ...strideC].every((x) => x % 4 === 0);
+  return gpu.tuning.vec4C && multiplesOf4(N, ldc, offC, ...strideC);
 }
+
+/** Whether every value is a multiple of 4 elements (a vec4 boundary). */
+const multiplesOf4 = (...v: number[]): boolean => v.every((x) => x % 4 === 0);
 
 /**
  * Whether the vec4 kernels can read A and B: each operand's contiguous dimension (k for A [M, K] and
@@ -204,8 +207,7 @@ export function vec4Aligned(p: {
   M: number; N: number; K: number; transA: boolean; transB: boolean; lda: number; ldb: number;
   offA: number; offB: number; batch: MatmulBatch;
 }): boolean {
-  const four = (...v: number[]) => v.every((x) => x % 4 === 0);
-  return four(p.transA ? p.M : p.K, p.transB ? p.K : p.N, p.lda, p.ldb, p.offA, p.offB, ...p.batch.strideA, ...p.batch.strideB);
+  return multiplesOf4(p.transA ? p.M : p.K, p.transB ? p.K : p.N, p.lda, p.ldb, p.offA, p.offB, ...p.batch.strideA, ...p.batch.strideB);
 }
 
 /**
@@ -453,8 +455,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: kernel.code, constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
     if (!plan.splitsTiles) return [product];
     // C's rows whole vec4s (and pre's, under GELU_GRAD): the fix-up's vec4 form
-    const four = (...v: number[]) => v.every((x) => x % 4 === 0);
-    const fixupVec4 = gpu.tuning.streamKVec4Fixup && four(N, ldc, offC) && (!gelu.pre || four(gelu.ldPre, gelu.offPre));
+    const fixupVec4 = gpu.tuning.streamKVec4Fixup && multiplesOf4(N, ldc, offC) && (!gelu.pre || multiplesOf4(gelu.ldPre, gelu.offPre));
     return [
       product,
       bindDispatch(gpu, {
