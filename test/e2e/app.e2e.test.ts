@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const MODEL_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -111,7 +111,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     // (e) Train; pause once mid-run (a checkpoint is saved, the step stops advancing), then resume.
     await page.getByTestId('start').click();
     await expect.poll(() => numberIn(page, 'step-counter').catch(() => 0), { timeout: 120_000 }).toBeGreaterThanOrEqual(3);
-    await page.getByTestId('section-train').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', '03-training.png') });
+    await sectionScreenshot(page, 'section-train', '03-training');
     // The memory estimate made before training matches what the run allocated (within 5 %).
     const run = page.getByTestId('run');
     const actualBytes = Number(await run.getAttribute('data-gpu-bytes'));
@@ -274,7 +274,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await page.getByTestId('download-model').click();
     const weightsKb = (fs.statSync(path.join(MODEL_DIR, 'model.safetensors')).size / 1024).toFixed(1);
     await expect.poll(() => page.getByTestId('download-progress').textContent().catch(() => ''), { timeout: 30_000 }).toMatch(new RegExp(`model\\.safetensors[\\s\\S]*KB / ${weightsKb} KB`));
-    await page.getByTestId('section-model').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', '06-downloading.png') });
+    await sectionScreenshot(page, 'section-model', '06-downloading');
     await expect.poll(() => page.getByTestId('model-name').textContent().catch(() => ''), { timeout: 60_000 }).toBe(HUB_REPO);
     expect(await page.getByTestId('peft-line').textContent()).toContain('trainable params: 2,048');
     const getsAfterDownload = weightGets();
@@ -329,7 +329,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
 
     await loadInputs();
     await expect.poll(() => run.getByRole('button', { name: 'Resume' }).isEnabled(), { timeout: 30_000 }).toBe(true);
-    await page.getByTestId('section-library').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', '07-unfinished-run.png') });
+    await sectionScreenshot(page, 'section-library', '07-unfinished-run');
     await run.getByRole('button', { name: 'Resume' }).click();
     await page.getByTestId('train-done').waitFor({ timeout: 150_000 });
 

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8, type Unzipped } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, SCREENSHOTS, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
 import { nodeModelFiles } from '../../src/io/model-files-node';
 import { loadHfModel } from '../../src/io/model-files';
@@ -237,7 +237,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     expect(await page.getByTestId('ia3Feedforward-k_lin').isChecked()).toBe(false);
     expect(await page.getByTestId('ia3Targets-modules').textContent()).toContain('PEFT has no IA3 defaults for this model type; the app starts from the equivalent layers of BERT’s: k_lin, v_lin, lin2, feedforward lin2');
     expect(await numberIn(page, 'trainable-params')).toBe(L * (2 * C + F) + HEAD);
-    await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '50-classifier-ia3.png') });
+    await sectionScreenshot(page, 'section-settings', '50-classifier-ia3');
     const ia3 = await trainAndDownload('c-ia3', PEFT_FILES);
     expect(configOf(ia3)).toMatchObject({ peft_type: 'IA3', task_type: 'SEQ_CLS', modules_to_save: ['classifier', 'score'], feedforward_modules: ['lin2'] });
     expect([...configOf(ia3).target_modules].sort()).toEqual(['k_lin', 'lin2', 'v_lin']);
@@ -310,7 +310,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     expect(await methodOf('c-ia3')).toBe('IA3k_lin, v_lin, lin2 (input: lin2) · + head');
     expect(await methodOf('c-prompt')).toBe('Prompt tuning4 virtual tokens · text init · + head');
     expect(await methodOf('c-bottleneck')).toBe('Bottleneck adaptersHoulsby · reduction 8 · swish · + head');
-    await page.getByTestId('section-library').screenshot({ path: path.join(SCREENSHOTS, '51-classifier-methods-library.png') });
+    await sectionScreenshot(page, 'section-library', '51-classifier-methods-library');
 
     // The playground's label probabilities for the bottleneck classifier (AdapterHub's head files)
     // and the prompt-tuned one (virtual tokens before the text) equal the engine's in Node from the
@@ -321,7 +321,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     await expectPlaygroundMatchesEngine(engine, 'c-bottleneck', { config: strFromU8(bottleneck['adapter_config.json']), weights: bottleneck['adapter.safetensors'], head: bottleneck['model_head.safetensors'] });
     await expectPlaygroundMatchesEngine(engine, 'c-prompt', { config: strFromU8(prompt['adapter_config.json']), weights: prompt['adapter_model.safetensors'] });
     engine.loaded.model.destroy();
-    await page.getByTestId('section-playground').screenshot({ path: path.join(SCREENSHOTS, '52-classifier-bottleneck-playground.png') });
+    await sectionScreenshot(page, 'section-playground', '52-classifier-bottleneck-playground');
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 
@@ -407,7 +407,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     const head = 2 * BC + 2; // classifier for 2 labels (the pooler stays frozen)
     expect(await numberIn(page, 'trainable-params')).toBe(3 * BC + 16 * BC + 16 + width * 16 + width + head);
     await shortRunSettings();
-    await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '54-classifier-prefix-bert.png') });
+    await sectionScreenshot(page, 'section-settings', '54-classifier-prefix-bert');
     const prefix = await trainAndDownload('c-prefix', PEFT_FILES);
     expect(configOf(prefix)).toMatchObject({
       peft_type: 'PREFIX_TUNING', task_type: 'SEQ_CLS', num_virtual_tokens: 3, token_dim: BC, num_attention_heads: BH, num_layers: BL,

@@ -15,7 +15,7 @@ import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
 import { parseTableText } from '../../src/data/table';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, SCREENSHOTS, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const DISTILBERT_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-distilbert');
@@ -147,11 +147,11 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     // Once the examples are built, the class table also counts each split.
     await expect.poll(() => page.locator('.class-table thead').textContent()).toMatch(/train.*validation/);
     expect(await page.getByTestId('sample-example').textContent()).toMatch(/\[CLS\].*\[SEP\]\s*→\s*[01]/);
-    await page.getByTestId('section-data').screenshot({ path: path.join(SCREENSHOTS, '30-classification-data.png') });
+    await sectionScreenshot(page, 'section-data', '30-classification-data');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 10_000 }).toBe(true);
     await page.getByTestId('start').click();
     await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
-    await page.getByTestId('section-train').screenshot({ path: path.join(SCREENSHOTS, '31-classification-trained.png') });
+    await sectionScreenshot(page, 'section-train', '31-classification-trained');
 
     // Accuracy, macro-F1 and the confusion matrix of the evaluations, on screen.
     expect(await page.getByTestId('step-counter').textContent()).toMatch(/Step 6 \/ 6/);
@@ -198,7 +198,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     expect(await row.getByTestId('library-task').textContent()).toBe('text classification · 2 labels');
     expect(Number((await row.getByTestId('library-accuracy').textContent())!.replace(' %', '')) / 100).toBeCloseTo(savedAcc, 3);
     expect(await row.getByTestId('library-f1').textContent()).toMatch(/^\d\.\d{3}$/);
-    await page.getByTestId('section-library').screenshot({ path: path.join(SCREENSHOTS, '32-classification-library.png') });
+    await sectionScreenshot(page, 'section-library', '32-classification-library');
 
     // The zip: PEFT's SEQ_CLS LoRA adapter with the head, as the CLI exports it.
     const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('download-latest').click()]);
@@ -278,7 +278,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await expect.poll(() => page.getByTestId('mapping-error').textContent().catch(() => ''), { timeout: 30_000 }).toMatch(/"ticket_id" has 64 different values for 64 rows, most of them on a single row: is it an id or a text column\?/);
     await page.getByTestId('map-label-column').selectOption('department');
     await expect.poll(() => page.getByTestId('class-count').textContent().catch(() => ''), { timeout: 30_000 }).toBe('3 classes');
-    await page.getByTestId('section-data').screenshot({ path: path.join(SCREENSHOTS, '33-classification-unbalanced.png') });
+    await sectionScreenshot(page, 'section-data', '33-classification-unbalanced');
 
     // Every classifier method is offered on BERT, prefix tuning included (DistilBERT refuses it).
     for (const m of ['lora', 'dora', 'ia3', 'prompt', 'prefix', 'bottleneck']) expect(await page.getByTestId(`method-${m}-count`).textContent(), m).toMatch(/trainable \+ the head$/);

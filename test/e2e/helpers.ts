@@ -152,7 +152,23 @@ export function watchConsole(page: Page): string[] {
 
 export async function screenshot(page: Page, name: string, fullPage = true): Promise<void> {
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage });
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage, timeout: 90_000 });
+}
+
+/**
+ * A screenshot of one section of the page (its data-testid), for test-results/screenshots.
+ * Cut from a full-page shot rather than taken with locator.screenshot(), which first waits for
+ * the element to hold still for two animation frames: on a loaded 2-core CI machine, where
+ * SwiftShader's WebGPU work shares the GPU process with the compositor, frames can stall for
+ * longer than that wait allows (a CI run failed on it with nothing on the page moving).
+ */
+export async function sectionScreenshot(page: Page, testId: string, name: string): Promise<void> {
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+  const where = await page.getByTestId(testId).evaluate((el) => {
+    const r = el.getBoundingClientRect();
+    return { x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height };
+  });
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true, clip: where, timeout: 90_000 });
 }
 
 /** The number shown in an element (e.g. "2.3456"). */

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8, type Unzipped } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, SCREENSHOTS, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const GPT2_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -141,7 +141,7 @@ describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromi
     await page.getByTestId('ia3Targets-mlp.c_proj').check();
     await page.getByTestId('ia3Feedforward-mlp.c_proj').check();
     expect(await numberIn(page, 'trainable-params')).toBe(L * (3 * C + F));
-    await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '40-methods-ia3.png') });
+    await sectionScreenshot(page, 'section-settings', '40-methods-ia3');
     const ia3 = await trainAndDownload('m-ia3');
     expect(configOf(ia3)).toMatchObject({ peft_type: 'IA3', task_type: 'CAUSAL_LM', target_modules: ['c_attn', 'mlp.c_proj'], feedforward_modules: ['mlp.c_proj'], fan_in_fan_out: true });
     const ia3Shapes: Record<string, number[]> = {};
@@ -183,7 +183,7 @@ describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromi
     await page.getByTestId('setting-encoderHiddenSize').fill('16');
     const width = L * 2 * C;
     expect(await numberIn(page, 'trainable-params')).toBe(3 * C + 16 * C + 16 + width * 16 + width);
-    await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '41-methods-prefix.png') });
+    await sectionScreenshot(page, 'section-settings', '41-methods-prefix');
     const prefix = await trainAndDownload('m-prefix');
     expect(configOf(prefix)).toMatchObject({
       peft_type: 'PREFIX_TUNING', task_type: 'CAUSAL_LM', num_virtual_tokens: 3, token_dim: C, num_attention_heads: H, num_layers: L,
@@ -251,7 +251,7 @@ describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromi
     expect(await methodOf('m-prefix')).toBe('Prefix tuning3 virtual tokens · projection 16');
     expect(await methodOf('m-dora')).toBe('DoRAr=4 · c_attn · magnitude');
     expect(await methodOf('m-bottleneck')).toBe('Bottleneck adaptersHoulsby · reduction 8 · swish');
-    await page.getByTestId('section-library').screenshot({ path: path.join(SCREENSHOTS, '42-methods-library.png') });
+    await sectionScreenshot(page, 'section-library', '42-methods-library');
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 
@@ -265,7 +265,7 @@ describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromi
     await page.getByTestId('method-prefix').click();
     expect(await page.getByTestId('setting-method-error').textContent()).toMatch(/^Prefix tuning cannot train this model: prefix tuning as PEFT defines it needs head_dim/);
     expect(await page.getByTestId('start').isDisabled()).toBe(true);
-    await page.getByTestId('section-settings').screenshot({ path: path.join(SCREENSHOTS, '43-qwen3-prefix-refused.png') });
+    await sectionScreenshot(page, 'section-settings', '43-qwen3-prefix-refused');
     // The other methods are fine on it; IA3 starts from PEFT's qwen3 defaults.
     for (const m of ['lora', 'dora', 'ia3', 'prompt', 'bottleneck']) expect(await page.getByTestId(`method-${m}-reason`).count()).toBe(0);
     await page.getByTestId('method-ia3').click();

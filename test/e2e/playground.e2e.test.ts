@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
-import { browserMissingReason, buildApp, launchBrowser, ROOT, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, ROOT, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
 import { nodeModelFiles } from '../../src/io/model-files-node';
 import { loadHfModel } from '../../src/io/model-files';
@@ -153,7 +153,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     expect(streamed[streamed.length - 1]).toBe(adapterText);
     // the speed is shown
     expect(await page.getByTestId('playground-speed-adapter').textContent()).toMatch(/\d+ tokens · [\d.]+ tokens\/s/);
-    await page.getByTestId('section-playground').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', 'playground-01-greedy.png') });
+    await sectionScreenshot(page, 'section-playground', 'playground-01-greedy');
 
     // The same text as the engine gives for the downloaded adapter, and for the base model.
     const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('library-download').click()]);
@@ -182,7 +182,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
       expect(n).toBeLessThan(47);
     }
     expect(await page.getByTestId('playground-output-base').count()).toBe(0);
-    await page.getByTestId('section-playground').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', 'playground-02-stopped.png') });
+    await sectionScreenshot(page, 'section-playground', 'playground-02-stopped');
   });
 
   it('gives a trained classifier\'s label probabilities for typed text, as the engine does', { timeout: 400_000 }, async () => {
@@ -220,7 +220,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     }
     expect([...labels].sort()).toEqual(['billing', 'shipping', 'technical']);
     expect(shown.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
-    await page.getByTestId('section-playground').screenshot({ path: path.join(ROOT, 'test-results', 'screenshots', 'playground-03-classifier.png') });
+    await sectionScreenshot(page, 'section-playground', 'playground-03-classifier');
 
     // the engine in Node, from the downloaded zip: the same probabilities
     const row = page.getByTestId('library-row').filter({ hasText: 'tickets' });
