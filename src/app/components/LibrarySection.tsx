@@ -188,50 +188,52 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
           formatLoss(a.metrics.finalEvalLoss)
         )}
       </td>
-      <td className="actions">
-        {confirming ? (
-          <span className="confirm">
-            Delete?{' '}
-            <button type="button" className="button button-small button-danger" onClick={() => void deleteAdapter(a.id)} data-testid="delete-confirm">
-              Delete
-            </button>
-            <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(false)}>
-              Keep
-            </button>
-          </span>
-        ) : (
-          <>
-            <button type="button" className="button button-small" onClick={() => void downloadAdapter(a.id)} data-testid="library-download">
-              Download
-            </button>
-            <button
-              type="button"
-              className="button button-small button-secondary"
-              onClick={() => void downloadMergedModel(a.id)}
-              disabled={mergeBlocked !== null}
-              title={mergeBlocked ?? `The base model with this adapter folded into its weights (like PEFT's merge_and_unload), as a folder transformers loads`}
-              data-testid="library-merge"
-            >
-              Merged model
-            </button>
-            <button
-              type="button"
-              className="button button-small button-secondary"
-              onClick={() => void downloadPythonProject(a.id)}
-              disabled={pythonRefusal !== null}
-              title={pythonRefusal ?? 'A folder that continues this run with transformers + PEFT on a GPU server (python train.py, or accelerate launch train.py)'}
-              data-testid="library-python"
-            >
-              Python project
-            </button>
-            <button type="button" className="button button-small button-secondary" onClick={() => setEditing(true)} disabled={editing} data-testid="library-rename">
-              Rename
-            </button>
-            <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(true)} data-testid="library-delete">
-              Delete
-            </button>
-          </>
-        )}
+      <td className="actions library-actions">
+        <div className="action-buttons">
+          {confirming ? (
+            <span className="confirm">
+              Delete?{' '}
+              <button type="button" className="button button-small button-danger" onClick={() => void deleteAdapter(a.id)} data-testid="delete-confirm">
+                Delete
+              </button>
+              <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(false)}>
+                Keep
+              </button>
+            </span>
+          ) : (
+            <>
+              <button type="button" className="button button-small" onClick={() => void downloadAdapter(a.id)} data-testid="library-download">
+                Download
+              </button>
+              <button
+                type="button"
+                className="button button-small button-secondary"
+                onClick={() => void downloadMergedModel(a.id)}
+                disabled={mergeBlocked !== null}
+                title={mergeBlocked ?? `The base model with this adapter folded into its weights (like PEFT's merge_and_unload), as a folder transformers loads`}
+                data-testid="library-merge"
+              >
+                Merged model
+              </button>
+              <button
+                type="button"
+                className="button button-small button-secondary"
+                onClick={() => void downloadPythonProject(a.id)}
+                disabled={pythonRefusal !== null}
+                title={pythonRefusal ?? 'A folder that continues this run with transformers + PEFT on a GPU server (python train.py, or accelerate launch train.py)'}
+                data-testid="library-python"
+              >
+                Python project
+              </button>
+              <button type="button" className="button button-small button-secondary" onClick={() => setEditing(true)} disabled={editing} data-testid="library-rename">
+                Rename
+              </button>
+              <button type="button" className="button button-small button-secondary" onClick={() => setConfirming(true)} data-testid="library-delete">
+                Delete
+              </button>
+            </>
+          )}
+        </div>
       </td>
     </tr>
   );
