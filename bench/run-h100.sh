@@ -3,7 +3,9 @@
 # and the CLI run) and PyTorch + PEFT (eager and sdpa attention, fp32 and bf16 autocast) on the same
 # random-weight models, 8 x 256 tokens, LoRA r=8, AdamW, full steps. Ours runs STEPS steps (default
 # 500) and reports the mean step time over steps 10-50 and over the last 50 (steady state), then
-# per-kernel GPU times. Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
+# per-kernel GPU times; PyTorch's rows also give its GPU time in kernels per step (torch.profiler:
+# a step far longer than its kernels is bound by the host's Python and launches). Writes
+# $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
 #   here:         bash ../shared/gpu/pack.sh && node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
 #   GPU machine:  bash bench/run-h100.sh [STEPS]   (device tool, carry .gpu bench/dist)
 set -uo pipefail
@@ -15,7 +17,7 @@ run_case() { # name arch targets
   python3 scripts/goldens/make_random_model.py --arch "$2" --out "/tmp/bench/$1" --tokenizer-from test/fixtures/tiny-gpt2 >/dev/null 2>&1 || return 1
   bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
     --json "$OUT/$1-ours.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours.txt"
-  python3 bench/torch_lora_baseline.py --model "/tmp/bench/$1" --batch 8 --seq 256 --targets "$3" --steps 30 2>/dev/null | grep '^{' > "/tmp/bench/$1-torch.jsonl"
+  python3 bench/torch_lora_baseline.py --model "/tmp/bench/$1" --batch 8 --seq 256 --targets "$3" --steps 30 --kernel-time 2>/dev/null | grep '^{' > "/tmp/bench/$1-torch.jsonl"
 }
 run_case gpt2-124M gpt2-small c_attn
 run_case smollm2-135M smollm2-135m q_proj,v_proj
@@ -41,5 +43,5 @@ print(f"{'model':14} {'ours ms':>8} {'late ms':>8} {'ours tok/s':>11} {'torch be
 for r in rows:
     print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_steady_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f}")
     for t in r['torch_all']:
-        print(f"    torch {t['attn']:5} {t['dtype']:4}: {t['ms_per_step']:7.2f} ms/step, {t['tokens_per_s']:,} tok/s, peak {t['peak_gib']} GiB")
+        print(f"    torch {t['attn']:5} {t['dtype']:4}: {t['ms_per_step']:7.2f} ms/step ({t.get('kernel_ms_per_step', float('nan')):.2f} ms in GPU kernels), {t['tokens_per_s']:,} tok/s, peak {t['peak_gib']} GiB")
 PY

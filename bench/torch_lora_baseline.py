@@ -2,14 +2,27 @@
 benchmark (random weights, batch x seq tokens, AdamW, full steps: forward, backward, optimizer).
 
   python3 bench/torch_lora_baseline.py --model DIR --batch 8 --seq 256 --targets c_attn --steps 30
-Prints one JSON line per configuration (attention implementation x dtype)."""
+Prints one JSON line per configuration (attention implementation x dtype). With --kernel-time, each
+line also says how much of a step the GPU spent in kernels (torch.profiler over 5 more steps): a
+step much longer than its kernels is bound by the host launching them, not by the GPU."""
 import argparse, json, time
 import torch
 from transformers import AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 
 
-def run(model_dir, attn, dtype, batch, seq, targets, steps, r):
+def kernel_ms_per_step(step, n=5):
+    """GPU time in kernels (and copies) per step, summed from a torch.profiler trace of n steps."""
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    total_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in prof.key_averages())
+    return total_us / n / 1000
+
+
+def run(model_dir, attn, dtype, batch, seq, targets, steps, r, kernel_time=False):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float32).cuda()
     model.config.use_cache = False
@@ -38,8 +51,11 @@ def run(model_dir, attn, dtype, batch, seq, targets, steps, r):
         step()
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t0) * 1000 / steps
-    return {"attn": attn, "dtype": dtype, "ms_per_step": round(ms, 2), "tokens_per_s": round(batch * seq / ms * 1000),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    row = {"attn": attn, "dtype": dtype, "ms_per_step": round(ms, 2), "tokens_per_s": round(batch * seq / ms * 1000),
+           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    if kernel_time:
+        row["kernel_ms_per_step"] = round(kernel_ms_per_step(step), 2)
+    return row
 
 
 if __name__ == "__main__":
@@ -50,7 +66,8 @@ if __name__ == "__main__":
     ap.add_argument("--targets", default="c_attn")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--kernel-time", action="store_true", help="also profile 5 steps for the GPU's time in kernels")
     a = ap.parse_args()
     for attn in ("eager", "sdpa"):
         for dtype in ("fp32", "bf16"):
-            print(json.dumps(run(a.model, attn, dtype, a.batch, a.seq, a.targets.split(","), a.steps, a.rank)), flush=True)
+            print(json.dumps(run(a.model, attn, dtype, a.batch, a.seq, a.targets.split(","), a.steps, a.rank, a.kernel_time)), flush=True)
