@@ -158,17 +158,30 @@ export async function screenshot(page: Page, name: string, fullPage = true): Pro
 /**
  * A screenshot of one section of the page (its data-testid), for test-results/screenshots.
  * Cut from a full-page shot rather than taken with locator.screenshot(), which first waits for
- * the element to hold still for two animation frames: on a loaded 2-core CI machine, where
- * SwiftShader's WebGPU work shares the GPU process with the compositor, frames can stall for
- * longer than that wait allows (a CI run failed on it with nothing on the page moving).
+ * the element to hold still over two animation frames: on a loaded 2-core CI machine, where
+ * SwiftShader's WebGPU work shares Chromium's GPU process with the compositor, frames can stall
+ * for longer than that wait allows (a CI run failed there). The section can still move while the
+ * worker works in the background (after a lost device the model section shows the weights
+ * uploading again, above the Train section), so the shot is retaken until the section's box is
+ * the same before and after it, for up to a minute; after that the last shot stays. A screenshot
+ * is a record for people, never an assertion.
  */
 export async function sectionScreenshot(page: Page, testId: string, name: string): Promise<void> {
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
-  const where = await page.getByTestId(testId).evaluate((el) => {
-    const r = el.getBoundingClientRect();
-    return { x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height };
-  });
-  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true, clip: where, timeout: 90_000 });
+  const section = page.getByTestId(testId);
+  const box = () =>
+    section.evaluate((el) => {
+      const r = el.getBoundingClientRect();
+      return { x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height };
+    });
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const before = await box();
+    await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true, clip: before, timeout: 90_000 });
+    const after = await box();
+    if (JSON.stringify(after) === JSON.stringify(before) || Date.now() > deadline) return;
+    await page.waitForTimeout(500);
+  }
 }
 
 /** The number shown in an element (e.g. "2.3456"). */
