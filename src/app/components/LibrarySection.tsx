@@ -188,7 +188,7 @@ function AdapterRow({ adapter: a, busy }: { adapter: AdapterMeta; busy?: string 
           formatLoss(a.metrics.finalEvalLoss)
         )}
       </td>
-      <td className="actions library-actions">
+      <td className="library-actions">
         <div className="action-buttons">
           {confirming ? (
             <span className="confirm">
