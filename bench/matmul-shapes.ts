@@ -39,6 +39,9 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   // gate and up as one product ([W_gate; W_up] stacked): N = 2I forward, K = 2I for dx
   ['smollm2 gate+up fwd', 2048, 3072, 576, false, true],
   ['smollm2 gate+up dx', 2048, 576, 3072, false, false],
+  // q, k and v as one product ([W_q; W_k; W_v] stacked): N = (H + 2 KV) D = 960 forward, K = 960 for dx
+  ['smollm2 q+k+v fwd', 2048, 960, 576, false, true],
+  ['smollm2 q+k+v dx', 2048, 576, 960, false, false],
   ['attn scores, one head', 256, 256, 64, false, true],
   ['lora u = x A^T (r=8)', 2048, 8, 768, false, true],
   ['lora du = dy B (r=8)', 2048, 8, 2304, false, false],

@@ -27,6 +27,10 @@ SHAPES = [
     ('smollm2 down fwd', 2048, 576, 1536, False, True),
     ('smollm2 gate/up dx', 2048, 576, 1536, False, False),
     ('smollm2 down dx', 2048, 1536, 576, False, False),
+    ('smollm2 gate+up fwd', 2048, 3072, 576, False, True),
+    ('smollm2 gate+up dx', 2048, 576, 3072, False, False),
+    ('smollm2 q+k+v fwd', 2048, 960, 576, False, True),
+    ('smollm2 q+k+v dx', 2048, 576, 960, False, False),
 ]
 
 

@@ -4,16 +4,18 @@
 // mask(i) = keep(i) / (1 - p) when p > 0 (threshold != 0), else 1, with the element index i of a
 // dense [rows, cols] tensor as shaders/dropout.wgsl numbers it (so it is dropout(x)'s mask).
 //
-// `down`: out[row * R + j] = alpha * sum_{c < cols} mask(row * cols + c) src[row * ld + c] W(c, j)
+// `down`: out[row * R + j] = alpha * sum_{c < cols} mask(row * cols + c) src[off + row * ld + c] W(c, j)
 //   forward u = dropout(x) A^T (A), backward du = scale * dy B (B, no mask).
-// `up`:   out[row * ld + c] (+)= alpha * mask(row * cols + c) * sum_{j < R} src[row * R + j] W(c, j)
+// `up`:   out[off + row * ld + c] (+)= alpha * mask(row * cols + c) * sum_{j < R} src[row * R + j] W(c, j)
 //   forward y += scale * u B^T (B, no mask), backward dx += mask * (du A) (A).
 // On the H100 the tiled and skinny matmuls took ~3x a pass over memory for these shapes (GPT-2's
 // c_attn: lora_B 42 us, du 50 us per layer), and dropout needed a [rows, K] scratch and a kernel
 // of its own each way.
 
-// chunkRows: `grad`'s rows per chunk (0 for the others).
-struct Params { rows: u32, cols: u32, ld: u32, sW0: u32, sW1: u32, accumulate: u32, alpha: f32, salt: u32, threshold: u32, dropScale: f32, chunkRows: u32 }
+// chunkRows: `grad`'s rows per chunk (0 for the others). off: the element offset of the large
+// [rows, cols] operand's first row (src of `down` and `grad`, out of `up`): a column slice of a
+// wider tensor (Llama's q, k or v inside the packed q|k|v rows) with ld its row stride.
+struct Params { rows: u32, cols: u32, ld: u32, sW0: u32, sW1: u32, accumulate: u32, alpha: f32, salt: u32, threshold: u32, dropScale: f32, chunkRows: u32, off: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -79,7 +81,7 @@ fn up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li
     let row = row0 + r;
     var v = params.alpha * acc;
     if (masked) { v = select(0.0, v * params.dropScale, dropoutKeep(key, params.threshold, row * params.cols + c)); }
-    let at = row * params.ld + c;
+    let at = params.off + row * params.ld + c;
     if (params.accumulate != 0u) { v += out[at]; }
     out[at] = v;
   }
@@ -104,7 +106,7 @@ fn down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = block * DOWN_ROWS + rowIn;
   var acc: array<f32, MAX_R>;
   if (row < params.rows) {
-    let base = row * params.ld;
+    let base = params.off + row * params.ld;
     let masked = params.threshold != 0u;
     let key = dropoutKey(step.seed, params.salt);
     let rowsAsVec4 = params.sW1 == 1u && params.sW0 % 4u == 0u && R % 4u == 0u;
@@ -159,14 +161,15 @@ fn down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // ---- grad: the factor's gradient in two passes. This first pass sums chunks of rows:
-//   parts[chunk * cols * R + c * sW0 + j * sW1] = sum_{row in chunk} mask(row * cols + c) src[row * ld + c] * small[row * R + j]
+//   parts[chunk * cols * R + c * sW0 + j * sW1] = sum_{row in chunk} mask(row * cols + c) src[off + row * ld + c] * small[row * R + j]
 // (dA's chunks: src = x with the forward's mask, small = du; dB's: src = dy, small = u); the
 // split-K sum (shaders/matmul_splitk_reduce.wgsl) then adds the chunks into the gradient. Chunks,
 // not one workgroup per column block: 2048 rows by 768 columns would make six workgroups.
 //
 // A workgroup takes GRAD_COLS columns by `chunkRows` rows. Lane l of row slice s keeps columns
 // 4l .. 4l + 3 of the block (one 16-byte load per row when ALIGNED: ld and cols multiples of 4)
-// for rows s, s + 8, s + 16, ... of the chunk, four rows' loads in flight; the small operand's row
+// for rows s, s + 8, s + 16, ... of the chunk, four rows' loads in flight (ALIGNED also needs off a
+// multiple of 4); the small operand's row
 // is the same for every lane of a slice (a broadcast from cache). The sums are sixteen named vec4
 // registers, a<column i><group g> over j = 4g .. 4g + 3: a 64-entry array indexed in loops ran
 // at a third of the memory bandwidth on the H100 (NVIDIA's compiler kept it in local memory).
@@ -181,13 +184,13 @@ var<workgroup> gradSlices: array<vec4<f32>, 1024>;  // [slice][column of the blo
 // columns c .. c + 3 of src's row (0 past cols)
 fn gradLoad(row: u32, c: u32) -> vec4<f32> {
   if (ALIGNED) {
-    if (c < params.cols) { return srcVec[(row * params.ld + c) / 4u]; }
+    if (c < params.cols) { return srcVec[(params.off + row * params.ld + c) / 4u]; }
     return vec4<f32>(0.0);
   }
   var v = vec4<f32>(0.0);
   for (var i = 0u; i < 4u; i++) {
     if (c + i < params.cols) {
-      let k = row * params.ld + c + i;
+      let k = params.off + row * params.ld + c + i;
       v[i] = srcVec[k >> 2u][k & 3u];
     }
   }

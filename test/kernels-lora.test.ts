@@ -22,7 +22,7 @@ function expectDropRate(mask: Uint8Array | null, p: number): void {
 }
 
 describe('loraExpand', () => {
-  for (const { rows, cols, r, ld, layout, accumulate, p } of [
+  for (const { rows, cols, r, ld, layout, accumulate, p, off = 0 } of [
     // GPT-2-like up projection (B [N, r]) accumulated into the base output
     { rows: 37, cols: 300, r: 8, ld: 300, layout: 'cols_r', accumulate: true, p: 0 },
     // rank 1 and 16 (the limit), a row stride wider than cols (its padding must stay), no accumulate
@@ -32,18 +32,21 @@ describe('loraExpand', () => {
     { rows: 33, cols: 520, r: 8, ld: 520, layout: 'r_cols', accumulate: true, p: 0.3 },
     { rows: 17, cols: 96, r: 4, ld: 96, layout: 'r_cols', accumulate: false, p: 0.05 },
     { rows: 20, cols: 64, r: 3, ld: 64, layout: 'r_cols', accumulate: true, p: 0 },
-  ] as const) {
-    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}`, async () => {
+    // a column slice of wider rows (Llama's v inside the packed q|k|v): offset and stride, the rest untouched
+    { rows: 19, cols: 48, r: 8, ld: 160, layout: 'cols_r', accumulate: true, p: 0, off: 112 },
+    { rows: 7, cols: 30, r: 5, ld: 97, layout: 'r_cols', accumulate: false, p: 0.2, off: 13 },
+  ] as { rows: number; cols: number; r: number; ld: number; layout: RankFactorLayout; accumulate: boolean; p: number; off?: number }[]) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}, offset ${off}`, async () => {
       const gpu = await testGpu();
       const step = new StepUniforms(gpu);
       step.write(stepValues(SEED));
       const u = randArray(rows * r, 1, 1), w = randArray(cols * r, 2, 1);
-      const prior = randArray((rows - 1) * ld + cols, 3, 1);
+      const prior = randArray(off + (rows - 1) * ld + cols + 5, 3, 1);
       const tu = gpu.tensorFrom(u, [rows, r], 'u'), tw = gpu.tensorFrom(w, [cols * r], 'w');
       const out = gpu.tensorFrom(prior, [prior.length], 'out');
       const alpha = 1.75;
       await run(gpu, [await bind(gpu, () => loraExpand(gpu, {
-        u: tu, w: tw, wLayout: layout, out, ldo: ld, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+        u: tu, w: tw, wLayout: layout, out, ldo: ld, offsetOut: off || undefined, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
       }))]);
       const mask = maskOf(rows, cols, p);
       expectDropRate(mask, p);
@@ -54,19 +57,20 @@ describe('loraExpand', () => {
           for (let j = 0; j < r; j++) s += u[row * r + j] * wAt(w, layout, c, j, cols, r);
           let v = alpha * s;
           if (mask) v = mask[row * cols + c] ? v / (1 - p) : 0;
-          want[row * ld + c] = (accumulate ? prior[row * ld + c] : 0) + v;
+          want[off + row * ld + c] = (accumulate ? prior[off + row * ld + c] : 0) + v;
         }
       }
       const got = await gpu.read(out);
       expectClose(got, want, 1e-4, 'out');
-      // the padding between rows is untouched, bit for bit
-      for (let row = 0; row + 1 < rows; row++) for (let c = cols; c < ld; c++) expect(got[row * ld + c]).toBe(prior[row * ld + c]);
+      // everything outside the [rows, cols] slice (before it, between its rows, after it) is untouched, bit for bit
+      const inSlice = (i: number) => i >= off && (i - off) % ld < cols && Math.floor((i - off) / ld) < rows;
+      for (let i = 0; i < prior.length; i++) if (!inSlice(i)) expect(got[i]).toBe(prior[i]);
     });
   }
 });
 
 describe('loraProject', () => {
-  for (const { rows, cols, r, ld, layout, p } of [
+  for (const { rows, cols, r, ld, layout, p, off = 0 } of [
     // forward u = dropout(x) A^T: GPT-2-like widths, rows not a multiple of the 4-row block
     { rows: 37, cols: 768, r: 8, ld: 768, layout: 'r_cols', p: 0.1 },
     { rows: 9, cols: 300, r: 16, ld: 303, layout: 'r_cols', p: 0 },
@@ -78,17 +82,20 @@ describe('loraProject', () => {
     { rows: 3, cols: 77, r: 4, ld: 80, layout: 'cols_r', p: 0.2 },
     { rows: 6, cols: 40, r: 1, ld: 40, layout: 'cols_r', p: 0 },
     { rows: 4, cols: 257, r: 12, ld: 260, layout: 'r_cols', p: 0.5 },
-  ] as const) {
-    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, p=${p}`, async () => {
+    // du = scale * dy B with dy a column slice of wider rows (Llama's packed q|k|v gradients)
+    { rows: 21, cols: 192, r: 8, ld: 960, layout: 'cols_r', p: 0, off: 768 },
+    { rows: 6, cols: 33, r: 3, ld: 71, layout: 'r_cols', p: 0.3, off: 9 },
+  ] as { rows: number; cols: number; r: number; ld: number; layout: RankFactorLayout; p: number; off?: number }[]) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, p=${p}, offset ${off}`, async () => {
       const gpu = await testGpu();
       const step = new StepUniforms(gpu);
       step.write(stepValues(SEED));
-      const x = randArray((rows - 1) * ld + cols, 4, 1), w = randArray(cols * r, 5, 1);
+      const x = randArray(off + (rows - 1) * ld + cols, 4, 1), w = randArray(cols * r, 5, 1);
       const tx = gpu.tensorFrom(x, [x.length], 'x'), tw = gpu.tensorFrom(w, [cols * r], 'w');
       const out = gpu.tensorFrom(randArray(rows * r, 6, 100), [rows, r], 'out'); // overwritten
       const alpha = 0.625;
       await run(gpu, [await bind(gpu, () => loraProject(gpu, {
-        x: tx, ldx: ld, w: tw, wLayout: layout, out, rows, cols, r, alpha, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+        x: tx, ldx: ld, offsetX: off || undefined, w: tw, wLayout: layout, out, rows, cols, r, alpha, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
       }))]);
       const mask = maskOf(rows, cols, p);
       expectDropRate(mask, p);
@@ -97,7 +104,7 @@ describe('loraProject', () => {
         for (let j = 0; j < r; j++) {
           let s = 0;
           for (let c = 0; c < cols; c++) {
-            const xv = mask ? (mask[row * cols + c] ? x[row * ld + c] / (1 - p) : 0) : x[row * ld + c];
+            const xv = mask ? (mask[row * cols + c] ? x[off + row * ld + c] / (1 - p) : 0) : x[off + row * ld + c];
             s += xv * wAt(w, layout, c, j, cols, r);
           }
           want[row * r + j] = alpha * s;
@@ -111,7 +118,7 @@ describe('loraProject', () => {
 describe('loraWeightGrad', () => {
   // workgroups: tuning.loraGradWorkgroups, which sets the rows per chunk (1: one chunk of all rows; 4000: chunks of 32 rows).
   // ld and cols multiples of 4 take the vec4 loads (ALIGNED), the others scalar ones.
-  for (const { rows, cols, r, ld, layout, accumulate, p, workgroups } of [
+  for (const { rows, cols, r, ld, layout, accumulate, p, workgroups, off = 0 } of [
     // dB = scale * dy^T u (B [N, r]): GPT-2-like width, several chunks, accumulated
     { rows: 37, cols: 2304, r: 8, ld: 2304, layout: 'cols_r', accumulate: true, p: 0, workgroups: 264 },
     // dA += du^T dropout(x) (A [r, K]): the forward's mask regenerated in the kernel
@@ -124,15 +131,19 @@ describe('loraWeightGrad', () => {
     { rows: 9, cols: 300, r: 12, ld: 300, layout: 'cols_r', accumulate: false, p: 0, workgroups: 264 },
     // vec4 loads with a rank not a multiple of 4, a wider row stride, three chunks (the last short), the mask
     { rows: 70, cols: 64, r: 3, ld: 68, layout: 'r_cols', accumulate: true, p: 0.2, workgroups: 4000 },
-  ] as const) {
-    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}, ${workgroups} workgroups`, async () => {
+    // dB from dy, a column slice of wider rows (Llama's packed q|k|v gradients): vec4 loads (offset a
+    // multiple of 4) and scalar ones (not)
+    { rows: 40, cols: 192, r: 8, ld: 960, layout: 'cols_r', accumulate: true, p: 0, workgroups: 4000, off: 576 },
+    { rows: 33, cols: 16, r: 8, ld: 56, layout: 'cols_r', accumulate: false, p: 0, workgroups: 264, off: 38 },
+  ] as { rows: number; cols: number; r: number; ld: number; layout: RankFactorLayout; accumulate: boolean; p: number; workgroups: number; off?: number }[]) {
+    it(`${layout} ${rows}x${cols}, r=${r}, ld=${ld}, accumulate=${accumulate}, p=${p}, ${workgroups} workgroups, offset ${off}`, async () => {
       const gpu = await testGpu();
       const saved = gpu.tuning.loraGradWorkgroups;
       gpu.tuning.loraGradWorkgroups = workgroups;
       try {
         const step = new StepUniforms(gpu);
         step.write(stepValues(SEED));
-        const big = randArray((rows - 1) * ld + cols, 7, 1), small = randArray(rows * r, 8, 1), prior = randArray(cols * r, 9, 1);
+        const big = randArray(off + (rows - 1) * ld + cols, 7, 1), small = randArray(rows * r, 8, 1), prior = randArray(cols * r, 9, 1);
         const tBig = gpu.tensorFrom(big, [big.length], 'big'), tSmall = gpu.tensorFrom(small, [rows, r], 'small');
         const grad = gpu.tensorFrom(prior, [cols * r], 'grad');
         const { chunks } = loraWeightGradChunks(workgroups, rows, cols);
@@ -142,7 +153,7 @@ describe('loraWeightGrad', () => {
         const parts = gpu.tensorFrom(randArray(partsSize, 10, 100), [partsSize], 'parts');
         const alpha = 1.25;
         await run(gpu, await bind(gpu, () => loraWeightGrad(gpu, {
-          big: tBig, ld, small: tSmall, w: grad, wLayout: layout, parts, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
+          big: tBig, ld, offsetBig: off || undefined, small: tSmall, w: grad, wLayout: layout, parts, rows, cols, r, alpha, accumulate, step, dropout: p > 0 ? { p, salt: SALT } : undefined,
         })));
         const mask = maskOf(rows, cols, p);
         expectDropRate(mask, p);
@@ -151,7 +162,7 @@ describe('loraWeightGrad', () => {
           for (let j = 0; j < r; j++) {
             let s = 0;
             for (let row = 0; row < rows; row++) {
-              const xv = mask ? (mask[row * cols + c] ? big[row * ld + c] / (1 - p) : 0) : big[row * ld + c];
+              const xv = mask ? (mask[row * cols + c] ? big[off + row * ld + c] / (1 - p) : 0) : big[off + row * ld + c];
               s += xv * small[row * r + j];
             }
             const at = layout === 'cols_r' ? c * r + j : j * cols + c;
@@ -177,6 +188,8 @@ describe('LoRA products: argument checks', () => {
     expect(() => loraExpand(gpu, { ...ok, rows: 5, out: gpu.tensor([5 * 16], 'out5') })).toThrow(/\(u\) has 32 elements, need 40/);
     expect(() => loraExpand(gpu, { ...ok, ldo: 17 })).toThrow(/\(out\) has 64 elements, need 67/);
     expect(() => loraExpand(gpu, { ...ok, ldo: 15 })).toThrow(/row stride 15/);
+    expect(() => loraExpand(gpu, { ...ok, offsetOut: 1 })).toThrow(/\(out\) has 64 elements, need 65/);
+    expect(() => loraExpand(gpu, { ...ok, offsetOut: -4 })).toThrow(/offset must be a non-negative integer/);
     expect(() => loraExpand(gpu, { ...ok, rows: 1, cols: 4, out: u })).toThrow(/alias/);
     expect(() => loraExpand(gpu, { ...ok, dropout: { p: 1, salt: 1 } })).toThrow(/\[0, 1\)/);
     const x = gpu.tensor([4 * 16], 'x');
@@ -185,6 +198,7 @@ describe('LoRA products: argument checks', () => {
     expect(() => loraProject(gpu, { ...proj, out: x })).toThrow(/alias/);
     expect(() => loraProject(gpu, { ...proj, cols: 17 })).toThrow(/\(x\) has 64 elements, need 68/);
     expect(() => loraProject(gpu, { ...proj, rows: 0 })).toThrow(/rows must be a positive integer/);
+    expect(() => loraProject(gpu, { ...proj, ldx: 20, offsetX: 2 })).toThrow(/\(x\) has 64 elements, need 78/);
     const gradW = gpu.tensor([16 * 8], 'gradW'), parts = gpu.tensor([loraWeightGradScratch(gpu.tuning.loraGradWorkgroups, 4, 16, 8)], 'parts');
     const wg = { big: x, small: u, w: gradW, wLayout: 'r_cols' as const, parts, rows: 4, cols: 16, r: 8, alpha: 1, accumulate: true, step };
     expect(() => loraWeightGrad(gpu, wg)).not.toThrow();

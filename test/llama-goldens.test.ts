@@ -52,4 +52,37 @@ describe('Llama-family models + LoRA match PyTorch + PEFT', async () => {
       await runLoraGoldenCase(await testGpu(), models.get(gc.model!)!, gc, tensors);
     });
   }
+
+  // q_proj, k_proj and v_proj run as one product into packed rows where LoRA targets them (its sites
+  // are column slices: tuning.fuseQkv, models/llama.ts fusesQkv), which the cases above take on
+  // tiny-llama and tiny-qwen2 (stacked biases); Qwen3's q/k norms keep them apart.
+  it('the cases above run q_proj, k_proj and v_proj as one product except on Qwen3; tiny-llama and tiny-qwen2 match the goldens with three products too', async () => {
+    const gpu = await testGpu();
+    const labels = (name: string, targets: string[]): string[] => {
+      const { model } = loadCausalLM(gpu, models.get(name)!);
+      const lora = new Lora(gpu, { r: 2, alpha: 4, dropout: 0.1, targetModules: targets, useRslora: false }, model.linearModules(), new StepUniforms(gpu), rng(1));
+      const program = model.buildProgram(lora, { B: 2, T: 5, training: true });
+      const out = [...program.forward, ...program.backward].map((op) => ('label' in op ? op.label : ''));
+      program.destroy();
+      lora.destroy();
+      model.destroy();
+      return out;
+    };
+    for (const [name, fused] of [['tiny-llama', true], ['tiny-qwen2', true], ['tiny-qwen3', false]] as const) {
+      const got = labels(name, ['q_proj', 'v_proj']);
+      expect(got.includes('model.layers.1.self_attn.qkv_proj'), name).toBe(fused);
+      expect(got.includes('model.layers.1.self_attn.qkv_proj.dx'), name).toBe(fused);
+      expect(got.some((l) => l.startsWith('model.layers.1.self_attn.k_proj')), name).toBe(!fused);
+    }
+    const saved = gpu.tuning.fuseQkv;
+    gpu.tuning.fuseQkv = false;
+    try {
+      expect(labels('tiny-llama', ['q_proj', 'v_proj']).includes('model.layers.1.self_attn.qkv_proj')).toBe(false);
+      for (const gc of golden.cases.filter((c) => c.model === 'tiny-llama' || c.model === 'tiny-qwen2')) {
+        await runLoraGoldenCase(gpu, models.get(gc.model!)!, gc, tensors);
+      }
+    } finally {
+      gpu.tuning.fuseQkv = saved;
+    }
+  });
 });

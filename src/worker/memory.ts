@@ -184,7 +184,8 @@ function actedOn(a: AdapterPlan): (module: string) => boolean {
 export function causalProgramBuffers(model: Pick<CausalLMModel, 'programBuffers'>, run: Pick<RunShape, 'B' | 'T' | 'adapter'>, training: boolean): PlannedBuffer[] {
   const S = programPositions(run);
   const P = run.adapter.kind === 'prefix' ? run.adapter.virtualTokens : 0;
-  const buffers = model.programBuffers({ B: run.B, T: S, training, methodActsOn: actedOn(run.adapter) }, P);
+  // LoRA's sites may be column slices of one product's rows (peft/lora.ts Lora.takesColumnSlices)
+  const buffers = model.programBuffers({ B: run.B, T: S, training, methodActsOn: actedOn(run.adapter), methodTakesColumnSlices: run.adapter.kind === 'lora' }, P);
   if (P === 0) return buffers;
   const rope = model.programBuffers({ B: 1, T: S + P, training: false }).filter((b) => b.label.startsWith('rope.'));
   return [...rope, ...buffers.filter((b) => !b.label.startsWith('rope.'))];

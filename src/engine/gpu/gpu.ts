@@ -62,7 +62,11 @@ export interface KernelTuning {
   lmHeadChunkMiB: number;
   /** 'auto' uses the 128x128 tile only when it makes at least this many workgroups ... */
   wideMatmulMinWorkgroups: number;
-  /** ... and a 128x64 or 64x128 one from this many. */
+  /**
+   * ... and a 128x64 or 64x128 one from this many. 240 on the H100 (was 300): SmolLM2's packed
+   * q|k|v product (2048 x 960 x 576, 240 tiles of 128x64) 2.77 -> 2.50 ms per step against 64x64
+   * tiles (bench/sweep-tuning.sh, 60 steps, two runs each); no GPT-2 kernel moved.
+   */
   halfWideMatmulMinWorkgroups: number;
   /** Products with one output dimension <= 16 and K >= skinnyMatmulMinK go to the skinny kernel. */
   skinnyMatmul: boolean;
@@ -159,13 +163,19 @@ export interface KernelTuning {
    * 32.94 with 0, SmolLM2 56.08 / 56.23 against 57.70 / 57.68; 264: 32.62, 56.19).
    */
   loraGradWorkgroups: number;
+  /**
+   * Llama runs q_proj, k_proj and v_proj as one product over their stacked weights into packed
+   * [q | k | v] rows, forward and dx, where the method acts on none of them or takes column slices
+   * (LoRA) (models/llama.ts fusesQkv). false: three products each way.
+   */
+  fuseQkv: boolean;
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 300, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132,
+  loraGradWorkgroups: 132, fuseQkv: true,
 };
 
 export class GpuError extends Error {

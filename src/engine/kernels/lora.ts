@@ -47,9 +47,10 @@ interface RankProduct {
 }
 
 export interface LoraProjectArgs extends RankProduct {
-  /** [rows, cols] with rows ldx apart (default cols). */
+  /** [rows, cols] from element offsetX (default 0) with rows ldx apart (default cols). */
   x: Tensor;
   ldx?: number;
+  offsetX?: number;
   /** [rows, r], dense; overwritten. */
   out: Tensor;
 }
@@ -57,18 +58,20 @@ export interface LoraProjectArgs extends RankProduct {
 export interface LoraExpandArgs extends RankProduct {
   /** [rows, r], dense. */
   u: Tensor;
-  /** [rows, cols] with rows ldo apart (default cols). */
+  /** [rows, cols] from element offsetOut (default 0) with rows ldo apart (default cols). */
   out: Tensor;
   ldo?: number;
+  offsetOut?: number;
   accumulate: boolean;
 }
 
 /** Checks the shared arguments (`out` names which operand is written); returns the uniform's values after rows, cols, ld. */
-function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Tensor, out: 'big' | 'small' | 'w'): { sW: [number, number]; threshold: number; dropScale: number; salt: number } {
+function check(what: string, a: RankProduct, ld: number, offset: number, big: Tensor, small: Tensor, out: 'big' | 'small' | 'w'): { sW: [number, number]; threshold: number; dropScale: number; salt: number } {
   const { rows, cols, r } = a;
   for (const [k, v] of Object.entries({ rows, cols, r, ld })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${what}: ${k} must be a positive integer (got ${v})`);
   }
+  if (!Number.isInteger(offset) || offset < 0) throw new Error(`${what}: the offset must be a non-negative integer (got ${offset})`);
   if (r > LORA_MAX_RANK) throw new Error(`${what}: rank ${r} is above ${LORA_MAX_RANK}`);
   if (ld < cols) throw new Error(`${what}: the row stride ${ld} must be at least cols = ${cols}`);
   if (!Number.isFinite(a.alpha)) throw new Error(`${what}: alpha must be finite (got ${a.alpha})`);
@@ -76,7 +79,7 @@ function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Ten
     if (t.dtype !== 'f32') throw new Error(`${what}: ${name} (${t.label}) must be f32 (got ${t.dtype})`);
     if (t.size < n) throw new Error(`${what}: ${name} (${t.label}) has ${t.size} elements, need ${n}`);
   };
-  need('the [rows, cols] operand', big, (rows - 1) * ld + cols);
+  need('the [rows, cols] operand', big, offset + (rows - 1) * ld + cols);
   need('the [rows, r] operand', small, rows * r);
   need('w', a.w, cols * r);
   const operands = { big, small, w: a.w };
@@ -95,7 +98,8 @@ function check(what: string, a: RankProduct, ld: number, big: Tensor, small: Ten
 export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
   const what = `loraProject(${a.out.label})`;
   const ld = a.ldx ?? a.cols;
-  const c = check(what, a, ld, a.x, a.out, 'small');
+  const off = a.offsetX ?? 0;
+  const c = check(what, a, ld, off, a.x, a.out, 'small');
   const blocks = Math.ceil(a.rows / DOWN_ROWS);
   const max = gpu.info.limits.maxComputeWorkgroupsPerDimension;
   const x = Math.min(blocks, max);
@@ -104,7 +108,7 @@ export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
     code,
     entryPoint: 'down',
     constants: { R: a.r },
-    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale)],
+    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale), 0, off],
     buffers: [a.step.buffer, a.out, a.x, a.w],
     workgroups: [x, Math.ceil(blocks / x)],
   });
@@ -114,22 +118,24 @@ export function loraProject(gpu: Gpu, a: LoraProjectArgs): Dispatch {
 export function loraExpand(gpu: Gpu, a: LoraExpandArgs): Dispatch {
   const what = `loraExpand(${a.out.label})`;
   const ld = a.ldo ?? a.cols;
-  const c = check(what, a, ld, a.out, a.u, 'big');
+  const off = a.offsetOut ?? 0;
+  const c = check(what, a, ld, off, a.out, a.u, 'big');
   return bindDispatch(gpu, {
     label: what,
     code,
     entryPoint: 'up',
     constants: { R: a.r },
-    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], a.accumulate ? 1 : 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale)],
+    params: [a.rows, a.cols, ld, c.sW[0], c.sW[1], a.accumulate ? 1 : 0, f32(a.alpha), c.salt, c.threshold, f32(c.dropScale), 0, off],
     buffers: [a.step.buffer, a.out, a.u, a.w],
     workgroups: [Math.ceil(a.cols / 256), Math.ceil(a.rows / UP_ROWS)],
   });
 }
 
 export interface LoraWeightGradArgs extends RankProduct {
-  /** [rows, cols] with rows ld apart (default cols): dy for dB, x for dA (with the forward's dropout). */
+  /** [rows, cols] from element offsetBig (default 0) with rows ld apart (default cols): dy for dB, x for dA (with the forward's dropout). */
   big: Tensor;
   ld?: number;
+  offsetBig?: number;
   /** [rows, r], dense: u for dB, du for dA. */
   small: Tensor;
   /** The chunks' partial sums, at least loraWeightGradScratch(tuning.loraGradWorkgroups, rows, cols, r) elements; aliases nothing else. */
@@ -162,8 +168,9 @@ export function loraWeightGradScratch(workgroups: number, rows: number, cols: nu
 export function loraWeightGrad(gpu: Gpu, a: LoraWeightGradArgs): Op[] {
   const what = `loraWeightGrad(${a.w.label})`;
   const ld = a.ld ?? a.cols;
+  const off = a.offsetBig ?? 0;
   if (!(gpu.tuning.loraGradWorkgroups > 0)) throw new Error(`${what}: tuning.loraGradWorkgroups is ${gpu.tuning.loraGradWorkgroups}; the chunked kernel is off`);
-  const c = check(what, a, ld, a.big, a.small, 'w');
+  const c = check(what, a, ld, off, a.big, a.small, 'w');
   const { rows, cols, r } = a;
   const { chunkRows, chunks } = loraWeightGradChunks(gpu.tuning.loraGradWorkgroups, rows, cols);
   if (a.parts.size < chunks * cols * r) throw new Error(`${what}: parts (${a.parts.label}) has ${a.parts.size} elements, need ${chunks * cols * r}`);
@@ -176,8 +183,8 @@ export function loraWeightGrad(gpu: Gpu, a: LoraWeightGradArgs): Op[] {
       code,
       entryPoint: 'grad',
       // one vec4 load per row and thread where every row starts on a 16-byte boundary and holds whole vec4s
-      constants: { R: r, ALIGNED: ld % 4 === 0 && cols % 4 === 0 ? 1 : 0 },
-      params: [rows, cols, ld, sW0, sW1, 0, f32(1), c.salt, c.threshold, f32(c.dropScale), chunkRows],
+      constants: { R: r, ALIGNED: ld % 4 === 0 && cols % 4 === 0 && off % 4 === 0 ? 1 : 0 },
+      params: [rows, cols, ld, sW0, sW1, 0, f32(1), c.salt, c.threshold, f32(c.dropScale), chunkRows, off],
       buffers: [a.step.buffer, a.parts, a.big, a.small],
       workgroups: [Math.ceil(cols / GRAD_COLS), chunks],
     }),

@@ -85,6 +85,28 @@ export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor
 }
 
 /**
+ * The method's part of a linear site whose frozen product the architecture made itself, one product
+ * for several layers that share their input (Llama's q_proj, k_proj and v_proj into packed rows:
+ * site.y is then a column slice, LinearSite.yOffset / yStride): nothing where the method leaves the
+ * site alone. Only for methods with takesColumnSlices and without replacesLinear.
+ */
+export function adapterForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null, peft: PeftMethod | null): Op[] {
+  if (!peft?.targetsLinear(site.module)) return [];
+  if (peft.replacesLinear || !peft.takesColumnSlices) throw new Error(`${site.module}: the ${peft.kind} method cannot act on a layer that shares its frozen product`);
+  return peft.linearForward(site, frozenLinear(gpu, site, W, bias, false));
+}
+
+/**
+ * adapterForward's backward: the method's parameter gradients and its part of dx (dx null: not
+ * needed), after the architecture made the shared frozen product's dx itself. dy is laid out as y.
+ */
+export function adapterBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor | null, peft: PeftMethod | null, bias: Tensor | null): Op[] {
+  if (!peft?.targetsLinear(site.module)) return [];
+  if (peft.replacesLinear || !peft.takesColumnSlices) throw new Error(`${site.module}: the ${peft.kind} method cannot act on a layer that shares its frozen product`);
+  return peft.linearBackward(site, { dy, dx }, frozenLinear(gpu, site, W, bias, true));
+}
+
+/**
  * The residual branch `location` of layer `layer` when the method puts an adapter there (then the
  * sub-block's output goes to site.branch and the method's branchForward writes `out`), else null.
  */

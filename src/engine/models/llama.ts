@@ -20,10 +20,10 @@ import { attentionRowDelta, flashAttentionBackward, flashAttentionForward, flash
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
-import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
+import { TensorPool, adapterBackward, adapterForward, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
 import { WeightLoader, type RowChunks, type WeightSource } from './weights';
-import { ProgramError, headAndLossBuffers, methodModules, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
+import { ProgramError, headAndLossBuffers, methodModules, methodTakesColumnSlices, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAppend, kvRope } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
 import { checkKvCache, lastRowLogits, prefixIntoCache, writeDecodeTokens, type DecodeProgram, type DecodeProgramOptions, type KvCacheShape } from '../infer/kv-program';
@@ -41,12 +41,32 @@ interface LayerWeights {
    * biases, or I * C not a multiple of 64 elements: up's view must start on a 256-byte boundary).
    */
   gateUp: Tensor | null;
+  /**
+   * [(H + 2 KV) D, C]: q_proj's rows, then k_proj's, then v_proj's, one buffer (q, k and v are views
+   * of it), so that a program can run the three as one product (Llama.fusesQkv); null where they are
+   * separate (the views would not start on 256-byte boundaries).
+   */
+  qkv: Tensor | null;
+  /** [(H + 2 KV) D]: the three biases end to end (a copy; qBias, kBias, vBias stay) where qkv is stacked and the model has them. */
+  qkvBias: Tensor | null;
+}
+
+/**
+ * Where a program keeps q, k and v (LayerActs; their gradients in Scratch laid out alike): three
+ * dense tensors (ldq = H D, ldkv = KV D, offsets 0), or, where q_proj, k_proj and v_proj run as one
+ * product (Llama.fusesQkv), columns [0, H D), [H D, (H + KV) D) and [(H + KV) D, (H + 2 KV) D) of one
+ * [M, (H + 2 KV) D] tensor (LayerActs.q, k and v are then that tensor).
+ */
+interface QkvLayout {
+  fused: boolean;
+  ldq: number; ldkv: number;
+  offQ: number; offK: number; offV: number;
 }
 
 interface LayerActs {
   xn: Tensor; rstd1: Tensor; // input RMSNorm
   qPre: Tensor | null; rstdQ: Tensor | null; kPre: Tensor | null; rstdK: Tensor | null; // Qwen3 q/k norm inputs
-  q: Tensor; k: Tensor; v: Tensor; // q, k after RoPE
+  q: Tensor; k: Tensor; v: Tensor; // q, k after RoPE (one tensor where QkvLayout.fused)
   /** [B*H, T, P+T] probabilities; null with flash attention (Llama.flash) */
   att: Tensor | null;
   /** [B*H*T] each score row's log-sum-exp, for flash attention's backward; null without it */
@@ -141,16 +161,37 @@ export class Llama {
       w.loadInto(u, [I, C], up);
       return { gate, up, gateUp: whole };
     };
+    // q_proj, k_proj and v_proj stacked likewise where k's and v's views start on 256-byte boundaries
+    const stackQkv = (H * D * C) % ARENA_ALIGN === 0 && (KV * D * C) % ARENA_ALIGN === 0;
+    const W = (H + 2 * KV) * D;
+    const qkv = (p: string): Pick<LayerWeights, 'q' | 'k' | 'v' | 'qkv'> => {
+      const [q, k, v] = [`${p}self_attn.q_proj.weight`, `${p}self_attn.k_proj.weight`, `${p}self_attn.v_proj.weight`];
+      if (!stackQkv) return { q: w.load(q, [H * D, C]), k: w.load(k, [KV * D, C]), v: w.load(v, [KV * D, C]), qkv: null };
+      const whole = gpu.tensor([W, C], `${p}self_attn.qkv_proj.weight`);
+      const views = {
+        q: new Tensor(whole.buffer, [H * D, C], q, 'f32', 0, true),
+        k: new Tensor(whole.buffer, [KV * D, C], k, 'f32', H * D * C, true),
+        v: new Tensor(whole.buffer, [KV * D, C], v, 'f32', (H + KV) * D * C, true),
+      };
+      w.loadInto(q, [H * D, C], views.q);
+      w.loadInto(k, [KV * D, C], views.k);
+      w.loadInto(v, [KV * D, C], views.v);
+      return { ...views, qkv: whole };
+    };
     const layers: LayerWeights[] = [];
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = `model.layers.${i}.`;
-      const qkvBias = c.attention_bias;
+      const hasQkvBias = c.attention_bias;
+      const qkvWeights = qkv(p);
+      const qBias = opt(`${p}self_attn.q_proj.bias`, [H * D], hasQkvBias), kBias = opt(`${p}self_attn.k_proj.bias`, [KV * D], hasQkvBias);
+      const vBias = opt(`${p}self_attn.v_proj.bias`, [KV * D], hasQkvBias);
+      const qkvBias = qkvWeights.qkv && qBias && kBias && vBias
+        ? w.loadStacked([[`${p}self_attn.q_proj.bias`, [H * D]], [`${p}self_attn.k_proj.bias`, [KV * D]], [`${p}self_attn.v_proj.bias`, [KV * D]]], `${p}self_attn.qkv_proj.bias`)
+        : null;
       layers.push({
         inNorm: w.load(`${p}input_layernorm.weight`, [C]), postNorm: w.load(`${p}post_attention_layernorm.weight`, [C]),
-        q: w.load(`${p}self_attn.q_proj.weight`, [H * D, C]), k: w.load(`${p}self_attn.k_proj.weight`, [KV * D, C]),
-        v: w.load(`${p}self_attn.v_proj.weight`, [KV * D, C]), o: w.load(`${p}self_attn.o_proj.weight`, [C, H * D]),
-        qBias: opt(`${p}self_attn.q_proj.bias`, [H * D], qkvBias), kBias: opt(`${p}self_attn.k_proj.bias`, [KV * D], qkvBias),
-        vBias: opt(`${p}self_attn.v_proj.bias`, [KV * D], qkvBias), oBias: opt(`${p}self_attn.o_proj.bias`, [C], c.attention_output_bias),
+        ...qkvWeights, qkvBias, o: w.load(`${p}self_attn.o_proj.weight`, [C, H * D]),
+        qBias, kBias, vBias, oBias: opt(`${p}self_attn.o_proj.bias`, [C], c.attention_output_bias),
         qNorm: opt(`${p}self_attn.q_norm.weight`, [D], c.qk_norm), kNorm: opt(`${p}self_attn.k_norm.weight`, [D], c.qk_norm),
         ...gateUp(p),
         down: w.load(`${p}mlp.down_proj.weight`, [C, I]),
@@ -205,12 +246,14 @@ export class Llama {
     const keep = training ? L : 1;
     const actsOn = opts.methodActsOn ?? (() => false);
     const fused = this.fusesGateUp(actsOn, M);
+    const lay = this.qkvLayout(this.fusesQkv(actsOn, methodTakesColumnSlices(null, opts), M));
+    const W = (H + 2 * KV) * D;
     const shared = new Set<string>();
     for (let i = 0; i < keep; i++) {
       const per: [string, number, boolean][] = [
         ['xn', M * C, true], ['rstd1', M, true],
         ['qPre', M * H * D, qk], ['rstdQ', M * H, qk], ['kPre', M * KV * D, qk], ['rstdK', M * KV, qk],
-        ['q', M * H * D, true], ['k', M * KV * D, true], ['v', M * KV * D, true],
+        ['qkv', M * W, lay.fused], ['q', M * H * D, !lay.fused], ['k', M * KV * D, !lay.fused], ['v', M * KV * D, !lay.fused],
         ['att', scores, !flash], ['lse', B * H * T, flash], ['ctx', M * H * D, true],
         ['x2', M * C, true], ['xn2', M * C, true], ['rstd2', M, true],
         ['gate', M * I, !fused], ['up', M * I, !fused], ['gu', 2 * M * I, fused], ['h', M * I, true],
@@ -228,11 +271,11 @@ export class Llama {
     out.push({ label: 'xf', elements: M * C }, { label: 'rstdf', elements: M });
     if (training) out.push({ label: 'dres', elements: M * C }, { label: 'dxn', elements: M * C });
     out.push(...headAndLossBuffers(this.gpu, M, this.lmHead, opts));
-    const splitK = programSplitKElements(this.gpu, M, this.productShapes(fused), this.lmHead, opts);
+    const splitK = programSplitKElements(this.gpu, M, this.productShapes(fused, lay.fused), this.lmHead, opts);
     if (splitK > 0) out.push({ label: 'splitK', elements: splitK });
     if (training) {
       const per: [string, number, boolean][] = [
-        ['dq', M * H * D, true], ['dk', M * KV * D, true], ['dv', M * KV * D, true],
+        ['dqkv', M * W, lay.fused], ['dq', M * H * D, !lay.fused], ['dk', M * KV * D, !lay.fused], ['dv', M * KV * D, !lay.fused],
         ['dqPre', M * H * D, qk], ['dkPre', M * KV * D, qk],
         ['dctx', M * H * D, true], ['dP', scores, !flash], ['delta', B * H * T, true],
         ['dkvScratch', flashAttentionScratchElements(B, T, H, D), flash && this.flashScratch()],
@@ -269,12 +312,12 @@ export class Llama {
     return this.KV < this.H || this.gpu.info.limits.maxStorageBuffersPerShaderStage < 9;
   }
 
-  /** The shape flash attention sees: causal, q [M, H*D] after RoPE, k and v [M, KV*D]. */
-  private attentionShape(B: number, T: number, lengths: Tensor, a: LayerActs): FlashAttentionShape {
+  /** The shape flash attention sees: causal, q [M, H*D] after RoPE, k and v [M, KV*D] (laid out as `lay` says). */
+  private attentionShape(B: number, T: number, lengths: Tensor, a: LayerActs, lay: QkvLayout): FlashAttentionShape {
     const { H, KV, D } = this;
     return {
       B, T, H, kvHeads: KV, D, scale: this.scale, causal: true, lengths,
-      q: a.q, ldq: H * D, k: a.k, ldk: KV * D, v: a.v, ldv: KV * D,
+      q: a.q, offsetQ: lay.offQ, ldq: lay.ldq, k: a.k, offsetK: lay.offK, ldk: lay.ldkv, v: a.v, offsetV: lay.offV, ldv: lay.ldkv,
     };
   }
 
@@ -284,7 +327,8 @@ export class Llama {
     if (this.lmHead !== this.embed) out.push(...this.lmHead.chunks.map((c) => c.tensor));
     for (const l of this.layers) {
       const mlp = l.gateUp ? [l.gateUp] : [l.gate, l.up];
-      for (const t of [l.inNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qBias, l.kBias, l.vBias, l.oBias, l.qNorm, l.kNorm, ...mlp, l.down, l.gateBias, l.upBias, l.downBias]) {
+      const attn = l.qkv ? [l.qkv, l.qkvBias] : [l.q, l.k, l.v];
+      for (const t of [l.inNorm, l.postNorm, ...attn, l.o, l.qBias, l.kBias, l.vBias, l.oBias, l.qNorm, l.kNorm, ...mlp, l.down, l.gateBias, l.upBias, l.downBias]) {
         if (t) out.push(t);
       }
     }
@@ -334,7 +378,9 @@ export class Llama {
     // split-K scratch for this program's layers (site() hands it out while the program is built)
     const actsOn = methodModules(peft, opts);
     const fused = this.fusesGateUp(actsOn, M);
-    const splitKElements = programSplitKElements(gpu, M, this.productShapes(fused), this.lmHead, opts);
+    const lay = this.qkvLayout(this.fusesQkv(actsOn, methodTakesColumnSlices(peft, opts), M));
+    const W = (H + 2 * KV) * D;
+    const splitKElements = programSplitKElements(gpu, M, this.productShapes(fused, lay.fused), this.lmHead, opts);
     this.splitKScratch = splitKElements > 0 ? pool.t([splitKElements], 'splitK') : null;
     const t = pool.t.bind(pool);
     const tokens = t([M], 'tokens', 'u32');
@@ -354,11 +400,13 @@ export class Llama {
     };
     const acts: LayerActs[] = Array.from({ length: keep }, (_, i) => {
       const gu = fused ? t([M, 2 * I], `l${i}.gu`) : null;
+      const xn = input(i, 'xn', [M, C]), rstd1 = t([M], `l${i}.rstd1`);
+      const qPre = qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ = qk ? t([M * H], `l${i}.rstdQ`) : null;
+      const kPre = qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK = qk ? t([M * KV], `l${i}.rstdK`) : null;
+      const qkv = lay.fused ? t([M, W], `l${i}.qkv`) : null;
       return {
-        xn: input(i, 'xn', [M, C]), rstd1: t([M], `l${i}.rstd1`),
-        qPre: qk ? t([M, H * D], `l${i}.qPre`) : null, rstdQ: qk ? t([M * H], `l${i}.rstdQ`) : null,
-        kPre: qk ? t([M, KV * D], `l${i}.kPre`) : null, rstdK: qk ? t([M * KV], `l${i}.rstdK`) : null,
-        q: t([M, H * D], `l${i}.q`), k: t([M, KV * D], `l${i}.k`), v: t([M, KV * D], `l${i}.v`),
+        xn, rstd1, qPre, rstdQ, kPre, rstdK,
+        q: qkv ?? t([M, H * D], `l${i}.q`), k: qkv ?? t([M, KV * D], `l${i}.k`), v: qkv ?? t([M, KV * D], `l${i}.v`),
         ...(flash ? { att: null, lse: t([B * H * T], `l${i}.lse`) } : { att: t([B * H, T, P + T], `l${i}.att`), lse: null }), ctx: t([M, H * D], `l${i}.ctx`),
         x2: t([M, C], `l${i}.x2`), xn2: input(i, 'xn2', [M, C]), rstd2: t([M], `l${i}.rstd2`),
         gate: gu ?? t([M, I], `l${i}.gate`), up: gu ?? t([M, I], `l${i}.up`), h: input(i, 'h', [M, I]), gu,
@@ -368,7 +416,7 @@ export class Llama {
 
     const forward: Op[] = [...(peft?.forwardStart?.() ?? []), ...embedTokens(gpu, this.embed, tokens, xs[0], M, T, null)];
     if (nv) forward.push(...peft!.embeddingForward!(xs[0], B, T));
-    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lengths, peft, B, T, training));
+    for (let l = 0; l < L; l++) forward.push(...this.layerForward(l, xAt(l), xAt(l + 1), acts[l % keep], lay, lengths, peft, B, T, training));
     forward.push(rmsNormForward(gpu, { x: xAt(L), weight: this.finalNorm, out: xf, rstd: rstdf, rows: M, C, eps: this.config.rms_norm_eps }));
     const dres = training ? t([M, C], 'dres') : null;
     const dxn = training ? t([M, C], 'dxn') : null;
@@ -383,9 +431,10 @@ export class Llama {
       backward.push(...(peft?.backwardStart?.() ?? []));
       backward.push(rmsNormBackward(gpu, { dout: dxn!, x: xAt(L), weight: this.finalNorm, rstd: rstdf, dx: dres!, rows: M, C, accumulate: false }));
       const lowest = peft ? this.lowestTrainableLayer(peft) : L;
+      const dqkv = lay.fused ? t([M, W], 'dqkv') : null;
       const s: Scratch = {
         dres: dres!, dxn: dxn!,
-        dq: t([M, H * D], 'dq'), dk: t([M, KV * D], 'dk'), dv: t([M, KV * D], 'dv'),
+        dq: dqkv ?? t([M, H * D], 'dq'), dk: dqkv ?? t([M, KV * D], 'dk'), dv: dqkv ?? t([M, KV * D], 'dv'),
         dqPre: qk ? t([M, H * D], 'dqPre') : null, dkPre: qk ? t([M, KV * D], 'dkPre') : null,
         dctx: t([M, H * D], 'dctx'),
         dP: flash ? null : t([B * H, T, P + T], 'dP'), delta: t([B * H * T], 'delta'),
@@ -394,7 +443,7 @@ export class Llama {
         dh: t([M, I], 'dh'), dgate: fused ? null : t([M, I], 'dgate'), dup: fused ? null : t([M, I], 'dup'),
       };
       // the lowest layer's input gradient only matters to prompt tuning (its virtual rows)
-      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], lengths, s, peft, B, T, l > lowest || nv > 0));
+      for (let l = L - 1; l >= lowest; l--) backward.push(...this.layerBackward(l, xAt(l), xAt(l + 1), acts[l], lay, lengths, s, peft, B, T, l > lowest || nv > 0));
       // dres now holds dLoss/dx0: the virtual rows' gradient
       if (nv) backward.push(...peft!.embeddingBackward!(dres!, B, T));
       backward.push(...(peft?.backwardEnd?.() ?? []));
@@ -524,10 +573,35 @@ export class Llama {
     return this.layers.every((w, i) => w.gateUp && !actsOn(`model.layers.${i}.mlp.gate_proj`) && !actsOn(`model.layers.${i}.mlp.up_proj`));
   }
 
-  /** The linear products' shapes (the split-K scratch is sized for the largest): the modules', and gate_proj + up_proj as one where fused. */
-  private productShapes(fused: boolean): { inFeatures: number; outFeatures: number }[] {
+  /**
+   * Whether a program of M rows runs q_proj, k_proj and v_proj as one product over the stacked
+   * weights (LayerWeights.qkv) into packed [M, (H + 2 KV) D] rows (QkvLayout): every layer has them
+   * stacked, no q/k norms (Qwen3's run on their own pre-norm tensors), the packed rows fit one
+   * binding, and the method acts on none of them or takes column slices (LoRA: its sites are then
+   * columns of the packed rows). SmolLM2's three products at 2048 rows: one 2048 x 960 x 576 product
+   * forward and one 2048 x 576 x 960 for dx instead of three each (docs/performance.md, session 15).
+   */
+  private fusesQkv(actsOn: (module: string) => boolean, takesColumnSlices: boolean, M: number): boolean {
+    if (!this.gpu.tuning.fuseQkv || this.config.qk_norm) return false;
+    if (M * (this.H + 2 * this.KV) * this.D * 4 > this.gpu.maxBindingBytes) return false;
+    const modules = ['q_proj', 'k_proj', 'v_proj'];
+    return this.layers.every((w, i) => w.qkv && (w.qkvBias !== null) === (w.qBias !== null)
+      && (takesColumnSlices || modules.every((m) => !actsOn(`model.layers.${i}.self_attn.${m}`))));
+  }
+
+  private qkvLayout(fused: boolean): QkvLayout {
+    const { H, KV, D } = this;
+    if (!fused) return { fused, ldq: H * D, ldkv: KV * D, offQ: 0, offK: 0, offV: 0 };
+    const W = (H + 2 * KV) * D;
+    return { fused, ldq: W, ldkv: W, offQ: 0, offK: H * D, offV: (H + KV) * D };
+  }
+
+  /** The linear products' shapes (the split-K scratch is sized for the largest): the modules', gate_proj + up_proj and q_proj + k_proj + v_proj as one where fused. */
+  private productShapes(fusedGateUp: boolean, fusedQkv: boolean): { inFeatures: number; outFeatures: number }[] {
     const out: { inFeatures: number; outFeatures: number }[] = this.linearModules();
-    return fused ? [...out, { inFeatures: this.C, outFeatures: 2 * this.I }] : out;
+    if (fusedGateUp) out.push({ inFeatures: this.C, outFeatures: 2 * this.I });
+    if (fusedQkv) out.push({ inFeatures: this.C, outFeatures: (this.H + 2 * this.KV) * this.D });
+    return out;
   }
 
   private lowestTrainableLayer(peft: PeftMethod): number {
@@ -550,6 +624,18 @@ export class Llama {
   }
 
   /**
+   * q_proj's, k_proj's and v_proj's sites where the three run as one product (QkvLayout.fused): each
+   * one's y is its columns of the packed rows (a.q), with its weight and bias.
+   */
+  private qkvSites(training: boolean, l: number, a: LayerActs, lay: QkvLayout, M: number): [LinearSite, Tensor, Tensor | null][] {
+    const { C, H, KV, D } = this;
+    const w = this.layers[l];
+    const p = `model.layers.${l}.self_attn.`;
+    const slice = (name: string, outF: number, yOffset: number): LinearSite => ({ ...this.site(training, `${p}${name}`, l, C, outF, a.xn, a.q, M), yOffset, yStride: lay.ldq });
+    return [[slice('q_proj', H * D, lay.offQ), w.q, w.qBias], [slice('k_proj', KV * D, lay.offK), w.k, w.kBias], [slice('v_proj', KV * D, lay.offV), w.v, w.vBias]];
+  }
+
+  /**
    * The prefix's dK and dV (summed over the batch and a group's query heads into the prefix's
    * rows): head h = g*G + j reads KV head g, one dispatch per j, each accumulating into what j - 1
    * left (one dispatch for all would race). The other attention products take every head at once
@@ -561,20 +647,21 @@ export class Llama {
   }
 
   /**
-   * dK or dV of the T x T path into `out` [M, KV*D]: product(c) makes it for every (sequence, query
-   * head) into c [M, H*D]. With one query head per key/value head that is out itself; with
-   * grouped-query heads it is s.headGrads, then each group's sum (groupedHeadSum) goes to out.
+   * dK or dV of the T x T path into `out` [M, KV*D] (from element offOut, rows ldOut apart):
+   * product(c, offC, ldc) makes it for every (sequence, query head) into c [M, H*D] from offC with
+   * rows ldc apart. With one query head per key/value head that is out itself; with grouped-query
+   * heads it is s.headGrads (dense), then each group's sum (groupedHeadSum) goes to out.
    */
-  private headsIntoGroups(s: Scratch, name: string, p: string, out: Tensor, product: (c: Tensor) => Op): Op[] {
+  private headsIntoGroups(s: Scratch, name: string, p: string, out: Tensor, offOut: number, ldOut: number, product: (c: Tensor, offC: number, ldc: number) => Op): Op[] {
     const { H, KV, D } = this;
-    if (!s.headGrads) return [product(out)];
+    if (!s.headGrads) return [product(out, offOut, ldOut)];
     return [
-      product(s.headGrads),
-      groupedHeadSum(this.gpu, { label: `${p}attn.${name}[group sum]`, part: s.headGrads, out, ldOut: KV * D, rows: s.headGrads.shape[0], H, kvHeads: KV, D }),
+      product(s.headGrads, 0, H * D),
+      groupedHeadSum(this.gpu, { label: `${p}attn.${name}[group sum]`, part: s.headGrads, out, offOut, ldOut, rows: s.headGrads.shape[0], H, kvHeads: KV, D }),
     ];
   }
 
-  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
+  private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lay: QkvLayout, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
     const w = this.layers[l];
@@ -588,10 +675,17 @@ export class Llama {
     const mlpBranch = branchSite(peft, l, 'output', M, C, a.x2, xOut);
     // attention block: x2 = x + o_proj(attn(rope(q), rope(k), v))
     ops.push(rmsNormForward(gpu, { x, weight: w.inNorm, out: a.xn, rstd: a.rstd1, rows: M, C, eps, copyTo: attnBranch ? undefined : a.x2 }));
-    const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
-    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
-    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
-    ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, w.vBias, false, peft));
+    if (lay.fused) {
+      // q_proj, k_proj and v_proj as one product: [q | k | v] = xn [W_q; W_k; W_v]^T (+ the stacked biases),
+      // then the method's part of each on its columns
+      ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj`, a: a.xn, b: w.qkv!, transB: true, c: a.q, bias: w.qkvBias ?? undefined, M, N: lay.ldq, K: C }, this.splitKScratch));
+      for (const [site, W, bias] of this.qkvSites(training, l, a, lay, M)) ops.push(...adapterForward(gpu, site, W, bias, peft));
+    } else {
+      const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
+      ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.q_proj`, l, C, H * D, a.xn, qOut, M), w.q, w.qBias, false, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, kOut, M), w.k, w.kBias, false, peft));
+      ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, w.vBias, false, peft));
+    }
     if (a.qPre) {
       // Qwen3: RMSNorm over each head's D values, before RoPE
       ops.push(rmsNormForward(gpu, { x: a.qPre, weight: w.qNorm!, out: a.q, rstd: a.rstdQ!, rows: M * H, C: D, eps }));
@@ -602,14 +696,14 @@ export class Llama {
     // shared by the batch; the tokens' rotary positions start at P.
     const pre = peft?.prefixTokens ? peft.attentionPrefix!(l) : null;
     const P = pre?.tokens ?? 0;
-    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
-    ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: H * D, heads: H }));
-    ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: KV * D, heads: KV }));
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, positionOffset: P };
+    ops.push(ropeForward(gpu, { ...rope, x: a.q, rowStride: lay.ldq, colOffset: lay.offQ, heads: H }));
+    ops.push(ropeForward(gpu, { ...rope, x: a.k, rowStride: lay.ldkv, colOffset: lay.offK, heads: KV }));
     if (a.lse) {
       // flash attention: every query head of a group reads its key/value head in the one dispatch
-      ops.push(...flashAttentionForward(gpu, { ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse }));
+      ops.push(...flashAttentionForward(gpu, { ...this.attentionShape(B, T, lengths, a, lay), out: a.ctx, ldo: H * D, lse: a.lse }));
     } else {
-      ops.push(...this.attentionForward(a.att!, a, lengths, pre, B, T, p));
+      ops.push(...this.attentionForward(a.att!, a, lay, lengths, pre, B, T, p));
     }
     if (attnBranch) {
       ops.push(...linearForward(gpu, this.site(training, `${p}self_attn.o_proj`, l, H * D, C, a.ctx, attnBranch.branch, M), w.o, w.oBias, false, peft));
@@ -638,8 +732,9 @@ export class Llama {
   }
 
   /** The T x T path of layerForward's attention: scores, masked softmax and P V, one dispatch per query head of a group (prefix rows first when P > 0). */
-  private attentionForward(att: Tensor, a: LayerActs, lengths: Tensor, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
+  private attentionForward(att: Tensor, a: LayerActs, lay: QkvLayout, lengths: Tensor, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
     const { gpu, H, KV, D } = this;
+    const { ldq, ldkv } = lay;
     const G = H / KV;
     const P = pre?.tokens ?? 0, Tk = P + T;
     const ops: Op[] = [];
@@ -650,15 +745,15 @@ export class Llama {
     // (every (batch, query head) in one product, head h reading key/value head h / G: groupB)
     if (pre) {
       ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_scores`, a: a.q, lda: H * D, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
+        label: `${p}attn.prefix_scores`, a: a.q, offsetA: lay.offQ, lda: ldq, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, transB: true,
         c: att, ldc: Tk, M: T, N: P, K: D,
-        batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
+        batch: { outer: B, inner: H, groupB: G, strideA: [T * ldq, D], strideB: [0, D], strideC: [H * T * Tk, T * Tk] },
       }));
     }
     ops.push(matmul(gpu, {
-      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, lda: H * D, b: a.k, ldb: KV * D, transB: true,
+      label: `${p}attn.scores`, triangle: 'lowerC', a: a.q, offsetA: lay.offQ, lda: ldq, b: a.k, offsetB: lay.offK, ldb: ldkv, transB: true,
       c: att, offsetC: P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
+      batch: { outer: B, inner: H, groupB: G, strideA: [T * ldq, D], strideB: [T * ldkv, D], strideC: [H * T * Tk, T * Tk] },
     }));
     if (pre) ops.push(attentionPrefixSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, P, scale: this.scale, causal: true }));
     else ops.push(attentionSoftmaxForward(gpu, { scores: att, probs: att, lengths, B, H, T, scale: this.scale, causal: true }));
@@ -669,15 +764,16 @@ export class Llama {
       }));
     }
     ops.push(matmul(gpu, {
-      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: P, lda: Tk, b: a.v, ldb: KV * D, c: a.ctx, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
-      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, D] },
+      label: `${p}attn.pv`, triangle: 'lowerA', a: att, offsetA: P, lda: Tk, b: a.v, offsetB: lay.offV, ldb: ldkv, c: a.ctx, ldc: H * D, M: T, N: D, K: T, accumulate: P > 0,
+      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * ldkv, D], strideC: [T * H * D, D] },
     }));
     return ops;
   }
 
   /** The T x T path of layerBackward's attention (the mirror of attentionForward): dq, dk, dv into s, the prefix rows' gradients into the method's. */
-  private attentionBackward(att: Tensor, dP: Tensor, a: LayerActs, s: Scratch, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
+  private attentionBackward(att: Tensor, dP: Tensor, a: LayerActs, lay: QkvLayout, s: Scratch, pre: AttentionPrefix | null, B: number, T: number, p: string): Op[] {
     const { gpu, H, KV, D } = this;
+    const { ldq, ldkv } = lay;
     const G = H / KV;
     const ops: Op[] = [];
     // prefix tuning: score rows are [P prefix keys | T keys]; the prefix gradients are summed over
@@ -696,13 +792,13 @@ export class Llama {
     }
     if (!pre) ops.push(attentionRowDelta(gpu, { B, T, H, D, out: a.ctx, ldo: H * D, dout: s.dctx, lddo: H * D, delta: s.delta }));
     ops.push(matmul(gpu, {
-      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: H * D, b: a.v, ldb: KV * D, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
-      batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * KV * D, D], strideC: [H * T * Tk, T * Tk] },
+      label: `${p}attn.dP`, triangle: 'lowerC', a: s.dctx, lda: H * D, b: a.v, offsetB: lay.offV, ldb: ldkv, transB: true, c: dP, offsetC: P, ldc: Tk, M: T, N: T, K: D,
+      batch: { outer: B, inner: H, groupB: G, strideA: [T * H * D, D], strideB: [T * ldkv, D], strideC: [H * T * Tk, T * Tk] },
       ...(pre ? {} : { alpha: this.scale, softmaxGradOf: { probs: att, rowTerms: s.delta } }),
     }));
-    ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, (c) => matmul(gpu, {
-      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: H * D, c, ldc: H * D, M: T, N: D, K: T,
-      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] },
+    ops.push(...this.headsIntoGroups(s, 'dV', p, s.dv, lay.offV, ldkv, (c, offsetC, ldc) => matmul(gpu, {
+      label: `${p}attn.dV`, triangle: 'upperA', a: att, offsetA: P, lda: Tk, transA: true, b: s.dctx, ldb: H * D, c, offsetC, ldc, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * ldc, D] },
     })));
     if (pre) {
       for (let b = 0; b < B; b++) {
@@ -716,21 +812,21 @@ export class Llama {
     }
     // dQ = dS K ; dK = sum over the group of dS^T Q
     ops.push(matmul(gpu, {
-      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: P, lda: Tk, b: a.k, ldb: KV * D, c: s.dq, ldc: H * D, M: T, N: D, K: T,
-      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * KV * D, D], strideC: [T * H * D, D] },
+      label: `${p}attn.dQ`, triangle: 'lowerA', a: dP, offsetA: P, lda: Tk, b: a.k, offsetB: lay.offK, ldb: ldkv, c: s.dq, offsetC: lay.offQ, ldc: ldq, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [T * ldkv, D], strideC: [T * ldq, D] },
     }));
-    ops.push(...this.headsIntoGroups(s, 'dK', p, s.dk, (c) => matmul(gpu, {
-      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: P, lda: Tk, transA: true, b: a.q, ldb: H * D, c, ldc: H * D, M: T, N: D, K: T,
-      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * H * D, D], strideC: [T * H * D, D] },
+    ops.push(...this.headsIntoGroups(s, 'dK', p, s.dk, lay.offK, ldkv, (c, offsetC, ldc) => matmul(gpu, {
+      label: `${p}attn.dK`, triangle: 'upperA', a: dP, offsetA: P, lda: Tk, transA: true, b: a.q, offsetB: lay.offQ, ldb: ldq, c, offsetC, ldc, M: T, N: D, K: T,
+      batch: { outer: B, inner: H, strideA: [H * T * Tk, T * Tk], strideB: [T * ldq, D], strideC: [T * ldc, D] },
     })));
     if (pre) {
       ops.push(matmul(gpu, {
-        label: `${p}attn.prefix_dQ`, a: dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, ldc: H * D, M: T, N: D, K: P, accumulate: true,
-        batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * H * D, D] },
+        label: `${p}attn.prefix_dQ`, a: dP, lda: Tk, b: pre.value, offsetB: pre.keyOffset, ldb: pre.ld, c: s.dq, offsetC: lay.offQ, ldc: ldq, M: T, N: D, K: P, accumulate: true,
+        batch: { outer: B, inner: H, groupB: G, strideA: [H * T * Tk, T * Tk], strideB: [0, D], strideC: [T * ldq, D] },
       }));
       for (let b = 0; b < B; b++) {
         ops.push(...this.perGroup((j) => matmul(gpu, {
-          label: `${p}attn.prefix_dK`, a: dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: b * T * H * D + j * D, ldb: H * D,
+          label: `${p}attn.prefix_dK`, a: dP, offsetA: b * H * T * Tk + j * T * Tk, lda: Tk, transA: true, b: a.q, offsetB: lay.offQ + b * T * ldq + j * D, ldb: ldq,
           c: pre.grad, offsetC: pre.keyOffset, ldc: pre.ld, M: P, N: D, K: T, accumulate: true,
           batch: { outer: 1, inner: KV, strideA: [0, G * T * Tk], strideB: [0, G * D], strideC: [0, D] },
         })));
@@ -746,7 +842,7 @@ export class Llama {
 
   /** On entry s.dres = dLoss/d(output of layer l); on exit dLoss/d(input of layer l). */
   /** As GPT-2's: inputGrad false makes only the adapter's gradients at the input projections (no q/k/v dx, no input norm backward). */
-  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, s: Scratch, peft: PeftMethod | null, B: number, T: number, inputGrad: boolean): Op[] {
+  private layerBackward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lay: QkvLayout, lengths: Tensor, s: Scratch, peft: PeftMethod | null, B: number, T: number, inputGrad: boolean): Op[] {
     const { gpu, C, H, KV, D, I } = this;
     const M = B * T;
     const w = this.layers[l];
@@ -787,15 +883,16 @@ export class Llama {
       // flash attention: the scores and probabilities again from q, k and the saved log-sum-exp;
       // dk, dv summed over each group's query heads inside the kernel
       ops.push(...flashAttentionBackward(gpu, {
-        ...this.attentionShape(B, T, lengths, a), out: a.ctx, ldo: H * D, lse: a.lse, dout: s.dctx, lddo: H * D, delta: s.delta,
-        dq: s.dq, lddq: H * D, dk: s.dk, lddk: KV * D, dv: s.dv, lddv: KV * D, ...(s.dkvScratch ? { dkvScratch: s.dkvScratch } : {}),
+        ...this.attentionShape(B, T, lengths, a, lay), out: a.ctx, ldo: H * D, lse: a.lse, dout: s.dctx, lddo: H * D, delta: s.delta,
+        dq: s.dq, offsetDQ: lay.offQ, lddq: lay.ldq, dk: s.dk, offsetDK: lay.offK, lddk: lay.ldkv, dv: s.dv, offsetDV: lay.offV, lddv: lay.ldkv,
+        ...(s.dkvScratch ? { dkvScratch: s.dkvScratch } : {}),
       }));
     } else {
-      ops.push(...this.attentionBackward(a.att!, s.dP!, a, s, pre, B, T, p));
+      ops.push(...this.attentionBackward(a.att!, s.dP!, a, lay, s, pre, B, T, p));
     }
-    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, colOffset: 0, positionOffset: P };
-    ops.push(ropeBackward(gpu, { ...rope, x: s.dq, rowStride: H * D, heads: H }));
-    ops.push(ropeBackward(gpu, { ...rope, x: s.dk, rowStride: KV * D, heads: KV }));
+    const rope = { cos: this.rope.cos, sin: this.rope.sin, rotaryDim: this.rope.rotaryDim, rows: M, T, headDim: D, positionOffset: P };
+    ops.push(ropeBackward(gpu, { ...rope, x: s.dq, rowStride: lay.ldq, colOffset: lay.offQ, heads: H }));
+    ops.push(ropeBackward(gpu, { ...rope, x: s.dk, rowStride: lay.ldkv, colOffset: lay.offK, heads: KV }));
     let dq = s.dq, dk = s.dk;
     if (a.qPre) {
       ops.push(rmsNormBackward(gpu, { dout: s.dq, x: a.qPre, weight: w.qNorm!, rstd: a.rstdQ!, dx: s.dqPre!, rows: M * H, C: D, accumulate: false }));
@@ -804,9 +901,15 @@ export class Llama {
       dk = s.dkPre!;
     }
     const dxn = inputGrad ? s.dxn : null;
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, dxn, false, peft, w.qBias));
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, dxn, true, peft, w.kBias));
-    ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, dxn, true, peft, w.vBias));
+    if (lay.fused) {
+      // dxn = [dq | dk | dv] [W_q; W_k; W_v] as one product (K = (H + 2 KV) D), then each method's part
+      if (dxn) ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj.dx`, a: s.dq, b: w.qkv!, c: dxn, M, N: C, K: lay.ldq }, this.splitKScratch));
+      for (const [site, W, bias] of this.qkvSites(true, l, a, lay, M)) ops.push(...adapterBackward(gpu, site, W, s.dq, dxn, peft, bias));
+    } else {
+      ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, dxn, false, peft, w.qBias));
+      ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.k_proj`, l, C, KV * D, a.xn, a.kPre ?? a.k, M), w.k, dk, dxn, true, peft, w.kBias));
+      ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.v_proj`, l, C, KV * D, a.xn, a.v, M), w.v, s.dv, dxn, true, peft, w.vBias));
+    }
     if (inputGrad) ops.push(rmsNormBackward(gpu, { dout: s.dxn, x, weight: w.inNorm, rstd: a.rstd1, dx: s.dres, rows: M, C, accumulate: true }));
     return ops;
   }

@@ -42,6 +42,16 @@ export interface ProgramOptions {
    * gate_proj and up_proj as one product where neither is acted on.
    */
   methodActsOn?: (module: string) => boolean;
+  /**
+   * With methodActsOn: whether that method takes column slices (PeftMethod.takesColumnSlices), so
+   * that Llama may run q_proj, k_proj and v_proj as one product where it acts on them (default false).
+   */
+  methodTakesColumnSlices?: boolean;
+}
+
+/** Whether the program's method takes column slices, as buildProgram (given `peft`) and the memory plan (given the options alone) both decide it. */
+export function methodTakesColumnSlices(peft: { readonly takesColumnSlices?: boolean } | null, opts: Pick<ProgramOptions, 'methodActsOn' | 'methodTakesColumnSlices'>): boolean {
+  return opts.methodActsOn ? (opts.methodTakesColumnSlices ?? false) : Boolean(peft?.takesColumnSlices);
 }
 
 /** ProgramOptions.methodActsOn as buildProgram applies it for `peft` (null: no method). */

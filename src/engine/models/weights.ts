@@ -72,6 +72,18 @@ export class WeightLoader {
     this.gpu.write(dst, this.read(name, shape));
   }
 
+  /** Uploads tensors end to end as one [total] tensor, checking each one's shape. */
+  loadStacked(parts: readonly (readonly [string, readonly number[]])[], label: string): Tensor {
+    const datas = parts.map(([name, shape]) => this.read(name, shape));
+    const all = new Float32Array(datas.reduce((n, d) => n + d.length, 0));
+    let at = 0;
+    for (const d of datas) {
+      all.set(d, at);
+      at += d.length;
+    }
+    return this.gpu.tensorFrom(all, [all.length], label);
+  }
+
   /** Uploads a [rows, cols] matrix split into row blocks that each fit one binding. */
   loadRowChunks(name: string, rows: number, cols: number, maxChunkBytes = this.gpu.maxBindingBytes): RowChunks {
     const data = this.read(name, [rows, cols]);

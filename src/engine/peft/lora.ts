@@ -127,6 +127,8 @@ interface LoraModule {
 
 export class Lora implements PeftMethod {
   readonly kind = 'lora' as const;
+  /** Its sites' y and dy may be column slices of wider rows (LinearSite.yOffset, yStride). */
+  readonly takesColumnSlices = true;
   readonly params: TrainableParam[];
   readonly scale: number;
   private readonly modules = new Map<string, LoraModule>();
@@ -231,6 +233,8 @@ export class Lora implements PeftMethod {
     const s = this.scratchFor(site.rows);
     const u = this.uFor(site);
     const { rows, inFeatures: K, outFeatures: N } = site;
+    // y may be a column slice of wider rows (LinearSite.yOffset, yStride)
+    const yOff = site.yOffset ?? 0, ldy = site.yStride ?? N;
     const r = this.settings.r;
     const p = site.training ? this.settings.dropout : 0;
     const g = this.gpu;
@@ -238,12 +242,12 @@ export class Lora implements PeftMethod {
       // u = dropout(x) A^T (kept for backward); y += scale * u B^T
       return [
         loraProject(g, { x: site.x, w: m.A.value, wLayout: 'r_cols', out: u, rows, cols: K, r, alpha: 1, step: this.step, dropout: p > 0 ? { p, salt: m.salt } : undefined }),
-        loraExpand(g, { u, w: m.B.value, wLayout: 'cols_r', out: site.y, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }),
+        loraExpand(g, { u, w: m.B.value, wLayout: 'cols_r', out: site.y, offsetOut: yOff, ldo: ldy, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }),
       ];
     }
     const { x, ops } = this.droppedInput(site, m, s, p);
     ops.push(matmul(g, { label: `${site.module}.lora_A`, a: x, b: m.A.value, c: u, M: rows, N: r, K, transB: true }));
-    ops.push(matmul(g, { label: `${site.module}.lora_B`, a: u, b: m.B.value, c: site.y, M: rows, N, K: r, transB: true, alpha: this.scale, accumulate: true }));
+    ops.push(matmul(g, { label: `${site.module}.lora_B`, a: u, b: m.B.value, c: site.y, offsetC: yOff, ldc: ldy, M: rows, N, K: r, transB: true, alpha: this.scale, accumulate: true }));
     return ops;
   }
 
@@ -256,15 +260,17 @@ export class Lora implements PeftMethod {
     const g = this.gpu;
     const p = this.settings.dropout;
     const ops: Op[] = [];
+    // dy laid out as y (LinearSite.yOffset, yStride)
+    const dyOff = site.yOffset ?? 0, lddy = site.yStride ?? N;
     // dB += scale * dy^T u (u from the forward)
     if (this.chunkedGrads) {
-      ops.push(...loraWeightGrad(g, { big: grad.dy, small: u, w: m.B.grad, wLayout: 'cols_r', parts: s.gradParts!, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }));
+      ops.push(...loraWeightGrad(g, { big: grad.dy, offsetBig: dyOff, ld: lddy, small: u, w: m.B.grad, wLayout: 'cols_r', parts: s.gradParts!, rows, cols: N, r, alpha: this.scale, accumulate: true, step: this.step }));
     } else {
-      ops.push(matmul(g, { label: `${site.module}.dB`, a: grad.dy, b: u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true }));
+      ops.push(matmul(g, { label: `${site.module}.dB`, a: grad.dy, offsetA: dyOff, lda: lddy, b: u, c: m.B.grad, M: N, N: r, K: rows, transA: true, alpha: this.scale, accumulate: true }));
     }
     // du = scale * dy B
-    if (this.fused) ops.push(loraProject(g, { x: grad.dy, w: m.B.value, wLayout: 'cols_r', out: s.du, rows, cols: N, r, alpha: this.scale, step: this.step }));
-    else ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
+    if (this.fused) ops.push(loraProject(g, { x: grad.dy, offsetX: dyOff, ldx: lddy, w: m.B.value, wLayout: 'cols_r', out: s.du, rows, cols: N, r, alpha: this.scale, step: this.step }));
+    else ops.push(matmul(g, { label: `${site.module}.du`, a: grad.dy, offsetA: dyOff, lda: lddy, b: m.B.value, c: s.du, M: rows, N: r, K: N, alpha: this.scale }));
     // dA += du^T dropout(x) (the forward's mask, regenerated)
     if (this.chunkedGrads) {
       ops.push(...loraWeightGrad(g, { big: site.x, small: s.du, w: m.A.grad, wLayout: 'r_cols', parts: s.gradParts!, rows, cols: K, r, alpha: 1, accumulate: true, step: this.step, dropout: p > 0 ? { p, salt: m.salt } : undefined }));

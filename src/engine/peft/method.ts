@@ -70,6 +70,13 @@ export interface LinearSite {
   x: Tensor;
   /** The tensor y is accumulated into [rows, out]. */
   y: Tensor;
+  /**
+   * y as a column slice of wider rows: element (row, j) at yOffset + row * yStride + j (defaults 0
+   * and outFeatures, dense); dy in backward has the same layout. Llama's q, k and v inside the
+   * packed q|k|v rows of one frozen product. Only given to methods with takesColumnSlices.
+   */
+  yOffset?: number;
+  yStride?: number;
   weightLayout: 'in_out' | 'out_in';
   /**
    * Whether the program trains: adapter dropout applies only then (evaluation, classification
@@ -173,6 +180,12 @@ export interface PeftMethod {
   linearBackward(site: LinearSite, grad: LinearGrad, base: FrozenLinear): Op[];
   /** The method makes the frozen product of the layers it targets itself (IA3). */
   readonly replacesLinear?: boolean;
+  /**
+   * Whether linearForward / linearBackward honour LinearSite.yOffset and yStride (y and dy as a
+   * column slice of wider rows), so that an architecture may run several targeted layers sharing
+   * an input as one frozen product (Llama's q_proj, k_proj and v_proj). Absent: never given one.
+   */
+  readonly takesColumnSlices?: boolean;
   /** Virtual tokens placed before every sequence (prompt tuning); 0 or absent otherwise. */
   readonly virtualTokens?: number;
   /** x0 is [B*S, C] (S = virtualTokens + T) with the token embeddings in place: write the virtual rows. */
