@@ -91,9 +91,15 @@ export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor
  * site alone. Only for methods with takesColumnSlices and without replacesLinear.
  */
 export function adapterForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tensor | null, peft: PeftMethod | null): Op[] {
-  if (!peft?.targetsLinear(site.module)) return [];
+  const method = sharedProductMethod(site, peft);
+  return method ? method.linearForward(site, frozenLinear(gpu, site, W, bias, false)) : [];
+}
+
+/** The method acting on a site of a shared frozen product (null: none acts on it); refuses one that cannot take column slices. */
+function sharedProductMethod(site: LinearSite, peft: PeftMethod | null): PeftMethod | null {
+  if (!peft?.targetsLinear(site.module)) return null;
   if (peft.replacesLinear || !peft.takesColumnSlices) throw new Error(`${site.module}: the ${peft.kind} method cannot act on a layer that shares its frozen product`);
-  return peft.linearForward(site, frozenLinear(gpu, site, W, bias, false));
+  return peft;
 }
 
 /**
@@ -101,9 +107,8 @@ export function adapterForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tens
  * needed), after the architecture made the shared frozen product's dx itself. dy is laid out as y.
  */
 export function adapterBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor, dx: Tensor | null, peft: PeftMethod | null, bias: Tensor | null): Op[] {
-  if (!peft?.targetsLinear(site.module)) return [];
-  if (peft.replacesLinear || !peft.takesColumnSlices) throw new Error(`${site.module}: the ${peft.kind} method cannot act on a layer that shares its frozen product`);
-  return peft.linearBackward(site, { dy, dx }, frozenLinear(gpu, site, W, bias, true));
+  const method = sharedProductMethod(site, peft);
+  return method ? method.linearBackward(site, { dy, dx }, frozenLinear(gpu, site, W, bias, true)) : [];
 }
 
 /**
