@@ -247,7 +247,7 @@ export class Llama {
     const actsOn = opts.methodActsOn ?? (() => false);
     const fused = this.fusesGateUp(actsOn, M);
     const lay = this.qkvLayout(this.fusesQkv(actsOn, methodTakesColumnSlices(null, opts), M));
-    const W = (H + 2 * KV) * D;
+    const W = this.qkvWidth;
     const shared = new Set<string>();
     for (let i = 0; i < keep; i++) {
       const per: [string, number, boolean][] = [
@@ -379,7 +379,7 @@ export class Llama {
     const actsOn = methodModules(peft, opts);
     const fused = this.fusesGateUp(actsOn, M);
     const lay = this.qkvLayout(this.fusesQkv(actsOn, methodTakesColumnSlices(peft, opts), M));
-    const W = (H + 2 * KV) * D;
+    const W = this.qkvWidth;
     const splitKElements = programSplitKElements(gpu, M, this.productShapes(fused, lay.fused), this.lmHead, opts);
     this.splitKScratch = splitKElements > 0 ? pool.t([splitKElements], 'splitK') : null;
     const t = pool.t.bind(pool);
@@ -583,16 +583,15 @@ export class Llama {
    */
   private fusesQkv(actsOn: (module: string) => boolean, takesColumnSlices: boolean, M: number): boolean {
     if (!this.gpu.tuning.fuseQkv || this.config.qk_norm) return false;
-    if (M * (this.H + 2 * this.KV) * this.D * 4 > this.gpu.maxBindingBytes) return false;
+    if (M * this.qkvWidth * 4 > this.gpu.maxBindingBytes) return false;
     const modules = ['q_proj', 'k_proj', 'v_proj'];
     return this.layers.every((w, i) => w.qkv && (w.qkvBias !== null) === (w.qBias !== null)
       && (takesColumnSlices || modules.every((m) => !actsOn(`model.layers.${i}.self_attn.${m}`))));
   }
 
   private qkvLayout(fused: boolean): QkvLayout {
-    const { H, KV, D } = this;
+    const { H, KV, D, qkvWidth: W } = this;
     if (!fused) return { fused, ldq: H * D, ldkv: KV * D, offQ: 0, offK: 0, offV: 0 };
-    const W = (H + 2 * KV) * D;
     return { fused, ldq: W, ldkv: W, offQ: 0, offK: H * D, offV: (H + KV) * D };
   }
 
@@ -600,7 +599,7 @@ export class Llama {
   private productShapes(fusedGateUp: boolean, fusedQkv: boolean): { inFeatures: number; outFeatures: number }[] {
     const out: { inFeatures: number; outFeatures: number }[] = this.linearModules();
     if (fusedGateUp) out.push({ inFeatures: this.C, outFeatures: 2 * this.I });
-    if (fusedQkv) out.push({ inFeatures: this.C, outFeatures: (this.H + 2 * this.KV) * this.D });
+    if (fusedQkv) out.push({ inFeatures: this.C, outFeatures: this.qkvWidth });
     return out;
   }
 
@@ -833,6 +832,11 @@ export class Llama {
       }
     }
     return ops;
+  }
+
+  /** Columns of the packed q|k|v rows (QkvLayout.fused): (H + 2 KV) D. */
+  private get qkvWidth(): number {
+    return (this.H + 2 * this.KV) * this.D;
   }
 
   /** Softmax scale 1/sqrt(D) (YaRN's attention factor is folded into the cos/sin tables, as in transformers). */
