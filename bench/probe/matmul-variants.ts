@@ -22,13 +22,15 @@ const timer = passTimer(device);
 device.onuncapturederror = (e) => console.error('uncaptured', e.error?.message);
 
 /**
- * C[M,N] = A[M,K] @ op(B). Threads TX x TY (16 x 16); each computes RM x RN outputs as (RM/4)x(RN/4)
+ * C[M,N] = A[M,K] @ op(B). Threads TX x TY (16 x 16 unless given); each computes RM x RN outputs as (RM/4)x(RN/4)
  * blocks of 4x4 lying 4*TY rows / 4*TX columns apart. K tiles of BK; the next tile prefetched into
  * registers (vec4 global loads) while the current one is consumed; the inner loop over BK unrolled
- * when `unroll`. transB: B stored [N,K].
+ * when `unroll`. transB: B stored [N,K]. warp: the thread grid one 32-lane subgroup covers, rows x
+ * columns of threads: '2x16' (lanes in local_invocation_index order, the engine's layout), '4x8' or
+ * '8x4' (each subgroup a squarer block of the output tile, so fewer distinct A / B vec4s per load).
  */
-function kernel({ RM, RN, BK, unroll, transB, padA = 1, db = false }) {
-  const TX = 16, TY = 16, T = TX * TY;
+function kernel({ RM, RN, BK, unroll, transB, padA = 1, db = false, warp = '2x16', TX = 16, TY = 16 }) {
+  const T = TX * TY;
   const BM = TY * RM, BN = TX * RN;
   const QA = BM / 4 + padA, QB = BN / 4 + (transB ? padA : 0); // vec4s per k-row of the staged tiles
   const KQ = BK / 4; // vec4s per tile row along k
@@ -47,6 +49,7 @@ var<workgroup> tA: array<vec4<f32>, ${buf * BK * QA}>;
 var<workgroup> tB: array<vec4<f32>, ${buf * BK * QB}>;
 @compute @workgroup_size(${TX}, ${TY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${threadCoords(warp, TX)}
   let mT = wid.y * ${BM}u;
   let nT = wid.x * ${BN}u;
   let K4 = p.K / 4u;
@@ -82,8 +85,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   s += `    }\n`;
   const body = (k) => {
     let x = '';
-    for (const i of bi) x += `      let a${i} = tA[${baseA}${k} * ${QA}u + ${i * TY}u + lid.y];\n`;
-    for (const j of bj) x += `      let b${j} = tB[${baseB}${k} * ${QB}u + ${j * TX}u + lid.x];\n`;
+    for (const i of bi) x += `      let a${i} = tA[${baseA}${k} * ${QA}u + ${i * TY}u + ty];\n`;
+    for (const j of bj) x += `      let b${j} = tB[${baseB}${k} * ${QB}u + ${j * TX}u + tx];\n`;
     for (const i of bi) for (const j of bj) for (const r of [0, 1, 2, 3]) x += `      acc${i}${j}${r} = fma(vec4<f32>(a${i}.${c4[r]}), b${j}, acc${i}${j}${r});\n`;
     return x;
   };
@@ -91,14 +94,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   else s += `    for (var k = 0u; k < ${BK}u; k++) {\n${body('k')}    }\n`;
   s += `  }\n`;
   for (const i of bi) for (const j of bj) for (const r of [0, 1, 2, 3]) {
-    s += `  c[(mT + ${i * TY * 4 + r}u + lid.y * 4u) * N4 + (nT + ${j * TX * 4}u) / 4u + lid.x] = acc${i}${j}${r};\n`;
+    s += `  c[(mT + ${i * TY * 4 + r}u + ty * 4u) * N4 + (nT + ${j * TX * 4}u) / 4u + tx] = acc${i}${j}${r};\n`;
   }
   s += `}\n`;
   return { code: s, BM, BN, shared: 16 * buf * BK * (QA + QB) };
 }
 
+/** WGSL for the thread's (tx, ty) in the TX-wide grid such that each subgroup of 32 lanes covers `warp` (rows x columns). */
+function threadCoords(warp: string, TX: number) {
+  const [wr, wc] = warp.split('x').map(Number);
+  if (wr * wc !== 32 || TX % wc) throw new Error(`warp ${warp}`);
+  const warpsAcross = TX / wc;
+  return `let lane = li % 32u; let w = li / 32u;
+  let tx = (w % ${warpsAcross}u) * ${wc}u + lane % ${wc}u;
+  let ty = (w / ${warpsAcross}u) * ${wr}u + lane / ${wc}u;`;
+}
+
 const VARIANT_EDITS: Record<string, (c: string) => string> = {};
-const VARIANTS = [
+/** The engine kernel with `lid` (the thread's column and row in the 16 x 16 grid) computed from `from` as `expr`. */
+function threadIds(code: string, from: 'lidx' | 'l3', expr: string): string {
+  const sig = '@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {\n';
+  if (!code.includes(sig)) throw new Error('threadIds: the kernel signature changed');
+  const args = from === 'lidx' ? '@builtin(local_invocation_index) lidx: u32) {\n' : '@builtin(local_invocation_id) l3: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {\n';
+  return code.replace(sig, `${args}  let lid = ${expr};\n`);
+}
+const VARIANTS_ALL = [
   { name: '128x128 k16', RM: 8, RN: 8, BK: 16, unroll: false },
   { name: '128x128 k16 unroll', RM: 8, RN: 8, BK: 16, unroll: true },
   { name: '128x128 k8 unroll', RM: 8, RN: 8, BK: 8, unroll: true },
@@ -111,6 +131,17 @@ const VARIANTS = [
   { name: '256x128 k8 unroll', RM: 16, RN: 8, BK: 8, unroll: true },
   { name: '128x256 k8 unroll', RM: 8, RN: 16, BK: 8, unroll: true },
   { name: '128x128 k16 nopad', RM: 8, RN: 8, BK: 16, unroll: true, padA: 0 },
+  { name: '128x128 k16 unroll w4x8', RM: 8, RN: 8, BK: 16, unroll: true, warp: '4x8' },
+  { name: '128x128 k16 unroll w8x4', RM: 8, RN: 8, BK: 16, unroll: true, warp: '8x4' },
+  { name: '128x128 k16 db unroll w4x8', RM: 8, RN: 8, BK: 16, unroll: true, db: true, warp: '4x8' },
+  { name: '128x128 k8 unroll w4x8', RM: 8, RN: 8, BK: 8, unroll: true, warp: '4x8' },
+  { name: '256x128 k8 unroll w4x8', RM: 16, RN: 8, BK: 8, unroll: true, warp: '4x8' },
+  // 128 threads of 16x8 outputs: the 256x128 kernel's work per thread on a 128x128 tile
+  { name: '128x128 t128 k8 unroll w4x8', RM: 16, RN: 8, BK: 8, unroll: true, warp: '4x8', TY: 8 },
+  { name: '128x128 t128 k16 unroll w4x8', RM: 16, RN: 8, BK: 16, unroll: true, warp: '4x8', TY: 8 },
+  { name: '128x128 t128 k8 unroll w8x4', RM: 16, RN: 8, BK: 8, unroll: true, warp: '8x4', TY: 8 },
+  { name: '128x128 t128x k8 unroll w4x8', RM: 8, RN: 16, BK: 8, unroll: true, warp: '4x8', TX: 8 },
+  { name: '64x128 t64 k16 unroll w4x8', RM: 8, RN: 16, BK: 16, unroll: true, warp: '4x8', TX: 8, TY: 8 },
   // the engine's generated vec4 kernels (Params-driven), as generated and with parts cut out
   { name: 'E 128x128', engine: engine128, BM: 128, BN: 128, BK: 16 },
   { name: 'E 128x128 nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace(/fn storeRow[\s\S]*?\n}\n/, `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
@@ -120,10 +151,19 @@ const VARIANTS = [
 `) },
   { name: 'E 128x128 nocheck', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace(/checked && /g, 'false && ') },
   { name: 'E 128x128 noprivate', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace('var<private> mTile: u32;\nvar<private> nTile: u32;', 'var<workgroup> mTile: u32;\nvar<workgroup> nTile: u32;') },
+  // where a thread's outputs lie: from the builtin id (as generated), computed from the index
+  // (row-major as generated, or each 32 invocations a 4 x 8 block of the grid), or a (8, 4, 8)
+  // workgroup whose builtin ids give the 4 x 8 blocks. Computed ids cost 10-15 % with Dawn's
+  // robustness on (its clamps of workgroup-array indices stay), nothing with --no-robust (session 16).
+  { name: 'E 128x128 nocheck rowmajor', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'lidx', 'vec2<u32>(lidx & 15u, lidx >> 4u)') },
+  { name: 'E 128x128 nocheck square', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'lidx', 'vec2<u32>(((lidx >> 5u) & 1u) * 8u + (lidx & 7u), ((lidx >> 6u) & 3u) * 4u + ((lidx >> 3u) & 3u))') },
+  { name: 'E 128x128 nocheck wg848', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'l3', 'vec2<u32>(l3.x + 8u * (l3.z & 1u), l3.y + 4u * (l3.z >> 1u))').replace('@compute @workgroup_size(16, 16)', '@compute @workgroup_size(8, 4, 8)') },
   { name: 'E 128x64', engine: engine128x64, BM: 128, BN: 64, BK: 16 },
   { name: 'E 128x128 nocheck+nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => VARIANT_EDITS.nostore(VARIANT_EDITS.nocheck(c)) },
-].filter((v) => !only || v.name.includes(only));
-for (const name of ['nostore', 'nocheck']) VARIANT_EDITS[name] = VARIANTS.find((v) => v.name === `E 128x128 ${name}`)?.edit ?? ((c) => c);
+];
+const VARIANTS = VARIANTS_ALL.filter((v) => !only || only.split(',').some((o) => v.name === o || (o.includes('*') && v.name.includes(o.replaceAll('*', '')))));
+VARIANT_EDITS.nocheck = (c) => c.replace(/checked && /g, 'false && ');
+VARIANT_EDITS.nostore = (c) => VARIANTS_ALL.find((v) => v.name === 'E 128x128 nostore').edit(c);
 
 const SHAPES = small
   ? [['small tB', 256, 256, 64, true], ['small', 256, 256, 64, false]]
