@@ -378,11 +378,15 @@ export const VEC4_VARIANTS = [
 export const VEC4_C4_VARIANTS = VEC4_VARIANTS.filter((v) => v.TN === 4);
 
 /**
- * Stream-K (streamKWgsl below): the 128x128 vec4 tiling. (256x128 with 16x8 outputs per thread and
- * K tiles of 8, 47 TFLOP/s at 4096^3 in bench/probe/matmul-variants.ts's specialized form, made
- * GPT-2's step 44.8 ms against 37.0 as a stream-K kernel with the engine's Params: dropped.)
+ * Stream-K (streamKWgsl below): the 128x128 and 128x64 vec4 tilings. (256x128 with 16x8 outputs
+ * per thread and K tiles of 8, 47 TFLOP/s at 4096^3 in bench/probe/matmul-variants.ts's specialized
+ * form, made GPT-2's step 44.8 ms against 37.0 as a stream-K kernel with the engine's Params: dropped.)
  */
-export const STREAMK_VARIANTS = [{ name: 'matmul_streamk_128x128', TM: 8, TN: 8, TK: 16 }];
+export const STREAMK_VARIANTS = [
+  { name: 'matmul_streamk_128x128', TM: 8, TN: 8, TK: 16 },
+  // for outputs whose width is a multiple of 64 but not of 128 (SmolLM2's 576): whole tiles
+  { name: 'matmul_streamk_128x64', TM: 8, TN: 4, TK: 16 },
+];
 
 export function vec4MatmulWgsl({ TM, TN, TK, streamK = false, c4 = false }) {
   const BM = 16 * TM, BN = 16 * TN;

@@ -229,10 +229,14 @@ describe('fused GELU: routing, split-K, refusals', () => {
   it('stream-K: the prologue in every piece, the epilogue once per tile (whole or fixed up), with alpha, accumulate, bias, strides', async () => {
     const gpu = await testGpu();
     // over 7 workgroups, so tiles are whole in some and split in others; 36 and 136 wide: edge tiles;
-    // 256 x 128 over K = 400: whole tiles (unchecked loads, the batched gelu' epilogue)
-    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, { streamKWorkgroups: 7, streamKMinK: 1, streamKMinIters: 1, streamKWholeTiles: false });
-    for (const [M, N, K] of [[40, 36, 996], [256, 136, 400], [256, 128, 400]] as [number, number, number][]) {
+    // 256 x 128 over K = 400: whole tiles (unchecked loads, the batched gelu' epilogue); 256 x 192:
+    // whole 128x64 tiles (the 128x64 kernel)
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, {
+      streamKWorkgroups: 7, streamKHalfTileWorkgroups: 7, streamKMinK: 1, streamKHalfTileMinK: 1, streamKMinIters: 1, streamKWholeTiles: false,
+    });
+    for (const [M, N, K] of [[40, 36, 996], [256, 136, 400], [256, 128, 400], [256, 192, 400]] as [number, number, number][]) {
       const plan = streamKPlan(gpu, M, N, K)!;
+      expect(plan.tile).toBe(N === 192 ? '128x64' : '128x128');
       const scratch = gpu.tensor([streamKScratchElements(plan)], 'streamK scratch');
       const bias = randArray(N, 4);
       const streamK = (args: MatmulArgs) => matmulStreamK(gpu, args, plan, scratch);
@@ -246,7 +250,7 @@ describe('fused GELU: routing, split-K, refusals', () => {
       const pre4 = { ld: N + 4, offset: 8, size: 8 + M * (N + 4) };
       await check(gpu, { M, N, K, transB: true, ldc: N + 8, offsetC: 4, pre: pre4, alpha: 0.5, accumulate: true, bias }, { a: M * K, b: K * N, c: 4 + M * (N + 8) }, `streamK vec4 fix-up * gelu'(pre) ${M}x${N}x${K}`, 2e-5, 7, (args) => {
         const ops = streamK(args);
-        const vec4Fixup = gpu.pipeline(STREAMK_FIXUP_KERNELS.vec4, 'fixup', 'main', { TILE_M: 128, TILE_N: 128, GELU_GRAD: 1 });
+        const vec4Fixup = gpu.pipeline(STREAMK_FIXUP_KERNELS.vec4, 'fixup', 'main', { TILE_M: 128, TILE_N: plan.tile === '128x64' ? 64 : 128, GELU_GRAD: 1 });
         if (plan.splitsTiles) expect(ops[1].kind === 'dispatch' && ops[1].pipeline === vec4Fixup, 'the vec4 fix-up with GELU_GRAD').toBe(true);
         return ops;
       });

@@ -520,20 +520,24 @@ describe('split-K matmul (K cut into slices summed afterwards)', () => {
 describe('stream-K matmul (tiles x K iterations cut evenly over workgroups, split tiles fixed up)', () => {
   /** Tuning that cuts even tiny products, over `groups` workgroups. */
   const cutInto = (gpu: Gpu, groups: number) =>
-    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, { streamKWorkgroups: groups, streamKMinK: 1, streamKMinIters: 1, streamKMaxTiles: 1e9, streamKWholeTiles: false });
+    Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING, {
+      streamKWorkgroups: groups, streamKHalfTileWorkgroups: groups, streamKMinK: 1, streamKHalfTileMinK: 1, streamKMinIters: 1, streamKMaxTiles: 1e9, streamKHalfTileMaxTiles: 1e9, streamKWholeTiles: false,
+    });
   afterEach(async () => {
     Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
   });
 
   it('matches the reference for every transpose, edge tiles, K tails, strides, offsets, alpha, accumulate and bias, over 1 to many workgroups', async () => {
     const gpu = await testGpu();
-    const bias = Float32Array.from({ length: 300 }, (_, i) => (i % 7) - 3);
-    // (M, N, K): one tile; edge tiles on both sides with a K tail (K % 16 = 4); whole tiles (unchecked loads); a thin one
-    for (const [M, N, K] of [[36, 20, 100], [132, 136, 52], [512, 256, 48], [4, 260, 16]] as [number, number, number][]) {
+    const bias = Float32Array.from({ length: 320 }, (_, i) => (i % 7) - 3);
+    // (M, N, K): one tile; edge tiles on both sides with a K tail (K % 16 = 4); whole tiles (unchecked loads); a thin one;
+    // whole 128x64 tiles but not 128x128 ones (the 128x64 kernel), with and without a K tail
+    for (const [M, N, K] of [[36, 20, 100], [132, 136, 52], [512, 256, 48], [4, 260, 16], [256, 192, 48], [128, 320, 100]] as [number, number, number][]) {
       for (const groups of [1, 3, 7, 40]) {
         cutInto(gpu, groups);
         const plan = streamKPlan(gpu, M, N, K)!;
         expect(plan.groups).toBeLessThanOrEqual(groups);
+        expect(plan.tile).toBe(M % 128 === 0 && N % 128 !== 0 && N % 64 === 0 ? '128x64' : '128x128');
         for (const [transA, transB] of TRANSPOSES) {
           const rowsA = transA ? K : M, colsA = transA ? M : K;
           const rowsB = transB ? N : K, colsB = transB ? K : N;
@@ -631,15 +635,25 @@ describe('stream-K matmul (tiles x K iterations cut evenly over workgroups, spli
     const gpu = await testGpu();
     Object.assign(gpu.tuning, DEFAULT_KERNEL_TUNING);
     // GPT-2 at 8 x 256: c_fc 384 tiles of 48 K tiles over 132 workgroups: 3 whole tiles each (144
-    // iterations, 3% more than an even 140), on 128 workgroups, no fix-up
+    // iterations, 3% more than an even 140), on 128 workgroups, no fix-up, once streamKMaxTiles lets it
+    // (by default 384 tiles are enough for the plain 128x64 kernel)
+    expect(streamKPlan(gpu, 2048, 3072, 768)).toBeNull();
+    gpu.tuning.streamKMaxTiles = 4096;
     expect(streamKPlan(gpu, 2048, 3072, 768)).toEqual({ tile: '128x128', tilesM: 16, tilesN: 24, kTiles: 48, groups: 128, itersPerGroup: 144, splitsTiles: false });
+    gpu.tuning.streamKMaxTiles = DEFAULT_KERNEL_TUNING.streamKMaxTiles;
     expect(streamKPlan(gpu, 2048, 2304, 768)).toMatchObject({ itersPerGroup: 105, splitsTiles: true }); // c_attn: 288 tiles, whole would be 37% longer
     expect(streamKPlan(gpu, 2048, 768, 3072)).toMatchObject({ itersPerGroup: 140, splitsTiles: true }); // c_fc dx: 96 tiles of 192
     expect(streamKPlan(gpu, 384, 768, 50256)!.itersPerGroup).toBe(429); // the LM head's backward block: 18 tiles of 3141
     expect(streamKPlan(gpu, 384, 50257, 768)).toBeNull(); // its forward: edge tiles (streamKWholeTiles)
-    expect(streamKPlan(gpu, 384, 50304, 768)).toMatchObject({ groups: 131, itersPerGroup: 9 * 48, splitsTiles: false }); // 1179 whole tiles, 9 each
-    expect(streamKPlan(gpu, 8192, 8192, 768)).toBeNull(); // 4096 tiles: many full waves (streamKMaxTiles)
-    expect(streamKPlan(gpu, 2048, 576, 1536)).toBeNull(); // SmolLM2's down_proj: 4.5 tiles wide (streamKWholeTiles)
+    expect(streamKPlan(gpu, 384, 50304, 768)).toBeNull(); // 1179 whole tiles: many full waves (streamKMaxTiles)
+    // SmolLM2's down_proj: 4.5 128x128 tiles wide, 9 of 128x64: 144 tiles of 96 K tiles over 264 workgroups of 53 iterations
+    expect(streamKPlan(gpu, 2048, 576, 1536)).toEqual({ tile: '128x64', tilesM: 16, tilesN: 9, kTiles: 96, groups: 261, itersPerGroup: 53, splitsTiles: true });
+    // o_proj: K = 576 is enough for 128x64 tiles (streamKHalfTileMinK); q|k|v's 960 columns make 240 tiles, one wave of the plain kernel (streamKHalfTileMaxTiles)
+    expect(streamKPlan(gpu, 2048, 576, 576)).toEqual({ tile: '128x64', tilesM: 16, tilesN: 9, kTiles: 36, groups: 260, itersPerGroup: 20, splitsTiles: true });
+    expect(streamKPlan(gpu, 2048, 960, 576)).toBeNull();
+    gpu.tuning.streamKHalfTiles = false;
+    expect(streamKPlan(gpu, 2048, 576, 1536)).toBeNull(); // then 4.5 tiles wide (streamKWholeTiles)
+    gpu.tuning.streamKHalfTiles = true;
     expect(streamKPlan(gpu, 2048, 768, 512)).toBeNull(); // K below streamKMinK
     gpu.tuning.streamKMinK = 256;
     expect(streamKPlan(gpu, 2048, 128, 256)!.itersPerGroup).toBe(8); // at least streamKMinIters each
@@ -976,7 +990,11 @@ describe('triangular matmul: routing and arguments', () => {
     }
     // wide outputs keep their choices
     expect(matmulVariant(gpu, 2048, 2304, 768, 1)).toBe('128x64');
+    expect(matmulVariant(gpu, 2048, 2304, 768, 1, { transB: false })).toBe('128x64'); // vec4HalfTile 'tall'
+    gpu.tuning.vec4HalfTile = 'byLayout';
     expect(matmulVariant(gpu, 2048, 2304, 768, 1, { transB: false })).toBe('64x128');
+    expect(matmulVariant(gpu, 2048, 2304, 768, 1, { transB: true })).toBe('128x64');
+    gpu.tuning.vec4HalfTile = DEFAULT_KERNEL_TUNING.vec4HalfTile;
     expect(matmulVariant(gpu, 4096, 4096, 4096, 1)).toBe('128x128');
   });
 });
@@ -1190,7 +1208,7 @@ describe('generated matmul shaders', () => {
       ...gen.VEC4_C4_VARIANTS.map((v: { name: string }) => [`${v.name}_c4`, gen.vec4MatmulWgsl({ ...v, c4: true })]),
       ...gen.STREAMK_VARIANTS.map((v: { name: string }) => [v.name, gen.vec4MatmulWgsl({ ...v, streamK: true })]),
     ];
-    expect(made.length).toBe(11);
+    expect(made.length).toBe(12);
     for (const [name, code] of made) expect(read(name), name).toBe(code);
   });
 });

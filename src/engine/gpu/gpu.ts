@@ -68,6 +68,13 @@ export interface KernelTuning {
    * tiles (bench/sweep-tuning.sh, 60 steps, two runs each); no GPT-2 kernel moved.
    */
   halfWideMatmulMinWorkgroups: number;
+  /**
+   * Which half-wide tile 'auto' takes for vec4-aligned operands (kernels/matmul.ts matmulVariant):
+   * 'tall' 128x64 wherever M >= 128; 'byLayout' 64x128 where B is stored [K, N], 128x64 where it is
+   * stored [N, K] (session 4's rule). On the H100 'tall' made SmolLM2's step 48.28 -> 47.13 ms
+   * (down_proj.dx 3.56 -> 3.11 ms, the gate/up dx slices 6.93 -> 6.47; bench/sweep-tuning.sh, two runs each).
+   */
+  vec4HalfTile: 'tall' | 'byLayout';
   /** Products with one output dimension <= 16 and K >= skinnyMatmulMinK go to the skinny kernel. */
   skinnyMatmul: boolean;
   skinnyMatmulMinK: number;
@@ -102,7 +109,11 @@ export interface KernelTuning {
    * (bench/sweep-tuning.sh, GPT-2 ms per step): 132 workgroups 33.1-33.4, 264: 34.4, without
    * stream-K 36.1-36.7 (with the first fix-up pass, one workgroup per tile: 132 34.7, 100 37.7,
    * 198 38.9). SmolLM2's 576-wide outputs (4.5 tiles: edge tiles, checked loads) were 1.3 ms slower
-   * through it: hence streamKWholeTiles.
+   * through it: hence streamKWholeTiles. streamKMaxTiles 300 (was 4096): GPT-2's c_fc and
+   * mlp.c_proj.dx (384 tiles) run faster as plain 128x64 tiles (3.29 -> 3.05 and 3.66 -> 3.52 ms per
+   * step; c_attn's 288 tiles tie). SmolLM2's 576-wide outputs take stream-K in whole 128x64 tiles
+   * (streamKHalfTiles) over 264 workgroups, two per SM (132: 46.7-46.9 ms a step, 198: 49.2, 396:
+   * 46.7, 528: 46.1, 264: 45.0-45.4; split-K and plain kernels instead: 47.1-47.3).
    */
   streamK: boolean;
   streamKWorkgroups: number;
@@ -110,6 +121,15 @@ export interface KernelTuning {
   streamKMinK: number;
   streamKMinIters: number;
   streamKWholeTiles: boolean;
+  /**
+   * Stream-K in 128x64 tiles for outputs that are whole 128x64 tiles but not whole 128x128 ones,
+   * over streamKHalfTileWorkgroups workgroups, for K >= streamKHalfTileMinK and fewer than
+   * streamKHalfTileMaxTiles tiles.
+   */
+  streamKHalfTiles: boolean;
+  streamKHalfTileWorkgroups: number;
+  streamKHalfTileMinK: number;
+  streamKHalfTileMaxTiles: number;
   /**
    * Whole tiles per workgroup instead of an even cut when that makes the busiest workgroup at most
    * this fraction longer (no tile split, no fix-up pass): GPT-2's c_fc (384 tiles, 3 per workgroup
@@ -172,8 +192,8 @@ export interface KernelTuning {
 }
 
 export const DEFAULT_KERNEL_TUNING: KernelTuning = {
-  matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
-  streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 4096, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
+  matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
+  streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
   loraGradWorkgroups: 132, fuseQkv: true,
 };

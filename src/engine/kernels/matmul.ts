@@ -16,6 +16,7 @@ import codeVec128x64C4Kernel from '../../../shaders/matmul_vec4_128x64_c4.wgsl?r
 import codeVec64x64C4Kernel from '../../../shaders/matmul_vec4_64x64_c4.wgsl?raw';
 import codeSkinny from '../../../shaders/matmul_skinny.wgsl?raw';
 import codeStreamK128x128Kernel from '../../../shaders/matmul_streamk_128x128.wgsl?raw';
+import codeStreamK128x64Kernel from '../../../shaders/matmul_streamk_128x64.wgsl?raw';
 import codeStreamKFixupKernel from '../../../shaders/matmul_streamk_fixup.wgsl?raw';
 import codeStreamKFixupVec4Kernel from '../../../shaders/matmul_streamk_fixup_vec4.wgsl?raw';
 import codeStreamKFixupCommon from '../../../shaders/matmul_streamk_fixup_common.wgsl?raw';
@@ -231,11 +232,11 @@ export function matmulVariant(gpu: Gpu, M: number, N: number, K: number, batch: 
   // a 128 edge over an output dimension <= 64: the tile's other half is all padding
   const fits = (v: MatmulVariant) => (MATMUL_VARIANTS[v].rows <= 64 || M > 64) && (MATMUL_VARIANTS[v].cols <= 64 || N > 64);
   if (fits('128x128') && count('128x128') >= gpu.tuning.wideMatmulMinWorkgroups) return '128x128';
-  // scalar kernels: 128x64 beat 64x128 at every measured shape, including wide ones (2048 x 2304,
-  // 2048 x 3072). Vec4 kernels: 64x128 when B is stored [K, N] (staged as it lies; A, staged
-  // transposed, is the smaller tile), 128x64 when B is stored [N, K]: GPT-2's c_attn forward 32.1 vs
-  // 25.8 TFLOP/s, its mlp.c_proj dx 34.3 vs 31.7 (bench/matmul-shapes.ts on the H100)
-  const preferred: MatmulVariant = M < 128 || (vec4 && !vec4.transB) ? '64x128' : '128x64';
+  // 128x64 (M >= 128) for scalar and vec4 kernels alike: scalar, at every measured shape; vec4 with
+  // today's kernels too where B is stored [K, N] (bench/matmul-shapes.ts on the H100: GPT-2's c_attn
+  // forward 34.0 against 30.2 TFLOP/s for 64x128, c_fc 38.4 against 34.2, SmolLM2's down_proj dx
+  // 36.3 against 31.5), though 64x128 won there in session 4 (tuning.vec4HalfTile 'byLayout')
+  const preferred: MatmulVariant = M < 128 || (vec4 && !vec4.transB && gpu.tuning.vec4HalfTile === 'byLayout') ? '64x128' : '128x64';
   const other: MatmulVariant = preferred === '64x128' ? '128x64' : '64x128';
   const half = fits(preferred) ? preferred : fits(other) ? other : null;
   return half && count(half) >= gpu.tuning.halfWideMatmulMinWorkgroups ? half : 'db64x64';
@@ -501,12 +502,14 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
 // (bench/sweep-tuning.sh; gpu.ts KernelTuning.streamK).
 
 /**
- * The stream-K kernel (scripts/gen-matmul-wide.mjs STREAMK_VARIANTS): output tile, K tile, WGSL
- * and workgroup memory in bytes (K tiles of tile/4 + 1 vec4s per operand). 256x128 tiles were
- * slower (ibid.).
+ * The stream-K kernels (scripts/gen-matmul-wide.mjs STREAMK_VARIANTS): output tile, K tile, WGSL
+ * and workgroup memory in bytes (K tiles of tile/4 + 1 vec4s per operand). 128x64 serves outputs
+ * that are whole 128x64 tiles but not whole 128x128 ones (SmolLM2's 576 columns; streamKPlan).
+ * 256x128 tiles were slower (ibid.).
  */
 export const STREAMK_KERNELS = {
   '128x128': { rows: 128, cols: 128, kTile: 16, code: withGelu(codeStreamK128x128Kernel), sharedBytes: 16 * (33 + 33) * 16 },
+  '128x64': { rows: 128, cols: 64, kTile: 16, code: withGelu(codeStreamK128x64Kernel), sharedBytes: 16 * (33 + 17) * 16 },
 } as const;
 export type StreamKTile = keyof typeof STREAMK_KERNELS;
 
@@ -527,19 +530,24 @@ export interface StreamKPlan {
  * The stream-K cut of an unbatched M x N x K product, or null where the plain or split-K kernels
  * take it: stream-K off or a kernel forced (tuning.matmul), K below tuning.streamKMinK, edge tiles
  * under tuning.streamKWholeTiles, or at least tuning.streamKMaxTiles tiles (enough waves that the
- * last one's idling costs little). Whether the operands are vec4-aligned is the caller's to check
- * (matmulWithScratch).
+ * last one's idling costs little). An output of whole 128x64 tiles but not whole 128x128 ones is cut
+ * in 128x64 tiles under the streamKHalfTile* limits and workgroup count (tuning.streamKHalfTiles).
+ * Whether the operands are vec4-aligned is the caller's to check (matmulWithScratch).
  */
 export function streamKPlan(gpu: Gpu, M: number, N: number, K: number): StreamKPlan | null {
   const t = gpu.tuning;
-  if (!t.streamK || !t.vec4Matmul || t.matmul !== 'auto' || K < t.streamKMinK) return null;
-  const tile: StreamKTile = '128x128', kernel = STREAMK_KERNELS[tile];
+  if (!t.streamK || !t.vec4Matmul || t.matmul !== 'auto') return null;
+  // 128x64 tiles where they cover the output exactly and 128x128 ones do not, with their own limits
+  const whole = (v: StreamKTile) => M % STREAMK_KERNELS[v].rows === 0 && N % STREAMK_KERNELS[v].cols === 0;
+  const half = t.streamKHalfTiles && !whole('128x128') && whole('128x64');
+  const tile: StreamKTile = half ? '128x64' : '128x128', kernel = STREAMK_KERNELS[tile];
+  if (K < (half ? t.streamKHalfTileMinK : t.streamKMinK)) return null;
   if (kernel.sharedBytes > gpu.info.limits.maxComputeWorkgroupStorageSize) return null;
   if (t.streamKWholeTiles && (M % kernel.rows !== 0 || N % kernel.cols !== 0)) return null;
   const tilesM = Math.ceil(M / kernel.rows), tilesN = Math.ceil(N / kernel.cols);
-  if (tilesM * tilesN >= t.streamKMaxTiles) return null;
+  if (tilesM * tilesN >= (half ? t.streamKHalfTileMaxTiles : t.streamKMaxTiles)) return null;
   const kTiles = Math.ceil(K / kernel.kTile);
-  const tiles = tilesM * tilesN, total = tiles * kTiles, G = Math.max(1, t.streamKWorkgroups);
+  const tiles = tilesM * tilesN, total = tiles * kTiles, G = Math.max(1, half ? t.streamKHalfTileWorkgroups : t.streamKWorkgroups);
   let itersPerGroup = Math.max(Math.ceil(total / G), Math.min(kTiles, t.streamKMinIters));
   // whole tiles per workgroup when that makes the busiest workgroup at most streamKWholeTileSlack
   // longer: no tile is split, so no pieces and no fix-up pass
