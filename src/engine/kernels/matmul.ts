@@ -541,13 +541,16 @@ export function streamKPlan(gpu: Gpu, M: number, N: number, K: number): StreamKP
   const whole = (v: StreamKTile) => M % STREAMK_KERNELS[v].rows === 0 && N % STREAMK_KERNELS[v].cols === 0;
   const half = t.streamKHalfTiles && !whole('128x128') && whole('128x64');
   const tile: StreamKTile = half ? '128x64' : '128x128', kernel = STREAMK_KERNELS[tile];
-  if (K < (half ? t.streamKHalfTileMinK : t.streamKMinK)) return null;
+  const limits = half
+    ? { minK: t.streamKHalfTileMinK, maxTiles: t.streamKHalfTileMaxTiles, workgroups: t.streamKHalfTileWorkgroups }
+    : { minK: t.streamKMinK, maxTiles: t.streamKMaxTiles, workgroups: t.streamKWorkgroups };
+  if (K < limits.minK) return null;
   if (kernel.sharedBytes > gpu.info.limits.maxComputeWorkgroupStorageSize) return null;
   if (t.streamKWholeTiles && (M % kernel.rows !== 0 || N % kernel.cols !== 0)) return null;
   const tilesM = Math.ceil(M / kernel.rows), tilesN = Math.ceil(N / kernel.cols);
-  if (tilesM * tilesN >= (half ? t.streamKHalfTileMaxTiles : t.streamKMaxTiles)) return null;
+  if (tilesM * tilesN >= limits.maxTiles) return null;
   const kTiles = Math.ceil(K / kernel.kTile);
-  const tiles = tilesM * tilesN, total = tiles * kTiles, G = Math.max(1, half ? t.streamKHalfTileWorkgroups : t.streamKWorkgroups);
+  const tiles = tilesM * tilesN, total = tiles * kTiles, G = Math.max(1, limits.workgroups);
   let itersPerGroup = Math.max(Math.ceil(total / G), Math.min(kTiles, t.streamKMinIters));
   // whole tiles per workgroup when that makes the busiest workgroup at most streamKWholeTileSlack
   // longer: no tile is split, so no pieces and no fix-up pass
