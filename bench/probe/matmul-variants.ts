@@ -110,7 +110,13 @@ function threadCoords(warp: string, TX: number) {
   let ty = (w / ${warpsAcross}u) * ${wr}u + lane / ${wc}u;`;
 }
 
-const VARIANT_EDITS: Record<string, (c: string) => string> = {};
+// edits of the engine's kernel: its load checks cut out; its epilogue as four plain stores
+const noCheck = (c: string) => c.replace(/checked && /g, 'false && ');
+const noStore = (c: string) => c.replace(/fn storeRow[\s\S]*?\n}\n/, `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
+  let r = baseC + m * params.ldc + n0;
+  c[r] = v.x; c[r + 1u] = v.y; c[r + 2u] = v.z; c[r + 3u] = v.w;
+}
+`);
 /** The engine kernel with `lid` (the thread's column and row in the 16 x 16 grid) computed from `from` as `expr`. */
 function threadIds(code: string, from: 'lidx' | 'l3', expr: string): string {
   const sig = '@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {\n';
@@ -118,7 +124,7 @@ function threadIds(code: string, from: 'lidx' | 'l3', expr: string): string {
   const args = from === 'lidx' ? '@builtin(local_invocation_index) lidx: u32) {\n' : '@builtin(local_invocation_id) l3: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {\n';
   return code.replace(sig, `${args}  let lid = ${expr};\n`);
 }
-const VARIANTS_ALL = [
+const VARIANTS = [
   { name: '128x128 k16', RM: 8, RN: 8, BK: 16, unroll: false },
   { name: '128x128 k16 unroll', RM: 8, RN: 8, BK: 16, unroll: true },
   { name: '128x128 k8 unroll', RM: 8, RN: 8, BK: 8, unroll: true },
@@ -144,26 +150,19 @@ const VARIANTS_ALL = [
   { name: '64x128 t64 k16 unroll w4x8', RM: 8, RN: 16, BK: 16, unroll: true, warp: '4x8', TX: 8, TY: 8 },
   // the engine's generated vec4 kernels (Params-driven), as generated and with parts cut out
   { name: 'E 128x128', engine: engine128, BM: 128, BN: 128, BK: 16 },
-  { name: 'E 128x128 nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace(/fn storeRow[\s\S]*?\n}\n/, `fn storeRow(baseC: u32, m: u32, n0: u32, v: vec4<f32>) {
-  let r = baseC + m * params.ldc + n0;
-  c[r] = v.x; c[r + 1u] = v.y; c[r + 2u] = v.z; c[r + 3u] = v.w;
-}
-`) },
-  { name: 'E 128x128 nocheck', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace(/checked && /g, 'false && ') },
+  { name: 'E 128x128 nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: noStore },
+  { name: 'E 128x128 nocheck', engine: engine128, BM: 128, BN: 128, BK: 16, edit: noCheck },
   { name: 'E 128x128 noprivate', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => c.replace('var<private> mTile: u32;\nvar<private> nTile: u32;', 'var<workgroup> mTile: u32;\nvar<workgroup> nTile: u32;') },
   // where a thread's outputs lie: from the builtin id (as generated), computed from the index
   // (row-major as generated, or each 32 invocations a 4 x 8 block of the grid), or a (8, 4, 8)
   // workgroup whose builtin ids give the 4 x 8 blocks. Computed ids cost 10-15 % with Dawn's
   // robustness on (its clamps of workgroup-array indices stay), nothing with --no-robust (session 16).
-  { name: 'E 128x128 nocheck rowmajor', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'lidx', 'vec2<u32>(lidx & 15u, lidx >> 4u)') },
-  { name: 'E 128x128 nocheck square', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'lidx', 'vec2<u32>(((lidx >> 5u) & 1u) * 8u + (lidx & 7u), ((lidx >> 6u) & 3u) * 4u + ((lidx >> 3u) & 3u))') },
-  { name: 'E 128x128 nocheck wg848', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(VARIANT_EDITS.nocheck(c), 'l3', 'vec2<u32>(l3.x + 8u * (l3.z & 1u), l3.y + 4u * (l3.z >> 1u))').replace('@compute @workgroup_size(16, 16)', '@compute @workgroup_size(8, 4, 8)') },
+  { name: 'E 128x128 nocheck rowmajor', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(noCheck(c), 'lidx', 'vec2<u32>(lidx & 15u, lidx >> 4u)') },
+  { name: 'E 128x128 nocheck square', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(noCheck(c), 'lidx', 'vec2<u32>(((lidx >> 5u) & 1u) * 8u + (lidx & 7u), ((lidx >> 6u) & 3u) * 4u + ((lidx >> 3u) & 3u))') },
+  { name: 'E 128x128 nocheck wg848', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => threadIds(noCheck(c), 'l3', 'vec2<u32>(l3.x + 8u * (l3.z & 1u), l3.y + 4u * (l3.z >> 1u))').replace('@compute @workgroup_size(16, 16)', '@compute @workgroup_size(8, 4, 8)') },
   { name: 'E 128x64', engine: engine128x64, BM: 128, BN: 64, BK: 16 },
-  { name: 'E 128x128 nocheck+nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => VARIANT_EDITS.nostore(VARIANT_EDITS.nocheck(c)) },
-];
-const VARIANTS = VARIANTS_ALL.filter((v) => !only || only.split(',').some((o) => v.name === o || (o.includes('*') && v.name.includes(o.replaceAll('*', '')))));
-VARIANT_EDITS.nocheck = (c) => c.replace(/checked && /g, 'false && ');
-VARIANT_EDITS.nostore = (c) => VARIANTS_ALL.find((v) => v.name === 'E 128x128 nostore').edit(c);
+  { name: 'E 128x128 nocheck+nostore', engine: engine128, BM: 128, BN: 128, BK: 16, edit: (c) => noStore(noCheck(c)) },
+].filter((v) => !only || only.split(',').some((o) => v.name === o || (o.includes('*') && v.name.includes(o.replaceAll('*', '')))));
 
 const SHAPES = small
   ? [['small tB', 256, 256, 64, true], ['small', 256, 256, 64, false]]
