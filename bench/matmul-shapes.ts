@@ -2,7 +2,8 @@
 // tokens), for every tiled kernel variant and the automatic choice, timed with timestamp queries.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/matmul-shapes.ts
 //   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS] [--reps N] [--busy-ms MS]
-//   (--only: the shapes whose name contains WORDS)
+//   (--only: the shapes whose name contains WORDS; --tensor-cores: also the tensor-core products of
+//   kernels/matmul-tc.ts in each tile, A as values and as gradients; --tc-only: only those)
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -11,9 +12,11 @@ import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import { encodeOps, type Op } from '../src/engine/gpu/dispatch';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
-const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra] });
+const tensorCores = Boolean(a['tensor-cores'] || a['tc-only']);
+const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra], tensorCores });
+if (tensorCores && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
 const reps = Number(a.reps ?? 20);
 const busyMs = Number(a['busy-ms'] ?? 150);
 
@@ -88,7 +91,21 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   const skinny = usesSkinnyMatmul(gpu, M, N, K, 1, false);
   const line: string[] = [];
   // skinny products: the kernel's rows per workgroup (tuning.skinnyRows / skinnyRowsRowFast)
-  for (const v of skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
+  // the tensor-core products (kernels/matmul-tc.ts) in each tile, A as values / gradients (with its row-scale pass)
+  if (tensorCores && !skinny && !transA) {
+    for (const [tile, minTiles] of [['128x128', 0], ['64x64', Infinity]] as const) {
+      for (const operand of ['values', 'gradients'] as const) {
+        gpu.tuning.tensorCoreWideMinTiles = minTiles;
+        const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'tc', tensorCores: operand }, null);
+        const ms = await timeOps(ops);
+        const tflops = (2 * M * N * K) / ms / 1e9;
+        rows.push({ what, M, N, K, transA, transB, kernel: `tc ${tile} ${operand}`, ms, tflops });
+        line.push(`tc ${tile} ${operand} ${tflops.toFixed(1)}`);
+      }
+    }
+    gpu.tuning.tensorCoreWideMinTiles = DEFAULT_KERNEL_TUNING.tensorCoreWideMinTiles;
+  }
+  for (const v of a['tc-only'] ? [] : skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
     if (v.startsWith('skinny')) gpu.tuning.skinnyRows = gpu.tuning.skinnyRowsRowFast = Number(v.slice(6));
     else gpu.tuning.matmul = v as KernelTuning['matmul'];
     const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda: transA ? M : K, ldb: transB ? K : N, offA: 0, offB: 0, batch: { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } });
@@ -100,7 +117,7 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   }
   gpu.tuning.matmul = 'auto';
   // what a model's product runs with its program's scratch (stream-K / split-K where they apply), both passes
-  if (!skinny) {
+  if (!skinny && !a['tc-only']) {
     const scratch = gpu.tensor([Math.max(1, productScratchElements(gpu, M, N, K))], 'scratch');
     const ops1 = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'scratch' }, scratch);
     const kind = ops1.some((o) => o.kind === 'dispatch' && o.label.includes('[streamK')) ? 'streamK' : ops1.length > 1 ? 'splitK' : 'plain';

@@ -25,6 +25,8 @@ const { values: a } = parseArgs({
     'profile-steps': { type: 'string' }, json: { type: 'string' }, matmul: { type: 'string' }, 'wide-min': { type: 'string' },
     // any KernelTuning values, e.g. --tuning splitKMaxSlices=8,flashAttention=true
     tuning: { type: 'string' },
+    // Dawn's toggles for tensor cores (kernels/matmul-tc.ts): the frozen products in mixed precision
+    'tensor-cores': { type: 'boolean' },
   },
 });
 if (!a.model) throw new Error('--model DIR is required');
@@ -35,6 +37,7 @@ const hf = await loadHfModel(nodeModelFiles(a.model));
 const matmulMode = (a.matmul ?? 'auto') as KernelTuning['matmul'];
 const gpu = await createNodeGpu({
   dawnFlags: ['disable-dawn-features=timestamp_quantization'],
+  tensorCores: a['tensor-cores'] ?? false,
   tuning: {
     matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}),
     ...Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
@@ -44,7 +47,8 @@ const gpu = await createNodeGpu({
     })),
   },
 });
-console.log(`device: ${gpu.info.description || gpu.info.vendor}`);
+console.log(`device: ${gpu.info.description || gpu.info.vendor}${gpu.hasTensorCores && gpu.tuning.tensorCores ? ' (tensor cores: frozen products in f16 x f16 -> f32)' : ''}`);
+if (a['tensor-cores'] && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
 const loaded = loadCausalLM(gpu, hf);
 const info = peftModelInfo(hf.config, loaded.model.linearModules());
 const stepUniforms = new StepUniforms(gpu);
@@ -110,7 +114,7 @@ for (const r of table.slice(0, 40)) {
 }
 if (a.json) {
   fs.writeFileSync(a.json, JSON.stringify({
-    model: a.model, tuning: gpu.tuning, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows, every50,
+    model: a.model, tuning: gpu.tuning, tensorCores: gpu.hasTensorCores && gpu.tuning.tensorCores, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows, every50,
     tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes,
     kernels: table.map((r) => ({ kernel: r.kernel, msPerStep: r.totalMs / profileSteps, perStep: r.count / profileSteps })),
   }, null, 1));

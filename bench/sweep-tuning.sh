@@ -3,7 +3,8 @@
 # machine: ms/step over steps 10-STEPS and the per-kernel GPU times (timestamp queries) that differ.
 #   here:         node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
 #   GPU machine:  bash bench/sweep-tuning.sh gpt2-124M c_attn 40 "" "splitKWorkgroups=640" "wideMatmulMinWorkgroups=250,halfWideMatmulMinWorkgroups=200"
-#                 (device tool, carry .gpu bench/dist; "" is the defaults; models as bench/run-step-bench.sh makes them)
+#                 (device tool, carry .gpu bench/dist; "" is the defaults; models as bench/run-step-bench.sh makes them;
+#                 a tuning that starts with "tc" runs with --tensor-cores: "tc", "tc,tensorCoreWideMinTiles=0")
 set -uo pipefail
 MODEL=$1 TARGETS=$2 STEPS=$3
 shift 3
@@ -14,7 +15,9 @@ i=0
 for t in "$@"; do
   i=$((i + 1))
   flags=()
-  [ -n "$t" ] && flags=(--tuning "$t")
+  tt=$t
+  if [[ $tt == tc* ]]; then flags+=(--tensor-cores); tt=${tt#tc}; tt=${tt#,}; fi
+  [ -n "$tt" ] && flags+=(--tuning "$tt")
   bash .gpu/boot.sh node bench/dist/step-bench.mjs --model /tmp/bench/$MODEL --targets $TARGETS --steps "$STEPS" --json /tmp/sweep/$i.json "${flags[@]}" >/tmp/sweep/$i.log 2>&1 \
     || { echo "tuning '$t' failed:"; grep -v "^Warning\|While initializing\|    at " /tmp/sweep/$i.log | tail -5; }
 done

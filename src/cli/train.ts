@@ -53,7 +53,20 @@ ${METHOD_USAGE}
   --metric-for-best loss|accuracy  which evaluation is kept (loss)   --no-load-best  keep the last weights
   --validation F           fraction held out for evaluation (0.1; 0 for none)
   --eval-every N           evaluate every N steps (0: at the end)
-  --seed S (42)            --debug  print stack traces`;
+  --seed S (42)            --debug  print stack traces
+  --tensor-cores           run the frozen layers' products on tensor cores where the GPU has them (f16
+                           operands, f32 sums: mixed precision); asks Dawn for its unsafe subgroup matrices`;
+
+/** The device, named on the console; tensorCores: with Dawn's toggles for them, and refused where the GPU has none. */
+async function nodeGpuFor(tensorCores: boolean) {
+  const gpu = await createNodeGpu({ tensorCores });
+  const gi = gpu.info;
+  if (tensorCores && !gpu.hasTensorCores) throw new CliError('--tensor-cores: this GPU offers no f16 subgroup matrices (shader-f16 and chromium-experimental-subgroup-matrix with 16x16x16 f16 -> f32)');
+  const onTensorCores = gpu.hasTensorCores && gpu.tuning.tensorCores;
+  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}${onTensorCores ? ', tensor cores (mixed precision: f16 operands, f32 sums)' : ''}`;
+  console.log(`device: ${device}`);
+  return { gpu, device };
+}
 
 async function main(argv: string[]): Promise<void> {
   const { values: a } = parseArgs({
@@ -68,7 +81,7 @@ async function main(argv: string[]): Promise<void> {
       'prompt-column': { type: 'string' }, 'completion-column': { type: 'string' }, template: { type: 'string' }, 'text-column': { type: 'string' },
       validation: { type: 'string' }, 'eval-every': { type: 'string' }, seed: { type: 'string' }, debug: { type: 'boolean' }, help: { type: 'boolean' },
       'label-column': { type: 'string' }, labels: { type: 'string' }, 'head-only': { type: 'boolean' },
-      'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' },
+      'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' }, 'tensor-cores': { type: 'boolean' },
       ...METHOD_OPTIONS,
     },
   });
@@ -121,10 +134,7 @@ async function main(argv: string[]): Promise<void> {
   console.log(`examples: ${train.length} train, ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
 
   // GPU, model and adapter
-  const gpu = await createNodeGpu();
-  const gi = gpu.info;
-  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}`;
-  console.log(`device: ${device}`);
+  const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
   const loaded = loadCausalLM(gpu, hf);
   const info = peftModelInfo(hf.config, loaded.model.linearModules());
   const choice = methodFromArgs(a, info, loaded.defaultLoraTargets, a.model!);
@@ -252,10 +262,7 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   const trainCounts = classCounts(train.map((e) => e.label), K);
   console.log(`examples: ${train.length} train (${describeClassCounts(labelMap, trainCounts).line}), ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
 
-  const gpu = await createNodeGpu();
-  const gi = gpu.info;
-  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}`;
-  console.log(`device: ${device}`);
+  const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
   const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)) });
   const model = loaded.model;
   for (const n of model.notes) console.log(`head: ${n}`);

@@ -35,6 +35,10 @@ export function GpuCard() {
             <dt>Subgroups</dt>
             <dd>{hasSubgroups ? 'yes' : 'no'}</dd>
           </div>
+          <div title="f16 subgroup matrices: the frozen layers' products then run in mixed precision (f16 operands, f32 sums)">
+            <dt>Tensor cores</dt>
+            <dd data-testid="gpu-tensor-cores">{info.tensorCores ? 'yes · mixed precision' : 'no'}</dd>
+          </div>
           <div>
             <dt>Largest buffer</dt>
             <dd>{formatBytes(info.limits.maxBufferSize)}</dd>

@@ -13,6 +13,12 @@ export interface GpuInfo {
   /** true for a software adapter (SwiftShader, WARP): never present it as "your GPU". */
   isFallbackAdapter: boolean;
   features: string[];
+  /**
+   * The device takes f16 x f16 -> f32 subgroup matrices of 16 x 16 x 16 on subgroups of 32
+   * (chromium-experimental-subgroup-matrix with shader-f16): the tensor-core products of
+   * kernels/matmul-tc.ts. Where the adapter offers them, Gpu.create asks for both features.
+   */
+  tensorCores: boolean;
   limits: {
     maxStorageBufferBindingSize: number;
     maxBufferSize: number;
@@ -184,6 +190,29 @@ export interface KernelTuning {
    */
   loraGradWorkgroups: number;
   /**
+   * Products that allow it (MatmulArgs.tensorCores: the frozen layers' products) run on tensor
+   * cores where the device has them (GpuInfo.tensorCores; kernels/matmul-tc.ts): f16 operands
+   * rounded from f32 as they are staged, f32 accumulation, the precision of PyTorch's autocast.
+   * false: every product in f32. tensorCoreWideMinTiles: B stored [K, N] takes 128x128 tiles from
+   * this many of them, else 64x64 (kernels/matmul-tc.ts tensorCoreTile).
+   */
+  tensorCores: boolean;
+  tensorCoreWideMinTiles: number;
+  /**
+   * Tensor-core products with K >= tensorCoreSplitKMinK (tensorCoreSplitKGeluMinK under a GELU
+   * prologue) and fewer tiles than tensorCoreSplitKWorkgroups are cut in K slices (each at least
+   * tensorCoreSplitKMinSlice) into the program's scratch in one dispatch, then summed
+   * (kernels/matmul-tc.ts tensorCoreSplitK). On the H100 (bench/sweep-tuning.sh, GPT-2): the LM
+   * head's backward (96 tiles over K = 50,257) 3.53 ms a step in 64x64 tiles, 2.29 in 3 slices,
+   * 1.85 in 5; mlp.c_proj with its GELU prologue 3.33 -> 2.01 + 0.24 (5 slices and their sum); but
+   * GPT-2's 768-wide dx products (96 tiles, K = 2304 and 3072) slower in slices (c_fc.dx 2.09 ->
+   * 2.48 + 0.22), hence the two thresholds.
+   */
+  tensorCoreSplitKMinK: number;
+  tensorCoreSplitKGeluMinK: number;
+  tensorCoreSplitKWorkgroups: number;
+  tensorCoreSplitKMinSlice: number;
+  /**
    * Llama runs q_proj, k_proj and v_proj as one product over their stacked weights into packed
    * [q | k | v] rows, forward and dx, where the method acts on none of them or takes column slices
    * (LoRA) (models/llama.ts fusesQkv). false: three products each way.
@@ -195,8 +224,33 @@ export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132, fuseQkv: true,
+  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreWideMinTiles: 384, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512,
 };
+
+const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
+
+/** The adapter's subgroup-matrix configurations as Dawn reports them (GPUAdapterInfo.subgroupMatrixConfigs). */
+interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+/**
+ * Whether the adapter offers what kernels/matmul-tc.ts needs: shader-f16, subgroups, subgroup matrices with
+ * an f16 x f16 -> f32 configuration of 16 x 16 x 16, and subgroups of exactly 32 invocations (the
+ * kernels lay their subgroups out by local_invocation_index / 32). On NVIDIA's Vulkan driver Dawn
+ * offers shader-f16 only under its vulkan_enable_f16_on_nvidia toggle, and subgroup matrices under
+ * allow_unsafe_apis (Chrome: --enable-unsafe-webgpu and --enable-dawn-features=...).
+ */
+export function adapterHasTensorCores(adapter: GPUAdapter): boolean {
+  if (!adapter.features.has('shader-f16') || !adapter.features.has('subgroups') || !adapter.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) return false;
+  const info = (adapter as { info?: GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig>; subgroupMinSize?: number; subgroupMaxSize?: number } }).info;
+  if (!info || info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return false;
+  return [...(info.subgroupMatrixConfigs ?? [])].some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
+}
 
 export class GpuError extends Error {
   constructor(message: string) {
@@ -209,6 +263,8 @@ export class Gpu {
   readonly hasF16: boolean;
   readonly hasSubgroups: boolean;
   readonly hasTimestamps: boolean;
+  /** GpuInfo.tensorCores: the tensor-core products of kernels/matmul-tc.ts can run here. */
+  readonly hasTensorCores: boolean;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly modules = new Map<string, GPUShaderModule>();
   /** Bytes of live buffers made through this object (weights, activations, optimizer state). */
@@ -228,6 +284,7 @@ export class Gpu {
     this.hasF16 = device.features.has('shader-f16');
     this.hasSubgroups = device.features.has('subgroups');
     this.hasTimestamps = device.features.has('timestamp-query');
+    this.hasTensorCores = info.tensorCores;
     device.addEventListener('uncapturederror', (e) => {
       const msg = (e as GPUUncapturedErrorEvent).error.message;
       if (this.uncaptured.length < 20) this.uncaptured.push(msg);
@@ -281,6 +338,8 @@ export class Gpu {
         if (adapter.features.has(f)) wanted.push(f);
       }
     }
+    const tensorCores = options.optionalFeatures !== false && adapterHasTensorCores(adapter);
+    if (tensorCores) wanted.push(SUBGROUP_MATRIX_FEATURE as GPUFeatureName);
     const l = adapter.limits;
     const requiredLimits: Record<string, number> = {
       maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
@@ -308,6 +367,7 @@ export class Gpu {
       description: ai.description ?? '',
       isFallbackAdapter: isFallback,
       features: [...device.features].sort(),
+      tensorCores: tensorCores && ['shader-f16', 'subgroups', SUBGROUP_MATRIX_FEATURE].every((f) => device.features.has(f as GPUFeatureName)),
       limits: {
         maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
         maxBufferSize: dl.maxBufferSize,
@@ -407,6 +467,20 @@ export class Gpu {
     staging.unmap();
     staging.destroy();
     return out;
+  }
+
+  private readonly scratch = new Map<string, Tensor>();
+  /**
+   * A tensor of at least `elements` f32s shared by every op that asks under `key`, for work that
+   * lives only from one dispatch to the next one in the same queue (the tensor-core products' row
+   * scales). A larger request makes a new one; the old one stays alive for the ops already bound to it.
+   */
+  sharedScratch(key: string, elements: number): Tensor {
+    const have = this.scratch.get(key);
+    if (have && have.size >= elements) return have;
+    const t = this.tensor([Math.max(elements, 4096)], `${key} (shared scratch)`);
+    this.scratch.set(key, t);
+    return t;
   }
 
   destroyTensor(t: Tensor): void {

@@ -22,6 +22,7 @@ import codeStreamKFixupVec4Kernel from '../../../shaders/matmul_streamk_fixup_ve
 import codeStreamKFixupCommon from '../../../shaders/matmul_streamk_fixup_common.wgsl?raw';
 import codeSplitKReduceKernel from '../../../shaders/matmul_splitk_reduce.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
+import { matmulTensorCore, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TensorCoreOperand } from './matmul-tc';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
 import { grid1d } from './grid';
 import type { Tensor } from '../gpu/tensor';
@@ -131,6 +132,16 @@ export interface MatmulArgs {
    * skinny kernel, split-K or stream-K: matmulWithScratch and matmulSplitK run it as one matmul).
    */
   softmaxGradOf?: MatmulSoftmaxGrad;
+  /**
+   * The product may run on tensor cores (kernels/matmul-tc.ts: f16 operands rounded from f32 as
+   * they are staged, f32 accumulation) where the device has them and tuning.tensorCores is on, if
+   * it suits those kernels (unbatched, A stored [M, K], vec4-aligned, no triangle or softmaxGradOf);
+   * through matmulWithScratch only. What A holds: 'values' of ordinary magnitude (activations) are
+   * rounded as they are; 'gradients' have each row scaled by a power of two first (a row-scale pass),
+   * so magnitudes far below f16's normal range keep their precision. B is rounded as it is (a
+   * weight). Unset: always f32.
+   */
+  tensorCores?: TensorCoreOperand;
 }
 
 /** MatmulArgs.softmaxGradOf: the forward's probabilities and the row terms. */
@@ -335,8 +346,15 @@ export function matmul(gpu: Gpu, args: MatmulArgs): Dispatch {
   return bindMatmul(gpu, args, null)[0] as Dispatch;
 }
 
-/** matmul's checks and bindings; with `streamK`, the stream-K pair (matmulStreamK) instead of one dispatch. */
-function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; scratch: Tensor } | null): Op[] {
+/**
+ * matmul's checks and bindings; with `streamK`, the stream-K pair (matmulStreamK) instead of one
+ * dispatch; with `tensorCores`, the tensor-core ops (kernels/matmul-tc.ts) where args.tensorCores
+ * asks for them and the product suits them (else null), cut in K slices into `tcScratch` where
+ * tensorCoreSplitK says so and it holds them.
+ */
+function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; scratch: Tensor } | null): Op[];
+function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: null, tensorCores: true, tcScratch: Tensor | null): Op[] | null;
+function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; scratch: Tensor } | null, tensorCores = false, tcScratch: Tensor | null = null): Op[] | null {
   const { a, b, c, M, N, K, bias } = args;
   const label = args.label ?? `matmul(${c.label})`;
   const fail = (msg: string): never => {
@@ -403,6 +421,31 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   // Element steps of A(m, k), B(k, n) and C(m, n) along each index.
   const sAm = transA ? 1 : lda, sAk = transA ? lda : 1;
   const sBn = transB ? ldb : 1, sBk = transB ? 1 : ldb;
+
+  if (tensorCores) {
+    if (!args.tensorCores || batchCount !== 1 || triangle || softmaxGrad || transA) return null;
+    const product = { M, N, K, transB, lda, ldb, offA, offB, geluA: args.geluA === 'tanh' };
+    const tile = tensorCoreTile(gpu, product);
+    if (!tile) return null;
+    const binding = {
+      label, a, b, c, bias: bias ?? null, pre: gelu.pre, offPre: gelu.offPre, ldPre: gelu.ldPre, geluA: args.geluA === 'tanh',
+      offC, ldc, alpha, accumulate: args.accumulate ?? false, operand: args.tensorCores,
+    };
+    // too few tiles for the GPU and a long K: slices of K into the scratch, then their sum with the epilogue
+    const S = tcScratch ? tensorCoreSplitK(gpu, product, tile) : 1;
+    const slices = tensorCoreSlices(product, tile, S);
+    const parts = tcScratch;
+    if (slices > 1 && parts && parts.size >= slices * M * N && ![a, b, c, bias, gelu.pre].some((t) => t?.buffer === parts.buffer)) {
+      return [
+        ...matmulTensorCore(gpu, product, tile, binding, { S, parts }),
+        sumSlices(gpu, {
+          label: `${label}[tensor cores sum]`, parts, S: slices, M, N, c, offC, ldc, alpha, accumulate: args.accumulate ?? false,
+          bias, geluGradPre: gelu.pre ? { pre: gelu.pre, offPre: gelu.offPre, ldPre: gelu.ldPre } : undefined,
+        }),
+      ];
+    }
+    return matmulTensorCore(gpu, product, tile, binding);
+  }
 
   // (the skinny kernel has no triangles nor fused GELU or softmax: those take the tiled kernels, whatever the shape)
   if (!triangle && !fused && usesSkinnyMatmul(gpu, M, N, K, batchCount, Boolean(bias))) {
@@ -577,6 +620,24 @@ export function matmulStreamK(gpu: Gpu, args: MatmulArgs, plan: StreamKPlan, scr
   return bindMatmul(gpu, args, { plan, scratch });
 }
 
+/** args over the first K4 terms of its sum (explicit row strides, so the layout stays the one of K). */
+function kPrefix(args: MatmulArgs, K4: number): MatmulArgs {
+  const transA = args.transA ?? false, transB = args.transB ?? false;
+  const lda = args.lda ?? (transA ? args.M : args.K), ldb = args.ldb ?? (transB ? args.K : args.N);
+  return { ...args, K: K4, lda, ldb };
+}
+
+/** The plain product of args' terms from K4 on, added into C (no bias: the first part has it). */
+function kRest(gpu: Gpu, args: MatmulArgs, K4: number, what: string): Dispatch {
+  const transA = args.transA ?? false, transB = args.transB ?? false;
+  const lda = args.lda ?? (transA ? args.M : args.K), ldb = args.ldb ?? (transB ? args.K : args.N);
+  const label = args.label ?? `matmul(${args.c.label})`;
+  return matmul(gpu, {
+    ...args, label: `${label}[${what}]`, K: args.K - K4, lda, ldb, bias: undefined, accumulate: true, tensorCores: undefined,
+    offsetA: (args.offsetA ?? 0) + K4 * (transA ? lda : 1), offsetB: (args.offsetB ?? 0) + K4 * (transB ? 1 : ldb),
+  });
+}
+
 /** Whether args' operands are vec4-aligned as laid out (vec4Aligned with matmul's defaults), over their first K terms. */
 function argsVec4Aligned(args: MatmulArgs, K = args.K): boolean {
   const transA = args.transA ?? false, transB = args.transB ?? false;
@@ -586,12 +647,20 @@ function argsVec4Aligned(args: MatmulArgs, K = args.K): boolean {
 }
 
 /**
- * Elements of scratch a product through matmulWithScratch may need: its split-K slices or its
- * stream-K tiles, whichever is larger (which one runs depends on the operands' alignment).
+ * Elements of scratch a product through matmulWithScratch may need: its split-K slices, its
+ * stream-K tiles or its tensor-core K slices, whichever is largest (which one runs depends on the
+ * operands' alignment and the device).
  */
 export function productScratchElements(gpu: Gpu, M: number, N: number, K: number): number {
   const plan = streamKPlan(gpu, M, N, K - (K % 4));
-  return Math.max(splitKScratchElements(M, N, splitKFactor(gpu, M, N, K)), plan ? streamKScratchElements(plan) : 0);
+  // the tensor-core products' K slices, in whichever tile the layout picks
+  const K4 = K - (K % 4);
+  const tcSlices = Math.max(1, ...[true, false].flatMap((transB) => [true, false].map((geluA) => {
+    const p = { M, N, K: K4, transB, lda: K4, ldb: transB ? K4 : N - (N % 4), offA: 0, offB: 0, geluA };
+    const tile = K4 > 0 ? tensorCoreTile(gpu, p) : null;
+    return tile ? tensorCoreSlices(p, tile, tensorCoreSplitK(gpu, p, tile)) : 1;
+  })));
+  return Math.max(splitKScratchElements(M, N, splitKFactor(gpu, M, N, K)), plan ? streamKScratchElements(plan) : 0, tcSlices > 1 ? tcSlices * M * N : 0);
 }
 
 /**
@@ -602,24 +671,22 @@ export function productScratchElements(gpu: Gpu, M: number, N: number, K: number
  * (the LM head's backward over GPT-2's 50,257 padded logits) takes stream-K over its first
  * 4 * floor(K / 4) terms and the plain kernels for the rest, added in (not under geluGradOf, whose
  * factor applies to the whole sum). A scratch of productScratchElements(M, N, K) always suffices.
+ * Before all of these, a product that asks for tensor cores (MatmulArgs.tensorCores) runs there
+ * where it can (kernels/matmul-tc.ts; the first 4 * floor(K / 4) terms likewise), needing no scratch.
  */
 export function matmulWithScratch(gpu: Gpu, args: MatmulArgs, scratch: Tensor | null): Op[] {
-  if (!scratch || args.batch || args.triangle || args.softmaxGradOf) return [matmul(gpu, args)];
   const { M, N, K } = args;
   const rest = K % 4, K4 = K - rest;
+  if (args.tensorCores && K4 > 0 && (rest === 0 || !args.geluGradOf)) {
+    const onTensorCores = bindMatmul(gpu, rest === 0 ? args : { ...kPrefix(args, K4), label: args.label ?? `matmul(${args.c.label})` }, null, true, scratch);
+    if (onTensorCores) return rest === 0 ? onTensorCores : [...onTensorCores, kRest(gpu, args, K4, 'K rest')];
+  }
+  if (!scratch || args.batch || args.triangle || args.softmaxGradOf) return [matmul(gpu, args)];
   const plan = K4 > 0 ? streamKPlan(gpu, M, N, K4) : null;
   if (plan && scratch.size >= streamKScratchElements(plan) && argsVec4Aligned(args, K4) && (rest === 0 || !args.geluGradOf)) {
     if (rest === 0) return matmulStreamK(gpu, args, plan, scratch);
-    const transA = args.transA ?? false, transB = args.transB ?? false;
-    const lda = args.lda ?? (transA ? M : K), ldb = args.ldb ?? (transB ? K : N);
     const label = args.label ?? `matmul(${args.c.label})`;
-    return [
-      ...matmulStreamK(gpu, { ...args, label, K: K4, lda, ldb }, plan, scratch),
-      matmul(gpu, {
-        ...args, label: `${label}[streamK rest]`, K: rest, lda, ldb, bias: undefined, accumulate: true,
-        offsetA: (args.offsetA ?? 0) + K4 * (transA ? lda : 1), offsetB: (args.offsetB ?? 0) + K4 * (transB ? 1 : ldb),
-      }),
-    ];
+    return [...matmulStreamK(gpu, { ...kPrefix(args, K4), label }, plan, scratch), kRest(gpu, args, K4, 'streamK rest')];
   }
   const S = splitKFactor(gpu, M, N, K);
   return matmulSplitK(gpu, args, scratch.size >= splitKScratchElements(M, N, S) ? S : 1, scratch);

@@ -60,7 +60,7 @@ export function linearForward(gpu: Gpu, site: LinearSite, W: Tensor, bias: Tenso
   if (targeted && peft!.replacesLinear) return peft!.linearForward(site, base);
   const ops: Op[] = frozenProduct(gpu, site, {
     label: site.module, a: site.x, b: W, transB: site.weightLayout === 'out_in', c: site.y, bias: bias ?? undefined,
-    M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate,
+    M: site.rows, N: site.outFeatures, K: site.inFeatures, accumulate, tensorCores: 'values',
   });
   if (targeted) ops.push(...peft!.linearForward(site, base));
   return ops;
@@ -78,7 +78,7 @@ export function linearBackward(gpu: Gpu, site: LinearSite, W: Tensor, dy: Tensor
   if (targeted && peft!.replacesLinear) return peft!.linearBackward(site, { dy, dx }, base);
   const ops: Op[] = dx ? frozenProduct(gpu, site, {
     label: `${site.module}.dx`, a: dy, b: W, transB: site.weightLayout === 'in_out', c: dx,
-    M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate,
+    M: site.rows, N: site.inFeatures, K: site.outFeatures, accumulate, tensorCores: 'gradients',
   }) : [];
   if (targeted) ops.push(...peft!.linearBackward(site, { dy, dx }, base));
   return ops;
@@ -185,7 +185,7 @@ export function lmHeadAndLoss(
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
     for (const ch of a.head.chunks) {
-      ops.push(...matmulWithScratch(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: ld, M: n, N: ch.rows, K: C }, splitKScratch));
+      ops.push(...matmulWithScratch(gpu, { label: 'lm_head', a: a.hidden, offsetA: r0 * C, b: ch.tensor, transB: true, c: chunk, offsetC: ch.rowStart, ldc: ld, M: n, N: ch.rows, K: C, tensorCores: 'values' }, splitKScratch));
     }
     if (logits) {
       // the captured rows of [r0, r0 + n), one copy per run of consecutive real rows (ld = V here)
@@ -203,7 +203,7 @@ export function lmHeadAndLoss(
     ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V, ld }));
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {
-        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0 };
+        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0, tensorCores: 'gradients' as const };
         ops.push(...matmulWithScratch(gpu, args, splitKScratch));
       });
     }

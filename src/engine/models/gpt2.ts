@@ -478,7 +478,7 @@ export class Gpt2 {
     const module = `transformer.h.${l}.mlp.c_proj`;
     if (!this.geluInProjection(l, peft)) return this.linear(this.site(training, module, l, F, C, a.g, y, rows), w.mprojW, w.mprojB, accumulate, peft);
     const site = this.site(training, module, l, F, C, a.fc, y, rows);
-    return frozenProduct(this.gpu, site, { label: module, a: a.fc, b: w.mprojW, c: y, bias: w.mprojB, M: rows, N: C, K: F, accumulate, geluA: 'tanh' });
+    return frozenProduct(this.gpu, site, { label: module, a: a.fc, b: w.mprojW, c: y, bias: w.mprojB, M: rows, N: C, K: F, accumulate, geluA: 'tanh', tensorCores: 'values' });
   }
 
   private layerForward(l: number, x: Tensor, xOut: Tensor, a: LayerActs, lengths: Tensor, peft: PeftMethod | null, B: number, T: number, training: boolean): Op[] {
@@ -597,7 +597,7 @@ export class Gpt2 {
       // d(fc) = (dy W^T) * gelu'(fc) in the one product (its epilogue): linearBackward's frozen
       // product, which is all of it for a site the method does not target
       const site = this.site(true, `${p}mlp.c_proj`, l, F, C, a.fc, mlpBranch?.branch ?? xOut, M);
-      ops.push(...frozenProduct(this.gpu, site, { label: `${site.module}.dx`, a: dy, b: w.mprojW, transB: true, c: s.dg, M, N: F, K: C, geluGradOf: { pre: a.fc } }));
+      ops.push(...frozenProduct(this.gpu, site, { label: `${site.module}.dx`, a: dy, b: w.mprojW, transB: true, c: s.dg, M, N: F, K: C, geluGradOf: { pre: a.fc }, tensorCores: 'gradients' }));
     } else {
       // the shared g holds the last layer's: this layer's again, for the method's gradients
       ops.push(geluForward(gpu, { x: a.fc, out: a.g, n: M * F }));

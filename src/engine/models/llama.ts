@@ -677,7 +677,7 @@ export class Llama {
     if (lay.fused) {
       // q_proj, k_proj and v_proj as one product: [q | k | v] = xn [W_q; W_k; W_v]^T (+ the stacked biases),
       // then the method's part of each on its columns
-      ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj`, a: a.xn, b: w.qkv!, transB: true, c: a.q, bias: w.qkvBias ?? undefined, M, N: lay.ldq, K: C }, this.splitKScratch));
+      ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj`, a: a.xn, b: w.qkv!, transB: true, c: a.q, bias: w.qkvBias ?? undefined, M, N: lay.ldq, K: C, tensorCores: 'values' }, this.splitKScratch));
       for (const [site, W, bias] of this.qkvSites(training, l, a, lay, M)) ops.push(...adapterForward(gpu, site, W, bias, peft));
     } else {
       const qOut = a.qPre ?? a.q, kOut = a.kPre ?? a.k;
@@ -714,7 +714,7 @@ export class Llama {
     ops.push(rmsNormForward(gpu, { x: a.x2, weight: w.postNorm, out: a.xn2, rstd: a.rstd2, rows: M, C, eps, copyTo: mlpBranch ? undefined : xOut }));
     if (a.gu) {
       // gate_proj and up_proj as one product: [gate | up] = xn2 [W_gate; W_up]^T, then SwiGLU over the packed rows
-      ops.push(...matmulWithScratch(gpu, { label: `${p}mlp.gate_up_proj`, a: a.xn2, b: w.gateUp!, transB: true, c: a.gu, M, N: 2 * I, K: C }, this.splitKScratch));
+      ops.push(...matmulWithScratch(gpu, { label: `${p}mlp.gate_up_proj`, a: a.xn2, b: w.gateUp!, transB: true, c: a.gu, M, N: 2 * I, K: C, tensorCores: 'values' }, this.splitKScratch));
       ops.push(swigluForward(gpu, { gate: a.gu, up: a.gu, gateStride: 2 * I, upStride: 2 * I, gateOffset: 0, upOffset: I, out: a.h, rows: M, F: I }));
     } else {
       ops.push(...linearForward(gpu, this.site(training, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, w.gateBias, false, peft));
@@ -865,7 +865,7 @@ export class Llama {
       // the gradients of gate and up in place over them (dead after this), then dxn = [dgate | dup] [W_gate; W_up]
       const packed = { gateStride: 2 * I, upStride: 2 * I, gateOffset: 0, upOffset: I };
       ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gu, up: a.gu, dgate: a.gu, dup: a.gu, rows: M, F: I, ...packed }));
-      ops.push(...matmulWithScratch(gpu, { label: `${p}mlp.gate_up_proj.dx`, a: a.gu, b: w.gateUp!, c: s.dxn, M, N: C, K: 2 * I }, this.splitKScratch));
+      ops.push(...matmulWithScratch(gpu, { label: `${p}mlp.gate_up_proj.dx`, a: a.gu, b: w.gateUp!, c: s.dxn, M, N: C, K: 2 * I, tensorCores: 'gradients' }, this.splitKScratch));
     } else {
       ops.push(swigluBackward(gpu, { dout: s.dh, gate: a.gate, up: a.up, dgate: s.dgate!, dup: s.dup!, rows: M, F: I }));
       ops.push(...linearBackward(gpu, this.site(true, `${p}mlp.gate_proj`, l, C, I, a.xn2, a.gate, M), w.gate, s.dgate!, s.dxn, false, peft, w.gateBias));
@@ -907,7 +907,7 @@ export class Llama {
     const dxn = inputGrad ? s.dxn : null;
     if (lay.fused) {
       // dxn = [dq | dk | dv] [W_q; W_k; W_v] as one product (K = (H + 2 KV) D), then each method's part
-      if (dxn) ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj.dx`, a: s.dq, b: w.qkv!, c: dxn, M, N: C, K: lay.ldq }, this.splitKScratch));
+      if (dxn) ops.push(...matmulWithScratch(gpu, { label: `${p}self_attn.qkv_proj.dx`, a: s.dq, b: w.qkv!, c: dxn, M, N: C, K: lay.ldq, tensorCores: 'gradients' }, this.splitKScratch));
       for (const [site, W, bias] of this.qkvSites(true, l, a, lay, M)) ops.push(...adapterBackward(gpu, site, W, s.dq, dxn, peft, bias));
     } else {
       ops.push(...linearBackward(gpu, this.site(true, `${p}self_attn.q_proj`, l, C, H * D, a.xn, a.qPre ?? a.q, M), w.q, dq, dxn, false, peft, w.qBias));

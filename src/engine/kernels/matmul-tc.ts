@@ -1,0 +1,166 @@
+// f32 products on tensor cores, where the device has them: WGSL's experimental subgroup matrices
+// (chromium-experimental-subgroup-matrix) with f16 operands and f32 results, 16 x 16 x 16
+// (gpu/gpu.ts Gpu.hasTensorCores). The operands stay f32 in memory; the kernels
+// (shaders/matmul_tc_*.wgsl, scripts/gen-matmul-tc.mjs) round them to f16 as they stage each K
+// tile and accumulate in f32: the precision of mixed-precision training (PyTorch's autocast), not
+// of an f32 product. So only products that ask for it take this path (MatmulArgs.tensorCores: the
+// frozen layers' products, whose B is a weight), and only where the operands suit the kernels:
+// unbatched, A stored [M, K], vec4-aligned, no triangle or fused softmax backward. A gradient
+// operand ('gradients') has its rows scaled by powers of two first (shaders/row_scale.wgsl) so
+// that magnitudes far below f16's normal range keep their precision.
+
+import geluTanhCode from '../../../shaders/gelu_tanh.wgsl?raw';
+import code128x128Kernel from '../../../shaders/matmul_tc_128x128.wgsl?raw';
+import code64x64Kernel from '../../../shaders/matmul_tc_64x64.wgsl?raw';
+import rowScaleCode from '../../../shaders/row_scale.wgsl?raw';
+import type { Gpu } from '../gpu/gpu';
+import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
+import type { Tensor } from '../gpu/tensor';
+
+/** What A holds, for MatmulArgs.tensorCores: ordinary magnitudes, or gradients (rows rescaled before rounding). */
+export type TensorCoreOperand = 'values' | 'gradients';
+
+/** What the kernels enable, ahead of everything (WGSL wants directives before declarations). */
+const TC_DIRECTIVES = 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\n';
+/** The tensor-core kernels: output tile, K tile, WGSL (directives and GELU's definitions in front). */
+export const TC_KERNELS = {
+  '128x128': { rows: 128, cols: 128, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code128x128Kernel },
+  '64x64': { rows: 64, cols: 64, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code64x64Kernel },
+} as const;
+export type TcTile = keyof typeof TC_KERNELS;
+
+/** The product's shape and layout as the tensor-core path sees it (defaults applied). */
+export interface TcProduct {
+  M: number;
+  N: number;
+  K: number;
+  transB: boolean;
+  lda: number;
+  ldb: number;
+  offA: number;
+  offB: number;
+  /** op(A) = gelu(A), applied as A is staged (MatmulArgs.geluA). */
+  geluA?: boolean;
+}
+
+/**
+ * The tile a tensor-core product runs in, or null where it cannot: the device has no tensor
+ * cores, tuning.tensorCores is off, or the operands are not vec4-aligned (offsets and row strides
+ * multiples of 4; K a multiple of 4, and N too where B is stored [K, N]). 128x128 for B stored
+ * [N, K] (on the H100 its 64x64 tiles ran at 46 TFLOP/s where 128x128 ran at 59-70, GPT-2's dx
+ * shapes), for a GELU prologue (half the GELUs of 64x64 tiles), for K slices (tensorCoreSplitK) and
+ * from tuning.tensorCoreWideMinTiles tiles; else 64x64 (B stored [K, N]: 57-71 against 46-60 at
+ * GPT-2's forward shapes; bench/matmul-shapes.ts --tensor-cores).
+ */
+export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
+  if (!gpu.hasTensorCores || !gpu.tuning.tensorCores) return null;
+  const m4 = (...v: number[]) => v.every((x) => x % 4 === 0);
+  if (!m4(p.K, p.lda, p.ldb, p.offA, p.offB) || (!p.transB && p.N % 4 !== 0)) return null;
+  if (p.M < 16 || p.N < 16) return null;
+  const tiles128 = Math.ceil(p.M / 128) * Math.ceil(p.N / 128);
+  const wide = p.transB || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= gpu.tuning.tensorCoreWideMinTiles;
+  return wide ? '128x128' : '64x64';
+}
+
+const splitMinK = (gpu: Gpu, p: TcProduct) => (p.geluA ? gpu.tuning.tensorCoreSplitKGeluMinK : gpu.tuning.tensorCoreSplitKMinK);
+
+/**
+ * K slices for a tensor-core product whose tiles are too few to fill the GPU (1: none): where K >=
+ * tuning.tensorCoreSplitKMinK (tensorCoreSplitKGeluMinK under a GELU prologue, whose work is per
+ * tile) and the tile makes fewer than tuning.tensorCoreSplitKWorkgroups tiles, enough slices for
+ * about that many workgroups, each at least tensorCoreSplitKMinSlice long.
+ */
+export function tensorCoreSplitK(gpu: Gpu, p: TcProduct, tile: TcTile): number {
+  const t = gpu.tuning, kernel = TC_KERNELS[tile];
+  const tiles = Math.ceil(p.M / kernel.rows) * Math.ceil(p.N / kernel.cols);
+  if (p.K < splitMinK(gpu, p) || tiles >= t.tensorCoreSplitKWorkgroups) return 1;
+  return Math.max(1, Math.min(Math.ceil(t.tensorCoreSplitKWorkgroups / tiles), Math.floor(p.K / t.tensorCoreSplitKMinSlice), 32));
+}
+
+export interface TcBinding {
+  label: string;
+  a: Tensor;
+  b: Tensor;
+  c: Tensor;
+  bias: Tensor | null;
+  pre: Tensor | null;
+  offPre: number;
+  ldPre: number;
+  geluA: boolean;
+  offC: number;
+  ldc: number;
+  alpha: number;
+  accumulate: boolean;
+  operand: TensorCoreOperand;
+}
+
+/**
+ * scale[m] = the power of two that brings max_k |A[m][k]| into [2^13, 2^14) (1 for an all-zero
+ * row), for m < M, A[m][k] = a[offA + m * lda + k] read as vec4s (shaders/row_scale.wgsl).
+ */
+export function rowScales(gpu: Gpu, p: { label: string; a: Tensor; scale: Tensor; M: number; K: number; lda: number; offA: number }): Dispatch {
+  if (p.K % 4 !== 0 || p.lda % 4 !== 0 || p.offA % 4 !== 0) throw new Error(`${p.label}: row scales read vec4s (K, lda, offA multiples of 4)`);
+  if (p.scale.size < p.M) throw new Error(`${p.label}: ${p.scale.label} holds ${p.scale.size} scales, need ${p.M}`);
+  return bindDispatch(gpu, { label: p.label, code: rowScaleCode, params: [p.M, p.K, p.lda, p.offA], buffers: [p.a, p.scale], workgroups: foldGrid(gpu, Math.ceil(p.M / 8)) });
+}
+
+function foldGrid(gpu: Gpu, n: number): [number, number, number] {
+  const maxDim = gpu.info.limits.maxComputeWorkgroupsPerDimension;
+  return n <= maxDim ? [n, 1, 1] : [maxDim, Math.ceil(n / maxDim), 1];
+}
+
+/** How many K slices matmulTensorCore cuts K into for about S (slices of a whole number of K tiles). */
+export function tensorCoreSlices(p: TcProduct, tile: TcTile, S: number): number {
+  const kTile = TC_KERNELS[tile].kTile;
+  return S > 1 ? Math.ceil(p.K / (kTile * Math.ceil(p.K / S / kTile))) : 1;
+}
+
+/**
+ * The ops of one tensor-core product (checked by kernels/matmul.ts bindMatmul before it comes
+ * here): under 'gradients' the row-scale pass into gpu.sharedScratch('tcRowScale'), then the
+ * product. With `split`, the product's slices of K (about S, each a multiple of the K tile but the
+ * last: tensorCoreSlices) go to split.parts [slices, M, N] in the same dispatch, without the
+ * epilogue (alpha, accumulate, bias, gelu'), which the caller's sum of the slices applies
+ * (kernels/matmul.ts sumSlices).
+ */
+export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBinding, split?: { S: number; parts: Tensor }): Op[] {
+  const kernel = TC_KERNELS[tile];
+  const ops: Op[] = [];
+  const scaleRows = x.operand === 'gradients';
+  let rowScale: Tensor | null = null;
+  if (scaleRows) {
+    rowScale = gpu.sharedScratch('tcRowScale', p.M);
+    ops.push(rowScales(gpu, { label: `${x.label}[row scales]`, a: x.a, scale: rowScale, M: p.M, K: p.K, lda: p.lda, offA: p.offA }));
+  }
+  const tilesM = Math.ceil(p.M / kernel.rows), tilesN = Math.ceil(p.N / kernel.cols);
+  const S = split?.S ?? 1;
+  // slices of Ks (a multiple of the K tile), the last one the rest; all in one dispatch
+  const Ks = S > 1 ? kernel.kTile * Math.ceil(p.K / S / kernel.kTile) : p.K;
+  const slices = Math.ceil(p.K / Ks);
+  // a slice is written as it is (alpha 1, no bias, nothing added): the sum does the rest
+  const e = split
+    ? { c: split.parts, offC: 0, ldc: p.N, alpha: 1, accumulate: false, bias: null, pre: null, offPre: 0, ldPre: 0 }
+    : { c: x.c, offC: x.offC, ldc: x.ldc, alpha: x.alpha, accumulate: x.accumulate, bias: x.bias, pre: x.pre, offPre: x.offPre, ldPre: x.ldPre };
+  if (split && split.parts.size < slices * p.M * p.N) throw new Error(`${x.label}: ${slices} K slices need ${slices * p.M * p.N} elements of scratch`);
+  const whole = p.M % kernel.rows === 0 && p.N % kernel.cols === 0 && Ks % kernel.kTile === 0 && p.K % kernel.kTile === 0;
+  // alpha 1, nothing added but a bias, nothing scaled: the bias goes in first and the fragments straight out
+  const plain = e.alpha === 1 && !e.accumulate && !e.pre && !scaleRows;
+  const constants: Record<string, number> = {
+    K_FAST_B: p.transB ? 1 : 0,
+    ...(whole ? { CHECKED: 0 } : {}),
+    ...(whole && plain ? { DIRECT_STORE: 1 } : {}),
+    ...(plain && e.bias ? { BIAS_INIT: 1 } : {}),
+    ...(scaleRows ? { SCALE_ROWS: 1 } : {}),
+    ...(x.geluA ? { GELU_A: 1 } : {}),
+    ...(e.pre ? { GELU_GRAD: 1 } : {}),
+  };
+  const params = [
+    p.M, p.N, p.K, tilesN, p.offA, p.offB, e.offC, p.lda, p.ldb, e.ldc, e.accumulate ? 1 : 0, e.bias ? 1 : 0, f32(e.alpha), e.offPre, e.ldPre,
+    slices, Ks, p.M * p.N, tilesM * tilesN,
+  ];
+  ops.push(bindDispatch(gpu, {
+    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: kernel.code, constants, params,
+    buffers: [x.a, x.b, e.c, e.bias ?? x.a, e.pre ?? x.a, rowScale ?? x.a], workgroups: foldGrid(gpu, slices * tilesM * tilesN),
+  }));
+  return ops;
+}

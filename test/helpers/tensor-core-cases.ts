@@ -1,0 +1,135 @@
+// The tensor-core products' checks (kernels/matmul-tc.ts), shared by test/matmul-tc.test.ts (which
+// runs them where the device has tensor cores and skips elsewhere: SwiftShader has neither
+// shader-f16 nor subgroup matrices) and bench/tc-check.ts (the same checks on the GPU machine).
+// Each case runs matmulWithScratch with tensorCores set and checks that it took the tensor cores,
+// then compares C with the float64 product of the f32 operands against the bound of rounding both
+// operands to f16 (relative 2^-11 each) and summing in f32:
+//   |C - C_exact| <= 2^-10 * sum_k |alpha A[m][k] B[k][n]| + 1e-6 * |C_exact| (+ the epilogue's own terms)
+import type { Gpu } from '../../src/engine/gpu/gpu';
+import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
+import { matmulWithScratch, type MatmulArgs } from '../../src/engine/kernels/matmul';
+
+export interface TensorCoreCase {
+  name: string;
+  M: number;
+  N: number;
+  K: number;
+  transB: boolean;
+  operand: 'values' | 'gradients';
+  alpha?: number;
+  accumulate?: boolean;
+  bias?: boolean;
+  geluA?: boolean;
+  geluGrad?: boolean;
+  /** Magnitude of A's entries (gradients: far below f16's normal range). */
+  aScale?: number;
+  /** The kernel's tile (by tuning.tensorCoreWideMinTiles for this case). */
+  tile: '128x128' | '64x64';
+  /** K cut in slices into a scratch, then summed (tuning.tensorCoreSplitK* lowered for the case). */
+  split?: boolean;
+  /** Row stride of A and C beyond K and N (padding), and element offsets. */
+  padA?: number;
+  padC?: number;
+  offA?: number;
+  offC?: number;
+}
+
+const CASES: Omit<TensorCoreCase, 'tile'>[] = [
+  { name: 'whole 128 tiles, B [N, K]', M: 256, N: 256, K: 96, transB: true, operand: 'values' },
+  { name: 'whole 128 tiles, B [K, N]', M: 256, N: 256, K: 96, transB: false, operand: 'values' },
+  { name: 'edges everywhere, B [N, K]', M: 150, N: 90, K: 52, transB: true, operand: 'values' },
+  { name: 'edges everywhere, B [K, N]', M: 150, N: 92, K: 52, transB: false, operand: 'values' },
+  { name: 'alpha, accumulate, bias', M: 128, N: 192, K: 64, transB: false, operand: 'values', alpha: 0.5, accumulate: true, bias: true },
+  { name: 'bias in the accumulators, whole tiles', M: 128, N: 128, K: 64, transB: true, operand: 'values', bias: true },
+  { name: 'bias in the accumulators, edges', M: 100, N: 72, K: 36, transB: false, operand: 'values', bias: true, geluA: true },
+  { name: 'GELU prologue', M: 128, N: 128, K: 96, transB: false, operand: 'values', geluA: true },
+  { name: 'gelu\' epilogue, gradients', M: 128, N: 128, K: 64, transB: true, operand: 'gradients', geluGrad: true, aScale: 1e-6 },
+  { name: 'gradients of 1e-7', M: 192, N: 128, K: 160, transB: true, operand: 'gradients', aScale: 1e-7 },
+  { name: 'gradients, strides and offsets', M: 100, N: 60, K: 40, transB: false, operand: 'gradients', aScale: 1e-5, padA: 4, padC: 8, offA: 8, offC: 4 },
+  { name: 'K not a multiple of 4 (the rest in f32)', M: 128, N: 64, K: 70, transB: false, operand: 'gradients', aScale: 1e-4, padA: 2 },
+  { name: 'K slices, then their sum with the epilogue', M: 128, N: 96, K: 1000, transB: false, operand: 'gradients', aScale: 1e-6, split: true, alpha: 0.25, accumulate: true, bias: true },
+  { name: 'K slices under gelu\'', M: 64, N: 64, K: 520, transB: true, operand: 'gradients', aScale: 1e-3, split: true, geluGrad: true },
+  { name: 'GPT-2 c_fc.dx shape', M: 2048, N: 768, K: 3072, transB: true, operand: 'gradients', aScale: 1e-5 },
+];
+/** Every case in both kernels' tiles (K slices always take 128x128: kernels/matmul-tc.ts tensorCoreTile). */
+export const TENSOR_CORE_CASES: TensorCoreCase[] = CASES.flatMap((c) => (c.split ? (['128x128'] as const) : (['128x128', '64x64'] as const)).map((tile) => ({ ...c, name: `${c.name} (${tile})`, tile })));
+
+function rand(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = ((((s = (s * 1664525 + 1013904223) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 * scale);
+  return x;
+}
+const geluTanh = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+const geluTanhGrad = (x: number) => {
+  const u = Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3), t = Math.tanh(u);
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * Math.sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * x * x);
+};
+
+export interface TensorCoreResult {
+  name: string;
+  tookTensorCores: boolean;
+  labels: string[];
+  worstRatio: number;
+  ok: boolean;
+}
+
+/** Runs one case on `gpu`; worstRatio is the largest |error| / bound over C (ok: <= 1 and on tensor cores). */
+export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase): Promise<TensorCoreResult> {
+  const { M, N, K, transB } = c;
+  const lda = K + (c.padA ?? 0), ldc = N + (c.padC ?? 0), offA = c.offA ?? 0, offC = c.offC ?? 0;
+  const ldb = transB ? K : N;
+  const A = rand(offA + M * lda, 11, c.aScale ?? 1), B = rand((transB ? N : K) * ldb, 12, 0.5);
+  const C0 = rand(offC + M * ldc, 13), bias = rand(N, 14), pre = rand(M * N, 15, 2);
+  const alpha = c.alpha ?? 1;
+  const tA = gpu.tensorFrom(A, [A.length], 'A'), tB = gpu.tensorFrom(B, [B.length], 'B'), tC = gpu.tensorFrom(C0, [C0.length], 'C');
+  const tBias = c.bias ? gpu.tensorFrom(bias, [N], 'bias') : undefined;
+  const tPre = c.geluGrad ? gpu.tensorFrom(pre, [M * N], 'pre') : undefined;
+  const args: MatmulArgs = {
+    label: c.name, a: tA, b: tB, c: tC, M, N, K, transB, lda, ldc, offsetA: offA, offsetC: offC, alpha,
+    accumulate: c.accumulate, bias: tBias, geluA: c.geluA ? 'tanh' : undefined, geluGradOf: tPre ? { pre: tPre } : undefined, tensorCores: c.operand,
+  };
+  const saved = { ...gpu.tuning };
+  gpu.tuning.tensorCoreWideMinTiles = c.tile === '128x128' ? 0 : Infinity;
+  if (c.split) Object.assign(gpu.tuning, { tensorCoreSplitKMinK: 256, tensorCoreSplitKMinSlice: 128, tensorCoreSplitKWorkgroups: 264 });
+  const scratch = c.split ? gpu.tensor([32 * M * N], 'scratch') : null;
+  const ops: Op[] = matmulWithScratch(gpu, args, scratch);
+  gpu.tuning = saved;
+  const labels = ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind));
+  const tookTensorCores = labels.some((l) => /\[tensor cores( \d+ slices)?\]$/.test(l));
+  const enc = gpu.device.createCommandEncoder();
+  encodeOps(enc, ops);
+  gpu.device.queue.submit([enc.finish()]);
+  const out = await gpu.read(tC);
+  let worstRatio = 0;
+  // large cases: every rowStep-th row (and the last) against the float64 product
+  const rowStep = M * N * K > 1e8 ? 37 : 1;
+  for (let m = 0; m < M; m = m + rowStep < M || m === M - 1 ? m + rowStep : M - 1) {
+    for (let n = 0; n < N; n++) {
+      let sum = 0, abs = 0;
+      for (let k = 0; k < K; k++) {
+        const av = c.geluA ? geluTanh(A[offA + m * lda + k]) : A[offA + m * lda + k];
+        const p = av * B[transB ? n * ldb + k : k * ldb + n];
+        sum += p;
+        abs += Math.abs(p);
+      }
+      let x = alpha * sum, bound = 2 ** -10 * Math.abs(alpha) * abs;
+      if (c.accumulate) x += C0[offC + m * ldc + n];
+      if (c.bias) x += bias[n];
+      if (c.geluGrad) {
+        const g = geluTanhGrad(pre[m * N + n]);
+        x *= g;
+        bound *= Math.abs(g);
+      }
+      bound += 1e-6 * Math.abs(x) + 1e-30;
+      worstRatio = Math.max(worstRatio, Math.abs(out[offC + m * ldc + n] - x) / bound);
+    }
+  }
+  // C's padding and what lies before offC are untouched
+  for (let m = 0; m < M; m++) for (let n = N; n < ldc; n++) if (out[offC + m * ldc + n] !== C0[offC + m * ldc + n]) worstRatio = Infinity;
+  for (let i = 0; i < offC; i++) if (out[i] !== C0[i]) worstRatio = Infinity;
+  for (const t of [tA, tB, tC, tBias, tPre, scratch]) if (t) gpu.destroyTensor(t);
+  // a split case must have been cut (and summed)
+  const split = !c.split || labels.some((l) => l.endsWith('[tensor cores sum]'));
+  return { name: c.name, tookTensorCores: tookTensorCores && split, labels, worstRatio, ok: tookTensorCores && split && worstRatio <= 1 };
+}

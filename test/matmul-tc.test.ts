@@ -1,0 +1,139 @@
+// The tensor-core products (kernels/matmul-tc.ts). Their row-scale pass and the routing run
+// everywhere; the products themselves only where the device has tensor cores (shader-f16 and f16
+// subgroup matrices; SwiftShader has neither, so CI skips them): the GPU machine runs the same
+// cases through bench/tc-check.ts.
+import { describe, expect, it } from 'vitest';
+import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import { DEFAULT_KERNEL_TUNING, type Gpu } from '../src/engine/gpu/gpu';
+import { runOps } from '../src/engine/gpu/dispatch';
+import { rowScales, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TcProduct } from '../src/engine/kernels/matmul-tc';
+import { matmulWithScratch } from '../src/engine/kernels/matmul';
+import { randArray, testGpu } from './helpers/gpu';
+import { TENSOR_CORE_CASES, runTensorCoreCase } from './helpers/tensor-core-cases';
+
+// a device with Dawn's toggles for tensor cores (node-gpu.ts TENSOR_CORE_DAWN_FEATURES)
+const tcGpu = await createNodeGpu({ tensorCores: true });
+
+describe('row scales for the tensor-core products (shaders/row_scale.wgsl)', () => {
+  it('bring each row\'s largest magnitude into [2^13, 2^14), 1 for zero rows, clamped exponents', async () => {
+    const gpu = await testGpu();
+    const K = 40, lda = 44, offA = 8;
+    const rows = [
+      [0.75, -3], // max 3 -> [2, 4): e = 2, scale 2^12
+      [1e-6, -2.5e-7], // gradients
+      [0, 0], // all zero
+      [-65504, 1], // f16's largest
+      [2 ** 13, 0], // exactly a power of two: [2^13, 2^14) -> e = 14, scale 1
+      [2e-38, 0], // exponent clamped at +100 (2e-38 is still a normal f32)
+      [3e37, 0], // and at -100 (none here: e = 125 -> 14 - 125 = -111 -> -100)
+    ];
+    const M = rows.length;
+    const a = new Float32Array(offA + M * lda).fill(1e9); // outside each row's K: never read
+    rows.forEach(([big, other], m) => {
+      for (let k = 0; k < K; k++) a[offA + m * lda + k] = k === 17 ? big : k % 3 === 0 ? other : other / 2;
+    });
+    const ta = gpu.tensorFrom(a, [a.length], 'a'), scale = gpu.tensor([M], 'scale');
+    await runOps(gpu, [rowScales(gpu, { label: 'row scales', a: ta, scale, M, K, lda, offA })]);
+    const got = Array.from(await gpu.read(scale));
+    const want = rows.map(([big, other]) => {
+      const top = Math.max(Math.abs(big), Math.abs(other));
+      if (top === 0) return 1;
+      const e = Math.floor(Math.log2(top)) + 1; // top in [2^(e-1), 2^e)
+      return 2 ** Math.min(100, Math.max(-100, 14 - e));
+    });
+    expect(got).toEqual(want.map((v) => Math.fround(v)));
+    for (const [m, s] of got.entries()) {
+      const top = Math.max(Math.abs(rows[m][0]), Math.abs(rows[m][1]));
+      if (top > 0 && top < 1e30 && top > 1e-30) {
+        expect(top * s).toBeGreaterThanOrEqual(2 ** 13);
+        expect(top * s).toBeLessThan(2 ** 14);
+      }
+    }
+    gpu.destroyTensor(ta);
+    gpu.destroyTensor(scale);
+  });
+
+  it('refuse operands that are not whole vec4s', async () => {
+    const gpu = await testGpu();
+    const ta = gpu.tensor([64], 'a'), scale = gpu.tensor([4], 'scale');
+    expect(() => rowScales(gpu, { label: 'x', a: ta, scale, M: 4, K: 6, lda: 8, offA: 0 })).toThrow(/multiples of 4/);
+    expect(() => rowScales(gpu, { label: 'x', a: ta, scale, M: 8, K: 4, lda: 8, offA: 0 })).toThrow(/need 8/);
+  });
+});
+
+describe('tensorCoreTile', () => {
+  const fake = (has: boolean, tuning = {}) => ({ hasTensorCores: has, tuning: { ...DEFAULT_KERNEL_TUNING, ...tuning } }) as unknown as Gpu;
+  const p = (q: Partial<TcProduct>): TcProduct => ({ M: 2048, N: 768, K: 768, transB: true, lda: 768, ldb: 768, offA: 0, offB: 0, ...q });
+  it('takes 128x128 tiles for B stored [N, K], and for B stored [K, N] from tensorCoreWideMinTiles tiles', () => {
+    expect(tensorCoreTile(fake(true), p({ N: 768 }))).toBe('128x128');
+    expect(tensorCoreTile(fake(true), p({ transB: false, N: 3072, ldb: 3072 }))).toBe('128x128'); // 384 tiles
+    expect(tensorCoreTile(fake(true), p({ transB: false, N: 2304, ldb: 2304 }))).toBe('64x64'); // 288
+    expect(tensorCoreTile(fake(true, { tensorCoreWideMinTiles: 96 }), p({ transB: false, ldb: 768 }))).toBe('128x128');
+  });
+  it('takes 128x128 tiles under a GELU prologue and for K long enough to cut in slices', () => {
+    expect(tensorCoreTile(fake(true), p({ transB: false, ldb: 768, K: 3072, lda: 3072, geluA: true }))).toBe('128x128');
+    expect(tensorCoreTile(fake(true), p({ transB: false, ldb: 768, K: 50256, lda: 50304 }))).toBe('128x128');
+    expect(tensorCoreTile(fake(true), p({ transB: false, ldb: 768, K: 3072, lda: 3072 }))).toBe('64x64');
+  });
+  it('cuts long K into slices where the tiles are too few, not GPT-2\'s 768-wide dx products', () => {
+    const lmHeadDx = p({ transB: false, ldb: 768, K: 50256, lda: 50304 }); // 96 tiles of 128x128
+    expect(tensorCoreSplitK(fake(true), lmHeadDx, '128x128')).toBe(5); // ceil(400 / 96)
+    expect(tensorCoreSlices(lmHeadDx, '128x128', 5)).toBe(5);
+    expect(tensorCoreSplitK(fake(true), p({ K: 3072, lda: 3072, ldb: 3072 }), '128x128')).toBe(1); // c_fc.dx
+    expect(tensorCoreSplitK(fake(true), p({ transB: false, K: 3072, lda: 3072, geluA: true }), '128x128')).toBe(5); // mlp.c_proj
+    expect(tensorCoreSplitK(fake(true), p({ K: 50256, lda: 50304, N: 3072 }), '128x128')).toBe(2); // 384 tiles
+    expect(tensorCoreSplitK(fake(true), p({ K: 50256, lda: 50304, N: 6144 }), '128x128')).toBe(1); // 768 tiles
+    // slices of whole K tiles: 1000 in about 7 -> 160 each, 7 slices (the last 40)
+    expect(tensorCoreSlices(p({ K: 1000 }), '128x128', 7)).toBe(7);
+    expect(tensorCoreSlices(p({ K: 96 }), '128x128', 7)).toBe(3);
+  });
+  it('needs tensor cores, the tuning, and vec4-aligned operands', () => {
+    expect(tensorCoreTile(fake(false), p({}))).toBeNull();
+    expect(tensorCoreTile(fake(true, { tensorCores: false }), p({}))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ K: 770, lda: 772, ldb: 772 }))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ lda: 770 }))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ offA: 2 }))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ offB: 6 }))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ transB: false, N: 770, ldb: 772 }))).toBeNull();
+    expect(tensorCoreTile(fake(true), p({ transB: true, N: 770 }))).toBe('128x128'); // B [N, K]: N may be anything
+    expect(tensorCoreTile(fake(true), p({ M: 8 }))).toBeNull();
+  });
+});
+
+describe('products that ask for tensor cores', () => {
+  it('run in f32 where the device has none, with the same results as without asking', async () => {
+    const gpu = await testGpu();
+    if (gpu.hasTensorCores) return; // covered below
+    const M = 70, N = 36, K = 44;
+    const a = gpu.tensorFrom(randArray(M * K, 1), [M * K], 'a'), b = gpu.tensorFrom(randArray(K * N, 2), [K * N], 'b');
+    const c1 = gpu.tensor([M * N], 'c1'), c2 = gpu.tensor([M * N], 'c2');
+    const asked = matmulWithScratch(gpu, { label: 'asked', a, b, c: c1, M, N, K, tensorCores: 'gradients' }, null);
+    const plain = matmulWithScratch(gpu, { label: 'plain', a, b, c: c2, M, N, K }, null);
+    expect(asked.map((o) => (o.kind === 'dispatch' ? o.label : o.kind))).toEqual(['asked']);
+    await runOps(gpu, [...asked, ...plain]);
+    expect(Array.from(await gpu.read(c1))).toEqual(Array.from(await gpu.read(c2)));
+    for (const t of [a, b, c1, c2]) gpu.destroyTensor(t);
+  });
+
+  describe('on tensor cores (skipped without them)', () => {
+    for (const c of TENSOR_CORE_CASES) {
+      it.skipIf(!tcGpu.hasTensorCores)(c.name, async () => {
+        const r = await runTensorCoreCase(tcGpu, c);
+        expect(r.tookTensorCores, r.labels.join(', ')).toBe(true);
+        expect(r.worstRatio).toBeLessThanOrEqual(1);
+      }, 120_000);
+    }
+  });
+});
+
+describe('generated tensor-core shaders', () => {
+  it('are what scripts/gen-matmul-tc.mjs makes (edit the generator, then run it)', async () => {
+    const fs = await import('node:fs');
+    const path = await import('node:path');
+    const gen = await import(path.join(__dirname, '..', 'scripts', 'gen-matmul-tc.mjs'));
+    expect(gen.TC_VARIANTS.map((v: { name: string }) => v.name)).toEqual(['matmul_tc_128x128', 'matmul_tc_64x64']);
+    for (const v of gen.TC_VARIANTS) {
+      expect(fs.readFileSync(path.join(__dirname, '..', 'shaders', `${v.name}.wgsl`), 'utf8'), v.name).toBe(gen.tcMatmulWgsl(v));
+    }
+  });
+});
