@@ -93,9 +93,9 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
   // skinny products: the kernel's rows per workgroup (tuning.skinnyRows / skinnyRowsRowFast)
   // the tensor-core products (kernels/matmul-tc.ts) in each tile, A as values / gradients (with its row-scale pass)
   if (tensorCores && !skinny && !transA) {
-    for (const [tile, minTiles] of [['128x128', 0], ['64x64', Infinity]] as const) {
+    for (const tile of ['128x128', '64x64'] as const) {
       for (const operand of ['values', 'gradients'] as const) {
-        gpu.tuning.tensorCoreWideMinTiles = minTiles;
+        gpu.tuning.tensorCoreTile = tile;
         const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'tc', tensorCores: operand }, null);
         const ms = await timeOps(ops);
         const tflops = (2 * M * N * K) / ms / 1e9;
@@ -103,7 +103,15 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
         line.push(`tc ${tile} ${operand} ${tflops.toFixed(1)}`);
       }
     }
-    gpu.tuning.tensorCoreWideMinTiles = DEFAULT_KERNEL_TUNING.tensorCoreWideMinTiles;
+    gpu.tuning.tensorCoreTile = 'auto';
+    // what a model's product gets: its tile by the rule (the forward's A as values, the backward's as gradients)
+    for (const operand of ['values', 'gradients'] as const) {
+      const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'tc', tensorCores: operand }, null);
+      const ms = await timeOps(ops);
+      const onTc = ops.some((o) => o.kind === 'dispatch' && o.label.includes('[tensor cores'));
+      rows.push({ what, M, N, K, transA, transB, kernel: `tc auto ${operand}`, ms, tflops: (2 * M * N * K) / ms / 1e9, ops: ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind)), onTensorCores: onTc });
+      line.push(`tc auto ${operand}${onTc ? '' : ' (f32)'} ${((2 * M * N * K) / ms / 1e9).toFixed(1)}`);
+    }
   }
   for (const v of a['tc-only'] ? [] : skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
     if (v.startsWith('skinny')) gpu.tuning.skinnyRows = gpu.tuning.skinnyRowsRowFast = Number(v.slice(6));

@@ -4,8 +4,10 @@
 # random-weight models, 8 x 256 tokens, LoRA r=8, AdamW, full steps. Ours runs STEPS steps (default
 # 500) and reports the mean step time over steps 10-50 and over the last 50 (steady state), then
 # per-kernel GPU times; PyTorch's rows also give its GPU time in kernels per step (torch.profiler:
-# a step far longer than its kernels is bound by the host's Python and launches). Writes
-# $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
+# a step far longer than its kernels is bound by the host's Python and launches). Ours runs twice:
+# with the frozen layers' products on tensor cores (--tensor-cores: f16 operands, f32 sums, the
+# precision of PyTorch's autocast; the row's ours_* figures) and with every product in f32
+# (ours_f32_*). Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
 #   here:         bash ../shared/gpu/pack.sh && node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
 #   GPU machine:  bash bench/run-h100.sh [STEPS]   (device tool, carry .gpu bench/dist)
 set -uo pipefail
@@ -16,7 +18,9 @@ mkdir -p "$OUT" /tmp/bench
 run_case() { # name arch targets
   python3 scripts/goldens/make_random_model.py --arch "$2" --out "/tmp/bench/$1" --tokenizer-from test/fixtures/tiny-gpt2 >/dev/null 2>&1 || return 1
   bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
-    --json "$OUT/$1-ours.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours.txt"
+    --tensor-cores --json "$OUT/$1-ours.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours.txt"
+  bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
+    --json "$OUT/$1-ours-f32.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours-f32.txt"
   python3 bench/torch_lora_baseline.py --model "/tmp/bench/$1" --batch 8 --seq 256 --targets "$3" --steps 30 --kernel-time 2>/dev/null | grep '^{' > "/tmp/bench/$1-torch.jsonl"
 }
 run_case gpt2-124M gpt2-small c_attn
@@ -33,15 +37,23 @@ for name in ('gpt2-124M', 'smollm2-135M'):
     torch_rows = [json.loads(l) for l in open(f'/tmp/bench/{name}-torch.jsonl')]
     best = max(torch_rows, key=lambda r: r['tokens_per_s'])
     ours_tps = 8 * 256 / ms * 1000
-    rows.append({"model": name, "ours_ms_per_step": round(ms, 2), "ours_tokens_per_s": round(ours_tps),
+    f32 = json.load(open(f'{sys.argv[2]}/{name}-ours-f32.json'))
+    f32_windows = list(f32['windows'].values())
+    f32_tps = 8 * 256 / f32_windows[0] * 1000
+    rows.append({"model": name, "ours_config": "tensor cores (f16 operands, f32 sums)" if ours.get('tensorCores') else "f32",
+                 "ours_ms_per_step": round(ms, 2), "ours_tokens_per_s": round(ours_tps),
                  "ours_steady_ms_per_step": round(steady, 2), "ours_steady_window": list(ours['windows'])[-1],
                  "ours_steady_vs_early": round(ms / steady, 4), "torch_best_tokens_per_s": best['tokens_per_s'],
                  "torch_best_config": f"{best['attn']} {best['dtype']}", "ratio": round(ours_tps / best['tokens_per_s'], 3),
-                 "ours_peak_gib": round(ours_gib, 3), "torch_peak_gib": best['peak_gib'], "torch_all": torch_rows})
+                 "ours_peak_gib": round(ours_gib, 3), "torch_peak_gib": best['peak_gib'],
+                 "ours_f32_ms_per_step": round(f32_windows[0], 2), "ours_f32_steady_ms_per_step": round(f32_windows[-1], 2),
+                 "ours_f32_tokens_per_s": round(f32_tps), "ratio_f32": round(f32_tps / best['tokens_per_s'], 3),
+                 "ours_f32_peak_gib": round(f32['gpuBytes'] / 2**30, 3), "torch_all": torch_rows})
 json.dump(rows, open(sys.argv[1], 'w'), indent=2)
-print(f"{'model':14} {'ours ms':>8} {'late ms':>8} {'ours tok/s':>11} {'torch best':>11} {'config':>12} {'ratio':>6} {'ours GiB':>9} {'torch GiB':>9}")
+print(f"{'model':14} {'ours ms':>8} {'late ms':>8} {'ours tok/s':>11} {'torch best':>11} {'config':>12} {'ratio':>6} {'ours GiB':>9} {'torch GiB':>9} {'f32 ms':>8} {'f32 late':>8} {'f32 ratio':>9}")
 for r in rows:
-    print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_steady_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f}")
+    print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_steady_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f} {r['ours_f32_ms_per_step']:8.1f} {r['ours_f32_steady_ms_per_step']:8.1f} {r['ratio_f32']:9.3f}")
+    print(f"    ours: {r['ours_config']}")
     for t in r['torch_all']:
         print(f"    torch {t['attn']:5} {t['dtype']:4}: {t['ms_per_step']:7.2f} ms/step ({t.get('kernel_ms_per_step', float('nan')):.2f} ms in GPU kernels), {t['tokens_per_s']:,} tok/s, peak {t['peak_gib']} GiB")
 PY

@@ -20,12 +20,13 @@ struct Params {
 override K_FAST_B: bool = true;
 // false: the caller promises M, N multiples of the tile and K of the K tile, so no load is checked.
 override CHECKED: bool = true;
-// The finished tile is stored straight from the fragments (alpha 1, no accumulate, bias, GELU_GRAD
-// nor SCALE_ROWS, CHECKED false); otherwise each fragment goes through workgroup memory to the epilogue.
+// The finished tile is stored straight from the fragments, each times alpha (and SCALE_ROWS's
+// unscale) as a whole (no accumulate, GELU_GRAD nor bias but BIAS_INIT's, CHECKED false);
+// otherwise each fragment goes through workgroup memory to the epilogue.
 override DIRECT_STORE: bool = false;
-// A's row m is multiplied by rowScale[m] (a power of two, shaders/row_scale.wgsl) before it is
-// rounded to f16, and the row's results divided by it: gradients, whose magnitudes lie far below
-// f16's normal range (6.1e-5), keep 11 significant bits.
+// A's row m is multiplied by rowScale[m] (a power of two, shaders/row_scale.wgsl, the same for the
+// 16 rows of a fragment) before it is rounded to f16, and the row's results divided by it:
+// gradients, whose magnitudes lie far below f16's normal range (6.1e-5), keep 11 significant bits.
 override SCALE_ROWS: bool = false;
 // op(A) = gelu(stored A) (tanh form, shaders/gelu_tanh.wgsl put in front), applied before rounding.
 override GELU_A: bool = false;
@@ -98,6 +99,13 @@ fn stageB(s: vec2<u32>, v: vec4<f32>) {
 fn loadRight(n: u32, k: u32) -> subgroup_matrix_right<f16, 16, 16> {
   if (K_FAST_B) { return subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB, n * 40u + k, 40u); }
   return subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB, k * 72u + n, 72u);
+}
+// DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
+fn finished(f: subgroup_matrix_result<f32, 16, 16>, m: u32) -> subgroup_matrix_result<f32, 16, 16> {
+  if (!SCALE_ROWS && params.alpha == 1.0) { return f; }
+  var s = params.alpha;
+  if (SCALE_ROWS) { s /= rowScale[m]; }
+  return subgroupMatrixScalarMultiply(f, s);
 }
 // One fragment through the epilogue: stored to the subgroup's part of tileC, then each invocation
 // finishes 8 consecutive outputs of one row (lane / 2, 8 * (lane % 2) ..).
@@ -255,10 +263,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
   if (DIRECT_STORE) {
-    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 0u, acc00, params.ldc);
-    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 16u, acc01, params.ldc);
-    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 0u, acc10, params.ldc);
-    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 16u, acc11, params.ldc);
+    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 0u, finished(acc00, m0 + sm + 0u), params.ldc);
+    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 16u, finished(acc01, m0 + sm + 0u), params.ldc);
+    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 0u, finished(acc10, m0 + sm + 16u), params.ldc);
+    subgroupMatrixStore<row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 16u, finished(acc11, m0 + sm + 16u), params.ldc);
     return;
   }
   storeFragment(acc00, baseC, m0 + sm + 0u, n0 + sn + 0u, sg, lane);

@@ -15,36 +15,38 @@ import { TENSOR_CORE_CASES, runTensorCoreCase } from './helpers/tensor-core-case
 const tcGpu = await createNodeGpu({ tensorCores: true });
 
 describe('row scales for the tensor-core products (shaders/row_scale.wgsl)', () => {
-  it('bring each row\'s largest magnitude into [2^13, 2^14), 1 for zero rows, clamped exponents', async () => {
+  it('bring each block of 16 rows\' largest magnitude into [2^13, 2^14), 1 for zero blocks, clamped exponents', async () => {
     const gpu = await testGpu();
     const K = 40, lda = 44, offA = 8;
-    const rows = [
-      [0.75, -3], // max 3 -> [2, 4): e = 2, scale 2^12
-      [1e-6, -2.5e-7], // gradients
-      [0, 0], // all zero
-      [-65504, 1], // f16's largest
-      [2 ** 13, 0], // exactly a power of two: [2^13, 2^14) -> e = 14, scale 1
-      [2e-38, 0], // exponent clamped at +100 (2e-38 is still a normal f32)
-      [3e37, 0], // and at -100 (none here: e = 125 -> 14 - 125 = -111 -> -100)
+    // one special row per block of 16 (the other rows 1/8 of it, one block all zero), in block order
+    const blocks = [
+      3, // [2, 4): e = 2, scale 2^12
+      1e-6, // gradients
+      0, // all zero: 1
+      -65504, // f16's largest
+      2 ** 13, // exactly a power of two: e = 14, scale 1
+      2e-38, // exponent clamped at +100 (2e-38 is still a normal f32)
+      3e37, // and at -100 (e = 125)
     ];
-    const M = rows.length;
+    const M = 16 * blocks.length - 5; // the last block short
     const a = new Float32Array(offA + M * lda).fill(1e9); // outside each row's K: never read
-    rows.forEach(([big, other], m) => {
-      for (let k = 0; k < K; k++) a[offA + m * lda + k] = k === 17 ? big : k % 3 === 0 ? other : other / 2;
-    });
+    for (let m = 0; m < M; m++) {
+      const big = blocks[Math.floor(m / 16)];
+      for (let k = 0; k < K; k++) a[offA + m * lda + k] = m % 16 === 5 && k === 17 ? big : (k % 3 === 0 ? big : -big) / 8;
+    }
     const ta = gpu.tensorFrom(a, [a.length], 'a'), scale = gpu.tensor([M], 'scale');
     await runOps(gpu, [rowScales(gpu, { label: 'row scales', a: ta, scale, M, K, lda, offA })]);
     const got = Array.from(await gpu.read(scale));
-    const want = rows.map(([big, other]) => {
-      const top = Math.max(Math.abs(big), Math.abs(other));
+    const want = Array.from({ length: M }, (_, m) => {
+      const top = Math.abs(Math.fround(blocks[Math.floor(m / 16)]));
       if (top === 0) return 1;
       const e = Math.floor(Math.log2(top)) + 1; // top in [2^(e-1), 2^e)
-      return 2 ** Math.min(100, Math.max(-100, 14 - e));
+      return Math.fround(2 ** Math.min(100, Math.max(-100, 14 - e)));
     });
-    expect(got).toEqual(want.map((v) => Math.fround(v)));
-    for (const [m, s] of got.entries()) {
-      const top = Math.max(Math.abs(rows[m][0]), Math.abs(rows[m][1]));
-      if (top > 0 && top < 1e30 && top > 1e-30) {
+    expect(got).toEqual(want);
+    for (const [b, big] of blocks.entries()) {
+      const top = Math.abs(big), s = got[16 * b];
+      if (top > 1e-30 && top < 1e30) {
         expect(top * s).toBeGreaterThanOrEqual(2 ** 13);
         expect(top * s).toBeLessThan(2 ** 14);
       }

@@ -23,6 +23,8 @@ export interface TensorCoreCase {
   geluGrad?: boolean;
   /** Magnitude of A's entries (gradients: far below f16's normal range). */
   aScale?: number;
+  /** Row m of A further times 10^-(m % rowSpread): rows of one 16-row block far apart in magnitude. */
+  rowSpread?: number;
   /** The kernel's tile (by tuning.tensorCoreWideMinTiles for this case). */
   tile: '128x128' | '64x64';
   /** K cut in slices into a scratch, then summed (tuning.tensorCoreSplitK* lowered for the case). */
@@ -46,13 +48,15 @@ const CASES: Omit<TensorCoreCase, 'tile'>[] = [
   { name: 'gelu\' epilogue, gradients', M: 128, N: 128, K: 64, transB: true, operand: 'gradients', geluGrad: true, aScale: 1e-6 },
   { name: 'gradients of 1e-7', M: 192, N: 128, K: 160, transB: true, operand: 'gradients', aScale: 1e-7 },
   { name: 'gradients, strides and offsets', M: 100, N: 60, K: 40, transB: false, operand: 'gradients', aScale: 1e-5, padA: 4, padC: 8, offA: 8, offC: 4 },
+  { name: 'gradients times alpha, straight from the fragments', M: 256, N: 128, K: 96, transB: false, operand: 'gradients', aScale: 1e-6, alpha: -0.375 },
+  { name: 'gradient rows 10^4 apart in one block', M: 128, N: 64, K: 128, transB: true, operand: 'gradients', aScale: 1e-3, rowSpread: 5 },
   { name: 'K not a multiple of 4 (the rest in f32)', M: 128, N: 64, K: 70, transB: false, operand: 'gradients', aScale: 1e-4, padA: 2 },
   { name: 'K slices, then their sum with the epilogue', M: 128, N: 96, K: 1000, transB: false, operand: 'gradients', aScale: 1e-6, split: true, alpha: 0.25, accumulate: true, bias: true },
   { name: 'K slices under gelu\'', M: 64, N: 64, K: 520, transB: true, operand: 'gradients', aScale: 1e-3, split: true, geluGrad: true },
   { name: 'GPT-2 c_fc.dx shape', M: 2048, N: 768, K: 3072, transB: true, operand: 'gradients', aScale: 1e-5 },
 ];
-/** Every case in both kernels' tiles (K slices always take 128x128: kernels/matmul-tc.ts tensorCoreTile). */
-export const TENSOR_CORE_CASES: TensorCoreCase[] = CASES.flatMap((c) => (c.split ? (['128x128'] as const) : (['128x128', '64x64'] as const)).map((tile) => ({ ...c, name: `${c.name} (${tile})`, tile })));
+/** Every case in both kernels' tiles (tuning.tensorCoreTile). */
+export const TENSOR_CORE_CASES: TensorCoreCase[] = CASES.flatMap((c) => (['128x128', '64x64'] as const).map((tile) => ({ ...c, name: `${c.name} (${tile})`, tile })));
 
 function rand(n: number, seed: number, scale = 1): Float32Array {
   let s = seed >>> 0;
@@ -80,6 +84,7 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase): Promise<Te
   const lda = K + (c.padA ?? 0), ldc = N + (c.padC ?? 0), offA = c.offA ?? 0, offC = c.offC ?? 0;
   const ldb = transB ? K : N;
   const A = rand(offA + M * lda, 11, c.aScale ?? 1), B = rand((transB ? N : K) * ldb, 12, 0.5);
+  if (c.rowSpread) for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) A[offA + m * lda + k] *= 10 ** -(m % c.rowSpread);
   const C0 = rand(offC + M * ldc, 13), bias = rand(N, 14), pre = rand(M * N, 15, 2);
   const alpha = c.alpha ?? 1;
   const tA = gpu.tensorFrom(A, [A.length], 'A'), tB = gpu.tensorFrom(B, [B.length], 'B'), tC = gpu.tensorFrom(C0, [C0.length], 'C');
@@ -90,7 +95,7 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase): Promise<Te
     accumulate: c.accumulate, bias: tBias, geluA: c.geluA ? 'tanh' : undefined, geluGradOf: tPre ? { pre: tPre } : undefined, tensorCores: c.operand,
   };
   const saved = { ...gpu.tuning };
-  gpu.tuning.tensorCoreWideMinTiles = c.tile === '128x128' ? 0 : Infinity;
+  gpu.tuning.tensorCoreTile = c.tile;
   if (c.split) Object.assign(gpu.tuning, { tensorCoreSplitKMinK: 256, tensorCoreSplitKMinSlice: 128, tensorCoreSplitKWorkgroups: 264 });
   const scratch = c.split ? gpu.tensor([32 * M * N], 'scratch') : null;
   const ops: Op[] = matmulWithScratch(gpu, args, scratch);

@@ -197,6 +197,8 @@ export interface KernelTuning {
    * this many of them, else 64x64 (kernels/matmul-tc.ts tensorCoreTile).
    */
   tensorCores: boolean;
+  /** 'auto': kernels/matmul-tc.ts tensorCoreTile's rule; or force one tile. */
+  tensorCoreTile: 'auto' | '128x128' | '64x64';
   tensorCoreWideMinTiles: number;
   /**
    * Tensor-core products with K >= tensorCoreSplitKMinK (tensorCoreSplitKGeluMinK under a GELU
@@ -224,7 +226,7 @@ export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreWideMinTiles: 384, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512,
+  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 384, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512,
 };
 
 const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';

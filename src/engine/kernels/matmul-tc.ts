@@ -6,8 +6,8 @@
 // of an f32 product. So only products that ask for it take this path (MatmulArgs.tensorCores: the
 // frozen layers' products, whose B is a weight), and only where the operands suit the kernels:
 // unbatched, A stored [M, K], vec4-aligned, no triangle or fused softmax backward. A gradient
-// operand ('gradients') has its rows scaled by powers of two first (shaders/row_scale.wgsl) so
-// that magnitudes far below f16's normal range keep their precision.
+// operand ('gradients') has its rows scaled by powers of two first, one per block of 16 rows
+// (shaders/row_scale.wgsl), so that magnitudes far below f16's normal range keep their precision.
 
 import geluTanhCode from '../../../shaders/gelu_tanh.wgsl?raw';
 import code128x128Kernel from '../../../shaders/matmul_tc_128x128.wgsl?raw';
@@ -57,6 +57,7 @@ export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   const m4 = (...v: number[]) => v.every((x) => x % 4 === 0);
   if (!m4(p.K, p.lda, p.ldb, p.offA, p.offB) || (!p.transB && p.N % 4 !== 0)) return null;
   if (p.M < 16 || p.N < 16) return null;
+  if (gpu.tuning.tensorCoreTile !== 'auto') return gpu.tuning.tensorCoreTile;
   const tiles128 = Math.ceil(p.M / 128) * Math.ceil(p.N / 128);
   const wide = p.transB || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= gpu.tuning.tensorCoreWideMinTiles;
   return wide ? '128x128' : '64x64';
@@ -95,13 +96,14 @@ export interface TcBinding {
 }
 
 /**
- * scale[m] = the power of two that brings max_k |A[m][k]| into [2^13, 2^14) (1 for an all-zero
- * row), for m < M, A[m][k] = a[offA + m * lda + k] read as vec4s (shaders/row_scale.wgsl).
+ * scale[m] = the power of two that brings the largest |A[m'][k]| of m's block of 16 rows
+ * (m' in [16 floor(m / 16), + 16)) into [2^13, 2^14) (1 for an all-zero block), for m < M,
+ * A[m][k] = a[offA + m * lda + k] read as vec4s (shaders/row_scale.wgsl).
  */
 export function rowScales(gpu: Gpu, p: { label: string; a: Tensor; scale: Tensor; M: number; K: number; lda: number; offA: number }): Dispatch {
   if (p.K % 4 !== 0 || p.lda % 4 !== 0 || p.offA % 4 !== 0) throw new Error(`${p.label}: row scales read vec4s (K, lda, offA multiples of 4)`);
   if (p.scale.size < p.M) throw new Error(`${p.label}: ${p.scale.label} holds ${p.scale.size} scales, need ${p.M}`);
-  return bindDispatch(gpu, { label: p.label, code: rowScaleCode, params: [p.M, p.K, p.lda, p.offA], buffers: [p.a, p.scale], workgroups: foldGrid(gpu, Math.ceil(p.M / 8)) });
+  return bindDispatch(gpu, { label: p.label, code: rowScaleCode, params: [p.M, p.K, p.lda, p.offA], buffers: [p.a, p.scale], workgroups: foldGrid(gpu, Math.ceil(p.M / 16)) });
 }
 
 function foldGrid(gpu: Gpu, n: number): [number, number, number] {
@@ -143,8 +145,9 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     : { c: x.c, offC: x.offC, ldc: x.ldc, alpha: x.alpha, accumulate: x.accumulate, bias: x.bias, pre: x.pre, offPre: x.offPre, ldPre: x.ldPre };
   if (split && split.parts.size < slices * p.M * p.N) throw new Error(`${x.label}: ${slices} K slices need ${slices * p.M * p.N} elements of scratch`);
   const whole = p.M % kernel.rows === 0 && p.N % kernel.cols === 0 && Ks % kernel.kTile === 0 && p.K % kernel.kTile === 0;
-  // alpha 1, nothing added but a bias, nothing scaled: the bias goes in first and the fragments straight out
-  const plain = e.alpha === 1 && !e.accumulate && !e.pre && !scaleRows;
+  // nothing added but a bias (alpha, and the row blocks' scales, applied to each fragment as a whole):
+  // the bias goes in first and the fragments straight out
+  const plain = !e.accumulate && !e.pre && (!e.bias || (e.alpha === 1 && !scaleRows));
   const constants: Record<string, number> = {
     K_FAST_B: p.transB ? 1 : 0,
     ...(whole ? { CHECKED: 0 } : {}),
