@@ -67,6 +67,12 @@ export interface TrainSettings {
   /** Save a checkpoint every N steps (always at the end and when paused). */
   checkpointEvery: number;
   seed: number;
+  /**
+   * Where the GPU has tensor cores (GpuInfo.tensorCores): 'mixed' runs the frozen layers' products
+   * there (f16 operands, f32 sums, as PyTorch's autocast; kernels/matmul-tc.ts), 'f32' keeps every
+   * product in f32. Without tensor cores every product is f32 either way.
+   */
+  precision: 'mixed' | 'f32';
 }
 
 export type SettingName = keyof TrainSettings;
@@ -104,6 +110,7 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   evalEvery: 0,
   checkpointEvery: 50,
   seed: 42,
+  precision: 'mixed',
 };
 
 /** Settings saved by an older version (a checkpoint or adapter from before a field existed), completed with today's defaults. */

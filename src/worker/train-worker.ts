@@ -806,6 +806,8 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
   if (name.length > 120) throw new InputError('The adapter name is too long (120 characters at most).', 'adapterName');
   const prepared = await prepareRun(mapping, settings);
   const g = requireGpu();
+  // the products this run's programs bind: on tensor cores (where the GPU has them) unless the settings say f32
+  g.tuning.tensorCores = settings.precision !== 'f32';
   const m = prepared.model;
   const d = prepared.data;
   const fingerprint = await dataFingerprint(d);
