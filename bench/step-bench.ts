@@ -11,12 +11,8 @@ import { fmtBytes, type KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel } from '../src/io/model-files';
-import { loadCausalLM } from '../src/engine/models/registry';
-import { createPeftMethod, peftModelInfo } from '../src/engine/peft/factory';
-import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../src/engine/train/trainer';
-import { seededRandom } from '../src/data/batches';
-import type { Example } from '../src/data/examples';
+import { loraRun } from './lora-run';
 
 const { values: a } = parseArgs({
   options: {
@@ -49,20 +45,8 @@ const gpu = await createNodeGpu({
 });
 console.log(`device: ${gpu.info.description || gpu.info.vendor}${gpu.hasTensorCores && gpu.tuning.tensorCores ? ' (tensor cores: frozen products in f16 x f16 -> f32)' : ''}`);
 if (a['tensor-cores'] && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
-const loaded = loadCausalLM(gpu, hf);
-const info = peftModelInfo(hf.config, loaded.model.linearModules());
-const stepUniforms = new StepUniforms(gpu);
-const targets = a.targets ? a.targets.split(',') : loaded.defaultLoraTargets;
-const method = createPeftMethod(gpu, { method: 'lora', lora: { r: rank, alpha: 2 * rank, dropout: 0.05, targetModules: targets, useRslora: false } }, info, loaded.model, stepUniforms, {
-  random: seededRandom(1), tokenize: () => [],
-});
 // Random full-length sequences: every position is a real token with a loss.
-const rnd = seededRandom(7);
-const vocab = info.vocab;
-const examples: Example[] = Array.from({ length: 64 }, (_, row) => {
-  const ids = Array.from({ length: T }, () => Math.floor(rnd() * vocab));
-  return { inputIds: ids, labels: ids.slice(), truncated: false, row };
-});
+const { loaded, stepUniforms, targets, method, examples } = loraRun(gpu, hf, { targets: a.targets?.split(','), rank, count: 64, T });
 const totalSteps = steps + profileSteps;
 const config: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, gradAccumSteps: 1, totalSteps, seqLen: T, lr: 1e-4, schedule: 'constant', evalEvery: 0 };
 const trainer = new Trainer(gpu, loaded.model, method, examples, [], config, 0, stepUniforms);

@@ -10,12 +10,8 @@ import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel } from '../src/io/model-files';
-import { loadCausalLM } from '../src/engine/models/registry';
-import { createPeftMethod, peftModelInfo } from '../src/engine/peft/factory';
-import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../src/engine/train/trainer';
-import { seededRandom } from '../src/data/batches';
-import type { Example } from '../src/data/examples';
+import { loraRun } from './lora-run';
 
 const { values: a } = parseArgs({ options: { model: { type: 'string' }, targets: { type: 'string' }, steps: { type: 'string' }, json: { type: 'string' } } });
 if (!a.model) throw new Error('--model DIR is required');
@@ -26,19 +22,8 @@ interface Run { losses: number[]; gradNorms: number[]; start: Float32Array[]; en
 async function train(tensorCores: boolean): Promise<Run> {
   const gpu = await createNodeGpu({ tensorCores });
   if (tensorCores && !gpu.hasTensorCores) throw new Error('this device has no f16 subgroup matrices');
-  const loaded = loadCausalLM(gpu, hf);
-  const info = peftModelInfo(hf.config, loaded.model.linearModules());
-  const stepUniforms = new StepUniforms(gpu);
-  const targets = a.targets ? a.targets.split(',') : loaded.defaultLoraTargets;
-  const method = createPeftMethod(gpu, { method: 'lora', lora: { r: rank, alpha: 2 * rank, dropout: 0.05, targetModules: targets, useRslora: false } }, info, loaded.model, stepUniforms, {
-    random: seededRandom(1), tokenize: () => [],
-  });
   // a few sequences, seen again and again: the loss falls, so the comparison covers real learning
-  const rnd = seededRandom(7);
-  const examples: Example[] = Array.from({ length: 16 }, (_, row) => {
-    const ids = Array.from({ length: T }, () => Math.floor(rnd() * info.vocab));
-    return { inputIds: ids, labels: ids.slice(), truncated: false, row };
-  });
+  const { loaded, stepUniforms, method, examples } = loraRun(gpu, hf, { targets: a.targets?.split(','), rank, count: 16, T });
   const config: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, gradAccumSteps: 1, totalSteps: steps, seqLen: T, lr: 1e-3, schedule: 'constant', evalEvery: 0 };
   const start = await Promise.all(method.params.map((p) => gpu.read(p.value)));
   const trainer = new Trainer(gpu, loaded.model, method, examples, [], config, 0, stepUniforms);

@@ -13,6 +13,7 @@
 import { parseArgs } from 'node:util';
 import { create, globals } from 'webgpu';
 import { passTimer } from './pass-timer';
+import { pipelineFor as pipelineOn, readF32 as readOn } from './probe-device';
 import { f32ToF16, f16ToF32 } from '../../src/io/safetensors';
 
 const { values: opt } = parseArgs({ options: { tiles: { type: 'string' }, info: { type: 'boolean' }, shapes: { type: 'string' }, 'skip-plain': { type: 'boolean' }, 'no-sgm': { type: 'boolean' }, compare: { type: 'boolean' }, f32first: { type: 'boolean' }, 'no-f16': { type: 'boolean' }, safe: { type: 'boolean' } } });
@@ -46,6 +47,8 @@ device.onuncapturederror = (e) => console.error('uncaptured', e.error?.message?.
 console.log('device made with', wanted.join(', '));
 
 const timer = passTimer(device);
+const pipelineFor = (code: string) => pipelineOn(device, code);
+const readF32 = (buf: GPUBuffer, n: number) => readOn(device, buf, n);
 const storage = (data: ArrayBufferView | number) => {
   const size = typeof data === 'number' ? data : Math.ceil(data.byteLength / 4) * 4;
   const buf = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
@@ -58,28 +61,6 @@ const randF16 = (n: number, seed: number) => {
   for (let i = 0; i < n; i++) x[i] = (((s = (s * 1664525 + 1013904223) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2;
   return f32ToF16(x);
 };
-async function readF32(buf: GPUBuffer, n: number) {
-  const rb = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(buf, 0, rb, 0, n * 4);
-  device.queue.submit([enc.finish()]);
-  await rb.mapAsync(GPUMapMode.READ);
-  const out = new Float32Array(rb.getMappedRange().slice(0));
-  rb.unmap();
-  return out;
-}
-async function pipelineFor(code: string) {
-  if (process.env.OUT) (await import('node:fs')).writeFileSync(`${process.env.OUT}/last.wgsl`, code);
-  const module = device.createShaderModule({ code });
-  console.log('  module made');
-  const info = await module.getCompilationInfo();
-  const errors = info.messages.filter((m) => m.type === 'error');
-  if (errors.length) return { error: errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ') };
-  device.pushErrorScope('validation');
-  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-  const err = await device.popErrorScope();
-  return err ? { error: err.message } : { pipeline };
-}
 
 if (opt.f32first) {
   const r = await pipelineFor(`@group(0) @binding(0) var<storage, read_write> y: array<f32>;

@@ -11,6 +11,7 @@
 import { parseArgs } from 'node:util';
 import { create, globals } from 'webgpu';
 import { passTimer } from './pass-timer';
+import { pipelineFor as pipelineOn, readF32 as readOn } from './probe-device';
 import { f32ToF16, f16ToF32 } from '../../src/io/safetensors';
 
 const { values: opt } = parseArgs({ options: { only: { type: 'string' }, shapes: { type: 'string' }, reps: { type: 'string' } } });
@@ -132,6 +133,8 @@ for (const transB of [true, false]) {
 }
 
 const timer = passTimer(device);
+const pipelineFor = (code: string) => pipelineOn(device, code);
+const readF32 = (buf: GPUBuffer, n: number) => readOn(device, buf, n);
 const storage = (data: Float32Array | number) => {
   const size = typeof data === 'number' ? data : data.byteLength;
   const buf = device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
@@ -144,27 +147,6 @@ const rand = (n: number, seed: number) => {
   for (let i = 0; i < n; i++) x[i] = (((s = (s * 1664525 + 1013904223) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2;
   return x;
 };
-async function readF32(buf: GPUBuffer, n: number) {
-  const rb = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(buf, 0, rb, 0, n * 4);
-  device.queue.submit([enc.finish()]);
-  await rb.mapAsync(GPUMapMode.READ);
-  const out = new Float32Array(rb.getMappedRange().slice(0));
-  rb.unmap();
-  return out;
-}
-async function pipelineFor(code: string) {
-  if (process.env.OUT) (await import('node:fs')).writeFileSync(`${process.env.OUT}/last.wgsl`, code);
-  const module = device.createShaderModule({ code });
-  const info = await module.getCompilationInfo();
-  const errors = info.messages.filter((m) => m.type === 'error');
-  if (errors.length) return { error: errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ') };
-  device.pushErrorScope('validation');
-  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-  const err = await device.popErrorScope();
-  return err ? { error: err.message } : { pipeline };
-}
 function setup(pipeline, M: number, N: number, K: number, BM: number, BN: number, seed: number) {
   const A = rand(M * K, seed), B = rand(N * K, seed + 1);
   const params = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });

@@ -60,6 +60,8 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await expect.poll(() => gpuCard.textContent(), { timeout: 60_000 }).toMatch(/swiftshader/i);
     await expect(page.getByTestId('gpu-fallback').textContent()).resolves.toMatch(/software renderer/);
     expect(await gpuCard.textContent()).not.toMatch(/your GPU/i);
+    // no f16 subgroup matrices in SwiftShader: every product in f32, and no precision to choose
+    expect(await page.getByTestId('gpu-tensor-cores').textContent()).toBe('no');
     await screenshot(page, '01-start');
 
     // The sample loads with one click.
@@ -309,6 +311,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await page.getByTestId('setting-steps').fill('12');
     await page.getByTestId('setting-batchSize').fill('4');
     await page.getByTestId('more-settings').locator('summary').click();
+    expect(await page.getByTestId('setting-precision').count()).toBe(0); // no tensor cores here
     await page.getByTestId('setting-checkpointEvery').fill('4');
     await page.getByTestId('adapter-name').fill('interrupted run');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
