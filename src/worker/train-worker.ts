@@ -605,6 +605,9 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
   if (!d) throw new InputError('Load a data file first.', 'dataFile');
   if (!m) throw new InputError('Load a base model first.', 'modelFolder');
   const g = requireGpu();
+  // the products the run's programs will bind (and its memory estimate counts): on tensor cores
+  // where the GPU has them, unless the settings say f32
+  g.tuning.tensorCores = settings.precision !== 'f32';
   if (mapping.task !== m.task) {
     throw new InputError(
       m.task === 'classification'
@@ -806,8 +809,6 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
   if (name.length > 120) throw new InputError('The adapter name is too long (120 characters at most).', 'adapterName');
   const prepared = await prepareRun(mapping, settings);
   const g = requireGpu();
-  // the products this run's programs bind: on tensor cores (where the GPU has them) unless the settings say f32
-  g.tuning.tensorCores = settings.precision !== 'f32';
   const m = prepared.model;
   const d = prepared.data;
   const fingerprint = await dataFingerprint(d);

@@ -672,7 +672,8 @@ export function productScratchElements(gpu: Gpu, M: number, N: number, K: number
  * 4 * floor(K / 4) terms and the plain kernels for the rest, added in (not under geluGradOf, whose
  * factor applies to the whole sum). A scratch of productScratchElements(M, N, K) always suffices.
  * Before all of these, a product that asks for tensor cores (MatmulArgs.tensorCores) runs there
- * where it can (kernels/matmul-tc.ts; the first 4 * floor(K / 4) terms likewise), needing no scratch.
+ * where it can (kernels/matmul-tc.ts; the first 4 * floor(K / 4) terms likewise; its K slices,
+ * where tensorCoreSplitK cuts it, in the scratch).
  */
 export function matmulWithScratch(gpu: Gpu, args: MatmulArgs, scratch: Tensor | null): Op[] {
   const { M, N, K } = args;
