@@ -22,6 +22,10 @@ const EDITS: [string, (c: string) => string][] = [
   ['no scale multiply', noScale],
   ['small tileC', smallTileC],
   ['both', (c) => smallTileC(noScale(c))],
+  // the fragments stored as they are (no finished(): alpha 1 and no scales in these products)
+  ['no finished()', (c) => c.replace(/finished\((acc\d+), [^)]*\)/g, '$1')],
+  // no K slices: the whole K from the parameters' offsets
+  ['no slices', (c) => c.replace('let kLen = min(params.sliceK, params.K - kBegin);', 'let kLen = params.K;').replace('let baseA = params.offA + kBegin;', 'let baseA = params.offA;').replace('let baseB = params.offB + kBegin * select(params.ldb, 1u, K_FAST_B);', 'let baseB = params.offB;')],
 ];
 const SHAPES: [string, number, number, number, boolean][] = [
   ['4096^3 B [K, N]', 4096, 4096, 4096, false],
