@@ -10,6 +10,7 @@ import { KernelProfiler } from '../../src/engine/gpu/profiler';
 import { encodeOps } from '../../src/engine/gpu/dispatch';
 import { matmulWithScratch } from '../../src/engine/kernels/matmul';
 import { TC_KERNELS } from '../../src/engine/kernels/matmul-tc';
+import { passTimer } from './pass-timer';
 
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization'], tensorCores: true });
 if (!gpu.hasTensorCores) throw new Error('no tensor cores');
@@ -51,11 +52,20 @@ async function timeOps(once) {
   profiler.destroy();
   return ms;
 }
+const timer = passTimer(gpu.device);
 for (const [what, M, N, K, transB] of SHAPES) {
   const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
   const line = [];
   for (const tile of ['128x128', '64x64']) {
     gpu.tuning.tensorCoreTile = tile;
+    {
+      // the engine's kernel as is, timed as the plain probe times its own (bench/probe/tensor-core-matmul.ts:
+      // back-to-back dispatches in one pass, timestamps at its two ends)
+      const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transB, label: 'tc', tensorCores: 'values' }, null);
+      await timer(ops, 20, 1);
+      const us = await timer(ops, M * N * K > 2 ** 34 ? 10 : 40);
+      line.push(`${tile} engine, pass timer ${((2 * M * N * K) / (us * 1e6)).toFixed(1)}`);
+    }
     for (const [name, edit] of EDITS) {
       try { gpu.checkErrors(); } catch { /* an earlier variant's error, already reported */ }
       TC_KERNELS[tile].code = edit(original[tile]);
