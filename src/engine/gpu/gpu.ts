@@ -243,7 +243,7 @@ interface SubgroupMatrixConfig {
 /**
  * Whether the adapter offers what kernels/matmul-tc.ts needs: shader-f16, subgroups, subgroup matrices with
  * an f16 x f16 -> f32 configuration of 16 x 16 x 16, and subgroups of exactly 32 invocations (the
- * kernels lay their subgroups out by local_invocation_index / 32). On NVIDIA's Vulkan driver Dawn
+ * kernels count on 8 or 4 subgroups in their 256 or 128 invocations). On NVIDIA's Vulkan driver Dawn
  * offers shader-f16 only under its vulkan_enable_f16_on_nvidia toggle, and subgroup matrices under
  * allow_unsafe_apis (Chrome: --enable-unsafe-webgpu and --enable-dawn-features=...).
  */
