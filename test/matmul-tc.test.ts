@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { DEFAULT_KERNEL_TUNING, type Gpu } from '../src/engine/gpu/gpu';
 import { runOps } from '../src/engine/gpu/dispatch';
-import { rowScales, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TcProduct } from '../src/engine/kernels/matmul-tc';
+import { checkTensorCores, rowScales, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TcProduct } from '../src/engine/kernels/matmul-tc';
 import { matmulWithScratch } from '../src/engine/kernels/matmul';
 import { randArray, testGpu } from './helpers/gpu';
 import { TENSOR_CORE_CASES, runTensorCoreCase } from './helpers/tensor-core-cases';
@@ -115,6 +115,26 @@ describe('products that ask for tensor cores', () => {
     await runOps(gpu, [...asked, ...plain]);
     expect(Array.from(await gpu.read(c1))).toEqual(Array.from(await gpu.read(c2)));
     for (const t of [a, b, c1, c2]) gpu.destroyTensor(t);
+  });
+
+  it('are refused, with the reason, where the kernels fail their check (forced on a device without f16)', async () => {
+    const gpu = await createNodeGpu();
+    if (gpu.hasF16) return; // this device could build them: the check below would pass
+    const reason = await checkTensorCores(gpu, true);
+    expect(reason).toMatch(/128x128 tiles, A as values: .*f16/);
+    expect(gpu.hasTensorCores).toBe(false);
+    expect(gpu.info.tensorCoresRefused).toMatch(/the tensor-core check failed .*every product runs in f32/);
+    // and a product that asks for them then runs in f32
+    const M = 64, N = 64, K = 32;
+    const a = gpu.tensorFrom(randArray(M * K, 5), [M * K], 'a'), b = gpu.tensorFrom(randArray(K * N, 6), [K * N], 'b'), c = gpu.tensor([M * N], 'c');
+    const ops = matmulWithScratch(gpu, { label: 'after', a, b, c, M, N, K, tensorCores: 'values' }, null);
+    expect(ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind))).toEqual(['after']);
+    for (const t of [a, b, c]) gpu.destroyTensor(t);
+  });
+
+  it.skipIf(!tcGpu.hasTensorCores)('pass their check where the device has them', async () => {
+    expect(await checkTensorCores(tcGpu)).toBeNull();
+    expect(tcGpu.hasTensorCores).toBe(true);
   });
 
   describe('on tensor cores (skipped without them)', () => {

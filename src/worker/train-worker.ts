@@ -34,6 +34,7 @@ import { importPeftAdapter } from '../engine/peft/import';
 import { Ia3Error } from '../engine/peft/ia3';
 import { BottleneckError } from '../engine/peft/bottleneck';
 import { PromptTuningError } from '../engine/peft/prompt-tuning';
+import { checkTensorCores } from '../engine/kernels/matmul-tc';
 import { PrefixTuningError } from '../engine/peft/prefix-tuning';
 import type { PeftMethod } from '../engine/peft/method';
 import { StepUniforms } from '../engine/kernels/step-uniforms';
@@ -272,6 +273,8 @@ async function init(params: { testHooks?: boolean } = {}): Promise<InitResult> {
   }
   if (!gpu || gpu.lost) {
     gpu = await Gpu.create({ gpu: nav.gpu });
+    // tensor cores whose kernels fail on this driver are refused: every product in f32
+    await checkTensorCores(gpu);
     probeUniforms = null;
   }
   return { gpu: gpu.info, hasF16: gpu.hasF16, hasSubgroups: gpu.hasSubgroups };

@@ -19,6 +19,8 @@ export interface GpuInfo {
    * kernels/matmul-tc.ts. Where the adapter offers them, Gpu.create asks for both features.
    */
   tensorCores: boolean;
+  /** Why the tensor cores the device offered are not used (kernels/matmul-tc.ts checkTensorCores), if so. */
+  tensorCoresRefused?: string;
   limits: {
     maxStorageBufferBindingSize: number;
     maxBufferSize: number;
@@ -266,7 +268,9 @@ export class Gpu {
   readonly hasSubgroups: boolean;
   readonly hasTimestamps: boolean;
   /** GpuInfo.tensorCores: the tensor-core products of kernels/matmul-tc.ts can run here. */
-  readonly hasTensorCores: boolean;
+  get hasTensorCores(): boolean {
+    return this.info.tensorCores;
+  }
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly modules = new Map<string, GPUShaderModule>();
   /** Bytes of live buffers made through this object (weights, activations, optimizer state). */
@@ -286,7 +290,6 @@ export class Gpu {
     this.hasF16 = device.features.has('shader-f16');
     this.hasSubgroups = device.features.has('subgroups');
     this.hasTimestamps = device.features.has('timestamp-query');
-    this.hasTensorCores = info.tensorCores;
     device.addEventListener('uncapturederror', (e) => {
       const msg = (e as GPUUncapturedErrorEvent).error.message;
       if (this.uncaptured.length < 20) this.uncaptured.push(msg);
@@ -469,6 +472,15 @@ export class Gpu {
     staging.unmap();
     staging.destroy();
     return out;
+  }
+
+  /**
+   * Turns the tensor cores off on this device (GpuInfo.tensorCores false, the reason in
+   * GpuInfo.tensorCoresRefused): every product built from now on runs in f32.
+   */
+  refuseTensorCores(reason: string): void {
+    this.info.tensorCores = false;
+    this.info.tensorCoresRefused = reason;
   }
 
   private readonly scratch = new Map<string, Tensor>();

@@ -1,6 +1,7 @@
 // navigator.gpu for Node, from the `webgpu` npm package (Dawn). Only Node entry points (CLI,
 // tests, benchmarks) import this file; the engine itself never does.
 import { Gpu, type GpuOptions } from './gpu';
+import { checkTensorCores } from '../kernels/matmul-tc';
 
 const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 
@@ -27,7 +28,8 @@ function mergedDawnFlags(flags: readonly string[]): string[] {
 
 /**
  * navigator.gpu's device in Node. tensorCores: ask Dawn for what the tensor-core products need
- * (TENSOR_CORE_DAWN_FEATURES; the device then has them where the GPU does).
+ * (TENSOR_CORE_DAWN_FEATURES; the device then has them where the GPU does, and they pass
+ * kernels/matmul-tc.ts checkTensorCores).
  */
 export async function createNodeGpu(options: Omit<GpuOptions, 'gpu'> & { dawnFlags?: string[]; tensorCores?: boolean } = {}): Promise<Gpu> {
   // Without a Vulkan driver for a real GPU, Dawn can run on SwiftShader (CPU), which Debian's
@@ -47,5 +49,8 @@ export async function createNodeGpu(options: Omit<GpuOptions, 'gpu'> & { dawnFla
   const gpu = webgpu.create(mergedDawnFlags(flags));
   liveInstances.push(gpu);
   const { dawnFlags: _flags, tensorCores: _tc, ...rest } = options;
-  return Gpu.create({ ...rest, gpu });
+  const made = await Gpu.create({ ...rest, gpu });
+  // a driver the tensor-core kernels fail on: every product in f32 (GpuInfo.tensorCoresRefused says why)
+  await checkTensorCores(made);
+  return made;
 }

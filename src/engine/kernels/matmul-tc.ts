@@ -14,7 +14,7 @@ import code128x128Kernel from '../../../shaders/matmul_tc_128x128.wgsl?raw';
 import code64x64Kernel from '../../../shaders/matmul_tc_64x64.wgsl?raw';
 import rowScaleCode from '../../../shaders/row_scale.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
-import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
+import { bindDispatch, f32, runOps, type Dispatch, type Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 
 /** What A holds, for MatmulArgs.tensorCores: ordinary magnitudes, or gradients (rows rescaled before rounding). */
@@ -166,4 +166,61 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     buffers: [x.a, x.b, e.c, e.bias ?? x.a, e.pre ?? x.a, rowScale ?? x.a], workgroups: foldGrid(gpu, slices * tilesM * tilesN),
   }));
   return ops;
+}
+
+/**
+ * Runs one small product of each kind (both tiles; A as values, and as gradients with their row
+ * scales) on the tensor cores and compares it with the exact result (operands on a grid of f16
+ * values, whose products and sums f32 holds exactly). Where a kernel fails to build or gives a wrong
+ * value, on a driver these kernels were never tried on, it turns the tensor cores off
+ * (Gpu.refuseTensorCores) so that every product runs in f32, and returns why; else null. Only where
+ * the device has them, unless `force` (tests: a device without them must be refused).
+ */
+export async function checkTensorCores(gpu: Gpu, force = false): Promise<string | null> {
+  if (!gpu.hasTensorCores && !force) return null;
+  const M = 128, N = 128, K = 64;
+  // entries j / 8 for j in [-16, 16): exact in f16; every product and partial sum exact in f32
+  const grid = (n: number, seed: number, scale: number) => Float32Array.from({ length: n }, (_, i) => ((((i * 2654435761 + seed) >>> 7) % 32) - 16) / 8 * scale);
+  const A = grid(M * K, 1, 1), G = grid(M * K, 3, 2 ** -24), B = grid(K * N, 2, 1);
+  const want = (a: Float32Array) => {
+    const c = new Float64Array(M * N);
+    for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) c[m * N + n] += a[m * K + k] * B[k * N + n];
+    return c;
+  };
+  const tensors = [gpu.tensorFrom(A, [M * K], 'tensor-core check A'), gpu.tensorFrom(G, [M * K], 'tensor-core check gradients'), gpu.tensorFrom(B, [K * N], 'tensor-core check B'), gpu.tensor([M * N], 'tensor-core check C')];
+  const [tA, tG, tB, tC] = tensors;
+  let problem: string | null = null;
+  try {
+    for (const tile of Object.keys(TC_KERNELS) as TcTile[]) {
+      for (const [operand, a, aHost] of [['values', tA, A], ['gradients', tG, G]] as const) {
+        const what = `${tile} tiles, A as ${operand}`;
+        gpu.device.pushErrorScope('validation');
+        gpu.device.pushErrorScope('internal');
+        const p = { M, N, K, transB: false, lda: K, ldb: N, offA: 0, offB: 0 };
+        runOps(gpu, matmulTensorCore(gpu, p, tile, {
+          label: `tensor-core check (${what})`, a, b: tB, c: tC, bias: null, pre: null, offPre: 0, ldPre: 0, geluA: false, offC: 0, ldc: N, alpha: 1, accumulate: false, operand,
+        }));
+        const internal = await gpu.device.popErrorScope();
+        const invalid = await gpu.device.popErrorScope();
+        const error = internal ?? invalid;
+        if (error) {
+          problem = `${what}: ${error.message.split('\n')[0]}`;
+          break;
+        }
+        const got = await gpu.read(tC), exact = want(aHost);
+        const bad = got.findIndex((v, i) => v !== exact[i]);
+        if (bad >= 0) {
+          problem = `${what}: C[${Math.floor(bad / N)}][${bad % N}] is ${got[bad]}, not ${exact[bad]}`;
+          break;
+        }
+      }
+      if (problem) break;
+    }
+  } catch (e) {
+    problem = e instanceof Error ? e.message.split('\n')[0] : String(e);
+  } finally {
+    for (const t of tensors) gpu.destroyTensor(t);
+  }
+  if (problem) gpu.refuseTensorCores(`the tensor-core check failed (${problem}); every product runs in f32`);
+  return problem;
 }
