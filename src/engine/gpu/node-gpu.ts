@@ -16,7 +16,7 @@ const liveInstances: GPU[] = [];
  */
 export const TENSOR_CORE_DAWN_FEATURES = ['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia'];
 
-/** Dawn's flags with every enable-dawn-features list merged into one (Dawn keeps only the last). */
+/** Dawn's flags with every enable-dawn-features list merged into one (so a caller's list and ours both hold). */
 function mergedDawnFlags(flags: readonly string[]): string[] {
   const enable: string[] = [], rest: string[] = [];
   for (const f of flags) {
