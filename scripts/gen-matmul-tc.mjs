@@ -43,10 +43,11 @@ export function tcMatmulWgsl(v) {
   const stage = [];
   for (let i = 0; i < aLoads; i++) stage.push(`stageA(sa${i}, ra${i}, rs${i});`);
   for (let i = 0; i < bLoads; i++) stage.push(`stageB(sb${i}, rb${i});`);
-  const accs = [], biasInit = [];
+  const accs = [], biasInit = [], cInit = [];
   for (let i = 0; i < FM; i++) for (let j = 0; j < FN; j++) {
     accs.push(`var acc${i}${j} = ${Res}();`);
     biasInit.push(`acc${i}${j} = subgroupMatrixLoad<${Res}, row_major>(&tileC, sn + ${16 * j}u, ${BN}u);`);
+    cInit.push(`acc${i}${j} = subgroupMatrixLoad<${Res}, row_major>(&c, baseC + (m0 + sm + ${16 * i}u) * params.ldc + n0 + sn + ${16 * j}u, params.ldc);`);
   }
   const mma = [];
   for (let kk = 0; kk < BK; kk += 16) {
@@ -99,6 +100,9 @@ override GELU_GRAD: bool = false;
 // that a product with a bias (alpha 1, no accumulate, GELU_GRAD nor SCALE_ROWS) can store its
 // fragments straight (DIRECT_STORE); the epilogue then adds no bias.
 override BIAS_INIT: bool = false;
+// The accumulators start from C itself (accumulate with alpha 1, no bias, GELU_GRAD nor SCALE_ROWS,
+// whole tiles): C += A op(B) with the fragments stored straight (DIRECT_STORE).
+override ACC_INIT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -226,6 +230,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     ${loads('0u', 'true').join('\n    ')}
   }
   ${accs.join('\n  ')}
+  if (ACC_INIT) {
+    ${cInit.join('\n    ')}
+  }
   if (BIAS_INIT) {
     for (var i = lidx; i < ${16 * BN}u; i += ${T}u) {
       let n = n0 + i % ${BN}u;

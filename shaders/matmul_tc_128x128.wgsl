@@ -36,6 +36,9 @@ override GELU_GRAD: bool = false;
 // that a product with a bias (alpha 1, no accumulate, GELU_GRAD nor SCALE_ROWS) can store its
 // fragments straight (DIRECT_STORE); the epilogue then adds no bias.
 override BIAS_INIT: bool = false;
+// The accumulators start from C itself (accumulate with alpha 1, no bias, GELU_GRAD nor SCALE_ROWS,
+// whole tiles): C += A op(B) with the fragments stored straight (DIRECT_STORE).
+override ACC_INIT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -200,6 +203,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc11 = subgroup_matrix_result<f32, 16, 16>();
   var acc12 = subgroup_matrix_result<f32, 16, 16>();
   var acc13 = subgroup_matrix_result<f32, 16, 16>();
+  if (ACC_INIT) {
+    acc00 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 0u, params.ldc);
+    acc01 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 16u, params.ldc);
+    acc02 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 32u, params.ldc);
+    acc03 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 0u) * params.ldc + n0 + sn + 48u, params.ldc);
+    acc10 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 0u, params.ldc);
+    acc11 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 16u, params.ldc);
+    acc12 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 32u, params.ldc);
+    acc13 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, baseC + (m0 + sm + 16u) * params.ldc + n0 + sn + 48u, params.ldc);
+  }
   if (BIAS_INIT) {
     for (var i = lidx; i < 2048u; i += 256u) {
       let n = n0 + i % 128u;

@@ -66,8 +66,11 @@ describe('row scales for the tensor-core products (shaders/row_scale.wgsl)', () 
 describe('tensorCoreTile', () => {
   const fake = (has: boolean, tuning = {}) => ({ hasTensorCores: has, tuning: { ...DEFAULT_KERNEL_TUNING, ...tuning } }) as unknown as Gpu;
   const p = (q: Partial<TcProduct>): TcProduct => ({ M: 2048, N: 768, K: 768, transB: true, lda: 768, ldb: 768, offA: 0, offB: 0, ...q });
-  it('takes 128x128 tiles for B stored [N, K], and for B stored [K, N] from tensorCoreWideMinTiles tiles', () => {
-    expect(tensorCoreTile(fake(true), p({ N: 768 }))).toBe('128x128');
+  it('takes 128x128 tiles for B stored [N, K] with N or K from tensorCoreWideMinDim, and for B stored [K, N] from tensorCoreWideMinTiles tiles', () => {
+    expect(tensorCoreTile(fake(true), p({ N: 768, K: 3072, lda: 3072, ldb: 3072 }))).toBe('128x128'); // GPT-2's c_fc.dx
+    expect(tensorCoreTile(fake(true), p({ N: 3072, K: 576, lda: 576, ldb: 576 }))).toBe('128x128'); // SmolLM2's gate|up
+    expect(tensorCoreTile(fake(true), p({ N: 576, K: 1536, lda: 1536, ldb: 1536 }))).toBe('64x64'); // SmolLM2's down_proj
+    expect(tensorCoreTile(fake(true), p({ N: 768 }))).toBe('64x64'); // GPT-2's attn.c_proj.dx (K 768)
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 3072, ldb: 3072 }))).toBe('128x128'); // 384 tiles
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 2304, ldb: 2304 }))).toBe('64x64'); // 288
     expect(tensorCoreTile(fake(true, { tensorCoreWideMinTiles: 96 }), p({ transB: false, ldb: 768 }))).toBe('128x128');
@@ -97,7 +100,7 @@ describe('tensorCoreTile', () => {
     expect(tensorCoreTile(fake(true), p({ offA: 2 }))).toBeNull();
     expect(tensorCoreTile(fake(true), p({ offB: 6 }))).toBeNull();
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 770, ldb: 772 }))).toBeNull();
-    expect(tensorCoreTile(fake(true), p({ transB: true, N: 770 }))).toBe('128x128'); // B [N, K]: N may be anything
+    expect(tensorCoreTile(fake(true), p({ transB: true, N: 770 }))).toBe('64x64'); // B [N, K]: N may be anything
     expect(tensorCoreTile(fake(true), p({ M: 8 }))).toBeNull();
   });
 });

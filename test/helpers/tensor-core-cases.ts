@@ -42,6 +42,7 @@ const CASES: Omit<TensorCoreCase, 'tile'>[] = [
   { name: 'edges everywhere, B [N, K]', M: 150, N: 90, K: 52, transB: true, operand: 'values' },
   { name: 'edges everywhere, B [K, N]', M: 150, N: 92, K: 52, transB: false, operand: 'values' },
   { name: 'alpha, accumulate, bias', M: 128, N: 192, K: 64, transB: false, operand: 'values', alpha: 0.5, accumulate: true, bias: true },
+  { name: 'C in the accumulators (accumulate, whole tiles)', M: 128, N: 128, K: 64, transB: true, operand: 'values', accumulate: true },
   { name: 'bias in the accumulators, whole tiles', M: 128, N: 128, K: 64, transB: true, operand: 'values', bias: true },
   { name: 'bias in the accumulators, edges', M: 100, N: 72, K: 36, transB: false, operand: 'values', bias: true, geluA: true },
   { name: 'GELU prologue', M: 128, N: 128, K: 96, transB: false, operand: 'values', geluA: true },

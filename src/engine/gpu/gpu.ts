@@ -202,6 +202,8 @@ export interface KernelTuning {
   /** 'auto': kernels/matmul-tc.ts tensorCoreTile's rule; or force one tile. */
   tensorCoreTile: 'auto' | '128x128' | '64x64';
   tensorCoreWideMinTiles: number;
+  /** B stored [N, K] takes 128x128 tiles where N or K is at least this (kernels/matmul-tc.ts tensorCoreTile). */
+  tensorCoreWideMinDim: number;
   /**
    * Tensor-core products with K >= tensorCoreSplitKMinK (tensorCoreSplitKGeluMinK under a GELU
    * prologue) and fewer tiles than tensorCoreSplitKWorkgroups are cut in K slices (each at least
@@ -228,7 +230,7 @@ export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 384, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512,
+  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 384, tensorCoreWideMinDim: 2048, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512,
 };
 
 const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';

@@ -47,10 +47,12 @@ export interface TcProduct {
  * The tile a tensor-core product runs in, or null where it cannot: the device has no tensor
  * cores, tuning.tensorCores is off, or the operands are not vec4-aligned (offsets and row strides
  * multiples of 4; K a multiple of 4, and N too where B is stored [K, N]). 128x128 for B stored
- * [N, K] (on the H100 its 64x64 tiles ran at 46 TFLOP/s where 128x128 ran at 59-70, GPT-2's dx
- * shapes), for a GELU prologue (half the GELUs of 64x64 tiles), for K slices (tensorCoreSplitK) and
- * from tuning.tensorCoreWideMinTiles tiles; else 64x64 (B stored [K, N]: 57-71 against 46-60 at
- * GPT-2's forward shapes; bench/matmul-shapes.ts --tensor-cores).
+ * [N, K] with N or K from tuning.tensorCoreWideMinDim (on the H100 its 64x64 tiles ran at 46
+ * TFLOP/s where 128x128 ran at 59-70, GPT-2's dx shapes; but SmolLM2's 576- and 960-wide forward
+ * products over K = 576 and 1536 ran faster in 64x64 tiles, whole ones: o_proj 1.89 -> 1.59 ms a
+ * step, down_proj 3.55 -> 3.28, q|k|v 1.92 -> 1.67), for a GELU prologue (half the GELUs of 64x64
+ * tiles), for K slices (tensorCoreSplitK) and from tuning.tensorCoreWideMinTiles tiles; else 64x64
+ * (B stored [K, N]: 57-71 against 46-60 at GPT-2's forward shapes; bench/matmul-shapes.ts --tensor-cores).
  */
 export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   if (!gpu.hasTensorCores || !gpu.tuning.tensorCores) return null;
@@ -59,7 +61,8 @@ export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   if (p.M < 16 || p.N < 16) return null;
   if (gpu.tuning.tensorCoreTile !== 'auto') return gpu.tuning.tensorCoreTile;
   const tiles128 = Math.ceil(p.M / 128) * Math.ceil(p.N / 128);
-  const wide = p.transB || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= gpu.tuning.tensorCoreWideMinTiles;
+  const t = gpu.tuning;
+  const wide = (p.transB && Math.max(p.N, p.K) >= t.tensorCoreWideMinDim) || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= t.tensorCoreWideMinTiles;
   return wide ? '128x128' : '64x64';
 }
 
@@ -148,11 +151,14 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
   // nothing added but a bias (alpha, and the row blocks' scales, applied to each fragment as a whole):
   // the bias goes in first and the fragments straight out
   const plain = !e.accumulate && !e.pre && (!e.bias || (e.alpha === 1 && !scaleRows));
+  // C += A op(B) on whole tiles: C itself goes in first, the fragments straight out
+  const addsToC = whole && e.accumulate && e.alpha === 1 && !scaleRows && !e.pre && !e.bias;
   const constants: Record<string, number> = {
     K_FAST_B: p.transB ? 1 : 0,
     ...(whole ? { CHECKED: 0 } : {}),
-    ...(whole && plain ? { DIRECT_STORE: 1 } : {}),
+    ...(whole && (plain || addsToC) ? { DIRECT_STORE: 1 } : {}),
     ...(plain && e.bias ? { BIAS_INIT: 1 } : {}),
+    ...(addsToC ? { ACC_INIT: 1 } : {}),
     ...(scaleRows ? { SCALE_ROWS: 1 } : {}),
     ...(x.geluA ? { GELU_A: 1 } : {}),
     ...(e.pre ? { GELU_GRAD: 1 } : {}),
