@@ -16,7 +16,7 @@ import { passTimer } from './pass-timer';
 import { pipelineFor as pipelineOn, readF32 as readOn } from './probe-device';
 import { f32ToF16, f16ToF32 } from '../../src/io/safetensors';
 
-const { values: opt } = parseArgs({ options: { tiles: { type: 'string' }, info: { type: 'boolean' }, shapes: { type: 'string' }, 'skip-plain': { type: 'boolean' }, 'no-sgm': { type: 'boolean' }, compare: { type: 'boolean' }, f32first: { type: 'boolean' }, 'no-f16': { type: 'boolean' }, safe: { type: 'boolean' } } });
+const { values: opt } = parseArgs({ options: { tiles: { type: 'string' }, info: { type: 'boolean' }, shapes: { type: 'string' } } });
 Object.assign(globalThis, globals);
 
 const feature = 'chromium-experimental-subgroup-matrix';
@@ -31,14 +31,14 @@ async function describe(flags: string[]) {
   console.log(JSON.stringify({ flags, features: [...(adapter?.features ?? [])].sort(), configs }));
   return { adapter, configs };
 }
-if (opt.compare) await describe(['enable-dawn-features=allow_unsafe_apis']);
-const { adapter, configs } = await describe(opt.safe ? ['enable-dawn-features=vulkan_enable_f16_on_nvidia'] : ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization']);
+await describe(['enable-dawn-features=allow_unsafe_apis']);
+const { adapter, configs } = await describe(['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization']);
 if (opt.info) process.exit(0);
 if (!adapter?.features.has('shader-f16')) {
   console.log('no shader-f16 even with the toggle');
   process.exit(0);
 }
-const wanted = [...(opt['no-f16'] ? [] : ['shader-f16']), 'subgroups', 'timestamp-query', ...(adapter.features.has(feature) && !opt['no-sgm'] ? [feature] : [])];
+const wanted = ['shader-f16', 'subgroups', 'timestamp-query', ...(adapter.features.has(feature) ? [feature] : [])];
 const device = await adapter.requestDevice({
   requiredFeatures: wanted,
   requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize, maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize },
@@ -62,25 +62,8 @@ const randF16 = (n: number, seed: number) => {
   return f32ToF16(x);
 };
 
-if (opt.f32first) {
-  const r = await pipelineFor(`@group(0) @binding(0) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { y[g.x] = 1.0; }`);
-  console.log('f32 kernel:', r.error ?? 'pipeline made');
-  const y = storage(4096);
-  const bg = device.createBindGroup({ layout: r.pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: y } }] });
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(r.pipeline);
-  pass.setBindGroup(0, bg);
-  pass.dispatchWorkgroups(16);
-  pass.end();
-  device.queue.submit([enc.finish()]);
-  console.log('f32 kernel: submitted');
-  const Y = await readF32(y, 1024);
-  console.log('f32 kernel: read back', Y[0], Y[1023]);
-}
 // 1. shader-f16 alone: y = f32(x) * 2 over f16 storage, read back.
-if (!opt['skip-plain']) {
+{
   const code = `enable f16;
 @group(0) @binding(0) var<storage, read> x: array<vec2<f16>>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;

@@ -114,10 +114,16 @@ function foldGrid(gpu: Gpu, n: number): [number, number, number] {
   return n <= maxDim ? [n, 1, 1] : [maxDim, Math.ceil(n / maxDim), 1];
 }
 
+/** The length of matmulTensorCore's K slices for about S of them (a whole number of K tiles), and how many that makes. */
+function kSlices(p: TcProduct, tile: TcTile, S: number): { length: number; count: number } {
+  const kTile = TC_KERNELS[tile].kTile;
+  const length = S > 1 ? kTile * Math.ceil(p.K / S / kTile) : p.K;
+  return { length, count: Math.ceil(p.K / length) };
+}
+
 /** How many K slices matmulTensorCore cuts K into for about S (slices of a whole number of K tiles). */
 export function tensorCoreSlices(p: TcProduct, tile: TcTile, S: number): number {
-  const kTile = TC_KERNELS[tile].kTile;
-  return S > 1 ? Math.ceil(p.K / (kTile * Math.ceil(p.K / S / kTile))) : 1;
+  return kSlices(p, tile, S).count;
 }
 
 /**
@@ -138,10 +144,8 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     ops.push(rowScales(gpu, { label: `${x.label}[row scales]`, a: x.a, scale: rowScale, M: p.M, K: p.K, lda: p.lda, offA: p.offA }));
   }
   const tilesM = Math.ceil(p.M / kernel.rows), tilesN = Math.ceil(p.N / kernel.cols);
-  const S = split?.S ?? 1;
   // slices of Ks (a multiple of the K tile), the last one the rest; all in one dispatch
-  const Ks = S > 1 ? kernel.kTile * Math.ceil(p.K / S / kernel.kTile) : p.K;
-  const slices = Math.ceil(p.K / Ks);
+  const { length: Ks, count: slices } = kSlices(p, tile, split?.S ?? 1);
   // a slice is written as it is (alpha 1, no bias, nothing added): the sum does the rest
   const e = split
     ? { c: split.parts, offC: 0, ldc: p.N, alpha: 1, accumulate: false, bias: null, pre: null, offPre: 0, ldPre: 0 }

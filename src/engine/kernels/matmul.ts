@@ -621,7 +621,7 @@ export function matmulStreamK(gpu: Gpu, args: MatmulArgs, plan: StreamKPlan, scr
 }
 
 /** args over the first K4 terms of its sum (explicit row strides, so the layout stays the one of K). */
-function kPrefix(args: MatmulArgs, K4: number): MatmulArgs {
+function kPrefix(args: MatmulArgs, K4: number): MatmulArgs & { lda: number; ldb: number } {
   const transA = args.transA ?? false, transB = args.transB ?? false;
   const lda = args.lda ?? (transA ? args.M : args.K), ldb = args.ldb ?? (transB ? args.K : args.N);
   return { ...args, K: K4, lda, ldb };
@@ -630,7 +630,7 @@ function kPrefix(args: MatmulArgs, K4: number): MatmulArgs {
 /** The plain product of args' terms from K4 on, added into C (no bias: the first part has it). */
 function kRest(gpu: Gpu, args: MatmulArgs, K4: number, what: string): Dispatch {
   const transA = args.transA ?? false, transB = args.transB ?? false;
-  const lda = args.lda ?? (transA ? args.M : args.K), ldb = args.ldb ?? (transB ? args.K : args.N);
+  const { lda, ldb } = kPrefix(args, K4);
   const label = args.label ?? `matmul(${args.c.label})`;
   return matmul(gpu, {
     ...args, label: `${label}[${what}]`, K: args.K - K4, lda, ldb, bias: undefined, accumulate: true, tensorCores: undefined,
