@@ -1,20 +1,24 @@
 // The tensor-core products' checks (test/helpers/tensor-core-cases.ts, as test/matmul-tc.test.ts
 // runs them where the device has tensor cores) for the GPU machine, which has no vitest: prints
-// each case and exits 1 if any fails.
+// each case, its error against its bound and the f32 kernels' error against the same bound (the
+// tensor cores off), and exits 1 if any fails.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/tc-check.ts
 //   GPU machine: bash .gpu/boot.sh node bench/dist/tc-check.mjs
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { TENSOR_CORE_CASES, runTensorCoreCase } from '../test/helpers/tensor-core-cases';
 
 const gpu = await createNodeGpu({ tensorCores: true });
-console.log(`device: ${gpu.info.description || gpu.info.vendor}; tensor cores: ${gpu.hasTensorCores}`);
-if (!gpu.hasTensorCores) process.exit(1);
+console.log(`device: ${gpu.info.description || gpu.info.vendor}; tensor cores: ${gpu.hasTensorCores}; workgroup memory ${gpu.info.limits.maxComputeWorkgroupStorageSize} bytes`);
+if (!gpu.hasTensorCores) {
+  console.log(gpu.info.tensorCoresRefused ?? 'no f16 subgroup matrices');
+  process.exit(1);
+}
 let failed = 0;
 for (const c of TENSOR_CORE_CASES) {
   const t0 = performance.now();
-  const r = await runTensorCoreCase(gpu, c);
+  const r = await runTensorCoreCase(gpu, c, true);
   if (!r.ok) failed++;
-  console.log(`${r.ok ? 'ok  ' : 'FAIL'} ${c.name}: worst |error| / bound ${r.worstRatio.toPrecision(3)} (${r.labels.join(', ')}) ${(performance.now() - t0).toFixed(0)} ms`);
+  console.log(`${r.ok ? 'ok  ' : 'FAIL'} ${c.name}: worst |error| / bound ${r.worstRatio.toPrecision(3)} (the f32 kernels: ${r.f32KernelWorstRatio!.toPrecision(3)}) (${r.labels.join(', ')}) ${(performance.now() - t0).toFixed(0)} ms`);
 }
 console.log(failed ? `${failed} of ${TENSOR_CORE_CASES.length} failed` : `all ${TENSOR_CORE_CASES.length} passed`);
 process.exit(failed ? 1 : 0);
