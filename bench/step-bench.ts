@@ -99,6 +99,8 @@ for (const r of table.slice(0, 40)) {
 if (a.json) {
   fs.writeFileSync(a.json, JSON.stringify({
     model: a.model, tuning: gpu.tuning, tensorCores: gpu.hasTensorCores && gpu.tuning.tensorCores, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows, every50,
+    // every step's time (report to report), steps 2 .. steps: outliers against drift
+    stepMs: done.slice(2, steps + 1).map((t, i) => +(t - done[i + 1]).toFixed(3)),
     tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes,
     kernels: table.map((r) => ({ kernel: r.kernel, msPerStep: r.totalMs / profileSteps, perStep: r.count / profileSteps })),
   }, null, 1));

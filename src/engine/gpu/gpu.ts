@@ -283,6 +283,12 @@ export class Gpu {
   lost: string | null = null;
   /** When set, training steps time every dispatch through it (benchmarks; see ./profiler.ts). */
   profiler: KernelProfiler | null = null;
+  /**
+   * The JS side polls for this device's events while a promise of it is pending (Node's Dawn: a
+   * setImmediate loop; node-gpu.ts sets it), so the trainers ask for readbacks late
+   * (train/submit-step.ts ReadbackPacer). Browsers deliver events themselves.
+   */
+  pollsForEvents = false;
   tuning: KernelTuning = { ...DEFAULT_KERNEL_TUNING };
 
   private constructor(

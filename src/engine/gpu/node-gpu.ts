@@ -50,6 +50,7 @@ export async function createNodeGpu(options: Omit<GpuOptions, 'gpu'> & { dawnFla
   liveInstances.push(gpu);
   const { dawnFlags: _flags, tensorCores: _tc, ...rest } = options;
   const made = await Gpu.create({ ...rest, gpu });
+  made.pollsForEvents = true;
   // a driver the tensor-core kernels fail on: every product in f32 (GpuInfo.tensorCoresRefused says why)
   await checkTensorCores(made);
   return made;

@@ -28,15 +28,70 @@ export function mixSeed(seed: number, n: number): number {
 }
 
 /**
+ * When to ask for a step's readback, where the JS side polls for GPU events (Gpu.pollsForEvents:
+ * Node's Dawn). There, while any mapAsync is pending, the binding polls from a setImmediate loop
+ * that allocates a function with a native finalizer every turn; asked for at submit, a readback
+ * two steps ahead kept it polling all the time, and V8's full collections of that garbage (every
+ * ~23 GPT-2 steps on the H100, 16-20 ms each; bench/step-bench.ts under node --trace-gc) stalled
+ * the GPU: 50-step means of the step time swung by 5 % while their medians held within 0.1 %.
+ * So the readback is asked for shortly before the step should be done: the median, over the last
+ * few steps (after the first few), of the time from submit to done (the delay it was asked for after plus its wait for
+ * the answer, where it had to wait), less a margin; where the answer came at once, the step was
+ * done earlier (a step the CPU holds up), and the delay falls to 0.7 of what it was at most.
+ * Without polling (browsers) it asks at once.
+ */
+export class ReadbackPacer {
+  private static readonly SAMPLES = 5;
+  private static readonly WARMUP = 5;
+  private answers = 0;
+  private readonly done = new Float64Array(ReadbackPacer.SAMPLES);
+  private readonly sorted = new Float64Array(ReadbackPacer.SAMPLES);
+  private count = 0;
+  private delay = 0;
+  constructor(private readonly enabled: boolean) {}
+
+  /** The delay now (ms; tests). */
+  get delayMs(): number {
+    return this.delay;
+  }
+
+  /** staging.mapAsync(READ), asked for after the current delay (from now: call it at submit). */
+  map(staging: GPUBuffer): Promise<void> {
+    if (!this.enabled) return staging.mapAsync(GPUMapMode.READ);
+    const delay = this.delay;
+    const ask = (): Promise<void> => {
+      const asked = performance.now();
+      return staging.mapAsync(GPUMapMode.READ).then(() => this.answered(delay, performance.now() - asked));
+    };
+    return delay >= 1 ? new Promise<void>((resolve) => setTimeout(resolve, delay)).then(ask) : ask();
+  }
+
+  private answered(delay: number, waitMs: number): void {
+    // the first steps' times include the driver's first use of each pipeline (GPT-2 on the H100:
+    // 80-140 ms against 22-31 in steady state): a delay learnt from them came too late
+    if (++this.answers <= ReadbackPacer.WARMUP) return;
+    const n = ReadbackPacer.SAMPLES;
+    const early = waitMs < 0.5;
+    this.done[this.count++ % n] = early ? 0.7 * delay : delay + waitMs;
+    if (this.count < n) return;
+    this.sorted.set(this.done);
+    this.sorted.sort();
+    const median = this.sorted[n >> 1];
+    this.delay = Math.min(1000, Math.max(0, 0.97 * median - 1.5));
+    if (early) this.delay = Math.min(this.delay, 0.7 * delay);
+  }
+}
+
+/**
  * Submits optimizer step `step` (0-based) over `batches` (its micro-batches) and resolves to the
  * mean loss per counted target and the gradient norm before clipping, or rejects with a GpuError:
  * the step's own validation error (an error scope around its submits), or any other the device
  * reported by then (Gpu.checkErrors). `stagingPool` holds reusable 8-byte MAP_READ
- * buffers; a buffer goes back to it once read.
+ * buffers; a buffer goes back to it once read. `pacer` says when to ask for the readback.
  */
 export function submitOptimizerStep<Batch>(a: {
   gpu: Gpu; program: StepProgram<Batch>; batches: Batch[]; validTargets: number; lr: number; step: number;
-  config: TrainConfig; stepUniforms: StepUniforms; optimizer: OptimizerOps; stagingPool: GPUBuffer[];
+  config: TrainConfig; stepUniforms: StepUniforms; optimizer: OptimizerOps; stagingPool: GPUBuffer[]; pacer?: ReadbackPacer;
 }): Promise<{ loss: number; gradNorm: number }> {
   const { gpu, program: p, config: c, batches } = a;
   const scale = new Float32Array([1 / Math.max(1, a.validTargets)]);
@@ -65,7 +120,7 @@ export function submitOptimizerStep<Batch>(a: {
     gpu.device.queue.submit([enc.finish()]);
   });
   const invalid = gpu.device.popErrorScope();
-  return Promise.all([staging.mapAsync(GPUMapMode.READ), invalid]).then(([, error]) => {
+  return Promise.all([a.pacer ? a.pacer.map(staging) : staging.mapAsync(GPUMapMode.READ), invalid]).then(([, error]) => {
     const v = new Float32Array(staging.getMappedRange().slice(0));
     staging.unmap();
     a.stagingPool.push(staging);
