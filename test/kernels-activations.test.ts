@@ -11,6 +11,7 @@ import { geluForward, geluBackward } from '../src/engine/kernels/gelu';
 import { attentionSoftmaxForward, attentionSoftmaxBackward } from '../src/engine/kernels/attention-softmax';
 import { attentionPrefixSoftmaxForward, attentionPrefixSoftmaxBackward } from '../src/engine/kernels/attention-prefix-softmax';
 import { run, bind, folded, numericGrad, dot } from './helpers/kernel-check';
+import { geluTanh as geluRef, geluTanhGrad as geluGradRef } from './helpers/gelu';
 
 // ---------------------------------------------------------------- embedding
 
@@ -176,13 +177,6 @@ describe('layerNorm', () => {
 });
 
 // ---------------------------------------------------------------- gelu
-
-const K0 = Math.sqrt(2 / Math.PI);
-const geluRef = (x: number): number => 0.5 * x * (1 + Math.tanh(K0 * (x + 0.044715 * x ** 3)));
-function geluGradRef(x: number): number {
-  const t = Math.tanh(K0 * (x + 0.044715 * x ** 3));
-  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * K0 * (1 + 3 * 0.044715 * x * x);
-}
 
 describe('gelu', () => {
   it('reference derivative matches finite differences', () => {

@@ -21,15 +21,7 @@ import { gpt2Reference, loraFiniteDifferences, randomGpt2Weights, setRandomLoraV
 import { Gpt2, type Gpt2Dims } from '../src/engine/models/gpt2';
 import { Lora } from '../src/engine/peft/lora';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
-
-
-// GELU, tanh form, and its derivative, in float64 (transformers' gelu_new).
-const SQ = Math.sqrt(2 / Math.PI), GK = 0.044715;
-const geluRef = (x: number) => 0.5 * x * (1 + Math.tanh(SQ * (x + GK * x ** 3)));
-function geluGradRef(x: number): number {
-  const t = Math.tanh(SQ * (x + GK * x ** 3));
-  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQ * (1 + 3 * GK * x * x);
-}
+import { geluTanh as geluRef, geluTanhGrad as geluGradRef } from './helpers/gelu';
 
 interface Case extends MatmulCase {
   geluA?: boolean;
@@ -338,7 +330,6 @@ describe('the fused GELU is shaders/gelu.wgsl\'s', () => {
     if (!['gelu.wgsl', 'matmul_splitk_reduce.wgsl', 'matmul_streamk_fixup.wgsl', 'matmul_streamk_fixup_vec4.wgsl'].includes(file)) expect(codes).toContain(geluTanh + src);
   });
 });
-
 
 describe('GPT-2 with the GELU fused into mlp.c_proj where the method leaves it alone', () => {
   const dims: Gpt2Dims = { n_embd: 16, n_layer: 2, n_head: 2, n_positions: 16, vocab_size: 37, layer_norm_epsilon: 1e-5 };

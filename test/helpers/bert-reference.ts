@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { writeSafetensors } from '../../src/io/safetensors';
 import { rng } from './gpu';
+import { geluTanh } from './gelu';
 
 export type Weights = Map<string, Float64Array>;
 
@@ -94,7 +95,6 @@ export function erf(x: number): number {
 
 export const geluErf = (x: number): number => 0.5 * x * (1 + erf(x / Math.SQRT2));
 export const geluErfGrad = (x: number): number => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / Math.sqrt(2 * Math.PI);
-const geluTanh = (x: number): number => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 /** Module names of a tiny encoder, as the *ForSequenceClassification model has them. */
 export function encoderNames(d: TinyEncoderDims) {

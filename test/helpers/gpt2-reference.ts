@@ -5,6 +5,7 @@ import type { Gpt2Dims } from '../../src/engine/models/gpt2';
 import type { Gpu } from '../../src/engine/gpu/gpu';
 import type { Lora } from '../../src/engine/peft/lora';
 import { rng } from './gpu';
+import { geluTanh as gelu } from './gelu';
 
 export type Weights = Map<string, Float64Array>;
 export interface LoraRef {
@@ -59,8 +60,6 @@ function layerNorm(x: Float64Array, w: Float64Array, b: Float64Array, M: number,
   }
   return y;
 }
-
-const gelu = (x: number): number => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 export function gpt2Reference(
   w: Weights, d: Gpt2Dims, lora: LoraRef | null,

@@ -10,6 +10,7 @@
 import type { Gpt2Dims } from '../../src/engine/models/gpt2';
 import type { Weights } from './gpt2-reference';
 import { combineBranch, doraLinear, type BottleneckRef, type DoraRef } from './dora-bottleneck-reference';
+import { geluTanh as gelu } from './gelu';
 
 export interface PrefixProjectionRef {
   E: Float64Array; // [n, C]
@@ -41,8 +42,6 @@ function layerNorm(x: Float64Array, w: Float64Array, b: Float64Array, M: number,
   }
   return y;
 }
-
-const gelu = (x: number): number => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 /** The prefix table [n, L*2*C] from the projection MLP. */
 export function prefixFromProjection(p: PrefixProjectionRef, n: number, C: number, width: number): Float64Array {

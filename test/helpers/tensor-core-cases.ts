@@ -11,6 +11,7 @@
 import type { Gpu } from '../../src/engine/gpu/gpu';
 import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
 import { matmulWithScratch, type MatmulArgs } from '../../src/engine/kernels/matmul';
+import { geluTanh, geluTanhGrad } from './gelu';
 
 export interface TensorCoreCase {
   name: string;
@@ -69,11 +70,6 @@ function rand(n: number, seed: number, scale = 1): Float32Array {
   for (let i = 0; i < n; i++) x[i] = ((((s = (s * 1664525 + 1013904223) >>> 0) >>> 8) / 2 ** 24 - 0.5) * 2 * scale);
   return x;
 }
-const geluTanh = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
-const geluTanhGrad = (x: number) => {
-  const u = Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3), t = Math.tanh(u);
-  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * Math.sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * x * x);
-};
 
 export interface TensorCoreResult {
   name: string;

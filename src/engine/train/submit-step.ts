@@ -34,11 +34,11 @@ export function mixSeed(seed: number, n: number): number {
  * two steps ahead kept it polling all the time, and V8's full collections of that garbage (every
  * ~23 GPT-2 steps on the H100, 16-20 ms each; bench/step-bench.ts under node --trace-gc) stalled
  * the GPU: 50-step means of the step time swung by 5 % while their medians held within 0.1 %.
- * So the readback is asked for shortly before the step should be done: the median, over the last
- * few steps (after the first few), of the time from submit to done (the delay it was asked for after plus its wait for
- * the answer, where it had to wait), less a margin; where the answer came at once, the step was
- * done earlier (a step the CPU holds up), and the delay falls to 0.7 of what it was at most.
- * Without polling (browsers) it asks at once.
+ * So the readback is asked for shortly before the step should be done: after the median, over
+ * the last few steps (not the first few), of the time from submit to done (the delay it was asked
+ * for after plus its wait for the answer, where it had to wait), less a margin. Where the answer
+ * came at once the step was done earlier (a step the CPU holds up), and the delay falls to 0.7 of
+ * what it was at most. Without polling (browsers) it asks at once.
  */
 export class ReadbackPacer {
   private static readonly SAMPLES = 5;
