@@ -12,7 +12,7 @@ import type { PeftMethod } from '../peft/method';
 import type { EncoderClassifier, SeqClsProgram } from '../models/encoder';
 import { buildAdamW, type OptimizerOps } from './optimizer';
 import { DivergenceError, TrainError, type StepReport, type TrainConfig } from './trainer';
-import { ReadbackPacer, submitOptimizerStep } from './submit-step';
+import { ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
 import { argmax, classificationMetrics, type ClassificationMetrics } from './classification-metrics';
 import { epochOrder } from '../../data/batches';
 import { makeClassificationBatch, type ClassificationExample } from '../../data/classification';
@@ -56,11 +56,7 @@ export class ClassifierTrainer {
   restoredBest = false;
   private readonly orders = new Map<number, Uint32Array>();
   private readonly staging: GPUBuffer[] = [];
-  /**
-   * Steps submitted ahead of their reports: 2, or 3 where the JS side polls for GPU events
-   * (Gpu.pollsForEvents, Node), whose garbage brings V8 pauses of 20-30 ms (GPT-2 on the H100,
-   * submit-step.ts ReadbackPacer) that one queued step of 22 ms did not cover.
-   */
+  /** Steps submitted ahead of their reports (submit-step.ts stepsInFlight). */
   private readonly inFlight: number;
   private readonly pacer: ReadbackPacer;
 
@@ -83,7 +79,7 @@ export class ClassifierTrainer {
     if (adapter.params.length === 0) throw new TrainError('nothing to train: the adapter has no parameters');
     this.stepUniforms = stepUniforms ?? new StepUniforms(gpu);
     this.pacer = new ReadbackPacer(gpu.pollsForEvents);
-    this.inFlight = gpu.pollsForEvents ? 3 : 2;
+    this.inFlight = stepsInFlight(gpu);
     this.program = model.buildProgram(adapter, { B: config.batchSize, T: config.seqLen, training: true });
     this.optimizer = buildAdamW(gpu, adapter.params, this.stepUniforms, config.maxGradNorm);
   }

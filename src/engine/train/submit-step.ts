@@ -28,6 +28,15 @@ export function mixSeed(seed: number, n: number): number {
 }
 
 /**
+ * Steps a trainer submits ahead of their reports: 2, or 3 where the JS side polls for GPU events
+ * (Gpu.pollsForEvents, Node), whose garbage brings V8 pauses of 20-30 ms (GPT-2 on the H100; see
+ * ReadbackPacer) that one queued step of 22 ms did not cover.
+ */
+export function stepsInFlight(gpu: Gpu): number {
+  return gpu.pollsForEvents ? 3 : 2;
+}
+
+/**
  * When to ask for a step's readback, where the JS side polls for GPU events (Gpu.pollsForEvents:
  * Node's Dawn). There, while any mapAsync is pending, the binding polls from a setImmediate loop
  * that allocates a function with a native finalizer every turn; asked for at submit, a readback

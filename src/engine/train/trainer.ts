@@ -9,7 +9,7 @@ import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
 import { lossTargetCount, type BatchArrays, type CausalLM, type Program } from '../models/program';
 import { buildAdamW, type OptimizerOps } from './optimizer';
-import { ReadbackPacer, submitOptimizerStep } from './submit-step';
+import { ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
 import { makeBatch, epochOrder } from '../../data/batches';
 import type { Example } from '../../data/examples';
 import { learningRateAt, type ScheduleKind } from '../../train/schedule';
@@ -125,11 +125,7 @@ export class Trainer {
   step = 0;
   private readonly orders = new Map<number, Uint32Array>();
   private readonly staging: GPUBuffer[] = [];
-  /**
-   * Steps submitted ahead of their reports: 2, or 3 where the JS side polls for GPU events
-   * (Gpu.pollsForEvents, Node), whose garbage brings V8 pauses of 20-30 ms (GPT-2 on the H100,
-   * submit-step.ts ReadbackPacer) that one queued step of 22 ms did not cover.
-   */
+  /** Steps submitted ahead of their reports (submit-step.ts stepsInFlight). */
   private readonly inFlight: number;
   private readonly pacer: ReadbackPacer;
 
@@ -150,7 +146,7 @@ export class Trainer {
     if (!(config.lr > 0)) throw new TrainError(`learning rate must be positive (got ${config.lr})`);
     this.stepUniforms = stepUniforms ?? new StepUniforms(gpu);
     this.pacer = new ReadbackPacer(gpu.pollsForEvents);
-    this.inFlight = gpu.pollsForEvents ? 3 : 2;
+    this.inFlight = stepsInFlight(gpu);
     this.program = model.buildProgram(peft, { B: config.batchSize, T: config.seqLen, training: true });
     this.optimizer = buildAdamW(gpu, peft.params, this.stepUniforms, config.maxGradNorm);
   }
