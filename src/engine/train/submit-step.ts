@@ -96,11 +96,12 @@ export class ReadbackPacer {
  * mean loss per counted target and the gradient norm before clipping, or rejects with a GpuError:
  * the step's own validation error (an error scope around its submits), or any other the device
  * reported by then (Gpu.checkErrors). `stagingPool` holds reusable 8-byte MAP_READ
- * buffers; a buffer goes back to it once read. `pacer` says when to ask for the readback.
+ * buffers; a buffer goes back to it once read. `pacer` asks for the readback (at once
+ * where nothing polls).
  */
 export function submitOptimizerStep<Batch>(a: {
   gpu: Gpu; program: StepProgram<Batch>; batches: Batch[]; validTargets: number; lr: number; step: number;
-  config: TrainConfig; stepUniforms: StepUniforms; optimizer: OptimizerOps; stagingPool: GPUBuffer[]; pacer?: ReadbackPacer;
+  config: TrainConfig; stepUniforms: StepUniforms; optimizer: OptimizerOps; stagingPool: GPUBuffer[]; pacer: ReadbackPacer;
 }): Promise<{ loss: number; gradNorm: number }> {
   const { gpu, program: p, config: c, batches } = a;
   const scale = new Float32Array([1 / Math.max(1, a.validTargets)]);
@@ -129,7 +130,7 @@ export function submitOptimizerStep<Batch>(a: {
     gpu.device.queue.submit([enc.finish()]);
   });
   const invalid = gpu.device.popErrorScope();
-  return Promise.all([a.pacer ? a.pacer.map(staging) : staging.mapAsync(GPUMapMode.READ), invalid]).then(([, error]) => {
+  return Promise.all([a.pacer.map(staging), invalid]).then(([, error]) => {
     const v = new Float32Array(staging.getMappedRange().slice(0));
     staging.unmap();
     a.stagingPool.push(staging);
