@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer, waitForTrainDone } from './helpers';
 
 const skipReason = browserMissingReason();
 const MODEL_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -52,7 +52,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     if (consoleLines?.length) console.log(`browser console:\n${consoleLines.join('\n')}`);
   });
 
-  it('trains an adapter from a CSV and a local model folder, keeps it, and downloads a PEFT zip', { timeout: 280_000 }, async () => {
+  it('trains an adapter from a CSV and a local model folder, keeps it, and downloads a PEFT zip', { timeout: 900_000 }, async () => {
     await page.goto(server.url);
 
     // (a) The device: SwiftShader here, which must be called a software renderer, not "your GPU".
@@ -127,7 +127,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await page.waitForTimeout(1500);
     expect(await numberIn(page, 'step-counter')).toBe(pausedAt);
     await page.getByTestId('resume').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 180_000 });
+    await waitForTrainDone(page);
 
     // The loss fell: the numbers on screen, first step against the last.
     const firstLoss = await numberIn(page, 'loss-first');
@@ -295,7 +295,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     expect(server.requests.slice(requestsBefore).filter((r) => r.includes('/hub/'))).toEqual([]);
   });
 
-  it('resumes a run from its checkpoint after the tab was reloaded', { timeout: 200_000 }, async () => {
+  it('resumes a run from its checkpoint after the tab was reloaded', { timeout: 900_000 }, async () => {
     await page.goto(server.url);
     await page.getByTestId('gpu-name').waitFor({ timeout: 60_000 });
     const loadInputs = async () => {
@@ -334,7 +334,7 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     await expect.poll(() => run.getByRole('button', { name: 'Resume' }).isEnabled(), { timeout: 30_000 }).toBe(true);
     await sectionScreenshot(page, 'section-library', '07-unfinished-run');
     await run.getByRole('button', { name: 'Resume' }).click();
-    await page.getByTestId('train-done').waitFor({ timeout: 150_000 });
+    await waitForTrainDone(page);
 
     // The chart and the saved log cover the whole run: the steps before the reload and after.
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(12);

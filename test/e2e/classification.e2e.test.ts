@@ -15,7 +15,7 @@ import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
 import { parseTableText } from '../../src/data/table';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer, waitForTrainDone } from './helpers';
 
 const skipReason = browserMissingReason();
 const DISTILBERT_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-distilbert');
@@ -75,7 +75,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     if (consoleLines?.length) console.log(`browser console:\n${consoleLines.join('\n')}`);
   });
 
-  it.skipIf(sst2Missing !== null)('SST-2 with DistilBERT from a hub mirror: columns, class balance, accuracy/F1/confusion matrix, best checkpoint, SEQ_CLS zip', { timeout: 300_000 }, async () => {
+  it.skipIf(sst2Missing !== null)('SST-2 with DistilBERT from a hub mirror: columns, class balance, accuracy/F1/confusion matrix, best checkpoint, SEQ_CLS zip', { timeout: 900_000 }, async () => {
     const csvPath = path.join(tmp, 'sst2-slice.csv');
     fs.writeFileSync(csvPath, sst2Slice(120));
     const table = parseTableText(fs.readFileSync(csvPath, 'utf8'), 'sst2-slice.csv');
@@ -150,7 +150,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await sectionScreenshot(page, 'section-data', '30-classification-data');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 10_000 }).toBe(true);
     await page.getByTestId('start').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     await sectionScreenshot(page, 'section-train', '31-classification-trained');
 
     // Accuracy, macro-F1 and the confusion matrix of the evaluations, on screen.
@@ -250,7 +250,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 
-  it('BERT from a folder on three unbalanced string labels: the warning, then a run paused, reloaded and resumed from its checkpoint', { timeout: 300_000 }, async () => {
+  it('BERT from a folder on three unbalanced string labels: the warning, then a run paused, reloaded and resumed from its checkpoint', { timeout: 900_000 }, async () => {
     const csvPath = path.join(tmp, 'tickets.csv');
     fs.writeFileSync(csvPath, ticketsCsv());
     const loadInputs = async () => {
@@ -326,7 +326,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await unfinished.getByRole('button', { name: 'Resume' }).click();
     // The evaluations from before the reload are back on screen, with their confusion matrices.
     await expect.poll(() => page.getByTestId('eval-row').count(), { timeout: 30_000 }).toBeGreaterThanOrEqual(evalsBefore);
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(8);
     expect(await page.getByTestId('eval-row').evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-step'))))).toEqual([2, 4, 6, 8]);
     expect(await page.getByTestId('confusion-row').evaluateAll((els) => els.map((e) => e.getAttribute('data-label')))).toEqual(['billing', 'shipping', 'technical']);

@@ -203,3 +203,29 @@ export function sumsCsv(rows: number): string {
   }
   return lines.join('\n') + '\n';
 }
+
+/**
+ * Waits for the training section's "done" box. A run on SwiftShader beside another test file
+ * can take several times as long as alone, so there is no fixed deadline: it fails only when the
+ * run shows no progress (the phase, the step counter and the checkpoint line all unchanged) for
+ * `stallMs`, or at once when the run stops with an error, saying which and where it stood.
+ */
+export async function waitForTrainDone(page: Page, opts: { stallMs?: number } = {}): Promise<void> {
+  const stallMs = opts.stallMs ?? 150_000;
+  const text = (id: string) => page.getByTestId(id).first().textContent({ timeout: 5_000 }).catch(() => '');
+  let last = '';
+  let changedAt = Date.now();
+  for (;;) {
+    if (await page.getByTestId('train-done').isVisible().catch(() => false)) return;
+    const error = await page.getByTestId('train-error').isVisible().catch(() => false);
+    const state = `phase "${await text('train-phase')}", "${await text('step-counter')}", "${await text('checkpoint-line')}"`;
+    if (error) throw new Error(`the run stopped with an error (${state}): ${await text('train-error')}`);
+    if (state !== last) {
+      last = state;
+      changedAt = Date.now();
+    } else if (Date.now() - changedAt > stallMs) {
+      throw new Error(`no progress in ${Math.round(stallMs / 1000)} s: ${state}`);
+    }
+    await page.waitForTimeout(1_000);
+  }
+}

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
-import { browserMissingReason, buildApp, launchBrowser, ROOT, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, ROOT, sectionScreenshot, serve, watchConsole, type TestServer, waitForTrainDone } from './helpers';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
 import { nodeModelFiles } from '../../src/io/model-files-node';
 import { loadHfModel } from '../../src/io/model-files';
@@ -93,7 +93,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     if (consoleLines?.length) console.log(`browser console:\n${consoleLines.join('\n')}`);
   });
 
-  it('trains, then generates greedily with the adapter on and off, as the engine does', { timeout: 400_000 }, async () => {
+  it('trains, then generates greedily with the adapter on and off, as the engine does', { timeout: 900_000 }, async () => {
     await page.goto(server.url);
     await expect.poll(() => page.getByTestId('gpu-card').textContent(), { timeout: 60_000 }).toMatch(/swiftshader/i);
     // Before a model is loaded the playground says so.
@@ -117,7 +117,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     await page.getByTestId('adapter-name').fill('sums');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
     await page.getByTestId('start').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
 
     // The just-trained adapter is offered; greedy, with the base model beside it.
     const adapterSelect = page.getByTestId('playground-adapter');
@@ -185,7 +185,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     await sectionScreenshot(page, 'section-playground', 'playground-02-stopped');
   });
 
-  it('gives a trained classifier\'s label probabilities for typed text, as the engine does', { timeout: 400_000 }, async () => {
+  it('gives a trained classifier\'s label probabilities for typed text, as the engine does', { timeout: 900_000 }, async () => {
     const ticketsPath = path.join(tmp, 'tickets.csv');
     fs.writeFileSync(ticketsPath, ticketsCsv());
     await page.getByTestId('data-file-input').setInputFiles(ticketsPath);
@@ -202,7 +202,7 @@ describe.skipIf(skipReason !== null)('the playground, end to end in Chromium', (
     await page.getByTestId('adapter-name').fill('tickets');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
     await page.getByTestId('start').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
 
     // the playground now offers the classifier (the GPT-2 adapter belongs to another model)
     const adapterSelect = page.getByTestId('playground-adapter');

@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, watchConsole, type TestServer, waitForTrainDone } from './helpers';
 
 const skipReason = browserMissingReason();
 const MODEL_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -231,18 +231,18 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     expect(violations.every((l) => l.includes('https://example.com/from-'))).toBe(true);
   });
 
-  it('trains the uninterrupted run the others must match', { timeout: 240_000 }, async () => {
+  it('trains the uninterrupted run the others must match', { timeout: 900_000 }, async () => {
     await openApp();
     await loadInputs();
     await setRun('baseline');
     await page.getByTestId('start').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     baseline = await adapterLosses(page, 'baseline');
     expect(baseline.every((l) => Number.isFinite(l) && l > 0)).toBe(true);
     expect(baseline[STEPS - 1]).toBeLessThan(baseline[0]);
   });
 
-  it('a GPU device lost mid-run keeps the last checkpoint and resumes on a new device without a reload', { timeout: 300_000 }, async () => {
+  it('a GPU device lost mid-run keeps the last checkpoint and resumes on a new device without a reload', { timeout: 900_000 }, async () => {
     expect(baseline.length).toBe(STEPS);
     // Same page, same inputs: a marker shows the page was never reloaded.
     await page.evaluate(() => ((window as unknown as { notReloaded: boolean }).notReloaded = true));
@@ -261,7 +261,7 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
 
     // The worker is setting up the new device meanwhile; on a loaded CI machine frames can stall.
     await page.getByTestId('resume-after-error').click({ timeout: 120_000 });
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     expect(await page.evaluate(() => (window as unknown as { notReloaded?: boolean }).notReloaded)).toBe(true);
     expect(await page.getByTestId('step-counter').textContent()).toMatch(/Step 12 \/ 12/);
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(STEPS);
@@ -272,7 +272,7 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     expect(diff).toBeLessThanOrEqual(LOSS_TOLERANCE);
   });
 
-  it('a reload mid-run (no pause) resumes from the last checkpoint onto the same loss curve', { timeout: 300_000 }, async () => {
+  it('a reload mid-run (no pause) resumes from the last checkpoint onto the same loss curve', { timeout: 900_000 }, async () => {
     await setRun('reloaded');
     await page.getByTestId('start').click();
     // Past the second checkpoint and still training: then the tab goes away.
@@ -290,7 +290,7 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     await loadInputs();
     await expect.poll(() => run.getByRole('button', { name: 'Resume' }).isEnabled(), { timeout: 30_000 }).toBe(true);
     await run.getByRole('button', { name: 'Resume' }).click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
 
     const resumed = await adapterLosses(page, 'reloaded');
     const diff = maxDifference(resumed, baseline);
@@ -320,7 +320,7 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     await sectionScreenshot(page, 'section-train', '54-nan-loss');
   });
 
-  it('a checkpoint write cut off before it commits leaves the previous checkpoint whole', { timeout: 300_000 }, async () => {
+  it('a checkpoint write cut off before it commits leaves the previous checkpoint whole', { timeout: 900_000 }, async () => {
     await setRun('torn write');
     await hook({ name: 'failCheckpointWrite', atStep: 6, fault: 'abort' });
     await page.getByTestId('start').click();
@@ -343,12 +343,12 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
     const rewritten = await storedCheckpoint(page, 'torn write');
     expect(rewritten.step).toBeGreaterThanOrEqual(6);
     expect(rewritten.digest).not.toBe(first.digest);
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     const diff = maxDifference(await adapterLosses(page, 'torn write'), baseline);
     expect(diff).toBeLessThanOrEqual(LOSS_TOLERANCE);
   });
 
-  it('a checkpoint refused for want of storage is reported with the size needed, and the run goes on once there is room', { timeout: 300_000 }, async () => {
+  it('a checkpoint refused for want of storage is reported with the size needed, and the run goes on once there is room', { timeout: 900_000 }, async () => {
     await setRun('quota');
     await hook({ name: 'failCheckpointWrite', atStep: 3, fault: 'quota' });
     await page.getByTestId('start').click();
@@ -372,7 +372,7 @@ describe.skipIf(skipReason !== null)('reliability, in Chromium', () => {
 
     // Room again (as after deleting old adapters): Resume saves and trains on.
     await page.getByTestId('resume').click();
-    await page.getByTestId('train-done').waitFor({ timeout: 200_000 });
+    await waitForTrainDone(page);
     const diff = maxDifference(await adapterLosses(page, 'quota'), baseline);
     expect(diff).toBeLessThanOrEqual(LOSS_TOLERANCE);
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
