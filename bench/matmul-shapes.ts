@@ -3,7 +3,8 @@
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/matmul-shapes.ts
 //   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS] [--reps N] [--busy-ms MS]
 //   (--only: the shapes whose name contains WORDS; --tensor-cores: also the tensor-core products of
-//   kernels/matmul-tc.ts in each tile, A as values and as gradients; --tc-only: only those)
+//   kernels/matmul-tc.ts in each tile, A as values and as gradients; --tc-only: only those;
+//   --half-b: B stored in f16, as frozen weights can be: kernels/packed-f16.ts)
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -12,7 +13,7 @@ import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import { encodeOps, type Op } from '../src/engine/gpu/dispatch';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
 const tensorCores = Boolean(a['tensor-cores'] || a['tc-only']);
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra], tensorCores });
@@ -87,7 +88,7 @@ async function timeOps(once: Op[]): Promise<number> {
 const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
 const rows: Record<string, unknown>[] = [];
 for (const [what, M, N, K, transA, transB] of SHAPES) {
-  const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
+  const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B', a['half-b'] ? 'f16' : 'f32'), C = gpu.tensor([M * N], 'C');
   const skinny = usesSkinnyMatmul(gpu, M, N, K, 1, false);
   const line: string[] = [];
   // skinny products: the kernel's rows per workgroup (tuning.skinnyRows / skinnyRowsRowFast)
@@ -160,5 +161,5 @@ if (a['split-k']) {
   }
 }
 gpu.checkErrors();
-if (a.json) fs.writeFileSync(a.json, JSON.stringify({ device: gpu.info.description, flags: extra, rows }, null, 1));
+if (a.json) fs.writeFileSync(a.json, JSON.stringify({ device: gpu.info.description, flags: extra, halfB: Boolean(a['half-b']), rows }, null, 1));
 process.exit(0);

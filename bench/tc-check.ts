@@ -1,7 +1,8 @@
 // The tensor-core products' checks (test/helpers/tensor-core-cases.ts, as test/matmul-tc.test.ts
 // runs them where the device has tensor cores) for the GPU machine, which has no vitest: prints
 // each case, its error against its bound and the f32 kernels' error against the same bound (the
-// tensor cores off), and exits 1 if any fails.
+// tensor cores off), and exits 1 if any fails. Each case runs a second time with B's values on f16's
+// grid, stored once in f32 and once in f16 (frozen weights at half the memory): C must be the same bits.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/tc-check.ts
 //   GPU machine: bash .gpu/boot.sh node bench/dist/tc-check.mjs
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -17,8 +18,9 @@ let failed = 0;
 for (const c of TENSOR_CORE_CASES) {
   const t0 = performance.now();
   const r = await runTensorCoreCase(gpu, c, true);
-  if (!r.ok) failed++;
-  console.log(`${r.ok ? 'ok  ' : 'FAIL'} ${c.name}: worst |error| / bound ${r.worstRatio.toPrecision(3)} (the f32 kernels: ${r.f32KernelWorstRatio!.toPrecision(3)}) (${r.labels.join(', ')}) ${(performance.now() - t0).toFixed(0)} ms`);
+  const h = await runTensorCoreCase(gpu, c, false, true);
+  if (!r.ok || !h.ok) failed++;
+  console.log(`${r.ok && h.ok ? 'ok  ' : 'FAIL'} ${c.name}: worst |error| / bound ${r.worstRatio.toPrecision(3)} (the f32 kernels: ${r.f32KernelWorstRatio!.toPrecision(3)}); B in f16: ${h.halfBIdentical ? 'same bits' : 'DIFFERENT'}, ${h.worstRatio.toPrecision(3)} of the bound (${r.labels.join(', ')}) ${(performance.now() - t0).toFixed(0)} ms`);
 }
 console.log(failed ? `${failed} of ${TENSOR_CORE_CASES.length} failed` : `all ${TENSOR_CORE_CASES.length} passed`);
 process.exit(failed ? 1 : 0);

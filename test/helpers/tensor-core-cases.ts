@@ -12,6 +12,7 @@ import type { Gpu } from '../../src/engine/gpu/gpu';
 import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
 import { matmulWithScratch, type MatmulArgs } from '../../src/engine/kernels/matmul';
 import { geluTanh, geluTanhGrad } from './gelu';
+import { f16ToF32, f32ToF16 } from '../../src/io/safetensors';
 
 export interface TensorCoreCase {
   name: string;
@@ -78,6 +79,8 @@ export interface TensorCoreResult {
   worstRatio: number;
   /** The f32 kernels' (tensor cores off) worst |error| / the same bound, when asked for. */
   f32KernelWorstRatio?: number;
+  /** With halfB: whether B stored in f16 gave C bit for bit as B in f32 holding the same values. */
+  halfBIdentical?: boolean;
   ok: boolean;
 }
 
@@ -85,11 +88,13 @@ export interface TensorCoreResult {
  * Runs one case on `gpu`; worstRatio is the largest |error| / bound over C (ok: <= 1 and on tensor
  * cores). With `compareF32Kernel`, also the same product with the tensor cores off.
  */
-export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32Kernel = false): Promise<TensorCoreResult> {
+export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32Kernel = false, halfB = false): Promise<TensorCoreResult> {
   const { M, N, K, transB } = c;
   const lda = K + (c.padA ?? 0), ldc = N + (c.padC ?? 0), offA = c.offA ?? 0, offC = c.offC ?? 0;
   const ldb = transB ? K : N;
-  const A = rand(offA + M * lda, 11, c.aScale ?? 1), B = rand((transB ? N : K) * ldb, 12, 0.5);
+  const A = rand(offA + M * lda, 11, c.aScale ?? 1);
+  // with halfB, B's values are f16's, so B stored in f16 must give the same bits
+  const B = halfB ? f16ToF32(f32ToF16(rand((transB ? N : K) * ldb, 12, 0.5))) : rand((transB ? N : K) * ldb, 12, 0.5);
   if (c.rowSpread) for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) A[offA + m * lda + k] *= 10 ** -(m % c.rowSpread);
   const C0 = rand(offC + M * ldc, 13), bias = rand(N, 14), pre = rand(M * N, 15, 2);
   const alpha = c.alpha ?? 1;
@@ -102,10 +107,10 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
   };
   const saved = { ...gpu.tuning };
   const scratch = c.split ? gpu.tensor([32 * M * N], 'scratch') : null;
-  const run = async (tensorCores: boolean) => {
+  const run = async (tensorCores: boolean, b = tB) => {
     gpu.tuning = { ...saved, tensorCores, tensorCoreTile: c.tile };
     if (c.split) Object.assign(gpu.tuning, { tensorCoreSplitKMinK: 256, tensorCoreSplitKMinSlice: 128, tensorCoreSplitKWorkgroups: 264 });
-    const ops: Op[] = matmulWithScratch(gpu, args, scratch);
+    const ops: Op[] = matmulWithScratch(gpu, { ...args, b }, scratch);
     gpu.tuning = saved;
     gpu.write(tC, C0);
     const enc = gpu.device.createCommandEncoder();
@@ -115,6 +120,13 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
   };
   const f32Out = compareF32Kernel ? (await run(false)).out : null;
   const { ops, out } = await run(true);
+  let halfBIdentical: boolean | undefined;
+  if (halfB) {
+    const tB16 = gpu.tensorFromF16(B, [B.length], 'B (f16)');
+    const half = (await run(true, tB16)).out;
+    halfBIdentical = half.every((v, i) => Object.is(v, out[i]));
+    gpu.destroyTensor(tB16);
+  }
   const labels = ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind));
   const tookTensorCores = labels.some((l) => /\[tensor cores( \d+ slices)?\]$/.test(l));
   let worstRatio = 0, f32KernelWorstRatio = 0;
@@ -155,5 +167,8 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
   for (const t of [tA, tB, tC, tBias, tPre, scratch]) if (t) gpu.destroyTensor(t);
   // a split case must have been cut (and summed)
   const split = !c.split || labels.some((l) => l.endsWith('[tensor cores sum]'));
-  return { name: c.name, tookTensorCores: tookTensorCores && split, labels, worstRatio, ...(f32Out ? { f32KernelWorstRatio } : {}), ok: tookTensorCores && split && worstRatio <= 1 };
+  return {
+    name: c.name, tookTensorCores: tookTensorCores && split, labels, worstRatio, ...(f32Out ? { f32KernelWorstRatio } : {}), ...(halfB ? { halfBIdentical } : {}),
+    ok: tookTensorCores && split && worstRatio <= 1 && halfBIdentical !== false,
+  };
 }

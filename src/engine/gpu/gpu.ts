@@ -2,7 +2,8 @@
 // Node: the caller hands in the `GPU` object (navigator.gpu in a browser, the `webgpu` package's
 // `create()` in Node, see ./node-gpu.ts).
 
-import { Tensor, shapeSize, type DType } from './tensor';
+import { Tensor, dtypeBytes, shapeSize, type DType } from './tensor';
+import { f16ToF32, f32ToF16 } from '../../io/safetensors';
 import type { KernelProfiler } from './profiler';
 
 export interface GpuInfo {
@@ -436,7 +437,7 @@ export class Gpu {
 
   /** A new zero-filled tensor. */
   tensor(shape: readonly number[], label: string, dtype: DType = 'f32'): Tensor {
-    const bytes = shapeSize(shape) * 4;
+    const bytes = dtypeBytes(dtype, shapeSize(shape));
     if (bytes > this.maxBindingBytes) {
       throw new GpuError(`${label}: ${fmtBytes(bytes)} is over this GPU's binding limit (${fmtBytes(this.maxBindingBytes)}); split it by rows.`);
     }
@@ -448,6 +449,25 @@ export class Gpu {
     const t = this.tensor(shape, label, dtype);
     if (data.length !== t.size) throw new GpuError(`${label}: ${data.length} values for shape [${shape.join(', ')}]`);
     this.write(t, data);
+    return t;
+  }
+
+  /**
+   * An 'f16' tensor of `values` rounded to the nearest half (ties to even). Refuses values past
+   * f16's range (|x| > 65504), which would become infinities, naming the first.
+   */
+  tensorFromF16(values: Float32Array, shape: readonly number[], label: string): Tensor {
+    const t = this.tensor(shape, label, 'f16');
+    if (values.length !== t.size) throw new GpuError(`${label}: ${values.length} values for shape [${shape.join(', ')}]`);
+    const halves = new Uint16Array(t.bytes / 2);
+    halves.set(f32ToF16(values));
+    for (let i = 0; i < values.length; i++) {
+      if ((halves[i] & 0x7c00) === 0x7c00 && Number.isFinite(values[i])) {
+        this.destroyTensor(t);
+        throw new GpuError(`${label}: element ${i} (${values[i]}) is past the range of f16 (65504): keep this tensor in f32`);
+      }
+    }
+    this.write(t, halves);
     return t;
   }
 
@@ -463,6 +483,8 @@ export class Gpu {
   async read(t: Tensor, as: 'u32'): Promise<Uint32Array>;
   async read(t: Tensor, as?: 'i32' | 'u32'): Promise<Float32Array | Int32Array | Uint32Array> {
     const bytes = await this.readBytes(t.buffer, t.bytes, t.byteOffset);
+    // halves come back widened to f32
+    if (t.dtype === 'f16' && as === undefined) return f16ToF32(new Uint16Array(bytes, 0, t.size));
     if (as === 'i32') return new Int32Array(bytes);
     if (as === 'u32') return new Uint32Array(bytes);
     return new Float32Array(bytes);

@@ -1,8 +1,15 @@
 // A GPU tensor: a dense row-major array of 4-byte elements in a storage buffer: the whole buffer,
 // or (isView) elements [offset, offset + size) of a buffer shared with other tensors (gpu/arena.ts),
-// which kernels bind as that byte range only.
+// which kernels bind as that byte range only. 'f16' tensors (frozen weights kept at half the memory)
+// hold IEEE halves packed two to a 32-bit word, element 2i in the low half (what WGSL's
+// unpack2x16float reads), padded to whole 8-byte pairs of words (kernels read 4 halves at once).
 
-export type DType = 'f32' | 'i32' | 'u32';
+export type DType = 'f32' | 'i32' | 'u32' | 'f16';
+
+/** Bytes that `size` elements of `dtype` take in a buffer. */
+export function dtypeBytes(dtype: DType, size: number): number {
+  return dtype === 'f16' ? Math.ceil(size / 4) * 8 : size * 4;
+}
 
 export function shapeSize(shape: readonly number[]): number {
   let n = 1;
@@ -26,10 +33,10 @@ export class Tensor {
   }
 
   get bytes(): number {
-    return this.size * 4;
+    return dtypeBytes(this.dtype, this.size);
   }
 
   get byteOffset(): number {
-    return this.offset * 4;
+    return this.dtype === 'f16' ? this.offset * 2 : this.offset * 4;
   }
 }

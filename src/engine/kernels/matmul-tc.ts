@@ -16,6 +16,7 @@ import rowScaleCode from '../../../shaders/row_scale.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, runOps, type Dispatch, type Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
+import { withPackedF16 } from './packed-f16';
 
 /** What A holds, for MatmulArgs.tensorCores: ordinary magnitudes, or gradients (rows rescaled before rounding). */
 export type TensorCoreOperand = 'values' | 'gradients';
@@ -172,7 +173,7 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     slices, Ks, p.M * p.N, tilesM * tilesN,
   ];
   ops.push(bindDispatch(gpu, {
-    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: kernel.code, constants, params,
+    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: x.b.dtype === 'f16' ? withPackedF16(kernel.code, 'b') : kernel.code, constants, params,
     buffers: [x.a, x.b, e.c, e.bias ?? x.a, e.pre ?? x.a, rowScale ?? x.a], workgroups: foldGrid(gpu, slices * tilesM * tilesN),
   }));
   return ops;

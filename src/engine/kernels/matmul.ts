@@ -25,6 +25,7 @@ import type { Gpu } from '../gpu/gpu';
 import { matmulTensorCore, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TensorCoreOperand } from './matmul-tc';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
 import { grid1d } from './grid';
+import { withPackedF16 } from './packed-f16';
 import type { Tensor } from '../gpu/tensor';
 
 // Every matmul shader fuses GPT-2's GELU on request (geluA / geluGradOf): the tanh form's one
@@ -365,8 +366,12 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
 
   if (!isCount(M) || !isCount(N) || !isCount(K)) fail(`M, N, K must be positive integers (got ${M}, ${N}, ${K})`);
   for (const [name, t] of [['a', a], ['b', b], ['c', c], ['bias', bias]] as const) {
-    if (t && t.dtype !== 'f32') fail(`${name} (${t.label}) is ${t.dtype}, expected f32`);
+    // B may be a frozen weight kept in f16 (every kernel below reads it through kernels/packed-f16.ts)
+    if (t && t.dtype !== 'f32' && !(t === b && t.dtype === 'f16')) fail(`${name} (${t.label}) is ${t.dtype}, expected f32${t === b ? ' or f16' : ''}`);
   }
+  const halfB = b.dtype === 'f16';
+  /** A kernel's WGSL, reading `b` (or the binding B is bound to) from halves where B is f16. */
+  const forB = (code: string, binding = 'b') => (halfB ? withPackedF16(code, binding) : code);
   if (c.buffer === a.buffer || c.buffer === b.buffer) fail('c must not alias a or b');
   if (bias) {
     if (bias.buffer === c.buffer) fail('bias must not alias c');
@@ -463,7 +468,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     if (![4, 8, 16].includes(ROWS)) fail(`skinny rows per workgroup must be 4, 8 or 16 (got ${ROWS})`);
     const blocks = Math.ceil(rows / ROWS);
     const params = [rows, K, p.offA, p.offB, offC, p.sArow, p.sAk, p.sBk, p.sBs, p.sCrow, p.sCs, rowFast ? 1 : 0, args.accumulate ? 1 : 0, f32(alpha)];
-    return [bindDispatch(gpu, { label, code: codeSkinny, constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) })];
+    return [bindDispatch(gpu, { label, code: forB(codeSkinny, smallN ? 'b' : 'a'), constants: { S, ROWS }, params, buffers: [p.bufA, p.bufB, c], workgroups: foldGrid(blocks, maxDimOf(gpu)) })];
   }
 
   const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda, ldb, offA, offB, batch });
@@ -496,7 +501,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     const params = [...tiledParams(plan.tilesN, plan.tilesM), plan.groups, plan.itersPerGroup, plan.kTiles];
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, kernel.rows, kernel.cols), ...gelu.constants };
     const maxDim = maxDimOf(gpu);
-    const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: kernel.code, constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
+    const product = bindDispatch(gpu, { label: `${label}[streamK]`, code: forB(kernel.code), constants, params, buffers: [a, b, c, bias ?? a, gelu.pre ?? a, scratch], workgroups: foldGrid(plan.groups, maxDim) });
     if (!plan.splitsTiles) return [product];
     // C's rows whole vec4s (and pre's, under GELU_GRAD): the fix-up's vec4 form
     const fixupVec4 = gpu.tuning.streamKVec4Fixup && multiplesOf4(N, ldc, offC) && (!gelu.pre || multiplesOf4(gelu.ldPre, gelu.offPre));
@@ -528,10 +533,10 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   if (useVec4) {
     const constants = { K_FAST_A: transA ? 0 : 1, K_FAST_B: transB ? 1 : 0, ...uncheckedLoads(M, N, K, rows, cols), ...tri };
     const code = vec4.codeC4 !== null && cInVec4s(gpu, N, ldc, offC, batch.strideC) ? vec4.codeC4 : vec4.code;
-    return [bindDispatch(gpu, { label, code, constants, params, buffers, workgroups })];
+    return [bindDispatch(gpu, { label, code: forB(code), constants, params, buffers, workgroups })];
   }
   const constants = triangle || fused ? tri : undefined;
-  return [bindDispatch(gpu, { label, code: MATMUL_VARIANTS[variant].code, constants, params, buffers, workgroups })];
+  return [bindDispatch(gpu, { label, code: forB(MATMUL_VARIANTS[variant].code), constants, params, buffers, workgroups })];
 }
 
 // ---- Stream-K -----------------------------------------------------------------------------------
