@@ -254,7 +254,9 @@ describe.skipIf(skipReason !== null)('the app, end to end in Chromium', () => {
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 
-  it('downloads a model from a hub mirror with per-file progress, can cancel, and loads it from the browser cache next time', { timeout: 120_000 }, async () => {
+  // Each phase below has its own deadline (they add up to 6 minutes); the test's own only stops a
+  // hang they miss. At 120 s it ran out beside other browser tests on a loaded machine (session 19).
+  it('downloads a model from a hub mirror with per-file progress, can cancel, and loads it from the browser cache next time', { timeout: 420_000 }, async () => {
     await page.goto(server.url);
     await page.getByTestId('gpu-name').waitFor({ timeout: 60_000 });
     const weightGets = () => server.requests.filter((r) => r === `GET /hub/${HUB_REPO}/resolve/main/model.safetensors`).length;
