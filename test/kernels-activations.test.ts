@@ -12,6 +12,7 @@ import { attentionSoftmaxForward, attentionSoftmaxBackward } from '../src/engine
 import { attentionPrefixSoftmaxForward, attentionPrefixSoftmaxBackward } from '../src/engine/kernels/attention-prefix-softmax';
 import { run, bind, folded, numericGrad, dot } from './helpers/kernel-check';
 import { geluTanh as geluRef, geluTanhGrad as geluGradRef } from './helpers/gelu';
+import { f16ToF32, f32ToF16 } from '../src/io/safetensors';
 
 // ---------------------------------------------------------------- embedding
 
@@ -71,6 +72,26 @@ describe('embeddingForward', () => {
     const want2 = reference(tokens, [{ table: chunk1, rowStart: 5 }], pos, M, T, C, 0, initial);
     // A sum of three terms of magnitude ~1 in f32: error relative to the largest magnitude.
     expectClose(await gpu.read(out), want2, 1e-6, 'embedding accumulate, folded grid', 1);
+  });
+
+  it('reads a table stored in f16 (frozen weights at half the memory) as one in f32 holding the same values, to the bit', async () => {
+    const gpu = await testGpu();
+    const C = 37, T = 3, M = 9, V = 7; // odd C: rows start in the middle of a word of two halves
+    const tokens = Uint32Array.from([0, 6, 3, 1, 5, 2, 4, 6, 0]);
+    const exact = randArray(V * C, 5, 4);
+    const halves = f16ToF32(f32ToF16(exact));
+    const pos = randArray(5 * C, 6);
+    const tTok = gpu.tensorFrom(tokens, [M], 'tokens'), tPos = gpu.tensorFrom(pos, [5, C], 'wpe');
+    const tHalf = gpu.tensorFromF16(exact, [V, C], 'wte (f16)'), tFull = gpu.tensorFrom(halves, [V, C], 'wte (f32)');
+    const outs: Float32Array[] = [];
+    for (const table of [tHalf, tFull]) {
+      const out = gpu.tensor([M, C], 'out');
+      await run(gpu, [await bind(gpu, () => embeddingForward(gpu, { tokens: tTok, table, rowStart: 0, positions: tPos, positionOffset: 1, M, T, C, out, accumulate: false }))]);
+      outs.push(await gpu.read(out));
+    }
+    expect(outs[0].every((v, i) => Object.is(v, outs[1][i]))).toBe(true);
+    expectClose(outs[0], reference(tokens, [{ table: halves, rowStart: 0 }], pos, M, T, C, 1, null), 1e-6, 'embedding from an f16 table', 1);
+    expect(() => embeddingForward(gpu, { tokens: tTok, table: tFull, rowStart: 0, positions: tHalf, M, T, C: 37, out: gpu.tensor([M, C], 'o'), accumulate: false })).toThrow(/positions must be f32 \(got f16\)/);
   });
 
   it('rejects inconsistent sizes', async () => {
