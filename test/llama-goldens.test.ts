@@ -56,7 +56,7 @@ describe('Llama-family models + LoRA match PyTorch + PEFT', async () => {
   // q_proj, k_proj and v_proj run as one product into packed rows where LoRA targets them (its sites
   // are column slices: tuning.fuseQkv, models/llama.ts fusesQkv), which the cases above take on
   // tiny-llama and tiny-qwen2 (stacked biases); Qwen3's q/k norms keep them apart.
-  it('the cases above run q_proj, k_proj and v_proj as one product except on Qwen3; tiny-llama and tiny-qwen2 match the goldens with three products too', async () => {
+  it('the cases above run q_proj, k_proj and v_proj as one product except on Qwen3; tiny-llama and tiny-qwen2 match the goldens with three products too', { timeout: 400_000 }, async () => {
     const gpu = await testGpu();
     const labels = (name: string, targets: string[]): string[] => {
       const { model } = loadCausalLM(gpu, models.get(name)!);

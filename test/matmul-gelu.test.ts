@@ -218,7 +218,7 @@ describe('fused GELU: routing, split-K, refusals', () => {
     }
   });
 
-  it('stream-K: the prologue in every piece, the epilogue once per tile (whole or fixed up), with alpha, accumulate, bias, strides', async () => {
+  it('stream-K: the prologue in every piece, the epilogue once per tile (whole or fixed up), with alpha, accumulate, bias, strides', { timeout: 400_000 }, async () => {
     const gpu = await testGpu();
     // over 7 workgroups, so tiles are whole in some and split in others; 36 and 136 wide: edge tiles;
     // 256 x 128 over K = 400: whole tiles (unchecked loads, the batched gelu' epilogue); 256 x 192:

@@ -527,7 +527,7 @@ describe('stream-K matmul (tiles x K iterations cut evenly over workgroups, spli
     Object.assign((await testGpu()).tuning, DEFAULT_KERNEL_TUNING);
   });
 
-  it('matches the reference for every transpose, edge tiles, K tails, strides, offsets, alpha, accumulate and bias, over 1 to many workgroups', async () => {
+  it('matches the reference for every transpose, edge tiles, K tails, strides, offsets, alpha, accumulate and bias, over 1 to many workgroups', { timeout: 400_000 }, async () => {
     const gpu = await testGpu();
     const bias = Float32Array.from({ length: 320 }, (_, i) => (i % 7) - 3);
     // (M, N, K): one tile; edge tiles on both sides with a K tail (K % 16 = 4); whole tiles (unchecked loads); a thin one;

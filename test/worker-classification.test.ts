@@ -115,7 +115,7 @@ describe('a classification run resumed from its checkpoint', async () => {
   const hooks = (stopAt: number, s: ClassifierSession) => ({ onStep: () => undefined, onEval: () => undefined, shouldStop: () => s.step >= stopAt });
   const values = async (adapter: SequenceClassificationAdapter) => Promise.all(adapter.params.map((p) => gpu.read(p.value)));
 
-  it('continues exactly where it stopped, with the best evaluation kept, and saves the best weights', async () => {
+  it('continues exactly where it stopped, with the best evaluation kept, and saves the best weights', { timeout: 400_000 }, async () => {
     // Straight through.
     const a = session();
     await a.s.run(hooks(99, a.s));
