@@ -141,6 +141,7 @@ export function copyTableRows(table: RowChunks, ids: readonly number[], dst: Ten
   return ids.map((id, i) => {
     const ch = table.chunks.find((c) => id >= c.rowStart && id < c.rowStart + c.rows);
     if (!Number.isInteger(id) || !ch) throw new Error(`copyTableRows: token id ${id} is outside the vocabulary (${table.rows})`);
+    if (ch.tensor.dtype !== 'f32') throw new Error(`copyTableRows: the vocabulary table is kept in ${ch.tensor.dtype}; rows copied as bytes would not be f32 values (load the model's weights in f32 to start from its token embeddings)`);
     return { kind: 'copy', src: ch.tensor.buffer, srcOffset: (id - ch.rowStart) * C * 4, dst: dst.buffer, dstOffset: i * C * 4, size: C * 4 } as Op;
   });
 }

@@ -17,7 +17,7 @@ import { attentionRowDelta, flashAttentionBackward, flashAttentionForward, flash
 import type { LinearModuleInfo } from '../peft/lora';
 import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, frozenProduct, linearBackward, linearForward, lmHeadAndLoss } from './common';
-import { WeightLoader, type RowChunks, type WeightSource } from './weights';
+import { WeightLoader, type FrozenStorage, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, methodModules, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAddPositions, kvAppend } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
@@ -115,14 +115,17 @@ export class Gpt2 {
     this.F = dims.n_inner ?? 4 * dims.n_embd;
   }
 
-  /** Uploads the frozen weights. `maxChunkBytes` caps the embedding's row blocks (tests force small ones). */
-  static load(gpu: Gpu, dims: Gpt2Dims, src: WeightSource, where: string, opts: { maxChunkBytes?: number } = {}): Gpt2 {
+  /**
+   * Uploads the frozen weights. `maxChunkBytes` caps the embedding's row blocks (tests force small
+   * ones); `frozen` keeps the linear layers' weights and wte / lm_head in f16 (weights.ts FrozenStorage).
+   */
+  static load(gpu: Gpu, dims: Gpt2Dims, src: WeightSource, where: string, opts: { maxChunkBytes?: number; frozen?: FrozenStorage } = {}): Gpt2 {
     const { n_embd: C, n_layer: L, n_head: H, n_positions: P, vocab_size: V } = dims;
     const F = dims.n_inner ?? 4 * C;
     if (C % H !== 0) throw new ProgramError(`${where}: n_embd ${C} is not divisible by n_head ${H}`);
     const act = dims.activation_function ?? 'gelu_new';
     if (!SUPPORTED_ACTIVATIONS.has(act)) throw new ProgramError(`${where}: activation_function "${act}" is not supported (GPT-2 uses gelu_new)`);
-    const w = new WeightLoader(gpu, src, PREFIXES, where);
+    const w = new WeightLoader(gpu, src, PREFIXES, where, opts.frozen);
     const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);
     const wte = w.loadRowChunks('transformer.wte.weight', V, C, chunk);
     const tied = dims.tie_word_embeddings !== false || !w.has('lm_head.weight');
@@ -133,11 +136,11 @@ export class Gpt2 {
       const p = `transformer.h.${i}.`;
       layers.push({
         ln1w: w.load(`${p}ln_1.weight`, [C]), ln1b: w.load(`${p}ln_1.bias`, [C]),
-        attnW: w.load(`${p}attn.c_attn.weight`, [C, 3 * C]), attnB: w.load(`${p}attn.c_attn.bias`, [3 * C]),
-        projW: w.load(`${p}attn.c_proj.weight`, [C, C]), projB: w.load(`${p}attn.c_proj.bias`, [C]),
+        attnW: w.loadFrozen(`${p}attn.c_attn.weight`, [C, 3 * C]), attnB: w.load(`${p}attn.c_attn.bias`, [3 * C]),
+        projW: w.loadFrozen(`${p}attn.c_proj.weight`, [C, C]), projB: w.load(`${p}attn.c_proj.bias`, [C]),
         ln2w: w.load(`${p}ln_2.weight`, [C]), ln2b: w.load(`${p}ln_2.bias`, [C]),
-        fcW: w.load(`${p}mlp.c_fc.weight`, [C, F]), fcB: w.load(`${p}mlp.c_fc.bias`, [F]),
-        mprojW: w.load(`${p}mlp.c_proj.weight`, [F, C]), mprojB: w.load(`${p}mlp.c_proj.bias`, [C]),
+        fcW: w.loadFrozen(`${p}mlp.c_fc.weight`, [C, F]), fcB: w.load(`${p}mlp.c_fc.bias`, [F]),
+        mprojW: w.loadFrozen(`${p}mlp.c_proj.weight`, [F, C]), mprojB: w.load(`${p}mlp.c_proj.bias`, [C]),
       });
     }
     return new Gpt2(gpu, dims, wte, wpe, lmHead, layers, w.load('transformer.ln_f.weight', [C]), w.load('transformer.ln_f.bias', [C]));

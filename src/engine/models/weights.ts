@@ -38,6 +38,13 @@ export function resolveName(src: WeightSource, name: string, prefixes: readonly 
   return null;
 }
 
+/**
+ * How the frozen matrices (the linear layers' weights and the vocabulary table) are kept on the GPU:
+ * 'f32', or 'f16' at half the memory (gpu/tensor.ts; the kernels read halves through
+ * kernels/packed-f16.ts and compute in f32). Norms, biases and position tables stay f32.
+ */
+export type FrozenStorage = 'f32' | 'f16';
+
 export class WeightLoader {
   constructor(
     private readonly gpu: Gpu,
@@ -45,6 +52,7 @@ export class WeightLoader {
     private readonly prefixes: readonly string[],
     /** Where the weights came from, for messages. */
     private readonly where: string,
+    private readonly frozen: FrozenStorage = 'f32',
   ) {}
 
   has(name: string): boolean {
@@ -67,6 +75,12 @@ export class WeightLoader {
     return this.gpu.tensorFrom(data, shape, name);
   }
 
+  /** Uploads a frozen matrix (a linear layer's weight), checking its shape, as FrozenStorage says. */
+  loadFrozen(name: string, shape: readonly number[]): Tensor {
+    const data = this.read(name, shape);
+    return this.frozen === 'f16' ? this.gpu.tensorFromF16(data, shape, name) : this.gpu.tensorFrom(data, shape, name);
+  }
+
   /** Uploads one tensor into `dst` (a view of a larger buffer, say), checking its shape. */
   loadInto(name: string, shape: readonly number[], dst: Tensor): void {
     this.gpu.write(dst, this.read(name, shape));
@@ -84,19 +98,21 @@ export class WeightLoader {
     return this.gpu.tensorFrom(all, [all.length], label);
   }
 
-  /** Uploads a [rows, cols] matrix split into row blocks that each fit one binding. */
+  /** Uploads a frozen [rows, cols] matrix (a vocabulary table) split into row blocks that each fit one binding, as FrozenStorage says. */
   loadRowChunks(name: string, rows: number, cols: number, maxChunkBytes = this.gpu.maxBindingBytes): RowChunks {
     const data = this.read(name, [rows, cols]);
-    return uploadRowChunks(this.gpu, name, data, rows, cols, maxChunkBytes);
+    return uploadRowChunks(this.gpu, name, data, rows, cols, maxChunkBytes, this.frozen);
   }
 }
 
-export function uploadRowChunks(gpu: Gpu, name: string, data: Float32Array, rows: number, cols: number, maxChunkBytes: number): RowChunks {
-  const rowsPerChunk = Math.max(1, Math.floor(maxChunkBytes / (cols * 4)));
+export function uploadRowChunks(gpu: Gpu, name: string, data: Float32Array, rows: number, cols: number, maxChunkBytes: number, storage: FrozenStorage = 'f32'): RowChunks {
+  // halves: 2 bytes each, a chunk padded to whole 8 bytes
+  const rowsPerChunk = Math.max(1, Math.floor(storage === 'f16' ? (maxChunkBytes - 8) / (cols * 2) : maxChunkBytes / (cols * 4)));
   const chunks: RowChunks['chunks'] = [];
   for (let r0 = 0; r0 < rows; r0 += rowsPerChunk) {
     const n = Math.min(rowsPerChunk, rows - r0);
-    const tensor = gpu.tensorFrom(data.subarray(r0 * cols, (r0 + n) * cols), [n, cols], `${name}[${r0}:${r0 + n}]`);
+    const values = data.subarray(r0 * cols, (r0 + n) * cols), label = `${name}[${r0}:${r0 + n}]`;
+    const tensor = storage === 'f16' ? gpu.tensorFromF16(values, [n, cols], label) : gpu.tensorFrom(values, [n, cols], label);
     chunks.push({ rowStart: r0, rows: n, tensor });
   }
   return { rows, cols, chunks };
