@@ -4,13 +4,14 @@
 import type { Gpu } from '../src/engine/gpu/gpu';
 import type { HfModel } from '../src/io/model-files';
 import { loadCausalLM } from '../src/engine/models/registry';
+import type { FrozenStorage } from '../src/engine/models/weights';
 import { createPeftMethod, peftModelInfo } from '../src/engine/peft/factory';
 import { StepUniforms } from '../src/engine/kernels/step-uniforms';
 import { seededRandom } from '../src/data/batches';
 import type { Example } from '../src/data/examples';
 
-export function loraRun(gpu: Gpu, hf: HfModel, o: { targets?: string[]; rank: number; count: number; T: number }) {
-  const loaded = loadCausalLM(gpu, hf);
+export function loraRun(gpu: Gpu, hf: HfModel, o: { targets?: string[]; rank: number; count: number; T: number; frozen?: FrozenStorage }) {
+  const loaded = loadCausalLM(gpu, hf, { frozen: o.frozen });
   const info = peftModelInfo(hf.config, loaded.model.linearModules());
   const stepUniforms = new StepUniforms(gpu);
   const targets = o.targets ?? loaded.defaultLoraTargets;

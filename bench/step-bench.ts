@@ -3,7 +3,7 @@
 // CLI run. Prints ms/step over a window early in the run and one late in it (steady state), then
 // per-kernel GPU times from timestamp queries over a few more steps.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
-//   GPU machine: bash .gpu/boot.sh node bench/dist/step-bench.mjs --model DIR --targets c_attn [--steps 500] [--json FILE]
+//   GPU machine: bash .gpu/boot.sh node bench/dist/step-bench.mjs --model DIR --targets c_attn [--steps 500] [--json FILE] [--frozen f16]
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -23,6 +23,8 @@ const { values: a } = parseArgs({
     tuning: { type: 'string' },
     // Dawn's toggles for tensor cores (kernels/matmul-tc.ts): the frozen products in mixed precision
     'tensor-cores': { type: 'boolean' },
+    // the frozen matrices in f16 (models/weights.ts FrozenStorage; GPT-2)
+    frozen: { type: 'string' },
   },
 });
 if (!a.model) throw new Error('--model DIR is required');
@@ -46,7 +48,8 @@ const gpu = await createNodeGpu({
 console.log(`device: ${gpu.info.description || gpu.info.vendor}${gpu.hasTensorCores && gpu.tuning.tensorCores ? ' (tensor cores: frozen products in f16 x f16 -> f32)' : ''}`);
 if (a['tensor-cores'] && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
 // Random full-length sequences: every position is a real token with a loss.
-const { loaded, stepUniforms, targets, method, examples } = loraRun(gpu, hf, { targets: a.targets?.split(','), rank, count: 64, T });
+if (a.frozen && a.frozen !== 'f16' && a.frozen !== 'f32') throw new Error(`--frozen f16 | f32 (got ${a.frozen})`);
+const { loaded, stepUniforms, targets, method, examples } = loraRun(gpu, hf, { targets: a.targets?.split(','), rank, count: 64, T, frozen: a.frozen as 'f16' | 'f32' | undefined });
 const totalSteps = steps + profileSteps;
 const config: TrainConfig = { ...DEFAULT_TRAIN_CONFIG, batchSize: B, gradAccumSteps: 1, totalSteps, seqLen: T, lr: 1e-4, schedule: 'constant', evalEvery: 0 };
 const trainer = new Trainer(gpu, loaded.model, method, examples, [], config, 0, stepUniforms);
@@ -101,7 +104,7 @@ if (a.json) {
     model: a.model, tuning: gpu.tuning, tensorCores: gpu.hasTensorCores && gpu.tuning.tensorCores, batch: B, seq: T, steps, rank, targets, msPerStep: overall, windows, every50,
     // every step's time (report to report), steps 2 .. steps: outliers against drift
     stepMs: done.slice(2, steps + 1).map((t, i) => +(t - done[i + 1]).toFixed(3)),
-    tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes,
+    tokensPerS: (B * T) / overall * 1000, gpuBytes: gpu.allocatedBytes, frozen: a.frozen ?? 'f32',
     kernels: table.map((r) => ({ kernel: r.kernel, msPerStep: r.totalMs / profileSteps, perStep: r.count / profileSteps })),
   }, null, 1));
 }
