@@ -458,17 +458,30 @@ export class Gpu {
    */
   tensorFromF16(values: Float32Array, shape: readonly number[], label: string): Tensor {
     const t = this.tensor(shape, label, 'f16');
-    if (values.length !== t.size) throw new GpuError(`${label}: ${values.length} values for shape [${shape.join(', ')}]`);
+    try {
+      this.writeF16(t, values);
+    } catch (e) {
+      this.destroyTensor(t);
+      throw e;
+    }
+    return t;
+  }
+
+  /**
+   * Writes f32 values into an 'f16' tensor (a whole one or a view), rounded to nearest (ties to
+   * even); refuses a finite value past f16's range, naming the element.
+   */
+  writeF16(t: Tensor, values: Float32Array): void {
+    if (t.dtype !== 'f16') throw new GpuError(`${t.label}: writeF16 into a ${t.dtype} tensor`);
+    if (values.length !== t.size) throw new GpuError(`${t.label}: ${values.length} values for shape [${t.shape.join(', ')}]`);
     const halves = new Uint16Array(t.bytes / 2);
     halves.set(f32ToF16(values));
     for (let i = 0; i < values.length; i++) {
       if ((halves[i] & 0x7c00) === 0x7c00 && Number.isFinite(values[i])) {
-        this.destroyTensor(t);
-        throw new GpuError(`${label}: element ${i} (${values[i]}) is past the range of f16 (65504): keep this tensor in f32`);
+        throw new GpuError(`${t.label}: element ${i} (${values[i]}) is past the range of f16 (65504): keep this tensor in f32`);
       }
     }
     this.write(t, halves);
-    return t;
   }
 
   write(t: Tensor | GPUBuffer, data: ArrayBufferView, byteOffset = 0): void {

@@ -22,7 +22,7 @@ import type { AttentionPrefix, LinearSite, PeftMethod } from '../peft/method';
 import type { LlamaConfig } from '../../io/hf-config';
 import { TensorPool, adapterBackward, adapterForward, branchSite, copyTableRows, embedTokens, linearBackward, linearForward, lmHeadAndLoss } from './common';
 import { ropeTables } from './rope-tables';
-import { WeightLoader, type RowChunks, type WeightSource } from './weights';
+import { WeightLoader, type FrozenStorage, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, headAndLossBuffers, methodModules, methodTakesColumnSlices, programSplitKElements, plannedBytes, writeBatch, type BatchArrays, type PlannedBuffer, type Program, type ProgramOptions } from './program';
 import { kvAppend, kvRope } from '../kernels/kv-cache';
 import { kvAttention } from '../kernels/kv-attention';
@@ -138,12 +138,16 @@ export class Llama {
     return { cos, sin, rotaryDim: tables.rotaryDim, maxPositions };
   }
 
-  static load(gpu: Gpu, c: LlamaConfig, src: WeightSource, where: string, opts: { maxChunkBytes?: number } = {}): Llama {
+  static load(gpu: Gpu, c: LlamaConfig, src: WeightSource, where: string, opts: { maxChunkBytes?: number; frozen?: FrozenStorage } = {}): Llama {
     const C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
     if (H % KV !== 0) throw new ProgramError(`${where}: num_attention_heads ${H} is not a multiple of num_key_value_heads ${KV}`);
     if (!SUPPORTED_ACT.has(c.hidden_act)) throw new ProgramError(`${where}: hidden_act "${c.hidden_act}" is not supported (Llama models use silu)`);
     if (c.sliding_window !== null) throw new ProgramError(`${where}: sliding-window attention is not supported yet`);
-    const w = new WeightLoader(gpu, src, [], where);
+    const w = new WeightLoader(gpu, src, [], where, opts.frozen);
+    // frozen matrices: the linear layers' weights, the vocabulary table and an untied head (f16 on request)
+    const dt = w.frozenDtype;
+    // a view starts on a 256-byte boundary (the binding offset's alignment): ARENA_ALIGN f32s, twice as many halves
+    const align = dt === 'f16' ? 2 * ARENA_ALIGN : ARENA_ALIGN;
     const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);
     const embed = w.loadRowChunks('model.embed_tokens.weight', V, C, chunk);
     const untied = !c.tie_word_embeddings && w.has('lm_head.weight');
@@ -151,27 +155,27 @@ export class Llama {
     const lmHead = untied ? w.loadRowChunks('lm_head.weight', V, C, chunk) : embed;
     const opt = (name: string, shape: number[], present: boolean): Tensor | null => (present ? w.load(name, shape) : null);
     // gate_proj and up_proj stacked in one buffer where the stack can be one product's operand
-    const stack = !c.mlp_bias && (I * C) % ARENA_ALIGN === 0;
+    const stack = !c.mlp_bias && (I * C) % align === 0;
     const gateUp = (p: string): Pick<LayerWeights, 'gate' | 'up' | 'gateUp'> => {
       const [g, u] = [`${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`];
-      if (!stack) return { gate: w.load(g, [I, C]), up: w.load(u, [I, C]), gateUp: null };
-      const whole = gpu.tensor([2 * I, C], `${p}mlp.gate_up_proj.weight`);
-      const gate = new Tensor(whole.buffer, [I, C], g, 'f32', 0, true), up = new Tensor(whole.buffer, [I, C], u, 'f32', I * C, true);
+      if (!stack) return { gate: w.loadFrozen(g, [I, C]), up: w.loadFrozen(u, [I, C]), gateUp: null };
+      const whole = gpu.tensor([2 * I, C], `${p}mlp.gate_up_proj.weight`, dt);
+      const gate = new Tensor(whole.buffer, [I, C], g, dt, 0, true), up = new Tensor(whole.buffer, [I, C], u, dt, I * C, true);
       w.loadInto(g, [I, C], gate);
       w.loadInto(u, [I, C], up);
       return { gate, up, gateUp: whole };
     };
     // q_proj, k_proj and v_proj stacked likewise where k's and v's views start on 256-byte boundaries
-    const stackQkv = (H * D * C) % ARENA_ALIGN === 0 && (KV * D * C) % ARENA_ALIGN === 0;
+    const stackQkv = (H * D * C) % align === 0 && (KV * D * C) % align === 0;
     const W = (H + 2 * KV) * D;
     const qkv = (p: string): Pick<LayerWeights, 'q' | 'k' | 'v' | 'qkv'> => {
       const [q, k, v] = [`${p}self_attn.q_proj.weight`, `${p}self_attn.k_proj.weight`, `${p}self_attn.v_proj.weight`];
-      if (!stackQkv) return { q: w.load(q, [H * D, C]), k: w.load(k, [KV * D, C]), v: w.load(v, [KV * D, C]), qkv: null };
-      const whole = gpu.tensor([W, C], `${p}self_attn.qkv_proj.weight`);
+      if (!stackQkv) return { q: w.loadFrozen(q, [H * D, C]), k: w.loadFrozen(k, [KV * D, C]), v: w.loadFrozen(v, [KV * D, C]), qkv: null };
+      const whole = gpu.tensor([W, C], `${p}self_attn.qkv_proj.weight`, dt);
       const views = {
-        q: new Tensor(whole.buffer, [H * D, C], q, 'f32', 0, true),
-        k: new Tensor(whole.buffer, [KV * D, C], k, 'f32', H * D * C, true),
-        v: new Tensor(whole.buffer, [KV * D, C], v, 'f32', (H + KV) * D * C, true),
+        q: new Tensor(whole.buffer, [H * D, C], q, dt, 0, true),
+        k: new Tensor(whole.buffer, [KV * D, C], k, dt, H * D * C, true),
+        v: new Tensor(whole.buffer, [KV * D, C], v, dt, (H + KV) * D * C, true),
       };
       w.loadInto(q, [H * D, C], views.q);
       w.loadInto(k, [KV * D, C], views.k);
@@ -190,11 +194,11 @@ export class Llama {
         : null;
       layers.push({
         inNorm: w.load(`${p}input_layernorm.weight`, [C]), postNorm: w.load(`${p}post_attention_layernorm.weight`, [C]),
-        ...qkvWeights, qkvBias, o: w.load(`${p}self_attn.o_proj.weight`, [C, H * D]),
+        ...qkvWeights, qkvBias, o: w.loadFrozen(`${p}self_attn.o_proj.weight`, [C, H * D]),
         qBias, kBias, vBias, oBias: opt(`${p}self_attn.o_proj.bias`, [C], c.attention_output_bias),
         qNorm: opt(`${p}self_attn.q_norm.weight`, [D], c.qk_norm), kNorm: opt(`${p}self_attn.k_norm.weight`, [D], c.qk_norm),
         ...gateUp(p),
-        down: w.load(`${p}mlp.down_proj.weight`, [C, I]),
+        down: w.loadFrozen(`${p}mlp.down_proj.weight`, [C, I]),
         gateBias: opt(`${p}mlp.gate_proj.bias`, [I], c.mlp_bias), upBias: opt(`${p}mlp.up_proj.bias`, [I], c.mlp_bias), downBias: opt(`${p}mlp.down_proj.bias`, [C], c.mlp_bias),
       });
     }

@@ -38,17 +38,16 @@ export interface LoadedModel {
   maxPositions: number;
 }
 
-/** `frozen`: how the frozen matrices are kept (weights.ts FrozenStorage; 'f16' on GPT-2 only so far). */
+/** `frozen`: how the frozen matrices (linear layers' weights, vocabulary table, LM head) are kept (weights.ts FrozenStorage). */
 export function loadCausalLM(gpu: Gpu, hf: HfModel, opts: { maxChunkBytes?: number; frozen?: FrozenStorage } = {}): LoadedModel {
   const c = hf.config;
-  if (opts.frozen === 'f16' && c.family !== 'gpt2') throw new ProgramError(`${hf.name}: frozen weights in f16 are built for GPT-2 only so far (this is ${c.model_type})`);
   const src = { tensorNames: hf.tensorNames, tensorInfo: (n: string) => hf.tensorInfo(n), getF32: (n: string) => hf.getF32(n) };
   if (c.family === 'gpt2') {
     const model = Gpt2.load(gpu, c, src, hf.name, opts);
     return { architecture: 'gpt2', model, defaultLoraTargets: ['c_attn'], maxPositions: c.n_positions };
   }
   if (c.family === 'llama') {
-    const model = Llama.load(gpu, c, src, hf.name, { maxChunkBytes: opts.maxChunkBytes });
+    const model = Llama.load(gpu, c, src, hf.name, opts);
     return { architecture: 'llama', model, defaultLoraTargets: ['q_proj', 'v_proj'], maxPositions: c.max_position_embeddings };
   }
   throw new ProgramError(`${hf.name}: model_type "${c.model_type}" can not be trained yet (supported: gpt2, llama, mistral, qwen2, qwen3)`);

@@ -81,9 +81,16 @@ export class WeightLoader {
     return this.frozen === 'f16' ? this.gpu.tensorFromF16(data, shape, name) : this.gpu.tensorFrom(data, shape, name);
   }
 
-  /** Uploads one tensor into `dst` (a view of a larger buffer, say), checking its shape. */
+  /** Uploads one tensor into `dst` (a view of a larger buffer, say), checking its shape; an 'f16' `dst` gets it rounded to halves. */
   loadInto(name: string, shape: readonly number[], dst: Tensor): void {
-    this.gpu.write(dst, this.read(name, shape));
+    const data = this.read(name, shape);
+    if (dst.dtype === 'f16') this.gpu.writeF16(dst, data);
+    else this.gpu.write(dst, data);
+  }
+
+  /** The dtype frozen matrices are kept in (for buffers the caller stacks them into). */
+  get frozenDtype(): FrozenStorage {
+    return this.frozen;
   }
 
   /** Uploads tensors end to end as one [total] tensor, checking each one's shape. */
