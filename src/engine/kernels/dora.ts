@@ -6,6 +6,7 @@ import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, type Dispatch } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { grid1d } from './grid';
+import { withPackedF16 } from './packed-f16';
 
 function count(what: string, name: string, v: number, min = 0): number {
   if (!Number.isInteger(v) || v < min) throw new Error(`${what}: ${name} must be an integer >= ${min} (got ${v})`);
@@ -29,7 +30,7 @@ function distinct(what: string, outs: Tensor[], ins: Tensor[]): void {
  * PEFT's DoRA weight norm (get_weight_norm, on the merged weight): for every output feature o,
  * norm[o] = || W[o, :] + scale * (B A)[o, :] || over the K inputs, and gscale[o] = m[o] / norm[o].
  * W is [N, K] ('out_in', nn.Linear) or [K, N] ('in_out', GPT-2's Conv1D, whose columns are the
- * output features); A is [r, K], B [N, r], m [N].
+ * output features), f32 or f16; A is [r, K], B [N, r], m [N].
  */
 export function doraWeightNorm(
   gpu: Gpu,
@@ -38,7 +39,10 @@ export function doraWeightNorm(
   const what = `doraWeightNorm(${a.norm.label})`;
   const N = count(what, 'N', a.N, 1), K = count(what, 'K', a.K, 1), r = count(what, 'r', a.r, 1);
   if (!Number.isFinite(a.scale)) throw new Error(`${what}: scale must be finite (got ${a.scale})`);
-  f32Size(what, 'W', a.W, N * K);
+  // W may be kept in f16 (frozen weights at half the memory): read through packed-f16.ts, summed in f32
+  if (a.W.dtype === 'f16') {
+    if (a.W.size < N * K) throw new Error(`${what}: W (${a.W.label}) has ${a.W.size} elements, need ${N * K}`);
+  } else f32Size(what, 'W', a.W, N * K);
   f32Size(what, 'A', a.A, r * K);
   f32Size(what, 'B', a.B, N * r);
   f32Size(what, 'm', a.m, N);
@@ -47,7 +51,7 @@ export function doraWeightNorm(
   distinct(what, [a.norm, a.gscale], [a.W, a.A, a.B, a.m]);
   const groups: [number, number, number] = N <= 65535 ? [N, 1, 1] : [65535, Math.ceil(N / 65535), 1];
   return bindDispatch(gpu, {
-    label: what, code, entryPoint: 'weight_norm',
+    label: what, code: a.W.dtype === 'f16' ? withPackedF16(code, 'in0') : code, entryPoint: 'weight_norm',
     params: [N, K, r, a.layout === 'in_out' ? 1 : 0, f32(a.scale)],
     buffers: [a.norm, a.W, a.A, a.B, a.m, a.gscale], workgroups: groups,
   });

@@ -2,7 +2,7 @@
 // tied/untied LM head with the fused loss (made a block of rows at a time), and tensor ownership.
 
 import type { Gpu } from '../gpu/gpu';
-import type { Op } from '../gpu/dispatch';
+import { runOps, type Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
 import { matmul, matmulWithScratch, type MatmulArgs } from '../kernels/matmul';
 import { lmHeadChunkBytes, lmHeadRows, logitsRowStride } from './program';
@@ -132,18 +132,21 @@ export function embedTokens(gpu: Gpu, table: RowChunks, tokens: Tensor, out: Ten
 }
 
 /**
- * Ops that copy rows `ids` of a (possibly split) embedding table into dst [ids.length, C] (prompt
- * tuning's TEXT and vocabulary-sample initializations).
+ * Writes rows `ids` of a (possibly split) embedding table into dst [ids.length, C] now (queued on
+ * the GPU): prompt tuning's TEXT and vocabulary-sample initializations. Gathered by the embedding
+ * kernel, so a table kept in f16 gives its rows widened to f32 values.
  */
-export function copyTableRows(table: RowChunks, ids: readonly number[], dst: Tensor): Op[] {
+export function copyTableRows(gpu: Gpu, table: RowChunks, ids: readonly number[], dst: Tensor): void {
   const C = table.cols;
+  if (dst.dtype !== 'f32') throw new Error(`copyTableRows: ${dst.label} is ${dst.dtype}, want f32`);
   if (dst.size < ids.length * C) throw new Error(`copyTableRows: ${dst.label} has ${dst.size} elements, need ${ids.length} x ${C}`);
-  return ids.map((id, i) => {
-    const ch = table.chunks.find((c) => id >= c.rowStart && id < c.rowStart + c.rows);
-    if (!Number.isInteger(id) || !ch) throw new Error(`copyTableRows: token id ${id} is outside the vocabulary (${table.rows})`);
-    if (ch.tensor.dtype !== 'f32') throw new Error(`copyTableRows: the vocabulary table is kept in ${ch.tensor.dtype}; rows copied as bytes would not be f32 values (load the model's weights in f32 to start from its token embeddings)`);
-    return { kind: 'copy', src: ch.tensor.buffer, srcOffset: (id - ch.rowStart) * C * 4, dst: dst.buffer, dstOffset: i * C * 4, size: C * 4 } as Op;
-  });
+  for (const id of ids) {
+    if (!Number.isInteger(id) || id < 0 || id >= table.rows) throw new Error(`copyTableRows: token id ${id} is outside the vocabulary (${table.rows})`);
+  }
+  if (ids.length === 0) return;
+  const tokens = gpu.tensorFrom(Uint32Array.from(ids), [ids.length], `${dst.label}.token_ids`);
+  runOps(gpu, embedTokens(gpu, table, tokens, dst, ids.length, ids.length, null), `copyTableRows(${dst.label})`);
+  gpu.destroyTensor(tokens); // after the submit: the queued work keeps the buffer until it ran
 }
 
 export interface HeadAndLoss {

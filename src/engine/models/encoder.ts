@@ -45,7 +45,7 @@ import { attentionPrefixSoftmaxBackward, attentionPrefixSoftmaxForward } from '.
 import type { LinearModuleInfo } from '../peft/lora';
 import type { BranchSite, LinearSite, PeftMethod, TrainableParam } from '../peft/method';
 import { TensorPool, branchSite, copyTableRows, embedTokens, linearBackward, linearForward } from './common';
-import { WeightLoader, resolveName, type RowChunks, type WeightSource } from './weights';
+import { WeightLoader, resolveName, type FrozenStorage, type RowChunks, type WeightSource } from './weights';
 import { ProgramError, VIRTUAL_TOKEN_ID } from './program';
 
 /** The FFN activations the encoders use: gelu (erf), gelu_new / gelu_pytorch_tanh, relu. */
@@ -193,6 +193,8 @@ export interface LoadEncoderOptions {
   random: () => number;
   /** Caps the embedding's row blocks (tests force small ones). */
   maxChunkBytes?: number;
+  /** How the frozen matrices (the layers' linear weights and the word table) are kept; the head trains and stays f32. */
+  frozen?: FrozenStorage;
 }
 
 /** A BERT-family encoder with a sequence-classification head on the GPU. */
@@ -246,10 +248,15 @@ export class EncoderClassifier {
     const K = opts.numLabels;
     if (!Number.isInteger(K) || K < 2) throw new ProgramError(`${where}: a classifier needs at least 2 labels (got ${K})`);
     if (C % H !== 0) throw new ProgramError(`${where}: hidden size ${C} is not divisible by ${H} heads`);
-    const w = new WeightLoader(gpu, src, spec.prefixes, where);
+    const w = new WeightLoader(gpu, src, spec.prefixes, where, opts.frozen);
     const owned: Tensor[] = [];
     const load = (name: string, shape: number[]): Tensor => {
       const t = w.load(name, shape);
+      owned.push(t);
+      return t;
+    };
+    const frozen = (name: string, shape: number[]): Tensor => {
+      const t = w.loadFrozen(name, shape);
       owned.push(t);
       return t;
     };
@@ -282,13 +289,13 @@ export class EncoderClassifier {
     for (let i = 0; i < d.layers; i++) {
       const n = spec.layer(i);
       layers.push({
-        q: load(`${n.q}.weight`, [C, C]), qb: load(`${n.q}.bias`, [C]),
-        k: load(`${n.k}.weight`, [C, C]), kb: load(`${n.k}.bias`, [C]),
-        v: load(`${n.v}.weight`, [C, C]), vb: load(`${n.v}.bias`, [C]),
-        o: load(`${n.o}.weight`, [C, C]), ob: load(`${n.o}.bias`, [C]),
+        q: frozen(`${n.q}.weight`, [C, C]), qb: load(`${n.q}.bias`, [C]),
+        k: frozen(`${n.k}.weight`, [C, C]), kb: load(`${n.k}.bias`, [C]),
+        v: frozen(`${n.v}.weight`, [C, C]), vb: load(`${n.v}.bias`, [C]),
+        o: frozen(`${n.o}.weight`, [C, C]), ob: load(`${n.o}.bias`, [C]),
         ln1w: load(`${n.ln1}.weight`, [C]), ln1b: load(`${n.ln1}.bias`, [C]),
-        f1: load(`${n.ffnIn}.weight`, [F, C]), f1b: load(`${n.ffnIn}.bias`, [F]),
-        f2: load(`${n.ffnOut}.weight`, [C, F]), f2b: load(`${n.ffnOut}.bias`, [C]),
+        f1: frozen(`${n.ffnIn}.weight`, [F, C]), f1b: load(`${n.ffnIn}.bias`, [F]),
+        f2: frozen(`${n.ffnOut}.weight`, [C, F]), f2b: load(`${n.ffnOut}.bias`, [C]),
         ln2w: load(`${n.ln2}.weight`, [C]), ln2b: load(`${n.ln2}.bias`, [C]),
       });
     }
@@ -348,9 +355,9 @@ export class EncoderClassifier {
     return out;
   }
 
-  /** Ops that copy word-embedding rows `ids` into dst (prompt tuning's TEXT and vocabulary-sample inits). */
-  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
-    return copyTableRows(this.word, ids, dst);
+  /** Writes word-embedding rows `ids` into dst now (prompt tuning's TEXT and vocabulary-sample inits). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): void {
+    copyTableRows(this.gpu, this.word, ids, dst);
   }
 
   /** Parameters of the base model with its head (frozen and trainable head parameters both). */

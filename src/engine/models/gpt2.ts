@@ -261,8 +261,8 @@ export class Gpt2 {
   }
 
   /** Ops copying rows `ids` of wte into dst (prompt tuning's initializations). */
-  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
-    return copyTableRows(this.wte, ids, dst);
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): void {
+    copyTableRows(this.gpu, this.wte, ids, dst);
   }
 
   buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {

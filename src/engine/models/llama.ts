@@ -355,8 +355,8 @@ export class Llama {
   }
 
   /** Ops copying rows `ids` of embed_tokens into dst (prompt tuning's initializations). */
-  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[] {
-    return copyTableRows(this.embed, ids, dst);
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): void {
+    copyTableRows(this.gpu, this.embed, ids, dst);
   }
 
   buildProgram(peft: PeftMethod | null, opts: ProgramOptions): Program {

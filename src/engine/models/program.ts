@@ -247,6 +247,6 @@ export function headAndLossBuffers(
 export interface CausalLM {
   readonly V: number;
   buildProgram(peft: import('../peft/method').PeftMethod | null, opts: ProgramOptions): Program;
-  /** Ops copying rows `ids` of the token embedding table into dst [ids.length, hidden] (prompt tuning's init). */
-  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): Op[];
+  /** Writes rows `ids` of the token embedding table into dst [ids.length, hidden] now, as f32 (prompt tuning's init). */
+  copyTokenEmbeddings(ids: readonly number[], dst: Tensor): void;
 }

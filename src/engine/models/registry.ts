@@ -70,7 +70,7 @@ export interface LoadedSequenceClassifier {
  * from `random` as transformers initializes it).
  */
 export function loadSequenceClassifier(
-  gpu: Gpu, hf: HfModel, opts: { numLabels: number; random: () => number; maxChunkBytes?: number },
+  gpu: Gpu, hf: HfModel, opts: { numLabels: number; random: () => number; maxChunkBytes?: number; frozen?: FrozenStorage },
 ): LoadedSequenceClassifier {
   const c = hf.config;
   const src = { tensorNames: hf.tensorNames, tensorInfo: (n: string) => hf.tensorInfo(n), getF32: (n: string) => hf.getF32(n) };

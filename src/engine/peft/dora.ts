@@ -88,7 +88,6 @@ export class Dora implements PeftMethod {
     const { r } = settings;
     for (const info of targeted) {
       if (!info.weight) throw new LoraError(`DoRA on ${info.module}: the model did not give the layer's weight (DoRA's magnitude starts as its norm)`);
-      if (info.weight.dtype !== 'f32') throw new LoraError(`DoRA on ${info.module}: its kernels read the layer's weight as f32, and this model keeps it in ${info.weight.dtype}: load the model's weights in f32 for DoRA`);
     }
     // A (drawn module by module), B = 0 and m (set from W's norm below) of every module, in that order
     this.paramSet = makeParams(gpu, 'dora', targeted.flatMap((info) => {

@@ -14,7 +14,6 @@
 
 import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
-import { runOps } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { addRows, sumRows } from '../kernels/peft-ops';
 import type { CausalLM } from '../models/program';
@@ -113,7 +112,7 @@ export class PromptTuning implements PeftMethod {
     } else {
       ids = Array.from({ length: n }, () => Math.min(this.dims.vocab - 1, Math.floor(o.random() * this.dims.vocab)));
     }
-    runOps(this.gpu, model.copyTokenEmbeddings(ids, this.embeddings.value), 'prompt-tuning init');
+    model.copyTokenEmbeddings(ids, this.embeddings.value);
     return ids;
   }
 
