@@ -1,5 +1,6 @@
 // The command-line trainer, run as a user runs it (npm run train's entry, in a child process), on
-// the tiny GPT-2 fixture: its output files, its progress lines, and one-line errors on bad input.
+// the tiny GPT-2 fixture (its frozen weights in f16): its output files, its progress lines, and
+// one-line errors on bad input.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -43,9 +44,10 @@ describe('npm run train', () => {
       '--model', model, '--data', path.join(dir, 'data.csv'), '--out', out, '--method', 'lora',
       '--prompt-column', 'name', '--completion-column', 'sentence', '--template', '{name} ({food}):',
       '--rank', '4', '--alpha', '8', '--dropout', '0', '--targets', 'c_attn,mlp.c_fc', '--steps', '6', '--lr', '1e-2',
-      '--batch-size', '4', '--max-length', '32', '--validation', '0.2', '--seed', '3',
+      '--batch-size', '4', '--max-length', '32', '--validation', '0.2', '--seed', '3', '--frozen', 'f16',
     ]);
     expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^weights: [\d.]+ [KM]iB on the GPU \(frozen matrices in f16\)$/m);
     expect(r.stdout).toMatch(/columns: .*name.*sentence/);
     expect(r.stdout).toMatch(/trainable params: [\d,]+ \|\| all params: [\d,]+/);
     expect(r.stdout).toMatch(/step 6\/6 \| loss \d+\.\d+ \| lr/);
@@ -88,5 +90,8 @@ describe('npm run train', () => {
     const badFlag = await train(['--model', model, '--data', path.join(dir, 'data.csv'), '--out', path.join(dir, 'x'), '--rank', 'eight']);
     expect(badFlag.code).toBe(1);
     expect(badFlag.stderr.trim()).toBe('error: --rank eight: not a number');
+    const badFrozen = await train(['--model', model, '--data', path.join(dir, 'data.csv'), '--out', path.join(dir, 'x'), '--frozen', 'bf16']);
+    expect(badFrozen.code).toBe(1);
+    expect(badFrozen.stderr.trim()).toBe('error: --frozen bf16: use f32 or f16');
   });
 });

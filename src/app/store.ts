@@ -305,6 +305,10 @@ export const useApp = create<AppState>()((set, get) => {
           set({ model: { status: 'loading', name, message: event.message } });
         }
         return;
+      case 'modelSummary':
+        // the frozen weights were uploaded again in another dtype (a run's settings.frozenWeights)
+        if (s.model.status === 'ready' && s.model.summary.name === event.summary.name) set({ model: { status: 'ready', summary: event.summary } });
+        return;
       case 'trainingState':
         if (event.state === 'idle') {
           // 'done' and 'failed' are kept on screen; anything else returns to idle.
@@ -446,7 +450,7 @@ export const useApp = create<AppState>()((set, get) => {
       prepareSeq++; // a prepare still running for the old model answers too late to count
       set({ model: { status: 'downloading', repo, files: [], loaded: 0, total: null }, prepare: { status: 'idle' } });
       try {
-        const summary = await client.call('downloadModel', { repo, ...(endpoint !== DEFAULT_HUB_ENDPOINT ? { endpoint } : {}) });
+        const summary = await client.call('downloadModel', { repo, frozen: get().settings.frozenWeights, ...(endpoint !== DEFAULT_HUB_ENDPOINT ? { endpoint } : {}) });
         applyModel(summary);
       } catch (e) {
         set({ model: { status: 'error', message: errorOf(e).message, input: 'repoId' } });
@@ -463,7 +467,7 @@ export const useApp = create<AppState>()((set, get) => {
       prepareSeq++; // a prepare still running for the old model answers too late to count
       set({ model: { status: 'loading', name, message: 'Reading the files' }, prepare: { status: 'idle' } });
       try {
-        const summary = await client.call('loadModelFiles', { files });
+        const summary = await client.call('loadModelFiles', { files, frozen: get().settings.frozenWeights });
         applyModel(summary);
       } catch (e) {
         set({ model: { status: 'error', message: errorOf(e).message, input: 'modelFolder' } });

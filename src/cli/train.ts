@@ -34,6 +34,7 @@ import { formatConfusion } from '../engine/train/classification-metrics';
 import { classificationRunLog, classificationTrainerState, classifierModelCard } from '../engine/train/classification-report';
 import { mixSeed } from '../engine/train/trainer';
 import { CliError, formatDuration, number, integer, stepTimeLine } from './args';
+import type { FrozenStorage } from '../engine/models/weights';
 
 const USAGE = `Usage: npm run train -- --model DIR --data FILE --out DIR [options]
 
@@ -55,7 +56,20 @@ ${METHOD_USAGE}
   --eval-every N           evaluate every N steps (0: at the end)
   --seed S (42)            --debug  print stack traces
   --tensor-cores           run the frozen layers' products on tensor cores where the GPU has them (f16
-                           operands, f32 sums: mixed precision); asks Dawn for its unsafe subgroup matrices`;
+                           operands, f32 sums: mixed precision); asks Dawn for its unsafe subgroup matrices
+  --frozen f32|f16         how the base model's frozen matrices are kept on the GPU (f32; f16: about half
+                           the memory, rounded once at upload, sums and the adapter in f32)`;
+
+/** --frozen: f32 (default) or f16. */
+function frozenStorage(v: unknown): FrozenStorage {
+  const s = v === undefined ? 'f32' : String(v);
+  if (s !== 'f32' && s !== 'f16') throw new CliError(`--frozen ${s}: use f32 or f16`);
+  return s;
+}
+
+function weightsLine(bytes: number, frozen: FrozenStorage): string {
+  return `weights: ${fmtBytes(bytes)} on the GPU (frozen matrices in ${frozen})`;
+}
 
 /** The device, named on the console; tensorCores: with Dawn's toggles for them, and refused where the GPU has none. */
 async function nodeGpuFor(tensorCores: boolean) {
@@ -82,6 +96,7 @@ async function main(argv: string[]): Promise<void> {
       validation: { type: 'string' }, 'eval-every': { type: 'string' }, seed: { type: 'string' }, debug: { type: 'boolean' }, help: { type: 'boolean' },
       'label-column': { type: 'string' }, labels: { type: 'string' }, 'head-only': { type: 'boolean' },
       'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' }, 'tensor-cores': { type: 'boolean' },
+      frozen: { type: 'string' },
       ...METHOD_OPTIONS,
     },
   });
@@ -134,8 +149,10 @@ async function main(argv: string[]): Promise<void> {
   console.log(`examples: ${train.length} train, ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
 
   // GPU, model and adapter
+  const frozen = frozenStorage(a.frozen);
   const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
-  const loaded = loadCausalLM(gpu, hf);
+  const loaded = loadCausalLM(gpu, hf, { frozen });
+  console.log(weightsLine(loaded.model.weightBytes(), frozen));
   const info = peftModelInfo(hf.config, loaded.model.linearModules());
   const choice = methodFromArgs(a, info, loaded.defaultLoraTargets, a.model!);
   // prompt and prefix tuning's virtual tokens take positions too
@@ -262,9 +279,11 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   const trainCounts = classCounts(train.map((e) => e.label), K);
   console.log(`examples: ${train.length} train (${describeClassCounts(labelMap, trainCounts).line}), ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
 
+  const frozen = frozenStorage(a.frozen);
   const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
-  const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)) });
+  const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)), frozen });
   const model = loaded.model;
+  console.log(weightsLine(model.weightBytes(), frozen));
   for (const n of model.notes) console.log(`head: ${n}`);
   const stepUniforms = new StepUniforms(gpu);
   const info = encoderPeftInfo(model);

@@ -10,6 +10,7 @@ import type { ClassificationMapping, ClassificationStats } from '../data/classif
 import type { LabelSummary } from '../data/classification-columns';
 import type { TableFormat, TableProblem, TableProblemKind } from '../data/table';
 import type { TrainSettings, SettingName } from './settings';
+import type { FrozenStorage } from '../engine/models/weights';
 import type { PeftFacts, TaskKind } from './methods';
 import type { AdapterMeta, CheckpointMeta } from './storage';
 import type { ClassifyParams, ClassifyResult, GenerateParams, GenerateResult, GenerationStream, PlaygroundInfo } from './playground-types';
@@ -107,6 +108,8 @@ export interface ModelSummary {
   parameterCount: number;
   /** dtype of the checkpoint's tensors as stored (they are trained in f32). */
   storedDType: string;
+  /** How the frozen matrices are kept on the GPU now (settings.frozenWeights; sums are f32 either way). */
+  frozenDType: FrozenStorage;
   /** GPU bytes taken by the frozen weights. */
   weightBytes: number;
   /** What the adapter methods need (layer groups, default targets, PEFT dimensions, refusals). */
@@ -234,6 +237,8 @@ export interface HubDownloadParams {
   repo: string;
   /** Hugging Face endpoint (mirror); the hub's own by default. */
   endpoint?: string;
+  /** How to keep the frozen weights on the GPU (settings.frozenWeights); the last one used by default. */
+  frozen?: FrozenStorage;
 }
 
 /** Command name → what it takes and what its reply carries. */
@@ -241,7 +246,7 @@ export interface Commands {
   init: { params: { testHooks?: boolean }; result: InitResult };
   loadData: { params: { file: File }; result: DataSummary };
   /** Files of a picked or dropped folder, with their paths inside it. */
-  loadModelFiles: { params: { files: { path: string; file: File }[]; name?: string }; result: ModelSummary };
+  loadModelFiles: { params: { files: { path: string; file: File }[]; name?: string; frozen?: FrozenStorage }; result: ModelSummary };
   downloadModel: { params: HubDownloadParams; result: ModelSummary };
   prepare: { params: PrepareParams; result: PrepareResult };
   start: { params: StartParams; result: StartResult };
@@ -334,6 +339,8 @@ export type WorkerEvent =
   | { type: 'progress'; task: 'parse'; fraction: number }
   | { type: 'progress'; task: 'download'; file: DownloadFileProgress; loaded: number; total: number | null }
   | { type: 'progress'; task: 'loadModel'; message: string }
+  /** The loaded model's summary changed (its frozen weights uploaded again in another dtype). */
+  | { type: 'modelSummary'; summary: ModelSummary }
   /** Tokenizing the table into examples (prepare), fraction of the rows done. */
   | { type: 'progress'; task: 'examples'; fraction: number }
   | { type: 'trainingState'; state: TrainingState; runId: string | null }

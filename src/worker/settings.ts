@@ -73,6 +73,12 @@ export interface TrainSettings {
    * product in f32. Without tensor cores every product is f32 either way.
    */
   precision: 'mixed' | 'f32';
+  /**
+   * How the base model's frozen matrices (linear layers' weights, the vocabulary table) are kept on
+   * the GPU: 'f32', or 'f16' at about half the memory (rounded to halves once at upload; every sum
+   * stays f32 and the adapter trains in f32). Changing it uploads the weights again.
+   */
+  frozenWeights: 'f32' | 'f16';
 }
 
 export type SettingName = keyof TrainSettings;
@@ -111,6 +117,7 @@ export const DEFAULT_SETTINGS: TrainSettings = {
   checkpointEvery: 50,
   seed: 42,
   precision: 'mixed',
+  frozenWeights: 'f32',
 };
 
 /** Settings saved by an older version (a checkpoint or adapter from before a field existed), completed with today's defaults. */
@@ -192,6 +199,8 @@ export function validateSettings(s: TrainSettings, limits?: SettingLimits): Sett
   checkInt(e, 'evalEvery', s.evalEvery, 0, 10_000_000, 'Evaluate every');
   checkInt(e, 'checkpointEvery', s.checkpointEvery, 1, 10_000_000, 'Checkpoint every');
   checkInt(e, 'seed', s.seed, 0, 2 ** 31 - 1, 'Seed');
+  if (s.precision !== 'mixed' && s.precision !== 'f32') e.precision = `Precision is "mixed" or "f32" (got "${String(s.precision)}").`;
+  if (s.frozenWeights !== 'f32' && s.frozenWeights !== 'f16') e.frozenWeights = `Frozen weights are kept in "f32" or "f16" (got "${String(s.frozenWeights)}").`;
   return e;
 }
 

@@ -25,6 +25,7 @@ import { buildLabelMap, classCounts, type LabelMap } from '../data/labels';
 import { classificationSequenceLength, validateClassificationMapping, type ClassificationExample, type ClassificationMapping, type ClassificationStats } from '../data/classification';
 import { buildClassificationExamplesAsync, guessClassificationColumns, summarizeLabels, type LabelSummary } from '../data/classification-columns';
 import { isSequenceClassifierFamily, loadCausalLM, loadSequenceClassifier, type LoadedModel, type LoadedSequenceClassifier } from '../engine/models/registry';
+import type { FrozenStorage } from '../engine/models/weights';
 import { plannedBytes, ProgramError } from '../engine/models/program';
 import { createSeqClsAdapter, SeqClsAdapterError, type SequenceClassificationAdapter } from '../engine/models/sequence-classification';
 import { EncoderMethodError } from '../engine/models/encoder-methods';
@@ -115,7 +116,10 @@ let probeUniforms: StepUniforms | null = null;
 interface CausalModelState {
   task: 'causal-lm';
   hf: HfModel;
+  /** Replaced when a run asks for the frozen weights in another dtype (settings.frozenWeights). */
   loaded: LoadedModel;
+  /** How the frozen matrices are kept on the GPU now. */
+  frozen: FrozenStorage;
   info: PeftModelInfo;
   tokenizer: TextTokenizer;
   summary: ModelSummary;
@@ -129,8 +133,10 @@ const DEFAULT_SEED = DEFAULT_SETTINGS.seed;
 interface ClassifierModelState {
   task: 'classification';
   hf: HfModel;
-  /** Replaced when a run needs a head of another size or a fresh one (the head trains in place). */
+  /** Replaced when a run needs a head of another size or a fresh one (the head trains in place), or the frozen weights in another dtype. */
   loaded: LoadedSequenceClassifier;
+  /** How the frozen matrices are kept on the GPU now (the head is f32 either way). */
+  frozen: FrozenStorage;
   /** The head on the GPU: its number of labels, the seed it was made with, and whether a run has trained it since. */
   head: { numLabels: number; seed: number; fresh: boolean };
   tokenizer: TextTokenizer;
@@ -141,6 +147,11 @@ type ModelState = CausalModelState | ClassifierModelState;
 let model: ModelState | null = null;
 /** The loaded model's files: a lost GPU device takes the weights with it, and they upload again from these. */
 let modelSource: { files: ModelFiles; source: 'hub' | 'folder'; input: InputName } | null = null;
+/**
+ * How the next model load keeps the frozen weights: what the page asked for with the load, or
+ * the last run's settings.frozenWeights (a recovered device uploads the model as it was).
+ */
+let frozenPreference: FrozenStorage = 'f32';
 /** Set by init when the page was opened with ?test-hooks (the browser tests); TestHooks are refused otherwise. */
 let testHooksEnabled = false;
 /** The loseDevice test hook's step: the device is destroyed once a run reports it. */
@@ -362,12 +373,13 @@ function classifierHead(loaded: LoadedSequenceClassifier): ClassifierHead {
   return { className: m.spec.className, trainedModules, fixedTrainable: fixed, perLabel: m.C + 1 };
 }
 
-function loadClassifier(g: Gpu, hf: HfModel, numLabels: number, seed: number): LoadedSequenceClassifier {
-  return loadSequenceClassifier(g, hf, { numLabels, random: seededRandom(mixSeed(seed, HEAD_SEED_SALT)) });
+function loadClassifier(g: Gpu, hf: HfModel, numLabels: number, seed: number, frozen: FrozenStorage): LoadedSequenceClassifier {
+  return loadSequenceClassifier(g, hf, { numLabels, random: seededRandom(mixSeed(seed, HEAD_SEED_SALT)), frozen });
 }
 
-async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: InputName): Promise<ModelSummary> {
+async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: InputName, frozen: FrozenStorage = frozenPreference): Promise<ModelSummary> {
   requireIdle('loading another model');
+  frozenPreference = frozen;
   const t0 = performance.now();
   const asInput = (e: unknown) => (e instanceof InputError ? e : new InputError(messageOf(e), input));
   emit({ type: 'progress', task: 'loadModel', message: 'Reading config.json and the weights' });
@@ -403,12 +415,13 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
     ...dimsOf(hf.config),
     vocabSize: hf.config.vocab_size,
     storedDType: hf.tensorNames.length ? hf.tensorInfo(hf.tensorNames[0]).dtype : 'F32',
+    frozenDType: frozen,
   };
   let state: ModelState;
   try {
     if (isSequenceClassifierFamily(hf)) {
       // A head of 2 labels to start with; a run reloads it for the labels of its data.
-      const loaded = loadClassifier(g, hf, 2, DEFAULT_SEED);
+      const loaded = loadClassifier(g, hf, 2, DEFAULT_SEED, frozen);
       await g.sync();
       const head = classifierHead(loaded);
       const m = loaded.model;
@@ -417,6 +430,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
         task: 'classification',
         hf,
         loaded,
+        frozen,
         tokenizer,
         head: { numLabels: 2, seed: DEFAULT_SEED, fresh: true },
         summary: {
@@ -437,7 +451,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
         },
       };
     } else {
-      const loaded = loadCausalLM(g, hf);
+      const loaded = loadCausalLM(g, hf, { frozen });
       await g.sync();
       const { facts, info } = causalPeftFacts(hf.config, loaded);
       probeUniforms ??= new StepUniforms(g);
@@ -447,6 +461,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
         task: 'causal-lm',
         hf,
         loaded,
+        frozen,
         info,
         tokenizer,
         summary: {
@@ -481,6 +496,38 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   return state.summary;
 }
 
+/**
+ * Uploads the loaded model's frozen weights again in `frozen` (settings.frozenWeights changed):
+ * f16 takes about half the GPU memory of f32. The page gets the new summary (its weight bytes).
+ */
+async function changeFrozenStorage(m: ModelState, frozen: FrozenStorage): Promise<void> {
+  requireIdle(`keeping the frozen weights in ${frozen}`);
+  const g = requireGpu();
+  emit({ type: 'progress', task: 'loadModel', message: `Uploading the weights to the GPU in ${frozen}` });
+  m.loaded.model.destroy();
+  try {
+    if (m.task === 'causal-lm') {
+      m.loaded = loadCausalLM(g, m.hf, { frozen });
+      m.info = causalPeftFacts(m.hf.config, m.loaded).info;
+      m.summary.weightBytes = m.loaded.model.weightBytes();
+    } else {
+      m.loaded = loadClassifier(g, m.hf, m.head.numLabels, m.head.seed, frozen);
+      const cls = m.loaded.model;
+      m.summary.weightBytes = cls.weightBytes() - plannedBytes(headBuffers(cls, cls.K));
+    }
+    await g.sync();
+  } catch (e) {
+    // the old weights are gone: the model must be loaded again
+    if (model === m) model = null;
+    examplesCache = null;
+    throw new InputError(`Could not upload the weights in ${frozen}: ${messageOf(e)} Load the model again.`, 'frozenWeights');
+  }
+  m.frozen = frozen;
+  frozenPreference = frozen;
+  m.summary.frozenDType = frozen;
+  emit({ type: 'modelSummary', summary: m.summary });
+}
+
 function dimsOf(c: HfConfig): { layers: number; hidden: number; heads: number } {
   switch (c.family) {
     case 'gpt2':
@@ -493,7 +540,7 @@ function dimsOf(c: HfConfig): { layers: number; hidden: number; heads: number } 
   }
 }
 
-async function downloadModel(repo: string, endpoint?: string): Promise<ModelSummary> {
+async function downloadModel(repo: string, endpoint?: string, frozen?: FrozenStorage): Promise<ModelSummary> {
   requireIdle('loading another model');
   try {
     validateRepoId(repo);
@@ -536,7 +583,7 @@ async function downloadModel(repo: string, endpoint?: string): Promise<ModelSumm
   } finally {
     if (downloadAbort === abort) downloadAbort = null;
   }
-  return loadModel(files, 'hub', 'repoId');
+  return loadModel(files, 'hub', 'repoId', frozen);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -620,6 +667,7 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
     );
   }
   fail(firstSettingError(validateSettings(settings, limitsOf(m))));
+  if (settings.frozenWeights !== m.frozen) await changeFrozenStorage(m, settings.frozenWeights);
   try {
     if (mapping.task === 'causal-lm') validateMapping(d.table, mapping.columns);
     // The label column must hold a few classes (the page shows the same check with the class balance).
@@ -846,7 +894,7 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
     if (!(m.head.fresh && m.head.numLabels === K && m.head.seed === settings.seed)) {
       m.loaded.model.destroy();
       try {
-        m.loaded = loadClassifier(g, m.hf, K, settings.seed);
+        m.loaded = loadClassifier(g, m.hf, K, settings.seed, m.frozen);
         m.head = { numLabels: K, seed: settings.seed, fresh: true };
         await g.sync();
       } catch (e) {
@@ -1283,11 +1331,11 @@ function errorInfo(e: unknown, fallback?: InputName): ErrorInfo {
 const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise<Commands[C]['result']> } = {
   init: (params) => init(params),
   loadData: ({ file }) => loadData(file),
-  loadModelFiles: ({ files, name }) => {
+  loadModelFiles: ({ files, name, frozen }) => {
     if (files.length === 0) return Promise.reject(new InputError('The folder is empty.', 'modelFolder'));
-    return loadModel(folderFiles(files, name), 'folder', 'modelFolder');
+    return loadModel(folderFiles(files, name), 'folder', 'modelFolder', frozen);
   },
-  downloadModel: ({ repo, endpoint }) => downloadModel(repo.trim(), endpoint),
+  downloadModel: ({ repo, endpoint, frozen }) => downloadModel(repo.trim(), endpoint, frozen),
   prepare: async ({ mapping, settings }) => {
     await recoverDevice();
     return (await prepareRun(mapping, withDefaults(settings))).result;
@@ -1354,7 +1402,7 @@ async function classifierWithHead(m: ClassifierModelState, numLabels: number) {
   if (m.head.numLabels !== numLabels) {
     m.loaded.model.destroy();
     try {
-      m.loaded = loadClassifier(g, m.hf, numLabels, m.head.seed);
+      m.loaded = loadClassifier(g, m.hf, numLabels, m.head.seed, m.frozen);
       await g.sync();
     } catch (e) {
       // the old weights are gone: the model must be loaded again

@@ -2,7 +2,8 @@
 // models and names the supported architectures; a GPT-2 folder is loaded and then replaced by the
 // tiny Llama folder (the worker frees the first model's weights on the same device); LoRA targets
 // come from the loaded model (q_proj and v_proj by default, "all linear layers" as a choice); a
-// short run trains, allocates exactly the memory estimated beforehand, and downloads a PEFT zip.
+// short run trains, allocates exactly the memory estimated beforehand, and downloads a PEFT zip;
+// then the frozen weights in f16 (More settings): uploaded again, less memory, a run trains.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, sumsCsv, waitForTrainDone, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const LLAMA_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-llama');
@@ -166,6 +167,32 @@ describe.skipIf(skipReason !== null)('a Llama-family model in the app, in Chromi
     const state = JSON.parse(strFromU8(files['trainer_state.json']));
     expect(state.global_step).toBe(6);
     expect(strFromU8(files['README.md'])).toContain('base_model: tiny-llama');
+    expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
+  });
+
+  it('keeps the frozen weights in f16 on request: uploaded again, in less memory, and trains', { timeout: 400_000 }, async () => {
+    // the page as the test before left it: tiny-llama, the sums, a 6-step run's settings
+    const weightText = () => page.getByTestId('model-weight-bytes').textContent().then((t) => t ?? '');
+    expect(await weightText()).toMatch(/\(f32\)/);
+    await expect.poll(() => page.getByTestId('memory-estimate').getAttribute('data-bytes'), { timeout: 30_000 }).toMatch(/^\d+$/);
+    const f32Bytes = Number(await page.getByTestId('memory-estimate').getAttribute('data-bytes'));
+    const more = page.getByTestId('more-settings');
+    if ((await more.getAttribute('open')) === null) await more.locator('summary').click();
+    await page.getByTestId('setting-frozenWeights').selectOption('f16');
+    // the worker uploads the weights again in f16 and the page shows it
+    await expect.poll(weightText, { timeout: 60_000 }).toMatch(/frozen matrices in f16/);
+    expect(await page.getByTestId('model-params').textContent()).toMatch(/kept in F16 on the GPU with F32 sums/);
+    await expect.poll(async () => Number(await page.getByTestId('memory-estimate').getAttribute('data-bytes')), { timeout: 30_000 }).toBeLessThan(f32Bytes);
+    await page.getByTestId('adapter-name').fill('llama sums f16');
+    await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
+    await page.getByTestId('start').click();
+    await waitForTrainDone(page);
+    expect(await page.getByTestId('step-counter').textContent()).toMatch(/Step 6 \/ 6/);
+    expect(Number.isFinite(await numberIn(page, 'loss-latest'))).toBe(true);
+    // what it allocated is what was estimated with the weights in halves
+    const run = page.getByTestId('run');
+    expect(Number(await run.getAttribute('data-gpu-bytes'))).toBe(Number(await run.getAttribute('data-estimate-bytes')));
+    expect(Number(await run.getAttribute('data-gpu-bytes'))).toBeLessThan(f32Bytes);
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 

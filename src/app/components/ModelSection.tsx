@@ -20,6 +20,7 @@ export function ModelSection() {
   const downloadModel = useApp((s) => s.downloadModel);
   const cancelDownload = useApp((s) => s.cancelDownload);
   const loadModelFolder = useApp((s) => s.loadModelFolder);
+  const frozenWeights = useApp((s) => s.settings.frozenWeights);
   const training = useApp((s) => s.training.phase);
   const runActive = !['idle', 'done', 'failed'].includes(training);
   const busy = model.status === 'downloading' || model.status === 'loading' || runActive;
@@ -96,7 +97,7 @@ export function ModelSection() {
             <ul className="suggestion-list">
               {MODEL_SUGGESTIONS.filter((m) => m.task === task).map((m) => (
                 <li key={m.repo}>
-                  <SuggestionButton m={m} selected={repoId.trim() === m.repo} disabled={busy} onPick={() => setRepoId(m.repo)} />
+                  <SuggestionButton m={m} frozen={frozenWeights} selected={repoId.trim() === m.repo} disabled={busy} onPick={() => setRepoId(m.repo)} />
                 </li>
               ))}
             </ul>
@@ -172,7 +173,7 @@ export function ModelSection() {
 
 const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama family', distilbert: 'DistilBERT', bert: 'BERT' };
 
-function SuggestionButton({ m, selected, disabled, onPick }: { m: ModelSuggestion; selected: boolean; disabled: boolean; onPick: () => void }) {
+function SuggestionButton({ m, frozen, selected, disabled, onPick }: { m: ModelSuggestion; frozen: 'f32' | 'f16'; selected: boolean; disabled: boolean; onPick: () => void }) {
   return (
     <button
       type="button"
@@ -185,7 +186,7 @@ function SuggestionButton({ m, selected, disabled, onPick }: { m: ModelSuggestio
     >
       <code>{m.repo}</code>
       <span className="suggestion-facts">
-        {m.family} · {formatCount(m.parameters)} parameters · {formatBytes(m.downloadBytes)} download ({m.storedDType}) · {formatBytes(4 * m.parameters)} on the GPU
+        {m.family} · {formatCount(m.parameters)} parameters · {formatBytes(m.downloadBytes)} download ({m.storedDType}) · {formatBytes((frozen === 'f16' ? 2 : 4) * m.parameters)} on the GPU{frozen === 'f16' ? ' in f16' : ''}
       </span>
     </button>
   );
@@ -289,12 +290,14 @@ function ModelFacts({ summary }: { summary: ModelSummary }) {
         <div>
           <dt>Parameters</dt>
           <dd data-testid="model-params">
-            {formatCount(summary.parameterCount)} <span className="muted">(stored as {summary.storedDType}, trained in F32{head ? '; without the classifier layer' : ''})</span>
+            {formatCount(summary.parameterCount)} <span className="muted">(stored as {summary.storedDType}, {summary.frozenDType === 'f16' ? 'kept in F16 on the GPU with F32 sums' : 'trained in F32'}{head ? '; without the classifier layer' : ''})</span>
           </dd>
         </div>
         <div>
           <dt>Weights on the GPU</dt>
-          <dd>{formatBytes(summary.weightBytes)}</dd>
+          <dd data-testid="model-weight-bytes">
+            {formatBytes(summary.weightBytes)} <span className="muted">({summary.frozenDType === 'f16' ? 'frozen matrices in f16' : 'f32'})</span>
+          </dd>
         </div>
         <div>
           <dt>Trainable ({methodLabel})</dt>

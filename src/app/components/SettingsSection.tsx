@@ -116,6 +116,18 @@ export function SettingsSection() {
           {num('evalEvery', 'Evaluate every (steps)', { hint: '0: ten times over the run.' })}
           {num('checkpointEvery', 'Checkpoint every (steps)', { hint: 'Also on pause and at the end.' })}
           {num('seed', 'Seed', { hint: 'Same seed, same data order and init.' })}
+          <SelectField<TrainSettings['frozenWeights']>
+            label="Frozen weights"
+            value={s.frozenWeights}
+            disabled={locked}
+            testId="setting-frozenWeights"
+            hint="f16 keeps the base model's matrices in half the GPU memory (sums stay f32, the adapter trains in f32), a few percent slower. Changing it uploads the weights again."
+            options={[
+              { value: 'f32', label: 'f32 (fastest)' },
+              { value: 'f16', label: 'f16 (half the memory)' },
+            ]}
+            onChange={(v) => update({ frozenWeights: v })}
+          />
           {tensorCores && (
             <SelectField<TrainSettings['precision']>
               label="Precision"
