@@ -10,14 +10,20 @@
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export const TC_VARIANTS = [
+const TILES = [
   { name: 'matmul_tc_128x128', SGM: 4, SGN: 2, FM: 2, FN: 4, BK: 32 },
   { name: 'matmul_tc_64x64', SGM: 2, SGN: 2, FM: 2, FN: 2, BK: 32 },
 ];
+// each tile twice: B as f32, and B as packed halves (gpu/tensor.ts 'f16': two to a 32-bit word,
+// element 2i in the low half), staged as they are with bitcast, no widening and rounding again
+export const TC_VARIANTS = TILES.flatMap((t) => [t, { ...t, name: `${t.name}_half_b`, halfB: true }]);
 const PAD = 8; // f16 elements after each staged row (rows of 80 bytes for BK = 32)
 
 export function tcMatmulWgsl(v) {
   const { SGM, SGN, FM, FN, BK } = v;
+  const halfB = v.halfB === true;
+  // B's registers: a vec4 of f32, or the same four values as two words of halves
+  const BReg = halfB ? 'vec2<u32>' : 'vec4<f32>', BZero = halfB ? 'vec2<u32>(0u)' : 'vec4<f32>(0.0)';
   const BM = 16 * SGM * FM, BN = 16 * SGN * FN, T = 32 * SGM * SGN;
   const SA = BK + PAD, SBK = BK + PAD, SBN = BN + PAD;
   const aLoads = (BM * BK) / 4 / T, bLoads = (BN * BK) / 4 / T;
@@ -106,7 +112,7 @@ override ACC_INIT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<${BReg}>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 // GELU_GRAD's pre-activations (bound to \`a\` when off, then never read).
@@ -133,17 +139,17 @@ fn loadA(base: u32, m: u32, k: u32, kLen: u32, checked: bool) -> vec4<f32> {
   if (checked && (m >= params.M || k >= kLen)) { return vec4<f32>(0.0); }
   return a[(base + m * params.lda + k) >> 2u];
 }
-// B's vec4 for slot s of the K tile at k0: (n, k-quad) when K_FAST_B, else (k, n-quad)
-fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) -> vec4<f32> {
+// B's ${halfB ? '4 halves' : 'vec4'} for slot s of the K tile at k0: (n, k-quad) when K_FAST_B, else (k, n-quad)
+fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) -> ${BReg} {
   if (K_FAST_B) {
     let n = n0 + s.x;
     let k = k0 + s.y * 4u;
-    if (checked && (n >= params.N || k >= kLen)) { return vec4<f32>(0.0); }
+    if (checked && (n >= params.N || k >= kLen)) { return ${BZero}; }
     return b[(base + n * params.ldb + k) >> 2u];
   }
   let k = k0 + s.x;
   let n = n0 + s.y * 4u;
-  if (checked && (k >= kLen || n >= params.N)) { return vec4<f32>(0.0); }
+  if (checked && (k >= kLen || n >= params.N)) { return ${BZero}; }
   return b[(base + k * params.ldb + n) >> 2u];
 }
 fn stageA(s: vec2<u32>, v: vec4<f32>, scale: f32) {
@@ -154,8 +160,8 @@ fn stageA(s: vec2<u32>, v: vec4<f32>, scale: f32) {
   tileA[at + 2u] = h.z;
   tileA[at + 3u] = h.w;
 }
-fn stageB(s: vec2<u32>, v: vec4<f32>) {
-  let h = vec4<f16>(v);
+fn stageB(s: vec2<u32>, v: ${BReg}) {
+  ${halfB ? 'let lo = bitcast<vec2<f16>>(v.x);\n  let hi = bitcast<vec2<f16>>(v.y);\n  let h = vec4<f16>(lo, hi);' : 'let h = vec4<f16>(v);'}
   let at = s.x * select(${SBN}u, ${SBK}u, K_FAST_B) + s.y * 4u;
   tileB[at] = h.x;
   tileB[at + 1u] = h.y;
@@ -223,7 +229,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // a tile wholly inside the output reads unchecked except in K's last tile (uniform branches)
   let interior = m0 + ${BM}u <= params.M && n0 + ${BN}u <= params.N;
   ${Array.from({ length: aLoads }, (_, i) => `var ra${i} = vec4<f32>(0.0);`).join('\n  ')}
-  ${Array.from({ length: bLoads }, (_, i) => `var rb${i} = vec4<f32>(0.0);`).join('\n  ')}
+  ${Array.from({ length: bLoads }, (_, i) => `var rb${i} = ${BZero};`).join('\n  ')}
   if (!CHECKED || (interior && ${BK}u <= kLen)) {
     ${loads('0u', 'false').join('\n    ')}
   } else {

@@ -156,7 +156,7 @@ describe('generated tensor-core shaders', () => {
     const fs = await import('node:fs');
     const path = await import('node:path');
     const gen = await import(path.join(__dirname, '..', 'scripts', 'gen-matmul-tc.mjs'));
-    expect(gen.TC_VARIANTS.map((v: { name: string }) => v.name)).toEqual(['matmul_tc_128x128', 'matmul_tc_64x64']);
+    expect(gen.TC_VARIANTS.map((v: { name: string }) => v.name)).toEqual(['matmul_tc_128x128', 'matmul_tc_128x128_half_b', 'matmul_tc_64x64', 'matmul_tc_64x64_half_b']);
     for (const v of gen.TC_VARIANTS) {
       expect(fs.readFileSync(path.join(__dirname, '..', 'shaders', `${v.name}.wgsl`), 'utf8'), v.name).toBe(gen.tcMatmulWgsl(v));
     }

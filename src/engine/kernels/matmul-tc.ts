@@ -12,6 +12,8 @@
 import geluTanhCode from '../../../shaders/gelu_tanh.wgsl?raw';
 import code128x128Kernel from '../../../shaders/matmul_tc_128x128.wgsl?raw';
 import code64x64Kernel from '../../../shaders/matmul_tc_64x64.wgsl?raw';
+import code128x128HalfBKernel from '../../../shaders/matmul_tc_128x128_half_b.wgsl?raw';
+import code64x64HalfBKernel from '../../../shaders/matmul_tc_64x64_half_b.wgsl?raw';
 import rowScaleCode from '../../../shaders/row_scale.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, runOps, type Dispatch, type Op } from '../gpu/dispatch';
@@ -23,10 +25,13 @@ export type TensorCoreOperand = 'values' | 'gradients';
 
 /** What the kernels enable, ahead of everything (WGSL wants directives before declarations). */
 const TC_DIRECTIVES = 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\n';
-/** The tensor-core kernels: output tile, K tile, WGSL (directives and GELU's definitions in front). */
+/**
+ * The tensor-core kernels: output tile, K tile, WGSL (directives and GELU's definitions in front),
+ * and the same kernel for B stored in f16 (codeHalfB: the halves staged as they are, by bitcast).
+ */
 export const TC_KERNELS = {
-  '128x128': { rows: 128, cols: 128, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code128x128Kernel },
-  '64x64': { rows: 64, cols: 64, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code64x64Kernel },
+  '128x128': { rows: 128, cols: 128, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code128x128Kernel, codeHalfB: TC_DIRECTIVES + geluTanhCode + code128x128HalfBKernel },
+  '64x64': { rows: 64, cols: 64, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code64x64Kernel, codeHalfB: TC_DIRECTIVES + geluTanhCode + code64x64HalfBKernel },
 } as const;
 export type TcTile = keyof typeof TC_KERNELS;
 
@@ -173,7 +178,7 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     slices, Ks, p.M * p.N, tilesM * tilesN,
   ];
   ops.push(bindDispatch(gpu, {
-    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: x.b.dtype === 'f16' ? withPackedF16(kernel.code, 'b') : kernel.code, constants, params,
+    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: x.b.dtype === 'f16' ? (gpu.tuning.tensorCoreHalfB ? kernel.codeHalfB : withPackedF16(kernel.code, 'b')) : kernel.code, constants, params,
     buffers: [x.a, x.b, e.c, e.bias ?? x.a, e.pre ?? x.a, rowScale ?? x.a], workgroups: foldGrid(gpu, slices * tilesM * tilesN),
   }));
   return ops;
