@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, serve, sumsCsv, waitForTrainDone, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, sumsCsv, waitForTrainDone, watchConsole, type TestServer } from './helpers';
 
 const skipReason = browserMissingReason();
 const LLAMA_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-llama');
@@ -182,6 +182,10 @@ describe.skipIf(skipReason !== null)('a Llama-family model in the app, in Chromi
     // the worker uploads the weights again in f16 and the page shows it
     await expect.poll(weightText, { timeout: 60_000 }).toMatch(/frozen matrices in f16/);
     expect(await page.getByTestId('model-params').textContent()).toMatch(/kept in F16 on the GPU with F32 sums/);
+    // the suggestions count 2 bytes a parameter now
+    expect(await page.getByTestId('model-suggestion').filter({ hasText: 'Qwen/Qwen2.5-0.5B' }).textContent()).toMatch(/942\.\d MB on the GPU in f16/);
+    await sectionScreenshot(page, 'section-model', '22-llama-f16-weights-model');
+    await sectionScreenshot(page, 'section-settings', '23-llama-f16-weights-settings');
     await expect.poll(async () => Number(await page.getByTestId('memory-estimate').getAttribute('data-bytes')), { timeout: 30_000 }).toBeLessThan(f32Bytes);
     await page.getByTestId('adapter-name').fill('llama sums f16');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);

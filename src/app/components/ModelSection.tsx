@@ -90,7 +90,9 @@ export function ModelSection() {
         )}
       </form>
       <div className="model-suggestions" data-testid="model-suggestions">
-        <span className="muted small">Small models that train in a browser (F32 on the GPU: 4 bytes a parameter):</span>
+        <span className="muted small">
+          Small models that train in a browser ({frozenWeights === 'f16' ? 'frozen weights in F16 on the GPU: about 2 bytes a parameter' : 'F32 on the GPU: 4 bytes a parameter'}):
+        </span>
         {(['causal-lm', 'classification'] as const).map((task) => (
           <div className="suggestion-group" key={task} data-testid={`suggestions-${task}`}>
             <h4>{task === 'causal-lm' ? 'Text generation (learns prompt → completion)' : 'Text classification (learns a label per text)'}</h4>
