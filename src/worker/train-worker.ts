@@ -152,6 +152,28 @@ let modelSource: { files: ModelFiles; source: 'hub' | 'folder'; input: InputName
  * the last run's settings.frozenWeights (a recovered device uploads the model as it was).
  */
 let frozenPreference: FrozenStorage = 'f32';
+/** Runs being set up (start, resume): a preview's prepare must not upload the weights again under them. */
+let runsStarting = 0;
+/** Serializes a run's set-up with a preview that uploads the weights in another dtype (changeFrozenStorage). */
+let modelLock: Promise<unknown> = Promise.resolve();
+function underModelLock<T>(f: () => Promise<T>): Promise<T> {
+  const result = modelLock.then(f, f);
+  modelLock = result.catch(() => undefined);
+  return result;
+}
+
+/**
+ * Start and resume, counted in runsStarting until `run` is set (a preview that waited for the lock
+ * may run between createRun's end and that), their createRun apart from a preview's weight upload.
+ */
+async function settingUpRun<T>(f: (createRunLocked: typeof createRun) => Promise<T>): Promise<T> {
+  runsStarting++;
+  try {
+    return await f((...args) => underModelLock(() => createRun(...args)));
+  } finally {
+    runsStarting--;
+  }
+}
 /** Set by init when the page was opened with ?test-hooks (the browser tests); TestHooks are refused otherwise. */
 let testHooksEnabled = false;
 /** The loseDevice test hook's step: the device is destroyed once a run reports it. */
@@ -512,6 +534,7 @@ async function changeFrozenStorage(m: ModelState, frozen: FrozenStorage): Promis
       m.summary.weightBytes = m.loaded.model.weightBytes();
     } else {
       m.loaded = loadClassifier(g, m.hf, m.head.numLabels, m.head.seed, frozen);
+      m.head = { ...m.head, fresh: true }; // made anew from its seed: no run has trained it
       const cls = m.loaded.model;
       m.summary.weightBytes = cls.weightBytes() - plannedBytes(headBuffers(cls, cls.K));
     }
@@ -649,7 +672,8 @@ function fail(settingsError: [SettingName, string] | null): void {
   if (settingsError) throw new InputError(settingsError[1], settingsError[0]);
 }
 
-async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise<Prepared> {
+/** `forRun`: for a run being set up (createRun), which may upload the weights in another dtype; else a preview. */
+async function prepareRun(mapping: RunMapping, settings: TrainSettings, forRun = false): Promise<Prepared> {
   const d = data;
   const m = model;
   if (!d) throw new InputError('Load a data file first.', 'dataFile');
@@ -667,7 +691,17 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings): Promise
     );
   }
   fail(firstSettingError(validateSettings(settings, limitsOf(m))));
-  if (settings.frozenWeights !== m.frozen) await changeFrozenStorage(m, settings.frozenWeights);
+  if (settings.frozenWeights !== m.frozen) {
+    if (forRun) await changeFrozenStorage(m, settings.frozenWeights);
+    else {
+      // a preview uploads them only while no run is running or being set up and the playground is
+      // not generating (their programs read the weights it would free); otherwise it estimates with
+      // the weights as they are
+      await underModelLock(async () => {
+        if (!run && runsStarting === 0 && !isGenerating() && model === m && m.frozen !== settings.frozenWeights) await changeFrozenStorage(m, settings.frozenWeights);
+      });
+    }
+  }
   try {
     if (mapping.task === 'causal-lm') validateMapping(d.table, mapping.columns);
     // The label column must hold a few classes (the page shows the same check with the class balance).
@@ -858,7 +892,7 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
   const name = adapterName.trim();
   if (!name) throw new InputError('Give the adapter a name.', 'adapterName');
   if (name.length > 120) throw new InputError('The adapter name is too long (120 characters at most).', 'adapterName');
-  const prepared = await prepareRun(mapping, settings);
+  const prepared = await prepareRun(mapping, settings, true);
   const g = requireGpu();
   const m = prepared.model;
   const d = prepared.data;
@@ -1230,10 +1264,14 @@ function inputForTrainingError(e: unknown): InputName | undefined {
   return undefined;
 }
 
-async function start(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
+function start(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
+  return settingUpRun((createRunLocked) => startRun(createRunLocked, mapping, settings, adapterName));
+}
+
+async function startRun(createRunLocked: typeof createRun, mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
   requireIdle('starting another run');
   await recoverDevice();
-  const r = await createRun(mapping, withDefaults(settings), adapterName, newRunId());
+  const r = await createRunLocked(mapping, withDefaults(settings), adapterName, newRunId());
   if (run) {
     endRun(r);
     throw new InputError('Another run started meanwhile.', 'gpu');
@@ -1251,7 +1289,11 @@ function runMappingOf(meta: CheckpointMeta): RunMapping {
     : { task: 'causal-lm', columns: meta.mapping as ColumnMapping };
 }
 
-async function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
+function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
+  return settingUpRun((createRunLocked) => resumeRun(createRunLocked, runId));
+}
+
+async function resumeRun(createRunLocked: typeof createRun, runId: string): Promise<Commands['resumeCheckpoint']['result']> {
   requireIdle('resuming another run');
   await recoverDevice();
   const saved = await getCheckpoint(runId);
@@ -1267,7 +1309,7 @@ async function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoi
   }
   const mapping = runMappingOf(meta);
   const settings = withDefaults(meta.settings);
-  const r = await createRun(mapping, settings, meta.adapterName, meta.runId);
+  const r = await createRunLocked(mapping, settings, meta.adapterName, meta.runId);
   const extra = meta.classification;
   try {
     if (r.config.seqLen !== meta.seqLen || r.config.totalSteps !== meta.totalSteps) {
@@ -1397,7 +1439,12 @@ const handlers: { [C in CommandName]: (params: Commands[C]['params']) => Promise
  * the loaded head has another size). The adapter's head values go into it, so a later run makes
  * a fresh head of its own.
  */
-async function classifierWithHead(m: ClassifierModelState, numLabels: number) {
+function classifierWithHead(m: ClassifierModelState, numLabels: number) {
+  // apart from a preview's weight upload, which replaces m.loaded too
+  return underModelLock(() => replaceHead(m, numLabels));
+}
+
+async function replaceHead(m: ClassifierModelState, numLabels: number) {
   const g = requireGpu();
   if (m.head.numLabels !== numLabels) {
     m.loaded.model.destroy();

@@ -250,7 +250,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     expect(consoleLines.filter((l) => l.startsWith('pageerror'))).toEqual([]);
   });
 
-  it('BERT from a folder on three unbalanced string labels: the warning, then a run paused, reloaded and resumed from its checkpoint', { timeout: 900_000 }, async () => {
+  it('BERT from a folder on three unbalanced string labels: the warning, then a run (frozen weights in f16) paused, reloaded and resumed from its checkpoint', { timeout: 900_000 }, async () => {
     const csvPath = path.join(tmp, 'tickets.csv');
     fs.writeFileSync(csvPath, ticketsCsv());
     const loadInputs = async () => {
@@ -303,6 +303,9 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await page.getByTestId('more-settings').locator('summary').click();
     await page.getByTestId('setting-evalEvery').fill('2');
     await page.getByTestId('setting-checkpointEvery').fill('2');
+    // the encoder's frozen weights in f16 (the head stays f32): the resumed run must keep them so
+    await page.getByTestId('setting-frozenWeights').selectOption('f16');
+    await expect.poll(() => page.getByTestId('model-weight-bytes').textContent().catch(() => ''), { timeout: 60_000 }).toMatch(/frozen matrices in f16/);
     await page.getByTestId('adapter-name').fill('tickets');
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
     // the counts follow the 25% split once the worker has re-split the examples
@@ -328,6 +331,8 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await expect.poll(() => page.getByTestId('eval-row').count(), { timeout: 30_000 }).toBeGreaterThanOrEqual(evalsBefore);
     await waitForTrainDone(page);
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(8);
+    // the page loaded the model in f32 after the reload; the resumed run put its weights back in f16
+    expect(await page.getByTestId('model-weight-bytes').textContent()).toMatch(/frozen matrices in f16/);
     expect(await page.getByTestId('eval-row').evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-step'))))).toEqual([2, 4, 6, 8]);
     expect(await page.getByTestId('confusion-row').evaluateAll((els) => els.map((e) => e.getAttribute('data-label')))).toEqual(['billing', 'shipping', 'technical']);
     await screenshot(page, '34-classification-resumed');
