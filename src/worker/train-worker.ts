@@ -152,9 +152,10 @@ let modelSource: { files: ModelFiles; source: 'hub' | 'folder'; input: InputName
  * the last run's settings.frozenWeights (a recovered device uploads the model as it was).
  */
 let frozenPreference: FrozenStorage = 'f32';
-/** Runs being set up (start, resume): a preview's prepare must not upload the weights again under them. */
-let runsStarting = 0;
-/** Serializes a run's set-up with a preview that uploads the weights in another dtype (changeFrozenStorage). */
+/**
+ * Serializes what replaces the loaded model's weights: start and resume (until `run` is set), a
+ * preview's upload in another dtype (changeFrozenStorage), the playground's head swap.
+ */
 let modelLock: Promise<unknown> = Promise.resolve();
 function underModelLock<T>(f: () => Promise<T>): Promise<T> {
   const result = modelLock.then(f, f);
@@ -162,18 +163,6 @@ function underModelLock<T>(f: () => Promise<T>): Promise<T> {
   return result;
 }
 
-/**
- * Start and resume, counted in runsStarting until `run` is set (a preview that waited for the lock
- * may run between createRun's end and that), their createRun apart from a preview's weight upload.
- */
-async function settingUpRun<T>(f: (createRunLocked: typeof createRun) => Promise<T>): Promise<T> {
-  runsStarting++;
-  try {
-    return await f((...args) => underModelLock(() => createRun(...args)));
-  } finally {
-    runsStarting--;
-  }
-}
 /** Set by init when the page was opened with ?test-hooks (the browser tests); TestHooks are refused otherwise. */
 let testHooksEnabled = false;
 /** The loseDevice test hook's step: the device is destroyed once a run reports it. */
@@ -694,11 +683,11 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings, forRun =
   if (settings.frozenWeights !== m.frozen) {
     if (forRun) await changeFrozenStorage(m, settings.frozenWeights);
     else {
-      // a preview uploads them only while no run is running or being set up and the playground is
-      // not generating (their programs read the weights it would free); otherwise it estimates with
-      // the weights as they are
+      // a preview uploads them only while no run is running (start and resume hold the lock until
+      // they set it) and the playground is not generating: their programs read the weights it would
+      // free; otherwise it estimates with the weights as they are
       await underModelLock(async () => {
-        if (!run && runsStarting === 0 && !isGenerating() && model === m && m.frozen !== settings.frozenWeights) await changeFrozenStorage(m, settings.frozenWeights);
+        if (!run && !isGenerating() && model === m && m.frozen !== settings.frozenWeights) await changeFrozenStorage(m, settings.frozenWeights);
       });
     }
   }
@@ -1265,13 +1254,13 @@ function inputForTrainingError(e: unknown): InputName | undefined {
 }
 
 function start(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
-  return settingUpRun((createRunLocked) => startRun(createRunLocked, mapping, settings, adapterName));
+  return underModelLock(() => startRun(mapping, settings, adapterName));
 }
 
-async function startRun(createRunLocked: typeof createRun, mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
+async function startRun(mapping: RunMapping, settings: TrainSettings, adapterName: string): Promise<Commands['start']['result']> {
   requireIdle('starting another run');
   await recoverDevice();
-  const r = await createRunLocked(mapping, withDefaults(settings), adapterName, newRunId());
+  const r = await createRun(mapping, withDefaults(settings), adapterName, newRunId());
   if (run) {
     endRun(r);
     throw new InputError('Another run started meanwhile.', 'gpu');
@@ -1290,10 +1279,10 @@ function runMappingOf(meta: CheckpointMeta): RunMapping {
 }
 
 function resumeCheckpoint(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
-  return settingUpRun((createRunLocked) => resumeRun(createRunLocked, runId));
+  return underModelLock(() => resumeRun(runId));
 }
 
-async function resumeRun(createRunLocked: typeof createRun, runId: string): Promise<Commands['resumeCheckpoint']['result']> {
+async function resumeRun(runId: string): Promise<Commands['resumeCheckpoint']['result']> {
   requireIdle('resuming another run');
   await recoverDevice();
   const saved = await getCheckpoint(runId);
@@ -1309,7 +1298,7 @@ async function resumeRun(createRunLocked: typeof createRun, runId: string): Prom
   }
   const mapping = runMappingOf(meta);
   const settings = withDefaults(meta.settings);
-  const r = await createRunLocked(mapping, settings, meta.adapterName, meta.runId);
+  const r = await createRun(mapping, settings, meta.adapterName, meta.runId);
   const extra = meta.classification;
   try {
     if (r.config.seqLen !== meta.seqLen || r.config.totalSteps !== meta.totalSteps) {

@@ -9,6 +9,7 @@ import { ErrorBox, ProgressBar, Section } from './common';
 import { formatBytes, formatCount, formatInt } from '../format';
 import type { MemoryEstimate, ModelSummary } from '../../worker/protocol';
 import { METHOD_BY_ID } from '../../worker/methods';
+import type { TrainSettings } from '../../worker/settings';
 import { MODEL_SUGGESTIONS, SUPPORTED_ARCHITECTURES, TASK_NAMES, type ModelSuggestion } from '../models';
 
 export function ModelSection() {
@@ -175,7 +176,7 @@ export function ModelSection() {
 
 const ARCHITECTURE_NAMES: Record<string, string> = { gpt2: 'GPT-2', llama: 'Llama family', distilbert: 'DistilBERT', bert: 'BERT' };
 
-function SuggestionButton({ m, frozen, selected, disabled, onPick }: { m: ModelSuggestion; frozen: 'f32' | 'f16'; selected: boolean; disabled: boolean; onPick: () => void }) {
+function SuggestionButton({ m, frozen, selected, disabled, onPick }: { m: ModelSuggestion; frozen: TrainSettings['frozenWeights']; selected: boolean; disabled: boolean; onPick: () => void }) {
   return (
     <button
       type="button"

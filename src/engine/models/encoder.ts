@@ -250,16 +250,12 @@ export class EncoderClassifier {
     if (C % H !== 0) throw new ProgramError(`${where}: hidden size ${C} is not divisible by ${H} heads`);
     const w = new WeightLoader(gpu, src, spec.prefixes, where, opts.frozen);
     const owned: Tensor[] = [];
-    const load = (name: string, shape: number[]): Tensor => {
-      const t = w.load(name, shape);
+    const own = (t: Tensor): Tensor => {
       owned.push(t);
       return t;
     };
-    const frozen = (name: string, shape: number[]): Tensor => {
-      const t = w.loadFrozen(name, shape);
-      owned.push(t);
-      return t;
-    };
+    const load = (name: string, shape: number[]): Tensor => own(w.load(name, shape));
+    const frozen = (name: string, shape: number[]): Tensor => own(w.loadFrozen(name, shape));
     const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);
     const word = w.loadRowChunks(spec.embeddings.word, V, C, chunk);
     for (const ch of word.chunks) owned.push(ch.tensor);

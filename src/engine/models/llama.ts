@@ -145,7 +145,7 @@ export class Llama {
     if (c.sliding_window !== null) throw new ProgramError(`${where}: sliding-window attention is not supported yet`);
     const w = new WeightLoader(gpu, src, [], where, opts.frozen);
     // frozen matrices: the linear layers' weights, the vocabulary table and an untied head (f16 on request)
-    const dt = w.frozenDtype;
+    const dt = w.frozen;
     // a view starts on a 256-byte boundary (the binding offset's alignment): ARENA_ALIGN f32s, twice as many halves
     const align = dt === 'f16' ? 2 * ARENA_ALIGN : ARENA_ALIGN;
     const chunk = Math.min(opts.maxChunkBytes ?? Infinity, gpu.maxBindingBytes);

@@ -52,7 +52,8 @@ export class WeightLoader {
     private readonly prefixes: readonly string[],
     /** Where the weights came from, for messages. */
     private readonly where: string,
-    private readonly frozen: FrozenStorage = 'f32',
+    /** The dtype frozen matrices are kept in (also for buffers a caller stacks them into). */
+    readonly frozen: FrozenStorage = 'f32',
   ) {}
 
   has(name: string): boolean {
@@ -88,10 +89,6 @@ export class WeightLoader {
     else this.gpu.write(dst, data);
   }
 
-  /** The dtype frozen matrices are kept in (for buffers the caller stacks them into). */
-  get frozenDtype(): FrozenStorage {
-    return this.frozen;
-  }
 
   /** Uploads tensors end to end as one [total] tensor, checking each one's shape. */
   loadStacked(parts: readonly (readonly [string, readonly number[]])[], label: string): Tensor {
