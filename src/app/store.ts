@@ -617,6 +617,7 @@ export const useApp = create<AppState>()((set, get) => {
           },
         });
         if (r.mapping.task === 'classification') void refreshLabels();
+        schedulePrepare(); // the estimates and counts for the run's own settings
       } catch (e) {
         set({ training: { ...IDLE_TRAINING, phase: 'failed', error: errorOf(e) } });
       }

@@ -52,6 +52,7 @@ import { allowedHostsText, modelHostAllowed } from './network-policy';
 import { classifyText, generateSideBySide, isGenerating, playgroundInfo, stopGeneration } from './playground';
 import { mergedModelZip } from './merge-adapter';
 import { AdapterImportError, collectAdapterFiles, importedAdapterRecord } from './import-adapter';
+import { ExamplesCache, Superseded } from './examples-cache';
 import {
   fingerprintFile,
   getCheckpoint,
@@ -181,20 +182,8 @@ type BuiltExamples =
   | { task: 'causal-lm'; examples: Example[]; stats: ExampleStats }
   | { task: 'classification'; examples: ClassificationExample[]; stats: ClassificationStats; labelMap: LabelMap };
 
-/**
- * Examples depend only on data, model (tokenizer), mapping and maxLength: kept across setting
- * changes. The build is shared while it runs, so a prepare for the same key waits for it; a newer
- * key (or new data or model, which clear this) makes a running build stop at its next progress point.
- */
-let examplesCache: { key: string; built: Promise<BuiltExamples> | null } | null = null;
-
-/** A build of examples that a newer one replaced. */
-class Superseded extends Error {
-  constructor() {
-    super('The data, model, column mapping or max length changed while the examples were being built.');
-    this.name = 'Superseded';
-  }
-}
+/** The tokenized examples, kept across setting changes (examples-cache.ts says when a build stops). */
+const examplesCache = new ExamplesCache<BuiltExamples>();
 
 let downloadAbort: AbortController | null = null;
 
@@ -324,7 +313,7 @@ async function loadData(file: File): Promise<DataSummary> {
   // Another file was picked while this one parsed: that one wins.
   if (load !== dataLoads) throw new InputError(`${file.name} was replaced by a newer file before it finished loading.`, 'dataFile');
   data = { file, table, fingerprint: null };
-  examplesCache = null;
+  examplesCache.clear();
   const clip = (s: string) => (s.length > PREVIEW_CELL_CHARS ? `${s.slice(0, PREVIEW_CELL_CHARS)}…` : s);
   const preview = table.rows.slice(0, PREVIEW_ROWS).map((row) => Object.fromEntries(Object.entries(row).map(([k, v]) => [k, clip(v)])));
   return {
@@ -412,7 +401,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   if (model) {
     const old = model;
     model = null;
-    examplesCache = null;
+    examplesCache.clear();
     if (gpu && !gpu.lost) old.loaded.model.destroy();
   }
   if (gpu?.lost) await init();
@@ -503,7 +492,7 @@ async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: Inp
   state.summary.loadMs = performance.now() - t0;
   model = state;
   modelSource = { files, source, input };
-  examplesCache = null;
+  examplesCache.clear();
   return state.summary;
 }
 
@@ -531,7 +520,7 @@ async function changeFrozenStorage(m: ModelState, frozen: FrozenStorage): Promis
   } catch (e) {
     // the old weights are gone: the model must be loaded again
     if (model === m) model = null;
-    examplesCache = null;
+    examplesCache.clear();
     throw new InputError(`Could not upload the weights in ${frozen}: ${messageOf(e)} Load the model again.`, 'frozenWeights');
   }
   m.frozen = frozen;
@@ -628,33 +617,23 @@ function limitsOf(m: ModelState): SettingLimits {
   };
 }
 
-/** Tokenizes the table (shared with a build already running for the same key), reporting progress. */
-function examplesFor(d: DataState, m: ModelState, mapping: RunMapping, maxLength: number): Promise<BuiltExamples> {
+/**
+ * Tokenizes the table (shared with a build already running for the same key), reporting progress.
+ * `forRun`: for a run being set up, whose build a preview's does not stop.
+ */
+function examplesFor(d: DataState, m: ModelState, mapping: RunMapping, maxLength: number, forRun: boolean): Promise<BuiltExamples> {
   const key = JSON.stringify({ mapping, maxLength });
-  if (examplesCache?.key === key && examplesCache.built) return examplesCache.built;
-  // In the cache before the build starts: its first rows run before the build returns.
-  const entry: NonNullable<typeof examplesCache> = { key, built: null };
-  examplesCache = entry;
-  const onProgress = (fraction: number) => {
-    if (examplesCache !== entry) throw new Superseded();
-    emit({ type: 'progress', task: 'examples', fraction });
-  };
-  let built: Promise<BuiltExamples>;
-  if (mapping.task === 'causal-lm') {
-    built = buildCausalExamplesAsync(d.table, mapping.columns, m.tokenizer, { maxLength, onProgress }).then((r) => ({ task: 'causal-lm' as const, ...r }));
-  } else {
+  const report = (fraction: number) => emit({ type: 'progress', task: 'examples', fraction });
+  return examplesCache.get(key, forRun, async (onProgress): Promise<BuiltExamples> => {
+    if (mapping.task === 'causal-lm') {
+      const r = await buildCausalExamplesAsync(d.table, mapping.columns, m.tokenizer, { maxLength, onProgress });
+      return { task: 'causal-lm', ...r };
+    }
     const columns = mapping.columns;
-    built = (async () => {
-      const labelMap = buildLabelMap(d.table.rows.map((r) => r[columns.label]));
-      const r = await buildClassificationExamplesAsync(d.table, columns, m.tokenizer, { maxLength, labelMap, onProgress });
-      return { task: 'classification' as const, examples: r.examples, stats: r.stats, labelMap };
-    })();
-  }
-  entry.built = built;
-  built.catch(() => {
-    if (examplesCache === entry) examplesCache = null;
-  });
-  return built;
+    const labelMap = buildLabelMap(d.table.rows.map((r) => r[columns.label]));
+    const r = await buildClassificationExamplesAsync(d.table, columns, m.tokenizer, { maxLength, labelMap, onProgress });
+    return { task: 'classification', examples: r.examples, stats: r.stats, labelMap };
+  }, report);
 }
 
 function fail(settingsError: [SettingName, string] | null): void {
@@ -700,7 +679,7 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings, forRun =
   }
   let built: BuiltExamples;
   try {
-    built = await examplesFor(d, m, mapping, settings.maxLength);
+    built = await examplesFor(d, m, mapping, settings.maxLength, forRun);
   } catch (e) {
     if (e instanceof Superseded) throw new InputError(e.message, 'mapping');
     throw new InputError(messageOf(e), e instanceof DataError ? (/template/i.test(messageOf(e)) ? 'template' : 'mapping') : 'maxLength');
@@ -923,7 +902,7 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
       } catch (e) {
         // The old weights are gone: the model must be loaded again.
         if (model === m) model = null;
-        examplesCache = null;
+        examplesCache.clear();
         throw new InputError(`Could not make the classification head: ${messageOf(e)} Load the model again.`, 'modelFolder');
       }
     }
@@ -1443,7 +1422,7 @@ async function replaceHead(m: ClassifierModelState, numLabels: number) {
     } catch (e) {
       // the old weights are gone: the model must be loaded again
       if (model === m) model = null;
-      examplesCache = null;
+      examplesCache.clear();
       throw e;
     }
   }

@@ -15,7 +15,7 @@ import { unzipSync, strFromU8 } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
 import { parseTableText } from '../../src/data/table';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer, waitForTrainDone } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, screenshot, sectionScreenshot, serve, watchConsole, type TestServer, waitForEvalRows, waitForTrainDone } from './helpers';
 
 const skipReason = browserMissingReason();
 const DISTILBERT_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-distilbert');
@@ -328,7 +328,7 @@ describe.skipIf(skipReason !== null)('text classification in the app, in Chromiu
     await expect.poll(() => unfinished.getByRole('button', { name: 'Resume' }).isEnabled(), { timeout: 30_000 }).toBe(true);
     await unfinished.getByRole('button', { name: 'Resume' }).click();
     // The evaluations from before the reload are back on screen, with their confusion matrices.
-    await expect.poll(() => page.getByTestId('eval-row').count(), { timeout: 30_000 }).toBeGreaterThanOrEqual(evalsBefore);
+    await waitForEvalRows(page, evalsBefore);
     await waitForTrainDone(page);
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(8);
     // the page loaded the model in f32 after the reload; the resumed run put its weights back in f16

@@ -210,6 +210,19 @@ export function sumsCsv(rows: number): string {
  * run shows no progress (the phase, the step counter and the checkpoint line all unchanged) for
  * `stallMs`, or at once when the run stops with an error, saying which and where it stood.
  */
+/** Waits for at least `atLeast` rows in the evaluation table; a run that stops with an error says why. */
+export async function waitForEvalRows(page: Page, atLeast: number, timeoutMs = 60_000): Promise<number> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const rows = await page.getByTestId('eval-row').count();
+    if (rows >= atLeast) return rows;
+    const text = (id: string) => page.getByTestId(id).first().textContent({ timeout: 5_000 }).catch(() => '');
+    if (await page.getByTestId('train-error').isVisible().catch(() => false)) throw new Error(`the run stopped with an error before ${atLeast} evaluations showed: ${await text('train-error')}`);
+    if (Date.now() > end) throw new Error(`${rows} evaluation rows after ${timeoutMs / 1000} s, not ${atLeast} (phase "${await text('train-phase')}")`);
+    await page.waitForTimeout(250);
+  }
+}
+
 export async function waitForTrainDone(page: Page, opts: { stallMs?: number } = {}): Promise<void> {
   const stallMs = opts.stallMs ?? 150_000;
   const text = (id: string) => page.getByTestId(id).first().textContent({ timeout: 5_000 }).catch(() => '');
