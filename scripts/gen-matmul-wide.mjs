@@ -388,6 +388,18 @@ export const STREAMK_VARIANTS = [
   { name: 'matmul_streamk_128x64', TM: 8, TN: 4, TK: 16 },
 ];
 
+/**
+ * How the vec4 and stream-K kernels hold B between its load and its staging: f32 vec4s, as written
+ * here. kernels/packed-f16.ts withStagedHalfB swaps this block for words of packed halves where B is
+ * a frozen weight kept in f16, so the prefetched registers carry the words through the K loop's
+ * products and are widened only when staged (widening them as loaded, inside the prefetch's branch,
+ * made the products wait for the loads: the f32 kernels were ~12 % slower with f16 B).
+ */
+export const B_STORED_F32 = `// B as loaded (kernels/packed-f16.ts withStagedHalfB: packed halves where B is f16)
+alias BStored = vec4<f32>;
+fn widenB(stored: BStored) -> vec4<f32> { return stored; }
+`;
+
 export function vec4MatmulWgsl({ TM, TN, TK, streamK = false, c4 = false }) {
   const BM = 16 * TM, BN = 16 * TN;
   const QA = BM / 4 + 1, QB = BN / 4 + 1; // vec4s per k-row of each staged tile (one of padding)
@@ -413,6 +425,9 @@ export function vec4MatmulWgsl({ TM, TN, TK, streamK = false, c4 = false }) {
     }
   }
   // per operand X (A: rows m, M, tile mTile; B: rows n, N, tile nTile), contiguous along k or along its rows
+  // A's vec4s are loaded as f32; B's as BStored (B_STORED_F32 below), widened only as they are staged
+  const loaded = (X) => (X === 'A' ? 'vec4<f32>' : 'BStored');
+  const zero = (X) => (X === 'A' ? 'vec4<f32>(0.0)' : 'BStored()');
   const operand = (X, rows, R, tile, Q, kFast, stepRow, stepK, buf) => `
 // The (k-or-row, quad) slot s of the staged ${X} tile: along k, (row, k-quad) with the k-quads of one
 // row on neighbouring threads; along rows, (k, row-quad).
@@ -422,20 +437,20 @@ fn slot${X}(s: u32) -> vec2<u32> {
 }
 // The slot's vec4 of ${X} in K tile k0; \`checked\`: zero outside the matrix (only tiles on an edge
 // of the output or K's last tile need it: checking every load cost a third of the speed on the H100).
-fn load${X}(base: u32, slot: vec2<u32>, k0: u32, checked: bool) -> vec4<f32> {
+fn load${X}(base: u32, slot: vec2<u32>, k0: u32, checked: bool) -> ${loaded(X)} {
   if (${kFast}) {
     let ${rows} = ${tile} + slot.x;
     let k = k0 + slot.y * 4u;
-    if (checked && (${rows} >= params.${R} || k >= params.K)) { return vec4<f32>(0.0); }
+    if (checked && (${rows} >= params.${R} || k >= params.K)) { return ${zero(X)}; }
     return ${buf}[(base + ${rows} * params.${stepRow} + k) >> 2u];
   }
   let k = k0 + slot.x;
   let ${rows}0 = ${tile} + slot.y * 4u;
-  if (checked && (${rows}0 >= params.${R} || k >= params.K)) { return vec4<f32>(0.0); }
+  if (checked && (${rows}0 >= params.${R} || k >= params.K)) { return ${zero(X)}; }
   return ${buf}[(base + k * params.${stepK} + ${rows}0) >> 2u];
 }
-fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
-  if (${kFast}) {
+fn stage${X}(slot: vec2<u32>, ${X === 'A' ? 'v: vec4<f32>' : 'stored: BStored'}) {
+${X === 'A' ? '' : '  let v = widenB(stored);\n'}  if (${kFast}) {
     let row = slot.x;
     let at = slot.y * ${4 * Q}u + row / 4u;
     let lane = row % 4u;
@@ -452,7 +467,7 @@ fn stage${X}(slot: vec2<u32>, v: vec4<f32>) {
   // what the vec4 and stream-K kernels share: bindings 0-5, the staged tiles and their loads, the epilogues
   const bindings = `@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+${B_STORED_F32}@group(0) @binding(2) var<storage, read> b: array<BStored>;
 @group(0) @binding(3) var<storage, read_write> c: array<${c4 ? 'vec4<f32>' : 'f32'}>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 ${PRE_BINDING}`;

@@ -32,7 +32,10 @@ fn opA(v: vec4<f32>) -> vec4<f32> {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+// B as loaded (kernels/packed-f16.ts withStagedHalfB: packed halves where B is f16)
+alias BStored = vec4<f32>;
+fn widenB(stored: BStored) -> vec4<f32> { return stored; }
+@group(0) @binding(2) var<storage, read> b: array<BStored>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 // GELU_GRAD's pre-activations: bound to `a` by the wrapper when GELU_GRAD is off (then never read).
@@ -85,19 +88,20 @@ fn slotB(s: u32) -> vec2<u32> {
 }
 // The slot's vec4 of B in K tile k0; `checked`: zero outside the matrix (only tiles on an edge
 // of the output or K's last tile need it: checking every load cost a third of the speed on the H100).
-fn loadB(base: u32, slot: vec2<u32>, k0: u32, checked: bool) -> vec4<f32> {
+fn loadB(base: u32, slot: vec2<u32>, k0: u32, checked: bool) -> BStored {
   if (K_FAST_B) {
     let n = nTile + slot.x;
     let k = k0 + slot.y * 4u;
-    if (checked && (n >= params.N || k >= params.K)) { return vec4<f32>(0.0); }
+    if (checked && (n >= params.N || k >= params.K)) { return BStored(); }
     return b[(base + n * params.strideBn + k) >> 2u];
   }
   let k = k0 + slot.x;
   let n0 = nTile + slot.y * 4u;
-  if (checked && (n0 >= params.N || k >= params.K)) { return vec4<f32>(0.0); }
+  if (checked && (n0 >= params.N || k >= params.K)) { return BStored(); }
   return b[(base + k * params.strideBk + n0) >> 2u];
 }
-fn stageB(slot: vec2<u32>, v: vec4<f32>) {
+fn stageB(slot: vec2<u32>, stored: BStored) {
+  let v = widenB(stored);
   if (K_FAST_B) {
     let row = slot.x;
     let at = slot.y * 68u + row / 4u;

@@ -8,7 +8,9 @@ import { expectMatmulClose, matmulReference } from './helpers/matmul-reference';
 import {
   matmul, matmulSplitK, matmulStreamK, splitKScratchElements, streamKPlan, streamKScratchElements, usesSkinnyMatmul, vec4Aligned, type MatmulArgs,
 } from '../src/engine/kernels/matmul';
-import { withPackedF16 } from '../src/engine/kernels/packed-f16';
+import { hasStagedB, withPackedF16, withStagedHalfB } from '../src/engine/kernels/packed-f16';
+import fs from 'node:fs';
+import path from 'node:path';
 import { runOps, type Op } from '../src/engine/gpu/dispatch';
 import { DEFAULT_KERNEL_TUNING, type Gpu } from '../src/engine/gpu/gpu';
 import { f16ToF32, f32ToF16 } from '../src/io/safetensors';
@@ -61,6 +63,24 @@ describe('packed f16 loads (kernels/packed-f16.ts)', () => {
     expect(vec4).toContain('return w_f16_at((i) >> 2u);');
     expect(() => withPackedF16('@group(0) @binding(1) var<storage, read> b: array<f32>;\nfn h() -> u32 { return arrayLength(&b); }', 'b')).toThrow(/b is used other than by index/);
     expect(() => withPackedF16('@group(0) @binding(1) var<storage, read_write> b: array<f32>;', 'b')).toThrow(/no read-only array<f32>/);
+  });
+
+  it('the vec4 and stream-K kernels carry B as loaded words to their staging, widened there', () => {
+    const dir = path.join(__dirname, '..', 'shaders');
+    const staged = fs.readdirSync(dir).filter((f) => /^matmul_(vec4|streamk)_\d+x\d+(_c4)?\.wgsl$/.test(f));
+    expect(staged.length).toBe(8);
+    for (const f of staged) {
+      const code = fs.readFileSync(path.join(dir, f), 'utf8');
+      expect(hasStagedB(code), f).toBe(true);
+      const out = withStagedHalfB(code);
+      expect(out, f).toContain('alias BStored = vec2<u32>;');
+      expect(out, f).toContain('fn stageB(slot: vec2<u32>, stored: BStored) {\n  let v = widenB(stored);');
+      expect(out.match(/unpack2x16float/g)?.length, f).toBe(2); // once, in widenB
+      expect(withPackedF16(code, 'a'), f).toBeTruthy(); // A is still plain vec4s
+    }
+    const plain = fs.readFileSync(path.join(dir, 'matmul_wide_128x128.wgsl'), 'utf8');
+    expect(hasStagedB(plain)).toBe(false);
+    expect(() => withStagedHalfB(plain)).toThrow(/no BStored block/);
   });
 
   it('stores halves rounded to nearest, reads them back widened, and refuses values past f16', async () => {

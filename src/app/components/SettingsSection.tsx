@@ -121,7 +121,7 @@ export function SettingsSection() {
             value={s.frozenWeights}
             disabled={locked}
             testId="setting-frozenWeights"
-            hint="f16 keeps the base model's matrices in half the GPU memory, rounded once (sums stay f32, the adapter trains in f32): about a tenth slower in f32 kernels, a little faster on tensor cores. Changing it uploads the weights again."
+            hint="f16 keeps the base model's matrices in half the GPU memory, rounded once (sums stay f32, the adapter trains in f32): about as fast as f32 (on an H100 within 3 % either way). Changing it uploads the weights again."
             options={[
               { value: 'f32', label: 'f32' },
               { value: 'f16', label: 'f16 (half the memory)' },

@@ -25,7 +25,7 @@ import type { Gpu } from '../gpu/gpu';
 import { matmulTensorCore, tensorCoreSlices, tensorCoreSplitK, tensorCoreTile, type TensorCoreOperand } from './matmul-tc';
 import { bindDispatch, f32, type Dispatch, type Op } from '../gpu/dispatch';
 import { grid1d } from './grid';
-import { withPackedF16 } from './packed-f16';
+import { hasStagedB, withPackedF16, withStagedHalfB } from './packed-f16';
 import type { Tensor } from '../gpu/tensor';
 
 // Every matmul shader fuses GPT-2's GELU on request (geluA / geluGradOf): the tanh form's one
@@ -371,7 +371,11 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
   }
   const halfB = b.dtype === 'f16';
   /** A kernel's WGSL, reading `b` (or the binding B is bound to) from halves where B is f16. */
-  const forB = (code: string, binding = 'b') => (halfB ? withPackedF16(code, binding) : code);
+  const forB = (code: string, binding = 'b') => {
+    if (!halfB) return code;
+    // the vec4 and stream-K kernels keep B's words in their prefetch registers, the others widen as they load
+    return binding === 'b' && hasStagedB(code) ? withStagedHalfB(code) : withPackedF16(code, binding);
+  };
   if (c.buffer === a.buffer || c.buffer === b.buffer) fail('c must not alias a or b');
   if (bias) {
     if (bias.buffer === c.buffer) fail('bias must not alias c');

@@ -53,3 +53,27 @@ export function withPackedF16(code: string, name: string): string {
   cache.set(key, result);
   return result;
 }
+
+/** The f32 block of scripts/gen-matmul-wide.mjs (B_STORED_F32) that withStagedHalfB replaces. */
+const B_STORED_F32 = `alias BStored = vec4<f32>;
+fn widenB(stored: BStored) -> vec4<f32> { return stored; }
+`;
+const B_STORED_HALVES = `alias BStored = vec2<u32>; // 4 halves, two to a word
+fn widenB(stored: BStored) -> vec4<f32> { return vec4<f32>(unpack2x16float(stored.x), unpack2x16float(stored.y)); }
+`;
+
+/** Whether `code` holds B as BStored (the vec4 and stream-K matmuls), so withStagedHalfB applies. */
+export function hasStagedB(code: string): boolean {
+  return code.includes(B_STORED_F32);
+}
+
+/**
+ * A vec4 or stream-K matmul (scripts/gen-matmul-wide.mjs) reading B from packed halves: its
+ * BStored becomes a pair of words, so the prefetched registers keep the words across the K loop's
+ * products and widen them only as they are staged. (withPackedF16 widens as it loads, inside the
+ * prefetch's branch, which makes the products wait for the loads.)
+ */
+export function withStagedHalfB(code: string): string {
+  if (!hasStagedB(code)) throw new Error('packed f16: the kernel declares no BStored block to give halves');
+  return code.replace(B_STORED_F32, B_STORED_HALVES);
+}
