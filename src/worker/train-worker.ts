@@ -377,6 +377,23 @@ function loadClassifier(g: Gpu, hf: HfModel, numLabels: number, seed: number, fr
   return loadSequenceClassifier(g, hf, { numLabels, random: seededRandom(mixSeed(seed, HEAD_SEED_SALT)), frozen });
 }
 
+/**
+ * Replaces the loaded model's GPU weights in place: frees them (two copies may not fit), then
+ * `upload` sets m.loaded anew. Where the upload fails the old weights are gone too, so the model is
+ * dropped (it must be loaded again) and the error goes on.
+ */
+async function replaceLoadedWeights(g: Gpu, m: ModelState, upload: () => void): Promise<void> {
+  m.loaded.model.destroy();
+  try {
+    upload();
+    await g.sync();
+  } catch (e) {
+    if (model === m) model = null;
+    examplesCache.clear();
+    throw e;
+  }
+}
+
 async function loadModel(files: ModelFiles, source: 'hub' | 'folder', input: InputName, frozen: FrozenStorage = frozenPreference): Promise<ModelSummary> {
   requireIdle('loading another model');
   frozenPreference = frozen;
@@ -504,23 +521,20 @@ async function changeFrozenStorage(m: ModelState, frozen: FrozenStorage): Promis
   requireIdle(`keeping the frozen weights in ${frozen}`);
   const g = requireGpu();
   emit({ type: 'progress', task: 'loadModel', message: `Uploading the weights to the GPU in ${frozen}` });
-  m.loaded.model.destroy();
   try {
-    if (m.task === 'causal-lm') {
-      m.loaded = loadCausalLM(g, m.hf, { frozen });
-      m.info = causalPeftFacts(m.hf.config, m.loaded).info;
-      m.summary.weightBytes = m.loaded.model.weightBytes();
-    } else {
-      m.loaded = loadClassifier(g, m.hf, m.head.numLabels, m.head.seed, frozen);
-      m.head = { ...m.head, fresh: true }; // made anew from its seed: no run has trained it
-      const cls = m.loaded.model;
-      m.summary.weightBytes = cls.weightBytes() - plannedBytes(headBuffers(cls, cls.K));
-    }
-    await g.sync();
+    await replaceLoadedWeights(g, m, () => {
+      if (m.task === 'causal-lm') {
+        m.loaded = loadCausalLM(g, m.hf, { frozen });
+        m.info = causalPeftFacts(m.hf.config, m.loaded).info;
+        m.summary.weightBytes = m.loaded.model.weightBytes();
+      } else {
+        m.loaded = loadClassifier(g, m.hf, m.head.numLabels, m.head.seed, frozen);
+        m.head = { ...m.head, fresh: true }; // made anew from its seed: no run has trained it
+        const cls = m.loaded.model;
+        m.summary.weightBytes = cls.weightBytes() - plannedBytes(headBuffers(cls, cls.K));
+      }
+    });
   } catch (e) {
-    // the old weights are gone: the model must be loaded again
-    if (model === m) model = null;
-    examplesCache.clear();
     throw new InputError(`Could not upload the weights in ${frozen}: ${messageOf(e)} Load the model again.`, 'frozenWeights');
   }
   m.frozen = frozen;
@@ -894,15 +908,12 @@ async function createRun(mapping: RunMapping, settings: TrainSettings, adapterNa
     const K = prepared.labelMap.names.length;
     // A fresh head of the data's size, made from the run's seed (the loaded one may have been trained).
     if (!(m.head.fresh && m.head.numLabels === K && m.head.seed === settings.seed)) {
-      m.loaded.model.destroy();
       try {
-        m.loaded = loadClassifier(g, m.hf, K, settings.seed, m.frozen);
-        m.head = { numLabels: K, seed: settings.seed, fresh: true };
-        await g.sync();
+        await replaceLoadedWeights(g, m, () => {
+          m.loaded = loadClassifier(g, m.hf, K, settings.seed, m.frozen);
+          m.head = { numLabels: K, seed: settings.seed, fresh: true };
+        });
       } catch (e) {
-        // The old weights are gone: the model must be loaded again.
-        if (model === m) model = null;
-        examplesCache.clear();
         throw new InputError(`Could not make the classification head: ${messageOf(e)} Load the model again.`, 'modelFolder');
       }
     }
@@ -1415,16 +1426,9 @@ function classifierWithHead(m: ClassifierModelState, numLabels: number) {
 async function replaceHead(m: ClassifierModelState, numLabels: number) {
   const g = requireGpu();
   if (m.head.numLabels !== numLabels) {
-    m.loaded.model.destroy();
-    try {
+    await replaceLoadedWeights(g, m, () => {
       m.loaded = loadClassifier(g, m.hf, numLabels, m.head.seed, m.frozen);
-      await g.sync();
-    } catch (e) {
-      // the old weights are gone: the model must be loaded again
-      if (model === m) model = null;
-      examplesCache.clear();
-      throw e;
-    }
+    });
   }
   m.head = { numLabels, seed: m.head.seed, fresh: false };
   return m.loaded.model;
