@@ -89,6 +89,18 @@ describe('the examples cache', () => {
     await run2.step();
     expect(await again).toBe('run2');
     expect(await same).toBe('run2');
+    // a run that joins a preview's running build makes it a run's build: a later preview waits
+    const shared = controlledBuild('shared', log, 2);
+    const late = controlledBuild('late', log, 1);
+    const first = cache.get('shared key', false, shared.build, () => {});
+    await shared.step();
+    const joined = cache.get('shared key', true, late.build, () => {});
+    const later = cache.get('other key', false, late.build, () => {});
+    await shared.step();
+    expect(await first).toBe('shared');
+    expect(await joined).toBe('shared');
+    await late.step();
+    expect(await later).toBe('late');
   });
 
   it("a run's build replaces a running preview's; clear() stops any build; a failed build is not kept", async () => {

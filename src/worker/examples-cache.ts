@@ -6,6 +6,7 @@
  * key stops a running preview build at its next progress point (the page asked for something
  * else), but never a run's build: a preview arriving while a run is being set up (the page's
  * debounced prepare right after "Resume") waits for the run's build to end, then builds its own.
+ * A run that joins a preview's running build (same key) makes it a run's build.
  * New data or a new model clear the cache, which stops any running build.
  */
 
@@ -42,7 +43,10 @@ export class ExamplesCache<T> {
   async get(key: string, forRun: boolean, build: ExamplesBuild<T>, report: (fraction: number) => void): Promise<T> {
     for (;;) {
       const e = this.entry;
-      if (e && e.key === key && e.built) return e.built;
+      if (e && e.key === key && e.built) {
+        if (forRun) e.forRun = true; // a run shares a preview's build: no preview may stop it now
+        return e.built;
+      }
       if (forRun || !e || !e.forRun || e.settled || !e.built) break;
       await e.built.catch(() => undefined); // a run's build: let it end, then look again
     }
