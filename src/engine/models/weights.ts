@@ -89,7 +89,6 @@ export class WeightLoader {
     else this.gpu.write(dst, data);
   }
 
-
   /** Uploads tensors end to end as one [total] tensor, checking each one's shape. */
   loadStacked(parts: readonly (readonly [string, readonly number[]])[], label: string): Tensor {
     const datas = parts.map(([name, shape]) => this.read(name, shape));
