@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8, type Unzipped } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, watchConsole, type TestServer, waitForSaved } from './helpers';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
 import { nodeModelFiles } from '../../src/io/model-files-node';
 import { loadHfModel } from '../../src/io/model-files';
@@ -84,7 +84,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
     const t0 = Date.now();
     await page.getByTestId('start').click();
-    await expect.poll(() => page.getByTestId('train-done').textContent().catch(() => ''), { timeout: 150_000 }).toContain(`Saved ${name} to the library`);
+    await waitForSaved(page, name);
     console.log(`${name}: trained and saved in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(await page.getByTestId('step-counter').textContent()).toMatch(/Step 2 \/ 2/);
     expect(Number.isFinite(await numberIn(page, 'loss-latest'))).toBe(true);
@@ -368,7 +368,7 @@ describe.skipIf(skipReason !== null)('every classifier method in the app, in Chr
     await loadInputs();
     await expect.poll(() => unfinished.getByRole('button', { name: 'Resume' }).isEnabled(), { timeout: 30_000 }).toBe(true);
     await unfinished.getByRole('button', { name: 'Resume' }).click();
-    await expect.poll(() => page.getByTestId('train-done').textContent().catch(() => ''), { timeout: 150_000 }).toContain('Saved c-resumed to the library');
+    await waitForSaved(page, 'c-resumed');
     expect(Number(await page.getByTestId('loss-chart').getAttribute('data-points'))).toBe(12);
     expect(await page.getByTestId('eval-row').evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-step'))))).toEqual([2, 4, 6, 8, 10, 12]);
 

@@ -242,3 +242,22 @@ export async function waitForTrainDone(page: Page, opts: { stallMs?: number } = 
     await page.waitForTimeout(1_000);
   }
 }
+
+/**
+ * Waits until the run that was just started saved adapter `name`; fails at once with the run's error,
+ * or after `timeoutMs` with the phase and what the page shows instead (a press of Start that never
+ * started a run shows as the previous run's "Done").
+ */
+export async function waitForSaved(page: Page, name: string, timeoutMs = 150_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  const text = (id: string) => page.getByTestId(id).first().textContent({ timeout: 5_000 }).catch(() => '');
+  for (;;) {
+    const done = (await page.getByTestId('train-done').isVisible().catch(() => false)) ? ((await text('train-done')) ?? '') : '';
+    if (done.includes(`Saved ${name} to the library`)) return;
+    if (await page.getByTestId('train-error').isVisible().catch(() => false)) throw new Error(`${name}: the run stopped with an error: ${await text('train-error')}`);
+    if (Date.now() > end) {
+      throw new Error(`${name}: not saved after ${timeoutMs / 1000} s (phase "${await text('train-phase')}", "${await text('step-counter')}", done box "${done.slice(0, 80)}")`);
+    }
+    await page.waitForTimeout(250);
+  }
+}

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unzipSync, strFromU8, type Unzipped } from 'fflate';
 import type { Browser, Page } from 'playwright-core';
 import { parseSafetensors } from '../../src/io/safetensors';
-import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, sumsCsv, watchConsole, type TestServer } from './helpers';
+import { browserMissingReason, buildApp, launchBrowser, numberIn, ROOT, sectionScreenshot, serve, sumsCsv, watchConsole, type TestServer, waitForSaved } from './helpers';
 
 const skipReason = browserMissingReason();
 const GPT2_DIR = path.join(ROOT, 'test', 'fixtures', 'tiny-gpt2');
@@ -50,7 +50,7 @@ describe.skipIf(skipReason !== null)('every adapter method in the app, in Chromi
     await expect.poll(() => page.getByTestId('plan-line').textContent().catch(() => ''), { timeout: 30_000 }).toMatch(/^3 steps of 2 examples/);
     await expect.poll(() => page.getByTestId('start').isEnabled(), { timeout: 30_000 }).toBe(true);
     await page.getByTestId('start').click();
-    await expect.poll(() => page.getByTestId('train-done').textContent().catch(() => ''), { timeout: 150_000 }).toContain(`Saved ${name} to the library`);
+    await waitForSaved(page, name);
     expect(await page.getByTestId('step-counter').textContent()).toMatch(/Step 3 \/ 3/);
     expect(Number.isFinite(await numberIn(page, 'loss-latest'))).toBe(true);
     // What the run allocated is what was estimated before it, to the byte (method tensors and the

@@ -35,7 +35,9 @@ export function SettingsSection() {
     />
   );
   // A plan computed from earlier values would contradict the fields being fixed: hide it meanwhile.
-  const plan = prepare.status === 'ready' && Object.keys(errors).length === 0 ? prepare.result : null;
+  // While the values are checked again the last plan stays, dimmed (the page below does not jump).
+  const checking = prepare.status === 'running';
+  const plan = Object.keys(errors).length > 0 ? null : prepare.status === 'ready' ? prepare.result : checking ? prepare.previous : null;
   const method = METHOD_BY_ID[s.method];
   return (
     <Section id="settings" step={3} title="Settings" subtitle="Defaults suit most small datasets; change what you need.">
@@ -145,7 +147,7 @@ export function SettingsSection() {
         </div>
       </details>
       {plan && (
-        <p className="plan-line" data-testid="plan-line">
+        <p className={checking ? 'plan-line plan-line-checking' : 'plan-line'} data-testid="plan-line" aria-busy={checking}>
           {formatInt(plan.totalSteps)} steps of {s.batchSize}
           {s.gradAccum > 1 ? ` × ${s.gradAccum}` : ''} examples × {plan.seqLen} tokens · {formatInt(plan.stepsPerEpoch)} steps per epoch
           {plan.task === 'classification' ? ` · ${plan.labels.length} classes` : ''}

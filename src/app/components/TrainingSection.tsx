@@ -9,6 +9,7 @@ import { ConfusionMatrix, EvalTable, MetricsChart, formatF1, formatPercent } fro
 import { formatBytes, formatDuration, formatInt, formatLoss, formatLr } from '../format';
 import { METHOD_BY_ID, type MethodId } from '../../worker/methods';
 import type { SavedClassifierMetrics } from '../../worker/storage';
+import { startGate } from '../start-gate';
 
 const PHASE_TEXT: Record<RunPhase, string> = {
   idle: 'Ready',
@@ -56,15 +57,18 @@ export function TrainingSection() {
   const gpuReady = useApp((s) => s.gpu.status === 'ready');
   const { start, pause, resume, stop, downloadAdapter } = useApp.getState();
 
-  const active = !['idle', 'done', 'failed'].includes(t.phase);
-  const blockers: string[] = [];
-  if (!gpuReady) blockers.push('a working WebGPU device');
-  if (data.status !== 'ready') blockers.push('training data (step 1)');
-  if (model.status !== 'ready') blockers.push('a base model (step 2)');
-  if (Object.keys(settingErrors).length > 0) blockers.push('valid settings (the fields marked in red)');
-  if (data.status === 'ready' && model.status === 'ready' && !hasMapping) blockers.push('a column mapping');
+  const { idle, blockers, canStart } = startGate({
+    phase: t.phase,
+    gpuReady,
+    dataReady: data.status === 'ready',
+    modelReady: model.status === 'ready',
+    hasMapping,
+    settingErrorCount: Object.keys(settingErrors).length,
+    prepareStatus: prepare.status,
+    adapterName,
+  });
+  const active = !idle;
   const prepareError = prepare.status === 'error' && prepare.input !== 'mapping' && prepare.input !== 'template' ? prepare : null;
-  const canStart = !active && blockers.length === 0 && prepare.status === 'ready' && adapterName.trim() !== '';
   const nameError = t.phase === 'failed' && t.error?.input === 'adapterName' ? t.error.message : adapterName.trim() === '' ? 'Give the adapter a name.' : undefined;
 
   const last = t.last;
