@@ -1,7 +1,7 @@
 // Matmul throughput at the shapes of the benchmark models (GPT-2 124M, SmolLM2-135M at 8 x 256
 // tokens), for every tiled kernel variant and the automatic choice, timed with timestamp queries.
 //   here:        node scripts/node-run.mjs --bundle-only bench/dist bench/matmul-shapes.ts
-//   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS] [--reps N] [--busy-ms MS]
+//   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS] [--reps N] [--busy-ms MS] [--tuning k=v,...]
 //   (--only: the shapes whose name contains WORDS; --tensor-cores: also the tensor-core products of
 //   kernels/matmul-tc.ts in each tile, A as values and as gradients; --tc-only: only those;
 //   --half-b: B stored in f16, as frozen weights can be: kernels/packed-f16.ts)
@@ -13,10 +13,15 @@ import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import { encodeOps, type Op } from '../src/engine/gpu/dispatch';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' }, tuning: { type: 'string' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
 const tensorCores = Boolean(a['tensor-cores'] || a['tc-only']);
-const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra], tensorCores });
+// --tuning k=v,...: KernelTuning values for the program's choice (e.g. streamKWorkgroups=264)
+const tuning = Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
+  const [k, v] = kv.split('=');
+  return [k, v === 'true' || v === 'false' ? v === 'true' : Number.isFinite(Number(v)) ? Number(v) : v];
+}));
+const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra], tensorCores, tuning });
 if (tensorCores && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
 const reps = Number(a.reps ?? 20);
 const busyMs = Number(a['busy-ms'] ?? 150);
