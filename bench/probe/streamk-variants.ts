@@ -39,6 +39,17 @@ const VARIANTS: Record<string, (code: string) => string> = {
     }
     return out;
   },
+  // the loop over a workgroup's tile segments written out 4 times (no outer loop; enough for
+  // itersPerGroup < 3 kTiles: 4 segments at most)
+  segments4: (c) => {
+    const head = '  var it = itBegin;\n  loop {\n    if (it >= itEnd) { break; }\n';
+    const tail = '    it += tEnd - tBegin;\n  }\n}';
+    const from = c.indexOf(head), to = c.lastIndexOf(tail);
+    if (from < 0 || to < 0) throw new Error('segments4: loop not found');
+    const body = c.slice(from + head.length, to);
+    const one = `  if (it < itEnd) {\n${body}    it += tEnd - tBegin;\n  }\n`;
+    return c.slice(0, from) + '  var it = itBegin;\n' + one.repeat(4) + '}' + c.slice(to + tail.length);
+  },
   kloop: (c) => {
     const first = c.indexOf('      {\n        let a0 = tileA[0u + lid.y];');
     const end = c.indexOf('\n    }\n    if (tBegin == 0u');
