@@ -9,9 +9,9 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
-import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
-import { encodeOps, type Op } from '../src/engine/gpu/dispatch';
+import type { Op } from '../src/engine/gpu/dispatch';
+import { timeOpsWarm } from './warm-timing';
 
 const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' }, tuning: { type: 'string' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
@@ -63,32 +63,7 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
   ['smollm2 lora dA', 8, 576, 2048, true, false],
 ];
 if (a.only) SHAPES.splice(0, SHAPES.length, ...SHAPES.filter(([what]) => what.includes(a.only!)));
-/**
- * Mean GPU ms of one pass over `once` (timestamp queries per dispatch, summed), over `reps` passes.
- * A first timed run compiles the pipelines and estimates the time; the timed passes then follow,
- * in the same command buffer, about `--busy-ms` (default 150) of the same work untimed, so the GPU
- * is at its working clocks when they run. (Without it a shape timed right after a pipeline was
- * compiled found the GPU at idle clocks: GPT-2's transposed products read 8-15 TFLOP/s in one run
- * and 28-36 in the next.)
- */
-async function timeOps(once: Op[]): Promise<number> {
-  const profiler = new KernelProfiler(gpu);
-  const ops: Op[] = Array.from({ length: reps }, () => once).flat();
-  let enc = gpu.device.createCommandEncoder();
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const estimate = Math.max(1e-3, profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps);
-  profiler.reset();
-  enc = gpu.device.createCommandEncoder();
-  for (let i = Math.ceil(busyMs / estimate); i > 0; i--) encodeOps(enc, once);
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const ms = profiler.table().reduce((sum, r) => sum + r.totalMs, 0) / reps;
-  profiler.destroy();
-  return ms;
-}
+const timeOps = (once: Op[]) => timeOpsWarm(gpu, once, reps, busyMs);
 
 const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
 const rows: Record<string, unknown>[] = [];

@@ -6,9 +6,9 @@
 //   GPU machine: bash .gpu/boot.sh node bench/dist/streamk-variants.mjs [--only NAME,...]
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
-import { KernelProfiler } from '../../src/engine/gpu/profiler';
 import { matmulWithScratch, productScratchElements, STREAMK_KERNELS } from '../../src/engine/kernels/matmul';
-import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
+import type { Op } from '../../src/engine/gpu/dispatch';
+import { timeOpsWarm } from '../warm-timing';
 import { seededRandom } from '../../src/data/batches';
 
 const { values: a } = parseArgs({ options: { only: { type: 'string' }, groups: { type: 'string' } } });
@@ -71,24 +71,7 @@ const SHAPES: [string, number, number, number, boolean][] = [
 ];
 const groupCounts = (a.groups ?? '132,264').split(',').map(Number);
 
-async function timeOps(once: Op[], reps = 20): Promise<number> {
-  const profiler = new KernelProfiler(gpu);
-  const ops: Op[] = Array.from({ length: reps }, () => once).flat();
-  let enc = gpu.device.createCommandEncoder();
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const estimate = Math.max(1e-3, profiler.table().reduce((s, r) => s + r.totalMs, 0) / reps);
-  profiler.reset();
-  enc = gpu.device.createCommandEncoder();
-  for (let i = Math.ceil(150 / estimate); i > 0; i--) encodeOps(enc, once);
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const ms = profiler.table().reduce((s, r) => s + r.totalMs, 0) / reps;
-  profiler.destroy();
-  return ms;
-}
+const timeOps = (once: Op[]) => timeOpsWarm(gpu, once);
 
 const names = a.only ? a.only.split(',') : Object.keys(VARIANTS);
 const reference = new Map<string, Float32Array>();

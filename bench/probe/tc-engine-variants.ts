@@ -6,8 +6,7 @@
 //   GPU machine: bash .gpu/boot.sh node bench/dist/tc-engine-variants.mjs
 // @ts-nocheck -- a probe script, bundled like bench/matmul-shapes.ts
 import { createNodeGpu } from '../../src/engine/gpu/node-gpu';
-import { KernelProfiler } from '../../src/engine/gpu/profiler';
-import { encodeOps } from '../../src/engine/gpu/dispatch';
+import { timeOpsWarm } from '../warm-timing';
 import { matmulWithScratch } from '../../src/engine/kernels/matmul';
 import { TC_KERNELS } from '../../src/engine/kernels/matmul-tc';
 import { passTimer } from './pass-timer';
@@ -33,25 +32,7 @@ const SHAPES: [string, number, number, number, boolean][] = [
   ['c_attn 2048x2304x768 B [K, N]', 2048, 2304, 768, false],
   ['c_fc.dx 2048x768x3072 B [N, K]', 2048, 768, 3072, true],
 ];
-async function timeOps(once) {
-  const profiler = new KernelProfiler(gpu);
-  const reps = 20;
-  const ops = Array.from({ length: reps }, () => once).flat();
-  let enc = gpu.device.createCommandEncoder();
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const estimate = Math.max(1e-3, profiler.table().reduce((s, r) => s + r.totalMs, 0) / reps);
-  profiler.reset();
-  enc = gpu.device.createCommandEncoder();
-  for (let i = Math.ceil(150 / estimate); i > 0; i--) encodeOps(enc, once);
-  profiler.encode(enc, ops);
-  gpu.device.queue.submit([enc.finish()]);
-  await profiler.collect();
-  const ms = profiler.table().reduce((s, r) => s + r.totalMs, 0) / reps;
-  profiler.destroy();
-  return ms;
-}
+const timeOps = (once) => timeOpsWarm(gpu, once);
 const timer = passTimer(gpu.device);
 for (const [what, M, N, K, transB] of SHAPES) {
   const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B'), C = gpu.tensor([M * N], 'C');
