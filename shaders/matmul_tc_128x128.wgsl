@@ -50,9 +50,11 @@ override ACC_INIT: bool = false;
 // SCALE_ROWS's row scales (bound to `a` when off, then never read).
 @group(0) @binding(6) var<storage, read> rowScale: array<f32>;
 
-// A staged [128 rows][40] (k fastest); B [128 columns][40] when K_FAST_B, else [32 k][136].
-var<workgroup> tileA: array<f16, 5120>;
-var<workgroup> tileB: array<f16, 5120>;
+// A staged in 4 blocks of 32 rows, each [32 rows][40] (k fastest); B in 2 blocks of 64
+// columns, each [64 columns][40] when K_FAST_B, else [32 k][72]. Subgroup sg reads block sg / 2
+// of A and block sg % 2 of B.
+var<workgroup> tileA: array<array<f16, 1280>, 4>;
+var<workgroup> tileB: array<array<f16, 2560>, 2>;
 // each subgroup's 16 x 16 fragment on its way to the epilogue
 var<workgroup> tileC: array<f32, 2048>;
 
@@ -84,24 +86,23 @@ fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) ->
 }
 fn stageA(s: vec2<u32>, v: vec4<f32>, scale: f32) {
   let h = vec4<f16>(opA(v) * scale);
-  let at = s.x * 40u + s.y * 4u;
-  tileA[at] = h.x;
-  tileA[at + 1u] = h.y;
-  tileA[at + 2u] = h.z;
-  tileA[at + 3u] = h.w;
+  let blk = s.x / 32u;
+  let at = (s.x % 32u) * 40u + s.y * 4u;
+  tileA[blk][at] = h.x;
+  tileA[blk][at + 1u] = h.y;
+  tileA[blk][at + 2u] = h.z;
+  tileA[blk][at + 3u] = h.w;
 }
 fn stageB(s: vec2<u32>, v: vec4<f32>) {
   let h = vec4<f16>(v);
-  let at = s.x * select(136u, 40u, K_FAST_B) + s.y * 4u;
-  tileB[at] = h.x;
-  tileB[at + 1u] = h.y;
-  tileB[at + 2u] = h.z;
-  tileB[at + 3u] = h.w;
-}
-// the right fragment of columns n .. n + 15 over k .. k + 15 of the staged B tile
-fn loadRight(n: u32, k: u32) -> subgroup_matrix_right<f16, 16, 16> {
-  if (K_FAST_B) { return subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB, n * 40u + k, 40u); }
-  return subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB, k * 136u + n, 136u);
+  // (n, k-quad) when K_FAST_B, else (k, n-quad): column n in block n / 64
+  let n = select(s.y * 4u, s.x, K_FAST_B);
+  let blk = n / 64u;
+  let at = select(s.x * 72u + n % 64u, (n % 64u) * 40u + s.y * 4u, K_FAST_B);
+  tileB[blk][at] = h.x;
+  tileB[blk][at + 1u] = h.y;
+  tileB[blk][at + 2u] = h.z;
+  tileB[blk][at + 3u] = h.w;
 }
 // DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
 fn finished(f: subgroup_matrix_result<f32, 16, 16>, m: u32) -> subgroup_matrix_result<f32, 16, 16> {
@@ -262,37 +263,72 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         rb3 = loadB(baseB, sb3, n0, k0, kLen, true);
       }
     }
-    {
-      let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA, (sm + 0u) * 40u + 0u, 40u);
-      let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA, (sm + 16u) * 40u + 0u, 40u);
-      let r0 = loadRight(sn + 0u, 0u);
-      let r1 = loadRight(sn + 16u, 0u);
-      let r2 = loadRight(sn + 32u, 0u);
-      let r3 = loadRight(sn + 48u, 0u);
-      acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
-      acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
-      acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
-      acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
-      acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
-      acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
-      acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
-      acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
-    }
-    {
-      let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA, (sm + 0u) * 40u + 16u, 40u);
-      let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA, (sm + 16u) * 40u + 16u, 40u);
-      let r0 = loadRight(sn + 0u, 16u);
-      let r1 = loadRight(sn + 16u, 16u);
-      let r2 = loadRight(sn + 32u, 16u);
-      let r3 = loadRight(sn + 48u, 16u);
-      acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
-      acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
-      acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
-      acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
-      acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
-      acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
-      acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
-      acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
+    if (K_FAST_B) {
+      {
+        let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 0u, 40u);
+        let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 640u, 40u);
+        let r0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 0u, 40u);
+        let r1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 640u, 40u);
+        let r2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 1280u, 40u);
+        let r3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 1920u, 40u);
+        acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
+        acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
+        acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
+        acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
+        acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
+        acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
+        acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
+        acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
+      }
+      {
+        let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 16u, 40u);
+        let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 656u, 40u);
+        let r0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 16u, 40u);
+        let r1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 656u, 40u);
+        let r2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 1296u, 40u);
+        let r3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&tileB[sg % 2u], 1936u, 40u);
+        acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
+        acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
+        acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
+        acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
+        acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
+        acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
+        acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
+        acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
+      }
+    } else {
+      {
+        let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 0u, 40u);
+        let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 640u, 40u);
+        let r0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 0u, 72u);
+        let r1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 16u, 72u);
+        let r2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 32u, 72u);
+        let r3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 48u, 72u);
+        acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
+        acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
+        acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
+        acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
+        acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
+        acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
+        acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
+        acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
+      }
+      {
+        let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 16u, 40u);
+        let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tileA[sg / 2u], 656u, 40u);
+        let r0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 1152u, 72u);
+        let r1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 1168u, 72u);
+        let r2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 1184u, 72u);
+        let r3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB[sg % 2u], 1200u, 72u);
+        acc00 = subgroupMatrixMultiplyAccumulate(l0, r0, acc00);
+        acc01 = subgroupMatrixMultiplyAccumulate(l0, r1, acc01);
+        acc02 = subgroupMatrixMultiplyAccumulate(l0, r2, acc02);
+        acc03 = subgroupMatrixMultiplyAccumulate(l0, r3, acc03);
+        acc10 = subgroupMatrixMultiplyAccumulate(l1, r0, acc10);
+        acc11 = subgroupMatrixMultiplyAccumulate(l1, r1, acc11);
+        acc12 = subgroupMatrixMultiplyAccumulate(l1, r2, acc12);
+        acc13 = subgroupMatrixMultiplyAccumulate(l1, r3, acc13);
+      }
     }
   }
   if (DIRECT_STORE) {

@@ -72,7 +72,8 @@ describe('tensorCoreTile', () => {
     expect(tensorCoreTile(fake(true), p({ N: 576, K: 1536, lda: 1536, ldb: 1536 }))).toBe('64x64'); // SmolLM2's down_proj
     expect(tensorCoreTile(fake(true), p({ N: 768 }))).toBe('64x64'); // GPT-2's attn.c_proj.dx (K 768)
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 3072, ldb: 3072 }))).toBe('128x128'); // 384 tiles
-    expect(tensorCoreTile(fake(true), p({ transB: false, N: 2304, ldb: 2304 }))).toBe('64x64'); // 288
+    expect(tensorCoreTile(fake(true), p({ transB: false, N: 2304, ldb: 2304 }))).toBe('128x128'); // 288: GPT-2's c_attn
+    expect(tensorCoreTile(fake(true), p({ transB: false, N: 1536, ldb: 1536 }))).toBe('64x64'); // 192
     expect(tensorCoreTile(fake(true, { tensorCoreWideMinTiles: 96 }), p({ transB: false, ldb: 768 }))).toBe('128x128');
   });
   it('takes 128x128 tiles under a GELU prologue and for K long enough to cut in slices', () => {

@@ -25,6 +25,14 @@ const EDITS: [string, (c: string) => string][] = [
   // the fragments stored as they are (no finished(): alpha 1 and no scales in these products)
   ['no finished()', (c) => c.replace(/finished\((acc\d+), [^)]*\)/g, '$1')],
   // no K slices: the whole K from the parameters' offsets
+  // (timing only, wrong values) the fragment loads at offsets Tint sees as constants: every subgroup
+  // reads the first rows / columns, so Tint's robustness needs no bounds test around the loads
+  ['const A offsets (wrong C)', (c) => c.replaceAll('(&tileA, (sm + ', '(&tileA, (0u + ')],
+  ['const A+B offsets (wrong C, B [K, N] only)', (c) => {
+    const stride = /k \* (\d+)u \+ n, \d+u\);/.exec(c)![1];
+    return c.replaceAll('(&tileA, (sm + ', '(&tileA, (0u + ')
+      .replace(/loadRight\(sn \+ (\d+)u, (\d+)u\)/g, `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&tileB, $2u * ${stride}u + $1u, ${stride}u)`);
+  }],
   ['no slices', (c) => c.replace('let kLen = min(params.sliceK, params.K - kBegin);', 'let kLen = params.K;').replace('let baseA = params.offA + kBegin;', 'let baseA = params.offA;').replace('let baseB = params.offB + kBegin * select(params.ldb, 1u, K_FAST_B);', 'let baseB = params.offB;')],
 ];
 const SHAPES: [string, number, number, number, boolean][] = [
