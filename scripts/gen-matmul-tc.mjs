@@ -52,9 +52,36 @@ export function tcMatmulWgsl(v) {
     for (let i = 0; i < bLoads; i++) out.push(`rb${i} = loadB(baseB, sb${i}, n0, ${k0}, kLen, ${checked});`);
     return out;
   };
+  // The staging, written out with its indices computed from lidx by + * / % of constants only:
+  // Tint's integer range analysis then proves them inside the tiles and adds no clamp (a clamp, or
+  // an index passed through a function or select(), leaves NVIDIA's driver four 16-bit stores)
   const stage = [];
-  for (let i = 0; i < aLoads; i++) stage.push(`stageA(sa${i}, ra${i}, rs${i});`);
-  for (let i = 0; i < bLoads; i++) stage.push(`stageB(sb${i}, rb${i});`);
+  const four = (arr, blk, at) => [0, 1, 2, 3].map((c) => `${arr}[${blk}][${at}${c ? ` + ${c}u` : ''}] = h.${'xyzw'[c]};`).join(' ');
+  const toHalves = (r) => (halfB ? `let h = vec4<f16>(bitcast<vec2<f16>>(${r}.x), bitcast<vec2<f16>>(${r}.y));` : `let h = vec4<f16>(${r});`);
+  for (let i = 0; i < aLoads; i++) {
+    const id = `(${idx(i)})`;
+    stage.push(`{
+      let h = vec4<f16>(opA(ra${i}) * rs${i});
+      let row = ${id} / ${BK / 4}u;
+      let at = (row % ${16 * FM}u) * ${SA}u + (${id} % ${BK / 4}u) * 4u;
+      ${four('tileA', `row / ${16 * FM}u`, 'at')}
+    }`);
+  }
+  for (let i = 0; i < bLoads; i++) {
+    const id = `(${idx(i)})`;
+    stage.push(`{
+      ${toHalves(`rb${i}`)}
+      if (K_FAST_B) {
+        let n = ${id} / ${BK / 4}u;
+        let at = (n % ${BNB}u) * ${SBK}u + (${id} % ${BK / 4}u) * 4u;
+        ${four('tileB', `n / ${BNB}u`, 'at')}
+      } else {
+        let n = (${id} % ${BN / 4}u) * 4u;
+        let at = (${id} / ${BN / 4}u) * ${SBN}u + n % ${BNB}u;
+        ${four('tileB', `n / ${BNB}u`, 'at')}
+      }
+    }`);
+  }
   const accs = [], biasInit = [], cInit = [];
   for (let i = 0; i < FM; i++) for (let j = 0; j < FN; j++) {
     accs.push(`var acc${i}${j} = ${Res}();`);
@@ -169,26 +196,6 @@ fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) ->
   let n = n0 + s.y * 4u;
   if (checked && (k >= kLen || n >= params.N)) { return ${BZero}; }
   return b[(base + k * params.ldb + n) >> 2u];
-}
-fn stageA(s: vec2<u32>, v: vec4<f32>, scale: f32) {
-  let h = vec4<f16>(opA(v) * scale);
-  let blk = s.x / ${16 * FM}u;
-  let at = (s.x % ${16 * FM}u) * ${SA}u + s.y * 4u;
-  tileA[blk][at] = h.x;
-  tileA[blk][at + 1u] = h.y;
-  tileA[blk][at + 2u] = h.z;
-  tileA[blk][at + 3u] = h.w;
-}
-fn stageB(s: vec2<u32>, v: ${BReg}) {
-  ${halfB ? 'let lo = bitcast<vec2<f16>>(v.x);\n  let hi = bitcast<vec2<f16>>(v.y);\n  let h = vec4<f16>(lo, hi);' : 'let h = vec4<f16>(v);'}
-  // (n, k-quad) when K_FAST_B, else (k, n-quad): column n in block n / ${BNB}
-  let n = select(s.y * 4u, s.x, K_FAST_B);
-  let blk = n / ${BNB}u;
-  let at = select(s.x * ${SBN}u + n % ${BNB}u, (n % ${BNB}u) * ${SBK}u + s.y * 4u, K_FAST_B);
-  tileB[blk][at] = h.x;
-  tileB[blk][at + 1u] = h.y;
-  tileB[blk][at + 2u] = h.z;
-  tileB[blk][at + 3u] = h.w;
 }
 // DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
 fn finished(f: ${Res}, m: u32) -> ${Res} {

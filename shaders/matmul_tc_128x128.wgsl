@@ -84,26 +84,6 @@ fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) ->
   if (checked && (k >= kLen || n >= params.N)) { return vec4<f32>(0.0); }
   return b[(base + k * params.ldb + n) >> 2u];
 }
-fn stageA(s: vec2<u32>, v: vec4<f32>, scale: f32) {
-  let h = vec4<f16>(opA(v) * scale);
-  let blk = s.x / 32u;
-  let at = (s.x % 32u) * 40u + s.y * 4u;
-  tileA[blk][at] = h.x;
-  tileA[blk][at + 1u] = h.y;
-  tileA[blk][at + 2u] = h.z;
-  tileA[blk][at + 3u] = h.w;
-}
-fn stageB(s: vec2<u32>, v: vec4<f32>) {
-  let h = vec4<f16>(v);
-  // (n, k-quad) when K_FAST_B, else (k, n-quad): column n in block n / 64
-  let n = select(s.y * 4u, s.x, K_FAST_B);
-  let blk = n / 64u;
-  let at = select(s.x * 72u + n % 64u, (n % 64u) * 40u + s.y * 4u, K_FAST_B);
-  tileB[blk][at] = h.x;
-  tileB[blk][at + 1u] = h.y;
-  tileB[blk][at + 2u] = h.z;
-  tileB[blk][at + 3u] = h.w;
-}
 // DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
 fn finished(f: subgroup_matrix_result<f32, 16, 16>, m: u32) -> subgroup_matrix_result<f32, 16, 16> {
   if (!SCALE_ROWS && params.alpha == 1.0) { return f; }
@@ -232,14 +212,78 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let numK = (kLen + 31u) / 32u;
   for (var t = 0u; t < numK; t++) {
     workgroupBarrier(); // everyone is done reading the previous tile
-    stageA(sa0, ra0, rs0);
-    stageA(sa1, ra1, rs1);
-    stageA(sa2, ra2, rs2);
-    stageA(sa3, ra3, rs3);
-    stageB(sb0, rb0);
-    stageB(sb1, rb1);
-    stageB(sb2, rb2);
-    stageB(sb3, rb3);
+    {
+      let h = vec4<f16>(opA(ra0) * rs0);
+      let row = (lidx) / 8u;
+      let at = (row % 32u) * 40u + ((lidx) % 8u) * 4u;
+      tileA[row / 32u][at] = h.x; tileA[row / 32u][at + 1u] = h.y; tileA[row / 32u][at + 2u] = h.z; tileA[row / 32u][at + 3u] = h.w;
+    }
+    {
+      let h = vec4<f16>(opA(ra1) * rs1);
+      let row = (lidx + 256u) / 8u;
+      let at = (row % 32u) * 40u + ((lidx + 256u) % 8u) * 4u;
+      tileA[row / 32u][at] = h.x; tileA[row / 32u][at + 1u] = h.y; tileA[row / 32u][at + 2u] = h.z; tileA[row / 32u][at + 3u] = h.w;
+    }
+    {
+      let h = vec4<f16>(opA(ra2) * rs2);
+      let row = (lidx + 512u) / 8u;
+      let at = (row % 32u) * 40u + ((lidx + 512u) % 8u) * 4u;
+      tileA[row / 32u][at] = h.x; tileA[row / 32u][at + 1u] = h.y; tileA[row / 32u][at + 2u] = h.z; tileA[row / 32u][at + 3u] = h.w;
+    }
+    {
+      let h = vec4<f16>(opA(ra3) * rs3);
+      let row = (lidx + 768u) / 8u;
+      let at = (row % 32u) * 40u + ((lidx + 768u) % 8u) * 4u;
+      tileA[row / 32u][at] = h.x; tileA[row / 32u][at + 1u] = h.y; tileA[row / 32u][at + 2u] = h.z; tileA[row / 32u][at + 3u] = h.w;
+    }
+    {
+      let h = vec4<f16>(rb0);
+      if (K_FAST_B) {
+        let n = (lidx) / 8u;
+        let at = (n % 64u) * 40u + ((lidx) % 8u) * 4u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      } else {
+        let n = ((lidx) % 32u) * 4u;
+        let at = ((lidx) / 32u) * 72u + n % 64u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      }
+    }
+    {
+      let h = vec4<f16>(rb1);
+      if (K_FAST_B) {
+        let n = (lidx + 256u) / 8u;
+        let at = (n % 64u) * 40u + ((lidx + 256u) % 8u) * 4u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      } else {
+        let n = ((lidx + 256u) % 32u) * 4u;
+        let at = ((lidx + 256u) / 32u) * 72u + n % 64u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      }
+    }
+    {
+      let h = vec4<f16>(rb2);
+      if (K_FAST_B) {
+        let n = (lidx + 512u) / 8u;
+        let at = (n % 64u) * 40u + ((lidx + 512u) % 8u) * 4u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      } else {
+        let n = ((lidx + 512u) % 32u) * 4u;
+        let at = ((lidx + 512u) / 32u) * 72u + n % 64u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      }
+    }
+    {
+      let h = vec4<f16>(rb3);
+      if (K_FAST_B) {
+        let n = (lidx + 768u) / 8u;
+        let at = (n % 64u) * 40u + ((lidx + 768u) % 8u) * 4u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      } else {
+        let n = ((lidx + 768u) % 32u) * 4u;
+        let at = ((lidx + 768u) / 32u) * 72u + n % 64u;
+        tileB[n / 64u][at] = h.x; tileB[n / 64u][at + 1u] = h.y; tileB[n / 64u][at + 2u] = h.z; tileB[n / 64u][at + 3u] = h.w;
+      }
+    }
     workgroupBarrier();
     if (t + 1u < numK) {
       let k0 = (t + 1u) * 32u;

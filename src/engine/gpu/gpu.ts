@@ -200,6 +200,9 @@ export interface KernelTuning {
    * this many of them, else 64x64 (kernels/matmul-tc.ts tensorCoreTile). 288 since session 22's
    * kernels (fragments at constant offsets): GPT-2's c_attn (288 tiles) 68.0 TFLOP/s in 128x128
    * against 64.8 in 64x64, the step 20.37 -> 20.22 ms (SmolLM2 32.47 -> 32.44; 150: 20.22, 32.66).
+   * With the staging's indices clamp-free too (both tiles at 94-110 TFLOP/s on GPT-2's shapes) the
+   * rule no longer matters much: 288 / 384 / 384 with tensorCoreWideMinDim 4096, GPT-2 17.29 /
+   * 17.33 / 17.39 ms, SmolLM2 27.79 / 27.67 / 27.77 (bench/sweep-tuning.sh, 60 steps).
    */
   tensorCores: boolean;
   /** 'auto': kernels/matmul-tc.ts tensorCoreTile's rule; or force one tile. */
