@@ -81,7 +81,11 @@ describe('fast kernel paths train the same adapter as the plain path', () => {
       { matmul: 'auto', vec4Matmul: true, skinnyMatmul: true, streamKMinK: 16, streamKWholeTiles: false, streamKWorkgroups: 7, streamKMinIters: 1 },
     ] as const) {
       const got = await train(fast);
-      for (let i = 0; i < 30; i++) expect(Math.abs(got.losses[i] - plain.losses[i]), `${fast.matmul} step ${i + 1}`).toBeLessThan(1e-4 * Math.abs(plain.losses[i]));
+      // (on a miss, both runs' losses from the first step that differs: a one-step miss that rejoins
+      // the plain run is a reporting or transient fault, a miss that stays is a kernel's)
+      const first = got.losses.findIndex((l, i) => !(Math.abs(l - plain.losses[i]) < 1e-4 * Math.abs(plain.losses[i])));
+      const around = (xs: number[]) => xs.slice(Math.max(0, first - 2)).map((x) => x.toFixed(5)).join(' ');
+      expect(first, `${JSON.stringify(fast)}: step ${first + 1} differs; losses from step ${Math.max(1, first - 1)}: fast ${around(got.losses)} / plain ${around(plain.losses)}`).toBe(-1);
       got.params.forEach((p, i) => {
         const { err } = maxRelError(p, plain.params[i], 1e-2);
         expect(err, `${fast.matmul} parameter ${i}`).toBeLessThan(1e-3);

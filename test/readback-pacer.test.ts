@@ -3,7 +3,7 @@
 // staging buffer stands in for the GPU: its mapAsync answers once "the step is done", a fixed time
 // after submit (or at once).
 import { describe, expect, it } from 'vitest';
-import { ReadbackPacer } from '../src/engine/train/submit-step';
+import { InOrderReports, ReadbackPacer } from '../src/engine/train/submit-step';
 
 // WebGPU's globals come with a device (node-gpu.ts); this test needs only the map mode
 (globalThis as { GPUMapMode?: unknown }).GPUMapMode ??= { READ: 1, WRITE: 2 };
@@ -62,5 +62,17 @@ describe('ReadbackPacer', () => {
     const { answered } = await run(pacer, 25, 0); // ...then the steps get fast
     expect(pacer.delayMs).toBeLessThan(2);
     expect(Math.max(...answered.slice(-5))).toBeLessThan(5);
+  });
+});
+
+describe('InOrderReports', () => {
+  it('reports steps in order when their readbacks answer in reverse, and goes on after a failed one', async () => {
+    const reports = new InOrderReports();
+    const seen: number[] = [];
+    const answers = [40, 25, 10, 0].map((ms, i) => new Promise<number>((resolve, reject) => setTimeout(() => (i === 2 ? reject(new Error('step 3 refused')) : resolve(i + 1)), ms)));
+    const done = answers.map((res) => reports.next(res, (step) => seen.push(step)).catch((e: Error) => seen.push(-1) && e));
+    await Promise.all(done);
+    // step 4 answered first, step 1 last: reported 1, 2, (3 failed), 4
+    expect(seen).toEqual([1, 2, -1, 4]);
   });
 });

@@ -12,7 +12,7 @@ import type { PeftMethod } from '../peft/method';
 import type { EncoderClassifier, SeqClsProgram } from '../models/encoder';
 import { buildAdamW, type OptimizerOps } from './optimizer';
 import { DivergenceError, TrainError, type StepReport, type TrainConfig } from './trainer';
-import { ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
+import { InOrderReports, ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
 import { argmax, classificationMetrics, type ClassificationMetrics } from './classification-metrics';
 import { epochOrder } from '../../data/batches';
 import { makeClassificationBatch, type ClassificationExample } from '../../data/classification';
@@ -132,6 +132,7 @@ export class ClassifierTrainer {
     const startStep = this.step;
     let tokensDone = 0;
     const pending: Promise<void>[] = [];
+    const reports = new InOrderReports();
     let failure: unknown = null;
     const evaluateNow = async (step: number) => {
       await Promise.all(pending.splice(0));
@@ -143,7 +144,7 @@ export class ClassifierTrainer {
       const step = this.step + 1;
       const epoch = (step * c.batchSize * c.gradAccumSteps) / this.train.length;
       const res = this.submitStep();
-      pending.push(res.then(({ loss, gradNorm }) => {
+      pending.push(reports.next(res, ({ loss, gradNorm }) => {
         tokensDone += res.tokens;
         const elapsedMs = performance.now() - start;
         const done = step - startStep;

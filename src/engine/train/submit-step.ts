@@ -92,6 +92,25 @@ export class ReadbackPacer {
 }
 
 /**
+ * Step reports in step order. A step's readback can answer before the previous step's (the pacer
+ * asks for each map after a delay that changes from step to step), so reports chained on their own
+ * readbacks came out of order now and then (a loss chart's points, a step counter going back, a
+ * divergence blamed on a later step). `next(res, report)` runs `report` on `res` once every report
+ * handed in before it has run (or failed).
+ */
+export class InOrderReports {
+  private last: Promise<unknown> = Promise.resolve();
+
+  next<T>(res: Promise<T>, report: (value: T) => void): Promise<void> {
+    // (a step that fails before its turn is handled now: Node would count it unhandled till then)
+    res.catch(() => undefined);
+    const done = this.last.then(() => res).then(report);
+    this.last = done.catch(() => undefined);
+    return done;
+  }
+}
+
+/**
  * Submits optimizer step `step` (0-based) over `batches` (its micro-batches) and resolves to the
  * mean loss per counted target and the gradient norm before clipping, or rejects with a GpuError:
  * the step's own validation error (an error scope around its submits), or any other the device

@@ -9,7 +9,7 @@ import { StepUniforms } from '../kernels/step-uniforms';
 import type { PeftMethod } from '../peft/method';
 import { lossTargetCount, type BatchArrays, type CausalLM, type Program } from '../models/program';
 import { buildAdamW, type OptimizerOps } from './optimizer';
-import { ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
+import { InOrderReports, ReadbackPacer, stepsInFlight, submitOptimizerStep } from './submit-step';
 import { makeBatch, epochOrder } from '../../data/batches';
 import type { Example } from '../../data/examples';
 import { learningRateAt, type ScheduleKind } from '../../train/schedule';
@@ -210,12 +210,13 @@ export class Trainer {
     const startStep = this.step;
     let tokensDone = 0;
     const pending: Promise<void>[] = [];
+    const reports = new InOrderReports();
     let failure: unknown = null;
     while (this.step < c.totalSteps && !hooks.shouldStop?.()) {
       const step = this.step + 1;
       const epoch = ((step * c.batchSize * c.gradAccumSteps) / this.train.length);
       const res = this.submitStep();
-      const report = res.then(({ loss, gradNorm }) => {
+      const report = reports.next(res, ({ loss, gradNorm }) => {
         tokensDone += res.tokens;
         const elapsedMs = performance.now() - start;
         const done = step - startStep;
