@@ -4,7 +4,8 @@
 //   GPU machine: bash .gpu/boot.sh node bench/dist/matmul-shapes.mjs [--json FILE] [--dawn-flags a,b] [--only WORDS] [--reps N] [--busy-ms MS] [--tuning k=v,...]
 //   (--only: the shapes whose name contains WORDS; --tensor-cores: also the tensor-core products of
 //   kernels/matmul-tc.ts in each tile, A as values and as gradients; --tc-only: only those;
-//   --half-b: B stored in f16, as frozen weights can be: kernels/packed-f16.ts)
+//   --half-b: B stored in f16, as frozen weights can be: kernels/packed-f16.ts; --tc-f32: the
+//   tensor-core products with f32 accuracy too (tuning.tensorCoreF32: hi + lo halves), rows 'tc-f32 ...')
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
@@ -13,9 +14,9 @@ import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchE
 import type { Op } from '../src/engine/gpu/dispatch';
 import { timeOpsWarm } from './warm-timing';
 
-const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' }, tuning: { type: 'string' } } });
+const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' }, 'tc-f32': { type: 'boolean' }, tuning: { type: 'string' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
-const tensorCores = Boolean(a['tensor-cores'] || a['tc-only']);
+const tensorCores = Boolean(a['tensor-cores'] || a['tc-only'] || a['tc-f32']);
 // --tuning k=v,...: KernelTuning values for the program's choice (e.g. streamKWorkgroups=264)
 const tuning = Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
   const [k, v] = kv.split('=');
@@ -64,35 +65,50 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
 ];
 if (a.only) SHAPES.splice(0, SHAPES.length, ...SHAPES.filter(([what]) => what.includes(a.only!)));
 const timeOps = (once: Op[]) => timeOpsWarm(gpu, once, reps, busyMs);
+// operands of random values (as PyTorch's side has; zeros would draw less power on the tensor
+// cores): uniform in [-s, s), activations' and weights' scales
+function randomTensor(n: number, scale: number, label: string, f16 = false) {
+  const x = new Float32Array(n);
+  let s = 0x9e3779b9 ^ n;
+  for (let i = 0; i < n; i++) x[i] = ((((s = (s * 1664525 + 1013904223) >>> 0) >>> 8) / 2 ** 24) * 2 - 1) * scale;
+  return f16 ? gpu.tensorFromF16(x, [n], label) : gpu.tensorFrom(x, [n], label);
+}
 
 const variants: KernelTuning['matmul'][] = ['auto', ...(Object.keys(MATMUL_VARIANTS) as (keyof typeof MATMUL_VARIANTS)[])];
 const rows: Record<string, unknown>[] = [];
 for (const [what, M, N, K, transA, transB] of SHAPES) {
-  const A = gpu.tensor([M * K], 'A'), B = gpu.tensor([K * N], 'B', a['half-b'] ? 'f16' : 'f32'), C = gpu.tensor([M * N], 'C');
+  const A = randomTensor(M * K, 1, 'A'), B = randomTensor(K * N, 0.05, 'B', a['half-b']), C = gpu.tensor([M * N], 'C');
   const skinny = usesSkinnyMatmul(gpu, M, N, K, 1, false);
   const line: string[] = [];
   // skinny products: the kernel's rows per workgroup (tuning.skinnyRows / skinnyRowsRowFast)
   // the tensor-core products (kernels/matmul-tc.ts) in each tile, A as values / gradients (with its row-scale pass)
+  // A's rows padded to whole vec4s (as the engine pads the LM head's logits), the program's scratch
+  // for K slices; K's last K % 4 terms then run in f32 (kernels/matmul.ts matmulWithScratch)
   if (tensorCores && !skinny && !transA) {
-    for (const tile of ['128x128', '64x64'] as const) {
-      for (const operand of ['values', 'gradients'] as const) {
-        gpu.tuning.tensorCoreTile = tile;
-        const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'tc', tensorCores: operand }, null);
-        const ms = await timeOps(ops);
-        const tflops = (2 * M * N * K) / ms / 1e9;
-        rows.push({ what, M, N, K, transA, transB, kernel: `tc ${tile} ${operand}`, ms, tflops });
-        line.push(`tc ${tile} ${operand} ${tflops.toFixed(1)}`);
-      }
-    }
-    gpu.tuning.tensorCoreTile = 'auto';
-    // what a model's product gets: its tile by the rule (the forward's A as values, the backward's as gradients)
-    for (const operand of ['values', 'gradients'] as const) {
-      const ops = matmulWithScratch(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label: 'tc', tensorCores: operand }, null);
+    const lda = K + ((4 - (K % 4)) % 4);
+    const A4 = lda === K ? A : randomTensor(M * lda, 1, 'A (rows padded)');
+    const scratch = gpu.tensor([Math.max(1, productScratchElements(gpu, M, N, K))], 'scratch');
+    const tc = async (kernel: string, operand: 'values' | 'gradients') => {
+      const ops = matmulWithScratch(gpu, { a: A4, b: B, c: C, M, N, K, lda, transA, transB, label: 'tc', tensorCores: operand }, scratch);
       const ms = await timeOps(ops);
       const onTc = ops.some((o) => o.kind === 'dispatch' && o.label.includes('[tensor cores'));
-      rows.push({ what, M, N, K, transA, transB, kernel: `tc auto ${operand}`, ms, tflops: (2 * M * N * K) / ms / 1e9, ops: ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind)), onTensorCores: onTc });
-      line.push(`tc auto ${operand}${onTc ? '' : ' (f32)'} ${((2 * M * N * K) / ms / 1e9).toFixed(1)}`);
+      const tflops = (2 * M * N * K) / ms / 1e9;
+      rows.push({ what, M, N, K, transA, transB, kernel: `${kernel} ${operand}`, ms, tflops, ops: ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind)), onTensorCores: onTc });
+      line.push(`${kernel} ${operand}${onTc ? '' : ' (f32)'} ${tflops.toFixed(1)}`);
+    };
+    for (const f32Accuracy of a['tc-f32'] ? [false, true] : [false]) {
+      gpu.tuning.tensorCoreF32 = f32Accuracy;
+      const name = f32Accuracy ? 'tc-f32' : 'tc';
+      for (const tile of ['128x128', '64x64'] as const) {
+        gpu.tuning.tensorCoreTile = tile;
+        for (const operand of ['values', 'gradients'] as const) await tc(`${name} ${tile}`, operand);
+      }
+      // what a model's product gets: its tile by the rule (the forward's A as values, the backward's as gradients)
+      gpu.tuning.tensorCoreTile = 'auto';
+      for (const operand of ['values', 'gradients'] as const) await tc(`${name} auto`, operand);
     }
+    gpu.tuning.tensorCoreF32 = DEFAULT_KERNEL_TUNING.tensorCoreF32;
+    for (const t of [scratch, ...(A4 === A ? [] : [A4])]) gpu.destroyTensor(t);
   }
   for (const v of a['tc-only'] ? [] : skinny ? (['skinny16', 'skinny8', 'skinny4'] as const) : variants) {
     if (v.startsWith('skinny')) gpu.tuning.skinnyRows = gpu.tuning.skinnyRowsRowFast = Number(v.slice(6));

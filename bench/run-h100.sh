@@ -9,7 +9,8 @@
 # precision of PyTorch's autocast; the row's ours_* figures) and with every product in f32
 # (ours_f32_*); then a third time on tensor cores with the frozen weights kept in f16 (--frozen
 # f16: half their memory, the tensor cores take the halves as stored; ours_f16w_*), and a fourth
-# with f32 kernels and f16 weights (ours_f32_f16w_*). Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
+# with f32 kernels and f16 weights (ours_f32_f16w_*), and a fifth on tensor cores with f32 accuracy
+# (tuning.tensorCoreF32: each operand as hi + lo halves, three products; ours_tcf32_*). Writes $OUT/h100.json (rows as bench/results/h100.json) and prints a table.
 #   here:         bash ../shared/gpu/pack.sh && node scripts/node-run.mjs --bundle-only bench/dist bench/step-bench.ts
 #   GPU machine:  bash bench/run-h100.sh [STEPS]   (device tool, carry .gpu bench/dist)
 set -uo pipefail
@@ -27,6 +28,8 @@ run_case() { # name arch targets
     --tensor-cores --frozen f16 --json "$OUT/$1-ours-f16w.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours-f16w.txt"
   bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
     --frozen f16 --json "$OUT/$1-ours-f32-f16w.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours-f32-f16w.txt"
+  bash .gpu/boot.sh node bench/dist/step-bench.mjs --model "/tmp/bench/$1" --targets "$3" --steps "$STEPS" --batch 8 --seq 256 --rank 8 \
+    --tensor-cores --tuning tensorCoreF32=true --json "$OUT/$1-ours-tcf32.json" 2>&1 | grep -v "^Warning\|While initializing\|    at \|^$" | tee "/tmp/bench/$1-ours-tcf32.txt"
   python3 bench/torch_lora_baseline.py --model "/tmp/bench/$1" --batch 8 --seq 256 --targets "$3" --steps 30 --kernel-time 2>/dev/null | grep '^{' > "/tmp/bench/$1-torch.jsonl"
 }
 run_case gpt2-124M gpt2-small c_attn
@@ -52,6 +55,9 @@ for name in ('gpt2-124M', 'smollm2-135M'):
     f32h = json.load(open(f'{sys.argv[2]}/{name}-ours-f32-f16w.json'))
     f32h_windows = list(f32h['windows'].values())
     f32h_tps = 8 * 256 / f32h_windows[0] * 1000
+    tcf = json.load(open(f'{sys.argv[2]}/{name}-ours-tcf32.json'))
+    tcf_windows = list(tcf['windows'].values())
+    tcf_tps = 8 * 256 / tcf_windows[0] * 1000
     rows.append({"model": name, "ours_config": "tensor cores (f16 operands, f32 sums)" if ours.get('tensorCores') else "f32",
                  "ours_ms_per_step": round(ms, 2), "ours_tokens_per_s": round(ours_tps),
                  "ours_steady_ms_per_step": round(steady, 2), "ours_steady_window": list(ours['windows'])[-1],
@@ -68,13 +74,18 @@ for name in ('gpt2-124M', 'smollm2-135M'):
                  "ours_f32_f16w_config": "f32 kernels, frozen weights in f16",
                  "ours_f32_f16w_ms_per_step": round(f32h_windows[0], 2), "ours_f32_f16w_steady_ms_per_step": round(f32h_windows[-1], 2),
                  "ours_f32_f16w_tokens_per_s": round(f32h_tps), "ratio_f32_f16w": round(f32h_tps / best['tokens_per_s'], 3),
-                 "ours_f32_f16w_peak_gib": round(f32h['gpuBytes'] / 2**30, 3), "torch_all": torch_rows})
+                 "ours_f32_f16w_peak_gib": round(f32h['gpuBytes'] / 2**30, 3),
+                 "ours_tcf32_config": "tensor cores with f32 accuracy (hi + lo halves)",
+                 "ours_tcf32_ms_per_step": round(tcf_windows[0], 2), "ours_tcf32_steady_ms_per_step": round(tcf_windows[-1], 2),
+                 "ours_tcf32_tokens_per_s": round(tcf_tps), "ratio_tcf32": round(tcf_tps / best['tokens_per_s'], 3),
+                 "ours_tcf32_peak_gib": round(tcf['gpuBytes'] / 2**30, 3), "torch_all": torch_rows})
 json.dump(rows, open(sys.argv[1], 'w'), indent=2)
 print(f"{'model':14} {'ours ms':>8} {'late ms':>8} {'ours tok/s':>11} {'torch best':>11} {'config':>12} {'ratio':>6} {'ours GiB':>9} {'torch GiB':>9} {'f32 ms':>8} {'f32 late':>8} {'f32 ratio':>9}")
 for r in rows:
     print(f"{r['model']:14} {r['ours_ms_per_step']:8.1f} {r['ours_steady_ms_per_step']:8.1f} {r['ours_tokens_per_s']:11,} {r['torch_best_tokens_per_s']:11,} {r['torch_best_config']:>12} {r['ratio']:6.3f} {r['ours_peak_gib']:9.2f} {r['torch_peak_gib']:9.2f} {r['ours_f32_ms_per_step']:8.1f} {r['ours_f32_steady_ms_per_step']:8.1f} {r['ratio_f32']:9.3f}")
     print(f"    ours: {r['ours_config']}; with the frozen weights in f16: {r['ours_f16w_ms_per_step']:.2f} ms/step (late {r['ours_f16w_steady_ms_per_step']:.2f}), ratio {r['ratio_f16w']:.3f}, {r['ours_f16w_peak_gib']:.2f} GiB")
     print(f"    f32 kernels with the frozen weights in f16: {r['ours_f32_f16w_ms_per_step']:.2f} ms/step (late {r['ours_f32_f16w_steady_ms_per_step']:.2f}), ratio {r['ratio_f32_f16w']:.3f}, {r['ours_f32_f16w_peak_gib']:.2f} GiB")
+    print(f"    tensor cores with f32 accuracy: {r['ours_tcf32_ms_per_step']:.2f} ms/step (late {r['ours_tcf32_steady_ms_per_step']:.2f}), ratio {r['ratio_tcf32']:.3f}, {r['ours_tcf32_peak_gib']:.2f} GiB")
     for t in r['torch_all']:
         print(f"    torch {t['attn']:5} {t['dtype']:4}: {t['ms_per_step']:7.2f} ms/step ({t.get('kernel_ms_per_step', float('nan')):.2f} ms in GPU kernels), {t['tokens_per_s']:,} tok/s, peak {t['peak_gib']} GiB")
 PY

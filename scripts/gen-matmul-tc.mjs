@@ -16,12 +16,17 @@ const TILES = [
 ];
 // each tile twice: B as f32, and B as packed halves (gpu/tensor.ts 'f16': two to a 32-bit word,
 // element 2i in the low half), staged as they are with bitcast, no widening and rounding again
-export const TC_VARIANTS = TILES.flatMap((t) => [t, { ...t, name: `${t.name}_half_b`, halfB: true }]);
+// and each of those split (f32 accuracy): every f32 operand staged as two halves, hi = x rounded to
+// 11 significant bits and lo = x - hi, multiplied lo·hi + hi·lo + hi·hi (B in f16 is exact: its lo
+// is 0, so two products), as CUTLASS's 3xTF32 does with TF32
+const PLAIN_VARIANTS = TILES.flatMap((t) => [t, { ...t, name: `${t.name}_half_b`, halfB: true }]);
+export const TC_VARIANTS = [...PLAIN_VARIANTS, ...PLAIN_VARIANTS.map((v) => ({ ...v, name: `${v.name}_split`, split: true }))];
 const PAD = 8; // f16 elements after each staged row (rows of 80 bytes for BK = 32)
 
 export function tcMatmulWgsl(v) {
   const { SGM, SGN, FM, FN, BK } = v;
-  const halfB = v.halfB === true;
+  const halfB = v.halfB === true, split = v.split === true;
+  const splitB = split && !halfB;
   // B's registers: a vec4 of f32, or the same four values as two words of halves
   const BReg = halfB ? 'vec2<u32>' : 'vec4<f32>', BZero = halfB ? 'vec2<u32>(0u)' : 'vec4<f32>(0.0)';
   const BM = 16 * SGM * FM, BN = 16 * SGN * FN, T = 32 * SGM * SGN;
@@ -56,15 +61,21 @@ export function tcMatmulWgsl(v) {
   // Tint's integer range analysis then proves them inside the tiles and adds no clamp (a clamp, or
   // an index passed through a function or select(), leaves NVIDIA's driver four 16-bit stores)
   const stage = [];
-  const four = (arr, blk, at) => [0, 1, 2, 3].map((c) => `${arr}[${blk}][${at}${c ? ` + ${c}u` : ''}] = h.${'xyzw'[c]};`).join(' ');
-  const toHalves = (r) => (halfB ? `let h = vec4<f16>(bitcast<vec2<f16>>(${r}.x), bitcast<vec2<f16>>(${r}.y));` : `let h = vec4<f16>(${r});`);
+  const four = (arr, blk, at, h = 'h') => [0, 1, 2, 3].map((c) => `${arr}[${blk}][${at}${c ? ` + ${c}u` : ''}] = ${h}.${'xyzw'[c]};`).join(' ');
+  // the staged halves of x (a vec4<f32>): h, and with split lo = x - hi too (hi rounded by its bits:
+  // NVIDIA's driver folds f32(f16(x)) back to x, which would leave every lo 0; session 18)
+  const halves = (x, splitIt) => (splitIt
+    ? `let x = ${x};\n      let hi = bitcast<vec4<f32>>((bitcast<vec4<u32>>(x) + vec4<u32>(0x1000u)) & vec4<u32>(0xffffe000u));\n      let h = vec4<f16>(hi);\n      let lo = vec4<f16>(x - hi);`
+    : `let h = vec4<f16>(${x});`);
+  const fourBoth = (arr, blk, at, splitIt) => four(arr, blk, at) + (splitIt ? `\n      ${four(`${arr}Lo`, blk, at, 'lo')}` : '');
+  const toHalves = (r) => (halfB ? `let h = vec4<f16>(bitcast<vec2<f16>>(${r}.x), bitcast<vec2<f16>>(${r}.y));` : halves(r, splitB));
   for (let i = 0; i < aLoads; i++) {
     const id = `(${idx(i)})`;
     stage.push(`{
-      let h = vec4<f16>(opA(ra${i}) * rs${i});
+      ${halves(`opA(ra${i}) * rs${i}`, split)}
       let row = ${id} / ${BK / 4}u;
       let at = (row % ${16 * FM}u) * ${SA}u + (${id} % ${BK / 4}u) * 4u;
-      ${four('tileA', `row / ${16 * FM}u`, 'at')}
+      ${fourBoth('tileA', `row / ${16 * FM}u`, 'at', split)}
     }`);
   }
   for (let i = 0; i < bLoads; i++) {
@@ -74,11 +85,11 @@ export function tcMatmulWgsl(v) {
       if (K_FAST_B) {
         let n = ${id} / ${BK / 4}u;
         let at = (n % ${BNB}u) * ${SBK}u + (${id} % ${BK / 4}u) * 4u;
-        ${four('tileB', `n / ${BNB}u`, 'at')}
+        ${fourBoth('tileB', `n / ${BNB}u`, 'at', splitB)}
       } else {
         let n = (${id} % ${BN / 4}u) * 4u;
         let at = (${id} / ${BN / 4}u) * ${SBN}u + n % ${BNB}u;
-        ${four('tileB', `n / ${BNB}u`, 'at')}
+        ${fourBoth('tileB', `n / ${BNB}u`, 'at', splitB)}
       }
     }`);
   }
@@ -94,13 +105,21 @@ export function tcMatmulWgsl(v) {
     const steps = [];
     for (let kk = 0; kk < BK; kk += 16) {
       const body = [];
-      for (let i = 0; i < FM; i++) body.push(`let l${i} = subgroupMatrixLoad<${L}, row_major>(&tileA[sg / ${SGN}u], ${16 * i * SA + kk}u, ${SA}u);`);
-      for (let j = 0; j < FN; j++) {
-        body.push(kFastB
-          ? `let r${j} = subgroupMatrixLoad<${R}, col_major>(&tileB[sg % ${SGN}u], ${16 * j * SBK + kk}u, ${SBK}u);`
-          : `let r${j} = subgroupMatrixLoad<${R}, row_major>(&tileB[sg % ${SGN}u], ${kk * SBN + 16 * j}u, ${SBN}u);`);
+      const leftLoad = (name, arr, i) => `let ${name}${i} = subgroupMatrixLoad<${L}, row_major>(&${arr}[sg / ${SGN}u], ${16 * i * SA + kk}u, ${SA}u);`;
+      const rightLoad = (name, arr, j) => (kFastB
+        ? `let ${name}${j} = subgroupMatrixLoad<${R}, col_major>(&${arr}[sg % ${SGN}u], ${16 * j * SBK + kk}u, ${SBK}u);`
+        : `let ${name}${j} = subgroupMatrixLoad<${R}, row_major>(&${arr}[sg % ${SGN}u], ${kk * SBN + 16 * j}u, ${SBN}u);`);
+      for (let i = 0; i < FM; i++) body.push(leftLoad('l', 'tileA', i));
+      if (split) for (let i = 0; i < FM; i++) body.push(leftLoad('lLo', 'tileALo', i));
+      for (let j = 0; j < FN; j++) body.push(rightLoad('r', 'tileB', j));
+      if (splitB) for (let j = 0; j < FN; j++) body.push(rightLoad('rLo', 'tileBLo', j));
+      // the small products first
+      const mmaOf = (l, r, i, j) => `acc${i}${j} = subgroupMatrixMultiplyAccumulate(${l}${i}, ${r}${j}, acc${i}${j});`;
+      for (let i = 0; i < FM; i++) for (let j = 0; j < FN; j++) {
+        if (split) body.push(mmaOf('lLo', 'r', i, j));
+        if (splitB) body.push(mmaOf('l', 'rLo', i, j));
+        body.push(mmaOf('l', 'r', i, j));
       }
-      for (let i = 0; i < FM; i++) for (let j = 0; j < FN; j++) body.push(`acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, r${j}, acc${i}${j});`);
       steps.push(`{\n        ${body.join('\n        ')}\n      }`);
     }
     return steps.join('\n      ');
@@ -113,7 +132,8 @@ export function tcMatmulWgsl(v) {
   }
   lines.push(`// GENERATED by scripts/gen-matmul-tc.mjs (edit that, then run it). C = alpha * A @ op(B) (+ C)
 // (+ bias) (* gelu'(pre)) on tensor cores: f16 subgroup matrices (16 x 16 x 16, f32 results) over
-// f32 operands rounded to f16 as they are staged. ${BM}x${BN} output tiles, ${SGM}x${SGN} subgroups of 32
+// f32 operands ${split ? `staged as two halves each, hi and lo = x - hi (${splitB ? 'A and B' : 'A; B is in f16'}), and multiplied
+// ${splitB ? 'lo·hi + hi·lo + hi·hi' : 'lo·B + hi·B'}: f32 accuracy` : 'rounded to f16 as they are staged'}. ${BM}x${BN} output tiles, ${SGM}x${SGN} subgroups of 32
 // invocations, each ${FM}x${FN} fragments; K tiles of ${BK}, the next prefetched into registers. Operands
 // are read as vec4<f32>: A stored [M, K] (lda, offA multiples of 4, K a multiple of 4), B stored
 // [N, K] (K_FAST_B) or [K, N] (ldb, offB multiples of 4, and K or N a multiple of 4 along its rows).
@@ -167,7 +187,10 @@ override ACC_INIT: bool = false;
 // columns, each [${BNB} columns][${SBK}] when K_FAST_B, else [${BK} k][${SBN}]. Subgroup sg reads block sg / ${SGN}
 // of A and block sg % ${SGN} of B.
 var<workgroup> tileA: array<array<f16, ${blockA}>, ${SGM}>;
-var<workgroup> tileB: array<array<f16, ${blockB}>, ${SGN}>;
+var<workgroup> tileB: array<array<f16, ${blockB}>, ${SGN}>;${split ? `
+// A's (and B's) lo halves, staged the same way
+var<workgroup> tileALo: array<array<f16, ${blockA}>, ${SGM}>;` : ''}${splitB ? `
+var<workgroup> tileBLo: array<array<f16, ${blockB}>, ${SGN}>;` : ''}
 // each subgroup's 16 x 16 fragment on its way to the epilogue
 var<workgroup> tileC: array<f32, ${SGM * SGN * 256}>;
 

@@ -93,5 +93,12 @@ describe('npm run train', () => {
     const badFrozen = await train(['--model', model, '--data', path.join(dir, 'data.csv'), '--out', path.join(dir, 'x'), '--frozen', 'bf16']);
     expect(badFrozen.code).toBe(1);
     expect(badFrozen.stderr.trim()).toBe('error: --frozen bf16: use f32 or f16');
+    const bothPrecisions = await train(['--model', model, '--data', path.join(dir, 'data.csv'), '--out', path.join(dir, 'x'), '--tensor-cores', '--tensor-cores-f32']);
+    expect(bothPrecisions.code).toBe(1);
+    expect(bothPrecisions.stderr.trim()).toBe('error: --tensor-cores and --tensor-cores-f32: choose one (f16 operands, or f32 accuracy)');
+    // SwiftShader has no f16 subgroup matrices: asking for them is refused by name
+    const noTensorCores = await train(['--model', model, '--data', path.join(dir, 'data.csv'), '--out', path.join(dir, 'x'), '--tensor-cores-f32']);
+    expect(noTensorCores.code).toBe(1);
+    expect(noTensorCores.stderr.trim()).toMatch(/^error: --tensor-cores-f32: this GPU offers no f16 subgroup matrices/);
   });
 });

@@ -75,6 +75,11 @@ describe('tensorCoreTile', () => {
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 2304, ldb: 2304 }))).toBe('128x128'); // 288: GPT-2's c_attn
     expect(tensorCoreTile(fake(true), p({ transB: false, N: 1536, ldb: 1536 }))).toBe('64x64'); // 192
     expect(tensorCoreTile(fake(true, { tensorCoreWideMinTiles: 96 }), p({ transB: false, ldb: 768 }))).toBe('128x128');
+    // with f32 accuracy, B stored [K, N] over K from tensorCoreWideMinDim (GPT-2's mlp.c_proj without its GELU)
+    const longK = p({ transB: false, N: 768, ldb: 768, K: 3072, lda: 3072 });
+    expect(tensorCoreTile(fake(true), longK)).toBe('64x64');
+    expect(tensorCoreTile(fake(true, { tensorCoreF32: true }), longK)).toBe('128x128');
+    expect(tensorCoreTile(fake(true, { tensorCoreF32: true }), p({ transB: false, N: 768, ldb: 768, K: 1536, lda: 1536 }))).toBe('64x64');
   });
   it('takes 128x128 tiles under a GELU prologue and for K long enough to cut in slices', () => {
     expect(tensorCoreTile(fake(true), p({ transB: false, ldb: 768, K: 3072, lda: 3072, geluA: true }))).toBe('128x128');
@@ -148,6 +153,11 @@ describe('products that ask for tensor cores', () => {
         expect(r.tookTensorCores, r.labels.join(', ')).toBe(true);
         expect(r.worstRatio).toBeLessThanOrEqual(1);
       }, 120_000);
+      it.skipIf(!tcGpu.hasTensorCores)(`${c.name}, f32 accuracy (hi + lo halves)`, async () => {
+        const r = await runTensorCoreCase(tcGpu, c, false, false, true);
+        expect(r.tookTensorCores, r.labels.join(', ')).toBe(true);
+        expect(r.worstRatio).toBeLessThanOrEqual(1);
+      }, 120_000);
     }
   });
 });
@@ -157,7 +167,8 @@ describe('generated tensor-core shaders', () => {
     const fs = await import('node:fs');
     const path = await import('node:path');
     const gen = await import(path.join(__dirname, '..', 'scripts', 'gen-matmul-tc.mjs'));
-    expect(gen.TC_VARIANTS.map((v: { name: string }) => v.name)).toEqual(['matmul_tc_128x128', 'matmul_tc_128x128_half_b', 'matmul_tc_64x64', 'matmul_tc_64x64_half_b']);
+    const plain = ['matmul_tc_128x128', 'matmul_tc_128x128_half_b', 'matmul_tc_64x64', 'matmul_tc_64x64_half_b'];
+    expect(gen.TC_VARIANTS.map((v: { name: string }) => v.name)).toEqual([...plain, ...plain.map((n) => `${n}_split`)]);
     for (const v of gen.TC_VARIANTS) {
       expect(fs.readFileSync(path.join(__dirname, '..', 'shaders', `${v.name}.wgsl`), 'utf8'), v.name).toBe(gen.tcMatmulWgsl(v));
     }

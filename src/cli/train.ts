@@ -57,6 +57,8 @@ ${METHOD_USAGE}
   --seed S (42)            --debug  print stack traces
   --tensor-cores           run the frozen layers' products on tensor cores where the GPU has them (f16
                            operands, f32 sums: mixed precision); asks Dawn for its unsafe subgroup matrices
+  --tensor-cores-f32       the same products on tensor cores with f32 accuracy (each operand as two
+                           halves, hi + lo, three products): slower than mixed, faster than f32 kernels
   --frozen f32|f16         how the base model's frozen matrices are kept on the GPU (f32; f16: about half
                            the memory, rounded once at upload, sums and the adapter in f32)`;
 
@@ -71,13 +73,19 @@ function weightsLine(bytes: number, frozen: FrozenStorage): string {
   return `weights: ${fmtBytes(bytes)} on the GPU (frozen matrices in ${frozen})`;
 }
 
-/** The device, named on the console; tensorCores: with Dawn's toggles for them, and refused where the GPU has none. */
-async function nodeGpuFor(tensorCores: boolean) {
-  const gpu = await createNodeGpu({ tensorCores });
+/**
+ * The device, named on the console, from --tensor-cores / --tensor-cores-f32: with Dawn's toggles
+ * for tensor cores (f32 accuracy there with the second), refused where the GPU has none.
+ */
+async function nodeGpuFor(a: { 'tensor-cores'?: boolean; 'tensor-cores-f32'?: boolean }) {
+  const f32Accuracy = a['tensor-cores-f32'] === true, tensorCores = a['tensor-cores'] === true || f32Accuracy;
+  if (a['tensor-cores'] && f32Accuracy) throw new CliError('--tensor-cores and --tensor-cores-f32: choose one (f16 operands, or f32 accuracy)');
+  const gpu = await createNodeGpu({ tensorCores, tuning: { tensorCoreF32: f32Accuracy } });
   const gi = gpu.info;
-  if (tensorCores && !gpu.hasTensorCores) throw new CliError('--tensor-cores: this GPU offers no f16 subgroup matrices (shader-f16 and chromium-experimental-subgroup-matrix with 16x16x16 f16 -> f32)');
+  if (tensorCores && !gpu.hasTensorCores) throw new CliError(`--tensor-cores${f32Accuracy ? '-f32' : ''}: this GPU offers no f16 subgroup matrices (shader-f16 and chromium-experimental-subgroup-matrix with 16x16x16 f16 -> f32)`);
   const onTensorCores = gpu.hasTensorCores && gpu.tuning.tensorCores;
-  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}${onTensorCores ? ', tensor cores (mixed precision: f16 operands, f32 sums)' : ''}`;
+  const how = f32Accuracy ? 'f32 accuracy: operands as hi + lo halves, f32 sums' : 'mixed precision: f16 operands, f32 sums';
+  const device = `${gi.description || gi.device || gi.vendor || 'WebGPU adapter'}${gi.isFallbackAdapter ? ' (software fallback, no GPU)' : ''}${onTensorCores ? `, tensor cores (${how})` : ''}`;
   console.log(`device: ${device}`);
   return { gpu, device };
 }
@@ -95,7 +103,7 @@ async function main(argv: string[]): Promise<void> {
       'prompt-column': { type: 'string' }, 'completion-column': { type: 'string' }, template: { type: 'string' }, 'text-column': { type: 'string' },
       validation: { type: 'string' }, 'eval-every': { type: 'string' }, seed: { type: 'string' }, debug: { type: 'boolean' }, help: { type: 'boolean' },
       'label-column': { type: 'string' }, labels: { type: 'string' }, 'head-only': { type: 'boolean' },
-      'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' }, 'tensor-cores': { type: 'boolean' },
+      'metric-for-best': { type: 'string' }, 'no-load-best': { type: 'boolean' }, 'tensor-cores': { type: 'boolean' }, 'tensor-cores-f32': { type: 'boolean' },
       frozen: { type: 'string' },
       ...METHOD_OPTIONS,
     },
@@ -150,7 +158,7 @@ async function main(argv: string[]): Promise<void> {
 
   // GPU, model and adapter
   const frozen = frozenStorage(a.frozen);
-  const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
+  const { gpu, device } = await nodeGpuFor(a);
   const loaded = loadCausalLM(gpu, hf, { frozen });
   console.log(weightsLine(loaded.model.weightBytes(), frozen));
   const info = peftModelInfo(hf.config, loaded.model.linearModules());
@@ -280,7 +288,7 @@ async function trainClassifier(a: Flags, hf: HfModel, tokenizer: TextTokenizer, 
   console.log(`examples: ${train.length} train (${describeClassCounts(labelMap, trainCounts).line}), ${validation.length} validation; tokens per example ${stats.tokenLength.min}-${stats.tokenLength.max} (mean ${stats.tokenLength.mean.toFixed(1)}); ${stats.truncated} truncated to ${maxLength}; ${stats.skipped.count} skipped${stats.skipped.count ? ` (rows ${stats.skipped.rows.map((r) => r.row).join(', ')}${stats.skipped.count > stats.skipped.rows.length ? ', ...' : ''})` : ''}`);
 
   const frozen = frozenStorage(a.frozen);
-  const { gpu, device } = await nodeGpuFor(a['tensor-cores'] === true);
+  const { gpu, device } = await nodeGpuFor(a);
   const loaded = loadSequenceClassifier(gpu, hf, { numLabels: K, random: seededRandom(mixSeed(seed, 0x4ead)), frozen });
   const model = loaded.model;
   console.log(weightsLine(model.weightBytes(), frozen));

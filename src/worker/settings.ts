@@ -10,6 +10,10 @@ import { ALL_LINEAR, METHOD_BY_ID, checkInt, methodsFor, notForClassifiers, type
 export type { MethodId, TaskKind } from './methods';
 export { ALL_LINEAR };
 
+/** TrainSettings.precision's values. */
+export const PRECISIONS = ['mixed', 'f32-tensor-cores', 'f32'] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
 export interface TrainSettings {
   /** The adapter method (a MethodDescriptor id). */
   method: MethodId;
@@ -69,10 +73,12 @@ export interface TrainSettings {
   seed: number;
   /**
    * Where the GPU has tensor cores (GpuInfo.tensorCores): 'mixed' runs the frozen layers' products
-   * there (f16 operands, f32 sums, as PyTorch's autocast; kernels/matmul-tc.ts), 'f32' keeps every
-   * product in f32. Without tensor cores every product is f32 either way.
+   * there (f16 operands, f32 sums, as PyTorch's autocast; kernels/matmul-tc.ts); 'f32-tensor-cores'
+   * runs them there with f32 accuracy (each operand as two halves, hi + lo, three products:
+   * tuning.tensorCoreF32); 'f32' keeps every product in f32 kernels. Without tensor cores every
+   * product is f32 either way.
    */
-  precision: 'mixed' | 'f32';
+  precision: Precision;
   /**
    * How the base model's frozen matrices (linear layers' weights, the vocabulary table) are kept on
    * the GPU: 'f32', or 'f16' at about half the memory (rounded to halves once at upload; every sum
@@ -199,7 +205,7 @@ export function validateSettings(s: TrainSettings, limits?: SettingLimits): Sett
   checkInt(e, 'evalEvery', s.evalEvery, 0, 10_000_000, 'Evaluate every');
   checkInt(e, 'checkpointEvery', s.checkpointEvery, 1, 10_000_000, 'Checkpoint every');
   checkInt(e, 'seed', s.seed, 0, 2 ** 31 - 1, 'Seed');
-  if (s.precision !== 'mixed' && s.precision !== 'f32') e.precision = `Precision is "mixed" or "f32" (got "${String(s.precision)}").`;
+  if (!PRECISIONS.includes(s.precision)) e.precision = `Precision is ${PRECISIONS.map((p) => `"${p}"`).join(', ')} (got "${String(s.precision)}").`;
   if (s.frozenWeights !== 'f32' && s.frozenWeights !== 'f16') e.frozenWeights = `Frozen weights are kept in "f32" or "f16" (got "${String(s.frozenWeights)}").`;
   return e;
 }

@@ -662,8 +662,9 @@ async function prepareRun(mapping: RunMapping, settings: TrainSettings, forRun =
   if (!m) throw new InputError('Load a base model first.', 'modelFolder');
   const g = requireGpu();
   // the products the run's programs will bind (and its memory estimate counts): on tensor cores
-  // where the GPU has them, unless the settings say f32
+  // where the GPU has them, unless the settings say f32 (with f32 accuracy there for 'f32-tensor-cores')
   g.tuning.tensorCores = settings.precision !== 'f32';
+  g.tuning.tensorCoreF32 = settings.precision === 'f32-tensor-cores';
   if (mapping.task !== m.task) {
     throw new InputError(
       m.task === 'classification'

@@ -8,6 +8,9 @@
 //                    + 2^-22 (|alpha sum_k A[m][k] B[k][n]| + |C0| + |bias|)) * |gelu'| + 2^-20 |C_exact / gelu'|
 //   (the last two: the epilogue's f32 sums, and gelu' as WGSL's f32 tanh gives it)
 // and, for comparison, measures the f32 kernels' error (tensor cores off) against the same bound.
+// With f32 accuracy (tuning.tensorCoreF32: each operand staged as hi + lo halves) the first term's
+// 2^-10 is 2^-19, 512 times tighter (hi + lo holds 22 of f32's 24 significant bits; the missing
+// lo·lo is 2^-22 of a product; the rest is the f32 sums, which the f32 kernels do too).
 import type { Gpu } from '../../src/engine/gpu/gpu';
 import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
 import { matmulWithScratch, type MatmulArgs } from '../../src/engine/kernels/matmul';
@@ -28,6 +31,8 @@ export interface TensorCoreCase {
   geluGrad?: boolean;
   /** Magnitude of A's entries (gradients: far below f16's normal range). */
   aScale?: number;
+  /** Magnitude of B's entries (0.5 unless said: GPT-2's weights are about 0.02, whose lo halves are f16 subnormals). */
+  bScale?: number;
   /** Row m of A further times 10^-(m % rowSpread): rows of one 16-row block far apart in magnitude. */
   rowSpread?: number;
   /** The kernel's tile (by tuning.tensorCoreWideMinTiles for this case). */
@@ -59,6 +64,8 @@ const CASES: Omit<TensorCoreCase, 'tile'>[] = [
   { name: 'K not a multiple of 4 (the rest in f32)', M: 128, N: 64, K: 70, transB: false, operand: 'gradients', aScale: 1e-4, padA: 2 },
   { name: 'K slices, then their sum with the epilogue', M: 128, N: 96, K: 1000, transB: false, operand: 'gradients', aScale: 1e-6, split: true, alpha: 0.25, accumulate: true, bias: true },
   { name: 'K slices under gelu\'', M: 64, N: 64, K: 520, transB: true, operand: 'gradients', aScale: 1e-3, split: true, geluGrad: true },
+  { name: 'weights of 0.02, K = 768', M: 256, N: 256, K: 768, transB: false, operand: 'values', bScale: 0.02 },
+  { name: 'gradients of 1e-6 through weights of 0.02', M: 256, N: 128, K: 768, transB: true, operand: 'gradients', aScale: 1e-6, bScale: 0.02 },
   { name: 'GPT-2 c_fc.dx shape', M: 2048, N: 768, K: 3072, transB: true, operand: 'gradients', aScale: 1e-5 },
   { name: 'K = 50,256 in slices (GPT-2 LM head\'s dx)', M: 256, N: 768, K: 50256, transB: false, operand: 'gradients', aScale: 1e-6, split: true },
 ];
@@ -88,13 +95,14 @@ export interface TensorCoreResult {
  * Runs one case on `gpu`; worstRatio is the largest |error| / bound over C (ok: <= 1 and on tensor
  * cores). With `compareF32Kernel`, also the same product with the tensor cores off.
  */
-export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32Kernel = false, halfB = false): Promise<TensorCoreResult> {
+export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32Kernel = false, halfB = false, f32Accuracy = false): Promise<TensorCoreResult> {
   const { M, N, K, transB } = c;
   const lda = K + (c.padA ?? 0), ldc = N + (c.padC ?? 0), offA = c.offA ?? 0, offC = c.offC ?? 0;
   const ldb = transB ? K : N;
   const A = rand(offA + M * lda, 11, c.aScale ?? 1);
   // with halfB, B's values are f16's, so B stored in f16 must give the same bits
-  const B = halfB ? f16ToF32(f32ToF16(rand((transB ? N : K) * ldb, 12, 0.5))) : rand((transB ? N : K) * ldb, 12, 0.5);
+  const bValues = rand((transB ? N : K) * ldb, 12, c.bScale ?? 0.5);
+  const B = halfB ? f16ToF32(f32ToF16(bValues)) : bValues;
   if (c.rowSpread) for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) A[offA + m * lda + k] *= 10 ** -(m % c.rowSpread);
   const C0 = rand(offC + M * ldc, 13), bias = rand(N, 14), pre = rand(M * N, 15, 2);
   const alpha = c.alpha ?? 1;
@@ -108,7 +116,7 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
   const saved = { ...gpu.tuning };
   const scratch = c.split ? gpu.tensor([32 * M * N], 'scratch') : null;
   const run = async (tensorCores: boolean, b = tB) => {
-    gpu.tuning = { ...saved, tensorCores, tensorCoreTile: c.tile };
+    gpu.tuning = { ...saved, tensorCores, tensorCoreTile: c.tile, tensorCoreF32: f32Accuracy };
     if (c.split) Object.assign(gpu.tuning, { tensorCoreSplitKMinK: 256, tensorCoreSplitKMinSlice: 128, tensorCoreSplitKWorkgroups: 264 });
     const ops: Op[] = matmulWithScratch(gpu, { ...args, b }, scratch);
     gpu.tuning = saved;
@@ -141,7 +149,7 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
         sum += p;
         abs += Math.abs(p);
       }
-      let x = alpha * sum, bound = 2 ** -10 * Math.abs(alpha) * abs, added = Math.abs(x);
+      let x = alpha * sum, bound = (f32Accuracy ? 2 ** -19 : 2 ** -10) * Math.abs(alpha) * abs, added = Math.abs(x);
       if (c.accumulate) {
         x += C0[offC + m * ldc + n];
         added += Math.abs(C0[offC + m * ldc + n]);

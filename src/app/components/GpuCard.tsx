@@ -35,9 +35,9 @@ export function GpuCard() {
             <dt>Subgroups</dt>
             <dd>{hasSubgroups ? 'yes' : 'no'}</dd>
           </div>
-          <div title={info.tensorCoresRefused ?? "f16 subgroup matrices: the frozen layers' products then run in mixed precision (f16 operands, f32 sums)"}>
+          <div title={info.tensorCoresRefused ?? "f16 subgroup matrices: the frozen layers' products run there, in mixed precision (f16 operands, f32 sums) or with f32 accuracy (More settings -> Precision)"}>
             <dt>Tensor cores</dt>
-            <dd data-testid="gpu-tensor-cores">{info.tensorCores ? 'yes · mixed precision' : info.tensorCoresRefused ? 'not used (failed their check)' : 'no'}</dd>
+            <dd data-testid="gpu-tensor-cores">{info.tensorCores ? 'yes' : info.tensorCoresRefused ? 'not used (failed their check)' : 'no'}</dd>
           </div>
           <div>
             <dt>Largest buffer</dt>

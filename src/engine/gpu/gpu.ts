@@ -231,6 +231,13 @@ export interface KernelTuning {
    */
   tensorCoreHalfB: boolean;
   /**
+   * The tensor-core products in f32 accuracy instead of f16 operands: each f32 operand staged as two
+   * halves, hi = x rounded to 11 significant bits and lo = x - hi, multiplied lo·hi + hi·lo + hi·hi
+   * with f32 sums (two products where B is kept in f16, which is exact in hi alone)
+   * (shaders/matmul_tc_*_split.wgsl).
+   */
+  tensorCoreF32: boolean;
+  /**
    * Llama runs q_proj, k_proj and v_proj as one product over their stacked weights into packed
    * [q | k | v] rows, forward and dx, where the method acts on none of them or takes column slices
    * (LoRA) (models/llama.ts fusesQkv). false: three products each way.
@@ -242,7 +249,7 @@ export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 288, tensorCoreWideMinDim: 2048, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512, tensorCoreHalfB: true,
+  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 288, tensorCoreWideMinDim: 2048, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512, tensorCoreHalfB: true, tensorCoreF32: false,
 };
 
 const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';

@@ -14,6 +14,10 @@ import code128x128Kernel from '../../../shaders/matmul_tc_128x128.wgsl?raw';
 import code64x64Kernel from '../../../shaders/matmul_tc_64x64.wgsl?raw';
 import code128x128HalfBKernel from '../../../shaders/matmul_tc_128x128_half_b.wgsl?raw';
 import code64x64HalfBKernel from '../../../shaders/matmul_tc_64x64_half_b.wgsl?raw';
+import code128x128SplitKernel from '../../../shaders/matmul_tc_128x128_split.wgsl?raw';
+import code64x64SplitKernel from '../../../shaders/matmul_tc_64x64_split.wgsl?raw';
+import code128x128HalfBSplitKernel from '../../../shaders/matmul_tc_128x128_half_b_split.wgsl?raw';
+import code64x64HalfBSplitKernel from '../../../shaders/matmul_tc_64x64_half_b_split.wgsl?raw';
 import rowScaleCode from '../../../shaders/row_scale.wgsl?raw';
 import type { Gpu } from '../gpu/gpu';
 import { bindDispatch, f32, runOps, type Dispatch, type Op } from '../gpu/dispatch';
@@ -25,13 +29,22 @@ export type TensorCoreOperand = 'values' | 'gradients';
 
 /** What the kernels enable, ahead of everything (WGSL wants directives before declarations). */
 const TC_DIRECTIVES = 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\n';
+const tcCode = (kernel: string) => TC_DIRECTIVES + geluTanhCode + kernel;
 /**
  * The tensor-core kernels: output tile, K tile, WGSL (directives and GELU's definitions in front),
- * and the same kernel for B stored in f16 (codeHalfB: the halves staged as they are, by bitcast).
+ * the same kernel for B stored in f16 (codeHalfB: the halves staged as they are, by bitcast), and
+ * both with f32 accuracy (split: each f32 operand staged as hi + lo halves, three products a
+ * fragment, two where B is in f16; tuning.tensorCoreF32).
  */
 export const TC_KERNELS = {
-  '128x128': { rows: 128, cols: 128, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code128x128Kernel, codeHalfB: TC_DIRECTIVES + geluTanhCode + code128x128HalfBKernel },
-  '64x64': { rows: 64, cols: 64, kTile: 32, code: TC_DIRECTIVES + geluTanhCode + code64x64Kernel, codeHalfB: TC_DIRECTIVES + geluTanhCode + code64x64HalfBKernel },
+  '128x128': {
+    rows: 128, cols: 128, kTile: 32, code: tcCode(code128x128Kernel), codeHalfB: tcCode(code128x128HalfBKernel),
+    split: { code: tcCode(code128x128SplitKernel), codeHalfB: tcCode(code128x128HalfBSplitKernel) },
+  },
+  '64x64': {
+    rows: 64, cols: 64, kTile: 32, code: tcCode(code64x64Kernel), codeHalfB: tcCode(code64x64HalfBKernel),
+    split: { code: tcCode(code64x64SplitKernel), codeHalfB: tcCode(code64x64HalfBSplitKernel) },
+  },
 } as const;
 export type TcTile = keyof typeof TC_KERNELS;
 
@@ -58,7 +71,8 @@ export interface TcProduct {
  * products over K = 576 and 1536 ran faster in 64x64 tiles, whole ones: o_proj 1.89 -> 1.59 ms a
  * step, down_proj 3.55 -> 3.28, q|k|v 1.92 -> 1.67), for a GELU prologue (half the GELUs of 64x64
  * tiles), for K slices (tensorCoreSplitK) and from tuning.tensorCoreWideMinTiles tiles; else 64x64
- * (B stored [K, N]: 57-71 against 46-60 at GPT-2's forward shapes; bench/matmul-shapes.ts --tensor-cores).
+ * (B stored [K, N]: 57-71 against 46-60 at GPT-2's forward shapes; bench/matmul-shapes.ts --tensor-cores);
+ * with tuning.tensorCoreF32, B stored [K, N] with K from tensorCoreWideMinDim too.
  */
 export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   if (!gpu.hasTensorCores || !gpu.tuning.tensorCores) return null;
@@ -68,7 +82,10 @@ export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   if (gpu.tuning.tensorCoreTile !== 'auto') return gpu.tuning.tensorCoreTile;
   const tiles128 = Math.ceil(p.M / 128) * Math.ceil(p.N / 128);
   const t = gpu.tuning;
-  const wide = (p.transB && Math.max(p.N, p.K) >= t.tensorCoreWideMinDim) || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= t.tensorCoreWideMinTiles;
+  // with f32 accuracy (three products a K tile) B stored [K, N] over a long K too: GPT-2's
+  // mlp.c_proj 66.7 against 54.1 TFLOP/s in 64x64, SmolLM2's gate|up dx 44.7 against 42.0
+  const wideK = t.tensorCoreF32 && !p.transB && p.K >= t.tensorCoreWideMinDim;
+  const wide = (p.transB && Math.max(p.N, p.K) >= t.tensorCoreWideMinDim) || wideK || p.geluA || splitMinK(gpu, p) <= p.K || tiles128 >= t.tensorCoreWideMinTiles;
   return wide ? '128x128' : '64x64';
 }
 
@@ -177,8 +194,9 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
     p.M, p.N, p.K, tilesN, p.offA, p.offB, e.offC, p.lda, p.ldb, e.ldc, e.accumulate ? 1 : 0, e.bias ? 1 : 0, f32(e.alpha), e.offPre, e.ldPre,
     slices, Ks, p.M * p.N, tilesM * tilesN,
   ];
+  const codes = gpu.tuning.tensorCoreF32 ? kernel.split : kernel;
   ops.push(bindDispatch(gpu, {
-    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: x.b.dtype === 'f16' ? (gpu.tuning.tensorCoreHalfB ? kernel.codeHalfB : withPackedF16(kernel.code, 'b')) : kernel.code, constants, params,
+    label: `${x.label}[tensor cores${slices > 1 ? ` ${slices} slices` : ''}]`, code: x.b.dtype === 'f16' ? (gpu.tuning.tensorCoreHalfB ? codes.codeHalfB : withPackedF16(codes.code, 'b')) : codes.code, constants, params,
     buffers: [x.a, x.b, e.c, e.bias ?? x.a, e.pre ?? x.a, rowScale ?? x.a], workgroups: foldGrid(gpu, slices * tilesM * tilesN),
   }));
   return ops;
