@@ -47,6 +47,7 @@ const gpu = await createNodeGpu({
 });
 console.log(`device: ${gpu.info.description || gpu.info.vendor}${gpu.hasTensorCores && gpu.tuning.tensorCores ? (gpu.tuning.tensorCoreF32 ? ' (tensor cores: frozen products with f32 accuracy, hi + lo halves)' : ' (tensor cores: frozen products in f16 x f16 -> f32)') : ''}`);
 if (a['tensor-cores'] && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
+if (gpu.tuning.tensorCoreF32 && gpu.info.tensorCoreF32Refused) throw new Error(gpu.info.tensorCoreF32Refused);
 // Random full-length sequences: every position is a real token with a loss.
 if (a.frozen && a.frozen !== 'f16' && a.frozen !== 'f32') throw new Error(`--frozen f16 | f32 (got ${a.frozen})`);
 const { loaded, stepUniforms, targets, method, examples } = loraRun(gpu, hf, { targets: a.targets?.split(','), rank, count: 64, T, frozen: a.frozen as 'f16' | 'f32' | undefined });

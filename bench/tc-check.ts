@@ -11,7 +11,7 @@ import { createNodeGpu } from '../src/engine/gpu/node-gpu';
 import { TENSOR_CORE_CASES, runTensorCoreCase } from '../test/helpers/tensor-core-cases';
 
 const gpu = await createNodeGpu({ tensorCores: true });
-console.log(`device: ${gpu.info.description || gpu.info.vendor}; tensor cores: ${gpu.hasTensorCores}; workgroup memory ${gpu.info.limits.maxComputeWorkgroupStorageSize} bytes`);
+console.log(`device: ${gpu.info.description || gpu.info.vendor}; tensor cores: ${gpu.hasTensorCores}${gpu.info.tensorCoreF32Refused ? ` (${gpu.info.tensorCoreF32Refused})` : ''}; workgroup memory ${gpu.info.limits.maxComputeWorkgroupStorageSize} bytes`);
 if (!gpu.hasTensorCores) {
   console.log(gpu.info.tensorCoresRefused ?? 'no f16 subgroup matrices');
   process.exit(1);

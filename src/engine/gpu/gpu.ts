@@ -22,6 +22,12 @@ export interface GpuInfo {
   tensorCores: boolean;
   /** Why the tensor cores the device offered are not used (kernels/matmul-tc.ts checkTensorCores), if so. */
   tensorCoresRefused?: string;
+  /**
+   * Why the f32-accuracy tensor-core kernels (tuning.tensorCoreF32) are not used where the others
+   * are (their check failed: e.g. 128x128 tiles of hi + lo halves need 48 KB of workgroup memory):
+   * those products then run in f32 kernels.
+   */
+  tensorCoreF32Refused?: string;
   limits: {
     maxStorageBufferBindingSize: number;
     maxBufferSize: number;

@@ -76,6 +76,7 @@ export interface TcProduct {
  */
 export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
   if (!gpu.hasTensorCores || !gpu.tuning.tensorCores) return null;
+  if (gpu.tuning.tensorCoreF32 && gpu.info?.tensorCoreF32Refused) return null; // f32 kernels: f32 accuracy too
   const m4 = (...v: number[]) => v.every((x) => x % 4 === 0);
   if (!m4(p.K, p.lda, p.ldb, p.offA, p.offB) || (!p.transB && p.N % 4 !== 0)) return null;
   if (p.M < 16 || p.N < 16) return null;
@@ -207,11 +208,34 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
  * scales) on the tensor cores and compares it with the exact result (operands on a grid of f16
  * values, whose products and sums f32 holds exactly). Where a kernel fails to build or gives a wrong
  * value, on a driver these kernels were never tried on, it turns the tensor cores off
- * (Gpu.refuseTensorCores) so that every product runs in f32, and returns why; else null. Only where
- * the device has them, unless `force` (tests: a device without them must be refused).
+ * (Gpu.refuseTensorCores) so that every product runs in f32, and returns why; else null. Then the
+ * same with f32 accuracy (tuning.tensorCoreF32's kernels, whose lo halves are 0 here): where only
+ * those fail, GpuInfo.tensorCoreF32Refused says why and those products run in f32 kernels. Only
+ * where the device has them, unless `force` (tests: a device without them must be refused).
  */
 export async function checkTensorCores(gpu: Gpu, force = false): Promise<string | null> {
   if (!gpu.hasTensorCores && !force) return null;
+  const saved = gpu.tuning.tensorCoreF32;
+  gpu.tuning.tensorCoreF32 = false;
+  let problem: string | null;
+  try {
+    problem = await checkTensorCoreKernels(gpu);
+    if (problem) {
+      gpu.refuseTensorCores(`the tensor-core check failed (${problem}); every product runs in f32`);
+      return problem;
+    }
+    // then the f32-accuracy kernels (hi + lo halves): where only they fail, only they are refused
+    gpu.tuning.tensorCoreF32 = true;
+    const f32Problem = await checkTensorCoreKernels(gpu);
+    if (f32Problem) gpu.info.tensorCoreF32Refused = `the check of the tensor cores with f32 accuracy failed (${f32Problem}); those products run in f32 kernels`;
+  } finally {
+    gpu.tuning.tensorCoreF32 = saved;
+  }
+  return null;
+}
+
+/** checkTensorCores's products in the kernels the tuning picks now: what went wrong, or null. */
+async function checkTensorCoreKernels(gpu: Gpu): Promise<string | null> {
   const M = 128, N = 128, K = 64;
   // entries j / 8 for j in [-16, 16): exact in f16; every product and partial sum exact in f32
   const grid = (n: number, seed: number, scale: number) => Float32Array.from({ length: n }, (_, i) => ((((i * 2654435761 + seed) >>> 7) % 32) - 16) / 8 * scale);
@@ -255,6 +279,5 @@ export async function checkTensorCores(gpu: Gpu, force = false): Promise<string 
   } finally {
     for (const t of tensors) gpu.destroyTensor(t);
   }
-  if (problem) gpu.refuseTensorCores(`the tensor-core check failed (${problem}); every product runs in f32`);
   return problem;
 }
