@@ -244,6 +244,15 @@ export interface KernelTuning {
    */
   tensorCoreF32: boolean;
   /**
+   * With tensorCoreF32, A's rows scaled as gradients' are (shaders/row_scale.wgsl) for values too:
+   * an activation's lo half (2^-12 of it) is an f16 subnormal below 0.25, with fewer bits. On the
+   * H100 (bench/tc-train-check.ts --f32-accuracy, 30 steps against the f32 kernels) SmolLM2's
+   * LoRA parameters' change 1.81e-3 apart without, 1.46e-4 with (two f32 runs summing in another
+   * order: 1.35e-4), its gradient norm 2.35e-4 -> 1.64e-5 (6.6e-6); GPT-2 the same either way
+   * (1.3e-4); the step's time the same (21.75 / 21.76 ms, SmolLM2 34.9 / 34.8).
+   */
+  tensorCoreF32ScaleValues: boolean;
+  /**
    * Llama runs q_proj, k_proj and v_proj as one product over their stacked weights into packed
    * [q | k | v] rows, forward and dx, where the method acts on none of them or takes column slices
    * (LoRA) (models/llama.ts fusesQkv). false: three products each way.
@@ -255,7 +264,7 @@ export const DEFAULT_KERNEL_TUNING: KernelTuning = {
   matmul: 'auto', vec4Matmul: true, vec4C: true, geluPrologue: true, lmHeadChunkMiB: 512, wideMatmulMinWorkgroups: 1000, halfWideMatmulMinWorkgroups: 240, vec4HalfTile: 'tall', skinnyMatmul: true, skinnyMatmulMinK: 64, skinnyRows: 8, skinnyRowsRowFast: 8, splitKMinK: 1536, splitKWorkgroups: 320, splitKLongK: 8192, splitKLongWorkgroups: 1000, splitKMaxSlices: 32, splitKMinSlice: 256,
   streamK: true, streamKWorkgroups: 132, streamKMaxTiles: 300, streamKMinK: 768, streamKMinIters: 8, streamKWholeTiles: true, streamKHalfTiles: true, streamKHalfTileWorkgroups: 264, streamKHalfTileMinK: 512, streamKHalfTileMaxTiles: 200, streamKWholeTileSlack: 0.05, streamKVec4Fixup: true,
   flashAttention: 'auto', flashAttentionMinScoresMiB: 256, subgroups: true, copyKernel: true,
-  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 288, tensorCoreWideMinDim: 2048, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512, tensorCoreHalfB: true, tensorCoreF32: false,
+  loraGradWorkgroups: 132, fuseQkv: true, tensorCores: true, tensorCoreTile: 'auto', tensorCoreWideMinTiles: 288, tensorCoreWideMinDim: 2048, tensorCoreSplitKMinK: 8192, tensorCoreSplitKGeluMinK: 2048, tensorCoreSplitKWorkgroups: 400, tensorCoreSplitKMinSlice: 512, tensorCoreHalfB: true, tensorCoreF32: false, tensorCoreF32ScaleValues: true,
 };
 
 const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';

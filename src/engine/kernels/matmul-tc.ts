@@ -161,7 +161,7 @@ export function tensorCoreSlices(p: TcProduct, tile: TcTile, S: number): number 
 export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBinding, split?: { S: number; parts: Tensor }): Op[] {
   const kernel = TC_KERNELS[tile];
   const ops: Op[] = [];
-  const scaleRows = x.operand === 'gradients';
+  const scaleRows = x.operand === 'gradients' || (gpu.tuning.tensorCoreF32 && gpu.tuning.tensorCoreF32ScaleValues);
   let rowScale: Tensor | null = null;
   if (scaleRows) {
     rowScale = gpu.sharedScratch('tcRowScale', p.M);
