@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import { tuningArg } from './tuning-arg';
 import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
@@ -18,10 +19,7 @@ const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-fla
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
 const tensorCores = Boolean(a['tensor-cores'] || a['tc-only'] || a['tc-f32']);
 // --tuning k=v,...: KernelTuning values for the program's choice (e.g. streamKWorkgroups=264)
-const tuning = Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
-  const [k, v] = kv.split('=');
-  return [k, v === 'true' || v === 'false' ? v === 'true' : Number.isFinite(Number(v)) ? Number(v) : v];
-}));
+const tuning = tuningArg(a.tuning);
 const gpu = await createNodeGpu({ dawnFlags: ['disable-dawn-features=timestamp_quantization', ...extra], tensorCores, tuning });
 if (tensorCores && !gpu.hasTensorCores) throw new Error('--tensor-cores: this device has no f16 subgroup matrices');
 const reps = Number(a.reps ?? 20);

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import { tuningArg } from './tuning-arg';
 import { fmtBytes, type KernelTuning } from '../src/engine/gpu/gpu';
 import { KernelProfiler } from '../src/engine/gpu/profiler';
 import { nodeModelFiles } from '../src/io/model-files-node';
@@ -38,11 +39,7 @@ const gpu = await createNodeGpu({
   tensorCores: a['tensor-cores'] ?? false,
   tuning: {
     matmul: matmulMode, ...(a['wide-min'] ? { wideMatmulMinWorkgroups: Number(a['wide-min']) } : {}),
-    ...Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
-      const [k, v] = kv.split('=');
-      // booleans as true/false (or 1/0), numbers, other words as they are (flashAttention=auto)
-      return [k, v === 'true' || v === 'false' ? v === 'true' : Number.isFinite(Number(v)) ? Number(v) : v];
-    })),
+    ...tuningArg(a.tuning),
   },
 });
 console.log(`device: ${gpu.info.description || gpu.info.vendor}${gpu.hasTensorCores && gpu.tuning.tensorCores ? (gpu.tuning.tensorCoreF32 ? ' (tensor cores: frozen products with f32 accuracy, hi + lo halves)' : ' (tensor cores: frozen products in f16 x f16 -> f32)') : ''}`);

@@ -12,6 +12,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNodeGpu } from '../src/engine/gpu/node-gpu';
+import { tuningArg } from './tuning-arg';
 import { nodeModelFiles } from '../src/io/model-files-node';
 import { loadHfModel } from '../src/io/model-files';
 import { Trainer, DEFAULT_TRAIN_CONFIG, type TrainConfig } from '../src/engine/train/trainer';
@@ -19,10 +20,7 @@ import { loraRun } from './lora-run';
 
 const { values: a } = parseArgs({ options: { model: { type: 'string' }, targets: { type: 'string' }, steps: { type: 'string' }, json: { type: 'string' }, 'f32-accuracy': { type: 'boolean' }, 'f32-noise': { type: 'boolean' }, tuning: { type: 'string' } } });
 // --tuning k=v,...: KernelTuning values for the tensor-core run
-const extraTuning = Object.fromEntries((a.tuning ? a.tuning.split(',') : []).map((kv) => {
-  const [k, v] = kv.split('=');
-  return [k, v === 'true' || v === 'false' ? v === 'true' : Number.isFinite(Number(v)) ? Number(v) : v];
-}));
+const extraTuning = tuningArg(a.tuning);
 const f32Noise = a['f32-noise'] ?? false;
 const f32Accuracy = a['f32-accuracy'] ?? false;
 if (!a.model) throw new Error('--model DIR is required');
