@@ -96,7 +96,7 @@ export function tcMatmulWgsl(v) {
   const accs = [], biasInit = [], cInit = [];
   for (let i = 0; i < FM; i++) for (let j = 0; j < FN; j++) {
     accs.push(`var acc${i}${j} = ${Res}();`);
-    biasInit.push(`acc${i}${j} = subgroupMatrixLoad<${Res}, row_major>(&tileC, sn + ${16 * j}u, ${BN}u);`);
+    biasInit.push(`acc${i}${j} = biasStart(subgroupMatrixLoad<${Res}, row_major>(&tileC, sn + ${16 * j}u, ${BN}u), m0 + sm + ${16 * i}u);`);
     cInit.push(`acc${i}${j} = subgroupMatrixLoad<${Res}, row_major>(&c, baseC + (m0 + sm + ${16 * i}u) * params.ldc + n0 + sn + ${16 * j}u, params.ldc);`);
   }
   // the K tile's products, B's fragments read along k (K_FAST_B) or along n: the two forms written
@@ -165,8 +165,9 @@ override SCALE_ROWS: bool = false;
 override GELU_A: bool = false;
 // The finished value times gelu'(pre[offPre + m * ldPre + n]).
 override GELU_GRAD: bool = false;
-// The accumulators start from the bias (16 copies of bias[n0 .. n0 + ${BN}) in tileC) instead of 0, so
-// that a product with a bias (alpha 1, no accumulate, GELU_GRAD nor SCALE_ROWS) can store its
+// The accumulators start from the bias (16 copies of bias[n0 .. n0 + ${BN}) in tileC; under SCALE_ROWS
+// times the fragment's row scale, which the store divides out again: values only, kernels/matmul-tc.ts)
+// instead of 0, so that a product with a bias (alpha 1, no accumulate nor GELU_GRAD) can store its
 // fragments straight (DIRECT_STORE); the epilogue then adds no bias.
 override BIAS_INIT: bool = false;
 // The accumulators start from C itself (accumulate with alpha 1, no bias, GELU_GRAD nor SCALE_ROWS,
@@ -221,6 +222,11 @@ fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) ->
   return b[(base + k * params.ldb + n) >> 2u];
 }
 // DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
+// BIAS_INIT's start of the fragment of rows m .. m + 15: the bias, times their row scale
+fn biasStart(f: ${Res}, m: u32) -> ${Res} {
+  if (!SCALE_ROWS) { return f; }
+  return subgroupMatrixScalarMultiply(f, rowScaleAt(m));
+}
 fn finished(f: ${Res}, m: u32) -> ${Res} {
   if (!SCALE_ROWS && params.alpha == 1.0) { return f; }
   var s = params.alpha;

@@ -18,6 +18,10 @@
 //     last in pass 1, is re-read first while it is most likely still in L2.
 // A thread reads and writes only its own vec4s/elements; the target's logit is read by thread 0
 // before the reduction's barriers, after which the row is overwritten.
+// GRAD_MAX (and the lines marked #gradMax, which kernels/cross-entropy.ts drops without it, so
+// that no buffer is bound for nothing): also gradMax[row] = (max |gradient| over the row, 0, 0, 0), the vec4 rows
+// from which shaders/row_scale.wgsl (K = lda = 4) makes the LM head backward's tensor-core row
+// scales without reading the gradient again (kernels/cross-entropy.ts).
 // Two variants (kernels/subgroups.ts) of the pass-1 merge across the workgroup: a tree through
 // workgroup memory (log2(WG) barrier rounds, then one more before red is reused); or, where the
 // device has subgroups (and shaders/subgroup_reduce.wgsl found the usual layout in this
@@ -30,8 +34,10 @@ struct Params { rows: u32, V: u32, rowOffset: u32, ld: u32 }
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> gradScale: array<f32>;
 @group(0) @binding(4) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gradMax: array<vec4<f32>>;  // #gradMax
 
 override WG: u32 = 256u;
+override GRAD_MAX: bool = false;
 // Finite stand-in for -inf: exp(NEG_BIG - m) is 0 for any real m, and exp(NEG_BIG - NEG_BIG) = 1
 // times a zero sum stays 0 (a real -inf would give NaN there).
 const NEG_BIG: f32 = -3.0e38;
@@ -39,6 +45,7 @@ const NONE: u32 = 0xffffffffu;
 const ABS: u32 = 0x7fffffffu;
 const INF_BITS: u32 = 0x7f800000u;  // |x| bits above it: a NaN
 var<workgroup> red: array<vec2<f32>, WG>;  // (max, sum of exp(x - max)); sum -1: a NaN was seen
+var<workgroup> redMax: array<f32, WG>;  // GRAD_MAX's merge
 
 // A NaN logit is detected from its bits: max() may drop a NaN (NVIDIA does) and exp(NaN) need
 // not be NaN on every Vulkan driver (SwiftShader's is finite), so the arithmetic alone may lose it.
@@ -107,10 +114,38 @@ fn extraElem(lid: u32, base: u32, end: u32, qa: u32, qb: u32) -> u32 {
 }
 
 // The gradient of 4 columns (vec4 q) from their logits x; onehot: the target's lane in vec4 tq.
-fn grad4(q: u32, x: vec4<f32>, rowMax: f32, invSum: f32, tq: u32, onehot: vec4<f32>, g: f32) {
+// Returns the gradient's magnitudes.
+fn grad4(q: u32, x: vec4<f32>, rowMax: f32, invSum: f32, tq: u32, onehot: vec4<f32>, g: f32) -> vec4<f32> {
   var p = exp(x - vec4(rowMax)) * invSum;
   if (q == tq) { p -= onehot; }
-  logits[q] = p * g;
+  let d = p * g;
+  logits[q] = d;
+  return abs(d);
+}
+
+// The largest of v over the workgroup, to thread 0 (others get a partial). Must be called in
+// uniform control flow. redMax is written again only after the next row's rowMerge barrier, which
+// thread 0 reaches after reading it here, so no barrier at the end.
+fn workgroupMaxTo0(v: f32, lid: u32, sg: u32) -> f32 {
+// #if subgroups
+  if (sg != 0u) {
+    let part = subgroupMax(v);
+    if (lid % sg == 0u) { redMax[lid / sg] = part; }
+    workgroupBarrier();
+    var acc = 0.0;
+    if (lid == 0u) {
+      for (var k = 0u; k < WG / sg; k++) { acc = max(acc, redMax[k]); }
+    }
+    return acc;
+  }
+// #endif
+  redMax[lid] = v;
+  workgroupBarrier();
+  for (var k = WG / 2u; k > 0u; k >>= 1u) {
+    if (lid < k) { redMax[lid] = max(redMax[lid], redMax[lid + k]); }
+    workgroupBarrier();
+  }
+  return redMax[0];
 }
 
 fn crossEntropyRow(row: u32, lid: u32, sg: u32, at: u32) {
@@ -127,7 +162,10 @@ fn crossEntropyRow(row: u32, lid: u32, sg: u32, at: u32) {
   if (tgt < 0) {
     for (var q = qa + lid; q < qb; q += WG) { logits[q] = vec4(0.0); }
     if (extra != NONE) { storeElem(extra, 0.0); }
-    if (lid == 0u) { losses[lossIndex] = 0.0; }
+    if (lid == 0u) {
+      losses[lossIndex] = 0.0;
+      if (GRAD_MAX) { gradMax[row] = vec4(0.0); }  // #gradMax
+    }
     return;
   }
   let t = u32(tgt);
@@ -188,25 +226,32 @@ fn crossEntropyRow(row: u32, lid: u32, sg: u32, at: u32) {
   let tq = select(NONE, et >> 2u, t < V);
   let onehot = select(vec4(0.0), vec4(1.0), vec4(et & 3u) == vec4(0u, 1u, 2u, 3u));
   i = lid;
+  var big = vec4(0.0);  // the gradient's largest magnitudes (GRAD_MAX)
   for (; i + 3u * WG < n; i += 4u * WG) {
     let q = qb - 1u - i;
     let x0 = logits[q];
     let x1 = logits[q - WG];
     let x2 = logits[q - 2u * WG];
     let x3 = logits[q - 3u * WG];
-    grad4(q, x0, rowMax, invSum, tq, onehot, g);
-    grad4(q - WG, x1, rowMax, invSum, tq, onehot, g);
-    grad4(q - 2u * WG, x2, rowMax, invSum, tq, onehot, g);
-    grad4(q - 3u * WG, x3, rowMax, invSum, tq, onehot, g);
+    let d0 = grad4(q, x0, rowMax, invSum, tq, onehot, g);
+    let d1 = grad4(q - WG, x1, rowMax, invSum, tq, onehot, g);
+    let d2 = grad4(q - 2u * WG, x2, rowMax, invSum, tq, onehot, g);
+    let d3 = grad4(q - 3u * WG, x3, rowMax, invSum, tq, onehot, g);
+    big = max(big, max(max(d0, d1), max(d2, d3)));
   }
   for (; i < n; i += WG) {
     let q = qb - 1u - i;
-    grad4(q, logits[q], rowMax, invSum, tq, onehot, g);
+    big = max(big, grad4(q, logits[q], rowMax, invSum, tq, onehot, g));
   }
   if (extra != NONE) {
     var p = exp(loadElem(extra) - rowMax) * invSum;
     if (extra == et && t < V) { p -= 1.0; }
     storeElem(extra, p * g);
+    big.x = max(big.x, abs(p * g));
+  }
+  if (GRAD_MAX) {
+    let top = workgroupMaxTo0(max(max(big.x, big.y), max(big.z, big.w)), lid, sg);
+    if (lid == 0u) { gradMax[row] = vec4(top, 0.0, 0.0, 0.0); }  // #gradMax
   }
 }
 

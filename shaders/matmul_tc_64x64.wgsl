@@ -32,8 +32,9 @@ override SCALE_ROWS: bool = false;
 override GELU_A: bool = false;
 // The finished value times gelu'(pre[offPre + m * ldPre + n]).
 override GELU_GRAD: bool = false;
-// The accumulators start from the bias (16 copies of bias[n0 .. n0 + 64) in tileC) instead of 0, so
-// that a product with a bias (alpha 1, no accumulate, GELU_GRAD nor SCALE_ROWS) can store its
+// The accumulators start from the bias (16 copies of bias[n0 .. n0 + 64) in tileC; under SCALE_ROWS
+// times the fragment's row scale, which the store divides out again: values only, kernels/matmul-tc.ts)
+// instead of 0, so that a product with a bias (alpha 1, no accumulate nor GELU_GRAD) can store its
 // fragments straight (DIRECT_STORE); the epilogue then adds no bias.
 override BIAS_INIT: bool = false;
 // The accumulators start from C itself (accumulate with alpha 1, no bias, GELU_GRAD nor SCALE_ROWS,
@@ -85,6 +86,11 @@ fn loadB(base: u32, s: vec2<u32>, n0: u32, k0: u32, kLen: u32, checked: bool) ->
   return b[(base + k * params.ldb + n) >> 2u];
 }
 // DIRECT_STORE's fragment of rows m .. m + 15: times alpha, divided by the rows' scale
+// BIAS_INIT's start of the fragment of rows m .. m + 15: the bias, times their row scale
+fn biasStart(f: subgroup_matrix_result<f32, 16, 16>, m: u32) -> subgroup_matrix_result<f32, 16, 16> {
+  if (!SCALE_ROWS) { return f; }
+  return subgroupMatrixScalarMultiply(f, rowScaleAt(m));
+}
 fn finished(f: subgroup_matrix_result<f32, 16, 16>, m: u32) -> subgroup_matrix_result<f32, 16, 16> {
   if (!SCALE_ROWS && params.alpha == 1.0) { return f; }
   var s = params.alpha;
@@ -192,10 +198,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       tileC[i] = select(0.0, bias[min(n, params.N - 1u)], n < params.N);
     }
     workgroupBarrier();
-    acc00 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 0u, 64u);
-    acc01 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 16u, 64u);
-    acc10 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 0u, 64u);
-    acc11 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 16u, 64u);
+    acc00 = biasStart(subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 0u, 64u), m0 + sm + 0u);
+    acc01 = biasStart(subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 16u, 64u), m0 + sm + 0u);
+    acc10 = biasStart(subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 0u, 64u), m0 + sm + 16u);
+    acc11 = biasStart(subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&tileC, sn + 16u, 64u), m0 + sm + 16u);
   }
   let numK = (kLen + 31u) / 32u;
   for (var t = 0u; t < numK; t++) {

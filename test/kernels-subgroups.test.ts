@@ -23,7 +23,7 @@ import { layerNormForward, layerNormBackward } from '../src/engine/kernels/layer
 import { rmsNormForward, rmsNormBackward } from '../src/engine/kernels/rmsnorm';
 import { attentionSoftmaxForward, attentionSoftmaxBackward } from '../src/engine/kernels/attention-softmax';
 import { attentionPrefixSoftmaxForward, attentionPrefixSoftmaxBackward } from '../src/engine/kernels/attention-prefix-softmax';
-import { crossEntropy, crossEntropyThreads } from '../src/engine/kernels/cross-entropy';
+import { crossEntropy, crossEntropyCode, crossEntropyThreads } from '../src/engine/kernels/cross-entropy';
 import { sumOfSquares, sumOfSquaresPartials, clipCoefficient } from '../src/engine/kernels/grad-norm';
 
 const gpu = await testGpu();
@@ -323,7 +323,7 @@ describe('attention softmax, subgroups vs workgroup memory', () => {
 describe('crossEntropy, subgroups vs workgroup memory', () => {
   const limit = Math.min(gpu.info.limits.maxComputeInvocationsPerWorkgroup, gpu.device.limits.maxComputeWorkgroupSizeX);
 
-  interface Opts { ld?: number; threads?: number; workgroups?: number; nanRow?: number }
+  interface Opts { ld?: number; threads?: number; workgroups?: number; nanRow?: number; gradMax?: boolean }
   async function check(v: Variant, rows: number, V: number, targets: number[], seed: number, opts: Opts = {}) {
     const ld = opts.ld ?? V;
     const dense = randArray(rows * V, seed, 6);
@@ -336,12 +336,24 @@ describe('crossEntropy, subgroups vs workgroup memory', () => {
     const tLosses = gpu.tensor([rows], 'losses');
     const tScale = gpu.tensorFrom(Float32Array.of(gradScale), [1], 'gradScale');
     const threads = opts.threads ?? crossEntropyThreads(V, limit);
+    const tGradMax = opts.gradMax ? gpu.tensorFrom(new Float32Array(4 * rows).fill(-1), [4 * rows], 'gradMax') : undefined;
     await run(gpu, [
-      await bindVariant(v, ceCode, 'main', { WG: threads }, () =>
-        crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, gradScale: tScale, rows, V, ld, threads: opts.threads, workgroups: opts.workgroups })),
+      await bindVariant(v, crossEntropyCode(!!opts.gradMax), 'main', { WG: threads, ...(opts.gradMax ? { GRAD_MAX: 1 } : {}) }, () =>
+        crossEntropy(gpu, { logits: tLogits, targets: tTargets, losses: tLosses, gradScale: tScale, rows, V, ld, threads: opts.threads, workgroups: opts.workgroups, gradMax: tGradMax })),
     ]);
-    const what = `cross-entropy [${v}] rows=${rows} V=${V} ld=${ld} threads=${threads} workgroups=${opts.workgroups ?? rows}`;
+    const what = `cross-entropy [${v}] rows=${rows} V=${V} ld=${ld} threads=${threads} workgroups=${opts.workgroups ?? rows}${opts.gradMax ? ' gradMax' : ''}`;
     const gotLoss = await gpu.read(tLosses), gotAll = await gpu.read(tLogits);
+    if (tGradMax) {
+      // each row's largest |gradient| as written (exactly), then three zeros; 0 for an ignored row
+      const gotMax = await gpu.read(tGradMax);
+      for (let r = 0; r < rows; r++) {
+        expect(Array.from(gotMax.subarray(4 * r + 1, 4 * r + 4)), `${what}: gradMax row ${r} padding`).toEqual([0, 0, 0]);
+        if (r === opts.nanRow && targets[r] >= 0) continue; // NaN: max() may keep or drop it
+        let want = 0;
+        for (let c = 0; c < V; c++) want = Math.max(want, Math.abs(gotAll[r * ld + c]));
+        expect(gotMax[4 * r], `${what}: gradMax row ${r}`).toBe(want);
+      }
+    }
     const wantLoss = new Float64Array(rows), wantGrad = new Float64Array(rows * V), gotGrad = new Float32Array(rows * V);
     for (let r = 0; r < rows; r++) {
       gotGrad.set(gotAll.subarray(r * ld, r * ld + V), r * V);
@@ -373,15 +385,16 @@ describe('crossEntropy, subgroups vs workgroup memory', () => {
   variantIts('V = 1, 3, 37, 1001 (not multiples of 4), rows not 16-byte aligned, ignored targets, a NaN row', async (v) => {
     await check(v, 2, 1, [0, -100], 500);
     await check(v, 3, 3, [2, 0, 1], 501);
-    await check(v, 4, 37, [5, -100, 36, 0], 502, { ld: 39 }); // rows 39 apart: 1-3 columns before the whole vec4s
-    await check(v, 3, 1001, [1000, 17, -1], 503, { nanRow: 1 });
+    await check(v, 4, 37, [5, -100, 36, 0], 502, { ld: 39, gradMax: true }); // rows 39 apart: 1-3 columns before the whole vec4s
+    await check(v, 3, 1001, [1000, 17, -1], 503, { nanRow: 1, gradMax: true });
   });
 
   variantIts('8 to 256 threads per row; fewer workgroups than rows (consecutive rows in one workgroup)', async (v) => {
     await check(v, 5, 200, [3, 199, -100, 0, 50], 510, { threads: 8 });
     await check(v, 3, 150, [149, 0, 75], 511, { threads: Math.min(256, limit) });
-    await check(v, 9, 90, [1, 2, 3, -100, 5, 6, 7, 8, 89], 512, { threads: 32, workgroups: 2 });
-    await check(v, 7, 41, [40, 0, -100, 20, 10, 30, 1], 513, { threads: 8, workgroups: 3 });
+    await check(v, 9, 90, [1, 2, 3, -100, 5, 6, 7, 8, 89], 512, { threads: 32, workgroups: 2, gradMax: true });
+    await check(v, 7, 41, [40, 0, -100, 20, 10, 30, 1], 513, { threads: 8, workgroups: 3, gradMax: true });
+    await check(v, 4, 3000, [2999, 0, 1500, 7], 514, { threads: 64, workgroups: 2, gradMax: true }); // 4 loads in flight and the rest
   });
 });
 

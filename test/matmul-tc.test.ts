@@ -15,9 +15,10 @@ import { TENSOR_CORE_CASES, runTensorCoreCase } from './helpers/tensor-core-case
 const tcGpu = await createNodeGpu({ tensorCores: true });
 
 describe('row scales for the tensor-core products (shaders/row_scale.wgsl)', () => {
-  it('bring each block of 16 rows\' largest magnitude into [2^13, 2^14), 1 for zero blocks, clamped exponents', async () => {
+  // K 40: the one-load loop only; K 1000 (250 vec4s): the eight-load loop, then the rest
+  it.each([40, 1000])('bring each block of 16 rows\' largest magnitude into [2^13, 2^14), 1 for zero blocks, clamped exponents (K %i)', async (K) => {
     const gpu = await testGpu();
-    const K = 40, lda = 44, offA = 8;
+    const lda = K + 4, offA = 8;
     // one special row per block of 16 (the other rows 1/8 of it, one block all zero), in block order
     const blocks = [
       3, // [2, 4): e = 2, scale 2^12
@@ -32,7 +33,9 @@ describe('row scales for the tensor-core products (shaders/row_scale.wgsl)', () 
     const a = new Float32Array(offA + M * lda).fill(1e9); // outside each row's K: never read
     for (let m = 0; m < M; m++) {
       const big = blocks[Math.floor(m / 16)];
-      for (let k = 0; k < K; k++) a[offA + m * lda + k] = m % 16 === 5 && k === 17 ? big : (k % 3 === 0 ? big : -big) / 8;
+      // the largest value early in the row in even blocks, among the last loads in odd ones
+      const at = Math.floor(m / 16) % 2 === 0 ? 17 : K - 3;
+      for (let k = 0; k < K; k++) a[offA + m * lda + k] = m % 16 === 5 && k === at ? big : (k % 3 === 0 ? big : -big) / 8;
     }
     const ta = gpu.tensorFrom(a, [a.length], 'a'), scale = gpu.tensor([M], 'scale');
     await runOps(gpu, [rowScales(gpu, { label: 'row scales', a: ta, scale, M, K, lda, offA })]);

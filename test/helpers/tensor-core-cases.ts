@@ -12,7 +12,8 @@
 // 2^-10 is 2^-19, 512 times tighter (hi + lo holds 22 of f32's 24 significant bits; the missing
 // lo·lo is 2^-22 of a product; the rest is the f32 sums, which the f32 kernels do too).
 import type { Gpu } from '../../src/engine/gpu/gpu';
-import { encodeOps, type Op } from '../../src/engine/gpu/dispatch';
+import { encodeOps, runOps, type Op } from '../../src/engine/gpu/dispatch';
+import { rowScales, type TcTile } from '../../src/engine/kernels/matmul-tc';
 import { matmulWithScratch, type MatmulArgs } from '../../src/engine/kernels/matmul';
 import { geluTanh, geluTanhGrad } from './gelu';
 import { f16ToF32, f32ToF16 } from '../../src/io/safetensors';
@@ -36,9 +37,11 @@ export interface TensorCoreCase {
   /** Row m of A further times 10^-(m % rowSpread): rows of one 16-row block far apart in magnitude. */
   rowSpread?: number;
   /** The kernel's tile (by tuning.tensorCoreWideMinTiles for this case). */
-  tile: '128x128' | '64x64';
+  tile: TcTile;
   /** K cut in slices into a scratch, then summed (tuning.tensorCoreSplitK* lowered for the case). */
   split?: boolean;
+  /** A's row scales made beforehand and handed over (MatmulArgs.rowScales): the product runs no row-scale pass. */
+  givenRowScales?: boolean;
   /** Row stride of A and C beyond K and N (padding), and element offsets. */
   padA?: number;
   padC?: number;
@@ -55,6 +58,9 @@ const CASES: Omit<TensorCoreCase, 'tile'>[] = [
   { name: 'C in the accumulators (accumulate, whole tiles)', M: 128, N: 128, K: 64, transB: true, operand: 'values', accumulate: true },
   { name: 'bias in the accumulators, whole tiles', M: 128, N: 128, K: 64, transB: true, operand: 'values', bias: true },
   { name: 'bias in the accumulators, edges', M: 100, N: 72, K: 36, transB: false, operand: 'values', bias: true, geluA: true },
+  // (with f32 accuracy, 'bias in the accumulators' has its values' rows scaled: the bias goes in times the scales)
+  { name: 'bias with gradients\' row scales (added in the epilogue)', M: 128, N: 128, K: 64, transB: false, operand: 'gradients', aScale: 1e-6, bias: true },
+  { name: 'row scales handed over (the LM head\'s backward)', M: 150, N: 64, K: 96, transB: false, operand: 'gradients', aScale: 1e-6, givenRowScales: true },
   { name: 'GELU prologue', M: 128, N: 128, K: 96, transB: false, operand: 'values', geluA: true },
   { name: 'gelu\' epilogue, gradients', M: 128, N: 128, K: 64, transB: true, operand: 'gradients', geluGrad: true, aScale: 1e-6 },
   { name: 'gradients of 1e-7', M: 192, N: 128, K: 160, transB: true, operand: 'gradients', aScale: 1e-7 },
@@ -114,6 +120,9 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
     accumulate: c.accumulate, bias: tBias, geluA: c.geluA ? 'tanh' : undefined, geluGradOf: tPre ? { pre: tPre } : undefined, tensorCores: c.operand,
   };
   const saved = { ...gpu.tuning };
+  const tScales = c.givenRowScales ? gpu.tensor([M], 'row scales') : null;
+  if (tScales) await runOps(gpu, [rowScales(gpu, { label: 'row scales beforehand', a: tA, scale: tScales, M, K, lda, offA })]);
+  if (tScales) args.rowScales = tScales;
   const scratch = c.split ? gpu.tensor([32 * M * N], 'scratch') : null;
   const run = async (tensorCores: boolean, b = tB) => {
     gpu.tuning = { ...saved, tensorCores, tensorCoreTile: c.tile, tensorCoreF32: f32Accuracy };
@@ -172,9 +181,9 @@ export async function runTensorCoreCase(gpu: Gpu, c: TensorCoreCase, compareF32K
   // C's padding and what lies before offC are untouched
   for (let m = 0; m < M; m++) for (let n = N; n < ldc; n++) if (out[offC + m * ldc + n] !== C0[offC + m * ldc + n]) worstRatio = Infinity;
   for (let i = 0; i < offC; i++) if (out[i] !== C0[i]) worstRatio = Infinity;
-  for (const t of [tA, tB, tC, tBias, tPre, scratch]) if (t) gpu.destroyTensor(t);
-  // a split case must have been cut (and summed)
-  const split = !c.split || labels.some((l) => l.endsWith('[tensor cores sum]'));
+  for (const t of [tA, tB, tC, tBias, tPre, scratch, tScales]) if (t) gpu.destroyTensor(t);
+  // a split case must have been cut (and summed); handed-over row scales leave no pass of its own
+  const split = (!c.split || labels.some((l) => l.endsWith('[tensor cores sum]'))) && !(c.givenRowScales && labels.some((l) => l.endsWith('[row scales]')));
   return {
     name: c.name, tookTensorCores: tookTensorCores && split, labels, worstRatio, ...(f32Out ? { f32KernelWorstRatio } : {}), ...(halfB ? { halfBIdentical } : {}),
     ok: tookTensorCores && split && worstRatio <= 1 && halfBIdentical !== false,

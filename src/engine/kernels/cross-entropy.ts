@@ -39,6 +39,20 @@ export interface CrossEntropyArgs {
   threads?: number;
   /** Workgroups (rows in flight), each looping over rows this far apart (default rows). For tests and benchmarks. */
   workgroups?: number;
+  /**
+   * f32 [rows, 4], or none: row r gets (max |gradient| over row r, 0, 0, 0), from which
+   * kernels/matmul-tc.ts rowScales (K = lda = 4) makes the LM head backward's tensor-core row scales
+   * without reading the gradient again (a 0 row for an ignored target).
+   */
+  gradMax?: Tensor;
+}
+
+/**
+ * The kernel's text with or without its gradMax binding (the lines marked `// #gradMax`): without,
+ * nothing is bound there (a spare buffer would be memory the program's estimate does not hold).
+ */
+export function crossEntropyCode(gradMax: boolean): string {
+  return gradMax ? code : code.split('\n').filter((line) => !line.trimEnd().endsWith('// #gradMax')).join('\n');
 }
 
 /** Largest power of two <= n. */
@@ -78,6 +92,10 @@ export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   }
   if (a.gradScale.dtype !== 'f32' || a.gradScale.size < 1) throw new Error(`${what}: gradScale must be a 1-element f32 tensor`);
   if (a.losses.buffer === a.logits.buffer) throw new Error(`${what}: losses must not alias logits`);
+  if (a.gradMax && (a.gradMax.dtype !== 'f32' || a.gradMax.size < 4 * a.rows)) {
+    throw new Error(`${what}: gradMax must be f32 with 4*rows=${4 * a.rows} elements (got ${a.gradMax.dtype} ${a.gradMax.size})`);
+  }
+  if (a.gradMax && [a.logits, a.losses].some((t) => t.buffer === a.gradMax!.buffer)) throw new Error(`${what}: gradMax must not alias logits or losses`);
   const limit = Math.min(gpu.info.limits.maxComputeInvocationsPerWorkgroup, gpu.device.limits.maxComputeWorkgroupSizeX);
   const threads = a.threads ?? crossEntropyThreads(a.V, limit);
   if (!Number.isInteger(threads) || threads < 8 || threads > limit || pow2Floor(threads) !== threads) {
@@ -85,13 +103,13 @@ export function crossEntropy(gpu: Gpu, a: CrossEntropyArgs): Dispatch {
   }
   const workgroups = a.workgroups ?? a.rows;
   if (!Number.isInteger(workgroups) || workgroups < 1) throw new Error(`${what}: workgroups must be a positive integer (got ${workgroups})`);
-  const shader = reductionShader(gpu, code);
+  const shader = reductionShader(gpu, crossEntropyCode(!!a.gradMax));
   return bindDispatch(gpu, {
     label: what,
     code: shader.code,
-    constants: { WG: threads, ...shader.constants },
+    constants: { WG: threads, ...(a.gradMax ? { GRAD_MAX: 1 } : {}), ...shader.constants },
     params: [a.rows, a.V, rowOffset, ld],
-    buffers: [a.logits, a.targets, a.gradScale, a.losses],
+    buffers: a.gradMax ? [a.logits, a.targets, a.gradScale, a.losses, a.gradMax] : [a.logits, a.targets, a.gradScale, a.losses],
     workgroups: grid1d(Math.min(a.rows, workgroups), 1),
   });
 }

@@ -120,6 +120,8 @@ export interface TcBinding {
   alpha: number;
   accumulate: boolean;
   operand: TensorCoreOperand;
+  /** The row scales already made (MatmulArgs.rowScales), or null: the row-scale pass where the product scales rows. */
+  rowScale?: Tensor | null;
 }
 
 /**
@@ -152,7 +154,8 @@ export function tensorCoreSlices(p: TcProduct, tile: TcTile, S: number): number 
 
 /**
  * The ops of one tensor-core product (checked by kernels/matmul.ts bindMatmul before it comes
- * here): under 'gradients' the row-scale pass into gpu.sharedScratch('tcRowScale'), then the
+ * here): under 'gradients' the row-scale pass into gpu.sharedScratch('tcRowScale') (none where the
+ * binding brings its row scales), then the
  * product. With `split`, the product's slices of K (about S, each a multiple of the K tile but the
  * last: tensorCoreSlices) go to split.parts [slices, M, N] in the same dispatch, without the
  * epilogue (alpha, accumulate, bias, gelu'), which the caller's sum of the slices applies
@@ -161,9 +164,10 @@ export function tensorCoreSlices(p: TcProduct, tile: TcTile, S: number): number 
 export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBinding, split?: { S: number; parts: Tensor }): Op[] {
   const kernel = TC_KERNELS[tile];
   const ops: Op[] = [];
-  const scaleRows = x.operand === 'gradients' || (gpu.tuning.tensorCoreF32 && gpu.tuning.tensorCoreF32ScaleValues);
-  let rowScale: Tensor | null = null;
-  if (scaleRows) {
+  const scaleRows = x.operand === 'gradients' || (gpu.tuning.tensorCoreF32 && gpu.tuning.tensorCoreF32ScaleValues) || !!x.rowScale;
+  let rowScale: Tensor | null = x.rowScale ?? null;
+  if (x.rowScale && x.rowScale.size < p.M) throw new Error(`${x.label}: ${x.rowScale.label} holds ${x.rowScale.size} row scales, need ${p.M}`);
+  if (scaleRows && !rowScale) {
     rowScale = gpu.sharedScratch('tcRowScale', p.M);
     ops.push(rowScales(gpu, { label: `${x.label}[row scales]`, a: x.a, scale: rowScale, M: p.M, K: p.K, lda: p.lda, offA: p.offA }));
   }
@@ -177,8 +181,12 @@ export function matmulTensorCore(gpu: Gpu, p: TcProduct, tile: TcTile, x: TcBind
   if (split && split.parts.size < slices * p.M * p.N) throw new Error(`${x.label}: ${slices} K slices need ${slices * p.M * p.N} elements of scratch`);
   const whole = p.M % kernel.rows === 0 && p.N % kernel.cols === 0 && Ks % kernel.kTile === 0 && p.K % kernel.kTile === 0;
   // nothing added but a bias (alpha, and the row blocks' scales, applied to each fragment as a whole):
-  // the bias goes in first and the fragments straight out
-  const plain = !e.accumulate && !e.pre && (!e.bias || (e.alpha === 1 && !scaleRows));
+  // the bias goes in first and the fragments straight out. Values' rows scaled (tensorCoreF32ScaleValues)
+  // take the bias times the rows' scale, a power of two divided out with them (GPT-2's c_attn and
+  // c_fc were 25-33 % slower through the epilogue); gradients' products, far smaller than a bias,
+  // add it in the epilogue, after their sum: summed onto it they lose bits to every rounding of
+  // the accumulators (2.6 times tc-check's bound)
+  const plain = !e.accumulate && !e.pre && (!e.bias || (e.alpha === 1 && (!scaleRows || x.operand === 'values')));
   // C += A op(B) on whole tiles: C itself goes in first, the fragments straight out
   const addsToC = whole && e.accumulate && e.alpha === 1 && !scaleRows && !e.pre && !e.bias;
   const constants: Record<string, number> = {

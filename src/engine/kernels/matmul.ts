@@ -143,6 +143,13 @@ export interface MatmulArgs {
    * weight). Unset: always f32.
    */
   tensorCores?: TensorCoreOperand;
+  /**
+   * With tensorCores: A's row scales already made (kernels/matmul-tc.ts rowScales' output, [M], for
+   * these rows of A or any superset of their columns), so the product runs no row-scale pass of its
+   * own. The LM head's backward takes them from the cross-entropy, which has the gradient's row
+   * maxima at hand (kernels/cross-entropy.ts gradMax).
+   */
+  rowScales?: Tensor;
 }
 
 /** MatmulArgs.softmaxGradOf: the forward's probabilities and the row terms. */
@@ -438,7 +445,7 @@ function bindMatmul(gpu: Gpu, args: MatmulArgs, streamK: { plan: StreamKPlan; sc
     if (!tile) return null;
     const binding = {
       label, a, b, c, bias: bias ?? null, pre: gelu.pre, offPre: gelu.offPre, ldPre: gelu.ldPre, geluA: args.geluA === 'tanh',
-      offC, ldc, alpha, accumulate: args.accumulate ?? false, operand: args.tensorCores,
+      offC, ldc, alpha, accumulate: args.accumulate ?? false, operand: args.tensorCores, rowScale: args.rowScales ?? null,
     };
     // too few tiles for the GPU and a long K: slices of K into the scratch, then their sum with the epilogue
     const S = tcScratch ? tensorCoreSplitK(gpu, product, tile) : 1;

@@ -5,8 +5,9 @@ import type { Gpu } from '../gpu/gpu';
 import { runOps, type Op } from '../gpu/dispatch';
 import type { Tensor, DType } from '../gpu/tensor';
 import { matmul, matmulWithScratch, type MatmulArgs } from '../kernels/matmul';
-import { lmHeadChunkBytes, lmHeadRows, logitsRowStride } from './program';
+import { lmHeadChunkBytes, lmHeadRows, lmHeadTakesRowScales, logitsRowStride } from './program';
 import { crossEntropy } from '../kernels/cross-entropy';
+import { rowScales } from '../kernels/matmul-tc';
 import { reduceSum } from '../kernels/reduce-sum';
 import { embeddingForward } from '../kernels/embedding';
 import type { BranchLocation, BranchSite, FrozenLinear, LinearSite, PeftMethod } from '../peft/method';
@@ -185,6 +186,10 @@ export function lmHeadAndLoss(
   // dHidden = dlogits W_head sums over the vocabulary (K = tens of thousands) into few outputs:
   // split-K or stream-K, into the program's scratch (programSplitKElements sized it)
   const splitKScratch = a.splitKScratch ?? null;
+  // the backward's A (the logits' gradient) on tensor cores has its rows scaled: the cross-entropy
+  // hands over each row's largest magnitude and a pass over those (not over the whole gradient,
+  // ~400 µs a step for GPT-2's 412 MB of it) makes the scales
+  const headScales = lmHeadTakesRowScales(gpu, a.dHidden !== null) ? { max: pool.t([headRows, 4], 'logitGradMax'), scale: pool.t([headRows], 'logitGradRowScale') } : null;
   const ops: Op[] = [];
   for (let r0 = 0; r0 < M; r0 += headRows) {
     const n = Math.min(headRows, M - r0);
@@ -204,10 +209,11 @@ export function lmHeadAndLoss(
         r = end;
       }
     }
-    ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V, ld }));
+    ops.push(crossEntropy(gpu, { logits: chunk, targets: a.targets, losses, rowOffset: r0, gradScale, rows: n, V, ld, gradMax: headScales?.max }));
+    if (headScales) ops.push(rowScales(gpu, { label: 'lm_head.backward[row scales]', a: headScales.max, scale: headScales.scale, M: n, K: 4, lda: 4, offA: 0 }));
     if (a.dHidden) {
       a.head.chunks.forEach((ch, i) => {
-        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0, tensorCores: 'gradients' as const };
+        const args = { label: 'lm_head.backward', a: chunk, offsetA: ch.rowStart, lda: ld, b: ch.tensor, c: a.dHidden!, offsetC: r0 * C, M: n, N: C, K: ch.rows, accumulate: i > 0, tensorCores: 'gradients' as const, rowScales: headScales?.scale };
         ops.push(...matmulWithScratch(gpu, args, splitKScratch));
       });
     }

@@ -225,8 +225,8 @@ export function programSplitKElements(
 
 /**
  * The buffers of lmHeadAndLoss (common.ts) for M rows: gradScale, losses, lossSum, one block of
- * logits rows, and all the logits when captured (the backward's split-K scratch is the program's:
- * programSplitKElements).
+ * logits rows, all the logits when captured, and the backward's row scales on tensor cores
+ * (lmHeadTakesRowScales; its split-K scratch is the program's: programSplitKElements).
  */
 export function headAndLossBuffers(
   gpu: Gpu, M: number, head: Pick<RowChunks, 'rows' | 'cols' | 'chunks'>, opts: Pick<ProgramOptions, 'captureLogits' | 'headRowsPerChunk' | 'training'>,
@@ -240,7 +240,16 @@ export function headAndLossBuffers(
     { label: 'logitsChunk', elements: headRows * logitsRowStride(V, opts) },
   ];
   if (opts.captureLogits) out.push({ label: 'logits', elements: M * V });
+  if (lmHeadTakesRowScales(gpu, opts.training ?? false)) out.push({ label: 'logitGradMax', elements: headRows * 4 }, { label: 'logitGradRowScale', elements: headRows });
   return out;
+}
+
+/**
+ * Whether lmHeadAndLoss's backward (training) runs on tensor cores with its row scales from the
+ * cross-entropy: logitGradMax [rows, 4] and logitGradRowScale [rows] for a block of logits rows.
+ */
+export function lmHeadTakesRowScales(gpu: Gpu, training: boolean): boolean {
+  return training && gpu.hasTensorCores && gpu.tuning.tensorCores;
 }
 
 /** What the trainer needs from an architecture (GPT-2, the Llama family). */
