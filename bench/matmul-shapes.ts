@@ -13,7 +13,7 @@ import { tuningArg } from './tuning-arg';
 import { DEFAULT_KERNEL_TUNING, type KernelTuning } from '../src/engine/gpu/gpu';
 import { matmul, matmulSplitK, matmulVariant, matmulWithScratch, productScratchElements, usesSkinnyMatmul, vec4Aligned, MATMUL_VARIANTS } from '../src/engine/kernels/matmul';
 import type { Op } from '../src/engine/gpu/dispatch';
-import { timeOpsWarm } from './warm-timing';
+import { timeOpsBackToBack, timeOpsWarm } from './warm-timing';
 
 const { values: a } = parseArgs({ options: { json: { type: 'string' }, 'dawn-flags': { type: 'string' }, reps: { type: 'string' }, 'busy-ms': { type: 'string' }, small: { type: 'boolean' }, 'split-k': { type: 'boolean' }, only: { type: 'string' }, 'tensor-cores': { type: 'boolean' }, 'tc-only': { type: 'boolean' }, 'half-b': { type: 'boolean' }, 'tc-f32': { type: 'boolean' }, tuning: { type: 'string' } } });
 const extra = a['dawn-flags'] ? a['dawn-flags'].split(',').map((f) => `enable-dawn-features=${f}`) : [];
@@ -63,6 +63,13 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
 ];
 if (a.only) SHAPES.splice(0, SHAPES.length, ...SHAPES.filter(([what]) => what.includes(a.only!)));
 const timeOps = (once: Op[]) => timeOpsWarm(gpu, once, reps, busyMs);
+// the same ops back to back in one pass (as PyTorch's side is timed, and as the step runs them);
+// null where they hold a copy or clear
+const timeBackToBack = (once: Op[]) => (once.every((o) => o.kind === 'dispatch') ? timeOpsBackToBack(gpu, once, reps, busyMs) : Promise.resolve(null));
+const b2b = async (once: Op[], M: number, N: number, K: number) => {
+  const ms = await timeBackToBack(once);
+  return ms === null ? {} : { backToBackMs: ms, backToBackTflops: (2 * M * N * K) / ms / 1e9 };
+};
 // operands of random values (as PyTorch's side has; zeros would draw less power on the tensor
 // cores): uniform in [-s, s), activations' and weights' scales
 function randomTensor(n: number, scale: number, label: string, f16 = false) {
@@ -91,7 +98,7 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
       const ms = await timeOps(ops);
       const onTc = ops.some((o) => o.kind === 'dispatch' && o.label.includes('[tensor cores'));
       const tflops = (2 * M * N * K) / ms / 1e9;
-      rows.push({ what, M, N, K, transA, transB, kernel: `${kernel} ${operand}`, ms, tflops, ops: ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind)), onTensorCores: onTc });
+      rows.push({ what, M, N, K, transA, transB, kernel: `${kernel} ${operand}`, ms, tflops, ...(await b2b(ops, M, N, K)), ops: ops.map((o) => (o.kind === 'dispatch' ? o.label : o.kind)), onTensorCores: onTc });
       line.push(`${kernel} ${operand}${onTc ? '' : ' (f32)'} ${tflops.toFixed(1)}`);
     };
     for (const f32Accuracy of a['tc-f32'] ? [false, true] : [false]) {
@@ -113,9 +120,10 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     else gpu.tuning.matmul = v as KernelTuning['matmul'];
     const aligned = gpu.tuning.vec4Matmul && vec4Aligned({ M, N, K, transA, transB, lda: transA ? M : K, ldb: transB ? K : N, offA: 0, offB: 0, batch: { outer: 1, inner: 1, strideA: [0, 0], strideB: [0, 0], strideC: [0, 0] } });
     const label = `${v === 'auto' ? `auto(${matmulVariant(gpu, M, N, K, 1, aligned ? { transB } : undefined)})` : v}${aligned ? ' vec4' : ''}`;
-    const ms = await timeOps([matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label })]);
+    const one = [matmul(gpu, { a: A, b: B, c: C, M, N, K, transA, transB, label })];
+    const ms = await timeOps(one);
     const tflops = (2 * M * N * K) / ms / 1e9;
-    rows.push({ what, M, N, K, transA, transB, kernel: label, ms, tflops });
+    rows.push({ what, M, N, K, transA, transB, kernel: label, ms, tflops, ...(await b2b(one, M, N, K)) });
     line.push(`${label} ${tflops.toFixed(1)}`);
   }
   gpu.tuning.matmul = 'auto';
@@ -126,7 +134,7 @@ for (const [what, M, N, K, transA, transB] of SHAPES) {
     const kind = ops1.some((o) => o.kind === 'dispatch' && o.label.includes('[streamK')) ? 'streamK' : ops1.length > 1 ? 'splitK' : 'plain';
     const ms = await timeOps(ops1);
     const tflops = (2 * M * N * K) / ms / 1e9;
-    rows.push({ what, M, N, K, transA, transB, kernel: `with scratch (${kind})`, ms, tflops });
+    rows.push({ what, M, N, K, transA, transB, kernel: `with scratch (${kind})`, ms, tflops, ...(await b2b(ops1, M, N, K)) });
     line.push(`with scratch (${kind}) ${tflops.toFixed(1)}`);
     gpu.destroyTensor(scratch);
   }

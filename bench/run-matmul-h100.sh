@@ -18,7 +18,7 @@ import json, sys
 out = sys.argv[1]
 ours = json.load(open(f'{out}/h100-matmul-shapes.json'))['rows']
 torch = json.load(open(f'{out}/h100-torch-matmul-shapes.json'))['rows']
-print(f"{'shape':<24} {'M':>5} {'N':>6} {'K':>6} {'ours auto':>10} {'ours prog':>10} {'cuBLAS f32':>11} {'ours/cuBLAS':>12} {'tf32':>6} {'bf16':>6} {'ours tc val':>11} {'ours tc grad':>12} {'tc-f32 val':>10} {'tc-f32 grad':>11}")
+print(f"{'shape':<24} {'M':>5} {'N':>6} {'K':>6} {'ours auto':>10} {'ours prog':>10} {'cuBLAS f32':>11} {'ours/cuBLAS':>12} {'tf32':>6} {'bf16':>6} {'ours tc val':>11} {'ours tc grad':>12} {'tc-f32 val':>10} {'tc-f32 grad':>11} {'f32 b2b':>8} {'tc-f32 b2b':>10}")
 for t in (r for r in torch if r['mode'] == 'f32'):
     mine = [r for r in ours if r['what'] == t['what']]
     if not mine:
@@ -28,5 +28,10 @@ for t in (r for r in torch if r['mode'] == 'f32'):
     other = {r['mode']: r['tflops'] for r in torch if r['what'] == t['what']}
     best = max(auto, prog)
     tc = {r['kernel']: r['tflops'] for r in mine if r['kernel'].startswith(('tc auto', 'tc-f32 auto')) and r.get('onTensorCores')}
-    print(f"{t['what']:<24} {t['M']:>5} {t['N']:>6} {t['K']:>6} {auto:10.1f} {prog:10.1f} {t['tflops']:11.1f} {best / t['tflops']:12.2f} {other['tf32']:6.1f} {other['bf16']:6.1f} {tc.get('tc auto values', float('nan')):11.1f} {tc.get('tc auto gradients', float('nan')):12.1f} {tc.get('tc-f32 auto values', float('nan')):10.1f} {tc.get('tc-f32 auto gradients', float('nan')):11.1f}")
+    # back to back in one pass (timed as PyTorch's side): the f32 kernels' best of auto / with
+    # scratch, and tc-f32 with its row scales
+    b2b = lambda r: r.get('backToBackTflops', float('nan'))
+    f32b = max([b2b(r) for r in mine if r['kernel'].startswith(('auto', 'with scratch'))] or [float('nan')])
+    tcb = next((b2b(r) for r in mine if r['kernel'] == 'tc-f32 auto gradients' and r.get('onTensorCores')), float('nan'))
+    print(f"{t['what']:<24} {t['M']:>5} {t['N']:>6} {t['K']:>6} {auto:10.1f} {prog:10.1f} {t['tflops']:11.1f} {best / t['tflops']:12.2f} {other['tf32']:6.1f} {other['bf16']:6.1f} {tc.get('tc auto values', float('nan')):11.1f} {tc.get('tc auto gradients', float('nan')):12.1f} {tc.get('tc-f32 auto values', float('nan')):10.1f} {tc.get('tc-f32 auto gradients', float('nan')):11.1f} {f32b:8.1f} {tcb:10.1f}")
 PY
