@@ -64,11 +64,11 @@ const SHAPES: Shape[] = a.small ? [['small', 130, 70, 40, false, true], ['skinny
 if (a.only) SHAPES.splice(0, SHAPES.length, ...SHAPES.filter(([what]) => what.includes(a.only!)));
 const timeOps = (once: Op[]) => timeOpsWarm(gpu, once, reps, busyMs);
 // the same ops back to back in one pass (as PyTorch's side is timed, and as the step runs them);
-// null where they hold a copy or clear
-const timeBackToBack = (once: Op[]) => (once.every((o) => o.kind === 'dispatch') ? timeOpsBackToBack(gpu, once, reps, busyMs) : Promise.resolve(null));
+// nothing where they hold a copy or clear
 const b2b = async (once: Op[], M: number, N: number, K: number) => {
-  const ms = await timeBackToBack(once);
-  return ms === null ? {} : { backToBackMs: ms, backToBackTflops: (2 * M * N * K) / ms / 1e9 };
+  if (once.some((o) => o.kind !== 'dispatch')) return {};
+  const ms = await timeOpsBackToBack(gpu, once, reps, busyMs);
+  return { backToBackMs: ms, backToBackTflops: (2 * M * N * K) / ms / 1e9 };
 };
 // operands of random values (as PyTorch's side has; zeros would draw less power on the tensor
 // cores): uniform in [-s, s), activations' and weights' scales

@@ -249,7 +249,9 @@ export interface KernelTuning {
    * H100 (bench/tc-train-check.ts --f32-accuracy, 30 steps against the f32 kernels) SmolLM2's
    * LoRA parameters' change 1.81e-3 apart without, 1.46e-4 with (two f32 runs summing in another
    * order: 1.35e-4), its gradient norm 2.35e-4 -> 1.64e-5 (6.6e-6); GPT-2 the same either way
-   * (1.3e-4); the step's time the same (21.75 / 21.76 ms, SmolLM2 34.9 / 34.8).
+   * (1.3e-4). It costs SmolLM2's step 33.83 -> 36.26 ms (150 steps, session 24: the residual adds
+   * lose their straight store, ACC_INIT); GPT-2's 21.4 ms either way since a bias goes into the
+   * accumulators under the scales.
    */
   tensorCoreF32ScaleValues: boolean;
   /**

@@ -63,6 +63,15 @@ export interface TcProduct {
 }
 
 /**
+ * Whether products that ask for tensor cores may get them: the device has them, tuning.tensorCores
+ * is on, and with tuning.tensorCoreF32 its kernels passed their check (else f32 kernels, f32
+ * accuracy too).
+ */
+export function tensorCoresOn(gpu: Gpu): boolean {
+  return gpu.hasTensorCores && gpu.tuning.tensorCores && !(gpu.tuning.tensorCoreF32 && gpu.info?.tensorCoreF32Refused);
+}
+
+/**
  * The tile a tensor-core product runs in, or null where it cannot: the device has no tensor
  * cores, tuning.tensorCores is off, or the operands are not vec4-aligned (offsets and row strides
  * multiples of 4; K a multiple of 4, and N too where B is stored [K, N]). 128x128 for B stored
@@ -75,8 +84,7 @@ export interface TcProduct {
  * with tuning.tensorCoreF32, B stored [K, N] with K from tensorCoreWideMinDim too.
  */
 export function tensorCoreTile(gpu: Gpu, p: TcProduct): TcTile | null {
-  if (!gpu.hasTensorCores || !gpu.tuning.tensorCores) return null;
-  if (gpu.tuning.tensorCoreF32 && gpu.info?.tensorCoreF32Refused) return null; // f32 kernels: f32 accuracy too
+  if (!tensorCoresOn(gpu)) return null;
   const m4 = (...v: number[]) => v.every((x) => x % 4 === 0);
   if (!m4(p.K, p.lda, p.ldb, p.offA, p.offB) || (!p.transB && p.N % 4 !== 0)) return null;
   if (p.M < 16 || p.N < 16) return null;

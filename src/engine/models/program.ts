@@ -5,6 +5,7 @@ import type { Gpu } from '../gpu/gpu';
 import type { Op } from '../gpu/dispatch';
 import type { Tensor } from '../gpu/tensor';
 import { productScratchElements } from '../kernels/matmul';
+import { tensorCoresOn } from '../kernels/matmul-tc';
 import type { RowChunks } from './weights';
 
 /** A padded batch ready for the GPU (src/data/batches.ts makes these). */
@@ -249,7 +250,7 @@ export function headAndLossBuffers(
  * cross-entropy: logitGradMax [rows, 4] and logitGradRowScale [rows] for a block of logits rows.
  */
 export function lmHeadTakesRowScales(gpu: Gpu, training: boolean): boolean {
-  return training && gpu.hasTensorCores && gpu.tuning.tensorCores;
+  return training && tensorCoresOn(gpu);
 }
 
 /** What the trainer needs from an architecture (GPT-2, the Llama family). */
